@@ -1,0 +1,118 @@
+package wire
+
+import (
+	"encoding/binary"
+
+	"github.com/cespare/xxhash/v2"
+)
+
+// Summary is the fixed-size description of one epoch item: everything about
+// it but its data, which is represented by DataHash. Both peers reduce each
+// item to a Summary; the epoch digest and the plan identity are hashes over
+// summaries, so they can be recomputed from a journal or a plan without
+// holding item data in memory.
+type Summary struct {
+	Seq       uint64
+	Type      Type
+	Target    uint16
+	Offset    uint64 // DiskExtent/ZeroRun: byte offset; MemRun/PageRef: page; DeviceState: blob offset
+	Length    uint64 // bytes of data or zeros; PageRef: page count
+	Source    RefSource
+	SrcTarget uint16
+	SrcOffset uint64
+	DataHash  uint64 // xxhash64 of the item's data, 0 for items without data
+}
+
+// Summarize describes it. dataHash must be xxhash64 of the item's data (it is
+// passed in because callers have usually computed it already).
+func Summarize(it Item, dataHash uint64) Summary {
+	s := Summary{Seq: it.ItemSeq(), Type: it.Type(), DataHash: dataHash}
+	switch f := it.(type) {
+	case *DiskExtent:
+		s.Target, s.Offset, s.Length = f.Target, f.Offset, uint64(len(f.Data))
+	case *MemRun:
+		s.Target, s.Offset, s.Length = f.Target, f.Page, uint64(len(f.Data))
+	case *ZeroRun:
+		s.Target, s.Offset, s.Length, s.DataHash = f.Target, f.Offset, f.Length, 0
+	case *PageRef:
+		s.Target, s.Offset, s.Length, s.DataHash = f.Target, f.Page, uint64(f.Count), 0
+		s.Source, s.SrcTarget, s.SrcOffset = f.Source, f.SrcTarget, f.SrcOffset
+	case *DeviceState:
+		s.Offset, s.Length = f.Offset, uint64(len(f.Data))
+	}
+	return s
+}
+
+// DataOf returns the data an item carries, nil if none.
+func DataOf(it Item) []byte {
+	switch f := it.(type) {
+	case *DiskExtent:
+		return f.Data
+	case *MemRun:
+		return f.Data
+	case *DeviceState:
+		return f.Data
+	}
+	return nil
+}
+
+const summaryLen = 8 + 1 + 2 + 8 + 8 + 1 + 2 + 8 + 8
+
+func (s Summary) appendTo(b []byte) []byte {
+	b = binary.BigEndian.AppendUint64(b, s.Seq)
+	b = append(b, byte(s.Type))
+	b = binary.BigEndian.AppendUint16(b, s.Target)
+	b = binary.BigEndian.AppendUint64(b, s.Offset)
+	b = binary.BigEndian.AppendUint64(b, s.Length)
+	b = append(b, byte(s.Source))
+	b = binary.BigEndian.AppendUint16(b, s.SrcTarget)
+	b = binary.BigEndian.AppendUint64(b, s.SrcOffset)
+	return binary.BigEndian.AppendUint64(b, s.DataHash)
+}
+
+// EpochDigest accumulates the digest an EpochCommit carries: xxhash64 over
+// the epoch number and the summaries of all items in sequence order.
+type EpochDigest struct {
+	h   *xxhash.Digest
+	buf []byte
+}
+
+// NewEpochDigest starts the digest of epoch.
+func NewEpochDigest(epoch uint64) *EpochDigest {
+	d := &EpochDigest{h: xxhash.New(), buf: make([]byte, 0, summaryLen)}
+	d.buf = binary.BigEndian.AppendUint64(d.buf[:0], epoch)
+	d.h.Write(d.buf)
+	return d
+}
+
+// Add folds in the next item's summary.
+func (d *EpochDigest) Add(s Summary) {
+	d.buf = s.appendTo(d.buf[:0])
+	d.h.Write(d.buf)
+}
+
+// Sum returns the digest of what was added so far.
+func (d *EpochDigest) Sum() uint64 { return d.h.Sum64() }
+
+// PlanID identifies an epoch's content: the epoch number, its targets and
+// the summaries of all its items. A sender that computes the same plan twice
+// (same source content, same replica state) gets the same PlanID, which is
+// what lets it resume a staged epoch after a restart of either side.
+func PlanID(epoch uint64, targets []Target, items []Summary) uint64 {
+	h := xxhash.New()
+	var b []byte
+	b = binary.BigEndian.AppendUint64(b, epoch)
+	for _, t := range targets {
+		b = binary.BigEndian.AppendUint16(b, t.ID)
+		b = append(b, byte(t.Kind), byte(len(t.Name)))
+		b = append(b, t.Name...)
+		b = binary.BigEndian.AppendUint64(b, t.Size)
+		b = binary.BigEndian.AppendUint32(b, t.BlockSize)
+	}
+	h.Write(b)
+	for _, s := range items {
+		b = s.appendTo(b[:0])
+		h.Write(b)
+	}
+	return h.Sum64()
+}

@@ -1,0 +1,77 @@
+package wire
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestValidVMName(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		ok   bool
+	}{
+		{"web-01", true},
+		{"db.prod_2", true},
+		{"a", true},
+		{"9", true},
+		{"A.b-c_d", true},
+		{"a.", true},
+		{strings.Repeat("v", MaxVMNameLen), true},
+		{"", false},
+		{".", false},
+		{"..", false},
+		{".hidden", false},
+		{"a/b", false},
+		{"../x", false},
+		{"a..b", false},
+		{"a..", false},
+		{strings.Repeat("v", MaxVMNameLen+1), false},
+		{"-x", false},
+		{"_x", false},
+		{"a b", false},
+		{"a\\b", false},
+		{"a:b", false},
+		{"café", false},
+		{"a\x00b", false},
+		{"a\n", false},
+	} {
+		err := ValidVMName(c.name)
+		if (err == nil) != c.ok {
+			t.Errorf("ValidVMName(%q) = %v, want ok=%v", c.name, err, c.ok)
+		}
+		if err != nil && !errors.Is(err, ErrInvalidName) {
+			t.Errorf("ValidVMName(%q) error %v does not wrap ErrInvalidName", c.name, err)
+		}
+	}
+}
+
+func TestValidTargetName(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		ok   bool
+	}{
+		{"vda", true},
+		{"pc.ram", true},
+		{"0000:00:02.0/vga.vram", true},
+		{"/rom@etc/acpi/tables", true},
+		{"..", true}, // never a path, so dots are harmless
+		{"!~", true},
+		{strings.Repeat("r", MaxNameLen), true},
+		{"", false},
+		{strings.Repeat("r", MaxNameLen+1), false},
+		{"pc ram", false},
+		{"pc\tram", false},
+		{"a\x00", false},
+		{"a\x7f", false},
+		{"ramé", false},
+	} {
+		err := ValidTargetName(c.name)
+		if (err == nil) != c.ok {
+			t.Errorf("ValidTargetName(%q) = %v, want ok=%v", c.name, err, c.ok)
+		}
+		if err != nil && !errors.Is(err, ErrInvalidName) {
+			t.Errorf("ValidTargetName(%q) error %v does not wrap ErrInvalidName", c.name, err)
+		}
+	}
+}
