@@ -1,0 +1,84 @@
+package transport
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// Defaults applied to zero Options fields.
+const (
+	DefaultIdleTimeout      = 15 * time.Second
+	DefaultHandshakeTimeout = 10 * time.Second
+)
+
+// Options tune a connection's liveness checks.
+type Options struct {
+	// IdleTimeout closes the connection when nothing has been received from
+	// the peer for this long. The smaller of both sides' values applies.
+	IdleTimeout time.Duration
+	// KeepAlive is the interval of pings sent while the connection is
+	// otherwise quiet; it must be shorter than IdleTimeout. Zero means a
+	// third of IdleTimeout, so that a couple of lost pings are tolerated.
+	KeepAlive time.Duration
+	// HandshakeTimeout bounds Dial, from the first packet to the server's
+	// acceptance, and the handshake of each incoming connection.
+	HandshakeTimeout time.Duration
+	// OnReject, if set on a listener, is called for each incoming
+	// connection refused because the client's certificate is not trusted.
+	// The error names the presented fingerprint. It runs inside the
+	// handshake and must not block. A client that refuses the server's
+	// certificate is not reported: its handshake simply never completes.
+	OnReject func(remote net.Addr, err error)
+}
+
+// DefaultOptions returns the options used for zero fields.
+func DefaultOptions() Options {
+	return Options{}.withDefaults()
+}
+
+func (o Options) withDefaults() Options {
+	if o.IdleTimeout == 0 {
+		o.IdleTimeout = DefaultIdleTimeout
+	}
+	if o.KeepAlive == 0 {
+		o.KeepAlive = o.IdleTimeout / 3
+	}
+	if o.HandshakeTimeout == 0 {
+		o.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	return o
+}
+
+// Validate reports options that cannot work. Zero fields are valid: they
+// take defaults.
+func (o Options) Validate() error {
+	if o.IdleTimeout < 0 || o.KeepAlive < 0 || o.HandshakeTimeout < 0 {
+		return errors.New("transport options: durations must not be negative")
+	}
+	d := o.withDefaults()
+	if d.KeepAlive >= d.IdleTimeout {
+		return fmt.Errorf("transport options: keepalive %s must be shorter than idle timeout %s", d.KeepAlive, d.IdleTimeout)
+	}
+	return nil
+}
+
+func (o Options) quicConfig(server bool) *quic.Config {
+	c := &quic.Config{
+		HandshakeIdleTimeout: o.HandshakeTimeout,
+		MaxIdleTimeout:       o.IdleTimeout,
+		KeepAlivePeriod:      o.KeepAlive,
+		// One frame stream per connection; a little slack costs nothing.
+		MaxIncomingStreams: 4,
+	}
+	if server {
+		c.MaxIncomingUniStreams = -1
+	} else {
+		// Only the admission stream flows from server to client.
+		c.MaxIncomingUniStreams = 1
+	}
+	return c
+}
