@@ -1,0 +1,293 @@
+package receiver
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"path"
+	"sync"
+	"time"
+
+	"github.com/drsync/drsync/replica"
+	"github.com/drsync/drsync/vfs"
+	"github.com/drsync/drsync/wire"
+)
+
+// ErrUnauthorized is what an Authorize function returns (wrapped) to refuse
+// a peer.
+var ErrUnauthorized = errors.New("not authorized")
+
+// Peer is the verified identity of a connected sender.
+type Peer struct {
+	Fingerprint string
+	Name        string // certificate common name, informational
+}
+
+// Options configure a Receiver.
+type Options struct {
+	Root string // directory holding one replica directory per VM
+	FS   vfs.FS
+	// Authorize decides whether peer may write the replica of vm.
+	Authorize func(peer Peer, vm string) error
+	// AckBytes is how much is staged between durable acknowledgements; it
+	// bounds what a broken link makes the sender send again.
+	AckBytes uint64
+	Now      func() time.Time
+	Logger   *slog.Logger
+	// OnCommit, if set, is called after each committed epoch.
+	OnCommit func(EpochStats)
+}
+
+// EpochStats describes one committed epoch as the receiver saw it.
+type EpochStats struct {
+	VM        string
+	Peer      Peer
+	Epoch     uint64
+	Cut       time.Time
+	WireBytes uint64 // received on this connection during the epoch
+	RawBytes  uint64 // after decompression
+}
+
+// DefaultAckBytes is AckBytes when left zero.
+const DefaultAckBytes = 8 << 20
+
+// Validate reports what is wrong with o.
+func (o *Options) Validate() error {
+	switch {
+	case o.Root == "":
+		return errors.New("receiver: no replica root directory")
+	case o.FS == nil:
+		return errors.New("receiver: no file system")
+	case o.Authorize == nil:
+		return errors.New("receiver: no authorization policy")
+	case o.Now == nil:
+		return errors.New("receiver: no clock")
+	}
+	return nil
+}
+
+// Receiver accepts epochs from senders into replicas under Root.
+type Receiver struct {
+	o    Options
+	log  *slog.Logger
+	mu   sync.Mutex
+	busy map[string]bool
+}
+
+// New returns a Receiver.
+func New(o Options) (*Receiver, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	if o.AckBytes == 0 {
+		o.AckBytes = DefaultAckBytes
+	}
+	l := o.Logger
+	if l == nil {
+		l = slog.New(slog.DiscardHandler)
+	}
+	return &Receiver{o: o, log: l, busy: map[string]bool{}}, nil
+}
+
+func (r *Receiver) replicaOptions(vm string) replica.Options {
+	return replica.Options{FS: r.o.FS, Dir: path.Join(r.o.Root, vm), VM: vm, Now: r.o.Now, Logger: r.log}
+}
+
+// RecoverAll opens every replica under Root once, so that whatever a crash
+// left (a committed epoch not yet applied) is applied before anything else
+// looks at the replicas.
+func (r *Receiver) RecoverAll() error {
+	names, err := r.o.FS.List(r.o.Root)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("list replicas: %w", err)
+	}
+	var errs []error
+	for _, vm := range names {
+		if wire.ValidVMName(vm) != nil {
+			continue
+		}
+		rep, err := replica.Open(r.replicaOptions(vm))
+		if err != nil {
+			errs = append(errs, fmt.Errorf("replica %s: %w", vm, err))
+			continue
+		}
+		r.log.Info("replica ready", "vm", vm, "epoch", rep.Manifest().Epoch, "staged", rep.Position().StagedEpoch, "durable", rep.Position().StagedDurable)
+		rep.Close()
+	}
+	return errors.Join(errs...)
+}
+
+func (r *Receiver) acquire(vm string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.busy[vm] {
+		return false
+	}
+	r.busy[vm] = true
+	return true
+}
+
+func (r *Receiver) release(vm string) {
+	r.mu.Lock()
+	delete(r.busy, vm)
+	r.mu.Unlock()
+}
+
+// toWire turns an error into the Error frame the sender is told.
+func toWire(err error) *wire.Error {
+	var we *wire.Error
+	switch {
+	case errors.As(err, &we):
+		return we
+	case errors.Is(err, replica.ErrProtocol):
+		return &wire.Error{Code: wire.ErrProtocol, Message: err.Error()}
+	case errors.Is(err, replica.ErrDigest):
+		return &wire.Error{Code: wire.ErrDigest, Message: err.Error()}
+	case errors.Is(err, replica.ErrStorage), errors.Is(err, replica.ErrBroken):
+		return &wire.Error{Code: wire.ErrStorage, Message: err.Error()}
+	case errors.Is(err, replica.ErrLocked):
+		return &wire.Error{Code: wire.ErrBusy, Message: err.Error()}
+	case errors.Is(err, wire.ErrMalformed):
+		return &wire.Error{Code: wire.ErrProtocol, Message: err.Error()}
+	case errors.Is(err, replica.ErrCorrupt):
+		return &wire.Error{Code: wire.ErrInternal, Message: "replica needs operator attention: " + err.Error()}
+	}
+	return &wire.Error{Code: wire.ErrInternal, Message: err.Error()}
+}
+
+// Handle serves one connection from peer until the sender closes it or an
+// error ends it. Nothing a sender sends can leave the replica anywhere but
+// at a committed epoch, with a staged epoch at most.
+func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser) (err error) {
+	defer rw.Close()
+	stop := context.AfterFunc(ctx, func() { rw.Close() })
+	defer stop()
+	log := r.log.With("peer", peer.Fingerprint)
+	bw := bufio.NewWriterSize(rw, 64<<10)
+	enc := wire.NewEncoder(bw, wire.EncoderOptions{})
+	dec := wire.NewDecoder(bufio.NewReaderSize(rw, 1<<20), wire.DecoderOptions{})
+	send := func(f wire.Frame) error {
+		if err := enc.Encode(f); err != nil {
+			return err
+		}
+		return bw.Flush()
+	}
+	sess := newSession(r.o.AckBytes)
+	var rep *replica.Replica
+	var vm string
+	owned := false // this connection holds vm
+	var epochWire0, epochRaw0 uint64
+	defer func() {
+		if rep != nil {
+			// Whatever was staged becomes durable, so a reconnecting sender
+			// resumes after it.
+			if _, serr := rep.Sync(); serr != nil {
+				log.Warn("sync staged epoch", "vm", vm, "err", serr)
+			}
+			rep.Close()
+		}
+		if owned {
+			r.release(vm)
+		}
+		if err != nil {
+			we := toWire(err)
+			send(we)
+			log.Warn("connection ended", "vm", vm, "err", err)
+		}
+	}()
+	for {
+		f, derr := dec.Decode()
+		if derr != nil {
+			if errors.Is(derr, io.EOF) && !errors.Is(derr, io.ErrUnexpectedEOF) {
+				return nil
+			}
+			if errors.Is(derr, wire.ErrMalformed) {
+				return fmt.Errorf("from %s: %w", peer.Fingerprint, derr)
+			}
+			log.Info("connection lost", "vm", vm, "err", derr)
+			return nil
+		}
+		if pe, ok := f.(*wire.Error); ok {
+			log.Warn("sender reported an error", "vm", vm, "code", pe.Code.String(), "message", pe.Message)
+			return nil
+		}
+		st, wantSync, err := sess.next(f)
+		if err != nil {
+			return err
+		}
+		switch st {
+		case stepHello:
+			vm = f.(*wire.Hello).VM
+			if err := r.o.Authorize(peer, vm); err != nil {
+				log.Warn("refused", "vm", vm, "err", err)
+				vm = ""
+				return &wire.Error{Code: wire.ErrUnauthorized, Message: fmt.Sprintf("certificate %s is not authorized for VM %q", peer.Fingerprint, f.(*wire.Hello).VM)}
+			}
+			if !r.acquire(vm) {
+				name := vm
+				vm = ""
+				return &wire.Error{Code: wire.ErrBusy, Message: fmt.Sprintf("another sender is replicating VM %q", name)}
+			}
+			owned = true
+			// The replica is held open (and locked) only while an epoch is
+			// in flight, so verify and failover drills can read it between
+			// epochs.
+			rep, err = replica.Open(r.replicaOptions(vm))
+			if err != nil {
+				return err
+			}
+			pos := rep.Position()
+			rep.Close()
+			rep = nil
+			log.Info("sender connected", "vm", vm, "committed", pos.Committed)
+			if err := send(&wire.Welcome{Version: sess.version, Position: pos}); err != nil {
+				return nil
+			}
+		case stepBegin:
+			if rep, err = replica.Open(r.replicaOptions(vm)); err != nil {
+				return err
+			}
+			if err := rep.Begin(f.(*wire.EpochBegin)); err != nil {
+				return err
+			}
+			epochWire0, epochRaw0 = dec.Stats().WireBytes, dec.Stats().RawBytes
+		case stepItem:
+			it := f.(wire.Item)
+			if err := rep.Append(it); err != nil {
+				return err
+			}
+			if wantSync {
+				n, err := rep.Sync()
+				if err != nil {
+					return err
+				}
+				if err := send(&wire.Ack{Epoch: sess.epoch, Durable: n}); err != nil {
+					return nil
+				}
+			}
+		case stepCommit:
+			c := f.(*wire.EpochCommit)
+			if err := rep.Commit(c); err != nil {
+				return err
+			}
+			m := rep.Manifest()
+			log.Info("epoch committed", "vm", vm, "epoch", c.Epoch, "items", c.Items)
+			if r.o.OnCommit != nil {
+				st := dec.Stats()
+				r.o.OnCommit(EpochStats{VM: vm, Peer: peer, Epoch: c.Epoch, Cut: m.Cut, WireBytes: st.WireBytes - epochWire0, RawBytes: st.RawBytes - epochRaw0})
+			}
+			rep.Close()
+			rep = nil
+			if err := send(&wire.Ack{Epoch: c.Epoch, Durable: c.Items, Committed: true}); err != nil {
+				return nil
+			}
+		}
+	}
+}

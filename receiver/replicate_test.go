@@ -1,0 +1,102 @@
+package receiver_test
+
+import (
+	"context"
+	"math/rand/v2"
+	"testing"
+	"time"
+
+	"github.com/drsync/drsync/receiver"
+	"github.com/drsync/drsync/replica"
+	"github.com/drsync/drsync/sender"
+	"github.com/drsync/drsync/testkit"
+	"github.com/drsync/drsync/vfs"
+	"github.com/drsync/drsync/vfs/memfs"
+	"github.com/drsync/drsync/wire"
+)
+
+func now() time.Time { return time.Unix(1700000000, 0) }
+
+var alice = receiver.Peer{Fingerprint: "sha256:aa", Name: "alice"}
+
+func allowAll(receiver.Peer, string) error { return nil }
+
+func newReceiver(t *testing.T, fsys vfs.FS) *receiver.Receiver {
+	t.Helper()
+	r, err := receiver.New(receiver.Options{Root: "/replicas", FS: fsys, Authorize: allowAll, AckBytes: 256 << 10, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func newSource(rng *rand.Rand) *testkit.MemSource {
+	disk := &testkit.MemTarget{Kind: wire.KindDisk, Name: "vda", BlockSize: 64 << 10, Data: make([]byte, 8<<20+512)}
+	ram := &testkit.MemTarget{Kind: wire.KindRAM, Name: "pc.ram", BlockSize: 4096, Data: make([]byte, 4<<20)}
+	src := &testkit.MemSource{Targets: []*testkit.MemTarget{disk, ram}, DeviceState: []byte("device state 0")}
+	testkit.RandomWrites(rng, disk, 20, 200<<10)
+	testkit.RandomWrites(rng, ram, 50, 16<<10)
+	return src
+}
+
+func mutate(rng *rand.Rand, src *testkit.MemSource, epoch int) {
+	src.Mutate(func() {
+		testkit.RandomWrites(rng, src.Targets[0], 10, 100<<10)
+		testkit.RandomWrites(rng, src.Targets[1], 30, 8<<10)
+		src.DeviceState = []byte("device state " + string(rune('a'+epoch)))
+	})
+}
+
+func newSender(t *testing.T, src sender.Source, d sender.Dialer, sfs vfs.FS) *sender.Sender {
+	t.Helper()
+	s, err := sender.New(sender.Options{VM: "web-1", Source: src, Dialer: d, Store: sender.Store{FS: sfs, Dir: "/state/web-1"}, Compression: wire.CompressFast, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func checkReplica(t *testing.T, fsys vfs.FS, want map[string][]byte, epoch uint64) {
+	t.Helper()
+	got, state, err := testkit.ReplicaState(fsys, "/replicas/web-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != epoch {
+		t.Fatalf("replica at epoch %d, want %d", got, epoch)
+	}
+	if d := testkit.DiffStates(want, state); d != "" {
+		t.Fatalf("epoch %d: replica differs from source: %s", epoch, d)
+	}
+	rep, err := replica.Verify(fsys, "/replicas/web-1", "web-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.OK() {
+		t.Fatalf("verify: %v", rep.Problems)
+	}
+}
+
+func TestEpochsConverge(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	rfs, sfs := memfs.New(), memfs.New()
+	src := newSource(rng)
+	s := newSender(t, src, testkit.PipeDialer(newReceiver(t, rfs), alice), sfs)
+	defer s.Close()
+	for e := 1; e <= 5; e++ {
+		want := src.SourceState()
+		res, err := s.RunEpoch(context.Background())
+		if err != nil {
+			t.Fatalf("epoch %d: %v", e, err)
+		}
+		if res.Epoch != uint64(e) {
+			t.Fatalf("epoch %d reported as %d", e, res.Epoch)
+		}
+		checkReplica(t, rfs, want, uint64(e))
+		t.Logf("epoch %d: base %s, %d items, %d data bytes, %d on the wire", e, res.Base, res.Items, res.DataBytes, res.WireBytes)
+		if e > 1 && res.DataBytes > 6<<20 {
+			t.Errorf("epoch %d sent %d bytes: changes only should go", e, res.DataBytes)
+		}
+		mutate(rng, src, e)
+	}
+}

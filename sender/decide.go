@@ -1,0 +1,44 @@
+package sender
+
+import "github.com/drsync/drsync/wire"
+
+// baseChoice is how the sender relates its index to the replica's position.
+type baseChoice int
+
+const (
+	baseFresh     baseChoice = iota // replica is empty: it reads zeros everywhere
+	baseCommitted                   // committed index matches the replica
+	basePending                     // pending index matches: the last commit landed, promote it
+	baseUnknown                     // nothing matches: compare everything (full pass)
+)
+
+func (b baseChoice) String() string {
+	return [...]string{"fresh", "committed", "pending", "unknown"}[b]
+}
+
+// chooseBase decides what the replica holds, from the receiver's durable
+// position and the sender's own committed and pending indexes. It never
+// guesses: when neither index matches the replica's state identity, the
+// sender does a full pass rather than risk a silent gap.
+func chooseBase(pos wire.Position, committed, pending *Index) baseChoice {
+	switch {
+	case pending != nil && pending.Epoch == pos.Committed && pending.StateID == pos.StateID:
+		return basePending
+	case committed != nil && committed.Epoch == pos.Committed && committed.StateID == pos.StateID:
+		return baseCommitted
+	case pos.Committed == 0:
+		return baseFresh
+	default:
+		return baseUnknown
+	}
+}
+
+// resumeFrom is the first item to send of plan p given the receiver's
+// durable position: past the items already durable if the receiver stages
+// exactly this plan, otherwise from the start.
+func resumeFrom(p *Plan, pos wire.Position) uint64 {
+	if pos.StagedEpoch == p.Epoch && pos.StagedPlan == p.ID && pos.StagedDurable <= uint64(len(p.Items)) {
+		return pos.StagedDurable
+	}
+	return 0
+}

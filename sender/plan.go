@@ -1,0 +1,297 @@
+package sender
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/drsync/drsync/blockhash"
+	"github.com/drsync/drsync/wire"
+)
+
+// ErrSourceChanged means a snapshot's content changed between planning and
+// sending; the epoch is abandoned rather than sending a torn state.
+var ErrSourceChanged = errors.New("source changed during the epoch")
+
+// PlanItem is one item of an epoch, without its data.
+type PlanItem struct {
+	Type     wire.Type
+	Target   uint16
+	Off, Len int64    // bytes (for MemRun too; the frame carries pages)
+	Hashes   []uint64 // per block, data items
+	DataHash uint64
+	dev      []byte // device state chunk
+}
+
+// Plan is an epoch worked out against the replica's known content: what to
+// send, in which order, and what the replica will hold afterwards.
+type Plan struct {
+	Epoch   uint64
+	Cut     time.Time
+	Base    baseChoice
+	Targets []wire.Target
+	Items   []PlanItem
+	Sums    []wire.Summary
+	ID      uint64
+	Bytes   uint64 // data bytes in items
+	Digest  uint64
+	States  []wire.TargetDigest
+	Next    *Index
+	// Scanned counts bytes compared; Changed and Zeroed the bytes that go
+	// as data and as zero runs.
+	Scanned, Changed, Zeroed int64
+}
+
+// planChunk is how much of a target is read at once while planning.
+const planChunk = 4 << 20
+
+// BuildPlan compares snap against base (the replica's tables; nil tables
+// mean unknown content, so every block is sent) and lays out epoch.
+func BuildPlan(ctx context.Context, epoch uint64, snap *Snapshot, choice baseChoice, base *Index) (*Plan, error) {
+	p := &Plan{Epoch: epoch, Cut: snap.Cut, Base: choice, Next: &Index{Epoch: epoch, Tables: map[string]*blockhash.Table{}}}
+	if len(snap.Targets) > wire.MaxTargets {
+		return nil, fmt.Errorf("plan epoch %d: %d targets, at most %d", epoch, len(snap.Targets), wire.MaxTargets)
+	}
+	for i, t := range snap.Targets {
+		if t.Kind == wire.KindRAM && (t.BlockSize != wire.PageSize || t.Size%wire.PageSize != 0) {
+			return nil, fmt.Errorf("plan epoch %d: RAM %s of %d bytes at block size %d: must be whole %d-byte pages", epoch, t.Name, t.Size, t.BlockSize, wire.PageSize)
+		}
+		if err := wire.ValidTargetName(t.Name); err != nil {
+			return nil, fmt.Errorf("plan epoch %d: %w", epoch, err)
+		}
+		wt := wire.Target{ID: uint16(i), Kind: t.Kind, Name: t.Name, Size: uint64(t.Size), BlockSize: uint32(t.BlockSize)}
+		p.Targets = append(p.Targets, wt)
+		k := TableKey(t.Kind, t.Name)
+		if _, dup := p.Next.Tables[k]; dup {
+			return nil, fmt.Errorf("plan epoch %d: target %s listed twice", epoch, k)
+		}
+		var old *blockhash.Table // nil: unknown
+		switch choice {
+		case baseFresh:
+			old = blockhash.NewZero(t.Size, t.BlockSize)
+		case baseCommitted, basePending:
+			if bt := base.Tables[k]; bt != nil {
+				if bt.BlockSize != t.BlockSize {
+					return nil, fmt.Errorf("plan epoch %d: %s block size changed from %d to %d; the replica cannot follow", epoch, k, bt.BlockSize, t.BlockSize)
+				}
+				old = bt.Clone()
+				old.Resize(t.Size)
+			} else {
+				old = blockhash.NewZero(t.Size, t.BlockSize)
+			}
+		}
+		next, err := p.scanTarget(ctx, uint16(i), t, old)
+		if err != nil {
+			return nil, fmt.Errorf("plan epoch %d: %s %s: %w", epoch, kindWord(t.Kind), t.Name, err)
+		}
+		p.Next.Tables[k] = next
+		p.States = append(p.States, wire.TargetDigest{Target: uint16(i), Digest: next.Digest()})
+	}
+	if base != nil && choice != baseUnknown && choice != baseFresh {
+		for k := range base.Tables {
+			if _, ok := p.Next.Tables[k]; !ok {
+				return nil, fmt.Errorf("plan epoch %d: the replica holds %s, which this VM no longer has; removing a target is not supported", epoch, k)
+			}
+		}
+	}
+	for off := 0; off < len(snap.DeviceState); off += wire.MaxData {
+		chunk := snap.DeviceState[off:min(off+wire.MaxData, len(snap.DeviceState))]
+		p.add(PlanItem{Type: wire.TypeDeviceState, Off: int64(off), Len: int64(len(chunk)), DataHash: xxhash.Sum64(chunk), dev: chunk})
+	}
+	p.Next.StateID = p.Next.ComputeStateID()
+	d := wire.NewEpochDigest(epoch)
+	for _, s := range p.Sums {
+		d.Add(s)
+	}
+	p.Digest = d.Sum()
+	p.ID = wire.PlanID(epoch, p.Targets, p.Sums)
+	return p, nil
+}
+
+func kindWord(k wire.TargetKind) string {
+	if k == wire.KindRAM {
+		return "RAM"
+	}
+	return "disk"
+}
+
+func (p *Plan) add(it PlanItem) {
+	s := wire.Summary{Seq: uint64(len(p.Items)), Type: it.Type, Target: it.Target, Offset: uint64(it.Off), Length: uint64(it.Len), DataHash: it.DataHash}
+	if it.Type == wire.TypeMemRun {
+		s.Offset /= wire.PageSize
+	}
+	if it.Type == wire.TypeDeviceState {
+		s.Target = 0
+	}
+	if it.Type != wire.TypeZeroRun {
+		p.Bytes += uint64(it.Len)
+	}
+	p.Items = append(p.Items, it)
+	p.Sums = append(p.Sums, s)
+}
+
+// runBuilder coalesces consecutive changed blocks into items.
+type runBuilder struct {
+	p      *Plan
+	target uint16
+	typ    wire.Type // data type of this target
+	cur    *PlanItem
+	h      *xxhash.Digest
+}
+
+func (rb *runBuilder) flush() {
+	if rb.cur == nil {
+		return
+	}
+	if rb.cur.Type != wire.TypeZeroRun {
+		rb.cur.DataHash = rb.h.Sum64()
+	}
+	rb.p.add(*rb.cur)
+	rb.cur = nil
+}
+
+func (rb *runBuilder) block(off int64, data []byte, zero bool, hash uint64) {
+	typ := rb.typ
+	if zero {
+		typ = wire.TypeZeroRun
+	}
+	n := int64(len(data))
+	if c := rb.cur; c != nil && c.Type == typ && c.Off+c.Len == off && (zero || c.Len+n <= wire.MaxData) {
+		c.Len += n
+	} else {
+		rb.flush()
+		rb.cur = &PlanItem{Type: typ, Target: rb.target, Off: off, Len: n}
+		rb.h.Reset()
+	}
+	if !zero {
+		rb.cur.Hashes = append(rb.cur.Hashes, hash)
+		rb.h.Write(data)
+	}
+}
+
+// scanTarget compares every block of t with old and returns the new table.
+func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockhash.Table) (*blockhash.Table, error) {
+	if t.Size <= 0 || t.BlockSize < 512 || t.BlockSize&(t.BlockSize-1) != 0 {
+		return nil, fmt.Errorf("size %d block size %d", t.Size, t.BlockSize)
+	}
+	next := blockhash.NewZero(t.Size, t.BlockSize)
+	typ := wire.TypeDiskExtent
+	if t.Kind == wire.KindRAM {
+		typ = wire.TypeMemRun
+	}
+	rb := &runBuilder{p: p, target: id, typ: typ, h: xxhash.New()}
+	var extents []Extent
+	if t.Extents != nil {
+		var err error
+		if extents, err = t.Extents(ctx, 0, t.Size); err != nil {
+			return nil, fmt.Errorf("allocation map: %w", err)
+		}
+	}
+	bs := int64(t.BlockSize)
+	chunk := planChunk - planChunk%bs
+	if chunk == 0 {
+		chunk = bs
+	}
+	buf := make([]byte, chunk)
+	ei := 0
+	for off := int64(0); off < t.Size; off += chunk {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		n := min(chunk, t.Size-off)
+		// Skip reading a chunk the allocation map says is all zeros.
+		for ei < len(extents) && extents[ei].Off+extents[ei].Len <= off {
+			ei++
+		}
+		allZero := false
+		if ei < len(extents) {
+			allZero = coveredByZero(extents[ei:], off, off+n)
+		}
+		data := buf[:n]
+		if allZero {
+			clear(data)
+		} else {
+			if _, err := t.Reader.ReadAt(data, off); err != nil && err != io.EOF {
+				return nil, fmt.Errorf("read at %d: %w", off, err)
+			}
+			p.Scanned += n
+		}
+		for b := int64(0); b < n; b += bs {
+			blk := data[b:min(b+bs, n)]
+			i := (off + b) / bs
+			var h uint64
+			zero := allZero || blockhash.IsZero(blk)
+			if zero {
+				h = blockhash.ZeroHash(len(blk))
+			} else {
+				h = blockhash.Hash(blk)
+			}
+			next.Hashes[i] = h
+			if old != nil && old.Hashes[i] == h {
+				rb.flush()
+				continue
+			}
+			rb.block(off+b, blk, zero, h)
+			if zero {
+				p.Zeroed += int64(len(blk))
+			} else {
+				p.Changed += int64(len(blk))
+			}
+		}
+	}
+	rb.flush()
+	return next, nil
+}
+
+// coveredByZero reports whether [lo, hi) lies entirely in zero extents.
+func coveredByZero(ext []Extent, lo, hi int64) bool {
+	pos := lo
+	for _, e := range ext {
+		if e.Off > pos {
+			return false
+		}
+		if e.Off+e.Len <= pos {
+			continue
+		}
+		if !e.Zero {
+			return false
+		}
+		pos = e.Off + e.Len
+		if pos >= hi {
+			return true
+		}
+	}
+	return false
+}
+
+// Frame reads item i from snap and returns it as a frame, checking that the
+// data is what was planned.
+func (p *Plan) Frame(snap *Snapshot, i int) (wire.Item, error) {
+	it := p.Items[i]
+	seq := uint64(i)
+	switch it.Type {
+	case wire.TypeZeroRun:
+		return &wire.ZeroRun{Seq: seq, Target: it.Target, Offset: uint64(it.Off), Length: uint64(it.Len)}, nil
+	case wire.TypeDeviceState:
+		return &wire.DeviceState{Seq: seq, Offset: uint64(it.Off), Total: uint64(len(snap.DeviceState)), Data: it.dev}, nil
+	}
+	t := snap.Targets[it.Target]
+	data := make([]byte, it.Len)
+	if _, err := t.Reader.ReadAt(data, it.Off); err != nil && err != io.EOF {
+		return nil, fmt.Errorf("read %s at %d: %w", t.Name, it.Off, err)
+	}
+	bs := t.BlockSize
+	for j, want := range it.Hashes {
+		blk := data[j*bs : min((j+1)*bs, len(data))]
+		if blockhash.Hash(blk) != want {
+			return nil, fmt.Errorf("%s block at %d: %w", t.Name, it.Off+int64(j*bs), ErrSourceChanged)
+		}
+	}
+	if it.Type == wire.TypeMemRun {
+		return &wire.MemRun{Seq: seq, Target: it.Target, Page: uint64(it.Off) / wire.PageSize, Data: data}, nil
+	}
+	return &wire.DiskExtent{Seq: seq, Target: it.Target, Offset: uint64(it.Off), Data: data}, nil
+}

@@ -1,0 +1,353 @@
+package sender
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/drsync/drsync/wire"
+)
+
+// Dialer opens a connection to the receiver: one authenticated, ordered,
+// reliable byte stream (a QUIC stream in production, a pipe in tests).
+type Dialer interface {
+	Dial(ctx context.Context) (io.ReadWriteCloser, error)
+}
+
+// DialFunc adapts a function to Dialer.
+type DialFunc func(ctx context.Context) (io.ReadWriteCloser, error)
+
+// Dial calls f.
+func (f DialFunc) Dial(ctx context.Context) (io.ReadWriteCloser, error) { return f(ctx) }
+
+// Options configure a Sender.
+type Options struct {
+	VM          string
+	Source      Source
+	Dialer      Dialer
+	Store       Store
+	Compression wire.Compression
+	Now         func() time.Time
+	Logger      *slog.Logger
+	// Progress, if set, is called as items are sent.
+	Progress func(Progress)
+}
+
+// Progress reports an epoch in flight.
+type Progress struct {
+	Epoch               uint64
+	SentBytes, AllBytes uint64
+	Durable, Items      uint64
+}
+
+// Validate reports what is wrong with o.
+func (o *Options) Validate() error {
+	switch {
+	case wire.ValidVMName(o.VM) != nil:
+		return fmt.Errorf("sender: %w", wire.ValidVMName(o.VM))
+	case o.Source == nil:
+		return errors.New("sender: no source")
+	case o.Dialer == nil:
+		return errors.New("sender: no dialer")
+	case o.Store.FS == nil || o.Store.Dir == "":
+		return errors.New("sender: no state directory")
+	case o.Now == nil:
+		return errors.New("sender: no clock")
+	}
+	return o.Compression.Validate()
+}
+
+// Result describes one committed epoch.
+type Result struct {
+	Epoch     uint64
+	Cut       time.Time
+	Base      string // how the replica's content was known: fresh, committed, pending, unknown
+	Items     int
+	StartSeq  uint64 // > 0 when the epoch resumed a staged transfer
+	DataBytes uint64 // changed bytes in the epoch
+	Scanned   int64  // bytes of source compared
+	WireBytes uint64 // bytes written to the connection for this epoch, all attempts
+	// ResentBytes counts data bytes sent again because an earlier attempt
+	// broke after sending them but before the receiver made them durable.
+	ResentBytes uint64
+	Attempts    int
+	Duration    time.Duration
+}
+
+// Sender replicates one VM: each RunEpoch cuts a snapshot, works out what
+// changed against what the replica holds, and streams it.
+type Sender struct {
+	o         Options
+	log       *slog.Logger
+	committed *Index
+	pending   *Index
+	loaded    bool
+	sess      *session
+	// The epoch in flight survives a broken connection, so the next attempt
+	// resumes it instead of cutting a new one.
+	inflight *attempt
+}
+
+type attempt struct {
+	plan    *Plan
+	snap    *Snapshot
+	baseID  uint64 // replica state the plan was made against
+	maxSent int    // highest item index sent + 1, across attempts
+	res     Result
+	started time.Time
+}
+
+type session struct {
+	rw  io.ReadWriteCloser
+	bw  *bufio.Writer
+	enc *wire.Encoder
+	dec *wire.Decoder
+	pos wire.Position
+}
+
+// New returns a Sender.
+func New(o Options) (*Sender, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	l := o.Logger
+	if l == nil {
+		l = slog.New(slog.DiscardHandler)
+	}
+	return &Sender{o: o, log: l.With("vm", o.VM)}, nil
+}
+
+// Close drops the connection and any epoch in flight.
+func (s *Sender) Close() error {
+	s.dropSession()
+	if s.inflight != nil {
+		s.inflight.snap.Close()
+		s.inflight = nil
+	}
+	return nil
+}
+
+// Disconnect drops the connection; the next RunEpoch dials again. An epoch
+// in flight is kept and resumed.
+func (s *Sender) Disconnect() { s.dropSession() }
+
+func (s *Sender) dropSession() {
+	if s.sess != nil {
+		s.sess.rw.Close()
+		s.sess = nil
+	}
+}
+
+func (s *Sender) connect(ctx context.Context) error {
+	if s.sess != nil {
+		return nil
+	}
+	rw, err := s.o.Dialer.Dial(ctx)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	bw := bufio.NewWriterSize(rw, 1<<20)
+	ss := &session{rw: rw, bw: bw, enc: wire.NewEncoder(bw, wire.EncoderOptions{Compression: s.o.Compression}), dec: wire.NewDecoder(bufio.NewReaderSize(rw, 64<<10), wire.DecoderOptions{})}
+	// A peer that never answers must not hang the sender.
+	stop := context.AfterFunc(ctx, func() { rw.Close() })
+	defer stop()
+	if err := ss.enc.Encode(&wire.Hello{MinVersion: wire.MinVersion, MaxVersion: wire.Version, VM: s.o.VM}); err == nil {
+		err = bw.Flush()
+	}
+	f, err := ss.dec.Decode()
+	if err != nil {
+		rw.Close()
+		return fmt.Errorf("handshake: %w", err)
+	}
+	switch f := f.(type) {
+	case *wire.Welcome:
+		ss.pos = f.Position
+	case *wire.Error:
+		rw.Close()
+		return fmt.Errorf("handshake: %w", f)
+	default:
+		rw.Close()
+		return fmt.Errorf("handshake: receiver sent %s instead of Welcome: %w", f.Type(), wire.ErrMalformed)
+	}
+	s.sess = ss
+	s.log.Debug("connected", "committed", ss.pos.Committed, "staged", ss.pos.StagedEpoch, "durable", ss.pos.StagedDurable)
+	return nil
+}
+
+// RunEpoch replicates one epoch: it connects if needed, resumes the epoch in
+// flight or cuts a new one, and returns once the receiver has committed it.
+// On error the epoch in flight is kept, so calling RunEpoch again resumes it.
+func (s *Sender) RunEpoch(ctx context.Context) (*Result, error) {
+	if !s.loaded {
+		c, p, err := s.o.Store.Load()
+		if err != nil {
+			s.log.Warn("sender state unreadable; the next epoch compares everything", "err", err)
+		}
+		s.committed, s.pending, s.loaded = c, p, true
+	}
+	if err := s.connect(ctx); err != nil {
+		return nil, err
+	}
+	res, err := s.runEpoch(ctx)
+	if err != nil {
+		s.dropSession()
+		var remote *wire.Error
+		if s.inflight != nil && (errors.As(err, &remote) && remote.Code == wire.ErrDigest || errors.Is(err, ErrSourceChanged)) {
+			// The epoch cannot be finished as planned; cut a fresh one next time.
+			s.inflight.snap.Close()
+			s.inflight = nil
+		}
+	}
+	return res, err
+}
+
+func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
+	ss := s.sess
+	pos := ss.pos
+	choice := chooseBase(pos, s.committed, s.pending)
+	switch choice {
+	case basePending:
+		if err := s.o.Store.Promote(s.pending); err != nil {
+			return nil, err
+		}
+		s.committed, s.pending = s.pending, nil
+	case baseUnknown:
+		s.log.Warn("the replica's content is not what this sender last recorded; comparing every block (full pass)", "replica_epoch", pos.Committed)
+	}
+	epoch := pos.Committed + 1
+	a := s.inflight
+	if a != nil && (a.plan.Epoch != epoch || a.baseID != pos.StateID) {
+		a.snap.Close()
+		a, s.inflight = nil, nil
+	}
+	if a == nil {
+		snap, err := s.o.Source.Snapshot(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("epoch %d: snapshot: %w", epoch, err)
+		}
+		plan, err := BuildPlan(ctx, epoch, snap, choice, s.committed)
+		if err != nil {
+			snap.Close()
+			return nil, err
+		}
+		a = &attempt{plan: plan, snap: snap, baseID: pos.StateID, started: s.o.Now()}
+		a.res = Result{Epoch: epoch, Cut: plan.Cut, Base: choice.String(), Items: len(plan.Items), DataBytes: plan.Bytes, Scanned: plan.Scanned}
+		s.inflight = a
+	}
+	p := a.plan
+	start := resumeFrom(p, pos)
+	a.res.Attempts++
+	if start > 0 {
+		a.res.StartSeq = start
+	}
+	for i := int(start); i < a.maxSent; i++ {
+		if p.Items[i].Type != wire.TypeZeroRun {
+			a.res.ResentBytes += uint64(p.Items[i].Len)
+		}
+	}
+	s.log.Info("epoch", "epoch", epoch, "base", choice.String(), "items", len(p.Items), "bytes", p.Bytes, "resume_at", start)
+
+	stop := context.AfterFunc(ctx, func() { ss.rw.Close() })
+	defer stop()
+	wire0 := ss.enc.Stats().WireBytes
+	acks := make(chan error, 1)
+	var durable uint64
+	go func() {
+		for {
+			f, err := ss.dec.Decode()
+			if err != nil {
+				acks <- fmt.Errorf("epoch %d: read acknowledgement: %w", epoch, err)
+				return
+			}
+			switch f := f.(type) {
+			case *wire.Ack:
+				if f.Epoch != epoch {
+					acks <- fmt.Errorf("epoch %d: acknowledgement for epoch %d: %w", epoch, f.Epoch, wire.ErrMalformed)
+					return
+				}
+				durable = f.Durable
+				if f.Committed {
+					acks <- nil
+					return
+				}
+			case *wire.Error:
+				acks <- fmt.Errorf("epoch %d: %w", epoch, f)
+				return
+			default:
+				acks <- fmt.Errorf("epoch %d: receiver sent %s: %w", epoch, f.Type(), wire.ErrMalformed)
+				return
+			}
+		}
+	}()
+	fail := func(err error) (*Result, error) {
+		ss.rw.Close()
+		// Prefer the receiver's reason over the write error it caused.
+		select {
+		case aerr := <-acks:
+			var remote *wire.Error
+			if errors.As(aerr, &remote) {
+				return nil, aerr
+			}
+		case <-time.After(100 * time.Millisecond):
+		}
+		a.res.WireBytes += ss.enc.Stats().WireBytes - wire0
+		return nil, err
+	}
+	err := ss.enc.Encode(&wire.EpochBegin{Epoch: epoch, Cut: p.Cut, Plan: p.ID, Items: uint64(len(p.Items)), Bytes: p.Bytes, StartSeq: start, Targets: p.Targets})
+	if err != nil {
+		return fail(fmt.Errorf("epoch %d: send: %w", epoch, err))
+	}
+	var sent uint64
+	for i := int(start); i < len(p.Items); i++ {
+		f, err := p.Frame(a.snap, i)
+		if err != nil {
+			return fail(fmt.Errorf("epoch %d: %w", epoch, err))
+		}
+		if err := ss.enc.Encode(f); err != nil {
+			return fail(fmt.Errorf("epoch %d: send item %d: %w", epoch, i, err))
+		}
+		a.maxSent = max(a.maxSent, i+1)
+		if it := p.Items[i]; it.Type != wire.TypeZeroRun {
+			sent += uint64(it.Len)
+		}
+		if s.o.Progress != nil {
+			s.o.Progress(Progress{Epoch: epoch, SentBytes: sent, AllBytes: p.Bytes, Durable: durable, Items: uint64(len(p.Items))})
+		}
+	}
+	// The replica's next content is recorded before the commit leaves, so a
+	// sender that dies now still knows it, whichever way the commit goes.
+	if err := s.o.Store.SavePending(p.Next); err != nil {
+		return fail(fmt.Errorf("epoch %d: %w", epoch, err))
+	}
+	s.pending = p.Next
+	if err := ss.enc.Encode(&wire.EpochCommit{Epoch: epoch, Items: uint64(len(p.Items)), Digest: p.Digest, States: p.States}); err != nil {
+		return fail(fmt.Errorf("epoch %d: send commit: %w", epoch, err))
+	}
+	if err := ss.bw.Flush(); err != nil {
+		return fail(fmt.Errorf("epoch %d: send: %w", epoch, err))
+	}
+	select {
+	case err := <-acks:
+		if err != nil {
+			a.res.WireBytes += ss.enc.Stats().WireBytes - wire0
+			return nil, err
+		}
+	case <-ctx.Done():
+		return fail(ctx.Err())
+	}
+	a.res.WireBytes += ss.enc.Stats().WireBytes - wire0
+	if err := s.o.Store.Promote(p.Next); err != nil {
+		return nil, fmt.Errorf("epoch %d committed, but: %w", epoch, err)
+	}
+	s.committed, s.pending = p.Next, nil
+	ss.pos = wire.Position{Committed: epoch, CommittedCut: p.Cut, StateID: p.Next.StateID}
+	a.snap.Close()
+	s.inflight = nil
+	a.res.Duration = s.o.Now().Sub(a.started)
+	res := a.res
+	return &res, nil
+}
