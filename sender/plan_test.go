@@ -1,0 +1,145 @@
+package sender
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/drsync/drsync/blockhash"
+	"github.com/drsync/drsync/wire"
+)
+
+type mutableReader struct{ b []byte }
+
+func (m *mutableReader) ReadAt(p []byte, off int64) (int, error) {
+	return bytes.NewReader(m.b).ReadAt(p, off)
+}
+
+func snapOf(disk []byte, ext []Extent) (*Snapshot, *mutableReader) {
+	r := &mutableReader{b: disk}
+	t := Target{Kind: wire.KindDisk, Name: "vda", Size: int64(len(disk)), BlockSize: 4096, Reader: r}
+	if ext != nil {
+		t.Extents = func(context.Context, int64, int64) ([]Extent, error) { return ext, nil }
+	}
+	return &Snapshot{Cut: time.Unix(1, 0), Targets: []Target{t}, Close: func() error { return nil }}, r
+}
+
+func TestPlanSendsOnlyChanges(t *testing.T) {
+	disk := make([]byte, 64*4096)
+	copy(disk[4096:], bytes.Repeat([]byte{1}, 3*4096)) // blocks 1-3: data, coalesce into one extent
+	copy(disk[10*4096:], bytes.Repeat([]byte{2}, 100)) // block 10: partial data
+	snap, r := snapOf(disk, nil)
+	p, err := BuildPlan(context.Background(), 1, snap, baseFresh, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Items) != 2 || p.Items[0].Off != 4096 || p.Items[0].Len != 3*4096 || p.Items[1].Off != 10*4096 {
+		t.Fatalf("fresh plan items: %+v", p.Items)
+	}
+	if p.Bytes != 4*4096 {
+		t.Fatalf("bytes = %d", p.Bytes)
+	}
+	// Same content against its own index: nothing to send.
+	base := &Index{Epoch: 1, Tables: p.Next.Tables}
+	p2, err := BuildPlan(context.Background(), 2, snap, baseCommitted, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p2.Items) != 0 || p2.States[0].Digest != p.States[0].Digest {
+		t.Fatalf("unchanged source planned %d items", len(p2.Items))
+	}
+	// Zeroing a data block goes as a zero run, not data.
+	clear(r.b[2*4096 : 3*4096])
+	p3, _ := BuildPlan(context.Background(), 2, snap, baseCommitted, base)
+	if len(p3.Items) != 1 || p3.Items[0].Type != wire.TypeZeroRun || p3.Bytes != 0 {
+		t.Fatalf("zeroed block: %+v", p3.Items)
+	}
+	// Unknown replica content: everything non-zero as data, the rest as
+	// zero runs, so stale replica data is overwritten.
+	p4, _ := BuildPlan(context.Background(), 5, snap, baseUnknown, nil)
+	var zeros int64
+	for _, it := range p4.Items {
+		if it.Type == wire.TypeZeroRun {
+			zeros += it.Len
+		}
+	}
+	if zeros+int64(p4.Bytes) != int64(len(disk)) {
+		t.Fatalf("full pass covers %d of %d bytes", zeros+int64(p4.Bytes), len(disk))
+	}
+}
+
+func TestPlanSkipsKnownZeroExtents(t *testing.T) {
+	disk := make([]byte, 4*planChunk)
+	disk[3*planChunk+5] = 9
+	reads := 0
+	snap, r := snapOf(disk, []Extent{{Off: 0, Len: 3 * planChunk, Zero: true}, {Off: 3 * planChunk, Len: planChunk}})
+	snap.Targets[0].Reader = readerFunc(func(p []byte, off int64) (int, error) { reads++; return r.ReadAt(p, off) })
+	p, err := BuildPlan(context.Background(), 1, snap, baseFresh, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if reads != 1 || p.Scanned != planChunk {
+		t.Fatalf("read %d chunks (%d bytes), want only the allocated one", reads, p.Scanned)
+	}
+	if want := blockhash.NewZero(int64(len(disk)), 4096); p.Next.Tables["disk/vda"].Equal(want) {
+		t.Fatal("data block missing from the table")
+	}
+}
+
+type readerFunc func(p []byte, off int64) (int, error)
+
+func (f readerFunc) ReadAt(p []byte, off int64) (int, error) { return f(p, off) }
+
+func TestFrameDetectsChangedSource(t *testing.T) {
+	disk := bytes.Repeat([]byte{3}, 16*4096)
+	snap, r := snapOf(disk, nil)
+	p, err := BuildPlan(context.Background(), 1, snap, baseFresh, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Frame(snap, 0); err != nil {
+		t.Fatal(err)
+	}
+	r.b[5*4096] = 4
+	if _, err := p.Frame(snap, 0); !errors.Is(err, ErrSourceChanged) {
+		t.Fatalf("got %v, want ErrSourceChanged", err)
+	}
+}
+
+func TestPlanRejectsRemovedTarget(t *testing.T) {
+	snap, _ := snapOf(make([]byte, 4096), nil)
+	base := &Index{Epoch: 1, Tables: map[string]*blockhash.Table{"disk/vda": blockhash.NewZero(4096, 4096), "disk/vdb": blockhash.NewZero(4096, 4096)}}
+	if _, err := BuildPlan(context.Background(), 2, snap, baseCommitted, base); err == nil {
+		t.Fatal("plan that drops a replicated disk accepted")
+	}
+}
+
+func TestIndexRoundTrip(t *testing.T) {
+	x := &Index{Epoch: 3, Tables: map[string]*blockhash.Table{"disk/vda": blockhash.NewZero(1<<20, 65536), "ram/pc.ram": blockhash.NewZero(1<<16, 4096)}}
+	x.StateID = x.ComputeStateID()
+	b := MarshalIndex(x)
+	y, err := UnmarshalIndex(b)
+	if err != nil || y.Epoch != 3 || y.StateID != x.StateID || len(y.Tables) != 2 || y.ComputeStateID() != x.StateID {
+		t.Fatalf("round trip: %v %+v", err, y)
+	}
+	b[len(b)/2] ^= 1
+	if _, err := UnmarshalIndex(b); !errors.Is(err, ErrCorruptState) {
+		t.Fatalf("corrupt state accepted: %v", err)
+	}
+}
+
+func FuzzUnmarshalIndex(f *testing.F) {
+	x := &Index{Epoch: 3, Tables: map[string]*blockhash.Table{"disk/vda": blockhash.NewZero(1<<16, 4096)}}
+	f.Add(MarshalIndex(x))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		y, err := UnmarshalIndex(b)
+		if err != nil {
+			return
+		}
+		if _, err := UnmarshalIndex(MarshalIndex(y)); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
