@@ -1,0 +1,63 @@
+# drsync: disaster-recovery replication for QEMU/KVM virtual machines.
+#
+#   make demo    replicate generated images over loopback QUIC and show the replica converge
+#   make test    everything CI runs: vet, unit, crash, fuzz (bounded) and end-to-end tests
+#   make bench   throughput benchmarks (sender pipeline, loopback transfer)
+#   make fuzz    longer fuzzing of every decoder (FUZZTIME per target)
+
+GO        ?= go
+BIN       := bin/drsync
+FUZZTIME  ?= 60s
+# Bounded fuzz run that make test includes.
+CIFUZZ    ?= 4s
+APT_PKGS  := qemu-utils qemu-system-x86 busybox-static
+
+FUZZ_TARGETS := \
+	./wire:FuzzDecode ./wire:FuzzDecodePayload \
+	./journal:FuzzScan ./replica:FuzzRecover ./replica:FuzzParseManifest \
+	./blockhash:FuzzRead ./sender:FuzzUnmarshalIndex \
+	./nbd:FuzzParseStructuredChunk ./nbd:FuzzParseBlockStatusChunk ./nbd:FuzzParseOptionReply ./nbd:FuzzParseGreeting
+
+.PHONY: all build deps test unit fuzz fuzz-ci bench demo clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/drsync
+
+# System packages the tests and the demo need (qemu-img, qemu-nbd).
+deps:
+	@missing=""; for c in qemu-img qemu-nbd; do command -v $$c >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing $(APT_PKGS)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PKGS) >/dev/null; \
+	fi
+
+test: deps
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 30m ./...
+	$(MAKE) --no-print-directory fuzz-ci
+
+unit:
+	$(GO) test -short -count=1 ./...
+
+fuzz-ci:
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(CIFUZZ)
+
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "fuzz $$pkg $$name for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 5s $$pkg >/dev/null || \
+			{ echo "fuzz $$pkg $$name FAILED"; $(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime 1x $$pkg; exit 1; }; \
+	done; echo "fuzz: all targets passed"
+
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./sender ./e2e
+
+demo: deps build
+	./scripts/demo.sh
+
+clean:
+	rm -rf bin .demo
