@@ -19,6 +19,8 @@ const maxPending = 16
 // Listener accepts mutually authenticated connections.
 type Listener struct {
 	ql    *quic.Listener
+	tr    *quic.Transport // set when the listener owns its socket (ResetKey)
+	pc    net.PacketConn
 	opts  Options
 	conns chan *Conn
 	slots chan struct{} // one token per pending connection
@@ -44,16 +46,35 @@ func listen(addr string, tlsConf *tls.Config, opts Options, pc net.PacketConn) (
 	}
 	conf := serverConfig(tlsConf, opts)
 	var ql *quic.Listener
+	var tr *quic.Transport
 	var err error
-	if pc == nil {
+	switch {
+	case opts.ResetKey != nil:
+		if pc == nil {
+			ua, rerr := net.ResolveUDPAddr("udp", addr)
+			if rerr != nil {
+				return nil, fmt.Errorf("listen %s: %w", addr, rerr)
+			}
+			if pc, err = net.ListenUDP("udp", ua); err != nil {
+				return nil, fmt.Errorf("listen %s: %w", addr, err)
+			}
+		}
+		key := quic.StatelessResetKey(*opts.ResetKey)
+		tr = &quic.Transport{Conn: pc, StatelessResetKey: &key}
+		if ql, err = tr.Listen(conf, opts.quicConfig(true)); err != nil {
+			tr.Close()
+		}
+	case pc == nil:
 		ql, err = quic.ListenAddr(addr, conf, opts.quicConfig(true))
-	} else {
+	default:
 		ql, err = quic.Listen(pc, conf, opts.quicConfig(true))
 	}
 	if err != nil {
 		return nil, fmt.Errorf("listen %s: %w", addr, err)
 	}
 	l := &Listener{
+		tr:    tr,
+		pc:    pc,
 		ql:    ql,
 		opts:  opts,
 		conns: make(chan *Conn),
@@ -181,6 +202,12 @@ func (l *Listener) Close() error {
 		close(l.done)
 		l.ql.Close()
 		l.wg.Wait()
+		if l.tr != nil {
+			// The socket goes with the listener here, and with it the
+			// accepted connections.
+			l.tr.Close()
+			l.pc.Close()
+		}
 	})
 	return nil
 }

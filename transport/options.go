@@ -33,6 +33,14 @@ type Options struct {
 	// handshake and must not block. A client that refuses the server's
 	// certificate is not reported: its handshake simply never completes.
 	OnReject func(remote net.Addr, err error)
+	// ResetKey, if set on a listener, is the secret from which QUIC
+	// stateless-reset tokens are derived. A listener restarted with the same
+	// key (derive it from a secret that survives restarts, such as the
+	// identity's private key) answers packets of its predecessor's
+	// connections with a reset, so peers learn at once that the connection
+	// is gone instead of waiting for IdleTimeout. Closing such a listener
+	// also closes the connections it accepted.
+	ResetKey *[32]byte
 }
 
 // DefaultOptions returns the options used for zero fields.

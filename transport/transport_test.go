@@ -429,3 +429,63 @@ func TestListenerClose(t *testing.T) {
 		t.Errorf("conn ended with listener: %v", err)
 	}
 }
+
+// A listener restarted with the same reset key makes the peers of its
+// predecessor's connections fail at once, not after the idle timeout.
+func TestResetKeyEndsOldConnectionsOnRestart(t *testing.T) {
+	srvID, cliID := identity(t, "srv"), identity(t, "cli")
+	key := &[32]byte{1, 2, 3}
+	opts := Options{IdleTimeout: 30 * time.Second, ResetKey: key}
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := listen(pc.LocalAddr().String(), tlsid.ServerTLS(srvID, pin(cliID)), opts, pc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	go func() {
+		c, err := l.Accept(ctx)
+		if err == nil {
+			s, err := c.AcceptStream(ctx)
+			if err == nil {
+				io.Copy(io.Discard, s)
+			}
+		}
+	}()
+	c, err := Dial(ctx, addr, tlsid.ClientTLS(cliID, pin(srvID)), Options{IdleTimeout: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(0, "")
+	s, err := c.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Write([]byte("hello"))
+	// The "process" dies: its socket goes first, so no close frame leaves.
+	pc.Close()
+	l.Close()
+	l2, err := Listen(addr, tlsid.ServerTLS(srvID, pin(cliID)), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l2.Close()
+	start := time.Now()
+	s.SetWriteDeadline(start.Add(5 * time.Second))
+	buf := make([]byte, 1<<16)
+	for {
+		_, err := s.Write(buf)
+		if err == nil {
+			continue
+		}
+		if time.Since(start) >= 5*time.Second {
+			t.Fatalf("old connection still open 5 s after the listener restarted: %v", err)
+		}
+		break
+	}
+	t.Logf("old connection failed %v after restart", time.Since(start))
+}
