@@ -99,7 +99,10 @@ func (r *Receiver) replicaOptions(vm string) replica.Options {
 
 // RecoverAll opens every replica under Root once, so that whatever a crash
 // left (a committed epoch not yet applied) is applied before anything else
-// looks at the replicas.
+// looks at the replicas. A replica that is locked (a verify is reading it)
+// or damaged does not stop the others: it is logged, and recovered (or
+// refused, with the reason) when its sender connects. Only a root that
+// cannot be listed is an error.
 func (r *Receiver) RecoverAll() error {
 	names, err := r.o.FS.List(r.o.Root)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -108,20 +111,23 @@ func (r *Receiver) RecoverAll() error {
 	if err != nil {
 		return fmt.Errorf("list replicas: %w", err)
 	}
-	var errs []error
 	for _, vm := range names {
 		if wire.ValidVMName(vm) != nil {
 			continue
 		}
 		rep, err := replica.Open(r.replicaOptions(vm))
-		if err != nil {
-			errs = append(errs, fmt.Errorf("replica %s: %w", vm, err))
+		switch {
+		case errors.Is(err, replica.ErrLocked):
+			r.log.Warn("replica in use by another process; it is recovered when its sender next connects", "vm", vm, "err", err)
+			continue
+		case err != nil:
+			r.log.Error("replica cannot be opened; its sender will be refused until an operator repairs it (drsync verify)", "vm", vm, "err", err)
 			continue
 		}
 		r.log.Info("replica ready", "vm", vm, "epoch", rep.Manifest().Epoch, "staged", rep.Position().StagedEpoch, "durable", rep.Position().StagedDurable)
 		rep.Close()
 	}
-	return errors.Join(errs...)
+	return nil
 }
 
 func (r *Receiver) acquire(vm string) bool {

@@ -100,3 +100,31 @@ func TestEpochsConverge(t *testing.T) {
 		mutate(rng, src, e)
 	}
 }
+
+func TestRecoverAllSkipsLockedAndDamagedReplicas(t *testing.T) {
+	rfs := memfs.New()
+	rng := rand.New(rand.NewPCG(9, 9))
+	rcv := newReceiver(t, rfs)
+	for _, vm := range []string{"web-1", "web-2"} {
+		s, err := sender.New(sender.Options{VM: vm, Source: newSource(rng), Dialer: testkit.PipeDialer(rcv, alice), Store: sender.Store{FS: memfs.New(), Dir: "/s"}, Now: now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.RunEpoch(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+	}
+	// web-1 is being verified (locked); web-2's manifest is damaged.
+	held, err := replica.Open(replica.Options{FS: rfs, Dir: "/replicas/web-1", VM: "web-1", Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	f, _ := rfs.OpenReadWrite("/replicas/web-2/MANIFEST")
+	f.WriteAt([]byte("garbage"), 10)
+	f.Close()
+	if err := newReceiver(t, rfs).RecoverAll(); err != nil {
+		t.Fatalf("one locked and one damaged replica stopped recovery of the rest: %v", err)
+	}
+}
