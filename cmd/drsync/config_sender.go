@@ -1,0 +1,310 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/drsync/drsync/diskmirror"
+	"github.com/drsync/drsync/sender"
+	"github.com/drsync/drsync/tlsid"
+	"github.com/drsync/drsync/transport"
+	"github.com/drsync/drsync/wire"
+)
+
+// Sender defaults. Continuous replication restarts at most this often, so a
+// VM whose scan is quick does not keep the source disks and the link busy
+// comparing blocks that did not change.
+const (
+	defaultMinInterval = 10 * time.Second
+	defaultCompression = "fast"
+	defaultDiskFormat  = diskmirror.FormatAuto
+	minScheduleGap     = time.Second
+
+	modeContinuous = "continuous"
+	modeScheduled  = "scheduled"
+)
+
+// SenderConfig is the sender's configuration file.
+type SenderConfig struct {
+	Identity IdentityConfig     `toml:"identity"`
+	Receiver ReceiverPeerConfig `toml:"receiver"`
+	State    StateConfig        `toml:"state"`
+	VMs      []VMConfig         `toml:"vm"`
+
+	file string // where it was loaded from, for messages
+}
+
+// ReceiverPeerConfig is the [receiver] table: where to send and how to
+// recognise the receiver's certificate.
+type ReceiverPeerConfig struct {
+	Address      string   `toml:"address"`
+	Fingerprints []string `toml:"fingerprints"`
+	CA           string   `toml:"ca"`
+	// IdleTimeout declares the connection dead after this long without
+	// hearing from the receiver; the sender then reconnects and resumes.
+	IdleTimeout Duration `toml:"idle_timeout"`
+}
+
+// StateConfig is the [state] table.
+type StateConfig struct {
+	// Dir holds, per VM, what the sender knows the replica holds, and the
+	// sender's status file.
+	Dir string `toml:"dir"`
+}
+
+// VMConfig is one [[vm]] entry.
+type VMConfig struct {
+	Name        string       `toml:"name"`
+	Mode        string       `toml:"mode"`
+	MinInterval Duration     `toml:"min_interval"`
+	Schedule    Duration     `toml:"schedule"`
+	Compression string       `toml:"compression"`
+	DeviceState string       `toml:"device_state"`
+	Disks       []DiskConfig `toml:"disk"`
+	RAM         []RAMConfig  `toml:"ram"`
+
+	compression wire.Compression
+}
+
+// DiskConfig is one [[vm.disk]] entry.
+type DiskConfig struct {
+	Name      string `toml:"name"`
+	Path      string `toml:"path"`
+	Format    string `toml:"format"`
+	BlockSize Size   `toml:"block_size"`
+}
+
+// RAMConfig is one [[vm.ram]] entry.
+type RAMConfig struct {
+	Name string `toml:"name"`
+	Path string `toml:"path"`
+}
+
+// loadSenderConfig reads, resolves and validates a sender configuration.
+func loadSenderConfig(path string) (*SenderConfig, error) {
+	var c SenderConfig
+	dir, err := decodeStrict(path, &c)
+	if err != nil {
+		return nil, err
+	}
+	c.file = path
+	c.resolve(dir)
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// resolve makes every path absolute against dir.
+func (c *SenderConfig) resolve(dir string) {
+	c.Identity.resolve(dir)
+	c.Receiver.CA = resolvePath(dir, c.Receiver.CA)
+	c.State.Dir = resolvePath(dir, c.State.Dir)
+	for i := range c.VMs {
+		v := &c.VMs[i]
+		v.DeviceState = resolvePath(dir, v.DeviceState)
+		for j := range v.Disks {
+			v.Disks[j].Path = resolvePath(dir, v.Disks[j].Path)
+		}
+		for j := range v.RAM {
+			v.RAM[j].Path = resolvePath(dir, v.RAM[j].Path)
+		}
+	}
+}
+
+// Validate checks everything that can be checked without touching files,
+// and fills in defaults.
+func (c *SenderConfig) Validate() error {
+	f := c.file
+	if err := c.Identity.validate(f); err != nil {
+		return err
+	}
+	r := &c.Receiver
+	if r.Address == "" {
+		return &configError{f, "receiver.address", errors.New("missing: the receiver's host:port")}
+	}
+	if err := checkHostPort(r.Address, false); err != nil {
+		return &configError{f, "receiver.address", err}
+	}
+	if len(r.Fingerprints) == 0 && r.CA == "" {
+		return &configError{f, "receiver", errors.New("no way to recognise the receiver: set fingerprints = [\"sha256:...\"] (printed by drsync keygen on the receiver) or ca = \"ca.pem\"")}
+	}
+	for i, fp := range r.Fingerprints {
+		n, err := tlsid.ParseFingerprint(fp)
+		if err != nil {
+			return &configError{f, fmt.Sprintf("receiver.fingerprints[%d]", i), err}
+		}
+		r.Fingerprints[i] = n
+	}
+	if err := checkIdleTimeout(r.IdleTimeout); err != nil {
+		return &configError{f, "receiver.idle_timeout", err}
+	}
+	if c.State.Dir == "" {
+		return &configError{f, "state.dir", errors.New("missing: a directory where the sender records what each replica holds")}
+	}
+	if len(c.VMs) == 0 {
+		return &configError{f, "vm", errors.New("no [[vm]] entries: nothing to replicate")}
+	}
+	seen := map[string]bool{}
+	for i := range c.VMs {
+		v := &c.VMs[i]
+		if err := v.validate(f, i); err != nil {
+			return err
+		}
+		if seen[v.Name] {
+			return &configError{f, fmt.Sprintf("vm[%d].name", i), fmt.Errorf("VM %q is listed twice", v.Name)}
+		}
+		seen[v.Name] = true
+	}
+	return nil
+}
+
+func (v *VMConfig) validate(file string, i int) error {
+	key := fmt.Sprintf("vm[%d]", i)
+	if err := wire.ValidVMName(v.Name); err != nil {
+		return &configError{file, key + ".name", fmt.Errorf("%w (letters, digits, '.', '_' and '-'; it names the replica directory)", err)}
+	}
+	key = fmt.Sprintf("vm %q", v.Name)
+	bad := func(k string, format string, a ...any) error {
+		return &configError{file, key + ": " + k, fmt.Errorf(format, a...)}
+	}
+	if v.Mode == "" {
+		v.Mode = modeContinuous
+		if v.Schedule != 0 {
+			v.Mode = modeScheduled
+		}
+	}
+	switch v.Mode {
+	case modeContinuous:
+		if v.Schedule != 0 {
+			return bad("schedule", "only used with mode = %q; use min_interval to space continuous epochs", modeScheduled)
+		}
+		if v.MinInterval == 0 {
+			v.MinInterval = Duration(defaultMinInterval)
+		}
+		if v.MinInterval.D() < minScheduleGap {
+			return bad("min_interval", "%s is shorter than %s", v.MinInterval, minScheduleGap)
+		}
+	case modeScheduled:
+		if v.Schedule == 0 {
+			return bad("schedule", "missing: mode = %q needs an interval such as \"15m\"", modeScheduled)
+		}
+		if v.Schedule.D() < minScheduleGap {
+			return bad("schedule", "%s is shorter than %s", v.Schedule, minScheduleGap)
+		}
+		if v.MinInterval != 0 {
+			return bad("min_interval", "only used with mode = %q; scheduled epochs start every schedule interval", modeContinuous)
+		}
+	default:
+		return bad("mode", "%q is not a mode (want %q or %q)", v.Mode, modeContinuous, modeScheduled)
+	}
+	if v.Compression == "" {
+		v.Compression = defaultCompression
+	}
+	if err := v.compression.UnmarshalText([]byte(v.Compression)); err != nil {
+		return bad("compression", "%q is not a level (want none, fast, default or better)", v.Compression)
+	}
+	if len(v.Disks)+len(v.RAM) == 0 {
+		return bad("disk", "no [[vm.disk]] and no [[vm.ram]]: nothing to replicate")
+	}
+	names := map[string]bool{}
+	for j := range v.Disks {
+		d := &v.Disks[j]
+		k := fmt.Sprintf("disk[%d]", j)
+		if err := wire.ValidTargetName(d.Name); err != nil {
+			return bad(k+".name", "%v", err)
+		}
+		k = fmt.Sprintf("disk %q", d.Name)
+		if names["disk/"+d.Name] {
+			return bad(k, "listed twice")
+		}
+		names["disk/"+d.Name] = true
+		if d.Path == "" {
+			return bad(k+".path", "missing: the disk image file")
+		}
+		if d.Format == "" {
+			d.Format = defaultDiskFormat
+		}
+		switch d.Format {
+		case diskmirror.FormatRaw, diskmirror.FormatQcow2, diskmirror.FormatAuto:
+		default:
+			return bad(k+".format", "%q is not a format (want raw, qcow2 or auto)", d.Format)
+		}
+		if d.BlockSize == 0 {
+			d.BlockSize = sender.DefaultDiskBlock
+		}
+		if bs := d.BlockSize; bs < 4<<10 || bs > wire.MaxData || bs&(bs-1) != 0 {
+			return bad(k+".block_size", "%s: want a power of two from 4KiB to 4MiB", bs)
+		}
+	}
+	for j := range v.RAM {
+		r := &v.RAM[j]
+		k := fmt.Sprintf("ram[%d]", j)
+		if err := wire.ValidTargetName(r.Name); err != nil {
+			return bad(k+".name", "%v", err)
+		}
+		k = fmt.Sprintf("ram %q", r.Name)
+		if names["ram/"+r.Name] {
+			return bad(k, "listed twice")
+		}
+		names["ram/"+r.Name] = true
+		if r.Path == "" {
+			return bad(k+".path", "missing: the guest RAM file")
+		}
+	}
+	return nil
+}
+
+// vm returns the entry named name.
+func (c *SenderConfig) vm(name string) (*VMConfig, bool) {
+	for i := range c.VMs {
+		if c.VMs[i].Name == name {
+			return &c.VMs[i], true
+		}
+	}
+	return nil, false
+}
+
+// interval is the time between epoch starts.
+func (v *VMConfig) interval() time.Duration {
+	if v.Mode == modeScheduled {
+		return v.Schedule.D()
+	}
+	return v.MinInterval.D()
+}
+
+// stateDir is the VM's directory under [state] dir.
+func (c *SenderConfig) stateDir(vm string) string { return filepath.Join(c.State.Dir, vm) }
+
+// fileSourceOptions converts the VM's images to the sender's source options.
+func (v *VMConfig) fileSourceOptions(now func() time.Time) sender.FileSourceOptions {
+	o := sender.FileSourceOptions{DeviceState: v.DeviceState, Now: now}
+	for _, d := range v.Disks {
+		o.Disks = append(o.Disks, sender.FileDisk{Name: d.Name, Path: d.Path, Format: d.Format, BlockSize: int(d.BlockSize)})
+	}
+	for _, r := range v.RAM {
+		o.RAM = append(o.RAM, sender.FileRAM{Name: r.Name, Path: r.Path})
+	}
+	return o
+}
+
+// transportOptions are the connection's liveness settings.
+func (c *SenderConfig) transportOptions() transport.Options {
+	return transport.Options{IdleTimeout: c.Receiver.IdleTimeout.D()}
+}
+
+// trust loads what the sender accepts from the receiver.
+func (c *SenderConfig) trust() (tlsid.Trust, error) {
+	t := tlsid.Trust{Fingerprints: c.Receiver.Fingerprints}
+	if c.Receiver.CA != "" {
+		if err := t.LoadCAFile(c.Receiver.CA); err != nil {
+			return t, &configError{c.file, "receiver.ca", err}
+		}
+	}
+	if err := t.Validate(); err != nil {
+		return t, &configError{c.file, "receiver", err}
+	}
+	return t, nil
+}

@@ -1,0 +1,121 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/drsync/drsync/receiver"
+	"github.com/drsync/drsync/replica"
+	"github.com/drsync/drsync/tlsid"
+	"github.com/drsync/drsync/transport"
+	"github.com/drsync/drsync/wire"
+)
+
+// Exit codes of every subcommand. Scripts and timers branch on them, so they
+// are part of the interface: never renumber.
+const (
+	exitOK       = 0 // success
+	exitFailure  = 1 // runtime failure (network, disk, the source, ...)
+	exitUsage    = 2 // bad command line or configuration
+	exitMismatch = 3 // verify found the replica does not match its manifest
+	exitRefused  = 4 // the peer refused us: untrusted certificate, not authorized, no common version
+	exitBusy     = 5 // the replica or the storage directory is locked by someone else
+)
+
+// exitCodesHelp is the table printed by "drsync help".
+const exitCodesHelp = `Exit codes:
+  0  success
+  1  runtime failure (network, disk, source images, ...)
+  2  usage or configuration error
+  3  verify found mismatches, or replica metadata is corrupt
+  4  refused by the peer: untrusted certificate, not authorized, version mismatch
+  5  replica or storage lock busy (another receiver, an epoch being applied)
+`
+
+// usageError is a bad command line. The message is printed with a hint to
+// run "drsync <cmd> -h".
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, a ...any) error { return &usageError{fmt.Sprintf(format, a...)} }
+
+// configError is a configuration problem: File is the config file, Key the
+// offending key (may be empty when the problem is the file as a whole).
+type configError struct {
+	File string
+	Key  string
+	Err  error
+}
+
+func (e *configError) Error() string {
+	if e.Key == "" {
+		return fmt.Sprintf("config %s: %v", e.File, e.Err)
+	}
+	return fmt.Sprintf("config %s: %s: %v", e.File, e.Key, e.Err)
+}
+
+func (e *configError) Unwrap() error { return e.Err }
+
+// errMismatch marks a verify run that found problems in the replica.
+var errMismatch = errors.New("replica does not match its manifest")
+
+// errLockBusy marks a storage directory locked by another receiver.
+var errLockBusy = errors.New("storage directory in use")
+
+// exitCoder is an error that knows its exit code, such as the failures of
+// several VMs, which exitCode could not rank by unwrapping.
+type exitCoder interface{ ExitCode() int }
+
+// exitCode maps an error to the process exit code. Order matters: the most
+// specific classification wins.
+func exitCode(err error) int {
+	if err == nil {
+		return exitOK
+	}
+	var ec exitCoder
+	if errors.As(err, &ec) {
+		return ec.ExitCode()
+	}
+	var ue *usageError
+	var ce *configError
+	if errors.As(err, &ue) || errors.As(err, &ce) {
+		return exitUsage
+	}
+	// A refusal the receiver sent over the wire says exactly what happened.
+	var we *wire.Error
+	if errors.As(err, &we) {
+		switch we.Code {
+		case wire.ErrUnauthorized, wire.ErrVersion:
+			return exitRefused
+		case wire.ErrBusy:
+			return exitBusy
+		}
+		return exitFailure
+	}
+	switch {
+	case errors.Is(err, transport.ErrUntrustedPeer),
+		errors.Is(err, tlsid.ErrUntrusted),
+		errors.Is(err, receiver.ErrUnauthorized):
+		return exitRefused
+	case errors.Is(err, replica.ErrLocked), errors.Is(err, errLockBusy):
+		return exitBusy
+	case errors.Is(err, errMismatch), errors.Is(err, replica.ErrCorrupt):
+		return exitMismatch
+	}
+	return exitFailure
+}
+
+// worstExit picks one exit code for several outcomes (one per VM): a refusal
+// or a configuration problem needs an operator more urgently than a busy
+// replica, which needs one more than a transient failure.
+func worstExit(codes ...int) int {
+	rank := map[int]int{exitOK: 0, exitFailure: 1, exitBusy: 2, exitMismatch: 3, exitRefused: 4, exitUsage: 5}
+	worst := exitOK
+	for _, c := range codes {
+		if rank[c] > rank[worst] {
+			worst = c
+		}
+	}
+	return worst
+}

@@ -1,0 +1,80 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"testing"
+
+	"github.com/drsync/drsync/receiver"
+	"github.com/drsync/drsync/replica"
+	"github.com/drsync/drsync/tlsid"
+	"github.com/drsync/drsync/transport"
+	"github.com/drsync/drsync/wire"
+)
+
+func TestExitCode(t *testing.T) {
+	wrap := func(err error) error { return fmt.Errorf("vm web-1: epoch 3: %w", err) }
+	tests := []struct {
+		name string
+		err  error
+		want int
+	}{
+		{"nil", nil, exitOK},
+		{"plain failure", errors.New("disk on fire"), exitFailure},
+		{"network", wrap(io.ErrUnexpectedEOF), exitFailure},
+		{"canceled", context.Canceled, exitFailure},
+		{"usage", usagef("--config is required"), exitUsage},
+		{"config", wrap(&configError{"f.toml", "listen", errors.New("bad")}), exitUsage},
+		{"untrusted peer", wrap(fmt.Errorf("dial x: %w: refused", transport.ErrUntrustedPeer)), exitRefused},
+		{"untrusted certificate", wrap(&tlsid.UntrustedError{Fingerprint: fpA, Reason: "not pinned"}), exitRefused},
+		{"unauthorized locally", fmt.Errorf("%w: nope", receiver.ErrUnauthorized), exitRefused},
+		{"unauthorized by peer", wrap(&wire.Error{Code: wire.ErrUnauthorized, Message: "no"}), exitRefused},
+		{"version by peer", wrap(&wire.Error{Code: wire.ErrVersion}), exitRefused},
+		{"busy by peer", wrap(&wire.Error{Code: wire.ErrBusy}), exitBusy},
+		{"storage by peer", wrap(&wire.Error{Code: wire.ErrStorage}), exitFailure},
+		{"protocol by peer", wrap(&wire.Error{Code: wire.ErrProtocol}), exitFailure},
+		{"replica locked", fmt.Errorf("verify: %w", replica.ErrLocked), exitBusy},
+		{"storage lock", fmt.Errorf("%w: held", errLockBusy), exitBusy},
+		{"mismatch", fmt.Errorf("%w: 2 problems", errMismatch), exitMismatch},
+		{"corrupt replica", fmt.Errorf("manifest: %w", replica.ErrCorrupt), exitMismatch},
+		{"several VMs: worst wins", vmErrors{
+			{vm: "a", err: &wire.Error{Code: wire.ErrBusy}},
+			{vm: "b", err: transport.ErrUntrustedPeer},
+			{vm: "c", err: errors.New("timeout")},
+		}, exitRefused},
+		{"several VMs: busy over failure", vmErrors{
+			{vm: "a", err: errors.New("timeout")},
+			{vm: "b", err: &wire.Error{Code: wire.ErrBusy}},
+		}, exitBusy},
+	}
+	for _, tc := range tests {
+		if got := exitCode(tc.err); got != tc.want {
+			t.Errorf("%s: exitCode(%v) = %d, want %d", tc.name, tc.err, got, tc.want)
+		}
+	}
+}
+
+func TestRetryable(t *testing.T) {
+	tests := []struct {
+		err  error
+		want bool
+	}{
+		{errors.New("connection reset"), true},
+		{fmt.Errorf("x: %w", transport.ErrIdleTimeout), true},
+		{&wire.Error{Code: wire.ErrBusy}, true},
+		{&wire.Error{Code: wire.ErrStorage}, true},
+		{&wire.Error{Code: wire.ErrDigest}, true},
+		{fmt.Errorf("epoch 2: %w", &wire.Error{Code: wire.ErrUnauthorized}), false},
+		{&wire.Error{Code: wire.ErrVersion}, false},
+		{&wire.Error{Code: wire.ErrProtocol}, false},
+		{fmt.Errorf("dial: %w", transport.ErrUntrustedPeer), false},
+		{context.Canceled, false},
+	}
+	for _, tc := range tests {
+		if got := retryable(tc.err); got != tc.want {
+			t.Errorf("retryable(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}

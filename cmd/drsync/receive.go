@@ -1,0 +1,263 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/drsync/drsync/receiver"
+	"github.com/drsync/drsync/tlsid"
+	"github.com/drsync/drsync/transport"
+	"github.com/drsync/drsync/vfs"
+)
+
+const (
+	// receiverLockFile in the storage directory keeps a second receiver
+	// off the same replicas.
+	receiverLockFile = ".drsync-receiver.lock"
+	// streamWait bounds how long an admitted connection may take to open
+	// its stream; a sender opens it immediately.
+	streamWait = 30 * time.Second
+	// errorGrace is how long a refused sender gets to read the Error frame
+	// telling it why, before its connection is closed.
+	errorGrace = 2 * time.Second
+)
+
+func receiveCommand() *command {
+	var configPath string
+	var lf logFlags
+	c := &command{
+		name:  "receive",
+		short: "accept epochs from senders and keep the replicas (daemon)",
+		args:  "--config FILE [--log-level LEVEL] [--log-json]",
+		summary: `Keep the replicas of the VMs that the configured senders send.
+Validates the configuration, locks the storage directory, finishes whatever
+a crash left half-applied, then listens (QUIC, mutual TLS) until SIGINT or
+SIGTERM. Writes <storage dir>/<vm>/STATUS.json after every committed epoch.`,
+		flags: func(set *flag.FlagSet) {
+			set.StringVar(&configPath, "config", "", "receiver configuration file (required)")
+			lf.register(set)
+		},
+	}
+	c.run = func(ctx context.Context, e *env, _ *flag.FlagSet, args []string) error {
+		if err := noArgs(args); err != nil {
+			return err
+		}
+		if configPath == "" {
+			return usagef("--config is required")
+		}
+		log, err := lf.logger(e.stderr)
+		if err != nil {
+			return err
+		}
+		cfg, err := loadReceiverConfig(configPath)
+		if err != nil {
+			return err
+		}
+		return receive(ctx, e, cfg, log)
+	}
+	return c
+}
+
+func receive(ctx context.Context, e *env, cfg *ReceiverConfig, log *slog.Logger) error {
+	// Everything the configuration names is loaded before anything starts,
+	// so a mistake is reported at once rather than at the first connection.
+	id, err := cfg.Identity.load(cfg.file)
+	if err != nil {
+		return err
+	}
+	trust, err := cfg.trust()
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	unlock, err := lockStorage(cfg.Storage.Dir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	status := &receiverStatusWriter{cfg: cfg, log: log, now: e.now, byVM: map[string]*receiverStatus{}}
+	rcv, err := receiver.New(receiver.Options{
+		Root:      cfg.Storage.Dir,
+		FS:        vfs.Default,
+		Authorize: newAuthorizer(cfg).authorize,
+		AckBytes:  uint64(cfg.AckEvery),
+		Now:       e.now,
+		Logger:    log,
+		OnCommit:  status.commit,
+	})
+	if err != nil {
+		return err
+	}
+	if err := rcv.RecoverAll(); err != nil {
+		return fmt.Errorf("recover the replicas under %s: %w", cfg.Storage.Dir, err)
+	}
+	topts := cfg.transportOptions()
+	// A restarted receiver resets its predecessor's connections at once,
+	// so senders reconnect and resume without waiting out the idle timeout.
+	topts.ResetKey = resetKey(id)
+	topts.OnReject = func(remote net.Addr, err error) {
+		log.Warn("refused a connection: certificate not trusted; pin its fingerprint in a [[sender]] entry if it is legitimate", "remote", remote, "err", err)
+	}
+	l, err := transport.Listen(cfg.Listen, tlsid.ServerTLS(id, trust), topts)
+	if err != nil {
+		return fmt.Errorf("listen on %s (key listen in %s): %w", cfg.Listen, cfg.file, err)
+	}
+	defer l.Close()
+	log.Info("listening", "addr", l.Addr().String(), "storage", cfg.Storage.Dir, "fingerprint", id.Fingerprint, "senders", len(cfg.Senders))
+	if e.listening != nil {
+		e.listening(l.Addr())
+	}
+
+	var wg sync.WaitGroup
+	var acceptErr error
+	for {
+		conn, err := l.Accept(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				acceptErr = fmt.Errorf("accept connections: %w", err)
+			}
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			serveConn(ctx, rcv, conn, log)
+		}()
+	}
+	l.Close()
+	// Handle returns promptly once ctx ends, leaving each replica at a
+	// committed epoch with its staged data synced.
+	wg.Wait()
+	log.Info("stopped")
+	return acceptErr
+}
+
+// serveConn serves the one stream of an admitted connection.
+func serveConn(ctx context.Context, rcv *receiver.Receiver, conn *transport.Conn, log *slog.Logger) {
+	defer conn.Close(0, "")
+	// Closing the stream ends only our side of it; closing the connection
+	// also unblocks a Handle waiting for the sender, so shutdown is prompt.
+	stop := context.AfterFunc(ctx, func() { conn.Close(0, "receiver shutting down") })
+	defer stop()
+	p := conn.Peer()
+	peer := receiver.Peer{Fingerprint: p.Fingerprint, Name: p.CommonName}
+	log = log.With("remote", conn.RemoteAddr().String(), "peer_name", p.CommonName)
+	actx, cancel := context.WithTimeout(ctx, streamWait)
+	s, err := conn.AcceptStream(actx)
+	cancel()
+	if err != nil {
+		if ctx.Err() == nil {
+			log.Warn("connection opened no stream", "err", err)
+		}
+		return
+	}
+	if err := rcv.Handle(ctx, peer, &connStream{Stream: s, conn: conn}); err != nil {
+		// Handle has told the sender why in an Error frame (and logged
+		// it); closing the connection right away could drop that frame.
+		s.SetReadDeadline(time.Now().Add(errorGrace))
+		io.Copy(io.Discard, s)
+	}
+}
+
+// lockStorage takes an exclusive lock on the storage directory, so that two
+// receivers never apply epochs to the same replicas. The lock is released
+// when the returned function is called or the process ends.
+func lockStorage(dir string) (func(), error) {
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("create storage directory: %w", err)
+	}
+	name := filepath.Join(dir, receiverLockFile)
+	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("open lock file: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		holder, _ := io.ReadAll(io.LimitReader(f, 32))
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			who := "another drsync receive"
+			if pid := string(bytes.TrimSpace(holder)); pid != "" {
+				who += " (pid " + pid + ")"
+			}
+			return nil, fmt.Errorf("%w: %s holds %s; stop it, or give this receiver its own storage.dir", errLockBusy, who, name)
+		}
+		return nil, fmt.Errorf("lock %s: %w", name, err)
+	}
+	// The pid is only a hint for the message above.
+	if err := f.Truncate(0); err == nil {
+		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	}
+	return func() { f.Close() }, nil
+}
+
+// receiverStatusWriter maintains <storage dir>/<vm>/STATUS.json.
+type receiverStatusWriter struct {
+	cfg  *ReceiverConfig
+	log  *slog.Logger
+	now  func() time.Time
+	mu   sync.Mutex
+	byVM map[string]*receiverStatus
+}
+
+// commit implements receiver.Options.OnCommit. A status that cannot be
+// written is logged, never fatal: the replica itself is already committed.
+func (w *receiverStatusWriter) commit(s receiver.EpochStats) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	path := filepath.Join(w.cfg.replicaDir(s.VM), receiverStatusFile)
+	st := w.byVM[s.VM]
+	if st == nil {
+		// Totals carry on from the previous run.
+		st = &receiverStatus{}
+		if err := readJSON(path, st); err != nil {
+			if !errors.Is(err, fs.ErrNotExist) {
+				w.log.Warn("previous status unreadable; totals restart from zero", "vm", s.VM, "err", err)
+			}
+			st = &receiverStatus{}
+		}
+		w.byVM[s.VM] = st
+	}
+	now := w.now().UTC()
+	st.VM = s.VM
+	st.Epoch = s.Epoch
+	st.Cut = s.Cut.UTC()
+	st.CommittedAt = now
+	st.BytesReceived += s.WireBytes
+	st.RawBytes += s.RawBytes
+	st.Epochs++
+	st.LastPeer = &peerInfo{Fingerprint: s.Peer.Fingerprint, Name: s.Peer.Name}
+	st.Updated = now
+	if err := writeJSONAtomic(path, st); err != nil {
+		w.log.Warn("cannot write receiver status", "vm", s.VM, "err", err)
+	}
+}
+
+// resetKey derives the QUIC stateless-reset secret from the receiver's
+// private key: stable across restarts, unknown to anyone without the key.
+func resetKey(id tlsid.Identity) *[32]byte {
+	der, err := x509.MarshalPKCS8PrivateKey(id.Cert.PrivateKey)
+	if err != nil {
+		return nil
+	}
+	k := sha256.Sum256(append([]byte("drsync stateless reset v1\x00"), der...))
+	return &k
+}

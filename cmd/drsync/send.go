@@ -1,0 +1,411 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/drsync/drsync/sender"
+	"github.com/drsync/drsync/tlsid"
+	"github.com/drsync/drsync/vfs"
+)
+
+func sendCommand() *command {
+	var configPath, vmName string
+	var once bool
+	var retries int
+	var lf logFlags
+	c := &command{
+		name:  "send",
+		short: "replicate the configured VMs to the receiver (daemon, or --once)",
+		args:  "--config FILE [--once [--retries N]] [--vm NAME] [--log-level LEVEL] [--log-json]",
+		summary: `Replicate the configured VMs to the receiver, each in its own loop:
+back to back (mode = "continuous", at most one epoch start per min_interval)
+or one epoch per interval (mode = "scheduled"). Connection failures are
+retried with a backoff of 1 s doubling to 60 s; a refusal by the receiver
+stops that VM. With --once, send one epoch per VM and exit: 0 only if all
+of them were committed (for cron and systemd timers).`,
+		flags: func(set *flag.FlagSet) {
+			set.StringVar(&configPath, "config", "", "sender configuration file (required)")
+			set.BoolVar(&once, "once", false, "send one epoch per VM, then exit")
+			set.StringVar(&vmName, "vm", "", "replicate only this VM of the configuration")
+			set.IntVar(&retries, "retries", 5, "with --once: retries of a failed epoch before giving up")
+			lf.register(set)
+		},
+	}
+	c.run = func(ctx context.Context, e *env, set *flag.FlagSet, args []string) error {
+		if err := noArgs(args); err != nil {
+			return err
+		}
+		if configPath == "" {
+			return usagef("--config is required")
+		}
+		if retries < 0 {
+			return usagef("--retries %d: must not be negative", retries)
+		}
+		retriesSet := false
+		set.Visit(func(f *flag.Flag) { retriesSet = retriesSet || f.Name == "retries" })
+		if retriesSet && !once {
+			return usagef("--retries only applies with --once; without it failures are retried until they stop")
+		}
+		cfg, err := loadSenderConfig(configPath)
+		if err != nil {
+			return err
+		}
+		vms := make([]*VMConfig, 0, len(cfg.VMs))
+		if vmName != "" {
+			v, ok := cfg.vm(vmName)
+			if !ok {
+				var names []string
+				for _, v := range cfg.VMs {
+					names = append(names, v.Name)
+				}
+				return usagef("--vm %q: no such VM in %s (configured: %s)", vmName, configPath, strings.Join(names, ", "))
+			}
+			vms = append(vms, v)
+		} else {
+			for i := range cfg.VMs {
+				vms = append(vms, &cfg.VMs[i])
+			}
+		}
+		var bar *progressBar
+		var logw io.Writer = e.stderr
+		if isTerminal(e.stderr) {
+			bar = newProgressBar(e.stderr, e.now)
+			logw = bar
+		}
+		log, err := lf.logger(logw)
+		if err != nil {
+			return err
+		}
+		if !once {
+			retries = -1
+		}
+		return send(ctx, e, cfg, vms, sendOptions{once: once, retries: retries, log: log, bar: bar})
+	}
+	return c
+}
+
+type sendOptions struct {
+	once    bool
+	retries int // per epoch; negative: until success
+	log     *slog.Logger
+	bar     *progressBar // nil unless stderr is a terminal
+}
+
+func send(ctx context.Context, e *env, cfg *SenderConfig, vms []*VMConfig, o sendOptions) error {
+	id, err := cfg.Identity.load(cfg.file)
+	if err != nil {
+		return err
+	}
+	trust, err := cfg.trust()
+	if err != nil {
+		return err
+	}
+	dialer := quicDialer(cfg.Receiver.Address, tlsid.ClientTLS(id, trust), cfg.transportOptions())
+	loops := make([]*vmLoop, 0, len(vms))
+	defer func() {
+		for _, l := range loops {
+			l.snd.Close()
+		}
+	}()
+	for _, v := range vms {
+		l, err := newVMLoop(e, cfg, v, dialer, o)
+		if err != nil {
+			return err
+		}
+		loops = append(loops, l)
+	}
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	o.log.Info("sending", "receiver", cfg.Receiver.Address, "vms", len(loops), "once", o.once, "fingerprint", id.Fingerprint)
+
+	errs := make([]error, len(loops))
+	var wg sync.WaitGroup
+	for i, l := range loops {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = l.run(ctx)
+		}()
+	}
+	wg.Wait()
+	if !o.once {
+		// With --once the epoch summaries are the last words.
+		o.log.Info("stopped")
+	}
+	var failed vmErrors
+	for i, err := range errs {
+		if err != nil {
+			failed = append(failed, vmError{vm: loops[i].vm.Name, err: err})
+		}
+	}
+	if len(failed) > 0 {
+		return failed
+	}
+	return nil
+}
+
+// vmLoop replicates one VM.
+type vmLoop struct {
+	vm     *VMConfig
+	snd    *sender.Sender
+	runner epochRunner
+	status *senderStatusRecorder
+	log    *slog.Logger
+	bar    *progressBar
+	once   bool
+	now    func() time.Time
+	sleep  func(ctx context.Context, d time.Duration) error
+}
+
+func newVMLoop(e *env, cfg *SenderConfig, v *VMConfig, dialer sender.Dialer, o sendOptions) (*vmLoop, error) {
+	log := o.log.With("vm", v.Name)
+	if err := checkImages(cfg.file, v); err != nil {
+		return nil, err
+	}
+	src, err := sender.NewFileSource(v.fileSourceOptions(e.now))
+	if err != nil {
+		return nil, &configError{cfg.file, fmt.Sprintf("vm %q", v.Name), err}
+	}
+	dir := cfg.stateDir(v.Name)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("vm %s: create state directory: %w", v.Name, err)
+	}
+	so := sender.Options{
+		VM:          v.Name,
+		Source:      src,
+		Dialer:      dialer,
+		Store:       sender.Store{FS: vfs.Default, Dir: dir},
+		Compression: v.compression,
+		Now:         e.now,
+		Logger:      o.log,
+	}
+	if o.bar != nil {
+		so.Progress = func(p sender.Progress) { o.bar.update(v.Name, p) }
+	}
+	snd, err := sender.New(so)
+	if err != nil {
+		return nil, fmt.Errorf("vm %s: %w", v.Name, err)
+	}
+	l := &vmLoop{
+		vm:     v,
+		snd:    snd,
+		status: loadSenderStatus(filepath.Join(dir, senderStatusFile), v.Name, e.now, log),
+		log:    log,
+		bar:    o.bar,
+		once:   o.once,
+		now:    e.now,
+		sleep:  sleepCtx,
+	}
+	r := newRetrier(snd, o.retries)
+	r.onFailure = l.failed
+	l.runner = r
+	return l, nil
+}
+
+// checkImages makes a missing or misnamed image a configuration error at
+// start, rather than a retried failure at the first epoch.
+func checkImages(file string, v *VMConfig) error {
+	check := func(key, path string) error {
+		st, err := os.Stat(path)
+		if err != nil {
+			return &configError{file, fmt.Sprintf("vm %q: %s", v.Name, key), err}
+		}
+		if !st.Mode().IsRegular() && st.Mode()&fs.ModeDevice == 0 {
+			return &configError{file, fmt.Sprintf("vm %q: %s", v.Name, key), fmt.Errorf("%s is neither a file nor a block device", path)}
+		}
+		return nil
+	}
+	for _, d := range v.Disks {
+		if err := check(fmt.Sprintf("disk %q.path", d.Name), d.Path); err != nil {
+			return err
+		}
+	}
+	for _, r := range v.RAM {
+		if err := check(fmt.Sprintf("ram %q.path", r.Name), r.Path); err != nil {
+			return err
+		}
+	}
+	if v.DeviceState != "" {
+		return check("device_state", v.DeviceState)
+	}
+	return nil
+}
+
+// run sends epochs until ctx ends, a permanent error, or, with once, the
+// first committed epoch. A stop by ctx is not an error unless once: then the
+// epoch the caller asked for was not sent.
+func (l *vmLoop) run(ctx context.Context) error {
+	var first time.Time
+	for {
+		start := l.now()
+		if first.IsZero() {
+			first = start
+		}
+		res, err := l.runner.RunEpoch(ctx)
+		if l.bar != nil {
+			l.bar.done(l.vm.Name)
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				if l.once {
+					return fmt.Errorf("interrupted before the epoch was committed: %w", ctx.Err())
+				}
+				return nil
+			}
+			if !retryable(err) {
+				l.log.Error("replication of this VM stopped: retrying cannot fix this; correct the configuration on either side, then restart drsync send", "err", err)
+			} else {
+				l.log.Error("epoch failed; giving up", "err", err, "consecutive_failures", l.status.st.ConsecutiveFailures)
+			}
+			return err
+		}
+		l.committed(res)
+		if l.once {
+			return nil
+		}
+		wait := l.nextStart(first, start).Sub(l.now())
+		if wait > 0 {
+			l.log.Debug("next epoch", "in", wait.Round(time.Millisecond))
+			if l.sleep(ctx, wait) != nil {
+				return nil
+			}
+		}
+	}
+}
+
+// nextStart is when the epoch after the one started at start begins.
+// Continuous: min_interval after start. Scheduled: the next slot of the
+// schedule grid that began at first. A slot missed because an epoch took
+// longer than the interval is not queued: the next epoch starts at once.
+func (l *vmLoop) nextStart(first, start time.Time) time.Time {
+	iv := l.vm.interval()
+	if l.vm.Mode != modeScheduled {
+		return start.Add(iv)
+	}
+	n := start.Sub(first)/iv + 1
+	return first.Add(n * iv)
+}
+
+func (l *vmLoop) committed(res *sender.Result) {
+	lag := l.now().Sub(res.Cut)
+	l.log.Info("epoch committed", "epoch", res.Epoch, "cut", res.Cut.UTC().Format(time.RFC3339), "base", res.Base,
+		"items", res.Items, "data_bytes", res.DataBytes, "wire_bytes", res.WireBytes, "resent_bytes", res.ResentBytes,
+		"attempts", res.Attempts, "duration", res.Duration.Round(time.Millisecond), "rpo_lag", lag.Round(time.Millisecond))
+	l.status.success(res)
+}
+
+// failed is the retrier's onFailure hook.
+func (l *vmLoop) failed(err error, wait time.Duration) {
+	if l.bar != nil {
+		l.bar.done(l.vm.Name)
+	}
+	l.status.failure(err)
+	// The last failure is reported by run, which knows why it stops.
+	if wait > 0 {
+		l.log.Warn("epoch failed; retrying", "err", err, "retry_in", wait, "consecutive_failures", l.status.st.ConsecutiveFailures)
+	}
+}
+
+// senderStatusRecorder maintains <state dir>/<vm>/status.json. Only the VM's
+// loop uses it.
+type senderStatusRecorder struct {
+	path string
+	st   senderStatus
+	now  func() time.Time
+	log  *slog.Logger
+}
+
+func loadSenderStatus(path, vm string, now func() time.Time, log *slog.Logger) *senderStatusRecorder {
+	r := &senderStatusRecorder{path: path, now: now, log: log}
+	if err := readJSON(path, &r.st); err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			log.Warn("previous status unreadable; totals restart from zero", "err", err)
+		}
+		r.st = senderStatus{}
+	}
+	r.st.VM = vm
+	return r
+}
+
+func (r *senderStatusRecorder) success(res *sender.Result) {
+	now := r.now().UTC()
+	r.st.Epoch = res.Epoch
+	r.st.Cut = res.Cut.UTC()
+	r.st.CommittedAt = now
+	r.st.LastResult = &epochResult{
+		Epoch: res.Epoch, Base: res.Base, Items: res.Items, StartSeq: res.StartSeq,
+		DataBytes: res.DataBytes, ScannedBytes: res.Scanned, WireBytes: res.WireBytes,
+		ResentBytes: res.ResentBytes, Attempts: res.Attempts, DurationSeconds: res.Duration.Seconds(),
+	}
+	r.st.ConsecutiveFailures = 0
+	r.st.BytesSent += res.WireBytes
+	r.st.Epochs++
+	r.save(now)
+}
+
+func (r *senderStatusRecorder) failure(err error) {
+	now := r.now().UTC()
+	r.st.ConsecutiveFailures++
+	r.st.LastError = err.Error()
+	r.st.LastErrorAt = now
+	r.save(now)
+}
+
+// save writes the status; a failure to do so is logged, never fatal.
+func (r *senderStatusRecorder) save(now time.Time) {
+	r.st.Updated = now
+	if err := writeJSONAtomic(r.path, &r.st); err != nil {
+		r.log.Warn("cannot write sender status", "err", err)
+	}
+}
+
+// vmError is the failure of one VM's loop.
+type vmError struct {
+	vm  string
+	err error
+}
+
+func (e vmError) Error() string { return fmt.Sprintf("vm %s: %v", e.vm, e.err) }
+func (e vmError) Unwrap() error { return e.err }
+
+// vmErrors are the failures of several VMs. Its exit code is the worst of
+// theirs, whatever order they failed in.
+type vmErrors []vmError
+
+func (es vmErrors) Error() string {
+	msgs := make([]string, len(es))
+	for i, e := range es {
+		msgs[i] = e.Error()
+	}
+	return strings.Join(msgs, "; ")
+}
+
+func (es vmErrors) Unwrap() []error {
+	out := make([]error, len(es))
+	for i, e := range es {
+		out[i] = e
+	}
+	return out
+}
+
+// ExitCode implements exitCoder.
+func (es vmErrors) ExitCode() int {
+	codes := make([]int, len(es))
+	for i, e := range es {
+		codes[i] = exitCode(e.err)
+	}
+	return worstExit(codes...)
+}

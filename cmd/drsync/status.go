@@ -1,0 +1,264 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"text/tabwriter"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"github.com/drsync/drsync/replica"
+)
+
+// manifestFile is the replica's committed-epoch description (package
+// replica writes it atomically, so reading it while an epoch is applied is
+// safe).
+const manifestFile = "MANIFEST"
+
+func statusCommand() *command {
+	var configPath string
+	var asJSON bool
+	c := &command{
+		name:  "status",
+		short: "show per VM the committed epoch, RPO lag, bytes and last error",
+		args:  "--config FILE [--json]",
+		summary: `Show, per VM, the last committed epoch, its cut time, the RPO lag (now
+minus that cut), bytes sent or received and the last error. FILE is either
+a sender or a receiver configuration. Safe while send and receive run: it
+only reads their status files and the replicas' manifests.`,
+		flags: func(set *flag.FlagSet) {
+			set.StringVar(&configPath, "config", "", "sender or receiver configuration file (required)")
+			set.BoolVar(&asJSON, "json", false, "print a JSON array instead of a table")
+		},
+	}
+	c.run = func(ctx context.Context, e *env, _ *flag.FlagSet, args []string) error {
+		if err := noArgs(args); err != nil {
+			return err
+		}
+		if configPath == "" {
+			return usagef("--config is required")
+		}
+		kind, err := configKind(configPath)
+		if err != nil {
+			return err
+		}
+		var rows []vmStatusView
+		var problems []error
+		now := e.now()
+		switch kind {
+		case "sender":
+			cfg, err := loadSenderConfig(configPath)
+			if err != nil {
+				return err
+			}
+			rows, problems = senderStatuses(cfg, now)
+		default:
+			cfg, err := loadReceiverConfig(configPath)
+			if err != nil {
+				return err
+			}
+			rows, problems = receiverStatuses(cfg, now)
+		}
+		if asJSON {
+			if rows == nil {
+				rows = []vmStatusView{}
+			}
+			enc := json.NewEncoder(e.stdout)
+			enc.SetIndent("", "  ")
+			if err := enc.Encode(rows); err != nil {
+				return err
+			}
+		} else {
+			printStatusTable(e.stdout, kind, rows)
+		}
+		return errors.Join(problems...)
+	}
+	return c
+}
+
+// configKind tells a sender configuration ([[vm]]) from a receiver one
+// ([[sender]], [storage]).
+func configKind(path string) (string, error) {
+	var m map[string]any
+	if _, err := toml.DecodeFile(path, &m); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return "", &configError{path, "", fmt.Errorf("cannot read: %w", err)}
+		}
+		return "", &configError{path, "", err}
+	}
+	_, vm := m["vm"]
+	_, snd := m["sender"]
+	_, sto := m["storage"]
+	switch {
+	case vm && !snd && !sto:
+		return "sender", nil
+	case !vm && (snd || sto):
+		return "receiver", nil
+	case vm:
+		return "", &configError{path, "", errors.New("has both [[vm]] (sender) and [[sender]]/[storage] (receiver) sections; use one file per role")}
+	}
+	return "", &configError{path, "", errors.New("neither a sender configuration (no [[vm]]) nor a receiver configuration (no [[sender]] or [storage])")}
+}
+
+// vmStatusView is one row of the status report.
+type vmStatusView struct {
+	VM                  string    `json:"vm"`
+	Role                string    `json:"role"`
+	Epoch               uint64    `json:"epoch"`
+	Cut                 time.Time `json:"cut,omitzero"`
+	RPOLagSeconds       *float64  `json:"rpo_lag_seconds,omitempty"`
+	BytesSent           *uint64   `json:"bytes_sent,omitempty"`
+	BytesReceived       *uint64   `json:"bytes_received,omitempty"`
+	ConsecutiveFailures *int      `json:"consecutive_failures,omitempty"`
+	LastError           string    `json:"last_error,omitempty"`
+	LastErrorAt         time.Time `json:"last_error_at,omitzero"`
+	LastPeer            string    `json:"last_peer,omitempty"`
+	Updated             time.Time `json:"updated,omitzero"`
+}
+
+func (v *vmStatusView) setCut(cut, now time.Time) {
+	if cut.IsZero() {
+		return
+	}
+	v.Cut = cut.UTC()
+	lag := now.Sub(cut).Seconds()
+	v.RPOLagSeconds = &lag
+}
+
+func senderStatuses(cfg *SenderConfig, now time.Time) ([]vmStatusView, []error) {
+	var rows []vmStatusView
+	var problems []error
+	for _, vm := range cfg.VMs {
+		row := vmStatusView{VM: vm.Name, Role: "sender"}
+		var st senderStatus
+		path := filepath.Join(cfg.stateDir(vm.Name), senderStatusFile)
+		switch err := readJSON(path, &st); {
+		case errors.Is(err, fs.ErrNotExist):
+			// Nothing sent yet.
+			row.ConsecutiveFailures = new(int)
+		case err != nil:
+			row.LastError = fmt.Sprintf("status unreadable: %v", err)
+			problems = append(problems, fmt.Errorf("vm %s: %w", vm.Name, err))
+		default:
+			row.Epoch = st.Epoch
+			row.setCut(st.Cut, now)
+			row.ConsecutiveFailures = &st.ConsecutiveFailures
+			row.LastError = st.LastError
+			row.LastErrorAt = st.LastErrorAt.UTC()
+			row.Updated = st.Updated
+		}
+		row.BytesSent = &st.BytesSent
+		rows = append(rows, row)
+	}
+	return rows, problems
+}
+
+func receiverStatuses(cfg *ReceiverConfig, now time.Time) ([]vmStatusView, []error) {
+	var rows []vmStatusView
+	var problems []error
+	for _, vm := range cfg.vmNames() {
+		row := vmStatusView{VM: vm, Role: "receiver"}
+		dir := cfg.replicaDir(vm)
+		// The manifest is the truth about what the replica holds; the
+		// status file only adds the counters.
+		b, err := os.ReadFile(filepath.Join(dir, manifestFile))
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+		case err != nil:
+			row.LastError = fmt.Sprintf("manifest unreadable: %v", err)
+			problems = append(problems, fmt.Errorf("vm %s: %w", vm, err))
+		default:
+			m, err := replica.ParseManifest(b)
+			if err != nil {
+				row.LastError = fmt.Sprintf("manifest: %v", err)
+				problems = append(problems, fmt.Errorf("vm %s: %s: %w", vm, filepath.Join(dir, manifestFile), err))
+				break
+			}
+			row.Epoch = m.Epoch
+			row.setCut(m.Cut, now)
+			row.Updated = m.Applied.UTC()
+		}
+		var st receiverStatus
+		switch err := readJSON(filepath.Join(dir, receiverStatusFile), &st); {
+		case errors.Is(err, fs.ErrNotExist):
+		case err != nil:
+			if row.LastError == "" {
+				row.LastError = fmt.Sprintf("status unreadable: %v", err)
+			}
+			problems = append(problems, fmt.Errorf("vm %s: %w", vm, err))
+		default:
+			if st.LastPeer != nil {
+				row.LastPeer = st.LastPeer.Fingerprint
+				if st.LastPeer.Name != "" {
+					row.LastPeer = st.LastPeer.Name + " " + st.LastPeer.Fingerprint
+				}
+			}
+		}
+		row.BytesReceived = &st.BytesReceived
+		rows = append(rows, row)
+	}
+	return rows, problems
+}
+
+func printStatusTable(w io.Writer, kind string, rows []vmStatusView) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	if kind == "sender" {
+		fmt.Fprintln(tw, "VM\tEPOCH\tCUT (UTC)\tRPO LAG\tSENT\tFAILURES\tLAST ERROR")
+	} else {
+		fmt.Fprintln(tw, "VM\tEPOCH\tCUT (UTC)\tRPO LAG\tRECEIVED\tLAST PEER\tLAST ERROR")
+	}
+	for _, r := range rows {
+		cut, lag := "-", "-"
+		if !r.Cut.IsZero() {
+			cut = r.Cut.Format("2006-01-02 15:04:05")
+		}
+		if r.RPOLagSeconds != nil {
+			lag = (time.Duration(*r.RPOLagSeconds * float64(time.Second))).Round(time.Second).String()
+		}
+		lastErr := orDash(truncate(r.LastError, 100))
+		if kind == "sender" {
+			failures := "-"
+			if r.ConsecutiveFailures != nil {
+				failures = fmt.Sprint(*r.ConsecutiveFailures)
+				// With no failure since the last committed epoch the
+				// last error is history (the JSON keeps it); the table
+				// shows only what is failing now.
+				if *r.ConsecutiveFailures == 0 {
+					lastErr = "-"
+				}
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", r.VM, r.Epoch, cut, lag, formatBytes(deref(r.BytesSent)), failures, lastErr)
+		} else {
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", r.VM, r.Epoch, cut, lag, formatBytes(deref(r.BytesReceived)), orDash(truncate(r.LastPeer, 40)), lastErr)
+		}
+	}
+	tw.Flush()
+}
+
+func deref(p *uint64) uint64 {
+	if p == nil {
+		return 0
+	}
+	return *p
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
+}

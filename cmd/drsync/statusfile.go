@@ -1,0 +1,123 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Status file names. "drsync status" reads them while send and receive run,
+// so they are always replaced atomically.
+const (
+	senderStatusFile   = "status.json" // in <state dir>/<vm>/
+	receiverStatusFile = "STATUS.json" // in <storage dir>/<vm>/
+)
+
+// senderStatus is a sender's record of one VM.
+type senderStatus struct {
+	VM string `json:"vm"`
+	// Epoch and Cut describe the last epoch the receiver committed.
+	Epoch       uint64    `json:"epoch"`
+	Cut         time.Time `json:"cut,omitzero"`
+	CommittedAt time.Time `json:"committed_at,omitzero"`
+	// LastResult is the last committed epoch's details.
+	LastResult          *epochResult `json:"last_result,omitempty"`
+	ConsecutiveFailures int          `json:"consecutive_failures"`
+	LastError           string       `json:"last_error,omitempty"`
+	LastErrorAt         time.Time    `json:"last_error_at,omitzero"`
+	// BytesSent counts bytes written to the connection by committed
+	// epochs, retries included, since the state directory was created.
+	BytesSent uint64    `json:"bytes_sent"`
+	Epochs    uint64    `json:"epochs"` // committed by this sender
+	Updated   time.Time `json:"updated"`
+}
+
+// epochResult is sender.Result for people and scripts.
+type epochResult struct {
+	Epoch           uint64  `json:"epoch"`
+	Base            string  `json:"base"`
+	Items           int     `json:"items"`
+	StartSeq        uint64  `json:"start_seq"`
+	DataBytes       uint64  `json:"data_bytes"`
+	ScannedBytes    int64   `json:"scanned_bytes"`
+	WireBytes       uint64  `json:"wire_bytes"`
+	ResentBytes     uint64  `json:"resent_bytes"`
+	Attempts        int     `json:"attempts"`
+	DurationSeconds float64 `json:"duration_seconds"`
+}
+
+// receiverStatus is a receiver's record of one VM.
+type receiverStatus struct {
+	VM          string    `json:"vm"`
+	Epoch       uint64    `json:"epoch"`
+	Cut         time.Time `json:"cut,omitzero"`
+	CommittedAt time.Time `json:"committed_at,omitzero"`
+	// BytesReceived counts bytes read from the network for committed
+	// epochs; RawBytes the same after decompression.
+	BytesReceived uint64    `json:"bytes_received"`
+	RawBytes      uint64    `json:"raw_bytes"`
+	Epochs        uint64    `json:"epochs"`
+	LastPeer      *peerInfo `json:"last_peer,omitempty"`
+	Updated       time.Time `json:"updated"`
+}
+
+type peerInfo struct {
+	Fingerprint string `json:"fingerprint"`
+	Name        string `json:"name,omitempty"`
+}
+
+// readJSON decodes the JSON file at path into v.
+func readJSON(path string, v any) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
+
+// writeJSONAtomic replaces path with v's JSON encoding: readers see the old
+// file or the new one, never a mix, and the new one survives a crash.
+func writeJSONAtomic(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	b = append(b, '\n')
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Chmod(0o640)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		// The rename is already visible; this only makes it durable.
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
