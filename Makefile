@@ -46,11 +46,12 @@ fuzz-ci:
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(CIFUZZ)
 
 fuzz:
-	@set -e; for t in $(FUZZ_TARGETS); do \
+	@set -e; log=$$(mktemp); trap 'rm -f $$log' EXIT; for t in $(FUZZ_TARGETS); do \
 		pkg=$${t%%:*}; name=$${t##*:}; \
 		echo "fuzz $$pkg $$name for $(FUZZTIME)"; \
-		$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 5s $$pkg >/dev/null || \
-			{ echo "fuzz $$pkg $$name FAILED"; $(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime 1x $$pkg; exit 1; }; \
+		if ! $(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 5s $$pkg >$$log 2>&1; then \
+			echo "fuzz $$pkg $$name FAILED:"; tail -n 40 $$log; exit 1; \
+		fi; \
 	done; echo "fuzz: all targets passed"
 
 bench: deps

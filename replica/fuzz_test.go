@@ -13,7 +13,7 @@ import (
 
 func sampleManifest() *Manifest {
 	m := &Manifest{Format: manifestFormat, VM: "web-1", Epoch: 3, Cut: time.Unix(1700000000, 0).UTC(),
-		Targets: []TargetEntry{{Kind: "disk", Name: "vda", Size: 1 << 20, BlockSize: 65536, File: "disk-0.img", Table: "disk-0.bht", Digest: 1}},
+		Targets:     []TargetEntry{{Kind: "disk", Name: "vda", Size: 1 << 20, BlockSize: 65536, File: "disk-0.img", Table: "disk-0.bht", Digest: 1}},
 		DeviceState: &DeviceStateInfo{File: "devstate-3.bin", Size: 10, Hash: 2}}
 	m.StateID = m.ComputeStateID()
 	return m
