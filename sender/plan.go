@@ -202,28 +202,40 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 			return nil, err
 		}
 		n := min(chunk, t.Size-off)
-		// Skip reading a chunk the allocation map says is all zeros.
+		// Skip the allocation-map entries that end before this chunk.
 		for ei < len(extents) && extents[ei].Off+extents[ei].Len <= off {
 			ei++
 		}
-		allZero := false
-		if ei < len(extents) {
-			allZero = coveredByZero(extents[ei:], off, off+n)
-		}
+		allZero := ei < len(extents) && coveredByZero(extents[ei:], off, off+n)
 		data := buf[:n]
-		if allZero {
-			clear(data)
-		} else {
-			if _, err := t.Reader.ReadAt(data, off); err != nil && err != io.EOF {
-				return nil, fmt.Errorf("read at %d: %w", off, err)
+		clear(data)
+		// Read only the blocks the allocation map does not know to be
+		// zeros, in runs: holes and zero-allocated ranges cost nothing.
+		known := make([]bool, (n+bs-1)/bs)
+		if !allZero {
+			for b := int64(0); b < n; {
+				if ei < len(extents) && coveredByZero(extents[ei:], off+b, min(off+b+bs, off+n)) {
+					known[b/bs] = true
+					b += bs
+					continue
+				}
+				e := b + bs
+				for e < n && !(ei < len(extents) && coveredByZero(extents[ei:], off+e, min(off+e+bs, off+n))) {
+					e += bs
+				}
+				e = min(e, n)
+				if _, err := t.Reader.ReadAt(data[b:e], off+b); err != nil && err != io.EOF {
+					return nil, fmt.Errorf("read at %d: %w", off+b, err)
+				}
+				p.Scanned += e - b
+				b = e
 			}
-			p.Scanned += n
 		}
 		for b := int64(0); b < n; b += bs {
 			blk := data[b:min(b+bs, n)]
 			i := (off + b) / bs
 			var h uint64
-			zero := allZero || blockhash.IsZero(blk)
+			zero := allZero || known[b/bs] || blockhash.IsZero(blk)
 			if zero {
 				h = blockhash.ZeroHash(len(blk))
 			} else {

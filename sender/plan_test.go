@@ -143,3 +143,25 @@ func FuzzUnmarshalIndex(f *testing.F) {
 		}
 	})
 }
+
+func TestPlanReadsOnlyAllocatedBlocks(t *testing.T) {
+	disk := make([]byte, planChunk)
+	disk[5] = 1
+	disk[planChunk-1] = 2
+	var scanned []int64
+	snap, r := snapOf(disk, []Extent{{Off: 0, Len: 8192}, {Off: 8192, Len: planChunk - 16384, Zero: true}, {Off: planChunk - 8192, Len: 8192}})
+	snap.Targets[0].Reader = readerFunc(func(p []byte, off int64) (int, error) {
+		scanned = append(scanned, off, int64(len(p)))
+		return r.ReadAt(p, off)
+	})
+	p, err := BuildPlan(context.Background(), 1, snap, baseFresh, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Scanned != 16384 || len(scanned) != 4 || scanned[0] != 0 || scanned[2] != planChunk-8192 {
+		t.Fatalf("reads (offset, length): %v, scanned %d; want only the two allocated blocks", scanned, p.Scanned)
+	}
+	if len(p.Items) != 2 || p.Bytes != 8192 {
+		t.Fatalf("items %+v", p.Items)
+	}
+}
