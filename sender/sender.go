@@ -303,6 +303,17 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 	}
 	var sent uint64
 	for i := int(start); i < len(p.Items); i++ {
+		// A receiver that refused the epoch says so at once; stop sending.
+		select {
+		case aerr := <-acks:
+			if aerr == nil {
+				aerr = fmt.Errorf("epoch %d: receiver acknowledged a commit that was not sent: %w", epoch, wire.ErrMalformed)
+			}
+			ss.rw.Close()
+			a.res.WireBytes += ss.enc.Stats().WireBytes - wire0
+			return nil, aerr
+		default:
+		}
 		f, err := p.Frame(a.snap, i)
 		if err != nil {
 			return fail(fmt.Errorf("epoch %d: %w", epoch, err))
