@@ -190,3 +190,46 @@ func TestSenderLimitedToItsVMs(t *testing.T) {
 		t.Fatalf("VM a at epoch %d", m.Epoch)
 	}
 }
+
+// TestSenderKilledMidEpoch SIGKILLs the sender while it streams an epoch;
+// a new sender process resumes the staged epoch from the receiver's
+// durable progress (the plan is the same, since the images did not
+// change) and the replica ends equal to the source.
+func TestSenderKilledMidEpoch(t *testing.T) {
+	needQemu(t)
+	const disk = 512 << 20
+	vm := vmSpec{name: "web-1", disks: []diskSpec{{"vda", "images/vda.raw", "raw"}}, ram: []string{"images/pc.ram"}}
+	p := newPair(t, []vmSpec{vm})
+	rng := rand.New(rand.NewPCG(7, 8))
+	testkit.SparseFile(t, p.path("images/vda.raw"), disk)
+	testkit.SparseFile(t, p.path("images/pc.ram"), 32<<20)
+	p.startReceiver()
+	resumed := 0
+	for round := 1; round <= 4; round++ {
+		testkit.ScribbleFile(t, rng, p.path("images/vda.raw"), disk, 120, 1<<20)
+		testkit.ScribbleFile(t, rng, p.path("images/pc.ram"), 32<<20, 200, 32<<10)
+		snd := testkit.Start(t, p.path("sender.log"), "send", "--once", "--config", p.sendCfg)
+		if !snd.WaitLog("msg=epoch ", 30*time.Second) {
+			t.Fatalf("sender did not start an epoch:\n%s", snd.Log())
+		}
+		time.Sleep(time.Duration(50+rng.IntN(250)) * time.Millisecond)
+		snd.Kill()
+		out := testkit.MustRun(t, "send", "--once", "--config", p.sendCfg)
+		if testing.Verbose() {
+			t.Logf("restarted sender:\n%s", out)
+		}
+		qemuCompare(t, p.path("images/vda.raw"), "raw", p.replicaFile("web-1", "disk", "vda"))
+		if a, b := testkit.FileHash(t, p.path("images/pc.ram"), -1), testkit.FileHash(t, p.replicaFile("web-1", "ram", "ram0"), -1); a != b {
+			t.Fatalf("round %d: RAM differs", round)
+		}
+		p.verify("web-1")
+		r := p.senderStatus("web-1")["last_result"].(map[string]any)
+		if r["start_seq"].(float64) > 0 {
+			resumed++
+		}
+		t.Logf("round %d: restarted sender: base %v, resumed at item %v of %v", round, r["base"], r["start_seq"], r["items"])
+	}
+	if resumed == 0 {
+		t.Error("no restarted sender resumed a staged epoch; every kill restarted from scratch")
+	}
+}

@@ -15,16 +15,17 @@ const (
 	bigRAM  = 256 << 20
 )
 
-// TestRawDiskAndRAMOverQUIC replicates a 1 GiB sparse raw disk and a
-// 256 MiB RAM image through the real CLI over loopback QUIC for five
+// TestRawDiskAndRAMOverQUIC replicates a 1 GiB sparse raw disk (plus a
+// second, small one) and a 256 MiB RAM image through the real CLI over loopback QUIC for five
 // epochs with random writes in between; after each, the replica equals the
 // source (disk by qemu-img compare, RAM and device state by hash) and
 // drsync verify passes.
 func TestRawDiskAndRAMOverQUIC(t *testing.T) {
 	needQemu(t)
-	vm := vmSpec{name: "web-1", disks: []diskSpec{{"vda", "images/vda.raw", "raw"}}, ram: []string{"images/pc.ram"}, dev: "images/devstate.bin"}
+	vm := vmSpec{name: "web-1", disks: []diskSpec{{"vda", "images/vda.raw", "raw"}, {"vdb", "images/vdb.raw", "raw"}}, ram: []string{"images/pc.ram"}, dev: "images/devstate.bin"}
 	p := newPair(t, []vmSpec{vm})
 	rng := rand.New(rand.NewPCG(1, 1))
+	testkit.SparseFile(t, p.path("images/vdb.raw"), 64<<20)
 	testkit.SparseFile(t, p.path("images/vda.raw"), bigDisk)
 	testkit.SparseFile(t, p.path("images/pc.ram"), bigRAM)
 	testkit.ScribbleFile(t, rng, p.path("images/vda.raw"), bigDisk, 200, 256<<10)
@@ -38,6 +39,7 @@ func TestRawDiskAndRAMOverQUIC(t *testing.T) {
 			t.Fatalf("replica at epoch %d after send %d", m.Epoch, e)
 		}
 		qemuCompare(t, p.path("images/vda.raw"), "raw", p.replicaFile("web-1", "disk", "vda"))
+		qemuCompare(t, p.path("images/vdb.raw"), "raw", p.replicaFile("web-1", "disk", "vdb"))
 		if a, b := testkit.FileHash(t, p.path("images/pc.ram"), -1), testkit.FileHash(t, p.replicaFile("web-1", "ram", "ram0"), -1); a != b {
 			t.Fatalf("epoch %d: RAM differs (%s vs %s)", e, a, b)
 		}
@@ -47,6 +49,7 @@ func TestRawDiskAndRAMOverQUIC(t *testing.T) {
 		p.verify("web-1")
 		testkit.ScribbleFile(t, rng, p.path("images/vda.raw"), bigDisk, 40, 256<<10)
 		testkit.ScribbleFile(t, rng, p.path("images/pc.ram"), bigRAM, 500, 16<<10)
+		testkit.ScribbleFile(t, rng, p.path("images/vdb.raw"), 64<<20, 10, 64<<10)
 	}
 	st := testkit.MustRun(t, "status", "--config", p.sendCfg)
 	t.Logf("status:\n%s", st)

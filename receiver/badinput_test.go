@@ -151,3 +151,40 @@ func TestDiskFull(t *testing.T) {
 	}
 	checkReplica(t, rfs, want, 2)
 }
+
+// TestReconnectTakesOver: a sender whose old connection is still open on
+// the receiver (it died without closing it) takes over the VM at once when
+// it reconnects with the same identity; another identity is refused.
+func TestReconnectTakesOver(t *testing.T) {
+	rfs := memfs.New()
+	rcv := newReceiver(t, rfs)
+	old, enc, bw, _, w, oldDone := rawSession(t, rcv, "web-1")
+	defer old.Close()
+	if w.Position.Committed != 0 {
+		t.Fatalf("welcome %+v", w.Position)
+	}
+	enc.Encode(&wire.EpochBegin{Epoch: 1, Items: 5, Bytes: 5 * 65536, Targets: []wire.Target{{ID: 0, Kind: wire.KindDisk, Name: "vda", Size: 1 << 20, BlockSize: 65536}}})
+	bw.Flush()
+
+	// Another identity is refused while the VM is held.
+	bob := receiver.Peer{Fingerprint: "sha256:bb"}
+	a, b := net.Pipe()
+	go rcv.Handle(context.Background(), bob, b)
+	benc := wire.NewEncoder(a, wire.EncoderOptions{})
+	go benc.Encode(&wire.Hello{MinVersion: 1, MaxVersion: 1, VM: "web-1"})
+	f, err := wire.NewDecoder(a, wire.DecoderOptions{}).Decode()
+	if e, ok := f.(*wire.Error); err != nil || !ok || e.Code != wire.ErrBusy {
+		t.Fatalf("other identity: got %v %v, want busy", f, err)
+	}
+	a.Close()
+
+	// The same identity takes over: the old connection is closed.
+	conn, _, _, _, w2, _ := rawSession(t, rcv, "web-1")
+	defer conn.Close()
+	if err := <-oldDone; err != nil && !strings.Contains(err.Error(), "closed") {
+		t.Logf("old session ended with %v", err)
+	}
+	if w2.Position.Committed != 0 {
+		t.Fatalf("welcome after takeover: %+v", w2.Position)
+	}
+}

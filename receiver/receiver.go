@@ -75,7 +75,14 @@ type Receiver struct {
 	o    Options
 	log  *slog.Logger
 	mu   sync.Mutex
-	busy map[string]bool
+	busy map[string]*holder
+}
+
+// holder is the connection currently writing a VM's replica.
+type holder struct {
+	fingerprint string
+	stop        func()        // closes its connection
+	done        chan struct{} // closed once it let go of the VM
 }
 
 // New returns a Receiver.
@@ -90,7 +97,7 @@ func New(o Options) (*Receiver, error) {
 	if l == nil {
 		l = slog.New(slog.DiscardHandler)
 	}
-	return &Receiver{o: o, log: l, busy: map[string]bool{}}, nil
+	return &Receiver{o: o, log: l, busy: map[string]*holder{}}, nil
 }
 
 func (r *Receiver) replicaOptions(vm string) replica.Options {
@@ -130,20 +137,49 @@ func (r *Receiver) RecoverAll() error {
 	return nil
 }
 
-func (r *Receiver) acquire(vm string) bool {
+// takeoverWait bounds how long a reconnecting sender waits for its previous
+// connection to let go of the VM.
+const takeoverWait = 10 * time.Second
+
+// acquire makes h the writer of vm. A sender that reconnects (it restarted,
+// or its link broke before the receiver noticed) takes over from its own
+// previous connection at once, rather than being refused until that
+// connection times out; another identity is refused.
+func (r *Receiver) acquire(vm string, h *holder) bool {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.busy[vm] {
+	old := r.busy[vm]
+	if old == nil {
+		r.busy[vm] = h
+		r.mu.Unlock()
+		return true
+	}
+	r.mu.Unlock()
+	if old.fingerprint != h.fingerprint {
 		return false
 	}
-	r.busy[vm] = true
+	r.log.Info("sender reconnected; ending its previous connection", "vm", vm, "peer", h.fingerprint)
+	old.stop()
+	select {
+	case <-old.done:
+	case <-time.After(takeoverWait):
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.busy[vm] != nil {
+		return false
+	}
+	r.busy[vm] = h
 	return true
 }
 
-func (r *Receiver) release(vm string) {
+func (r *Receiver) release(vm string, h *holder) {
 	r.mu.Lock()
-	delete(r.busy, vm)
+	if r.busy[vm] == h {
+		delete(r.busy, vm)
+	}
 	r.mu.Unlock()
+	close(h.done)
 }
 
 // toWire turns an error into the Error frame the sender is told.
@@ -188,6 +224,7 @@ func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser)
 	sess := newSession(r.o.AckBytes)
 	var rep *replica.Replica
 	var vm string
+	me := &holder{fingerprint: peer.Fingerprint, stop: func() { rw.Close() }, done: make(chan struct{})}
 	owned := false // this connection holds vm
 	var epochWire0, epochRaw0 uint64
 	defer func() {
@@ -200,7 +237,7 @@ func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser)
 			rep.Close()
 		}
 		if owned {
-			r.release(vm)
+			r.release(vm, me)
 		}
 		if err != nil {
 			we := toWire(err)
@@ -236,7 +273,7 @@ func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser)
 				vm = ""
 				return &wire.Error{Code: wire.ErrUnauthorized, Message: fmt.Sprintf("certificate %s is not authorized for VM %q", peer.Fingerprint, f.(*wire.Hello).VM)}
 			}
-			if !r.acquire(vm) {
+			if !r.acquire(vm, me) {
 				name := vm
 				vm = ""
 				return &wire.Error{Code: wire.ErrBusy, Message: fmt.Sprintf("another sender is replicating VM %q", name)}

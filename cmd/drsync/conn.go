@@ -61,6 +61,10 @@ func (c *connStream) Close() error {
 	c.closed = true
 	writing := c.writing
 	c.mu.Unlock()
+	// Close means "done with this stream" to the libraries, as it does for
+	// a net.Conn: a Read blocked on a peer that went silent must return
+	// now, not when the idle timeout fires.
+	c.Stream.SetReadDeadline(time.Now())
 	if writing {
 		return c.conn.Close(0, "closed")
 	}
