@@ -228,7 +228,7 @@ func (e *Encoder) Encode(f Frame) error {
 		return &FrameError{Type: t, Detail: fmt.Sprintf("payload length %d exceeds %d", rawLen, MaxPayload), Err: ErrTooLarge}
 	}
 
-	dataLen := len(frameData(f))
+	dataLen := len(DataOf(f))
 	compress := e.comp != CompressNone && carriesData(t) && rawLen >= minCompress
 	inline := compress || dataLen < splitWrite
 	need := HeaderSize + rawLen
@@ -263,19 +263,6 @@ func (e *Encoder) Encode(f Frame) error {
 		return err
 	}
 	e.stats.add(t, false, HeaderSize+rawLen, HeaderSize+rawLen, dataLen)
-	return nil
-}
-
-// frameData returns the data f carries, nil if none.
-func frameData(f Frame) []byte {
-	switch f := f.(type) {
-	case *DiskExtent:
-		return f.Data
-	case *MemRun:
-		return f.Data
-	case *DeviceState:
-		return f.Data
-	}
 	return nil
 }
 
@@ -449,7 +436,7 @@ func (d *Decoder) decode() (Frame, error) {
 	if err != nil {
 		return nil, err
 	}
-	d.stats.add(t, compressed, HeaderSize+len(raw), HeaderSize+int(length), len(frameData(f)))
+	d.stats.add(t, compressed, HeaderSize+len(raw), HeaderSize+int(length), len(DataOf(f)))
 	return f, nil
 }
 

@@ -43,9 +43,9 @@ func Summarize(it Item, dataHash uint64) Summary {
 	return s
 }
 
-// DataOf returns the data an item carries, nil if none.
-func DataOf(it Item) []byte {
-	switch f := it.(type) {
+// DataOf returns the data a frame carries, nil if none.
+func DataOf(f Frame) []byte {
+	switch f := f.(type) {
 	case *DiskExtent:
 		return f.Data
 	case *MemRun:
