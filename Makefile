@@ -18,6 +18,8 @@ FUZZ_TARGETS := \
 	./blockhash:FuzzRead ./sender:FuzzUnmarshalIndex \
 	./nbd:FuzzParseStructuredChunk ./nbd:FuzzParseBlockStatusChunk ./nbd:FuzzParseOptionReply ./nbd:FuzzParseGreeting
 
+SHELL := /bin/bash
+
 .PHONY: all build deps test unit fuzz fuzz-ci bench demo clean
 
 all: build
@@ -36,8 +38,11 @@ deps:
 
 test: deps
 	$(GO) vet ./...
-	$(GO) test -count=1 -timeout 30m ./...
-	$(MAKE) --no-print-directory fuzz-ci
+	@set -o pipefail; log=$$(mktemp); \
+	$(GO) test -count=1 -timeout 30m ./... 2>&1 | tee $$log; status=$$?; \
+	$(MAKE) --no-print-directory fuzz-ci || status=1; \
+	echo "packages: $$(grep -c '^ok' $$log) passed, $$(grep -c '^FAIL' $$log) failed"; \
+	rm -f $$log; exit $$status
 
 unit:
 	$(GO) test -short -count=1 ./...
