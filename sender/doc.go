@@ -1,0 +1,26 @@
+// Package sender owns the protected side of replication: cutting a
+// snapshot of a VM from a Source, working out an epoch against what the
+// replica is known to hold, and streaming it so that a broken transfer
+// resumes where the receiver's durable progress ends.
+//
+// The decisions are pure and tested as tables: which index describes the
+// replica (chooseBase), where to resume (resumeFrom), and what to send
+// (BuildPlan, given readers). IO sits behind interfaces declared here:
+// Source (image files in this package, a live guest elsewhere), Dialer (any
+// reliable byte stream: QUIC in production, a pipe in tests) and Store (the
+// sender's index, on a vfs.FS).
+//
+// It must not know about QUIC, TLS, configuration files or how the
+// receiver stores a replica.
+//
+// The sender's index (Store) keeps two files per VM: "committed", what the
+// replica holds, and "pending", what it will hold once the epoch in flight
+// commits, written before the commit frame leaves. Layout of both:
+//
+//	+------------+-----------+-------------+-------+-----------------------------------+-----------+
+//	| "DRSNDST1" | epoch u64 | stateID u64 | n u16 | n x (keyLen u8 | key | table file) | xxh64 u64 |
+//	+------------+-----------+-------------+-------+-----------------------------------+-----------+
+//
+// where key is "disk/NAME" or "ram/NAME", the table file is blockhash's
+// layout, and the trailing xxhash64 covers everything before it.
+package sender
