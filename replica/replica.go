@@ -336,13 +336,11 @@ func (r *Replica) Begin(b *wire.EpochBegin) error {
 		if r.st == nil || r.st.commit != nil {
 			return protoErr("EpochBegin: resume of epoch %d at item %d, nothing is staged", b.Epoch, b.StartSeq)
 		}
-		if b.StartSeq != uint64(r.synced) {
+		// Everything staged when the replica was opened is durable (recovery
+		// synced it), and appended items are synced before each ack, so the
+		// resume point must be exactly the synced count.
+		if b.StartSeq != uint64(r.synced) || r.synced != len(r.st.items) {
 			return protoErr("EpochBegin: resume at item %d, %d items are durable", b.StartSeq, r.synced)
-		}
-		// Items appended after the last sync may be in the file; they are
-		// not durable, so they go and the sender sends them again.
-		if err := r.resetToSynced(); err != nil {
-			return r.fail(err)
 		}
 		return r.st.resume(b)
 	}
@@ -369,25 +367,6 @@ func (r *Replica) Begin(b *wire.EpochBegin) error {
 	}
 	r.st, r.jw, r.synced = st, jw, 0
 	return nil
-}
-
-// resetToSynced drops staged items that were not synced, reopening the
-// journal at the end of the synced prefix.
-func (r *Replica) resetToSynced() error {
-	if len(r.st.items) == r.synced {
-		return nil
-	}
-	end := r.st.items[r.synced].off
-	r.jw.Close()
-	jw, err := journal.OpenAppend(r.o.FS, r.p(journalName), end)
-	if err != nil {
-		return fmt.Errorf("reopen journal: %w (%w)", err, ErrStorage)
-	}
-	jw.Close()
-	// Rebuild the stage from the journal: cheaper to reason about than
-	// undoing digest and counters.
-	r.st, r.jw = nil, nil
-	return r.recover()
 }
 
 // Append stages the next item of the open epoch. It is durable after Sync.
