@@ -120,7 +120,12 @@ func TestDiskFull(t *testing.T) {
 	rfs := memfs.New()
 	rng := rand.New(rand.NewPCG(8, 8))
 	src := newSource(rng)
-	rcv := newReceiver(t, rfs)
+	var reported []error
+	rcv, err := receiver.New(receiver.Options{Root: "/replicas", FS: rfs, Authorize: allowAll, Now: now,
+		OnError: func(vm string, _ receiver.Peer, err error) { reported = append(reported, err) }})
+	if err != nil {
+		t.Fatal(err)
+	}
 	s := newSender(t, src, testkit.PipeDialer(rcv, alice), memfs.New())
 	defer s.Close()
 	if _, err := s.RunEpoch(context.Background()); err != nil {
@@ -133,12 +138,15 @@ func TestDiskFull(t *testing.T) {
 	want := src.SourceState()
 	rfs.SetCapacity(rfs.Used() + 1<<20)
 	s.Disconnect()
-	_, err := s.RunEpoch(context.Background())
+	_, err = s.RunEpoch(context.Background())
 	var we *wire.Error
 	if !errors.As(err, &we) || we.Code != wire.ErrStorage || !strings.Contains(err.Error(), syscall.ENOSPC.Error()) {
 		t.Fatalf("disk full: got %v, want a storage error saying %q", err, syscall.ENOSPC)
 	}
 	t.Logf("sender saw: %v", err)
+	if len(reported) != 1 || !errors.Is(reported[0], syscall.ENOSPC) {
+		t.Fatalf("OnError got %v, want one ENOSPC", reported)
+	}
 	epoch, state, err := testkit.ReplicaState(rfs, "/replicas/web-1")
 	if err != nil || epoch != 1 || testkit.DiffStates(before, state) != "" {
 		t.Fatalf("after disk full: epoch %d err %v diff %q", epoch, err, testkit.DiffStates(before, state))

@@ -40,6 +40,11 @@ type Options struct {
 	Logger   *slog.Logger
 	// OnCommit, if set, is called after each committed epoch.
 	OnCommit func(EpochStats)
+	// OnError, if set, is called when a connection that was writing vm (the
+	// peer was authorized for it) ends with an error: storage failures,
+	// refused epochs, protocol violations. Refusals of unauthorized peers
+	// are only logged, so they cannot make the receiver write anything.
+	OnError func(vm string, peer Peer, err error)
 }
 
 // EpochStats describes one committed epoch as the receiver saw it.
@@ -240,9 +245,11 @@ func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser)
 			r.release(vm, me)
 		}
 		if err != nil {
-			we := toWire(err)
-			send(we)
 			log.Warn("connection ended", "vm", vm, "err", err)
+			if owned && r.o.OnError != nil {
+				r.o.OnError(vm, peer, err)
+			}
+			send(toWire(err))
 		}
 	}()
 	for {

@@ -103,6 +103,7 @@ func receive(ctx context.Context, e *env, cfg *ReceiverConfig, log *slog.Logger)
 		Now:       e.now,
 		Logger:    log,
 		OnCommit:  status.commit,
+		OnError:   status.fail,
 	})
 	if err != nil {
 		return err
@@ -220,22 +221,28 @@ type receiverStatusWriter struct {
 
 // commit implements receiver.Options.OnCommit. A status that cannot be
 // written is logged, never fatal: the replica itself is already committed.
-func (w *receiverStatusWriter) commit(s receiver.EpochStats) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	path := filepath.Join(w.cfg.replicaDir(s.VM), receiverStatusFile)
-	st := w.byVM[s.VM]
+// load returns the in-memory status of vm, read from its file the first
+// time so totals carry on from the previous run.
+func (w *receiverStatusWriter) load(vm string) (*receiverStatus, string) {
+	path := filepath.Join(w.cfg.replicaDir(vm), receiverStatusFile)
+	st := w.byVM[vm]
 	if st == nil {
-		// Totals carry on from the previous run.
 		st = &receiverStatus{}
 		if err := readJSON(path, st); err != nil {
 			if !errors.Is(err, fs.ErrNotExist) {
-				w.log.Warn("previous status unreadable; totals restart from zero", "vm", s.VM, "err", err)
+				w.log.Warn("previous status unreadable; totals restart from zero", "vm", vm, "err", err)
 			}
 			st = &receiverStatus{}
 		}
-		w.byVM[s.VM] = st
+		w.byVM[vm] = st
 	}
+	return st, path
+}
+
+func (w *receiverStatusWriter) commit(s receiver.EpochStats) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	st, path := w.load(s.VM)
 	now := w.now().UTC()
 	st.VM = s.VM
 	st.Epoch = s.Epoch
@@ -245,9 +252,25 @@ func (w *receiverStatusWriter) commit(s receiver.EpochStats) {
 	st.RawBytes += s.RawBytes
 	st.Epochs++
 	st.LastPeer = &peerInfo{Fingerprint: s.Peer.Fingerprint, Name: s.Peer.Name}
+	st.LastError, st.LastErrorAt = "", time.Time{}
 	st.Updated = now
 	if err := writeJSONAtomic(path, st); err != nil {
 		w.log.Warn("cannot write receiver status", "vm", s.VM, "err", err)
+	}
+}
+
+// fail records why a connection writing vm failed.
+func (w *receiverStatusWriter) fail(vm string, peer receiver.Peer, err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	st, path := w.load(vm)
+	now := w.now().UTC()
+	st.VM = vm
+	st.LastPeer = &peerInfo{Fingerprint: peer.Fingerprint, Name: peer.Name}
+	st.LastError, st.LastErrorAt = err.Error(), now
+	st.Updated = now
+	if werr := writeJSONAtomic(path, st); werr != nil {
+		w.log.Warn("cannot write receiver status", "vm", vm, "err", werr)
 	}
 }
 

@@ -194,6 +194,10 @@ func receiverStatuses(cfg *ReceiverConfig, now time.Time) ([]vmStatusView, []err
 			}
 			problems = append(problems, fmt.Errorf("vm %s: %w", vm, err))
 		default:
+			if st.LastError != "" && row.LastError == "" {
+				row.LastError = st.LastError
+				row.LastErrorAt = st.LastErrorAt.UTC()
+			}
 			if st.LastPeer != nil {
 				row.LastPeer = st.LastPeer.Fingerprint
 				if st.LastPeer.Name != "" {

@@ -60,7 +60,11 @@ type receiverStatus struct {
 	RawBytes      uint64    `json:"raw_bytes"`
 	Epochs        uint64    `json:"epochs"`
 	LastPeer      *peerInfo `json:"last_peer,omitempty"`
-	Updated       time.Time `json:"updated"`
+	// LastError is why the last connection writing this VM failed; a
+	// committed epoch clears it.
+	LastError   string    `json:"last_error,omitempty"`
+	LastErrorAt time.Time `json:"last_error_at,omitzero"`
+	Updated     time.Time `json:"updated"`
 }
 
 type peerInfo struct {
