@@ -79,11 +79,16 @@ of them were committed (for cron and systemd timers).`,
 				vms = append(vms, &cfg.VMs[i])
 			}
 		}
+		// The progress bar goes to a terminal: stderr when logs are shown
+		// there too (the bar then redraws around each log line), else stdout.
 		var bar *progressBar
 		var logw io.Writer = e.stderr
-		if isTerminal(e.stderr) {
+		switch {
+		case isTerminal(e.stderr):
 			bar = newProgressBar(e.stderr, e.now)
 			logw = bar
+		case isTerminal(e.stdout):
+			bar = newProgressBar(e.stdout, e.now)
 		}
 		log, err := lf.logger(logw)
 		if err != nil {
