@@ -300,6 +300,10 @@ func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser)
 			if err := send(&wire.Welcome{Version: sess.version, Position: pos}); err != nil {
 				return nil
 			}
+		case stepTables:
+			if err := r.sendTables(vm, send); err != nil {
+				return err
+			}
 		case stepBegin:
 			if rep, err = replica.Open(r.replicaOptions(vm)); err != nil {
 				return err
@@ -340,4 +344,31 @@ func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser)
 			}
 		}
 	}
+}
+
+// sendTables streams the block tables of vm's committed epoch, for a sender
+// that lost its own record of them, then TableEnd with the state they
+// describe.
+func (r *Receiver) sendTables(vm string, send func(wire.Frame) error) error {
+	rep, err := replica.Open(r.replicaOptions(vm))
+	if err != nil {
+		return err
+	}
+	defer rep.Close()
+	m := rep.Manifest()
+	for _, t := range m.Targets {
+		tab := rep.Table(t.Kind, t.Name)
+		kind := wire.KindDisk
+		if t.Kind == "ram" {
+			kind = wire.KindRAM
+		}
+		for first := 0; first < len(tab.Hashes); first += wire.MaxTableHashes {
+			hs := tab.Hashes[first:min(first+wire.MaxTableHashes, len(tab.Hashes))]
+			if err := send(&wire.Table{Kind: kind, Name: t.Name, Size: uint64(t.Size), BlockSize: uint32(t.BlockSize), First: uint64(first), Hashes: hs}); err != nil {
+				return nil
+			}
+		}
+	}
+	r.log.Info("sent block tables to a sender without a record of the replica", "vm", vm, "epoch", m.Epoch)
+	return send(&wire.TableEnd{Epoch: m.Epoch, StateID: m.StateID})
 }

@@ -14,6 +14,7 @@ const (
 	stepBegin                  // replica.Begin
 	stepItem                   // replica.Append (and maybe sync + ack)
 	stepCommit                 // replica.Commit, then ack committed
+	stepTables                 // send the committed block tables
 )
 
 // session is the receiver's per-connection protocol state: which frames may
@@ -66,6 +67,9 @@ func (s *session) next(f wire.Frame) (st step, wantSync bool, err error) {
 		s.version, s.vm, s.state = v, h.VM, sIdle
 		return stepHello, false, nil
 	case sIdle:
+		if _, ok := f.(*wire.TableRequest); ok {
+			return stepTables, false, nil
+		}
 		b, ok := f.(*wire.EpochBegin)
 		if !ok {
 			return bad("expected EpochBegin, got %s", f.Type())

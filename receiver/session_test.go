@@ -19,6 +19,8 @@ func TestSessionOrder(t *testing.T) {
 		err    string // error expected at the last frame
 	}{
 		{"full epoch", []wire.Frame{hello, begin, item, item, commit}, []step{stepHello, stepBegin, stepItem, stepItem, stepCommit}, ""},
+		{"tables between epochs", []wire.Frame{hello, &wire.TableRequest{}, begin, commit, &wire.TableRequest{}}, []step{stepHello, stepTables, stepBegin, stepCommit, stepTables}, ""},
+		{"tables inside an epoch", []wire.Frame{hello, begin, &wire.TableRequest{}}, []step{stepHello, stepBegin}, "TableRequest inside epoch 1"},
 		{"two epochs", []wire.Frame{hello, begin, commit, begin, item, commit}, []step{stepHello, stepBegin, stepCommit, stepBegin, stepItem, stepCommit}, ""},
 		{"no hello", []wire.Frame{begin}, nil, "expected Hello, got EpochBegin"},
 		{"item before begin", []wire.Frame{hello, item}, []step{stepHello}, "expected EpochBegin, got DiskExtent"},

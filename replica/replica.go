@@ -308,6 +308,12 @@ func (r *Replica) removeJournal() error {
 	return nil
 }
 
+// Table returns the committed block table of a target ("disk" or "ram"
+// kind, as in the manifest), nil if there is none. Do not modify it.
+func (r *Replica) Table(kind, name string) *blockhash.Table {
+	return r.tables[kind+"/"+name]
+}
+
 // Manifest returns the committed manifest (do not modify it).
 func (r *Replica) Manifest() *Manifest { return r.man }
 

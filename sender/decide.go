@@ -10,10 +10,11 @@ const (
 	baseCommitted                   // committed index matches the replica
 	basePending                     // pending index matches: the last commit landed, promote it
 	baseUnknown                     // nothing matches: compare everything (full pass)
+	baseFetched                     // nothing matched, the replica's own tables were fetched and check out
 )
 
 func (b baseChoice) String() string {
-	return [...]string{"fresh", "committed", "pending", "unknown"}[b]
+	return [...]string{"fresh", "committed", "pending", "unknown", "replica-tables"}[b]
 }
 
 // chooseBase decides what the replica holds, from the receiver's durable

@@ -72,7 +72,7 @@ func BuildPlan(ctx context.Context, epoch uint64, snap *Snapshot, choice baseCho
 		switch choice {
 		case baseFresh:
 			old = blockhash.NewZero(t.Size, t.BlockSize)
-		case baseCommitted, basePending:
+		case baseCommitted, basePending, baseFetched:
 			if bt := base.Tables[k]; bt != nil {
 				if bt.BlockSize != t.BlockSize {
 					return nil, fmt.Errorf("plan epoch %d: %s block size changed from %d to %d; the replica cannot follow", epoch, k, bt.BlockSize, t.BlockSize)

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/drsync/drsync/blockhash"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -216,7 +217,19 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 		}
 		s.committed, s.pending = s.pending, nil
 	case baseUnknown:
-		s.log.Warn("the replica's content is not what this sender last recorded; comparing every block (full pass)", "replica_epoch", pos.Committed)
+		s.log.Warn("the replica's content is not what this sender last recorded; fetching its block tables", "replica_epoch", pos.Committed)
+		idx, err := s.fetchTables(ctx, ss)
+		if err != nil {
+			return nil, fmt.Errorf("fetch the replica's block tables: %w", err)
+		}
+		if idx == nil {
+			s.log.Warn("the replica's tables do not match its state; comparing every block (full pass)", "replica_epoch", pos.Committed)
+			break
+		}
+		if err := s.o.Store.Promote(idx); err != nil {
+			return nil, err
+		}
+		s.committed, s.pending, choice = idx, nil, baseFetched
 	}
 	epoch := pos.Committed + 1
 	a := s.inflight
@@ -361,4 +374,59 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 	a.res.Duration = s.o.Now().Sub(a.started)
 	res := a.res
 	return &res, nil
+}
+
+// fetchTables asks the receiver for the block tables of the replica's
+// committed epoch. It returns nil (and no error) when they do not add up to
+// the state identity the receiver announced: then nothing is trusted and
+// the sender compares every block.
+func (s *Sender) fetchTables(ctx context.Context, ss *session) (*Index, error) {
+	stop := context.AfterFunc(ctx, func() { ss.rw.Close() })
+	defer stop()
+	if err := ss.enc.Encode(&wire.TableRequest{}); err != nil {
+		return nil, err
+	}
+	if err := ss.bw.Flush(); err != nil {
+		return nil, err
+	}
+	idx := &Index{Epoch: ss.pos.Committed, Tables: map[string]*blockhash.Table{}}
+	filled := map[string]int{}
+	for {
+		f, err := ss.dec.Decode()
+		if err != nil {
+			return nil, err
+		}
+		switch f := f.(type) {
+		case *wire.Table:
+			k := TableKey(f.Kind, f.Name)
+			t := idx.Tables[k]
+			if t == nil {
+				if int64(f.Size) > 1<<50 || blockhash.Blocks(int64(f.Size), int(f.BlockSize)) > blockhash.MaxEntries {
+					return nil, fmt.Errorf("table of %s: %d bytes at %d-byte blocks is too large: %w", k, f.Size, f.BlockSize, wire.ErrMalformed)
+				}
+				t = &blockhash.Table{BlockSize: int(f.BlockSize), Size: int64(f.Size), Hashes: make([]uint64, blockhash.Blocks(int64(f.Size), int(f.BlockSize)))}
+				idx.Tables[k] = t
+			}
+			if t.BlockSize != int(f.BlockSize) || t.Size != int64(f.Size) {
+				return nil, fmt.Errorf("table of %s changes shape: %w", k, wire.ErrMalformed)
+			}
+			copy(t.Hashes[f.First:], f.Hashes)
+			filled[k] += len(f.Hashes)
+		case *wire.TableEnd:
+			for k, t := range idx.Tables {
+				if filled[k] != len(t.Hashes) {
+					return nil, nil
+				}
+			}
+			idx.StateID = idx.ComputeStateID()
+			if f.Epoch != ss.pos.Committed || f.StateID != ss.pos.StateID || idx.StateID != ss.pos.StateID {
+				return nil, nil
+			}
+			return idx, nil
+		case *wire.Error:
+			return nil, f
+		default:
+			return nil, fmt.Errorf("receiver sent %s while sending tables: %w", f.Type(), wire.ErrMalformed)
+		}
+	}
 }

@@ -132,7 +132,7 @@ func (c *Counts) add(compressed bool, raw, wire, data int) {
 
 // kindSlots is the length of Stats.ByKind: one slot per frame type, indexed
 // by Type, slot 0 unused.
-const kindSlots = int(TypeError) + 1
+const kindSlots = int(typeLast) + 1
 
 // Stats are the totals of a stream and their breakdown by frame type.
 type Stats struct {
@@ -391,7 +391,7 @@ func (d *Decoder) decode() (Frame, error) {
 	t, flags := Type(h[0]), h[1]
 	length := binary.BigEndian.Uint32(h[4:8])
 	switch {
-	case t == 0 || t > TypeError:
+	case t == 0 || t > typeLast:
 		return nil, malformed(t, "unknown frame type")
 	case flags&^knownFlags != 0:
 		return nil, malformed(t, "unknown flags %#02x", flags&^knownFlags)

@@ -71,6 +71,10 @@ func sampleFrames(data func(int) []byte, big bool) []Frame {
 		&Ack{Epoch: 42, Durable: 9, Committed: true},
 		&Error{Code: ErrBusy, Message: "another sender holds VM web-01 ✓"},
 		&Error{Code: ErrInternal},
+		&TableRequest{},
+		&Table{Kind: KindDisk, Name: "vda", Size: 1<<20 + 1, BlockSize: 64 << 10, First: 3, Hashes: []uint64{1, 2, math.MaxUint64, 0, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14}},
+		&Table{Kind: KindRAM, Name: "pc.ram", Size: 4096, BlockSize: 4096, Hashes: []uint64{42}},
+		&TableEnd{Epoch: 9, StateID: 0xfeed},
 	}
 	if big {
 		fs = append(fs,
@@ -344,6 +348,10 @@ func TestInvalidFields(t *testing.T) {
 		{&EpochCommit{Epoch: 1, States: states(MaxTargets + 1)}, "state count 257 exceeds 256"},
 		{&EpochCommit{Epoch: 1, States: []TargetDigest{{1, 1}, {1, 2}}}, "state 1: duplicate target 1"},
 		{&Error{Message: strings.Repeat("x", MaxMessage+1)}, "message length 4097 exceeds 4096"},
+		{&Table{Kind: KindDisk, Name: "vda", Size: 1 << 20, BlockSize: 65536, First: 15, Hashes: []uint64{1, 2}}, "outside 16 blocks"},
+		{&Table{Kind: KindDisk, Name: "vda", Size: 1 << 20, BlockSize: 65536}, "0 hashes"},
+		{&Table{Kind: 9, Name: "vda", Size: 1 << 20, BlockSize: 65536, Hashes: []uint64{1}}, "target kind 9"},
+		{&Table{Kind: KindDisk, Name: "../x y", Size: 1 << 20, BlockSize: 65536, Hashes: []uint64{1}}, "target name"},
 		{&Error{Message: "bad \xff byte"}, "not valid UTF-8"},
 	}
 	for _, c := range cases {
@@ -435,7 +443,7 @@ func TestDecodeMalformed(t *testing.T) {
 		isNot error
 	}{
 		{"type 0", rawFrame(0, 0, nil), ErrMalformed, "unknown frame type", nil},
-		{"type 12", rawFrame(12, 0, nil), ErrMalformed, "wire: Type(12): unknown frame type", nil},
+		{"type 15", rawFrame(15, 0, nil), ErrMalformed, "wire: Type(15): unknown frame type", nil},
 		{"type 255", rawFrame(255, 0, nil), ErrMalformed, "unknown frame type", nil},
 		{"flag bit 1", rawFrame(TypeAck, 2, rawPayload(&Ack{})), ErrMalformed, "unknown flags 0x02", nil},
 		{"flag bit 7", rawFrame(TypeDiskExtent, 0x81, nil), ErrMalformed, "unknown flags 0x80", nil},

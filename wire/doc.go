@@ -153,6 +153,23 @@
 //	| code u16 | message str16 |
 //	+----------+---------------+
 //
+// TableRequest (12), sender to receiver between epochs, has an empty
+// payload. A sender that has no record of what the replica holds (its
+// state was lost) asks for the replica's block tables rather than sending
+// every block. The receiver answers with Table (13) frames, each a run of
+// one target's block hashes, then TableEnd (14):
+//
+//	+---------+-----------+----------+---------------+-----------------+-------------+------------------+
+//	| kind u8 | name str8 | size u64 | blockSize u32 | firstBlock u64  | count u32   | count x hash u64 |
+//	+---------+-----------+----------+---------------+-----------------+-------------+------------------+
+//
+//	+-----------+-------------+
+//	| epoch u64 | stateID u64 |
+//	+-----------+-------------+
+//
+// The sender recomputes the state identity from the tables and uses them
+// only if it equals TableEnd's and the Welcome's.
+//
 // # Field rules
 //
 // Encode refuses, and Decode reports as malformed, a frame breaking any of
@@ -175,6 +192,9 @@
 //     targets.
 //   - Ack: committed is 0 or 1.
 //   - Error: message at most MaxMessage bytes of valid UTF-8.
+//   - Table: kind Disk or RAM, a valid target name, size > 0, block size a
+//     power of two in [512, 4 MiB], 1 to MaxTableHashes hashes, all inside
+//     the target's blocks.
 //
 // # Errors
 //

@@ -40,6 +40,13 @@ const (
 	TypeEpochCommit Type = 9
 	TypeAck         Type = 10
 	TypeError       Type = 11
+	// Between epochs, a sender that lost its record of the replica asks for
+	// the replica's block tables instead of sending every block again.
+	TypeTableRequest Type = 12
+	TypeTable        Type = 13
+	TypeTableEnd     Type = 14
+
+	typeLast = TypeTableEnd
 )
 
 func (t Type) String() string {
@@ -66,6 +73,12 @@ func (t Type) String() string {
 		return "Ack"
 	case TypeError:
 		return "Error"
+	case TypeTableRequest:
+		return "TableRequest"
+	case TypeTable:
+		return "Table"
+	case TypeTableEnd:
+		return "TableEnd"
 	}
 	return "Type(" + itoa(uint64(t)) + ")"
 }
@@ -229,6 +242,35 @@ type Error struct {
 	Code    ErrorCode
 	Message string
 }
+
+// MaxTableHashes bounds the block hashes one Table frame carries.
+const MaxTableHashes = MaxData / 8
+
+// TableRequest asks the receiver, between epochs, for the block tables of
+// the replica's committed epoch.
+type TableRequest struct{}
+
+// Table carries the hashes of blocks [First, First+len(Hashes)) of one
+// target of the replica.
+type Table struct {
+	Kind      TargetKind
+	Name      string
+	Size      uint64
+	BlockSize uint32
+	First     uint64
+	Hashes    []uint64
+}
+
+// TableEnd follows the last Table: the committed epoch and state identity
+// the tables describe, which the sender checks them against.
+type TableEnd struct {
+	Epoch   uint64
+	StateID uint64
+}
+
+func (*TableRequest) Type() Type { return TypeTableRequest }
+func (*Table) Type() Type        { return TypeTable }
+func (*TableEnd) Type() Type     { return TypeTableEnd }
 
 func (*Hello) Type() Type       { return TypeHello }
 func (*Welcome) Type() Type     { return TypeWelcome }

@@ -25,6 +25,8 @@ const (
 	targetDigestLen  = 2 + 8
 	ackLen           = 8 + 8 + 1
 	errorFixed       = 2 + 2
+	tableFixed       = 1 + 1 + 8 + 4 + 8 + 4
+	tableEndLen      = 8 + 8
 )
 
 // appendPayload appends the raw payload of f to b. The payload of a frame
@@ -116,6 +118,20 @@ func appendPayload(b []byte, f Frame) (out, data []byte) {
 		b = be.AppendUint16(b, uint16(f.Code))
 		b = be.AppendUint16(b, uint16(len(f.Message)))
 		b = append(b, f.Message...)
+	case *TableRequest:
+	case *Table:
+		b = append(b, byte(f.Kind))
+		b = appendStr8(b, f.Name)
+		b = be.AppendUint64(b, f.Size)
+		b = be.AppendUint32(b, f.BlockSize)
+		b = be.AppendUint64(b, f.First)
+		b = be.AppendUint32(b, uint32(len(f.Hashes)))
+		for _, h := range f.Hashes {
+			b = be.AppendUint64(b, h)
+		}
+	case *TableEnd:
+		b = be.AppendUint64(b, f.Epoch)
+		b = be.AppendUint64(b, f.StateID)
 	}
 	return b, nil
 }
@@ -149,6 +165,12 @@ func payloadSize(f Frame) int {
 		return ackLen
 	case *Error:
 		return errorFixed + len(f.Message)
+	case *TableRequest:
+		return 0
+	case *Table:
+		return tableFixed + len(f.Name) + 8*len(f.Hashes)
+	case *TableEnd:
+		return tableEndLen
 	}
 	return 0
 }
@@ -400,6 +422,23 @@ func parsePayload(t Type, p []byte) (Frame, error) {
 		f = a
 	case TypeError:
 		f = &Error{Code: ErrorCode(r.u16("code")), Message: r.str16("message")}
+	case TypeTableRequest:
+		f = &TableRequest{}
+	case TypeTable:
+		tb := &Table{Kind: TargetKind(r.u8("kind")), Name: r.str8("name"), Size: r.u64("size"), BlockSize: r.u32("block size"), First: r.u64("first block")}
+		n := r.u32("hash count")
+		if r.err == nil && (n > MaxTableHashes || uint64(n)*8 > uint64(len(r.p))) {
+			return nil, malformed(t, "hash count %d with %d bytes left (at most %d)", n, len(r.p), MaxTableHashes)
+		}
+		if r.err == nil && n > 0 {
+			tb.Hashes = make([]uint64, n)
+			for i := range tb.Hashes {
+				tb.Hashes[i] = r.u64("hash")
+			}
+		}
+		f = tb
+	case TypeTableEnd:
+		f = &TableEnd{Epoch: r.u64("epoch"), StateID: r.u64("state id")}
 	default:
 		return nil, malformed(t, "unknown frame type")
 	}

@@ -63,6 +63,14 @@ func Validate(f Frame) error {
 		if f != nil {
 			return f.validate()
 		}
+	case *TableRequest, *TableEnd:
+		if f != nil {
+			return nil
+		}
+	case *Table:
+		if f != nil {
+			return f.validate()
+		}
 	case nil:
 		return &FrameError{Detail: "nil frame", Err: ErrMalformed}
 	default:
@@ -244,4 +252,24 @@ func (s *idSet) add(id uint16) bool {
 	dup := s[w]&bit != 0
 	s[w] |= bit
 	return dup
+}
+
+func (f *Table) validate() error {
+	switch {
+	case f.Kind != KindDisk && f.Kind != KindRAM:
+		return malformed(TypeTable, "target kind %d", f.Kind)
+	case ValidTargetName(f.Name) != nil:
+		return malformed(TypeTable, "target name: %v", ValidTargetName(f.Name))
+	case f.BlockSize < MinBlockSize || f.BlockSize > MaxBlockSize || f.BlockSize&(f.BlockSize-1) != 0:
+		return malformed(TypeTable, "block size %d", f.BlockSize)
+	case f.Size == 0:
+		return malformed(TypeTable, "size 0")
+	case len(f.Hashes) == 0 || len(f.Hashes) > MaxTableHashes:
+		return malformed(TypeTable, "%d hashes (1 to %d)", len(f.Hashes), MaxTableHashes)
+	}
+	blocks := (f.Size-1)/uint64(f.BlockSize) + 1
+	if f.First >= blocks || uint64(len(f.Hashes)) > blocks-f.First {
+		return malformed(TypeTable, "blocks [%d,+%d) outside %d blocks", f.First, len(f.Hashes), blocks)
+	}
+	return nil
 }
