@@ -196,3 +196,47 @@ func TestReconnectTakesOver(t *testing.T) {
 		t.Fatalf("welcome after takeover: %+v", w2.Position)
 	}
 }
+
+// TestDiskFullAtReservation: the journal fits but the space to apply the
+// epoch does not; the commit is refused before its record is written, the
+// replica stays at its epoch, and the fully staged epoch commits without
+// being sent again once space is freed.
+func TestDiskFullAtReservation(t *testing.T) {
+	rfs := memfs.New()
+	rng := rand.New(rand.NewPCG(12, 12))
+	src := newSource(rng)
+	rcv := newReceiver(t, rfs)
+	s := newSender(t, src, testkit.PipeDialer(rcv, alice), memfs.New())
+	defer s.Close()
+	if _, err := s.RunEpoch(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	_, before, _ := testkit.ReplicaState(rfs, "/replicas/web-1")
+	// Fresh data in a range of the disk that was never written (holes),
+	// so applying it needs new space.
+	src.Mutate(func() {
+		d := src.Targets[0].Data
+		for i := 6 << 20; i < 8<<20; i++ {
+			d[i] = byte(i * 31)
+		}
+	})
+	want := src.SourceState()
+	// Room for the journal (2 MiB of data plus framing), not for the image.
+	rfs.SetCapacity(rfs.Used() + 3<<20)
+	s.Disconnect()
+	_, err := s.RunEpoch(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "reserve") {
+		t.Fatalf("got %v, want a failure to reserve space", err)
+	}
+	checkReplica(t, rfs, before, 1)
+	rfs.SetCapacity(0)
+	s.Disconnect()
+	res, err := s.RunEpoch(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.StartSeq != uint64(res.Items) {
+		t.Errorf("resumed at item %d of %d: the staged epoch should only need its commit", res.StartSeq, res.Items)
+	}
+	checkReplica(t, rfs, want, 2)
+}
