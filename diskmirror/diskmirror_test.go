@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/drsync/drsync/testkit/hosttools"
+
 	"github.com/drsync/drsync/diskmirror"
 	"github.com/drsync/drsync/diskmirror/diskmirrortest"
 	"github.com/drsync/drsync/nbd"
@@ -49,7 +51,7 @@ func TestConformance(t *testing.T) {
 		diskmirrortest.Run(t, img, want)
 	})
 
-	needTools(t, "qemu-nbd", "qemu-img", "qemu-io")
+	hosttools.Need(t, "qemu-nbd", "qemu-img", "qemu-io")
 	set := makeQcowSet(t)
 	t.Run("qcow2", func(t *testing.T) {
 		img, err := diskmirror.OpenQcow2(t.Context(), set.qcow2, diskmirror.Qcow2Options{})
@@ -129,7 +131,7 @@ func TestRawExtents(t *testing.T) {
 }
 
 func TestQcow2Extents(t *testing.T) {
-	needTools(t, "qemu-nbd", "qemu-img", "qemu-io")
+	hosttools.Need(t, "qemu-nbd", "qemu-img", "qemu-io")
 	set := makeQcowSet(t)
 	img, err := diskmirror.OpenQcow2(t.Context(), set.qcow2, diskmirror.Qcow2Options{})
 	if err != nil {
@@ -154,7 +156,7 @@ func TestQcow2Extents(t *testing.T) {
 }
 
 func TestOpenErrors(t *testing.T) {
-	needQemu := func(t *testing.T) { needTools(t, "qemu-nbd", "qemu-img") }
+	needQemu := func(t *testing.T) { hosttools.Need(t, "qemu-nbd", "qemu-img") }
 	dir := t.TempDir()
 	notQcow := filepath.Join(dir, "plain.img")
 	writeLayout(t, notQcow, 1<<20, span{0, 4096, 'd'})
@@ -195,7 +197,7 @@ func TestOpenErrors(t *testing.T) {
 			setup: func(t *testing.T) string {
 				needQemu(t)
 				p := filepath.Join(t.TempDir(), "trunc.qcow2")
-				runTool(t, "qemu-img", "create", "-q", "-f", "qcow2", p, "1M")
+				hosttools.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", p, "1M")
 				if err := os.Truncate(p, 50); err != nil {
 					t.Fatal(err)
 				}
@@ -210,7 +212,7 @@ func TestOpenErrors(t *testing.T) {
 			setup: func(t *testing.T) string {
 				needQemu(t)
 				p := filepath.Join(t.TempDir(), "bad.qcow2")
-				runTool(t, "qemu-img", "create", "-q", "-f", "qcow2", p, "1M")
+				hosttools.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", p, "1M")
 				f, err := os.OpenFile(p, os.O_WRONLY, 0)
 				if err != nil {
 					t.Fatal(err)
@@ -231,8 +233,8 @@ func TestOpenErrors(t *testing.T) {
 				needQemu(t)
 				d := t.TempDir()
 				base, top := filepath.Join(d, "gone.qcow2"), filepath.Join(d, "top.qcow2")
-				runTool(t, "qemu-img", "create", "-q", "-f", "qcow2", base, "1M")
-				runTool(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top)
+				hosttools.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", base, "1M")
+				hosttools.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", top)
 				os.Remove(base)
 				return top
 			},
@@ -245,7 +247,7 @@ func TestOpenErrors(t *testing.T) {
 			setup: func(t *testing.T) string {
 				needQemu(t)
 				p := filepath.Join(t.TempDir(), "nobitmap.qcow2")
-				runTool(t, "qemu-img", "create", "-q", "-f", "qcow2", p, "1M")
+				hosttools.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", p, "1M")
 				return p
 			},
 			open:     openQcow2(diskmirror.Qcow2Options{Bitmaps: []string{"nope"}}),
@@ -257,7 +259,7 @@ func TestOpenErrors(t *testing.T) {
 			setup: func(t *testing.T) string {
 				needQemu(t)
 				p := filepath.Join(t.TempDir(), "ok.qcow2")
-				runTool(t, "qemu-img", "create", "-q", "-f", "qcow2", p, "1M")
+				hosttools.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", p, "1M")
 				return p
 			},
 			open:     openQcow2(diskmirror.Qcow2Options{QemuNBD: "/nonexistent/qemu-nbd"}),
@@ -336,10 +338,10 @@ func openQcow2(opts diskmirror.Qcow2Options) func(context.Context, string) (disk
 func gone(pid int) bool { return errors.Is(syscall.Kill(pid, 0), syscall.ESRCH) }
 
 func TestQcow2Lifecycle(t *testing.T) {
-	needTools(t, "qemu-nbd", "qemu-img")
+	hosttools.Need(t, "qemu-nbd", "qemu-img")
 	tmp := privateTmp(t)
 	img0 := filepath.Join(t.TempDir(), "l.qcow2")
-	runTool(t, "qemu-img", "create", "-q", "-f", "qcow2", img0, "1M")
+	hosttools.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", img0, "1M")
 
 	t.Run("close", func(t *testing.T) {
 		img, err := diskmirror.OpenQcow2(t.Context(), img0, diskmirror.Qcow2Options{})
@@ -391,10 +393,10 @@ func TestQcow2Lifecycle(t *testing.T) {
 	})
 
 	t.Run("force share", func(t *testing.T) {
-		needTools(t, "qemu-io")
+		hosttools.Need(t, "qemu-io")
 		// A comma in the name exercises the escaping of --image-opts.
 		locked := filepath.Join(t.TempDir(), "in,use.qcow2")
-		runTool(t, "qemu-img", "create", "-q", "-f", "qcow2", locked, "1M")
+		hosttools.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", locked, "1M")
 		holdWriteLock(t, locked)
 		if _, err := diskmirror.OpenQcow2(t.Context(), locked, diskmirror.Qcow2Options{}); !errors.Is(err, diskmirror.ErrQemuNBD) || !strings.Contains(err.Error(), "lock") {
 			t.Fatalf("open of a locked image: %v, want a lock error from qemu-nbd", err)
@@ -430,11 +432,11 @@ func TestQcow2Lifecycle(t *testing.T) {
 }
 
 func TestDirtyExtents(t *testing.T) {
-	needTools(t, "qemu-nbd", "qemu-img", "qemu-io")
+	hosttools.Need(t, "qemu-nbd", "qemu-img", "qemu-io")
 	path := filepath.Join(t.TempDir(), "d.qcow2")
-	runTool(t, "qemu-img", "create", "-q", "-f", "qcow2", path, "4M")
-	runTool(t, "qemu-img", "bitmap", "--add", "--enable", path, "b0")
-	runTool(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0xab 1M 64k", "-c", "write -P 0xab 3M 1k", path)
+	hosttools.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", path, "4M")
+	hosttools.Run(t, "qemu-img", "bitmap", "--add", "--enable", path, "b0")
+	hosttools.Run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0xab 1M 64k", "-c", "write -P 0xab 3M 1k", path)
 	want := []diskmirror.DirtyExtent{
 		{0, 1 << 20, false}, {1 << 20, 64 << 10, true}, {1<<20 + 64<<10, 2<<20 - 64<<10, false},
 		{3 << 20, 64 << 10, true}, {3<<20 + 64<<10, 1<<20 - 64<<10, false},
@@ -526,7 +528,7 @@ func TestDetectFormat(t *testing.T) {
 }
 
 func TestOpenAuto(t *testing.T) {
-	needTools(t, "qemu-nbd", "qemu-img", "qemu-io")
+	hosttools.Need(t, "qemu-nbd", "qemu-img", "qemu-io")
 	set := makeQcowSet(t)
 	for _, tc := range []struct {
 		path  string

@@ -1,38 +1,20 @@
 package diskmirror_test
 
 import (
-	"bytes"
 	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/drsync/drsync/testkit/hosttools"
+
 	"golang.org/x/sys/unix"
 )
-
-func needTools(t *testing.T, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (apt-get install qemu-utils); skipping qemu test", tool)
-		}
-	}
-}
-
-func runTool(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
 
 // privateTmp points TMPDIR at a short, test-owned directory, so that
 // socket paths stay short and leftovers of OpenQcow2 can be checked.
@@ -110,23 +92,6 @@ func holesSupported(t *testing.T, dir string) bool {
 	return err == nil && off == 512<<10
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // serveQemu exports image with a persistent qemu-nbd until the test ends,
 // standing in for QEMU's own NBD server, and returns the socket path.
 func serveQemu(t *testing.T, image string, args ...string) string {
@@ -140,7 +105,7 @@ func serveQemu(t *testing.T, image string, args ...string) string {
 	all := append([]string{"--persistent", "--shared=8", "--socket=" + sock}, args...)
 	cmd := exec.Command("qemu-nbd", append(all, image)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	var stderr syncBuffer
+	var stderr hosttools.SyncBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -199,11 +164,11 @@ func makeQcowSet(t *testing.T) qcowSet {
 		top:   filepath.Join(dir, "top.qcow2"),
 	}
 	s.rawWant = writeLayout(t, s.raw, baseSize, baseLayout...)
-	runTool(t, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", s.raw, s.qcow2)
-	runTool(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", s.qcow2, "-F", "qcow2", s.top)
-	runTool(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0xcd 1056k 8k", "-c", "write -z 0 4k", "-c", "write -P 0x11 3M 64k", s.top)
+	hosttools.Run(t, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", s.raw, s.qcow2)
+	hosttools.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", s.qcow2, "-F", "qcow2", s.top)
+	hosttools.Run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0xcd 1056k 8k", "-c", "write -z 0 4k", "-c", "write -P 0x11 3M 64k", s.top)
 	flat := filepath.Join(dir, "top.raw")
-	runTool(t, "qemu-img", "convert", "-O", "raw", s.top, flat)
+	hosttools.Run(t, "qemu-img", "convert", "-O", "raw", s.top, flat)
 	var err error
 	if s.topWant, err = os.ReadFile(flat); err != nil {
 		t.Fatal(err)

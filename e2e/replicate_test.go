@@ -4,8 +4,9 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"testing"
+
+	"github.com/drsync/drsync/testkit/hosttools"
 
 	"github.com/drsync/drsync/testkit"
 )
@@ -61,12 +62,7 @@ func TestQcow2WithBackingFile(t *testing.T) {
 	needQemu(t)
 	vm := vmSpec{name: "db-1", disks: []diskSpec{{"vda", "images/overlay.qcow2", "auto"}}}
 	p := newPair(t, []vmSpec{vm})
-	qemu := func(args ...string) {
-		t.Helper()
-		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%v: %v\n%s", args, err, out)
-		}
-	}
+	qemu := func(args ...string) { hosttools.Run(t, args[0], args[1:]...) }
 	base, overlay := p.path("images/base.qcow2"), p.path("images/overlay.qcow2")
 	qemu("qemu-img", "create", "-q", "-f", "qcow2", base, "256M")
 	qemu("qemu-io", "-f", "qcow2", "-c", "write -P 0x11 0 16M", "-c", "write -P 0x22 100M 8M", "-c", "write -z 4M 1M", base)

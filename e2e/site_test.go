@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/drsync/drsync/testkit/hosttools"
+
 	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/testkit"
 	"github.com/drsync/drsync/tlsid"
@@ -38,14 +40,7 @@ type vmSpec struct {
 
 type diskSpec struct{ name, path, format string }
 
-func needQemu(t *testing.T) {
-	t.Helper()
-	for _, c := range []string{"qemu-img", "qemu-nbd"} {
-		if _, err := exec.LookPath(c); err != nil {
-			t.Skipf("%s not installed (make test installs it): %v", c, err)
-		}
-	}
-}
+func needQemu(t *testing.T) { hosttools.Need(t, "qemu-img", "qemu-nbd", "qemu-io") }
 
 func freePort(t *testing.T) int {
 	t.Helper()

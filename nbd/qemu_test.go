@@ -12,72 +12,26 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/drsync/drsync/testkit/hosttools"
 )
 
 // Integration tests against qemu-nbd. They skip when QEMU's tools are not
 // installed (package qemu-utils).
 
-func needTools(t *testing.T, tools ...string) {
-	t.Helper()
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed (apt-get install qemu-utils); skipping qemu integration test", tool)
-		}
-	}
-}
-
-func runTool(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return string(out)
-}
-
-// shortTempDir keeps socket paths under the 108-byte unix limit, which
-// t.TempDir's long names can exceed.
-func shortTempDir(t *testing.T) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "nbdt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // serveQemu exports image with qemu-nbd on a fresh unix socket until the
 // test ends, and returns the socket path.
 func serveQemu(t *testing.T, image string, args ...string) string {
 	t.Helper()
-	sock := filepath.Join(shortTempDir(t), "s")
+	sock := filepath.Join(hosttools.ShortTempDir(t, "nbdt"), "s")
 	all := append([]string{"--persistent", "--shared=8", "--socket=" + sock}, args...)
 	cmd := exec.Command("qemu-nbd", append(all, image)...)
 	// Dies with the test binary even if cleanup never runs.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	var stderr syncBuffer
+	var stderr hosttools.SyncBuffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -160,12 +114,12 @@ func testImages(t *testing.T) []struct {
 	raw := filepath.Join(dir, "disk.raw")
 	want := writeRawImage(t, raw)
 	q := filepath.Join(dir, "disk.qcow2")
-	runTool(t, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, q)
+	hosttools.Run(t, "qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, q)
 	top := filepath.Join(dir, "top.qcow2")
-	runTool(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", q, "-F", "qcow2", top)
-	runTool(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0xcd 1056k 8k", "-c", "write -z 0 4k", "-c", "write -P 0x11 3M 64k", top)
+	hosttools.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", "-b", q, "-F", "qcow2", top)
+	hosttools.Run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0xcd 1056k 8k", "-c", "write -z 0 4k", "-c", "write -P 0x11 3M 64k", top)
 	flat := filepath.Join(dir, "top.raw")
-	runTool(t, "qemu-img", "convert", "-O", "raw", top, flat)
+	hosttools.Run(t, "qemu-img", "convert", "-O", "raw", top, flat)
 	topWant, err := os.ReadFile(flat)
 	if err != nil {
 		t.Fatal(err)
@@ -184,7 +138,7 @@ func testImages(t *testing.T) []struct {
 }
 
 func TestQemuNBD(t *testing.T) {
-	needTools(t, "qemu-nbd", "qemu-img", "qemu-io")
+	hosttools.Need(t, "qemu-nbd", "qemu-img", "qemu-io")
 	for _, img := range testImages(t) {
 		t.Run(img.name, func(t *testing.T) {
 			sock := serveQemu(t, img.path, "--read-only", "--format="+img.format)
@@ -261,7 +215,7 @@ func findExtent(ext []Extent, off int64) Extent {
 func nbdinfoMap(t *testing.T, sock, export, context string) []Extent {
 	t.Helper()
 	uri := fmt.Sprintf("nbd+unix:///%s?socket=%s", export, sock)
-	out := runTool(t, "nbdinfo", "--map="+context, uri)
+	out := hosttools.Run(t, "nbdinfo", "--map="+context, uri)
 	var ext []Extent
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
 		f := strings.Fields(line)
@@ -280,11 +234,11 @@ func nbdinfoMap(t *testing.T, sock, export, context string) []Extent {
 }
 
 func TestQemuDirtyBitmap(t *testing.T) {
-	needTools(t, "qemu-nbd", "qemu-img", "qemu-io")
+	hosttools.Need(t, "qemu-nbd", "qemu-img", "qemu-io")
 	img := filepath.Join(t.TempDir(), "d.qcow2")
-	runTool(t, "qemu-img", "create", "-q", "-f", "qcow2", img, "4M")
-	runTool(t, "qemu-img", "bitmap", "--add", "--enable", img, "b0")
-	runTool(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0xab 1M 64k", img)
+	hosttools.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", img, "4M")
+	hosttools.Run(t, "qemu-img", "bitmap", "--add", "--enable", img, "b0")
+	hosttools.Run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0xab 1M 64k", img)
 	sock := serveQemu(t, img, "--read-only", "--format=qcow2", "--bitmap=b0")
 
 	c := dialQemu(t, sock, Options{MetaContexts: []string{ContextBaseAllocation, DirtyBitmapContext("b0")}, ListMetaContexts: true})
@@ -319,9 +273,9 @@ func TestQemuDirtyBitmap(t *testing.T) {
 }
 
 func TestQemuExportNames(t *testing.T) {
-	needTools(t, "qemu-nbd", "qemu-img")
+	hosttools.Need(t, "qemu-nbd", "qemu-img")
 	img := filepath.Join(t.TempDir(), "e.qcow2")
-	runTool(t, "qemu-img", "create", "-q", "-f", "qcow2", img, "1M")
+	hosttools.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", img, "1M")
 	sock := serveQemu(t, img, "--read-only", "--format=qcow2", "--export-name=disk0")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -13,37 +13,19 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/drsync/drsync/testkit/hosttools"
+
 	"github.com/drsync/drsync/replica"
 )
-
-// syncBuffer is a bytes.Buffer safe for a subcommand running in another
-// goroutine.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // drsync runs a subcommand in-process and returns its exit code and output.
 func drsync(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
-	var out, errb syncBuffer
+	var out, errb hosttools.SyncBuffer
 	code = run(args, &out, &errb)
 	t.Logf("drsync %s: exit %d\n%s%s", strings.Join(args, " "), code, out.String(), errb.String())
 	return code, out.String(), errb.String()
@@ -175,7 +157,7 @@ vms = ["db-1"]
 	defer cancel()
 	addrs := make(chan net.Addr, 1)
 	rcvDone := make(chan int, 1)
-	var rcvErr syncBuffer
+	var rcvErr hosttools.SyncBuffer
 	go func() {
 		e := &env{stdout: &rcvErr, stderr: &rcvErr, now: time.Now, listening: func(a net.Addr) { addrs <- a }}
 		rcvDone <- runEnv(ctx, e, []string{"receive", "--config", rcvConf, "--log-level", "debug"})
@@ -339,7 +321,7 @@ device_state = "images/web-1.dev"
 	writeFile(t, contConf, []byte(edit(t, readText(t, sndConf), `compression = "fast"`, `min_interval = "1s"`)))
 	sctx, stopSender := context.WithCancel(ctx)
 	sendDone := make(chan int, 1)
-	var sendLog syncBuffer
+	var sendLog hosttools.SyncBuffer
 	go func() {
 		sendDone <- runEnv(sctx, &env{stdout: &sendLog, stderr: &sendLog, now: time.Now}, []string{"send", "--config", contConf})
 	}()

@@ -1,0 +1,66 @@
+// Package hosttools helps tests that drive programs installed on the host
+// (qemu-img, qemu-nbd, qemu-io) or run subcommands concurrently. It imports
+// nothing of drsync's, so tests of any package, low-level ones included,
+// can use it.
+package hosttools
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// Need skips the test unless every tool is on PATH.
+func Need(t testing.TB, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed (make test installs qemu-utils); skipping", tool)
+		}
+	}
+}
+
+// Run runs a tool and fails the test unless it succeeds; it returns the
+// combined output.
+func Run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// ShortTempDir is a temporary directory with a short path, removed after
+// the test: unix socket paths must stay under 108 bytes, which t.TempDir's
+// long names can exceed.
+func ShortTempDir(t testing.TB, prefix string) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// SyncBuffer is a bytes.Buffer safe for a writer in another goroutine.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *SyncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *SyncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
