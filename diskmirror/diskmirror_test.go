@@ -70,7 +70,7 @@ func TestConformance(t *testing.T) {
 		diskmirrortest.Run(t, img, set.topWant)
 	})
 	t.Run("nbd export", func(t *testing.T) {
-		sock := serveQemu(t, set.top, "--read-only", "--format=qcow2", "--export-name=disk0")
+		sock := hosttools.ServeQemuNBD(t, set.top, "--read-only", "--format=qcow2", "--export-name=disk0")
 		img, err := diskmirror.OpenNBD(t.Context(), sock, "disk0")
 		if err != nil {
 			t.Fatal(err)
@@ -470,7 +470,7 @@ func TestDirtyExtents(t *testing.T) {
 		check(t, img.(*diskmirror.NBDImage))
 	})
 	t.Run("OpenNBD", func(t *testing.T) {
-		sock := serveQemu(t, path, "--read-only", "--format=qcow2", "--bitmap=b0")
+		sock := hosttools.ServeQemuNBD(t, path, "--read-only", "--format=qcow2", "--bitmap=b0")
 		img, err := diskmirror.OpenNBD(t.Context(), sock, "", nbd.DirtyBitmapContext("b0"))
 		if err != nil {
 			t.Fatal(err)

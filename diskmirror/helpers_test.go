@@ -2,7 +2,6 @@ package diskmirror_test
 
 import (
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -90,50 +89,6 @@ func holesSupported(t *testing.T, dir string) bool {
 	defer f.Close()
 	off, err := unix.Seek(int(f.Fd()), 0, unix.SEEK_DATA)
 	return err == nil && off == 512<<10
-}
-
-// serveQemu exports image with a persistent qemu-nbd until the test ends,
-// standing in for QEMU's own NBD server, and returns the socket path.
-func serveQemu(t *testing.T, image string, args ...string) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "dms")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	sock := filepath.Join(dir, "s")
-	all := append([]string{"--persistent", "--shared=8", "--socket=" + sock}, args...)
-	cmd := exec.Command("qemu-nbd", append(all, image)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	var stderr hosttools.SyncBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() {
-		cmd.Wait()
-		close(exited)
-	}()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		select {
-		case <-exited:
-			t.Fatalf("qemu-nbd exited: %s", stderr.String())
-		default:
-		}
-		if conn, err := net.Dial("unix", sock); err == nil {
-			conn.Close()
-			return sock
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("qemu-nbd socket did not appear: %s", stderr.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // baseLayout is the content most tests use: data, holes, written zeros,

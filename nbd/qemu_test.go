@@ -6,13 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -21,47 +19,6 @@ import (
 
 // Integration tests against qemu-nbd. They skip when QEMU's tools are not
 // installed (package qemu-utils).
-
-// serveQemu exports image with qemu-nbd on a fresh unix socket until the
-// test ends, and returns the socket path.
-func serveQemu(t *testing.T, image string, args ...string) string {
-	t.Helper()
-	sock := filepath.Join(hosttools.ShortTempDir(t, "nbdt"), "s")
-	all := append([]string{"--persistent", "--shared=8", "--socket=" + sock}, args...)
-	cmd := exec.Command("qemu-nbd", append(all, image)...)
-	// Dies with the test binary even if cleanup never runs.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	var stderr hosttools.SyncBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() {
-		cmd.Wait()
-		close(exited)
-	}()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		select {
-		case <-exited:
-			t.Fatalf("qemu-nbd exited: %s", stderr.String())
-		default:
-		}
-		if conn, err := net.Dial("unix", sock); err == nil {
-			conn.Close()
-			return sock
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("qemu-nbd socket did not appear: %s", stderr.String())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
 
 func dialQemu(t *testing.T, sock string, opts Options) *Client {
 	t.Helper()
@@ -141,7 +98,7 @@ func TestQemuNBD(t *testing.T) {
 	hosttools.Need(t, "qemu-nbd", "qemu-img", "qemu-io")
 	for _, img := range testImages(t) {
 		t.Run(img.name, func(t *testing.T) {
-			sock := serveQemu(t, img.path, "--read-only", "--format="+img.format)
+			sock := hosttools.ServeQemuNBD(t, img.path, "--read-only", "--format="+img.format)
 			c := dialQemu(t, sock, Options{MetaContexts: []string{ContextBaseAllocation}})
 			if c.Size() != imageSize {
 				t.Fatalf("Size = %d, want %d", c.Size(), imageSize)
@@ -239,7 +196,7 @@ func TestQemuDirtyBitmap(t *testing.T) {
 	hosttools.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", img, "4M")
 	hosttools.Run(t, "qemu-img", "bitmap", "--add", "--enable", img, "b0")
 	hosttools.Run(t, "qemu-io", "-f", "qcow2", "-c", "write -P 0xab 1M 64k", img)
-	sock := serveQemu(t, img, "--read-only", "--format=qcow2", "--bitmap=b0")
+	sock := hosttools.ServeQemuNBD(t, img, "--read-only", "--format=qcow2", "--bitmap=b0")
 
 	c := dialQemu(t, sock, Options{MetaContexts: []string{ContextBaseAllocation, DirtyBitmapContext("b0")}, ListMetaContexts: true})
 	avail := strings.Join(c.AvailableMetaContexts(), ",")
@@ -276,7 +233,7 @@ func TestQemuExportNames(t *testing.T) {
 	hosttools.Need(t, "qemu-nbd", "qemu-img")
 	img := filepath.Join(t.TempDir(), "e.qcow2")
 	hosttools.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", img, "1M")
-	sock := serveQemu(t, img, "--read-only", "--format=qcow2", "--export-name=disk0")
+	sock := hosttools.ServeQemuNBD(t, img, "--read-only", "--format=qcow2", "--export-name=disk0")
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_, err := Dial(ctx, "unix", sock, Options{Export: "disk1"})

@@ -6,11 +6,15 @@ package hosttools
 
 import (
 	"bytes"
+	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // Need skips the test unless every tool is on PATH.
@@ -63,4 +67,44 @@ func (s *SyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// ServeQemuNBD exports image with qemu-nbd on a fresh unix socket until the
+// test ends and returns the socket path; args go before the image name.
+// qemu-nbd dies with the test binary even if cleanup never runs.
+func ServeQemuNBD(t testing.TB, image string, args ...string) string {
+	t.Helper()
+	sock := filepath.Join(ShortTempDir(t, "qnbd"), "s")
+	all := append([]string{"--persistent", "--shared=8", "--socket=" + sock}, args...)
+	cmd := exec.Command("qemu-nbd", append(all, image)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	var stderr SyncBuffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() {
+		cmd.Wait()
+		close(exited)
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+	})
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		select {
+		case <-exited:
+			t.Fatalf("qemu-nbd exited: %s", stderr.String())
+		default:
+		}
+		if conn, err := net.Dial("unix", sock); err == nil {
+			conn.Close()
+			return sock
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("qemu-nbd socket did not appear: %s", stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
