@@ -41,7 +41,7 @@ test: deps
 	@set -o pipefail; log=$$(mktemp); \
 	$(GO) test -count=1 -timeout 30m ./... 2>&1 | tee $$log; status=$$?; \
 	$(MAKE) --no-print-directory fuzz-ci || status=1; \
-	echo "packages: $$(grep -c '^ok' $$log) passed, $$(grep -c '^FAIL' $$log) failed"; \
+	echo "packages: $$(grep -c '^ok' $$log) passed, $$(grep -c '^FAIL[[:space:]]' $$log) failed"; \
 	rm -f $$log; exit $$status
 
 unit:

@@ -135,17 +135,32 @@ func makeQcowSet(t *testing.T) qcowSet {
 // would, until the test ends.
 func holdWriteLock(t *testing.T, image string) {
 	t.Helper()
-	cmd := exec.Command("qemu-io", "-f", "qcow2", "-c", "sleep 60000", image)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
+	// qemu-img info needs a shared lock, so it fails once qemu-io holds the
+	// image. The probe itself briefly holds a shared lock, and a qemu-io
+	// opening at that instant cannot get its write lock and exits; so a
+	// qemu-io that exited is started again rather than waited for.
+	start := func() (*exec.Cmd, chan struct{}) {
+		cmd := exec.Command("qemu-io", "-f", "qcow2", "-c", "sleep 60000", image)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		exited := make(chan struct{})
+		go func() { cmd.Wait(); close(exited) }()
+		return cmd, exited
 	}
+	cmd, exited := start()
 	t.Cleanup(func() {
 		cmd.Process.Kill()
-		cmd.Wait()
+		<-exited
 	})
-	// qemu-img info needs a shared lock, so it fails once qemu-io holds the image.
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		select {
+		case <-exited:
+			cmd, exited = start()
+			continue
+		default:
+		}
 		if exec.Command("qemu-img", "info", image).Run() != nil {
 			return
 		}
