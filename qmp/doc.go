@@ -1,0 +1,24 @@
+// Package qmp is a session with one QEMU's monitor (QMP) socket: it
+// connects, checks the QEMU version, runs commands bounded by a context,
+// and hands asynchronous events (STOP, RESUME, MIGRATION, BLOCK_JOB_*,
+// SHUTDOWN) to subscribers without ever blocking command replies.
+//
+// It speaks QMP through github.com/digitalocean/go-qemu's socket monitor.
+// It owns nothing of what the commands mean: which commands cut an epoch,
+// and in which order, is the business of the package that drives the VM.
+//
+// Errors callers branch on:
+//
+//   - ErrNoSocket: nothing listens at the socket path (the VM is not
+//     running, or the path is wrong).
+//   - ErrBusy: the socket accepted the connection but sent no greeting:
+//     QEMU serves one QMP client per socket, and another one holds it.
+//   - ErrUnsupportedVersion: the QEMU version is outside what the caller
+//     accepts.
+//   - ErrDisconnected: the connection ended (QEMU exited or was killed).
+//   - *CommandError: QEMU refused a command; it carries QMP's error class
+//     and description.
+//
+// Replies are read line by line by go-qemu with a 64 KiB line limit, so
+// callers ask for compact answers (query-named-block-nodes with flat=true).
+package qmp
