@@ -191,6 +191,9 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 		}
 	}
 	bs := int64(t.BlockSize)
+	if t.Prev != nil && (t.Prev.Size != t.Size || t.Prev.BlockSize != t.BlockSize) {
+		return nil, fmt.Errorf("previous cut's table is %d bytes at %d-byte blocks, the target %d at %d", t.Prev.Size, t.Prev.BlockSize, t.Size, t.BlockSize)
+	}
 	chunk := planChunk - planChunk%bs
 	if chunk == 0 {
 		chunk = bs
@@ -206,21 +209,34 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 		for ei < len(extents) && extents[ei].Off+extents[ei].Len <= off {
 			ei++
 		}
-		allZero := ei < len(extents) && coveredByZero(extents[ei:], off, off+n)
+		allZero := ei < len(extents) && coveredBy(extents[ei:], off, off+n, isZero)
 		data := buf[:n]
 		clear(data)
-		// Read only the blocks the allocation map does not know to be
-		// zeros, in runs: holes and zero-allocated ranges cost nothing.
-		known := make([]bool, (n+bs-1)/bs)
+		// Read only the blocks the extents say nothing of, in runs: holes,
+		// zero-allocated and unchanged ranges cost nothing.
+		known := make([]blockKnowledge, (n+bs-1)/bs)
+		knownAt := func(b int64) blockKnowledge {
+			if ei >= len(extents) {
+				return unknownBlock
+			}
+			lo, hi := off+b, min(off+b+bs, off+n)
+			if coveredBy(extents[ei:], lo, hi, isZero) {
+				return zeroBlock
+			}
+			if t.Prev != nil && coveredBy(extents[ei:], lo, hi, isUnchanged) {
+				return unchangedBlock
+			}
+			return unknownBlock
+		}
 		if !allZero {
 			for b := int64(0); b < n; {
-				if ei < len(extents) && coveredByZero(extents[ei:], off+b, min(off+b+bs, off+n)) {
-					known[b/bs] = true
+				if k := knownAt(b); k != unknownBlock {
+					known[b/bs] = k
 					b += bs
 					continue
 				}
 				e := b + bs
-				for e < n && !(ei < len(extents) && coveredByZero(extents[ei:], off+e, min(off+e+bs, off+n))) {
+				for e < n && knownAt(e) == unknownBlock {
 					e += bs
 				}
 				e = min(e, n)
@@ -235,16 +251,30 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 			blk := data[b:min(b+bs, n)]
 			i := (off + b) / bs
 			var h uint64
-			zero := allZero || known[b/bs] || blockhash.IsZero(blk)
-			if zero {
-				h = blockhash.ZeroHash(len(blk))
-			} else {
+			var zero bool
+			switch {
+			case allZero || known[b/bs] == zeroBlock:
+				zero, h = true, blockhash.ZeroHash(len(blk))
+			case known[b/bs] == unchangedBlock:
+				h = t.Prev.Hashes[i]
+				zero = h == blockhash.ZeroHash(len(blk))
+			case blockhash.IsZero(blk):
+				zero, h = true, blockhash.ZeroHash(len(blk))
+			default:
 				h = blockhash.Hash(blk)
 			}
 			next.Hashes[i] = h
 			if old != nil && old.Hashes[i] == h {
 				rb.flush()
 				continue
+			}
+			if known[b/bs] == unchangedBlock && !zero {
+				// Unchanged since the previous cut but not what the replica
+				// holds (an earlier epoch was never sent): read it now.
+				if _, err := t.Reader.ReadAt(blk, off+b); err != nil && err != io.EOF {
+					return nil, fmt.Errorf("read at %d: %w", off+b, err)
+				}
+				p.Scanned += int64(len(blk))
 			}
 			rb.block(off+b, blk, zero, h)
 			if zero {
@@ -258,8 +288,19 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 	return next, nil
 }
 
-// coveredByZero reports whether [lo, hi) lies entirely in zero extents.
-func coveredByZero(ext []Extent, lo, hi int64) bool {
+type blockKnowledge uint8
+
+const (
+	unknownBlock   blockKnowledge = iota // read and hash it
+	zeroBlock                            // reads as zeros
+	unchangedBlock                       // hash from the previous cut
+)
+
+func isZero(e Extent) bool      { return e.Zero }
+func isUnchanged(e Extent) bool { return e.Unchanged }
+
+// coveredBy reports whether [lo, hi) lies entirely in extents with property ok.
+func coveredBy(ext []Extent, lo, hi int64, ok func(Extent) bool) bool {
 	pos := lo
 	for _, e := range ext {
 		if e.Off > pos {
@@ -268,7 +309,7 @@ func coveredByZero(ext []Extent, lo, hi int64) bool {
 		if e.Off+e.Len <= pos {
 			continue
 		}
-		if !e.Zero {
+		if !ok(e) {
 			return false
 		}
 		pos = e.Off + e.Len

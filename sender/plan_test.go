@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -163,5 +164,77 @@ func TestPlanReadsOnlyAllocatedBlocks(t *testing.T) {
 	}
 	if len(p.Items) != 2 || p.Bytes != 8192 {
 		t.Fatalf("items %+v", p.Items)
+	}
+}
+
+// TestPlanTrustsUnchangedExtents: blocks a dirty bitmap marks unchanged take
+// their hashes from the previous cut's table and are not read, unless the
+// replica lacks them (an epoch was cut but never sent): then they are read
+// and sent.
+func TestPlanTrustsUnchangedExtents(t *testing.T) {
+	const bs = 4096
+	v1 := make([]byte, 32*bs)
+	for i := range v1 {
+		v1[i] = byte(i*7 + 1)
+	}
+	snap1, _ := snapOf(v1, nil)
+	p1, err := BuildPlan(context.Background(), 1, snap1, baseFresh, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prev := p1.Next.Tables[TableKey(wire.KindDisk, "vda")]
+
+	// Cut 2 changes blocks 4 and 20 (one zeroed); the bitmap says so.
+	v2 := bytes.Clone(v1)
+	copy(v2[4*bs:], bytes.Repeat([]byte{0xAB}, bs))
+	clear(v2[20*bs : 21*bs])
+	ext := []Extent{{Off: 0, Len: 4 * bs, Unchanged: true}, {Off: 4 * bs, Len: bs}, {Off: 5 * bs, Len: 15 * bs, Unchanged: true}, {Off: 20 * bs, Len: bs}, {Off: 21 * bs, Len: 11 * bs, Unchanged: true}}
+	var read []int64
+	full, _ := snapOf(v2, nil)
+	snap2, r := snapOf(v2, ext)
+	snap2.Targets[0].Prev = prev
+	snap2.Targets[0].Reader = readerFunc(func(p []byte, off int64) (int, error) {
+		for o := off; o < off+int64(len(p)); o += bs {
+			read = append(read, o/bs)
+		}
+		return r.ReadAt(p, off)
+	})
+	base := &Index{Epoch: 1, Tables: p1.Next.Tables}
+	p2, err := BuildPlan(context.Background(), 2, snap2, baseCommitted, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []int64{4, 20}; !slices.Equal(read, want) {
+		t.Errorf("blocks read while planning: %v, want %v", read, want)
+	}
+	ref, _ := BuildPlan(context.Background(), 2, full, baseCommitted, base)
+	if p2.States[0].Digest != ref.States[0].Digest || p2.ID != ref.ID {
+		t.Errorf("plan with the bitmap differs from a full comparison")
+	}
+	if len(p2.Items) != 2 || p2.Items[0].Off != 4*bs || p2.Items[1].Type != wire.TypeZeroRun {
+		t.Errorf("items: %+v", p2.Items)
+	}
+
+	// The replica is still at the empty state (epoch 1 never arrived):
+	// unchanged blocks differ from it and must be read and sent.
+	read = nil
+	p3, err := BuildPlan(context.Background(), 1, snap2, baseFresh, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref3, _ := BuildPlan(context.Background(), 1, full, baseFresh, nil)
+	if p3.ID != ref3.ID || p3.Bytes != ref3.Bytes {
+		t.Errorf("against an older base: %d bytes, a full comparison %d", p3.Bytes, ref3.Bytes)
+	}
+	for i := range p3.Items {
+		if _, err := p3.Frame(snap2, i); err != nil {
+			t.Fatalf("item %d: %v", i, err)
+		}
+	}
+
+	// A previous table of the wrong shape is refused, not trusted.
+	snap2.Targets[0].Prev = blockhash.NewZero(16*bs, bs)
+	if _, err := BuildPlan(context.Background(), 2, snap2, baseCommitted, base); err == nil {
+		t.Error("a previous table of another size was accepted")
 	}
 }

@@ -77,6 +77,9 @@ type Result struct {
 	ResentBytes uint64
 	Attempts    int
 	Duration    time.Duration
+	// Pause is how long the guest was stopped for the cut, and
+	// HypervisorDowntime the part QEMU itself reports (live sources only).
+	Pause, HypervisorDowntime time.Duration
 }
 
 // Sender replicates one VM: each RunEpoch cuts a snapshot, works out what
@@ -247,8 +250,12 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 			snap.Close()
 			return nil, err
 		}
+		if snap.Planned != nil {
+			snap.Planned(plan.Next.Tables)
+		}
 		a = &attempt{plan: plan, snap: snap, baseID: pos.StateID, started: s.o.Now()}
-		a.res = Result{Epoch: epoch, Cut: plan.Cut, Base: choice.String(), Items: len(plan.Items), DataBytes: plan.Bytes, Scanned: plan.Scanned}
+		a.res = Result{Epoch: epoch, Cut: plan.Cut, Base: choice.String(), Items: len(plan.Items), DataBytes: plan.Bytes, Scanned: plan.Scanned,
+			Pause: snap.Pause, HypervisorDowntime: snap.HypervisorDowntime}
 		s.inflight = a
 	}
 	p := a.plan

@@ -5,13 +5,17 @@ import (
 	"io"
 	"time"
 
+	"github.com/drsync/drsync/blockhash"
 	"github.com/drsync/drsync/wire"
 )
 
-// Extent is a range of a target and whether it is known to read as zeros.
+// Extent is a range of a target and what is known of it without reading:
+// that it reads as zeros, or that it is unchanged since the source's
+// previous cut (a dirty bitmap says so), whose table is Target.Prev.
 type Extent struct {
-	Off, Len int64
-	Zero     bool
+	Off, Len  int64
+	Zero      bool
+	Unchanged bool
 }
 
 // Target is one disk or RAM block of a snapshot, as the planner reads it.
@@ -24,6 +28,10 @@ type Target struct {
 	// Extents, if set, reports which ranges read as zeros, so they are not
 	// read at all. The result must cover [off, off+n) in order.
 	Extents func(ctx context.Context, off, n int64) ([]Extent, error)
+	// Prev is the table of this target at the source's previous cut. Blocks
+	// wholly inside Unchanged extents take their hashes from it instead of
+	// being read. It must have the target's size and block size.
+	Prev *blockhash.Table
 }
 
 // Snapshot is a VM's disks, RAM and device state at one instant. It must
@@ -33,6 +41,14 @@ type Snapshot struct {
 	Cut         time.Time
 	Targets     []Target
 	DeviceState []byte // opaque, may be nil
+	// Pause is how long the guest was stopped to cut this snapshot, and
+	// HypervisorDowntime the part of it the hypervisor itself reports;
+	// zero for sources that never stop a guest.
+	Pause, HypervisorDowntime time.Duration
+	// Planned, if set, is called once the snapshot's block tables are
+	// known (keyed by TableKey), so a source that tracks changes between
+	// cuts learns what this cut held.
+	Planned func(tables map[string]*blockhash.Table)
 	// Close releases the snapshot (closes images, tears down exports).
 	Close func() error
 }
