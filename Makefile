@@ -16,7 +16,8 @@ FUZZ_TARGETS := \
 	./wire:FuzzDecode ./wire:FuzzDecodePayload \
 	./journal:FuzzScan ./replica:FuzzRecover ./replica:FuzzParseManifest \
 	./blockhash:FuzzRead ./sender:FuzzUnmarshalIndex \
-	./nbd:FuzzParseStructuredChunk ./nbd:FuzzParseBlockStatusChunk ./nbd:FuzzParseOptionReply ./nbd:FuzzParseGreeting
+	./nbd:FuzzParseStructuredChunk ./nbd:FuzzParseBlockStatusChunk ./nbd:FuzzParseOptionReply ./nbd:FuzzParseGreeting \
+	./migstream:FuzzParse ./migstream:FuzzParseSkeleton
 
 SHELL := /bin/bash
 

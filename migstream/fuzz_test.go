@@ -1,0 +1,150 @@
+package migstream
+
+import (
+	"bytes"
+	"errors"
+	"slices"
+	"testing"
+)
+
+// fuzzSeeds are small valid streams and skeletons plus a few mutations.
+// They stay small (one PAGE record) because the fuzzer minimises every new
+// interesting input and that is slow for big ones.
+func fuzzSeeds(t testing.TB) [][]byte {
+	var s sb
+	s.header().start(2).memSize(false, blkRAM, blkVRAM).
+		page("pc.ram", 0, pageOf(1)).zero("", PageSize, 0).eos().footer(2).
+		part(2).zero("", 2*PageSize, 7).zero(blkVRAM.ID, PageSize, 0).eos().footer(2).
+		end(2).zero("pc.ram", 7*PageSize, 0x5A).eos().footer(2).device()
+	small := s.bytes()
+	_, gpaSkel := skeletonFor(t, true, []Block{blkRAM, blkVRAM})
+	res, err := Parse(bytes.NewReader(small), nil, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seeds := [][]byte{small, gpaSkel, res.Skeleton}
+	for _, off := range []int{0, 9, 27, 44, 52, 60, 80, 4170, 4200, len(small) - 5} {
+		m := bytes.Clone(small)
+		m[off] ^= 0x20
+		seeds = append(seeds, m, small[:off])
+	}
+	return seeds
+}
+
+// fuzzHandler records every record and, when the blocks are small, also
+// fills a Flat so the two can be compared.
+type fuzzHandler struct {
+	*recorder
+	flat *Flat
+}
+
+func (f *fuzzHandler) Blocks(b []Block) error {
+	var total int64
+	for _, x := range b {
+		total += x.Length
+	}
+	if total <= 16<<20 {
+		f.flat = NewFlat()
+		if err := f.flat.Blocks(b); err != nil {
+			return err
+		}
+	}
+	return f.recorder.Blocks(b)
+}
+
+func (f *fuzzHandler) Page(i int, off int64, data []byte) error {
+	if f.flat != nil {
+		if err := f.flat.Page(i, off, data); err != nil {
+			return err
+		}
+	}
+	return f.recorder.Page(i, off, data)
+}
+
+func (f *fuzzHandler) Zero(i int, off int64, fill byte) error {
+	if f.flat != nil {
+		if err := f.flat.Zero(i, off, fill); err != nil {
+			return err
+		}
+	}
+	return f.recorder.Zero(i, off, fill)
+}
+
+// FuzzParse: arbitrary bytes never panic, fail only with the package's
+// sentinels, and a successful parse is self-consistent.
+func FuzzParse(f *testing.F) {
+	for _, s := range fuzzSeeds(f) {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h := &fuzzHandler{recorder: newRecorder()}
+		defer func() {
+			if h.flat != nil {
+				h.flat.Close()
+			}
+		}()
+		res, err := Parse(bytes.NewReader(b), h, Options{MaxDeviceState: 1 << 20})
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrUnsupported) {
+				t.Fatalf("error outside the sentinels: %v", err)
+			}
+			return
+		}
+		if h.calls != 1 || !slices.Equal(h.blocks, res.Blocks) {
+			t.Fatalf("Blocks called %d times", h.calls)
+		}
+		if res.Stats.StreamBytes != int64(len(b)) || res.Stats.Pages+res.Stats.ZeroPages != int64(len(h.order)) {
+			t.Fatalf("stats %+v for %d bytes, %d records", res.Stats, len(b), len(h.order))
+		}
+		sk, err := ParseSkeleton(res.Skeleton)
+		if err != nil {
+			t.Fatalf("skeleton of a parsed stream: %v", err)
+		}
+		if !slices.Equal(sk.Blocks, res.Blocks) {
+			t.Fatal("skeleton blocks differ")
+		}
+		if h.flat == nil {
+			return
+		}
+		// Flat holds exactly the last record of every page.
+		for key, last := range h.pages {
+			pg := h.flat.Block(int(key[0]))[key[1] : key[1]+PageSize]
+			want := last
+			if len(last) == 1 {
+				want = bytes.Repeat(last, PageSize)
+			}
+			if !bytes.Equal(pg, want) || h.flat.NonZero(int(key[0])).Get(key[1]/PageSize) == isZero(want) {
+				t.Fatalf("Flat page %v differs from the last record", key)
+			}
+		}
+	})
+}
+
+// FuzzParseSkeleton: arbitrary bytes never panic; an accepted skeleton
+// re-encodes to one that parses to the same parts.
+func FuzzParseSkeleton(f *testing.F) {
+	for _, s := range fuzzSeeds(f) {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		sk, err := ParseSkeleton(b)
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrUnsupported) {
+				t.Fatalf("error outside the sentinels: %v", err)
+			}
+			return
+		}
+		enc, err := sk.MarshalBinary()
+		if err != nil {
+			t.Fatalf("MarshalBinary of a parsed skeleton: %v", err)
+		}
+		sk2, err := ParseSkeleton(enc)
+		if err != nil {
+			t.Fatalf("re-encoded skeleton: %v", err)
+		}
+		if !slices.Equal(sk.Blocks, sk2.Blocks) || sk.RAM != sk2.RAM || !bytes.Equal(sk.header, sk2.header) ||
+			!bytes.Equal(sk.device, sk2.device) || sk.Machine != sk2.Machine || !bytes.Equal(sk.UUID, sk2.UUID) {
+			t.Fatal("re-encoded skeleton differs")
+		}
+	})
+}
