@@ -1,0 +1,383 @@
+package livecut
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/drsync/drsync/blockhash"
+	"github.com/drsync/drsync/diskmirror"
+	"github.com/drsync/drsync/migstream"
+	"github.com/drsync/drsync/qmp"
+	"github.com/drsync/drsync/sender"
+	"github.com/drsync/drsync/wire"
+)
+
+// cut is one open snapshot: what exists in QEMU and on disk for it.
+type cut struct {
+	s       *Source
+	gen     uint64
+	prev    *cutIndex // the chain this cut continues; nil: full pass
+	nodes   []string  // fleecing nodes added
+	jobs    []string  // backup jobs started
+	exports []string  // exports added
+	files   []string  // overlay files created
+	bitmap  bool      // b<gen> was added
+	images  []*diskmirror.NBDImage
+	flat    *migstream.Flat
+	planned *cutIndex
+	closed  bool
+}
+
+// CutStats describes the capture of one cut.
+type CutStats struct {
+	Pause, Downtime time.Duration
+	Capture         time.Duration // migrate issued → stream parsed
+	StreamBytes     int64
+}
+
+// LastCut reports the most recent cut's figures.
+func (s *Source) LastCut() CutStats { return s.lastStats }
+
+// Snapshot cuts the guest's memory and disks at one instant.
+func (s *Source) Snapshot(ctx context.Context) (*sender.Snapshot, error) {
+	if s.open != nil {
+		return nil, errors.New("livecut: the previous snapshot is still open; QEMU allows one cut in flight")
+	}
+	sess, err := s.session(ctx)
+	if err != nil {
+		return nil, err
+	}
+	snap, err := s.snapshot(ctx, sess)
+	if err != nil && sess.Err() != nil {
+		err = fmt.Errorf("%w (%w)", err, ErrVMGone)
+	}
+	return snap, err
+}
+
+func (s *Source) snapshot(ctx context.Context, sess *qmp.Session) (snap *sender.Snapshot, err error) {
+	c := &cut{s: s, gen: s.nextGen(), prev: s.last}
+	defer func() {
+		if err != nil {
+			if cerr := c.close(); cerr != nil {
+				s.log.Warn("tearing down a failed cut", "err", cerr)
+			}
+		}
+	}()
+	s.open = c
+	nodes, err := s.nodes(ctx, sess)
+	if err != nil {
+		return nil, fmt.Errorf("livecut: %w", err)
+	}
+	sizes := make([]int64, len(s.o.Disks))
+	for i, d := range s.o.Disks {
+		found := false
+		for _, n := range nodes {
+			if n.NodeName == d.Node {
+				sizes[i], found = n.Image.VirtualSize, true
+			}
+		}
+		if !found {
+			return nil, fmt.Errorf("livecut: disk %q: node %q is gone from the VM: %w", d.Name, d.Node, ErrDiskNotFound)
+		}
+		if sizes[i] <= 0 {
+			return nil, fmt.Errorf("livecut: disk %q: node %q reports size %d", d.Name, d.Node, sizes[i])
+		}
+		if c.prev != nil && c.prev.tables[sender.TableKey(wire.KindDisk, d.Name)] == nil {
+			c.prev = nil // a disk the last cut did not have: no chain for it
+		}
+	}
+	// Overlays are made before the guest stops: their cost is not downtime.
+	for i := range s.o.Disks {
+		f := filepath.Join(s.o.WorkDir, overlayFile(c.gen, i))
+		if err := s.createOverlay(ctx, f, sizes[i]); err != nil {
+			return nil, fmt.Errorf("livecut: %w", err)
+		}
+		c.files = append(c.files, f)
+	}
+
+	cctx, cancel := context.WithTimeout(ctx, s.o.CutTimeout)
+	defer cancel()
+	cap, err := startCapture(filepath.Join(s.o.WorkDir, "mig.sock"))
+	if err != nil {
+		return nil, fmt.Errorf("livecut: %w", err)
+	}
+	sub := sess.Subscribe("STOP", "MIGRATION", "SHUTDOWN")
+	defer sub.Close()
+	migStart := time.Now()
+	if err := sess.Execute(cctx, "migrate", map[string]any{"uri": "unix:" + cap.path}, nil); err != nil {
+		cap.abort()
+		return nil, fmt.Errorf("livecut: %w", err)
+	}
+	var stopAt time.Time
+	for {
+		e, err := sub.Next(cctx)
+		if err != nil {
+			cap.abort()
+			s.cancelMigration(sess)
+			return nil, fmt.Errorf("livecut: waiting for the migration to complete: %w", err)
+		}
+		if e.Name == "SHUTDOWN" {
+			cap.abort()
+			return nil, fmt.Errorf("livecut: the VM shut down (%s) during the cut: %w", e.Str("reason"), ErrVMGone)
+		}
+		if e.Name == "STOP" {
+			stopAt = e.At
+			continue
+		}
+		st := e.Str("status")
+		if st == "completed" {
+			break
+		}
+		if st == "failed" || st == "cancelled" {
+			cap.abort()
+			var mig struct {
+				ErrorDesc string `json:"error-desc"`
+			}
+			sess.Execute(ctx, "query-migrate", nil, &mig)
+			desc := mig.ErrorDesc
+			if desc == "" {
+				desc = "QEMU gave no reason (a block job still holding the disks makes completion fail)"
+			}
+			return nil, fmt.Errorf("livecut: migration %s: %s: %w", st, desc, ErrCutFailed)
+		}
+	}
+	// The guest is stopped. Whatever happens now, it must run again.
+	frozenErr := c.freeze(cctx, sess)
+	contErr := sess.Execute(context.WithoutCancel(cctx), "cont", nil, nil)
+	resumed := time.Now()
+	if contErr != nil {
+		s.log.Error("could not resume the guest after the cut", "err", contErr)
+		cap.abort()
+		return nil, fmt.Errorf("livecut: resume the guest: %w", contErr)
+	}
+	if frozenErr != nil {
+		cap.abort()
+		return nil, fmt.Errorf("livecut: %w: %w", frozenErr, ErrCutFailed)
+	}
+	var mig struct {
+		Downtime int64 `json:"downtime"`
+	}
+	if err := sess.Execute(ctx, "query-migrate", nil, &mig); err != nil {
+		cap.abort()
+		return nil, fmt.Errorf("livecut: %w", err)
+	}
+	res, err := cap.wait(cctx)
+	c.flat = cap.flat
+	if err != nil {
+		return nil, fmt.Errorf("livecut: %w", err)
+	}
+	stats := CutStats{Downtime: time.Duration(mig.Downtime) * time.Millisecond, Capture: time.Since(migStart), StreamBytes: res.Stats.StreamBytes}
+	if !stopAt.IsZero() {
+		stats.Pause = resumed.Sub(stopAt)
+	}
+	s.lastStats = stats
+
+	bitmap := ""
+	if c.prev != nil {
+		bitmap = bitmapName(c.prev.gen)
+	}
+	snap = &sender.Snapshot{Cut: stopAt, DeviceState: res.Skeleton, Pause: stats.Pause, HypervisorDowntime: stats.Downtime}
+	if snap.Cut.IsZero() {
+		snap.Cut = s.o.Now()
+	}
+	for i, d := range s.o.Disks {
+		exp := exportName(c.gen, i)
+		args := map[string]any{"type": "nbd", "id": exp, "node-name": c.nodes[i], "name": exp, "writable": false}
+		if bitmap != "" {
+			args["bitmaps"] = []map[string]any{{"node": d.Node, "name": bitmap}}
+		}
+		if err := sess.Execute(ctx, "block-export-add", args, nil); err != nil {
+			return nil, fmt.Errorf("livecut: export disk %q: %w", d.Name, err)
+		}
+		c.exports = append(c.exports, exp)
+		im, err := openExport(ctx, s.nbdSock, exp, bitmap)
+		if err != nil {
+			return nil, fmt.Errorf("livecut: disk %q: %w", d.Name, err)
+		}
+		c.images = append(c.images, im)
+		if im.Size() != sizes[i] {
+			return nil, fmt.Errorf("livecut: disk %q: export is %d bytes, the node %d", d.Name, im.Size(), sizes[i])
+		}
+		snap.Targets = append(snap.Targets, c.diskTarget(d, im, bitmap))
+	}
+	for i, b := range c.flat.BlockList() {
+		nz := c.flat.NonZero(i)
+		snap.Targets = append(snap.Targets, sender.Target{
+			Kind: wire.KindRAM, Name: b.ID, Size: b.Length, BlockSize: wire.PageSize,
+			Reader:  bytes.NewReader(c.flat.Block(i)),
+			Extents: func(context.Context, int64, int64) ([]sender.Extent, error) { return ramExtents(nz), nil },
+		})
+	}
+	snap.Planned = c.recordPlanned
+	snap.Close = c.close
+	s.log.Debug("cut", "gen", c.gen, "pause", stats.Pause, "downtime", stats.Downtime, "capture", stats.Capture, "stream_bytes", stats.StreamBytes, "chain", bitmap != "")
+	return snap, nil
+}
+
+// freeze runs while the guest is stopped: fleecing nodes, then one
+// transaction that freezes the old bitmap, starts the new one and starts
+// copy-before-write, so all three see the same instant.
+func (c *cut) freeze(ctx context.Context, sess *qmp.Session) error {
+	s := c.s
+	for i, d := range s.o.Disks {
+		// Added only now: a node that exists before the migration completes
+		// is inactivated with the others and refuses to become a target.
+		n := fleeceNode(c.gen, i)
+		err := sess.Execute(ctx, "blockdev-add", map[string]any{
+			"driver": "qcow2", "node-name": n, "backing": d.Node,
+			"file": map[string]any{"driver": "file", "filename": c.files[i]},
+		}, nil)
+		if err != nil {
+			return fmt.Errorf("fleecing node for disk %q: %w", d.Name, err)
+		}
+		c.nodes = append(c.nodes, n)
+	}
+	var actions []map[string]any
+	for i, d := range s.o.Disks {
+		if c.prev != nil {
+			actions = append(actions, map[string]any{"type": "block-dirty-bitmap-disable", "data": map[string]any{"node": d.Node, "name": bitmapName(c.prev.gen)}})
+		}
+		actions = append(actions,
+			map[string]any{"type": "block-dirty-bitmap-add", "data": map[string]any{"node": d.Node, "name": bitmapName(c.gen), "granularity": d.BlockSize}},
+			map[string]any{"type": "blockdev-backup", "data": map[string]any{"job-id": backupJob(c.gen, i), "device": d.Node, "target": c.nodes[i], "sync": "none"}},
+		)
+	}
+	if err := sess.Execute(ctx, "transaction", map[string]any{"actions": actions}, nil); err != nil {
+		return fmt.Errorf("cut transaction: %w", err)
+	}
+	c.bitmap = true
+	for i := range s.o.Disks {
+		c.jobs = append(c.jobs, backupJob(c.gen, i))
+	}
+	return nil
+}
+
+// diskTarget serves a disk from its fleecing export: allocation from
+// base:allocation, and with a chain, unchanged ranges from the bitmap.
+func (c *cut) diskTarget(d Disk, im *diskmirror.NBDImage, bitmap string) sender.Target {
+	t := sender.Target{Kind: wire.KindDisk, Name: d.Name, Size: im.Size(), BlockSize: d.BlockSize, Reader: im}
+	if c.prev != nil {
+		if prev := c.prev.tables[sender.TableKey(wire.KindDisk, d.Name)]; prev != nil && prev.Size == im.Size() && prev.BlockSize == d.BlockSize {
+			t.Prev = prev
+		}
+	}
+	usePrev := t.Prev != nil
+	t.Extents = func(ctx context.Context, off, n int64) ([]sender.Extent, error) {
+		alloc, err := im.Extents(ctx, off, n)
+		if err != nil {
+			return nil, err
+		}
+		if !usePrev {
+			return mergeExtents(alloc, nil), nil
+		}
+		dirty, err := im.DirtyExtents(ctx, bitmap, off, n)
+		if err != nil {
+			return nil, err
+		}
+		return mergeExtents(alloc, dirty), nil
+	}
+	return t
+}
+
+// recordPlanned keeps the cut's disk tables: the next cut's bitmap counts
+// changes from this instant.
+func (c *cut) recordPlanned(tables map[string]*blockhash.Table) {
+	ci := &cutIndex{gen: c.gen, tables: map[string]*blockhash.Table{}}
+	for _, d := range c.s.o.Disks {
+		k := sender.TableKey(wire.KindDisk, d.Name)
+		if t := tables[k]; t != nil {
+			ci.tables[k] = t.Clone()
+		}
+	}
+	c.planned = ci
+}
+
+// close tears the cut down in the order QEMU needs; with the cut planned,
+// its bitmap continues the chain.
+func (c *cut) close() error {
+	if c.closed {
+		return nil
+	}
+	c.closed = true
+	s := c.s
+	if s.open == c {
+		s.open = nil
+	}
+	var errs []error
+	for _, im := range c.images {
+		errs = append(errs, im.Close())
+	}
+	sess := s.sess
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	alive := sess != nil && sess.Err() == nil
+	if alive {
+		var steps []step
+		for _, e := range c.exports {
+			steps = append(steps, step{Cmd: "block-export-del", Args: map[string]any{"id": e, "mode": "hard"}, WaitGone: e})
+		}
+		for _, j := range c.jobs {
+			steps = append(steps, step{Cmd: "block-job-cancel", Args: map[string]any{"device": j, "force": true}, WaitGone: j})
+		}
+		if c.prev != nil && c.bitmap {
+			for _, d := range s.o.Disks {
+				steps = append(steps, step{Cmd: "block-dirty-bitmap-remove", Args: map[string]any{"node": d.Node, "name": bitmapName(c.prev.gen)}})
+			}
+		}
+		if c.bitmap && c.planned == nil {
+			// The cut's tables are unknown: its bitmap cannot be used.
+			for _, d := range s.o.Disks {
+				steps = append(steps, step{Cmd: "block-dirty-bitmap-remove", Args: map[string]any{"node": d.Node, "name": bitmapName(c.gen)}})
+			}
+		}
+		for _, n := range c.nodes {
+			steps = append(steps, step{Cmd: "blockdev-del", Args: map[string]any{"node-name": n}})
+		}
+		errs = append(errs, s.run(ctx, sess, steps))
+	}
+	for _, f := range c.files {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	if c.flat != nil {
+		errs = append(errs, c.flat.Close())
+	}
+	switch {
+	case c.planned != nil && c.bitmap && alive:
+		s.last = c.planned
+		if err := s.saveState(c.planned); err != nil {
+			s.log.Warn("cannot save the change-tracking state; after a restart the next epoch compares every block", "err", err)
+			s.removeState()
+		}
+	case c.bitmap:
+		// The old bitmap was frozen by this cut: the chain ends here.
+		s.last = nil
+		s.removeState()
+	}
+	if err := errors.Join(errs...); err != nil {
+		if sess != nil {
+			// Let the next session's cleanup find what is left.
+			sess.Close()
+			s.sess = nil
+		}
+		return fmt.Errorf("livecut: tear down cut %d: %w", c.gen, err)
+	}
+	return nil
+}
+
+func (s *Source) cancelMigration(sess *qmp.Session) {
+	if sess.Err() != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := s.run(ctx, sess, []step{{Cmd: "migrate_cancel"}}); err != nil {
+		s.log.Warn("cancel the migration", "err", err)
+	}
+}

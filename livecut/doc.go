@@ -1,0 +1,42 @@
+// Package livecut cuts consistent epochs of a running QEMU guest, memory
+// and disks at one instant, and serves them to the sender as a
+// sender.Source. The guest keeps running; it is paused only for the few
+// milliseconds QEMU needs to finish a migration pass and for two QMP
+// commands.
+//
+// One cut, over the VM's QMP socket (see qmp):
+//
+//	migrate → unix socket we listen on    guest RAM + device state, parsed by migstream
+//	  MIGRATION completed                 guest stopped (STOP), block nodes inactive
+//	blockdev-add drsync-f<gen>-<i>         qcow2 overlay per disk, backing = the disk node
+//	transaction                            per disk, atomically:
+//	  block-dirty-bitmap-disable b<prev>     freeze the changes since the previous cut
+//	  block-dirty-bitmap-add     b<gen>      start recording changes since this cut
+//	  blockdev-backup sync=none              copy-before-write into the overlay: a
+//	                                         point-in-time view of the disk (fleecing)
+//	cont                                   guest runs again (RESUME)
+//	block-export-add drsync-x<gen>-<i>     NBD export of the view, with bitmap b<prev>
+//
+// The sender then reads only the blocks b<prev> marks dirty, from the
+// view, while the guest runs on; blocks it marks clean take their hashes
+// from the previous cut's block table (sender.Target.Prev). Closing the
+// snapshot tears everything down in the order QEMU requires: export,
+// backup job, old bitmap, overlay node, overlay file. Only one cut may be
+// open at a time: QEMU fails a migration whose completion finds a backup
+// job still running, and resumes the guest by itself.
+//
+// Restart safety: every object livecut creates in QEMU is named drsync-*.
+// A new session first finds the leftovers of a predecessor that was killed
+// (a migration in flight, a guest left paused after its migration, exports,
+// jobs, overlay nodes, bitmaps, overlay files) and removes them. The one
+// bitmap kept is the one recording since the cut whose block tables the
+// state file holds; anything else breaks the chain, and the next cut then
+// compares every allocated block (a full pass), never trusting a gap.
+//
+// State file (WorkDir/livecut.state) is a sender index (sender.MarshalIndex)
+// whose epoch field is the cut's generation and whose tables are the
+// disks' block tables at that cut.
+//
+// livecut knows QMP commands and QEMU's block layer; it does not know the
+// wire protocol, replicas or how plans are made.
+package livecut

@@ -1,0 +1,101 @@
+package livecut
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/drsync/drsync/vfs"
+	"github.com/drsync/drsync/wire"
+)
+
+// Disk is one disk of the VM: the name the replica knows it by and the
+// QEMU block node (the format node: qcow2 or raw) the guest writes through.
+type Disk struct {
+	Name string
+	Node string
+	// BlockSize is the change-tracking granularity, also the dirty bitmap's;
+	// DefaultBlockSize if 0.
+	BlockSize int
+}
+
+// DefaultBlockSize is the change-tracking granularity of a disk.
+const DefaultBlockSize = 64 << 10
+
+// Options configure a Source.
+type Options struct {
+	QMPSocket string
+	Disks     []Disk
+	// WorkDir holds the migration socket, the NBD socket, the fleecing
+	// overlays and the state file. The overlays grow with what the guest
+	// writes while an epoch is read, so prefer a file system other than the
+	// images' (the notes on cut latency say why, too).
+	WorkDir string
+	FS      vfs.FS // for the state file; vfs.Default if nil
+	Now     func() time.Time
+	Logger  *slog.Logger
+	// MaxBandwidth caps QEMU's migration into the local capture. QEMU's own
+	// default (128 MiB/s) would stretch a cut of 256 MiB to 0.6 s.
+	MaxBandwidth int64
+	// CutTimeout bounds one cut from migrate to resumed guest.
+	CutTimeout time.Duration
+	// QemuImg creates the fleecing overlays; "qemu-img" if empty.
+	QemuImg string
+	// AllowUntestedQEMU lets versions other than 7.2 be driven.
+	AllowUntestedQEMU bool
+}
+
+// Validate reports what is wrong with o and fills in defaults.
+func (o *Options) Validate() error {
+	if o.QMPSocket == "" {
+		return errors.New("livecut: no QMP socket")
+	}
+	if o.WorkDir == "" {
+		return errors.New("livecut: no work directory")
+	}
+	if o.Now == nil {
+		return errors.New("livecut: no clock")
+	}
+	if o.FS == nil {
+		o.FS = vfs.Default
+	}
+	if o.MaxBandwidth == 0 {
+		o.MaxBandwidth = 10 << 30
+	}
+	if o.MaxBandwidth < 1<<20 {
+		return fmt.Errorf("livecut: max bandwidth %d B/s is below 1 MiB/s", o.MaxBandwidth)
+	}
+	if o.CutTimeout == 0 {
+		o.CutTimeout = 60 * time.Second
+	}
+	if o.QemuImg == "" {
+		o.QemuImg = "qemu-img"
+	}
+	seenName, seenNode := map[string]bool{}, map[string]bool{}
+	for i := range o.Disks {
+		d := &o.Disks[i]
+		if err := wire.ValidTargetName(d.Name); err != nil {
+			return fmt.Errorf("livecut: disk %d: %w", i, err)
+		}
+		if d.Node == "" {
+			return fmt.Errorf("livecut: disk %q has no QEMU node name", d.Name)
+		}
+		if ours(d.Node) {
+			return fmt.Errorf("livecut: disk %q: node %q is one of drsync's own", d.Name, d.Node)
+		}
+		if seenName[d.Name] || seenNode[d.Node] {
+			return fmt.Errorf("livecut: disk %q (node %q) listed twice", d.Name, d.Node)
+		}
+		seenName[d.Name], seenNode[d.Node] = true, true
+		if d.BlockSize == 0 {
+			d.BlockSize = DefaultBlockSize
+		}
+		if d.BlockSize < 64<<10 || d.BlockSize > wire.MaxData || d.BlockSize&(d.BlockSize-1) != 0 {
+			// QEMU's bitmap granularity is at least 512 B, but QEMU's
+			// fleecing copies in clusters of 64 KiB; finer tracking gains little.
+			return fmt.Errorf("livecut: disk %q: block size %d (want a power of two from 64 KiB to 4 MiB)", d.Name, d.BlockSize)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,427 @@
+package livecut
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/drsync/drsync/blockhash"
+	"github.com/drsync/drsync/diskmirror"
+	"github.com/drsync/drsync/nbd"
+	"github.com/drsync/drsync/qmp"
+	"github.com/drsync/drsync/replica"
+	"github.com/drsync/drsync/sender"
+)
+
+var (
+	// ErrDiskNotFound: a configured disk node does not exist in the VM.
+	ErrDiskNotFound = errors.New("disk node not found")
+	// ErrVMGone: the VM exited (or its QMP socket went away) during a cut.
+	ErrVMGone = errors.New("VM went away")
+	// ErrCutFailed: QEMU could not complete the cut; the guest runs on.
+	ErrCutFailed = errors.New("cut failed")
+)
+
+// Source cuts epochs of one running QEMU guest. It implements
+// sender.Source. It is not safe for concurrent use; the sender calls it
+// from one goroutine.
+type Source struct {
+	o   Options
+	log *slog.Logger
+
+	sess    *qmp.Session
+	nbdSock string
+	gen     uint64
+	last    *cutIndex // the cut whose tables are known and whose bitmap records since
+	open    *cut      // the snapshot not yet closed
+	loaded  bool
+
+	lastStats CutStats
+}
+
+// cutIndex is a cut's generation and its disks' block tables.
+type cutIndex struct {
+	gen    uint64
+	tables map[string]*blockhash.Table // by sender.TableKey
+}
+
+// New returns a Source; it connects on the first Snapshot.
+func New(o Options) (*Source, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	l := o.Logger
+	if l == nil {
+		l = slog.New(slog.DiscardHandler)
+	}
+	return &Source{o: o, log: l, nbdSock: filepath.Join(o.WorkDir, "nbd.sock")}, nil
+}
+
+// SupportedVersion refuses QEMU versions whose migration format and QMP
+// sequences were not verified.
+func SupportedVersion(v qmp.Version) error {
+	if v.Major == 7 && v.Minor == 2 {
+		return nil
+	}
+	return fmt.Errorf("drsync drives QEMU 7.2 (migration stream format and fleecing verified there); set allow_untested_qemu to try %s", v)
+}
+
+// session returns a live QMP session, connecting and cleaning up first if
+// needed.
+func (s *Source) session(ctx context.Context) (*qmp.Session, error) {
+	if s.sess != nil && s.sess.Err() == nil {
+		return s.sess, nil
+	}
+	if s.sess != nil {
+		s.sess.Close()
+		s.sess = nil
+	}
+	if err := replica.MkdirAllDurable(s.o.FS, s.o.WorkDir); err != nil {
+		return nil, fmt.Errorf("livecut: work directory: %w", err)
+	}
+	check := SupportedVersion
+	if s.o.AllowUntestedQEMU {
+		check = nil
+	}
+	sess, err := qmp.Dial(ctx, s.o.QMPSocket, qmp.Options{CheckVersion: check})
+	if err != nil {
+		return nil, fmt.Errorf("livecut: %w", err)
+	}
+	if err := SupportedVersion(sess.Version()); err != nil {
+		s.log.Warn("driving an untested QEMU version", "version", sess.Version().String())
+	}
+	if err := s.prepare(ctx, sess); err != nil {
+		sess.Close()
+		return nil, err
+	}
+	s.sess = sess
+	return sess, nil
+}
+
+// prepare readies a new session: leftovers of a predecessor are removed,
+// the disks checked, migration and the NBD server set up.
+func (s *Source) prepare(ctx context.Context, sess *qmp.Session) error {
+	if !s.loaded {
+		s.last = s.loadState()
+		s.loaded = true
+	}
+	obs, err := s.observe(ctx, sess)
+	if err != nil {
+		return err
+	}
+	var disks []string
+	for _, d := range s.o.Disks {
+		if !slices.Contains(obs.Nodes, d.Node) {
+			var others []string
+			for _, n := range obs.Nodes {
+				if !ours(n) {
+					others = append(others, n)
+				}
+			}
+			return fmt.Errorf("livecut: disk %q: node %q is not in the VM (its block nodes: %s): %w", d.Name, d.Node, strings.Join(others, ", "), ErrDiskNotFound)
+		}
+		disks = append(disks, d.Node)
+	}
+	keep := ""
+	if s.last != nil {
+		keep = bitmapName(s.last.gen)
+	}
+	steps, keepOK := planCleanup(obs, disks, keep)
+	if len(steps) > 0 {
+		s.log.Warn("removing what an earlier sender left in the VM", "steps", len(steps), "status", obs.Status, "migration", obs.Migration)
+	}
+	if err := s.run(ctx, sess, steps); err != nil {
+		return fmt.Errorf("livecut: clean up leftovers: %w", err)
+	}
+	if s.last != nil && !keepOK {
+		s.log.Warn("the change-tracking chain is broken (QEMU restarted, or a cut was never recorded); the next epoch compares every block", "bitmap", keep)
+		s.last = nil
+		s.removeState()
+	}
+	if err := sess.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": []map[string]any{{"capability": "events", "state": true}}}, nil); err != nil {
+		return fmt.Errorf("livecut: %w", err)
+	}
+	if err := sess.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": s.o.MaxBandwidth}, nil); err != nil {
+		return fmt.Errorf("livecut: %w", err)
+	}
+	os.Remove(s.nbdSock)
+	start := func() error {
+		return sess.Execute(ctx, "nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": s.nbdSock}}}, nil)
+	}
+	if err := start(); err != nil {
+		var ce *qmp.CommandError
+		if !errors.As(err, &ce) || !strings.Contains(ce.Desc, "already running") {
+			return fmt.Errorf("livecut: %w", err)
+		}
+		// Left running by a predecessor whose socket path we just removed.
+		s.log.Warn("restarting the VM's NBD server, which an earlier sender left running")
+		if err := sess.Execute(ctx, "nbd-server-stop", nil, nil); err != nil {
+			return fmt.Errorf("livecut: %w", err)
+		}
+		if err := start(); err != nil {
+			return fmt.Errorf("livecut: %w", err)
+		}
+	}
+	return nil
+}
+
+type blockNode struct {
+	NodeName string `json:"node-name"`
+	Image    struct {
+		VirtualSize int64 `json:"virtual-size"`
+	} `json:"image"`
+	DirtyBitmaps []struct {
+		Name      string `json:"name"`
+		Recording bool   `json:"recording"`
+	} `json:"dirty-bitmaps"`
+}
+
+func (s *Source) nodes(ctx context.Context, sess *qmp.Session) ([]blockNode, error) {
+	var nodes []blockNode
+	if err := sess.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err != nil {
+		return nil, err
+	}
+	return nodes, nil
+}
+
+func (s *Source) observe(ctx context.Context, sess *qmp.Session) (observed, error) {
+	var o observed
+	var st struct{ Status string }
+	if err := sess.Execute(ctx, "query-status", nil, &st); err != nil {
+		return o, fmt.Errorf("livecut: %w", err)
+	}
+	o.Status = st.Status
+	var mig struct{ Status string }
+	if err := sess.Execute(ctx, "query-migrate", nil, &mig); err != nil {
+		return o, fmt.Errorf("livecut: %w", err)
+	}
+	o.Migration = mig.Status
+	var exports []struct{ ID string }
+	if err := sess.Execute(ctx, "query-block-exports", nil, &exports); err != nil {
+		return o, fmt.Errorf("livecut: %w", err)
+	}
+	for _, e := range exports {
+		o.Exports = append(o.Exports, e.ID)
+	}
+	var jobs []struct{ Device string }
+	if err := sess.Execute(ctx, "query-block-jobs", nil, &jobs); err != nil {
+		return o, fmt.Errorf("livecut: %w", err)
+	}
+	for _, j := range jobs {
+		o.Jobs = append(o.Jobs, j.Device)
+	}
+	nodes, err := s.nodes(ctx, sess)
+	if err != nil {
+		return o, fmt.Errorf("livecut: %w", err)
+	}
+	for _, n := range nodes {
+		o.Nodes = append(o.Nodes, n.NodeName)
+		if !slices.ContainsFunc(s.o.Disks, func(d Disk) bool { return d.Node == n.NodeName }) {
+			continue
+		}
+		for _, b := range n.DirtyBitmaps {
+			o.Bitmaps = append(o.Bitmaps, observedBitmap{Node: n.NodeName, Name: b.Name, Recording: b.Recording})
+		}
+	}
+	entries, err := os.ReadDir(s.o.WorkDir)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return o, fmt.Errorf("livecut: %w", err)
+	}
+	for _, e := range entries {
+		o.Files = append(o.Files, e.Name())
+	}
+	return o, nil
+}
+
+// run executes cleanup or teardown steps, all of them even if some fail.
+func (s *Source) run(ctx context.Context, sess *qmp.Session, steps []step) error {
+	var errs []error
+	for _, st := range steps {
+		if st.Cmd == "" {
+			if err := os.Remove(filepath.Join(s.o.WorkDir, st.File)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		if err := sess.Execute(ctx, st.Cmd, st.Args, nil); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if st.WaitGone != "" {
+			if err := s.waitGone(ctx, sess, st.Cmd, st.WaitGone); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		if st.Cmd == "migrate_cancel" {
+			if err := s.waitMigrationIdle(ctx, sess); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// waitGone polls until a job or export no longer exists: both end
+// asynchronously, and the nodes under them cannot be deleted before.
+func (s *Source) waitGone(ctx context.Context, sess *qmp.Session, cmd, id string) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		var present bool
+		if cmd == "block-export-del" {
+			var ex []struct{ ID string }
+			if err := sess.Execute(ctx, "query-block-exports", nil, &ex); err != nil {
+				return err
+			}
+			present = slices.ContainsFunc(ex, func(e struct{ ID string }) bool { return e.ID == id })
+		} else {
+			var jobs []struct{ Device string }
+			if err := sess.Execute(ctx, "query-block-jobs", nil, &jobs); err != nil {
+				return err
+			}
+			present = slices.ContainsFunc(jobs, func(j struct{ Device string }) bool { return j.Device == id })
+		}
+		if !present {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s %s: still there after %v", cmd, id, 30*time.Second)
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+func (s *Source) waitMigrationIdle(ctx context.Context, sess *qmp.Session) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		var mig struct{ Status string }
+		if err := sess.Execute(ctx, "query-migrate", nil, &mig); err != nil {
+			return err
+		}
+		if !slices.Contains(migrationActive, mig.Status) && mig.Status != "cancelling" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("migration still %s after 30s", mig.Status)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// Close tears down an open cut and ends the session. The change-tracking
+// bitmap stays in QEMU, so a restarted sender continues the chain.
+func (s *Source) Close() error {
+	var err error
+	if s.open != nil {
+		err = s.open.close()
+	}
+	if s.sess != nil {
+		if s.sess.Err() == nil {
+			s.sess.Execute(context.Background(), "nbd-server-stop", nil, nil)
+		}
+		err = errors.Join(err, s.sess.Close())
+		s.sess = nil
+	}
+	return err
+}
+
+// State file: the last cut whose tables the planner reported.
+
+const stateFile = "livecut.state"
+
+func (s *Source) loadState() *cutIndex {
+	f, err := s.o.FS.Open(path.Join(s.o.WorkDir, stateFile))
+	if err != nil {
+		if !errors.Is(err, fs.ErrNotExist) {
+			s.log.Warn("cannot read the change-tracking state; the next epoch compares every block", "err", err)
+		}
+		return nil
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 4<<30))
+	if err == nil {
+		var x *sender.Index
+		if x, err = sender.UnmarshalIndex(b); err == nil {
+			return &cutIndex{gen: x.Epoch, tables: x.Tables}
+		}
+	}
+	s.log.Warn("change-tracking state unreadable; the next epoch compares every block", "err", err)
+	return nil
+}
+
+func (s *Source) saveState(c *cutIndex) error {
+	b := sender.MarshalIndex(&sender.Index{Epoch: c.gen, Tables: c.tables})
+	tmp := path.Join(s.o.WorkDir, stateFile+".tmp")
+	f, err := s.o.FS.Create(tmp)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(f, bytes.NewReader(b))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = s.o.FS.Rename(tmp, path.Join(s.o.WorkDir, stateFile))
+	}
+	if err == nil {
+		err = s.o.FS.SyncDir(s.o.WorkDir)
+	}
+	return err
+}
+
+func (s *Source) removeState() {
+	s.o.FS.Remove(path.Join(s.o.WorkDir, stateFile))
+}
+
+// nextGen names a new cut: increasing, and unlike any the QEMU process has
+// seen from this work directory.
+func (s *Source) nextGen() uint64 {
+	g := uint64(s.o.Now().UnixNano())
+	if s.last != nil && g <= s.last.gen {
+		g = s.last.gen + 1
+	}
+	if g <= s.gen {
+		g = s.gen + 1
+	}
+	s.gen = g
+	return g
+}
+
+// createOverlay makes an empty qcow2 of the disk's size for the fleecing
+// node; its backing is set when the node is added.
+func (s *Source) createOverlay(ctx context.Context, file string, size int64) error {
+	cmd := exec.CommandContext(ctx, s.o.QemuImg, "create", "-q", "-f", "qcow2", file, fmt.Sprint(size))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("create fleecing overlay %s: %w: %s", file, err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// openExport connects to a fleecing export, selecting the dirty bitmap's
+// context when there is one.
+func openExport(ctx context.Context, sock, export, bitmap string) (*diskmirror.NBDImage, error) {
+	var ctxs []string
+	if bitmap != "" {
+		ctxs = append(ctxs, nbd.DirtyBitmapContext(bitmap))
+	}
+	return diskmirror.OpenNBD(ctx, sock, export, ctxs...)
+}
+
+var _ sender.Source = (*Source)(nil)
