@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/drsync/drsync/diskmirror"
+	"github.com/drsync/drsync/livecut"
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/tlsid"
 	"github.com/drsync/drsync/transport"
@@ -64,14 +65,26 @@ type VMConfig struct {
 	DeviceState string       `toml:"device_state"`
 	Disks       []DiskConfig `toml:"disk"`
 	RAM         []RAMConfig  `toml:"ram"`
+	// QMP, when set, makes this a running QEMU guest: each epoch cuts its
+	// memory and disks at one instant through this monitor socket, and the
+	// disks are named by QEMU block node instead of path.
+	QMP string `toml:"qmp"`
+	// WorkDir holds a live VM's fleecing overlays and sockets; default
+	// <state dir>/<vm>/live.
+	WorkDir           string `toml:"work_dir"`
+	AllowUntestedQEMU bool   `toml:"allow_untested_qemu"`
 
 	compression wire.Compression
 }
+
+// live reports whether the VM is a running QEMU guest.
+func (v *VMConfig) live() bool { return v.QMP != "" }
 
 // DiskConfig is one [[vm.disk]] entry.
 type DiskConfig struct {
 	Name      string `toml:"name"`
 	Path      string `toml:"path"`
+	Node      string `toml:"node"` // QEMU block node of a live VM's disk
 	Format    string `toml:"format"`
 	BlockSize Size   `toml:"block_size"`
 }
@@ -105,6 +118,8 @@ func (c *SenderConfig) resolve(dir string) {
 	for i := range c.VMs {
 		v := &c.VMs[i]
 		v.DeviceState = resolvePath(dir, v.DeviceState)
+		v.QMP = resolvePath(dir, v.QMP)
+		v.WorkDir = resolvePath(dir, v.WorkDir)
 		for j := range v.Disks {
 			v.Disks[j].Path = resolvePath(dir, v.Disks[j].Path)
 		}
@@ -206,6 +221,12 @@ func (v *VMConfig) validate(file string, i int) error {
 	if err := v.compression.UnmarshalText([]byte(v.Compression)); err != nil {
 		return bad("compression", "%q is not a level (want none, fast, default or better)", v.Compression)
 	}
+	if v.live() {
+		return v.validateLive(bad)
+	}
+	if v.WorkDir != "" || v.AllowUntestedQEMU {
+		return bad("qmp", "missing: work_dir and allow_untested_qemu only apply to a live VM (qmp = \"/path/to/qmp.sock\")")
+	}
 	if len(v.Disks)+len(v.RAM) == 0 {
 		return bad("disk", "no [[vm.disk]] and no [[vm.ram]]: nothing to replicate")
 	}
@@ -221,6 +242,9 @@ func (v *VMConfig) validate(file string, i int) error {
 			return bad(k, "listed twice")
 		}
 		names["disk/"+d.Name] = true
+		if d.Node != "" {
+			return bad(k+".node", "only for a live VM (set qmp); an image file is named by path")
+		}
 		if d.Path == "" {
 			return bad(k+".path", "missing: the disk image file")
 		}
@@ -255,6 +279,59 @@ func (v *VMConfig) validate(file string, i int) error {
 		}
 	}
 	return nil
+}
+
+// validateLive checks a running QEMU guest's entry: disks by node, RAM and
+// device state from the guest itself.
+func (v *VMConfig) validateLive(bad func(k, format string, a ...any) error) error {
+	if len(v.RAM) > 0 {
+		return bad("ram", "a live VM's RAM comes from QEMU itself; remove the [[vm.ram]] entries")
+	}
+	if v.DeviceState != "" {
+		return bad("device_state", "a live VM's device state comes from QEMU itself; remove device_state")
+	}
+	names, nodes := map[string]bool{}, map[string]bool{}
+	for j := range v.Disks {
+		d := &v.Disks[j]
+		k := fmt.Sprintf("disk[%d]", j)
+		if err := wire.ValidTargetName(d.Name); err != nil {
+			return bad(k+".name", "%v", err)
+		}
+		k = fmt.Sprintf("disk %q", d.Name)
+		if names[d.Name] {
+			return bad(k, "listed twice")
+		}
+		names[d.Name] = true
+		if d.Path != "" || d.Format != "" {
+			return bad(k+".path", "a live VM's disk is named by its QEMU block node (node = \"disk0\"), not by path or format")
+		}
+		if d.Node == "" {
+			return bad(k+".node", "missing: the QEMU block node the guest writes through (query-named-block-nodes lists them)")
+		}
+		if nodes[d.Node] {
+			return bad(k+".node", "node %q is listed twice", d.Node)
+		}
+		nodes[d.Node] = true
+		if d.BlockSize == 0 {
+			d.BlockSize = livecut.DefaultBlockSize
+		}
+		if bs := d.BlockSize; bs < 64<<10 || bs > wire.MaxData || bs&(bs-1) != 0 {
+			return bad(k+".block_size", "%s: want a power of two from 64KiB to 4MiB", bs)
+		}
+	}
+	return nil
+}
+
+// liveOptions converts a live VM's entry to the live source's options.
+func (v *VMConfig) liveOptions(stateDir string, now func() time.Time) livecut.Options {
+	o := livecut.Options{QMPSocket: v.QMP, WorkDir: v.WorkDir, Now: now, AllowUntestedQEMU: v.AllowUntestedQEMU}
+	if o.WorkDir == "" {
+		o.WorkDir = filepath.Join(stateDir, "live")
+	}
+	for _, d := range v.Disks {
+		o.Disks = append(o.Disks, livecut.Disk{Name: d.Name, Node: d.Node, BlockSize: int(d.BlockSize)})
+	}
+	return o
 }
 
 // vm returns the entry named name.

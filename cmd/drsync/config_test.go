@@ -60,6 +60,22 @@ fingerprint = "` + fpA + `"
 vms = ["web-1", "db-1"]
 `
 
+const liveVM = `
+[[vm]]
+name = "app-1"
+qmp = "/run/app-1/qmp.sock"
+min_interval = "5s"
+
+  [[vm.disk]]
+  name = "vda"
+  node = "disk0"
+
+  [[vm.disk]]
+  name = "vdb"
+  node = "disk1"
+  block_size = "256KiB"
+`
+
 // writeConfig writes text as a config file in a fresh directory.
 func writeConfig(t *testing.T, name, text string) string {
 	t.Helper()
@@ -90,6 +106,28 @@ func TestSenderConfig(t *testing.T) {
 		want []string // substrings of the error; nil means valid
 	}{
 		{"valid", func(t *testing.T) string { return baseSender }, nil},
+		{"valid live VM", func(t *testing.T) string { return baseSender + liveVM }, nil},
+		{"live VM with a disk path", func(t *testing.T) string {
+			return edit(t, baseSender+liveVM, `node = "disk0"`, `path = "images/app.raw"`)
+		}, []string{`vm "app-1": disk "vda".path`, "block node"}},
+		{"live VM disk without node", func(t *testing.T) string {
+			return edit(t, baseSender+liveVM, `node = "disk0"`, ``)
+		}, []string{`disk "vda".node`, "missing", "query-named-block-nodes"}},
+		{"live VM node twice", func(t *testing.T) string {
+			return edit(t, baseSender+liveVM, `node = "disk1"`, `node = "disk0"`)
+		}, []string{`disk "vdb".node`, "listed twice"}},
+		{"live VM with RAM files", func(t *testing.T) string {
+			return baseSender + liveVM + "\n  [[vm.ram]]\n  name = \"pc.ram\"\n  path = \"x\"\n"
+		}, []string{`vm "app-1": ram`, "comes from QEMU"}},
+		{"live VM block size below the bitmap's", func(t *testing.T) string {
+			return edit(t, baseSender+liveVM, `block_size = "256KiB"`, `block_size = "4KiB"`)
+		}, []string{`disk "vdb".block_size`, "64KiB"}},
+		{"node on an image-file VM", func(t *testing.T) string {
+			return edit(t, baseSender, `path = "images/vda.raw"`, `path = "images/vda.raw"`+"\n  node = \"disk0\"")
+		}, []string{`disk "vda".node`, "only for a live VM"}},
+		{"work_dir without qmp", func(t *testing.T) string {
+			return edit(t, baseSender, `min_interval = "30s"`, `min_interval = "30s"`+"\nwork_dir = \"w\"")
+		}, []string{"qmp", "missing"}},
 		{"unknown top-level key", func(t *testing.T) string { return "bogus = 1\n" + baseSender }, []string{"unknown key", "bogus"}},
 		{"unknown nested key", func(t *testing.T) string {
 			return edit(t, baseSender, `block_size = "128KiB"`, `blocksize = "128KiB"`)

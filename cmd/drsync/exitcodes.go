@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/drsync/drsync/livecut"
+	"github.com/drsync/drsync/qmp"
 	"github.com/drsync/drsync/receiver"
 	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/tlsid"
@@ -98,6 +100,9 @@ func exitCode(err error) int {
 		errors.Is(err, tlsid.ErrUntrusted),
 		errors.Is(err, receiver.ErrUnauthorized):
 		return exitRefused
+	case errors.Is(err, qmp.ErrUnsupportedVersion), errors.Is(err, livecut.ErrDiskNotFound):
+		// The VM is not what the configuration describes.
+		return exitUsage
 	case errors.Is(err, replica.ErrLocked), errors.Is(err, errLockBusy):
 		return exitBusy
 	case errors.Is(err, errMismatch), errors.Is(err, replica.ErrCorrupt):

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"time"
 
+	"github.com/drsync/drsync/livecut"
+	"github.com/drsync/drsync/qmp"
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/tlsid"
 	"github.com/drsync/drsync/transport"
@@ -88,7 +90,9 @@ func retryable(err error) bool {
 		errors.Is(err, transport.ErrUntrustedPeer),
 		errors.Is(err, tlsid.ErrUntrusted),
 		errors.Is(err, tlsid.ErrExpired),
-		errors.Is(err, wire.ErrInvalidName):
+		errors.Is(err, wire.ErrInvalidName),
+		errors.Is(err, qmp.ErrUnsupportedVersion),
+		errors.Is(err, livecut.ErrDiskNotFound):
 		return false
 	}
 	return true

@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/drsync/drsync/livecut"
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/tlsid"
 	"github.com/drsync/drsync/vfs"
@@ -123,6 +124,11 @@ func send(ctx context.Context, e *env, cfg *SenderConfig, vms []*VMConfig, o sen
 	defer func() {
 		for _, l := range loops {
 			l.snd.Close()
+			if l.source != nil {
+				if err := l.source.Close(); err != nil {
+					l.log.Warn("tearing down the live source", "err", err)
+				}
+			}
 		}
 	}()
 	for _, v := range vms {
@@ -173,18 +179,32 @@ type vmLoop struct {
 	once   bool
 	now    func() time.Time
 	sleep  func(ctx context.Context, d time.Duration) error
+	source io.Closer // a live source to tear down at the end, if any
 }
 
 func newVMLoop(e *env, cfg *SenderConfig, v *VMConfig, dialer sender.Dialer, o sendOptions) (*vmLoop, error) {
 	log := o.log.With("vm", v.Name)
-	if err := checkImages(cfg.file, v); err != nil {
-		return nil, err
-	}
-	src, err := sender.NewFileSource(v.fileSourceOptions(e.now))
-	if err != nil {
-		return nil, &configError{cfg.file, fmt.Sprintf("vm %q", v.Name), err}
-	}
 	dir := cfg.stateDir(v.Name)
+	var src sender.Source
+	var closer io.Closer
+	if v.live() {
+		lo := v.liveOptions(dir, e.now)
+		lo.Logger = log
+		ls, err := livecut.New(lo)
+		if err != nil {
+			return nil, &configError{cfg.file, fmt.Sprintf("vm %q", v.Name), err}
+		}
+		src, closer = ls, ls
+	} else {
+		if err := checkImages(cfg.file, v); err != nil {
+			return nil, err
+		}
+		fs, err := sender.NewFileSource(v.fileSourceOptions(e.now))
+		if err != nil {
+			return nil, &configError{cfg.file, fmt.Sprintf("vm %q", v.Name), err}
+		}
+		src = fs
+	}
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("vm %s: create state directory: %w", v.Name, err)
 	}
@@ -213,6 +233,7 @@ func newVMLoop(e *env, cfg *SenderConfig, v *VMConfig, dialer sender.Dialer, o s
 		once:   o.once,
 		now:    e.now,
 		sleep:  sleepCtx,
+		source: closer,
 	}
 	r := newRetrier(snd, o.retries)
 	r.onFailure = l.failed
@@ -306,9 +327,13 @@ func (l *vmLoop) nextStart(first, start time.Time) time.Time {
 
 func (l *vmLoop) committed(res *sender.Result) {
 	lag := l.now().Sub(res.Cut)
-	l.log.Info("epoch committed", "epoch", res.Epoch, "cut", res.Cut.UTC().Format(time.RFC3339), "base", res.Base,
+	attrs := []any{"epoch", res.Epoch, "cut", res.Cut.UTC().Format(time.RFC3339Nano), "base", res.Base,
 		"items", res.Items, "data_bytes", res.DataBytes, "wire_bytes", res.WireBytes, "resent_bytes", res.ResentBytes,
-		"attempts", res.Attempts, "duration", res.Duration.Round(time.Millisecond), "rpo_lag", lag.Round(time.Millisecond))
+		"attempts", res.Attempts, "duration", res.Duration.Round(time.Millisecond), "rpo_lag", lag.Round(time.Millisecond)}
+	if res.Pause > 0 {
+		attrs = append(attrs, "guest_pause", res.Pause.Round(10*time.Microsecond), "qemu_downtime", res.HypervisorDowntime)
+	}
+	l.log.Info("epoch committed", attrs...)
 	l.status.success(res)
 }
 
@@ -354,12 +379,21 @@ func (r *senderStatusRecorder) success(res *sender.Result) {
 		Epoch: res.Epoch, Base: res.Base, Items: res.Items, StartSeq: res.StartSeq,
 		DataBytes: res.DataBytes, ScannedBytes: res.Scanned, WireBytes: res.WireBytes,
 		ResentBytes: res.ResentBytes, Attempts: res.Attempts, DurationSeconds: res.Duration.Seconds(),
+		PauseMS: ms(res.Pause), QEMUDowntimeMS: ms(res.HypervisorDowntime),
+	}
+	if res.Pause > 0 {
+		r.st.RecentPausesMS = append(r.st.RecentPausesMS, ms(res.Pause))
+		if n := len(r.st.RecentPausesMS); n > maxRecentPauses {
+			r.st.RecentPausesMS = r.st.RecentPausesMS[n-maxRecentPauses:]
+		}
 	}
 	r.st.ConsecutiveFailures = 0
 	r.st.BytesSent += res.WireBytes
 	r.st.Epochs++
 	r.save(now)
 }
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 func (r *senderStatusRecorder) failure(err error) {
 	now := r.now().UTC()

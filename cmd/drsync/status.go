@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"text/tabwriter"
 	"time"
 
@@ -121,6 +122,29 @@ type vmStatusView struct {
 	LastErrorAt         time.Time `json:"last_error_at,omitzero"`
 	LastPeer            string    `json:"last_peer,omitempty"`
 	Updated             time.Time `json:"updated,omitzero"`
+	// GuestPause summarises the guest pauses of a live VM's recent epochs.
+	GuestPause *pauseSummary `json:"guest_pause,omitempty"`
+}
+
+// pauseSummary is the guest pause per epoch over the recent epochs.
+type pauseSummary struct {
+	LastMS   float64 `json:"last_ms"`
+	MedianMS float64 `json:"median_ms"`
+	MaxMS    float64 `json:"max_ms"`
+	Epochs   int     `json:"epochs"`
+}
+
+func summarizePauses(ms []float64) *pauseSummary {
+	if len(ms) == 0 {
+		return nil
+	}
+	s := slices.Clone(ms)
+	slices.Sort(s)
+	med := s[len(s)/2]
+	if len(s)%2 == 0 {
+		med = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return &pauseSummary{LastMS: ms[len(ms)-1], MedianMS: med, MaxMS: s[len(s)-1], Epochs: len(s)}
 }
 
 func (v *vmStatusView) setCut(cut, now time.Time) {
@@ -153,6 +177,7 @@ func senderStatuses(cfg *SenderConfig, now time.Time) ([]vmStatusView, []error) 
 			row.LastError = st.LastError
 			row.LastErrorAt = st.LastErrorAt.UTC()
 			row.Updated = st.Updated
+			row.GuestPause = summarizePauses(st.RecentPausesMS)
 		}
 		row.BytesSent = &st.BytesSent
 		rows = append(rows, row)
@@ -214,7 +239,7 @@ func receiverStatuses(cfg *ReceiverConfig, now time.Time) ([]vmStatusView, []err
 func printStatusTable(w io.Writer, kind string, rows []vmStatusView) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	if kind == "sender" {
-		fmt.Fprintln(tw, "VM\tEPOCH\tCUT (UTC)\tRPO LAG\tSENT\tFAILURES\tLAST ERROR")
+		fmt.Fprintln(tw, "VM\tEPOCH\tCUT (UTC)\tRPO LAG\tSENT\tPAUSE LAST/MED/MAX\tFAILURES\tLAST ERROR")
 	} else {
 		fmt.Fprintln(tw, "VM\tEPOCH\tCUT (UTC)\tRPO LAG\tRECEIVED\tLAST PEER\tLAST ERROR")
 	}
@@ -238,7 +263,11 @@ func printStatusTable(w io.Writer, kind string, rows []vmStatusView) {
 					lastErr = "-"
 				}
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", r.VM, r.Epoch, cut, lag, formatBytes(deref(r.BytesSent)), failures, lastErr)
+			pause := "-"
+			if p := r.GuestPause; p != nil {
+				pause = fmt.Sprintf("%.1f/%.1f/%.1f ms", p.LastMS, p.MedianMS, p.MaxMS)
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.VM, r.Epoch, cut, lag, formatBytes(deref(r.BytesSent)), pause, failures, lastErr)
 		} else {
 			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", r.VM, r.Epoch, cut, lag, formatBytes(deref(r.BytesReceived)), orDash(truncate(r.LastPeer, 40)), lastErr)
 		}

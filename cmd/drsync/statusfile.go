@@ -32,7 +32,13 @@ type senderStatus struct {
 	BytesSent uint64    `json:"bytes_sent"`
 	Epochs    uint64    `json:"epochs"` // committed by this sender
 	Updated   time.Time `json:"updated"`
+	// RecentPausesMS are the guest pauses of the last committed epochs of
+	// a live VM, oldest first, at most maxRecentPauses.
+	RecentPausesMS []float64 `json:"recent_pauses_ms,omitempty"`
 }
+
+// maxRecentPauses bounds the pause history kept for status.
+const maxRecentPauses = 100
 
 // epochResult is sender.Result for people and scripts.
 type epochResult struct {
@@ -46,6 +52,10 @@ type epochResult struct {
 	ResentBytes     uint64  `json:"resent_bytes"`
 	Attempts        int     `json:"attempts"`
 	DurationSeconds float64 `json:"duration_seconds"`
+	// PauseMS is how long a live guest was stopped for the cut (QEMU's
+	// STOP to the return of cont); QEMUDowntimeMS is QEMU's own figure.
+	PauseMS        float64 `json:"pause_ms,omitempty"`
+	QEMUDowntimeMS float64 `json:"qemu_downtime_ms,omitempty"`
 }
 
 // receiverStatus is a receiver's record of one VM.
