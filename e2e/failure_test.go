@@ -56,7 +56,7 @@ func (p *pair) replicaHash(vm string, disk, ram int64) string {
 func TestReceiverKilledAtRandomPoints(t *testing.T) {
 	needQemu(t)
 	const disk, ram = 256 << 20, 64 << 20
-	vm := vmSpec{name: "web-1", disks: []diskSpec{{"vda", "images/vda.raw", "raw"}}, ram: []string{"images/pc.ram"}}
+	vm := vmSpec{name: "web-1", disks: []diskSpec{{name: "vda", path: "images/vda.raw", format: "raw"}}, ram: []string{"images/pc.ram"}}
 	p := newPair(t, []vmSpec{vm})
 	rng := rand.New(rand.NewPCG(3, 4))
 	testkit.SparseFile(t, p.path("images/vda.raw"), disk)
@@ -108,7 +108,7 @@ func TestReceiverKilledAtRandomPoints(t *testing.T) {
 func TestLinkCutMidEpoch(t *testing.T) {
 	needQemu(t)
 	const disk = 512 << 20
-	vm := vmSpec{name: "web-1", disks: []diskSpec{{"vda", "images/vda.raw", "raw"}}, ram: []string{"images/pc.ram"}}
+	vm := vmSpec{name: "web-1", disks: []diskSpec{{name: "vda", path: "images/vda.raw", format: "raw"}}, ram: []string{"images/pc.ram"}}
 	p := newPair(t, []vmSpec{vm})
 	rng := rand.New(rand.NewPCG(5, 6))
 	testkit.SparseFile(t, p.path("images/vda.raw"), disk)
@@ -150,7 +150,7 @@ func (p *pair) receiverAddr() string { return net.JoinHostPort("127.0.0.1", strc
 // pin is refused during the handshake with a message naming its
 // fingerprint, and nothing is written.
 func TestUnknownKeyRefused(t *testing.T) {
-	vm := vmSpec{name: "web-1", disks: []diskSpec{{"vda", "images/vda.raw", "raw"}}}
+	vm := vmSpec{name: "web-1", disks: []diskSpec{{name: "vda", path: "images/vda.raw", format: "raw"}}}
 	p := newPair(t, []vmSpec{vm})
 	testkit.SparseFile(t, p.path("images/vda.raw"), 1<<20)
 	testkit.MustRun(t, "keygen", "--out", p.path("keys"), "--name", "mallory")
@@ -171,8 +171,8 @@ func TestUnknownKeyRefused(t *testing.T) {
 
 // TestSenderLimitedToItsVMs: a sender authorized for VM a cannot write VM b.
 func TestSenderLimitedToItsVMs(t *testing.T) {
-	a := vmSpec{name: "a", disks: []diskSpec{{"vda", "images/a.raw", "raw"}}}
-	b := vmSpec{name: "b", disks: []diskSpec{{"vda", "images/b.raw", "raw"}}}
+	a := vmSpec{name: "a", disks: []diskSpec{{name: "vda", path: "images/a.raw", format: "raw"}}}
+	b := vmSpec{name: "b", disks: []diskSpec{{name: "vda", path: "images/b.raw", format: "raw"}}}
 	p := newPair(t, []vmSpec{a})
 	testkit.SparseFile(t, p.path("images/a.raw"), 1<<20)
 	testkit.SparseFile(t, p.path("images/b.raw"), 1<<20)
@@ -198,7 +198,7 @@ func TestSenderLimitedToItsVMs(t *testing.T) {
 func TestSenderKilledMidEpoch(t *testing.T) {
 	needQemu(t)
 	const disk = 512 << 20
-	vm := vmSpec{name: "web-1", disks: []diskSpec{{"vda", "images/vda.raw", "raw"}}, ram: []string{"images/pc.ram"}}
+	vm := vmSpec{name: "web-1", disks: []diskSpec{{name: "vda", path: "images/vda.raw", format: "raw"}}, ram: []string{"images/pc.ram"}}
 	p := newPair(t, []vmSpec{vm})
 	rng := rand.New(rand.NewPCG(7, 8))
 	testkit.SparseFile(t, p.path("images/vda.raw"), disk)

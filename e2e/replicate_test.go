@@ -23,7 +23,7 @@ const (
 // drsync verify passes.
 func TestRawDiskAndRAMOverQUIC(t *testing.T) {
 	needQemu(t)
-	vm := vmSpec{name: "web-1", disks: []diskSpec{{"vda", "images/vda.raw", "raw"}, {"vdb", "images/vdb.raw", "raw"}}, ram: []string{"images/pc.ram"}, dev: "images/devstate.bin"}
+	vm := vmSpec{name: "web-1", disks: []diskSpec{{name: "vda", path: "images/vda.raw", format: "raw"}, {name: "vdb", path: "images/vdb.raw", format: "raw"}}, ram: []string{"images/pc.ram"}, dev: "images/devstate.bin"}
 	p := newPair(t, []vmSpec{vm})
 	rng := rand.New(rand.NewPCG(1, 1))
 	testkit.SparseFile(t, p.path("images/vdb.raw"), 64<<20)
@@ -60,7 +60,7 @@ func TestRawDiskAndRAMOverQUIC(t *testing.T) {
 // holds most of the data; the replica is the flattened disk.
 func TestQcow2WithBackingFile(t *testing.T) {
 	needQemu(t)
-	vm := vmSpec{name: "db-1", disks: []diskSpec{{"vda", "images/overlay.qcow2", "auto"}}}
+	vm := vmSpec{name: "db-1", disks: []diskSpec{{name: "vda", path: "images/overlay.qcow2", format: "auto"}}}
 	p := newPair(t, []vmSpec{vm})
 	qemu := func(args ...string) { hosttools.Run(t, args[0], args[1:]...) }
 	base, overlay := p.path("images/base.qcow2"), p.path("images/overlay.qcow2")

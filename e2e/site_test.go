@@ -36,9 +36,11 @@ type vmSpec struct {
 	disks []diskSpec
 	ram   []string // RAM file paths relative to dir
 	dev   string   // device-state file, optional
+	qmp   string   // a live VM's QMP socket; its disks are named by node
+	extra string   // more keys of the [[vm]] table
 }
 
-type diskSpec struct{ name, path, format string }
+type diskSpec struct{ name, path, format, node string }
 
 func needQemu(t *testing.T) { hosttools.Need(t, "qemu-img", "qemu-nbd", "qemu-io") }
 
@@ -102,7 +104,15 @@ dir = "state"
 		if v.dev != "" {
 			fmt.Fprintf(&b, "device_state = %q\n", v.dev)
 		}
+		if v.qmp != "" {
+			fmt.Fprintf(&b, "qmp = %q\n", v.qmp)
+		}
+		b.WriteString(v.extra + "\n")
 		for _, d := range v.disks {
+			if d.node != "" {
+				fmt.Fprintf(&b, "  [[vm.disk]]\n  name = %q\n  node = %q\n", d.name, d.node)
+				continue
+			}
 			fmt.Fprintf(&b, "  [[vm.disk]]\n  name = %q\n  path = %q\n  format = %q\n", d.name, d.path, d.format)
 		}
 		for i, r := range v.ram {

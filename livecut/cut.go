@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -38,6 +39,10 @@ type CutStats struct {
 	Pause, Downtime time.Duration
 	Capture         time.Duration // migrate issued → stream parsed
 	StreamBytes     int64
+	// NBDSocket and Exports (one per disk, in order) name the point-in-time
+	// views while the cut is open, for tools that want to read them too.
+	NBDSocket string
+	Exports   []string
 }
 
 // LastCut reports the most recent cut's figures.
@@ -175,7 +180,6 @@ func (s *Source) snapshot(ctx context.Context, sess *qmp.Session) (snap *sender.
 	if !stopAt.IsZero() {
 		stats.Pause = resumed.Sub(stopAt)
 	}
-	s.lastStats = stats
 
 	bitmap := ""
 	if c.prev != nil {
@@ -213,6 +217,8 @@ func (s *Source) snapshot(ctx context.Context, sess *qmp.Session) (snap *sender.
 			Extents: func(context.Context, int64, int64) ([]sender.Extent, error) { return ramExtents(nz), nil },
 		})
 	}
+	stats.NBDSocket, stats.Exports = s.nbdSock, c.exports
+	s.lastStats = stats
 	snap.Planned = c.recordPlanned
 	snap.Close = c.close
 	s.log.Debug("cut", "gen", c.gen, "pause", stats.Pause, "downtime", stats.Downtime, "capture", stats.Capture, "stream_bytes", stats.StreamBytes, "chain", bitmap != "")
@@ -260,7 +266,14 @@ func (c *cut) freeze(ctx context.Context, sess *qmp.Session) error {
 // diskTarget serves a disk from its fleecing export: allocation from
 // base:allocation, and with a chain, unchanged ranges from the bitmap.
 func (c *cut) diskTarget(d Disk, im *diskmirror.NBDImage, bitmap string) sender.Target {
-	t := sender.Target{Kind: wire.KindDisk, Name: d.Name, Size: im.Size(), BlockSize: d.BlockSize, Reader: im}
+	t := sender.Target{Kind: wire.KindDisk, Name: d.Name, Size: im.Size(), BlockSize: d.BlockSize,
+		Reader: readerFunc(func(p []byte, off int64) (int, error) {
+			n, err := im.ReadAt(p, off)
+			if err != nil && err != io.EOF {
+				err = c.lost(d, err)
+			}
+			return n, err
+		})}
 	if c.prev != nil {
 		if prev := c.prev.tables[sender.TableKey(wire.KindDisk, d.Name)]; prev != nil && prev.Size == im.Size() && prev.BlockSize == d.BlockSize {
 			t.Prev = prev
@@ -268,20 +281,44 @@ func (c *cut) diskTarget(d Disk, im *diskmirror.NBDImage, bitmap string) sender.
 	}
 	usePrev := t.Prev != nil
 	t.Extents = func(ctx context.Context, off, n int64) ([]sender.Extent, error) {
-		alloc, err := im.Extents(ctx, off, n)
-		if err != nil {
-			return nil, err
-		}
 		if !usePrev {
+			alloc, err := im.Extents(ctx, off, n)
+			if err != nil {
+				return nil, c.lost(d, err)
+			}
 			return mergeExtents(alloc, nil), nil
 		}
+		// With a bitmap, only dirty blocks are read, and the planner finds
+		// zeros among them by content. Asking QEMU for the allocation map
+		// as well would cost SEEK_DATA/SEEK_HOLE calls on the live image,
+		// which QEMU makes while holding its global lock: the guest stalls.
 		dirty, err := im.DirtyExtents(ctx, bitmap, off, n)
 		if err != nil {
-			return nil, err
+			return nil, c.lost(d, err)
 		}
-		return mergeExtents(alloc, dirty), nil
+		return mergeExtents([]diskmirror.Extent{{Off: off, Len: n}}, dirty), nil
 	}
 	return t
+}
+
+type readerFunc func(p []byte, off int64) (int, error)
+
+func (f readerFunc) ReadAt(p []byte, off int64) (int, error) { return f(p, off) }
+
+// lost explains a failed read of a disk's view: the view is gone for good
+// (an NBD connection is not resumed), so the epoch must be cut anew.
+func (c *cut) lost(d Disk, err error) error {
+	if sess := c.s.sess; sess != nil {
+		select {
+		case <-sess.Done():
+		case <-time.After(100 * time.Millisecond):
+			// Give a dying QEMU's QMP connection the moment it needs to end.
+		}
+		if serr := sess.Err(); serr != nil {
+			return fmt.Errorf("livecut: disk %q: %w: %w (%w)", d.Name, serr, ErrVMGone, sender.ErrSnapshotLost)
+		}
+	}
+	return fmt.Errorf("livecut: disk %q: point-in-time view unreadable: %w (%w)", d.Name, err, sender.ErrSnapshotLost)
 }
 
 // recordPlanned keeps the cut's disk tables: the next cut's bitmap counts
@@ -316,6 +353,8 @@ func (c *cut) close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	alive := sess != nil && sess.Err() == nil
+	t0 := time.Now()
+	defer func() { s.log.Debug("teardown", "took", time.Since(t0)) }()
 	if alive {
 		var steps []step
 		for _, e := range c.exports {

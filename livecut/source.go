@@ -254,9 +254,13 @@ func (s *Source) run(ctx context.Context, sess *qmp.Session, steps []step) error
 			}
 			continue
 		}
+		t0 := time.Now()
 		if err := sess.Execute(ctx, st.Cmd, st.Args, nil); err != nil {
 			errs = append(errs, err)
 			continue
+		}
+		if d := time.Since(t0); d > 20*time.Millisecond {
+			s.log.Debug("slow QMP command", "cmd", st.Cmd, "took", d)
 		}
 		if st.WaitGone != "" {
 			if err := s.waitGone(ctx, sess, st.Cmd, st.WaitGone); err != nil {

@@ -200,7 +200,7 @@ func (s *Sender) RunEpoch(ctx context.Context) (*Result, error) {
 	if err != nil {
 		s.dropSession()
 		var remote *wire.Error
-		if s.inflight != nil && (errors.As(err, &remote) && remote.Code == wire.ErrDigest || errors.Is(err, ErrSourceChanged)) {
+		if s.inflight != nil && (errors.As(err, &remote) && remote.Code == wire.ErrDigest || errors.Is(err, ErrSourceChanged) || errors.Is(err, ErrSnapshotLost)) {
 			// The epoch cannot be finished as planned; cut a fresh one next time.
 			s.inflight.snap.Close()
 			s.inflight = nil
