@@ -7,11 +7,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/drsync/drsync/blockhash"
 	"github.com/drsync/drsync/livecut"
+	"github.com/drsync/drsync/qmp"
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/testkit/guest"
 	"github.com/drsync/drsync/testkit/hosttools"
@@ -147,5 +149,180 @@ func TestCutsOfARunningGuest(t *testing.T) {
 	ticks := vm.Ticks()
 	if gap := guest.MaxGap(ticks, ticks[0].At, time.Now()); gap > 3*time.Second {
 		t.Errorf("the guest stalled for %v", gap)
+	}
+}
+
+// qmpDo runs commands on the guest's QMP socket from a session of its own
+// (the source must not hold the socket: QEMU serves one client per socket).
+func qmpDo(t *testing.T, sock string, cmds ...[2]any) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := qmp.Dial(ctx, sock, qmp.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, c := range cmds {
+		if err := s.Execute(ctx, c[0].(string), c[1], nil); err != nil {
+			t.Fatalf("%s: %v", c[0], err)
+		}
+	}
+}
+
+func queryStatus(t *testing.T, sock string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := qmp.Dial(ctx, sock, qmp.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var st struct{ Status string }
+	if err := s.Execute(ctx, "query-status", nil, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Status
+}
+
+// TestRestartCleansUpAndBreaksChainSafely: a sender killed in the middle of
+// a cut leaves the guest paused after its migration, a fleecing node with
+// its backup job and export, bitmaps and overlay files. A new source
+// resumes the guest, removes all of it, keeps nothing it cannot trust, and
+// its first cut compares every block (no bitmap chain).
+func TestRestartCleansUpAndBreaksChainSafely(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots a guest")
+	}
+	vm, dir := bootGuest(t)
+	work := filepath.Join(dir, "work")
+	opts := livecut.Options{QMPSocket: vm.QMPSocket, WorkDir: work, Now: time.Now,
+		Disks: []livecut.Disk{{Name: "vda", Node: "disk0"}, {Name: "vdb", Node: "disk1"}}}
+
+	// A first source cuts twice, so a chain exists, then goes away.
+	src, err := livecut.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		snap, err := src.Snapshot(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		tables := map[string]*blockhash.Table{}
+		for _, tg := range snap.Targets {
+			if tg.Kind == wire.KindDisk {
+				tables[sender.TableKey(tg.Kind, tg.Name)] = tableOf(readAll(t, tg), tg.BlockSize)
+			}
+		}
+		snap.Planned(tables)
+		snap.Close()
+	}
+	src.Close()
+	ctx := context.Background()
+
+	// The chain's bitmap vanishes from one disk (as if it were hot-added).
+	{
+		s, err := qmp.Dial(ctx, vm.QMPSocket, qmp.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var nodes []struct {
+			NodeName     string `json:"node-name"`
+			DirtyBitmaps []struct{ Name string } `json:"dirty-bitmaps"`
+		}
+		s.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes)
+		for _, n := range nodes {
+			for _, b := range n.DirtyBitmaps {
+				if b.Name != "drsync-b7" && n.NodeName == "disk1" {
+					if err := s.Execute(ctx, "block-dirty-bitmap-remove", map[string]any{"node": n.NodeName, "name": b.Name}, nil); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+		}
+		s.Close()
+	}
+
+	// What a sender killed mid-cut leaves behind.
+	overlay := filepath.Join(work, "fleece-7-0.qcow2")
+	hosttools.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", overlay, "64M")
+	qmpDo(t, vm.QMPSocket,
+		[2]any{"migrate", map[string]any{"uri": "exec:cat > /dev/null"}},
+	)
+	for deadline := time.Now().Add(30 * time.Second); queryStatus(t, vm.QMPSocket) != "postmigrate"; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the migration did not complete")
+		}
+	}
+	qmpDo(t, vm.QMPSocket,
+		[2]any{"nbd-server-start", map[string]any{"addr": map[string]any{"type": "unix", "data": map[string]any{"path": filepath.Join(work, "nbd.sock")}}}},
+		[2]any{"blockdev-add", map[string]any{"driver": "qcow2", "node-name": "drsync-f7-0", "backing": "disk0", "file": map[string]any{"driver": "file", "filename": overlay}}},
+		[2]any{"block-dirty-bitmap-add", map[string]any{"node": "disk0", "name": "drsync-b7"}},
+		[2]any{"blockdev-backup", map[string]any{"job-id": "drsync-j7-0", "device": "disk0", "target": "drsync-f7-0", "sync": "none"}},
+		[2]any{"block-export-add", map[string]any{"type": "nbd", "id": "drsync-x7-0", "node-name": "drsync-f7-0", "name": "drsync-x7-0", "writable": false}},
+	)
+	var logs bytes.Buffer
+	opts.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	src2, err := livecut.New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src2.Close()
+	snap, err := src2.Snapshot(ctx)
+	if err != nil {
+		t.Fatalf("cut after a killed sender: %v\n%s", err, logs.String())
+	}
+	for _, tg := range snap.Targets {
+		if tg.Kind == wire.KindDisk && tg.Prev != nil {
+			t.Errorf("disk %s trusts a bitmap chain that was broken", tg.Name)
+		}
+	}
+	tables := map[string]*blockhash.Table{}
+	for _, tg := range snap.Targets {
+		if tg.Kind == wire.KindDisk {
+			tables[sender.TableKey(tg.Kind, tg.Name)] = tableOf(readAll(t, tg), tg.BlockSize)
+		}
+	}
+	snap.Planned(tables)
+	snap.Close()
+	for _, want := range []string{"removing what an earlier sender left", "change-tracking chain is broken"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, logs.String())
+		}
+	}
+	if _, err := os.Stat(overlay); !os.IsNotExist(err) {
+		t.Errorf("overlay file left: %v", err)
+	}
+	n := len(vm.Ticks())
+	if _, err := vm.WaitTicks(n+5, 30*time.Second); err != nil {
+		t.Fatalf("the guest was not resumed: %v", err)
+	}
+	src2.Close()
+	// Nothing of drsync's is left in QEMU but the bitmap that continues
+	// the chain.
+	s, err := qmp.Dial(ctx, vm.QMPSocket, qmp.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	var nodes []struct {
+		NodeName     string `json:"node-name"`
+		DirtyBitmaps []struct{ Name string } `json:"dirty-bitmaps"`
+	}
+	var jobs, exports []map[string]any
+	s.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes)
+	s.Execute(ctx, "query-block-jobs", nil, &jobs)
+	s.Execute(ctx, "query-block-exports", nil, &exports)
+	bitmaps := 0
+	for _, n := range nodes {
+		if strings.HasPrefix(n.NodeName, "drsync-") {
+			t.Errorf("node %s left", n.NodeName)
+		}
+		bitmaps += len(n.DirtyBitmaps)
+	}
+	if len(jobs) != 0 || len(exports) != 0 || bitmaps != 2 {
+		t.Errorf("left: jobs %v, exports %v, %d bitmaps (want one per disk)", jobs, exports, bitmaps)
 	}
 }

@@ -185,9 +185,20 @@ func (s *Session) Execute(ctx context.Context, cmd string, args, reply any) erro
 	if err := s.Err(); err != nil {
 		return err
 	}
-	req, err := json.Marshal(goqmp.Command{Execute: cmd, Args: args})
+	c := goqmp.Command{Execute: cmd}
+	if args != nil {
+		a, err := json.Marshal(args)
+		if err != nil {
+			return fmt.Errorf("qmp: %s: encode arguments: %w", cmd, err)
+		}
+		// A typed nil (a nil map) means no arguments: QEMU refuses null.
+		if string(a) != "null" {
+			c.Args = json.RawMessage(a)
+		}
+	}
+	req, err := json.Marshal(c)
 	if err != nil {
-		return fmt.Errorf("qmp: %s: encode arguments: %w", cmd, err)
+		return fmt.Errorf("qmp: %s: encode: %w", cmd, err)
 	}
 	type result struct {
 		raw []byte

@@ -65,6 +65,10 @@ func (f *fakeQEMU) serve(t *testing.T, c net.Conn) {
 		if err := dec.Decode(&req); err != nil {
 			return
 		}
+		if string(req.Arguments) == "null" {
+			enc.Encode(map[string]any{"error": map[string]any{"class": "GenericError", "desc": "QMP input member 'arguments' must be an object"}})
+			continue
+		}
 		if req.Execute == "qmp_capabilities" {
 			enc.Encode(map[string]any{"return": map[string]any{}})
 			continue
@@ -158,6 +162,11 @@ func TestExecuteAndEvents(t *testing.T) {
 	var st struct{ Status string }
 	if err := s.Execute(ctx, "query-status", nil, &st); err != nil || st.Status != "running" {
 		t.Fatalf("query-status: %+v %v", st, err)
+	}
+	// A nil map is no arguments, not "arguments": null, which QEMU refuses.
+	var noArgs map[string]any
+	if err := s.Execute(ctx, "query-status", noArgs, &st); err != nil {
+		t.Fatalf("query-status with a nil map: %v", err)
 	}
 	sub := s.Subscribe("STOP")
 	if err := s.Execute(ctx, "stop", nil, nil); err != nil {
