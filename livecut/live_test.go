@@ -229,7 +229,7 @@ func TestRestartCleansUpAndBreaksChainSafely(t *testing.T) {
 			t.Fatal(err)
 		}
 		var nodes []struct {
-			NodeName     string `json:"node-name"`
+			NodeName     string                  `json:"node-name"`
 			DirtyBitmaps []struct{ Name string } `json:"dirty-bitmaps"`
 		}
 		s.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes)
@@ -308,7 +308,7 @@ func TestRestartCleansUpAndBreaksChainSafely(t *testing.T) {
 	}
 	defer s.Close()
 	var nodes []struct {
-		NodeName     string `json:"node-name"`
+		NodeName     string                  `json:"node-name"`
 		DirtyBitmaps []struct{ Name string } `json:"dirty-bitmaps"`
 	}
 	var jobs, exports []map[string]any
