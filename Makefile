@@ -2,7 +2,7 @@
 #
 #   make demo    replicate generated images over loopback QUIC and show the replica converge
 #   make test    everything CI runs: vet, unit, crash, fuzz (bounded) and end-to-end tests
-#   make bench   throughput benchmarks (sender pipeline, loopback transfer)
+#   make bench   benchmarks: sender pipeline, loopback transfer, stream parsing, live guest epochs
 #   make fuzz    longer fuzzing of every decoder (FUZZTIME per target)
 
 GO        ?= go
@@ -61,7 +61,8 @@ fuzz:
 	done; echo "fuzz: all targets passed"
 
 bench: deps
-	$(GO) test -run '^$$' -bench . -benchtime 3x ./sender ./e2e
+	$(GO) test -run '^$$' -bench . -benchtime 3x ./sender ./e2e ./migstream
+	$(GO) test -run '^$$' -bench BenchmarkLiveEpoch -benchtime 8x ./livecut
 
 demo: deps build
 	./scripts/demo.sh

@@ -38,6 +38,9 @@ type cut struct {
 type CutStats struct {
 	Pause, Downtime time.Duration
 	Capture         time.Duration // migrate issued → stream parsed
+	// Freeze is the part of Pause after QEMU reported the migration
+	// complete: fleecing nodes, the transaction and cont.
+	Freeze time.Duration
 	StreamBytes     int64
 	// NBDSocket and Exports (one per disk, in order) name the point-in-time
 	// views while the cut is open, for tools that want to read them too.
@@ -118,7 +121,7 @@ func (s *Source) snapshot(ctx context.Context, sess *qmp.Session) (snap *sender.
 		cap.abort()
 		return nil, fmt.Errorf("livecut: %w", err)
 	}
-	var stopAt time.Time
+	var stopAt, completedAt time.Time
 	for {
 		e, err := sub.Next(cctx)
 		if err != nil {
@@ -136,6 +139,7 @@ func (s *Source) snapshot(ctx context.Context, sess *qmp.Session) (snap *sender.
 		}
 		st := e.Str("status")
 		if st == "completed" {
+			completedAt = time.Now()
 			break
 		}
 		if st == "failed" || st == "cancelled" {
@@ -176,7 +180,7 @@ func (s *Source) snapshot(ctx context.Context, sess *qmp.Session) (snap *sender.
 	if err != nil {
 		return nil, fmt.Errorf("livecut: %w", err)
 	}
-	stats := CutStats{Downtime: time.Duration(mig.Downtime) * time.Millisecond, Capture: time.Since(migStart), StreamBytes: res.Stats.StreamBytes}
+	stats := CutStats{Freeze: resumed.Sub(completedAt), Downtime: time.Duration(mig.Downtime) * time.Millisecond, Capture: time.Since(migStart), StreamBytes: res.Stats.StreamBytes}
 	if !stopAt.IsZero() {
 		stats.Pause = resumed.Sub(stopAt)
 	}
