@@ -1,6 +1,6 @@
 # drsync: disaster-recovery replication for QEMU/KVM virtual machines.
 #
-#   make demo    replicate generated images over loopback QUIC and show the replica converge
+#   make demo    protect a real running guest: live epochs over loopback QUIC into a replica
 #   make test    everything CI runs: vet, unit, crash, fuzz (bounded) and end-to-end tests
 #   make bench   benchmarks: sender pipeline, loopback transfer, stream parsing, live guest epochs
 #   make fuzz    longer fuzzing of every decoder (FUZZTIME per target)
@@ -28,9 +28,10 @@ all: build
 build:
 	$(GO) build -o $(BIN) ./cmd/drsync
 
-# System packages the tests and the demo need (qemu-img, qemu-nbd).
+# System packages the tests and the demo need: QEMU (and its tools) and the
+# busybox the test guest is built with.
 deps:
-	@missing=""; for c in qemu-img qemu-nbd; do command -v $$c >/dev/null || missing=1; done; \
+	@missing=""; for c in qemu-img qemu-nbd qemu-system-x86_64 busybox; do command -v $$c >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing $(APT_PKGS)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \

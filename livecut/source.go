@@ -90,6 +90,10 @@ func (s *Source) session(ctx context.Context) (*qmp.Session, error) {
 	if err := replica.MkdirAllDurable(s.o.FS, s.o.WorkDir); err != nil {
 		return nil, fmt.Errorf("livecut: work directory: %w", err)
 	}
+	// The NBD socket in it serves the guest's disks to whoever can connect.
+	if err := os.Chmod(s.o.WorkDir, 0o700); err != nil {
+		return nil, fmt.Errorf("livecut: work directory: %w", err)
+	}
 	check := SupportedVersion
 	if s.o.AllowUntestedQEMU {
 		check = nil
