@@ -414,7 +414,7 @@ func TestExampleConfigs(t *testing.T) {
 	if err != nil {
 		t.Fatalf("example sender config: %v", err)
 	}
-	if len(s.VMs) != 2 || s.VMs[1].Mode != modeScheduled {
+	if len(s.VMs) != 3 || s.VMs[1].Mode != modeScheduled || !s.VMs[2].live() || s.VMs[2].Disks[1].Node != "disk1" {
 		t.Errorf("example sender config: %+v", s.VMs)
 	}
 	if _, err := loadReceiverConfig("../../testdata/configs/receiver.toml"); err != nil {
