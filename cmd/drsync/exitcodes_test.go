@@ -7,6 +7,8 @@ import (
 	"io"
 	"testing"
 
+	"github.com/drsync/drsync/livecut"
+	"github.com/drsync/drsync/qmp"
 	"github.com/drsync/drsync/receiver"
 	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/tlsid"
@@ -36,6 +38,10 @@ func TestExitCode(t *testing.T) {
 		{"storage by peer", wrap(&wire.Error{Code: wire.ErrStorage}), exitFailure},
 		{"protocol by peer", wrap(&wire.Error{Code: wire.ErrProtocol}), exitFailure},
 		{"replica locked", fmt.Errorf("verify: %w", replica.ErrLocked), exitBusy},
+		{"unsupported QEMU", wrap(fmt.Errorf("qmp: QEMU 8.2.0: %w", qmp.ErrUnsupportedVersion)), exitUsage},
+		{"disk node not found", wrap(fmt.Errorf("livecut: %w", livecut.ErrDiskNotFound)), exitUsage},
+		{"QMP socket missing", wrap(fmt.Errorf("livecut: %w", qmp.ErrNoSocket)), exitFailure},
+		{"VM went away", wrap(fmt.Errorf("livecut: %w", livecut.ErrVMGone)), exitFailure},
 		{"storage lock", fmt.Errorf("%w: held", errLockBusy), exitBusy},
 		{"mismatch", fmt.Errorf("%w: 2 problems", errMismatch), exitMismatch},
 		{"corrupt replica", fmt.Errorf("manifest: %w", replica.ErrCorrupt), exitMismatch},
