@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -45,6 +46,18 @@ func readAll(t *testing.T, tg sender.Target) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// diskTables is what the planner would report for snap's disks.
+func diskTables(t *testing.T, snap *sender.Snapshot) map[string]*blockhash.Table {
+	t.Helper()
+	tables := map[string]*blockhash.Table{}
+	for _, tg := range snap.Targets {
+		if tg.Kind == wire.KindDisk {
+			tables[sender.TableKey(tg.Kind, tg.Name)] = tableOf(readAll(t, tg), tg.BlockSize)
+		}
+	}
+	return tables
 }
 
 func tableOf(b []byte, bs int) *blockhash.Table {
@@ -133,13 +146,7 @@ func TestCutsOfARunningGuest(t *testing.T) {
 				}
 			}
 		}
-		tables := map[string]*blockhash.Table{}
-		for _, tg := range snap.Targets {
-			if tg.Kind == wire.KindDisk {
-				tables[sender.TableKey(tg.Kind, tg.Name)] = tableOf(readAll(t, tg), tg.BlockSize)
-			}
-		}
-		snap.Planned(tables)
+		snap.Planned(diskTables(t, snap))
 		if err := snap.Close(); err != nil {
 			t.Fatalf("cut %d: close: %v", n, err)
 		}
@@ -152,9 +159,9 @@ func TestCutsOfARunningGuest(t *testing.T) {
 	}
 }
 
-// qmpDo runs commands on the guest's QMP socket from a session of its own
-// (the source must not hold the socket: QEMU serves one client per socket).
-func qmpDo(t *testing.T, sock string, cmds ...[2]any) {
+// withQMP runs fn with a QMP session of its own on the guest's socket
+// (QEMU serves one client per socket, so no source may hold it).
+func withQMP(t *testing.T, sock string, fn func(ctx context.Context, s *qmp.Session)) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -163,26 +170,29 @@ func qmpDo(t *testing.T, sock string, cmds ...[2]any) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	for _, c := range cmds {
-		if err := s.Execute(ctx, c[0].(string), c[1], nil); err != nil {
-			t.Fatalf("%s: %v", c[0], err)
+	fn(ctx, s)
+}
+
+// qmpDo runs commands and fails the test if one fails.
+func qmpDo(t *testing.T, sock string, cmds ...[2]any) {
+	t.Helper()
+	withQMP(t, sock, func(ctx context.Context, s *qmp.Session) {
+		for _, c := range cmds {
+			if err := s.Execute(ctx, c[0].(string), c[1], nil); err != nil {
+				t.Fatalf("%s: %v", c[0], err)
+			}
 		}
-	}
+	})
 }
 
 func queryStatus(t *testing.T, sock string) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	s, err := qmp.Dial(ctx, sock, qmp.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
 	var st struct{ Status string }
-	if err := s.Execute(ctx, "query-status", nil, &st); err != nil {
-		t.Fatal(err)
-	}
+	withQMP(t, sock, func(ctx context.Context, s *qmp.Session) {
+		if err := s.Execute(ctx, "query-status", nil, &st); err != nil {
+			t.Fatal(err)
+		}
+	})
 	return st.Status
 }
 
@@ -210,40 +220,27 @@ func TestRestartCleansUpAndBreaksChainSafely(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		tables := map[string]*blockhash.Table{}
-		for _, tg := range snap.Targets {
-			if tg.Kind == wire.KindDisk {
-				tables[sender.TableKey(tg.Kind, tg.Name)] = tableOf(readAll(t, tg), tg.BlockSize)
-			}
-		}
-		snap.Planned(tables)
+		snap.Planned(diskTables(t, snap))
 		snap.Close()
 	}
 	src.Close()
 	ctx := context.Background()
 
 	// The chain's bitmap vanishes from one disk (as if it were hot-added).
-	{
-		s, err := qmp.Dial(ctx, vm.QMPSocket, qmp.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var nodes []struct {
-			NodeName     string                  `json:"node-name"`
-			DirtyBitmaps []struct{ Name string } `json:"dirty-bitmaps"`
-		}
-		s.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes)
-		for _, n := range nodes {
+	withQMP(t, vm.QMPSocket, func(ctx context.Context, s *qmp.Session) {
+		for _, n := range blockNodes(t, ctx, s) {
 			for _, b := range n.DirtyBitmaps {
-				if b.Name != "drsync-b7" && n.NodeName == "disk1" {
+				if n.NodeName == "disk1" {
 					if err := s.Execute(ctx, "block-dirty-bitmap-remove", map[string]any{"node": n.NodeName, "name": b.Name}, nil); err != nil {
 						t.Fatal(err)
 					}
 				}
 			}
 		}
-		s.Close()
-	}
+	})
+
+	// The operator's own bitmap, which no cleanup may touch.
+	qmpDo(t, vm.QMPSocket, [2]any{"block-dirty-bitmap-add", map[string]any{"node": "disk0", "name": "ops-cbt"}})
 
 	// What a sender killed mid-cut leaves behind.
 	overlay := filepath.Join(work, "fleece-7-0.qcow2")
@@ -279,13 +276,7 @@ func TestRestartCleansUpAndBreaksChainSafely(t *testing.T) {
 			t.Errorf("disk %s trusts a bitmap chain that was broken", tg.Name)
 		}
 	}
-	tables := map[string]*blockhash.Table{}
-	for _, tg := range snap.Targets {
-		if tg.Kind == wire.KindDisk {
-			tables[sender.TableKey(tg.Kind, tg.Name)] = tableOf(readAll(t, tg), tg.BlockSize)
-		}
-	}
-	snap.Planned(tables)
+	snap.Planned(diskTables(t, snap))
 	snap.Close()
 	for _, want := range []string{"removing what an earlier sender left", "change-tracking chain is broken"} {
 		if !strings.Contains(logs.String(), want) {
@@ -302,27 +293,36 @@ func TestRestartCleansUpAndBreaksChainSafely(t *testing.T) {
 	src2.Close()
 	// Nothing of drsync's is left in QEMU but the bitmap that continues
 	// the chain.
-	s, err := qmp.Dial(ctx, vm.QMPSocket, qmp.Options{})
-	if err != nil {
+	withQMP(t, vm.QMPSocket, func(ctx context.Context, s *qmp.Session) {
+		var jobs, exports []map[string]any
+		s.Execute(ctx, "query-block-jobs", nil, &jobs)
+		s.Execute(ctx, "query-block-exports", nil, &exports)
+		var bitmaps []string
+		for _, n := range blockNodes(t, ctx, s) {
+			if strings.HasPrefix(n.NodeName, "drsync-") {
+				t.Errorf("node %s left", n.NodeName)
+			}
+			for _, b := range n.DirtyBitmaps {
+				bitmaps = append(bitmaps, n.NodeName+"/"+b.Name)
+			}
+		}
+		// One drsync bitmap per disk continues the chain; the operator's stays.
+		if len(jobs) != 0 || len(exports) != 0 || len(bitmaps) != 3 || !slices.Contains(bitmaps, "disk0/ops-cbt") {
+			t.Errorf("left: jobs %v, exports %v, bitmaps %v", jobs, exports, bitmaps)
+		}
+	})
+}
+
+type blockNode struct {
+	NodeName     string                  `json:"node-name"`
+	DirtyBitmaps []struct{ Name string } `json:"dirty-bitmaps"`
+}
+
+func blockNodes(t *testing.T, ctx context.Context, s *qmp.Session) []blockNode {
+	t.Helper()
+	var nodes []blockNode
+	if err := s.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
-	var nodes []struct {
-		NodeName     string                  `json:"node-name"`
-		DirtyBitmaps []struct{ Name string } `json:"dirty-bitmaps"`
-	}
-	var jobs, exports []map[string]any
-	s.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes)
-	s.Execute(ctx, "query-block-jobs", nil, &jobs)
-	s.Execute(ctx, "query-block-exports", nil, &exports)
-	bitmaps := 0
-	for _, n := range nodes {
-		if strings.HasPrefix(n.NodeName, "drsync-") {
-			t.Errorf("node %s left", n.NodeName)
-		}
-		bitmaps += len(n.DirtyBitmaps)
-	}
-	if len(jobs) != 0 || len(exports) != 0 || bitmaps != 2 {
-		t.Errorf("left: jobs %v, exports %v, %d bitmaps (want one per disk)", jobs, exports, bitmaps)
-	}
+	return nodes
 }

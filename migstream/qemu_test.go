@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
@@ -44,41 +43,23 @@ func startQEMU(t *testing.T, dir, name string, extra ...string) *qemuVM {
 	sock := filepath.Join(dir, name+".qmp")
 	args := append(append([]string{}, machineArgs...), "-qmp", "unix:"+sock+",server=on,wait=off")
 	cmd := exec.Command(qemuBin, append(args, extra...)...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	vm := &qemuVM{t: t, stderr: &hosttools.SyncBuffer{}}
 	cmd.Stderr = vm.stderr
 	cmd.Stdout = vm.stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() {
-		cmd.Wait()
-		close(exited)
-	}()
+	exited := hosttools.StartProcess(t, cmd)
+	// Cleanups run last-in first-out: the QMP connection closes before
+	// QEMU is killed.
 	t.Cleanup(func() {
 		if vm.qmp != nil {
 			vm.qmp.c.Close()
 		}
-		cmd.Process.Kill()
-		<-exited
 	})
-	for deadline := time.Now().Add(10 * time.Second); ; {
-		select {
-		case <-exited:
-			t.Fatalf("%s exited: %s", name, vm.stderr.String())
-		default:
-		}
-		c, err := net.Dial("unix", sock)
-		if err == nil {
-			vm.qmp = &qmpConn{c: c, dec: json.NewDecoder(c)}
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: QMP socket did not appear: %s", name, vm.stderr.String())
-		}
-		time.Sleep(10 * time.Millisecond)
+	hosttools.WaitSocket(t, sock, exited, 10*time.Second, vm.stderr.String)
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
 	}
+	vm.qmp = &qmpConn{c: c, dec: json.NewDecoder(c)}
 	if err := vm.qmp.greeting(); err != nil {
 		t.Fatalf("%s: QMP greeting: %v", name, err)
 	}

@@ -233,15 +233,10 @@ func (v *VMConfig) validate(file string, i int) error {
 	names := map[string]bool{}
 	for j := range v.Disks {
 		d := &v.Disks[j]
-		k := fmt.Sprintf("disk[%d]", j)
-		if err := wire.ValidTargetName(d.Name); err != nil {
-			return bad(k+".name", "%v", err)
+		k, err := checkTargetName("disk", j, d.Name, names, bad)
+		if err != nil {
+			return err
 		}
-		k = fmt.Sprintf("disk %q", d.Name)
-		if names["disk/"+d.Name] {
-			return bad(k, "listed twice")
-		}
-		names["disk/"+d.Name] = true
 		if d.Node != "" {
 			return bad(k+".node", "only for a live VM (set qmp); an image file is named by path")
 		}
@@ -265,20 +260,30 @@ func (v *VMConfig) validate(file string, i int) error {
 	}
 	for j := range v.RAM {
 		r := &v.RAM[j]
-		k := fmt.Sprintf("ram[%d]", j)
-		if err := wire.ValidTargetName(r.Name); err != nil {
-			return bad(k+".name", "%v", err)
+		k, err := checkTargetName("ram", j, r.Name, names, bad)
+		if err != nil {
+			return err
 		}
-		k = fmt.Sprintf("ram %q", r.Name)
-		if names["ram/"+r.Name] {
-			return bad(k, "listed twice")
-		}
-		names["ram/"+r.Name] = true
 		if r.Path == "" {
 			return bad(k+".path", "missing: the guest RAM file")
 		}
 	}
 	return nil
+}
+
+// checkTargetName checks the name of entry j of a [[vm.disk]] or [[vm.ram]]
+// list and that no other entry of its kind has it; it returns the key that
+// later messages about the entry use.
+func checkTargetName(kind string, j int, name string, seen map[string]bool, bad func(k, format string, a ...any) error) (string, error) {
+	if err := wire.ValidTargetName(name); err != nil {
+		return "", bad(fmt.Sprintf("%s[%d].name", kind, j), "%v", err)
+	}
+	k := fmt.Sprintf("%s %q", kind, name)
+	if seen[kind+"/"+name] {
+		return "", bad(k, "listed twice")
+	}
+	seen[kind+"/"+name] = true
+	return k, nil
 }
 
 // validateLive checks a running QEMU guest's entry: disks by node, RAM and
@@ -293,15 +298,10 @@ func (v *VMConfig) validateLive(bad func(k, format string, a ...any) error) erro
 	names, nodes := map[string]bool{}, map[string]bool{}
 	for j := range v.Disks {
 		d := &v.Disks[j]
-		k := fmt.Sprintf("disk[%d]", j)
-		if err := wire.ValidTargetName(d.Name); err != nil {
-			return bad(k+".name", "%v", err)
+		k, err := checkTargetName("disk", j, d.Name, names, bad)
+		if err != nil {
+			return err
 		}
-		k = fmt.Sprintf("disk %q", d.Name)
-		if names[d.Name] {
-			return bad(k, "listed twice")
-		}
-		names[d.Name] = true
 		if d.Path != "" || d.Format != "" {
 			return bad(k+".path", "a live VM's disk is named by its QEMU block node (node = \"disk0\"), not by path or format")
 		}

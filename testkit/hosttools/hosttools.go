@@ -69,17 +69,12 @@ func (s *SyncBuffer) String() string {
 	return s.b.String()
 }
 
-// ServeQemuNBD exports image with qemu-nbd on a fresh unix socket until the
-// test ends and returns the socket path; args go before the image name.
-// qemu-nbd dies with the test binary even if cleanup never runs.
-func ServeQemuNBD(t testing.TB, image string, args ...string) string {
+// StartProcess starts cmd, which dies with the test binary even if cleanup
+// never runs, and kills it when the test ends. The channel closes when it
+// has exited.
+func StartProcess(t testing.TB, cmd *exec.Cmd) <-chan struct{} {
 	t.Helper()
-	sock := filepath.Join(ShortTempDir(t, "qnbd"), "s")
-	all := append([]string{"--persistent", "--shared=8", "--socket=" + sock}, args...)
-	cmd := exec.Command("qemu-nbd", append(all, image)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	var stderr SyncBuffer
-	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -92,19 +87,41 @@ func ServeQemuNBD(t testing.TB, image string, args ...string) string {
 		cmd.Process.Kill()
 		<-exited
 	})
-	for deadline := time.Now().Add(10 * time.Second); ; {
+	return exited
+}
+
+// WaitSocket waits until the unix socket at path accepts a connection and
+// fails the test if the process serving it exits first or timeout passes;
+// output says what the process printed.
+func WaitSocket(t testing.TB, path string, exited <-chan struct{}, timeout time.Duration, output func() string) {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); ; {
 		select {
 		case <-exited:
-			t.Fatalf("qemu-nbd exited: %s", stderr.String())
+			t.Fatalf("the process serving %s exited: %s", path, output())
 		default:
 		}
-		if conn, err := net.Dial("unix", sock); err == nil {
+		if conn, err := net.Dial("unix", path); err == nil {
 			conn.Close()
-			return sock
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("qemu-nbd socket did not appear: %s", stderr.String())
+			t.Fatalf("socket %s did not appear within %v: %s", path, timeout, output())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// ServeQemuNBD exports image with qemu-nbd on a fresh unix socket until the
+// test ends and returns the socket path; args go before the image name.
+func ServeQemuNBD(t testing.TB, image string, args ...string) string {
+	t.Helper()
+	sock := filepath.Join(ShortTempDir(t, "qnbd"), "s")
+	all := append([]string{"--persistent", "--shared=8", "--socket=" + sock}, args...)
+	cmd := exec.Command("qemu-nbd", append(all, image)...)
+	var stderr SyncBuffer
+	cmd.Stderr = &stderr
+	exited := StartProcess(t, cmd)
+	WaitSocket(t, sock, exited, 10*time.Second, stderr.String)
+	return sock
 }
