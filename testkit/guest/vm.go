@@ -2,6 +2,7 @@ package guest
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -158,7 +159,10 @@ func Launch(t testing.TB, o Options) *VM {
 	})
 
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		if fi, err := os.Stat(vm.QMPSocket); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		// The socket file exists from bind(); only a connection shows QEMU
+		// listens on it.
+		if c, err := net.Dial("unix", vm.QMPSocket); err == nil {
+			c.Close()
 			return vm
 		}
 		select {
