@@ -1,0 +1,24 @@
+// Package takeover brings a replicated VM up at the DR site from its
+// replica, with its memory: no reboot, no fsck, the guest continues from
+// the instant of the replica's committed epoch.
+//
+// The replica holds, per epoch, flat RAM images, raw disk images and the
+// device-state skeleton of QEMU's migration stream (see migstream). A
+// takeover starts a fresh QEMU with -incoming and feeds it:
+//
+//	guest RAM     the replica's main RAM image, mapped as guest memory with
+//	              -mem-path (a private mapping: the replica file is never
+//	              written, pages are copied on the guest's first write)
+//	small blocks  the other RAM blocks (video RAM, ACPI tables), as page
+//	              records in the stream
+//	devices       the skeleton's device sections, verbatim
+//	disks         a qcow2 overlay per replica disk, backed by the replica's
+//	              raw image, so the running VM never changes the replica
+//
+// The stream is small (the device state, a few hundred KiB), so QEMU
+// loads it and runs the guest within tens of milliseconds of starting,
+// whatever the guest's RAM size.
+//
+// takeover must not know how the replica was written, nor anything of the
+// runbook that decides which VMs come up in which order.
+package takeover

@@ -1,0 +1,349 @@
+package takeover
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/drsync/drsync/migstream"
+	"github.com/drsync/drsync/qmp"
+	"github.com/drsync/drsync/replica"
+	"github.com/drsync/drsync/vfs"
+)
+
+var (
+	// ErrNoMemory: the replica has no RAM image or device state to resume
+	// from (it was replicated from image files, not a running guest).
+	ErrNoMemory = errors.New("replica holds no running state")
+	// ErrLoad: QEMU refused the replica's state, usually because its
+	// command line describes another machine than the protected one.
+	ErrLoad = errors.New("QEMU could not load the replica's state")
+)
+
+// Disk maps a replica disk to the block node the VM's devices use.
+type Disk struct {
+	Target string // the replica's name for the disk, e.g. "vda"
+	Node   string // the format node the VM's -device refers to, e.g. "disk0"
+}
+
+// Options describe one takeover.
+type Options struct {
+	Replica string // the VM's replica directory
+	// WorkDir receives the disk overlays, the state stream and the QMP
+	// socket; it should be a directory of its own per VM.
+	WorkDir string
+	QEMU    string // qemu-system-x86_64 if empty
+	// Args are the VM's QEMU options at the DR site: machine, CPUs,
+	// devices, NICs. They must describe the machine the guest was running
+	// on (QEMU loads device state only into the same devices). Not given
+	// here: -m and -mem-path (from the replica), -incoming, -qmp and the
+	// replica disks' -blockdev (Disks).
+	Args  []string
+	Disks []Disk
+	// MainRAM is the RAM block mapped from the replica's file; "pc.ram"
+	// if empty.
+	MainRAM string
+	// Stderr, if set, receives QEMU's standard error and output.
+	Stderr io.Writer
+}
+
+// Validate reports what is wrong with o.
+func (o *Options) Validate() error {
+	switch {
+	case o.Replica == "":
+		return errors.New("takeover: no replica directory")
+	case o.WorkDir == "":
+		return errors.New("takeover: no work directory")
+	}
+	if o.QEMU == "" {
+		o.QEMU = "qemu-system-x86_64"
+	}
+	if o.MainRAM == "" {
+		o.MainRAM = "pc.ram"
+	}
+	for _, a := range o.Args {
+		switch a {
+		case "-m", "-mem-path", "-incoming", "-qmp", "-daemonize":
+			return fmt.Errorf("takeover: QEMU option %s is set by the takeover itself", a)
+		}
+	}
+	seen := map[string]bool{}
+	for _, d := range o.Disks {
+		if d.Target == "" || d.Node == "" {
+			return fmt.Errorf("takeover: disk %+v needs a replica name and a node name", d)
+		}
+		if seen[d.Node] {
+			return fmt.Errorf("takeover: node %q used twice", d.Node)
+		}
+		seen[d.Node] = true
+	}
+	return nil
+}
+
+// Plan is what a takeover will start, worked out and written to the work
+// directory without starting anything.
+type Plan struct {
+	VM       string
+	Epoch    uint64
+	Cut      time.Time
+	RAMFile  string   // mapped as guest memory
+	RAMSize  int64    // bytes
+	Stream   string   // the state QEMU loads
+	Overlays []string // one per disk
+	Command  []string // QEMU and its arguments
+	QMP      string   // QMP socket of the started VM
+}
+
+// Prepare checks the replica and writes what the VM needs: overlays and the
+// state stream. It takes the replica's lock while it reads, so a replica
+// that a receiver is applying an epoch to is refused (replica.ErrLocked)
+// rather than read torn.
+func Prepare(o Options) (*Plan, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(filepath.Join(o.Replica, "MANIFEST"))
+	if err != nil {
+		return nil, fmt.Errorf("takeover: replica %s: %w", o.Replica, err)
+	}
+	m, err := replica.ParseManifest(b)
+	if err != nil {
+		return nil, fmt.Errorf("takeover: replica %s: %w", o.Replica, err)
+	}
+	// Opening the replica takes its lock (a receiver applying an epoch
+	// holds it: refused, not read torn) and finishes an apply a crash
+	// interrupted, so the images are exactly the committed epoch.
+	r, err := replica.Open(replica.Options{FS: vfs.Default, Dir: o.Replica, VM: m.VM, Now: time.Now})
+	if err != nil {
+		return nil, fmt.Errorf("takeover: replica %s: %w", o.Replica, err)
+	}
+	defer r.Close()
+	m = r.Manifest()
+	if m == nil || m.Epoch == 0 {
+		return nil, fmt.Errorf("takeover: replica %s holds no committed epoch yet: %w", o.Replica, ErrNoMemory)
+	}
+	if m.DeviceState == nil {
+		return nil, fmt.Errorf("takeover: replica %s (epoch %d) has no device state: %w", o.Replica, m.Epoch, ErrNoMemory)
+	}
+	main := m.Find(2, o.MainRAM)
+	if main == nil {
+		return nil, fmt.Errorf("takeover: replica %s has no RAM block %q: %w", o.Replica, o.MainRAM, ErrNoMemory)
+	}
+	skb, err := os.ReadFile(filepath.Join(o.Replica, m.DeviceState.File))
+	if err != nil {
+		return nil, fmt.Errorf("takeover: device state: %w", err)
+	}
+	sk, err := migstream.ParseSkeleton(skb)
+	if err != nil {
+		return nil, fmt.Errorf("takeover: device state of epoch %d: %w", m.Epoch, err)
+	}
+	if err := os.MkdirAll(o.WorkDir, 0o700); err != nil {
+		return nil, fmt.Errorf("takeover: %w", err)
+	}
+	p := &Plan{VM: m.VM, Epoch: m.Epoch, Cut: m.Cut, RAMFile: filepath.Join(o.Replica, main.File), RAMSize: main.Size,
+		Stream: filepath.Join(o.WorkDir, "state.mig"), QMP: filepath.Join(o.WorkDir, "qmp.sock")}
+
+	// Every RAM block but the main one travels in the stream; blocks the
+	// replica lacks keep what the new QEMU initialised (ROMs from its own
+	// files).
+	ram := make([]io.ReaderAt, len(sk.Blocks))
+	var files []*os.File
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	mainFound := false
+	for i, blk := range sk.Blocks {
+		if blk.ID == o.MainRAM {
+			if blk.Length != main.Size {
+				return nil, fmt.Errorf("takeover: RAM block %s is %d bytes in the device state, %d in the replica", blk.ID, blk.Length, main.Size)
+			}
+			mainFound = true
+			continue
+		}
+		t := m.Find(2, blk.ID)
+		if t == nil || t.Size != blk.Length {
+			continue
+		}
+		f, err := os.Open(filepath.Join(o.Replica, t.File))
+		if err != nil {
+			return nil, fmt.Errorf("takeover: RAM block %s: %w", blk.ID, err)
+		}
+		files = append(files, f)
+		ram[i] = f
+	}
+	if !mainFound {
+		return nil, fmt.Errorf("takeover: the device state lists no RAM block %q: %w", o.MainRAM, ErrNoMemory)
+	}
+	if err := writeStream(p.Stream, sk, ram); err != nil {
+		return nil, fmt.Errorf("takeover: %w", err)
+	}
+
+	args := append([]string{}, o.Args...)
+	args = append(args, "-m", fmt.Sprintf("%dM", main.Size>>20), "-mem-path", p.RAMFile)
+	for _, d := range o.Disks {
+		t := m.Find(1, d.Target)
+		if t == nil {
+			return nil, fmt.Errorf("takeover: the replica of %s has no disk %q", m.VM, d.Target)
+		}
+		ov := filepath.Join(o.WorkDir, "disk-"+d.Node+".qcow2")
+		os.Remove(ov)
+		backing, _ := filepath.Abs(filepath.Join(o.Replica, t.File))
+		cmd := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F", "raw", ov, fmt.Sprint(t.Size))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("takeover: overlay for disk %q: %w: %s", d.Target, err, bytes.TrimSpace(out))
+		}
+		p.Overlays = append(p.Overlays, ov)
+		args = append(args,
+			"-blockdev", fmt.Sprintf("driver=file,node-name=%s-file,filename=%s", d.Node, ov),
+			"-blockdev", fmt.Sprintf("driver=qcow2,node-name=%s,file=%s-file", d.Node, d.Node))
+	}
+	args = append(args, "-qmp", "unix:"+p.QMP+",server=on,wait=off", "-incoming", "exec:cat "+shellQuote(p.Stream))
+	p.Command = append([]string{o.QEMU}, args...)
+	return p, nil
+}
+
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+func writeStream(path string, sk *migstream.Skeleton, ram []io.ReaderAt) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	w := bufio.NewWriterSize(f, 1<<20)
+	err = migstream.WriteStream(w, sk, ram)
+	if err == nil {
+		err = w.Flush()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write the state stream: %w", err)
+	}
+	return nil
+}
+
+// VM is a QEMU started by Start.
+type VM struct {
+	Plan    *Plan
+	Cmd     *exec.Cmd
+	Started time.Time // QEMU spawned
+	Running time.Time // QEMU reported the guest running
+	// Status is QEMU's run state once loaded: "running", or "paused" when
+	// the protected guest was paused at the cut.
+	Status string
+	exited chan struct{}
+	err    error
+}
+
+// Exited is closed when QEMU ends.
+func (vm *VM) Exited() <-chan struct{} { return vm.exited }
+
+// Start spawns QEMU for p and waits until the guest runs (or QEMU gives up).
+// The returned VM's process outlives ctx; stop it with Stop.
+func Start(ctx context.Context, p *Plan, stderr io.Writer) (*VM, error) {
+	var errBuf bytes.Buffer
+	cmd := exec.Command(p.Command[0], p.Command[1:]...)
+	if stderr == nil {
+		stderr = io.Discard
+	}
+	cmd.Stdout = io.MultiWriter(stderr, &limited{b: &errBuf, n: 64 << 10})
+	cmd.Stderr = cmd.Stdout
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	os.Remove(p.QMP)
+	vm := &VM{Plan: p, Cmd: cmd, exited: make(chan struct{})}
+	vm.Started = time.Now()
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("takeover: start QEMU: %w", err)
+	}
+	go func() {
+		vm.err = cmd.Wait()
+		close(vm.exited)
+	}()
+	fail := func(err error) (*VM, error) {
+		vm.Stop()
+		return nil, err
+	}
+	// Poll tightly: the whole takeover takes tens of milliseconds.
+	var sess *qmp.Session
+	for sess == nil {
+		select {
+		case <-vm.exited:
+			return nil, fmt.Errorf("takeover: QEMU exited (%v): %s: %w", vm.err, strings.TrimSpace(errBuf.String()), ErrLoad)
+		case <-ctx.Done():
+			return fail(fmt.Errorf("takeover: %w", ctx.Err()))
+		default:
+		}
+		if c, err := net.Dial("unix", p.QMP); err == nil {
+			c.Close()
+			s, err := qmp.Dial(ctx, p.QMP, qmp.Options{})
+			if err != nil {
+				return fail(fmt.Errorf("takeover: %w", err))
+			}
+			sess = s
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	defer sess.Close()
+	for {
+		var st struct{ Status string }
+		if err := sess.Execute(ctx, "query-status", nil, &st); err != nil {
+			select {
+			case <-vm.exited:
+				return nil, fmt.Errorf("takeover: QEMU exited (%v): %s: %w", vm.err, strings.TrimSpace(errBuf.String()), ErrLoad)
+			default:
+			}
+			return fail(fmt.Errorf("takeover: %w", err))
+		}
+		switch st.Status {
+		case "running", "paused":
+			vm.Running, vm.Status = time.Now(), st.Status
+			return vm, nil
+		case "inmigrate", "prelaunch":
+		default:
+			var mig struct {
+				ErrorDesc string `json:"error-desc"`
+			}
+			sess.Execute(ctx, "query-migrate", nil, &mig)
+			return fail(fmt.Errorf("takeover: QEMU is %s after loading: %s %s: %w", st.Status, mig.ErrorDesc, strings.TrimSpace(errBuf.String()), ErrLoad))
+		}
+		select {
+		case <-vm.exited:
+			return nil, fmt.Errorf("takeover: QEMU exited (%v): %s: %w", vm.err, strings.TrimSpace(errBuf.String()), ErrLoad)
+		case <-ctx.Done():
+			return fail(fmt.Errorf("takeover: %w", ctx.Err()))
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
+// Stop kills QEMU and waits for it.
+func (vm *VM) Stop() {
+	vm.Cmd.Process.Kill()
+	<-vm.exited
+}
+
+type limited struct {
+	b *bytes.Buffer
+	n int
+}
+
+func (l *limited) Write(p []byte) (int, error) {
+	if room := l.n - l.b.Len(); room > 0 {
+		l.b.Write(p[:min(len(p), room)])
+	}
+	return len(p), nil
+}
