@@ -132,6 +132,9 @@ func (r *Receiver) RecoverAll() error {
 		case errors.Is(err, replica.ErrLocked):
 			r.log.Warn("replica in use by another process; it is recovered when its sender next connects", "vm", vm, "err", err)
 			continue
+		case errors.Is(err, replica.ErrTakenOver):
+			r.log.Warn("replica taken over at this site; its sender will be refused until failback", "vm", vm, "err", err)
+			continue
 		case err != nil:
 			r.log.Error("replica cannot be opened; its sender will be refused until an operator repairs it (drsync verify)", "vm", vm, "err", err)
 			continue
@@ -201,6 +204,8 @@ func toWire(err error) *wire.Error {
 		return &wire.Error{Code: wire.ErrStorage, Message: err.Error()}
 	case errors.Is(err, replica.ErrLocked):
 		return &wire.Error{Code: wire.ErrBusy, Message: err.Error()}
+	case errors.Is(err, replica.ErrTakenOver):
+		return &wire.Error{Code: wire.ErrTakenOver, Message: err.Error()}
 	case errors.Is(err, wire.ErrMalformed):
 		return &wire.Error{Code: wire.ErrProtocol, Message: err.Error()}
 	case errors.Is(err, replica.ErrCorrupt):

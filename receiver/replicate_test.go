@@ -2,7 +2,9 @@ package receiver_test
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
+	"strings"
 	"testing"
 	"time"
 
@@ -156,4 +158,43 @@ func TestSenderStateLost(t *testing.T) {
 	if res.Base != "replica-tables" || res.DataBytes >= first.DataBytes/2 {
 		t.Fatalf("sender without state sent %d of the first epoch's %d bytes (base %s): not a table-compared pass", res.DataBytes, first.DataBytes, res.Base)
 	}
+}
+
+// TestTakenOverReplicaRefusesEpochs: once a replica is taken over at the
+// DR site (it runs as the VM), its sender is refused with ErrTakenOver,
+// nothing is written, and opening it anyway needs AllowTakenOver.
+func TestTakenOverReplicaRefusesEpochs(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	rfs := memfs.New()
+	src := newSource(rng)
+	s := newSender(t, src, testkit.PipeDialer(newReceiver(t, rfs), alice), memfs.New())
+	defer s.Close()
+	want := src.SourceState()
+	if _, err := s.RunEpoch(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := replica.Open(replica.Options{FS: rfs, Dir: "/replicas/web-1", VM: "web-1", Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rep.MarkTakenOver(replica.TakeoverMark{Epoch: 1, At: now(), Reason: "failover runbook test"}); err != nil {
+		t.Fatal(err)
+	}
+	rep.Close()
+
+	mutate(rng, src, 1)
+	_, err = s.RunEpoch(context.Background())
+	var we *wire.Error
+	if !errors.As(err, &we) || we.Code != wire.ErrTakenOver || we.Code.Retryable() || !strings.Contains(err.Error(), "failover runbook test") {
+		t.Fatalf("sender into a taken-over replica: %v", err)
+	}
+	checkReplica(t, rfs, want, 1)
+	if _, err := replica.Open(replica.Options{FS: rfs, Dir: "/replicas/web-1", VM: "web-1", Now: now}); !errors.Is(err, replica.ErrTakenOver) {
+		t.Fatalf("open without AllowTakenOver: %v", err)
+	}
+	rep, err = replica.Open(replica.Options{FS: rfs, Dir: "/replicas/web-1", VM: "web-1", Now: now, AllowTakenOver: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep.Close()
 }

@@ -44,6 +44,9 @@ type Options struct {
 	// announce, since the replica keeps a table entry per block in memory.
 	// DefaultMaxTargetSize if 0.
 	MaxTargetSize uint64
+	// AllowTakenOver opens a replica that a takeover marked (see
+	// MarkTakenOver); without it Open refuses with ErrTakenOver.
+	AllowTakenOver bool
 }
 
 // DefaultMaxTargetSize is the largest target a replica accepts by default.
@@ -102,6 +105,17 @@ func Open(o Options) (*Replica, error) {
 		return nil, err
 	}
 	r.unlock = unlock
+	if !o.AllowTakenOver {
+		mark, err := TakenOver(o.FS, o.Dir)
+		if err == nil && mark != nil {
+			err = fmt.Errorf("the replica of %s was taken over at %s from epoch %d (%s); it no longer follows the protected site: %w",
+				o.VM, mark.At.UTC().Format(time.RFC3339), mark.Epoch, mark.Reason, ErrTakenOver)
+		}
+		if err != nil {
+			unlock.Close()
+			return nil, err
+		}
+	}
 	if err := r.load(); err != nil {
 		unlock.Close()
 		return nil, err

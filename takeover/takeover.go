@@ -53,8 +53,11 @@ type Options struct {
 	// MainRAM is the RAM block mapped from the replica's file; "pc.ram"
 	// if empty.
 	MainRAM string
-	// Stderr, if set, receives QEMU's standard error and output.
-	Stderr io.Writer
+	// Fence, if set, marks the replica taken over (with this reason)
+	// before anything starts, so the receiver refuses further epochs that
+	// would change the disks under the running VM. A failover fences; a
+	// drill of a copy does not.
+	Fence string
 }
 
 // Validate reports what is wrong with o.
@@ -123,7 +126,7 @@ func Prepare(o Options) (*Plan, error) {
 	// Opening the replica takes its lock (a receiver applying an epoch
 	// holds it: refused, not read torn) and finishes an apply a crash
 	// interrupted, so the images are exactly the committed epoch.
-	r, err := replica.Open(replica.Options{FS: vfs.Default, Dir: o.Replica, VM: m.VM, Now: time.Now})
+	r, err := replica.Open(replica.Options{FS: vfs.Default, Dir: o.Replica, VM: m.VM, Now: time.Now, AllowTakenOver: true})
 	if err != nil {
 		return nil, fmt.Errorf("takeover: replica %s: %w", o.Replica, err)
 	}
@@ -131,6 +134,11 @@ func Prepare(o Options) (*Plan, error) {
 	m = r.Manifest()
 	if m == nil || m.Epoch == 0 {
 		return nil, fmt.Errorf("takeover: replica %s holds no committed epoch yet: %w", o.Replica, ErrNoMemory)
+	}
+	if o.Fence != "" {
+		if err := r.MarkTakenOver(replica.TakeoverMark{Epoch: m.Epoch, At: time.Now().UTC(), Reason: o.Fence}); err != nil {
+			return nil, fmt.Errorf("takeover: %w", err)
+		}
 	}
 	if m.DeviceState == nil {
 		return nil, fmt.Errorf("takeover: replica %s (epoch %d) has no device state: %w", o.Replica, m.Epoch, ErrNoMemory)

@@ -235,6 +235,7 @@ const (
 	ErrStorage      ErrorCode = 5 // receiver storage failed (disk full, IO error)
 	ErrBusy         ErrorCode = 6 // another sender holds this VM
 	ErrInternal     ErrorCode = 7
+	ErrTakenOver    ErrorCode = 8 // the replica runs as the VM at the DR site
 )
 
 // Error tells the peer why the connection is about to close.

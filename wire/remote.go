@@ -24,6 +24,8 @@ func (c ErrorCode) String() string {
 		return "busy"
 	case ErrInternal:
 		return "internal error"
+	case ErrTakenOver:
+		return "taken over"
 	}
 	return fmt.Sprintf("error %d", uint16(c))
 }

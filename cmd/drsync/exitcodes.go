@@ -88,7 +88,7 @@ func exitCode(err error) int {
 	var we *wire.Error
 	if errors.As(err, &we) {
 		switch we.Code {
-		case wire.ErrUnauthorized, wire.ErrVersion:
+		case wire.ErrUnauthorized, wire.ErrVersion, wire.ErrTakenOver:
 			return exitRefused
 		case wire.ErrBusy:
 			return exitBusy
