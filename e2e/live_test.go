@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -23,6 +24,7 @@ import (
 	"github.com/drsync/drsync/testkit"
 	"github.com/drsync/drsync/testkit/guest"
 	"github.com/drsync/drsync/testkit/hosttools"
+	"github.com/drsync/drsync/udprelay"
 	"github.com/drsync/drsync/vfs"
 	"github.com/drsync/drsync/wire"
 )
@@ -223,18 +225,33 @@ func TestLiveSenderKilled(t *testing.T) {
 	start := time.Now()
 	testkit.MustRun(t, "send", "--once", "--config", p.sendCfg)
 	prev := p.checkReplicaRecords("guest-1")
+	// Later epochs cross a slow link, so a kill shortly after a cut lands
+	// while the cut is open in QEMU.
+	relay, err := udprelay.New("127.0.0.1:0", p.receiverAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer relay.Close()
+	relay.SetRate(8 << 20)
+	spec := vmSpec{name: "guest-1", qmp: vm.QMPSocket, extra: `min_interval = "1s"`, disks: []diskSpec{{name: "vda", node: "disk0"}, {name: "vdb", node: "disk1"}}}
+	// A short idle timeout lets the receiver drop a killed sender's
+	// connection (and the replica it holds) quickly.
+	slow := p.senderConfig("sender-slow.toml", "site-a", relay.Addr().(*net.UDPAddr).Port, []vmSpec{spec}, `idle_timeout = "2s"`)
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 3))
 	cleaned := 0
 	for round := 1; round <= 4; round++ {
-		snd := testkit.Start(t, p.path(fmt.Sprintf("sender-%d.log", round)), "send", "--config", p.sendCfg, "--log-level", "debug")
+		snd := testkit.Start(t, p.path(fmt.Sprintf("sender-%d.log", round)), "send", "--config", slow, "--log-level", "debug")
 		if !snd.WaitLog("msg=cut ", 60*time.Second) {
 			t.Fatalf("round %d: no cut:\n%s", round, snd.Log())
 		}
-		time.Sleep(time.Duration(rng.IntN(400)) * time.Millisecond)
+		time.Sleep(time.Duration(rng.IntN(500)) * time.Millisecond)
 		snd.Kill()
 		before := p.manifest("guest-1").Epoch
 		p.verify("guest-1")
-		out := testkit.MustRun(t, "send", "--once", "--config", p.sendCfg)
+		out := testkit.MustRun(t, "send", "--once", "--config", slow)
+		if testing.Verbose() {
+			t.Logf("round %d: restarted sender:\n%s", round, out)
+		}
 		if strings.Contains(out, "removing what an earlier sender left") {
 			cleaned++
 		}
@@ -246,6 +263,7 @@ func TestLiveSenderKilled(t *testing.T) {
 		t.Logf("round %d: killed at epoch %d; the restarted sender committed epoch %d; replica records %d..%d", round, before, after, recs.First, recs.Last)
 		prev = recs
 	}
+	t.Logf("%d of 4 restarted senders removed leftovers of a killed one", cleaned)
 	if cleaned == 0 {
 		t.Error("no restarted sender found leftovers to clean; the kills all fell between epochs")
 	}
