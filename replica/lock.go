@@ -55,3 +55,26 @@ func lock(fsys vfs.FS, name string) (io.Closer, error) {
 		return nil
 	}), nil
 }
+
+// CheckUnlocked reports ErrLocked if a process holds the replica in dir
+// (a receiver applying an epoch, a verify run), without taking or
+// changing anything. The answer may be stale as soon as it is returned;
+// it is for checks that refuse early, such as a failover's dry run.
+func CheckUnlocked(dir string) error {
+	name := dir + "/LOCK"
+	f, err := os.Open(name)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open lock %s: %w (%w)", name, err, ErrStorage)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return fmt.Errorf("%s: %w", name, ErrLocked)
+		}
+		return fmt.Errorf("lock %s: %w (%w)", name, err, ErrStorage)
+	}
+	return syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+}

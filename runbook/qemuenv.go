@@ -1,0 +1,236 @@
+package runbook
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/drsync/drsync/qmp"
+	"github.com/drsync/drsync/replica"
+	"github.com/drsync/drsync/takeover"
+	"github.com/drsync/drsync/vfs"
+)
+
+// QEMUEnv is the real Env: replicas on the local file system, VMs started
+// with takeover, hooks as commands.
+type QEMUEnv struct {
+	Out io.Writer // hook output and QEMU's messages
+}
+
+func (e QEMUEnv) out() io.Writer {
+	if e.Out == nil {
+		return io.Discard
+	}
+	return e.Out
+}
+
+// fence is the takeover mark's reason for this runbook: a replica marked
+// with it was taken over by an interrupted run of the same runbook.
+func fence(rb *Runbook) string { return "failover runbook " + rb.Name }
+
+// Preflight checks the replica can be resumed: a committed epoch with
+// device state and the VM's disks, not being written right now, not taken
+// over by something else; and that QEMU is there.
+func (e QEMUEnv) Preflight(ctx context.Context, rb *Runbook, vm *VM) (Ready, error) {
+	dir := filepath.Join(rb.Replicas, vm.Name)
+	b, err := os.ReadFile(filepath.Join(dir, "MANIFEST"))
+	if errors.Is(err, os.ErrNotExist) {
+		return Ready{}, fmt.Errorf("no replica at %s (nothing was ever replicated for this VM here)", dir)
+	}
+	if err != nil {
+		return Ready{}, err
+	}
+	m, err := replica.ParseManifest(b)
+	if err != nil {
+		return Ready{}, err
+	}
+	if m.Epoch == 0 {
+		return Ready{}, fmt.Errorf("replica %s holds no committed epoch yet", dir)
+	}
+	if m.DeviceState == nil {
+		return Ready{}, fmt.Errorf("replica %s (epoch %d) has no device state: it was replicated from image files, not a running guest", dir, m.Epoch)
+	}
+	main := vm.MainRAM
+	if main == "" {
+		main = "pc.ram"
+	}
+	if m.Find(2, main) == nil {
+		return Ready{}, fmt.Errorf("replica %s has no RAM block %q", dir, main)
+	}
+	for _, d := range vm.Disks {
+		if m.Find(1, d.Target) == nil {
+			return Ready{}, fmt.Errorf("replica %s has no disk %q", dir, d.Target)
+		}
+	}
+	if err := replica.CheckUnlocked(dir); err != nil {
+		if errors.Is(err, replica.ErrLocked) {
+			return Ready{}, fmt.Errorf("replica %s is being written (the receiver is applying an epoch, or verify runs): stop the receiver or retry in a moment: %w", dir, err)
+		}
+		return Ready{}, err
+	}
+	r := Ready{Epoch: m.Epoch, Cut: m.Cut}
+	mark, err := replica.TakenOver(vfs.Default, dir)
+	if err != nil {
+		return Ready{}, err
+	}
+	if mark != nil {
+		if mark.Reason != fence(rb) {
+			return Ready{}, fmt.Errorf("replica %s was already taken over at %s (%s)", dir, mark.At.UTC().Format(time.RFC3339), mark.Reason)
+		}
+		r.Resumed = true
+	}
+	bin := vm.QEMU
+	if bin == "" {
+		bin = "qemu-system-x86_64"
+	}
+	if _, err := exec.LookPath(bin); err != nil {
+		return Ready{}, fmt.Errorf("QEMU: %w", err)
+	}
+	return r, nil
+}
+
+// Hook runs h's command with its timeout; DRSYNC_RUNBOOK and DRSYNC_HOOK
+// tell it where it runs.
+func (e QEMUEnv) Hook(ctx context.Context, rb *Runbook, h *Hook) error {
+	ctx, cancel := context.WithTimeout(ctx, h.Timeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, h.Command[0], h.Command[1:]...)
+	cmd.Env = append(os.Environ(), "DRSYNC_RUNBOOK="+rb.Name, "DRSYNC_HOOK="+h.Name)
+	pw := &prefixWriter{w: e.out(), prefix: "  [" + h.Name + "] "}
+	cmd.Stdout, cmd.Stderr = pw, pw
+	err := cmd.Run()
+	if ctx.Err() == context.DeadlineExceeded {
+		return fmt.Errorf("hook %q: no answer within %v", h.Name, h.Timeout)
+	}
+	if err != nil {
+		return fmt.Errorf("hook %q (%s): %w", h.Name, strings.Join(h.Command, " "), err)
+	}
+	return nil
+}
+
+// Start brings vm up from its replica's committed epoch, fencing the
+// replica first.
+func (e QEMUEnv) Start(ctx context.Context, rb *Runbook, vm *VM) (Started, error) {
+	t0 := time.Now()
+	plan, err := takeover.Prepare(takeover.Options{
+		Replica: filepath.Join(rb.Replicas, vm.Name), WorkDir: filepath.Join(rb.WorkDir, vm.Name),
+		QEMU: vm.QEMU, Args: vm.Args, Disks: vm.Disks, MainRAM: vm.MainRAM, Fence: fence(rb),
+	})
+	if err != nil {
+		return Started{}, err
+	}
+	q, err := takeover.Start(ctx, plan, e.out())
+	if err != nil {
+		return Started{}, err
+	}
+	return Started{PID: q.Cmd.Process.Pid, QMP: plan.QMP, Epoch: plan.Epoch, Cut: plan.Cut, Took: q.Running.Sub(t0)}, nil
+}
+
+// Alive reports whether s's QEMU still runs the guest.
+func (e QEMUEnv) Alive(ctx context.Context, s Started) bool {
+	if s.PID <= 0 || syscall.Kill(s.PID, 0) != nil {
+		return false
+	}
+	st, err := status(ctx, s.QMP)
+	return err == nil && (st == "running" || st == "paused")
+}
+
+func status(ctx context.Context, sock string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	sess, err := qmp.Dial(ctx, sock, qmp.Options{})
+	if err != nil {
+		return "", err
+	}
+	defer sess.Close()
+	var st struct{ Status string }
+	err = sess.Execute(ctx, "query-status", nil, &st)
+	return st.Status, err
+}
+
+// Check waits until c passes or its timeout ends.
+func (e QEMUEnv) Check(ctx context.Context, vm *VM, c *Check, s Started) error {
+	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	defer cancel()
+	var last error
+	for {
+		switch c.Kind {
+		case CheckRunning:
+			var st string
+			if st, last = status(ctx, s.QMP); last == nil && st != "running" {
+				last = fmt.Errorf("QEMU reports %s", st)
+			}
+		case CheckSerial:
+			last = serialMatch(c.File, c.Match)
+		case CheckTCP:
+			var conn net.Conn
+			d := net.Dialer{Timeout: time.Second}
+			if conn, last = d.DialContext(ctx, "tcp", c.Address); last == nil {
+				conn.Close()
+			}
+		}
+		if last == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("check %s not passed within %v: %w", describeCheck(c), c.Timeout, last)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func serialMatch(file, pattern string) error {
+	re, err := regexp.Compile(pattern)
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if re.Match(sc.Bytes()) {
+			return nil
+		}
+	}
+	return fmt.Errorf("no line of %s matches %q yet", file, pattern)
+}
+
+// prefixWriter prefixes each line, so hook output reads apart from the plan.
+type prefixWriter struct {
+	w      io.Writer
+	prefix string
+	mid    bool
+}
+
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	n := len(b)
+	for len(b) > 0 {
+		if !p.mid {
+			io.WriteString(p.w, p.prefix)
+			p.mid = true
+		}
+		i := strings.IndexByte(string(b), '\n')
+		if i < 0 {
+			p.w.Write(b)
+			break
+		}
+		p.w.Write(b[:i+1])
+		b = b[i+1:]
+		p.mid = false
+	}
+	return n, nil
+}

@@ -1,0 +1,166 @@
+package runbook
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+)
+
+// Ready is what a preflight learned of a VM's replica.
+type Ready struct {
+	Epoch uint64
+	Cut   time.Time
+	// Resumed is set when the replica was already taken over by this
+	// runbook (an interrupted run).
+	Resumed bool
+}
+
+// Started is a VM brought up by Env.Start.
+type Started struct {
+	PID   int
+	QMP   string
+	Epoch uint64
+	Cut   time.Time
+	Took  time.Duration // from the start of the step until the guest ran
+}
+
+// Env is everything a run does to the world.
+type Env interface {
+	// Preflight checks that vm can be brought up, changing nothing.
+	Preflight(ctx context.Context, rb *Runbook, vm *VM) (Ready, error)
+	Hook(ctx context.Context, rb *Runbook, h *Hook) error
+	Start(ctx context.Context, rb *Runbook, vm *VM) (Started, error)
+	// Alive reports whether a VM an earlier run started still runs.
+	Alive(ctx context.Context, s Started) bool
+	Check(ctx context.Context, vm *VM, c *Check, s Started) error
+}
+
+// Options of a run.
+type Options struct {
+	DryRun bool
+	Out    io.Writer // the plan and progress, for the operator
+	Now    func() time.Time
+}
+
+// ErrPreflight marks a runbook refused before anything started.
+var ErrPreflight = errors.New("runbook refused before anything started")
+
+// Run executes rb, skipping what log says earlier runs finished. Every VM
+// is preflighted first: one that cannot come up stops the run before any
+// hook or VM starts. With DryRun, Run prints the plan and preflights only.
+func Run(ctx context.Context, rb *Runbook, log *Log, env Env, o Options) error {
+	out := o.Out
+	if out == nil {
+		out = io.Discard
+	}
+	now := o.Now
+	if now == nil {
+		now = time.Now
+	}
+	ready := map[string]Ready{}
+	var problems []string
+	for i := range rb.VMs {
+		v := &rb.VMs[i]
+		r, err := env.Preflight(ctx, rb, v)
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("vm %s: %v", v.Name, err))
+			continue
+		}
+		ready[v.Name] = r
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%w:\n  %s", ErrPreflight, strings.Join(problems, "\n  "))
+	}
+
+	steps := rb.Steps()
+	fmt.Fprintf(out, "runbook %q: %d steps\n", rb.Name, len(steps))
+	for _, s := range steps {
+		state := "to do"
+		if _, ok := log.Done(s.ID); ok {
+			state = "done earlier"
+		}
+		detail := ""
+		switch s.Kind {
+		case StepStart:
+			r := ready[s.VM]
+			detail = fmt.Sprintf("group %s, from epoch %d cut %s (%s old)", s.Group, r.Epoch, r.Cut.UTC().Format(time.RFC3339), now().Sub(r.Cut).Round(time.Second))
+		case StepHook:
+			detail = strings.Join(s.Hook.Command, " ")
+		case StepCheck:
+			detail = describeCheck(s.Check)
+		}
+		fmt.Fprintf(out, "  %-12s %-28s %s\n", state, s.ID, detail)
+	}
+	if o.DryRun {
+		fmt.Fprintln(out, "dry run: every replica checked; nothing started")
+		return nil
+	}
+
+	started := map[string]Started{}
+	for _, s := range steps {
+		rec, done := log.Done(s.ID)
+		if done && s.Kind == StepStart {
+			st := Started{PID: rec.PID, QMP: rec.QMP, Epoch: rec.Epoch, Cut: rec.Cut}
+			if env.Alive(ctx, st) {
+				started[s.VM] = st
+				fmt.Fprintf(out, "%s: still running from an earlier run (pid %d)\n", s.ID, st.PID)
+				continue
+			}
+			fmt.Fprintf(out, "%s: the VM an earlier run started is gone; starting it again\n", s.ID)
+			done = false
+		}
+		if done {
+			continue
+		}
+		t0 := now()
+		r := Record{Step: s.ID, Status: StatusDone}
+		var err error
+		switch s.Kind {
+		case StepHook:
+			err = env.Hook(ctx, rb, s.Hook)
+		case StepStart:
+			var st Started
+			if st, err = env.Start(ctx, rb, rb.vm(s.VM)); err == nil {
+				started[s.VM] = st
+				r.PID, r.QMP, r.Epoch, r.Cut = st.PID, st.QMP, st.Epoch, st.Cut
+				r.TakeoverMS = float64(st.Took.Microseconds()) / 1000
+				r.Detail = fmt.Sprintf("running from epoch %d in %v", st.Epoch, st.Took.Round(time.Millisecond))
+			}
+		case StepCheck:
+			st, ok := started[s.VM]
+			if !ok {
+				rs, _ := log.Done("start:" + s.VM)
+				st = Started{PID: rs.PID, QMP: rs.QMP, Epoch: rs.Epoch}
+			}
+			err = env.Check(ctx, rb.vm(s.VM), s.Check, st)
+		}
+		r.At = now()
+		if err != nil {
+			r.Status, r.Detail = StatusFailed, err.Error()
+			if lerr := log.Append(r); lerr != nil {
+				return errors.Join(fmt.Errorf("step %s: %w", s.ID, err), lerr)
+			}
+			fmt.Fprintf(out, "%s: FAILED after %v: %v\n", s.ID, now().Sub(t0).Round(time.Millisecond), err)
+			return fmt.Errorf("runbook %q stopped at step %s (run it again to continue from there): %w", rb.Name, s.ID, err)
+		}
+		if err := log.Append(r); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "%s: done in %v %s\n", s.ID, now().Sub(t0).Round(time.Millisecond), r.Detail)
+	}
+	fmt.Fprintf(out, "runbook %q complete\n", rb.Name)
+	return nil
+}
+
+func describeCheck(c *Check) string {
+	switch c.Kind {
+	case CheckSerial:
+		return fmt.Sprintf("serial %s matches %q within %v", c.File, c.Match, c.Timeout)
+	case CheckTCP:
+		return fmt.Sprintf("tcp %s accepts within %v", c.Address, c.Timeout)
+	}
+	return fmt.Sprintf("QEMU reports running within %v", c.Timeout)
+}

@@ -1,0 +1,230 @@
+package runbook
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"time"
+
+	"github.com/drsync/drsync/takeover"
+	"github.com/drsync/drsync/wire"
+)
+
+// Runbook is a validated recovery plan.
+type Runbook struct {
+	Name     string
+	Replicas string // the receiver's storage directory
+	WorkDir  string // per-VM work directories
+	// Authorized, if set, lists the VMs the DR site's receiver holds
+	// replicas for; a runbook naming another VM is refused.
+	Authorized []string
+	Hooks      []Hook
+	Groups     []Group
+	VMs        []VM
+}
+
+// When a hook runs.
+const (
+	Before = "before" // before any VM starts: fence the failed site
+	After  = "after"  // once every group is up and healthy: switch DNS
+)
+
+// Hook is a command run at a point of the plan.
+type Hook struct {
+	Name    string
+	When    string
+	Command []string
+	Timeout time.Duration
+}
+
+// Group is VMs that come up together; a group starts only once the
+// previous one passed its checks.
+type Group struct {
+	Name string
+	VMs  []string
+}
+
+// VM is how one VM comes up at the DR site.
+type VM struct {
+	Name    string
+	QEMU    string
+	Args    []string // machine, CPUs, devices, NICs; see takeover.Options.Args
+	Disks   []takeover.Disk
+	MainRAM string
+	Checks  []Check
+}
+
+// Check kinds.
+const (
+	CheckRunning = "running" // QEMU reports the guest running
+	CheckSerial  = "serial"  // a line of the serial console log matches
+	CheckTCP     = "tcp"     // a TCP port accepts connections
+)
+
+// Check is a health check of a started VM.
+type Check struct {
+	Kind    string
+	Match   string // serial: regular expression a line must match
+	File    string // serial: the console log file (the VM's -serial file:)
+	Address string // tcp: host:port
+	Timeout time.Duration
+}
+
+// Validate reports what is wrong with rb, naming the group, VM, hook or
+// check, and fills in defaults.
+func (rb *Runbook) Validate() error {
+	if rb.Name == "" {
+		return errors.New("runbook: no name")
+	}
+	if rb.Replicas == "" || rb.WorkDir == "" {
+		return errors.New("runbook: needs the replica storage directory and a work directory")
+	}
+	vms := map[string]*VM{}
+	for i := range rb.VMs {
+		v := &rb.VMs[i]
+		if err := wire.ValidVMName(v.Name); err != nil {
+			return fmt.Errorf("runbook: vm %d: %w", i, err)
+		}
+		if vms[v.Name] != nil {
+			return fmt.Errorf("runbook: vm %q is described twice", v.Name)
+		}
+		vms[v.Name] = v
+		if len(rb.Authorized) > 0 && !contains(rb.Authorized, v.Name) {
+			return fmt.Errorf("runbook: vm %q: this site holds no replica for it (the receiver does not authorize any sender for it)", v.Name)
+		}
+		if len(v.Disks) == 0 {
+			return fmt.Errorf("runbook: vm %q: no disks", v.Name)
+		}
+		for j := range v.Checks {
+			c := &v.Checks[j]
+			if c.Timeout <= 0 {
+				c.Timeout = 60 * time.Second
+			}
+			switch c.Kind {
+			case CheckRunning:
+			case CheckSerial:
+				if c.File == "" || c.Match == "" {
+					return fmt.Errorf("runbook: vm %q: check %d (serial) needs file and match", v.Name, j)
+				}
+				if _, err := regexp.Compile(c.Match); err != nil {
+					return fmt.Errorf("runbook: vm %q: check %d: match: %w", v.Name, j, err)
+				}
+			case CheckTCP:
+				if c.Address == "" {
+					return fmt.Errorf("runbook: vm %q: check %d (tcp) needs an address", v.Name, j)
+				}
+			default:
+				return fmt.Errorf("runbook: vm %q: check %d: unknown kind %q (want running, serial or tcp)", v.Name, j, c.Kind)
+			}
+		}
+	}
+	placed := map[string]string{}
+	for gi, g := range rb.Groups {
+		if g.Name == "" {
+			return fmt.Errorf("runbook: group %d has no name", gi)
+		}
+		if len(g.VMs) == 0 {
+			return fmt.Errorf("runbook: group %q has no VMs", g.Name)
+		}
+		for _, name := range g.VMs {
+			if vms[name] == nil {
+				return fmt.Errorf("runbook: group %q names vm %q, which no [[vm]] describes", g.Name, name)
+			}
+			if other, ok := placed[name]; ok {
+				return fmt.Errorf("runbook: vm %q is in groups %q and %q", name, other, g.Name)
+			}
+			placed[name] = g.Name
+		}
+	}
+	for name := range vms {
+		if _, ok := placed[name]; !ok {
+			return fmt.Errorf("runbook: vm %q is in no group, so it would never start", name)
+		}
+	}
+	seen := map[string]bool{}
+	for i := range rb.Hooks {
+		h := &rb.Hooks[i]
+		if h.Name == "" || len(h.Command) == 0 {
+			return fmt.Errorf("runbook: hook %d needs a name and a command", i)
+		}
+		if h.When != Before && h.When != After {
+			return fmt.Errorf("runbook: hook %q: when = %q (want before or after)", h.Name, h.When)
+		}
+		if seen[h.Name] {
+			return fmt.Errorf("runbook: hook %q is defined twice", h.Name)
+		}
+		seen[h.Name] = true
+		if h.Timeout <= 0 {
+			h.Timeout = 5 * time.Minute
+		}
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+// vm returns the VM named name.
+func (rb *Runbook) vm(name string) *VM {
+	for i := range rb.VMs {
+		if rb.VMs[i].Name == name {
+			return &rb.VMs[i]
+		}
+	}
+	return nil
+}
+
+// StepKind says what a step does.
+type StepKind string
+
+const (
+	StepHook  StepKind = "hook"
+	StepStart StepKind = "start"
+	StepCheck StepKind = "check"
+)
+
+// Step is one unit of the plan. ID is stable across runs of the same
+// runbook, which is what lets an interrupted run resume.
+type Step struct {
+	ID    string
+	Kind  StepKind
+	Group string
+	VM    string
+	Hook  *Hook
+	Check *Check
+}
+
+// Steps lays the runbook out in order: before-hooks, then per group its
+// VMs' starts and then their checks, then after-hooks.
+func (rb *Runbook) Steps() []Step {
+	var out []Step
+	for i := range rb.Hooks {
+		if h := &rb.Hooks[i]; h.When == Before {
+			out = append(out, Step{ID: "hook:" + h.Name, Kind: StepHook, Hook: h})
+		}
+	}
+	for _, g := range rb.Groups {
+		for _, name := range g.VMs {
+			out = append(out, Step{ID: "start:" + name, Kind: StepStart, Group: g.Name, VM: name})
+		}
+		for _, name := range g.VMs {
+			v := rb.vm(name)
+			for j := range v.Checks {
+				c := &v.Checks[j]
+				out = append(out, Step{ID: fmt.Sprintf("check:%s:%d:%s", name, j, c.Kind), Kind: StepCheck, Group: g.Name, VM: name, Check: c})
+			}
+		}
+	}
+	for i := range rb.Hooks {
+		if h := &rb.Hooks[i]; h.When == After {
+			out = append(out, Step{ID: "hook:" + h.Name, Kind: StepHook, Hook: h})
+		}
+	}
+	return out
+}
