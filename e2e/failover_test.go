@@ -1,0 +1,221 @@
+package e2e
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/drsync/drsync/testkit"
+	"github.com/drsync/drsync/testkit/guest"
+)
+
+var drTick = regexp.MustCompile(`(?m)^TICK (\d+) (\d+)`)
+
+// runbookFile writes a failover runbook for the live test guest.
+func (p *pair) runbookFile(name, recvCfg, serial, extra string) string {
+	p.t.Helper()
+	kernel, initrd := guest.Build(p.t)
+	return p.write(name, fmt.Sprintf(`
+name = "site-b"
+receiver_config = %q
+work_dir = "failover"
+%s
+[[hook]]
+name = "fence site-a"
+when = "before"
+run = ["touch", %q]
+
+[[hook]]
+name = "switch dns"
+when = "after"
+run = ["touch", %q]
+
+[[group]]
+name = "apps"
+vms = ["guest-1"]
+
+[[vm]]
+name = "guest-1"
+accel = "tcg"
+args = ["-display", "none", "-no-reboot", "-nodefaults", "-serial", "file:%s",
+        "-kernel", %q, "-initrd", %q, "-append", "console=ttyS0 panic=-1 quiet",
+        "-device", "virtio-blk-pci,drive=disk0,id=vblk0", "-device", "virtio-blk-pci,drive=disk1,id=vblk1"]
+  [[vm.disk]]
+  replica = "vda"
+  node = "disk0"
+  [[vm.disk]]
+  replica = "vdb"
+  node = "disk1"
+  [[vm.check]]
+  kind = "running"
+  timeout = "10s"
+  [[vm.check]]
+  kind = "serial"
+  file = %q
+  match = "^TICK "
+  timeout = "30s"
+`, recvCfg, extra, p.path("fenced"), p.path("dns-switched"), serial, kernel, initrd, serial))
+}
+
+// TestFailoverRunbook replicates the running guest, loses the protected
+// site (its QEMU is killed), and runs the failover runbook: bad runbooks are
+// refused before anything starts, the dry run starts nothing, and the real
+// run resumes the guest from the last committed epoch with its memory: its
+// counter continues from that epoch, not from boot, and its disk records are
+// whole. The taken-over replica then refuses its sender, and running the
+// runbook again finds the VM already up.
+func TestFailoverRunbook(t *testing.T) {
+	vm, _ := liveGuest(t, 256, nil)
+	p := livePair(t, vm, "")
+	for range 3 {
+		testkit.MustRun(t, "send", "--once", "--config", p.sendCfg)
+		time.Sleep(500 * time.Millisecond)
+	}
+	recs := p.checkReplicaRecords("guest-1")
+	m := p.manifest("guest-1")
+	time.Sleep(2 * time.Second) // the guest runs on past the last epoch...
+	var before, after guest.Tick
+	for _, tk := range vm.Ticks() {
+		if tk.At.Before(m.Cut) {
+			before = tk
+		} else if after.At.IsZero() {
+			after = tk
+		}
+	}
+	killed := vm.Ticks()[len(vm.Ticks())-1]
+	vm.Kill() // ...until the protected site is lost.
+
+	serial := p.path("dr-serial.log")
+	rbPath := p.runbookFile("runbook.toml", p.recvCfg, serial, "")
+	t.Cleanup(func() { killDRVMs(p) })
+
+	// Refused before anything starts.
+	bad := func(name, from, to string, wantCode int, want string) {
+		t.Helper()
+		b, _ := os.ReadFile(rbPath)
+		path := p.write(name, strings.Replace(string(b), from, to, 1))
+		code, out := testkit.Run(t, "failover", "--runbook", path)
+		if code != wantCode || !strings.Contains(out, want) {
+			t.Errorf("%s: exit %d, want %d with %q:\n%s", name, code, wantCode, want, out)
+		}
+	}
+	bad("unknown-vm.toml", `vms = ["guest-1"]`, `vms = ["guest-1", "cache-9"]`, 2, `names vm "cache-9"`)
+	bad("unknown-check.toml", `kind = "running"`, `kind = "ping"`, 2, `unknown kind "ping"`)
+	bad("unknown-key.toml", `timeout = "10s"`, `timeout = "10s"`+"\nretries = 3", 2, "unknown key")
+	b, _ := os.ReadFile(p.recvCfg)
+	p.write("receiver-ghost.toml", strings.Replace(string(b), `vms = ["guest-1"]`, `vms = ["guest-1", "ghost-1"]`, 1))
+	text := string(mustRead(t, rbPath))
+	ghost := strings.Replace(text, p.recvCfg, p.path("receiver-ghost.toml"), 1)
+	ghost = strings.Replace(ghost, `vms = ["guest-1"]`, `vms = ["guest-1", "ghost-1"]`, 1)
+	ghost += "\n" + strings.Replace(text[strings.Index(text, "[[vm]]"):], `name = "guest-1"`, `name = "ghost-1"`, 1)
+	ghostPath := p.write("ghost.toml", ghost)
+	code, out := testkit.Run(t, "failover", "--runbook", ghostPath)
+	if code != 1 || !strings.Contains(out, "vm ghost-1: no replica at") {
+		t.Errorf("missing replica: exit %d\n%s", code, out)
+	}
+	p.write("receiver-nobody.toml", strings.Replace(string(b), `vms = ["guest-1"]`, `vms = ["other-1"]`, 1))
+	bad("unauthorized.toml", p.recvCfg, p.path("receiver-nobody.toml"), 2, `vm "guest-1": this site holds no replica`)
+	// An epoch being applied holds the replica's lock.
+	lock, err := os.OpenFile(filepath.Join(p.replicas, "guest-1", "LOCK"), os.O_RDWR|os.O_CREATE, 0o640)
+	if err != nil {
+		t.Fatal(err)
+	}
+	syscall.Flock(int(lock.Fd()), syscall.LOCK_EX)
+	code, out = testkit.Run(t, "failover", "--runbook", rbPath)
+	lock.Close()
+	if code != 1 || !strings.Contains(out, "is being written") {
+		t.Errorf("replica mid-apply: exit %d\n%s", code, out)
+	}
+	if _, err := os.Stat(p.path("fenced")); err == nil {
+		t.Fatal("a refused runbook ran a hook")
+	}
+
+	out = testkit.MustRun(t, "failover", "--runbook", rbPath, "--dry-run")
+	if !strings.Contains(out, "start:guest-1") || !strings.Contains(out, fmt.Sprintf("from epoch %d", m.Epoch)) {
+		t.Errorf("dry run plan:\n%s", out)
+	}
+	if _, err := os.Stat(serial); err == nil {
+		t.Fatal("the dry run started a VM")
+	}
+	if _, err := os.Stat(p.path("fenced")); err == nil {
+		t.Fatal("the dry run ran a hook")
+	}
+
+	t0 := time.Now()
+	out = testkit.MustRun(t, "failover", "--runbook", rbPath)
+	t.Logf("failover (%v):\n%s", time.Since(t0).Round(time.Millisecond), out)
+	for _, f := range []string{"fenced", "dns-switched"} {
+		if _, err := os.Stat(p.path(f)); err != nil {
+			t.Errorf("hook did not run: %v", err)
+		}
+	}
+	var ticks [][2]uint64
+	for deadline := time.Now().Add(30 * time.Second); len(ticks) < 10 && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		ticks = parseTicks(mustRead(t, serial))
+	}
+	log := string(mustRead(t, serial))
+	if len(ticks) < 10 || strings.Contains(log, "START") || strings.Contains(log, "RESUME") {
+		t.Fatalf("the DR guest did not continue (%d ticks):\n%s", len(ticks), log)
+	}
+	t.Logf("protected guest: counter %d before epoch %d's cut, %d after it, %d when the site died; DR guest continues at counter %d, record %d (replica held records %d..%d)",
+		before.Counter, m.Epoch, after.Counter, killed.Counter, ticks[0][0], ticks[0][1], recs.First, recs.Last)
+	if ticks[0][0] < before.Counter || ticks[0][0] > after.Counter+20 {
+		t.Errorf("DR counter %d does not continue from the cut (%d..%d)", ticks[0][0], before.Counter, after.Counter)
+	}
+	if ticks[0][1]+5 < recs.Last || ticks[0][1] > recs.Last+5 {
+		t.Errorf("DR guest's last record %d, the replica's %d", ticks[0][1], recs.Last)
+	}
+	if last := ticks[len(ticks)-1]; last[1] <= ticks[0][1] {
+		t.Errorf("the DR guest writes no records: %v", ticks)
+	}
+
+	// The sender is refused: the replica runs as the VM now.
+	code, out = testkit.Run(t, "send", "--once", "--retries", "0", "--config", p.sendCfg)
+	if code != 4 || !strings.Contains(out, "taken over") {
+		t.Errorf("sender into a taken-over replica: exit %d\n%s", code, out)
+	}
+	p.verify("guest-1")
+
+	// Running the runbook again: everything is done, the VM still runs.
+	out = testkit.MustRun(t, "failover", "--runbook", rbPath)
+	if !strings.Contains(out, "still running from an earlier run") || strings.Count(string(mustRead(t, p.path("failover/run.log"))), `"step":"start:guest-1"`) != 1 {
+		t.Errorf("second run:\n%s", out)
+	}
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func parseTicks(b []byte) [][2]uint64 {
+	var out [][2]uint64
+	for _, m := range drTick.FindAllSubmatch(b, -1) {
+		c, _ := strconv.ParseUint(string(m[1]), 10, 64)
+		s, _ := strconv.ParseUint(string(m[2]), 10, 64)
+		out = append(out, [2]uint64{c, s})
+	}
+	return out
+}
+
+// killDRVMs stops the QEMUs the runbook started (they outlive drsync).
+func killDRVMs(p *pair) {
+	b, _ := os.ReadFile(p.path("failover/run.log"))
+	for _, line := range strings.Split(string(b), "\n") {
+		var r struct{ PID int }
+		if json.Unmarshal([]byte(line), &r) == nil && r.PID > 0 {
+			syscall.Kill(r.PID, syscall.SIGKILL)
+		}
+	}
+}
