@@ -43,40 +43,8 @@ func TestTakeoverContinuesTheGuest(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a guest")
 	}
-	hosttools.Need(t, "qemu-system-x86_64", "qemu-img")
-	kernel, initrd := guest.Build(t)
-	dir := hosttools.ShortTempDir(t, "tk")
-	hosttools.Run(t, "qemu-img", "create", "-q", "-f", "raw", filepath.Join(dir, "vda.raw"), "64M")
-	hosttools.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", filepath.Join(dir, "vdb.qcow2"), "32M")
-	src := guest.Launch(t, guest.Options{MemMiB: 256, Disks: []guest.Disk{{Path: filepath.Join(dir, "vda.raw")}, {Path: filepath.Join(dir, "vdb.qcow2")}}})
-	if _, err := src.WaitTicks(20, 3*time.Minute); err != nil {
-		t.Fatal(err)
-	}
-
-	rcv, err := receiver.New(receiver.Options{Root: filepath.Join(dir, "replicas"), FS: vfs.Default, Now: time.Now,
-		Authorize: func(receiver.Peer, string) error { return nil }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cut, err := livecut.New(livecut.Options{QMPSocket: src.QMPSocket, WorkDir: filepath.Join(dir, "live"), Now: time.Now,
-		Disks: []livecut.Disk{{Name: "vda", Node: "disk0"}, {Name: "vdb", Node: "disk1"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	snd, err := sender.New(sender.Options{VM: "app-1", Source: cut, Dialer: testkit.PipeDialer(rcv, receiver.Peer{Fingerprint: "sha256:aa"}),
-		Store: sender.Store{FS: vfs.Default, Dir: filepath.Join(dir, "state")}, Compression: wire.CompressFast, Now: time.Now})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var last *sender.Result
-	for range 3 {
-		if last, err = snd.RunEpoch(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(300 * time.Millisecond)
-	}
-	snd.Close()
-	cut.Close()
+	r := replicateGuest(t, 256, 3)
+	src, dir, kernel, initrd, last := r.src, r.dir, r.kernel, r.initrd, r.last
 	// The guest runs on a while after the last epoch, then the site dies.
 	time.Sleep(2 * time.Second)
 	var before, after guest.Tick // the ticks around the last cut
@@ -106,9 +74,7 @@ func TestTakeoverContinuesTheGuest(t *testing.T) {
 	serial := filepath.Join(dir, "dr-serial.log")
 	opts := takeover.Options{
 		Replica: repl, WorkDir: filepath.Join(dir, "dr"),
-		Args: []string{"-accel", "tcg", "-display", "none", "-no-reboot", "-nodefaults", "-serial", "file:" + serial,
-			"-kernel", kernel, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet",
-			"-device", "virtio-blk-pci,drive=disk0,id=vblk0", "-device", "virtio-blk-pci,drive=disk1,id=vblk1"},
+		Args:  drArgs(kernel, initrd, serial),
 		Disks: []takeover.Disk{{Target: "vda", Node: "disk0"}, {Target: "vdb", Node: "disk1"}},
 	}
 	t0 := time.Now()
@@ -162,4 +128,58 @@ func TestTakeoverContinuesTheGuest(t *testing.T) {
 		t.Error("running the DR copy changed the replica's images")
 	}
 	testkit.MustRun(t, "verify", "--replica", repl)
+}
+
+type replicated struct {
+	src            *guest.VM
+	dir            string
+	kernel, initrd string
+	last           *sender.Result
+}
+
+// replicateGuest boots the test guest with memMiB of RAM, a raw and a
+// qcow2 disk, and replicates it for epochs epochs into dir/replicas/app-1.
+func replicateGuest(t testing.TB, memMiB, epochs int) replicated {
+	t.Helper()
+	hosttools.Need(t, "qemu-system-x86_64", "qemu-img")
+	kernel, initrd := guest.Build(t)
+	dir := hosttools.ShortTempDir(t, "tk")
+	hosttools.Run(t, "qemu-img", "create", "-q", "-f", "raw", filepath.Join(dir, "vda.raw"), "64M")
+	hosttools.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", filepath.Join(dir, "vdb.qcow2"), "32M")
+	src := guest.Launch(t, guest.Options{MemMiB: memMiB, Disks: []guest.Disk{{Path: filepath.Join(dir, "vda.raw")}, {Path: filepath.Join(dir, "vdb.qcow2")}}})
+	if _, err := src.WaitTicks(20, 3*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	rcv, err := receiver.New(receiver.Options{Root: filepath.Join(dir, "replicas"), FS: vfs.Default, Now: time.Now,
+		Authorize: func(receiver.Peer, string) error { return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut, err := livecut.New(livecut.Options{QMPSocket: src.QMPSocket, WorkDir: filepath.Join(dir, "live"), Now: time.Now,
+		Disks: []livecut.Disk{{Name: "vda", Node: "disk0"}, {Name: "vdb", Node: "disk1"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cut.Close()
+	snd, err := sender.New(sender.Options{VM: "app-1", Source: cut, Dialer: testkit.PipeDialer(rcv, receiver.Peer{Fingerprint: "sha256:aa"}),
+		Store: sender.Store{FS: vfs.Default, Dir: filepath.Join(dir, "state")}, Compression: wire.CompressFast, Now: time.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer snd.Close()
+	var last *sender.Result
+	for range epochs {
+		if last, err = snd.RunEpoch(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(300 * time.Millisecond)
+	}
+	return replicated{src: src, dir: dir, kernel: kernel, initrd: initrd, last: last}
+}
+
+// drArgs are the test guest's machine options at the DR site.
+func drArgs(kernel, initrd, serial string) []string {
+	return []string{"-accel", "tcg", "-display", "none", "-no-reboot", "-nodefaults", "-serial", "file:" + serial,
+		"-kernel", kernel, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet",
+		"-device", "virtio-blk-pci,drive=disk0,id=vblk0", "-device", "virtio-blk-pci,drive=disk1,id=vblk1"}
 }
