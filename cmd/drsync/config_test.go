@@ -420,6 +420,13 @@ func TestExampleConfigs(t *testing.T) {
 	if _, err := loadReceiverConfig("../../testdata/configs/receiver.toml"); err != nil {
 		t.Fatalf("example receiver config: %v", err)
 	}
+	rb, _, err := loadRunbook("../../testdata/configs/runbook.toml")
+	if err != nil {
+		t.Fatalf("example runbook: %v", err)
+	}
+	if len(rb.Steps()) != 7 || rb.VMs[0].Args[1] != "kvm" {
+		t.Errorf("example runbook: %d steps, args %v", len(rb.Steps()), rb.VMs[0].Args)
+	}
 	for path, want := range map[string]string{"../../testdata/configs/sender.toml": "sender", "../../testdata/configs/receiver.toml": "receiver"} {
 		if got, err := configKind(path); err != nil || got != want {
 			t.Errorf("configKind(%s) = %q, %v; want %q", path, got, err, want)
