@@ -83,7 +83,7 @@ func (e QEMUEnv) Preflight(ctx context.Context, rb *Runbook, vm *VM) (Ready, err
 	if err != nil {
 		return Ready{}, err
 	}
-	if mark != nil {
+	if mark != nil && !rb.Drill {
 		if mark.Reason != fence(rb) {
 			return Ready{}, fmt.Errorf("replica %s was already taken over at %s (%s)", dir, mark.At.UTC().Format(time.RFC3339), mark.Reason)
 		}
@@ -122,10 +122,17 @@ func (e QEMUEnv) Hook(ctx context.Context, rb *Runbook, h *Hook) error {
 // replica first.
 func (e QEMUEnv) Start(ctx context.Context, rb *Runbook, vm *VM) (Started, error) {
 	t0 := time.Now()
-	plan, err := takeover.Prepare(takeover.Options{
-		Replica: filepath.Join(rb.Replicas, vm.Name), WorkDir: filepath.Join(rb.WorkDir, vm.Name),
+	o := takeover.Options{
+		Replica: filepath.Join(rb.Replicas, vm.Name), WorkDir: workDir(rb, vm),
 		QEMU: vm.QEMU, Args: vm.Args, Disks: vm.Disks, MainRAM: vm.MainRAM, Fence: fence(rb),
-	})
+	}
+	if rb.Drill {
+		// Isolated: no NICs; and the replica is neither fenced nor used.
+		o.Fence, o.Copy = "", true
+	} else {
+		o.Args = append(append([]string{}, vm.Args...), vm.NICs...)
+	}
+	plan, err := takeover.Prepare(o)
 	if err != nil {
 		return Started{}, err
 	}
@@ -134,6 +141,23 @@ func (e QEMUEnv) Start(ctx context.Context, rb *Runbook, vm *VM) (Started, error
 		return Started{}, err
 	}
 	return Started{PID: q.Cmd.Process.Pid, QMP: plan.QMP, Epoch: plan.Epoch, Cut: plan.Cut, Took: q.Running.Sub(t0)}, nil
+}
+
+func workDir(rb *Runbook, vm *VM) string {
+	if rb.Drill {
+		return filepath.Join(rb.WorkDir, "drill", vm.Name)
+	}
+	return filepath.Join(rb.WorkDir, vm.Name)
+}
+
+// Stop kills a drill's VM and removes its copy of the replica.
+func (e QEMUEnv) Stop(ctx context.Context, rb *Runbook, vm *VM, s Started) error {
+	if s.PID > 0 {
+		syscall.Kill(s.PID, syscall.SIGKILL)
+		for deadline := time.Now().Add(10 * time.Second); syscall.Kill(s.PID, 0) == nil && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		}
+	}
+	return os.RemoveAll(workDir(rb, vm))
 }
 
 // Alive reports whether s's QEMU still runs the guest.

@@ -36,12 +36,17 @@ type Env interface {
 	// Alive reports whether a VM an earlier run started still runs.
 	Alive(ctx context.Context, s Started) bool
 	Check(ctx context.Context, vm *VM, c *Check, s Started) error
+	// Stop ends a VM a drill started and removes what it ran from.
+	Stop(ctx context.Context, rb *Runbook, vm *VM, s Started) error
 }
 
 // Options of a run.
 type Options struct {
 	DryRun bool
-	Out    io.Writer // the plan and progress, for the operator
+	// Hold keeps a drill's VMs running this long after their checks
+	// passed (for manual tests), or until ctx ends, before the teardown.
+	Hold time.Duration
+	Out  io.Writer // the plan and progress, for the operator
 	Now    func() time.Time
 }
 
@@ -76,7 +81,11 @@ func Run(ctx context.Context, rb *Runbook, log *Log, env Env, o Options) error {
 	}
 
 	steps := rb.Steps()
-	fmt.Fprintf(out, "runbook %q: %d steps\n", rb.Name, len(steps))
+	kind := "runbook"
+	if rb.Drill {
+		kind = "drill of runbook"
+	}
+	fmt.Fprintf(out, "%s %q: %d steps\n", kind, rb.Name, len(steps))
 	for _, s := range steps {
 		state := "to do"
 		if _, ok := log.Done(s.ID); ok {
@@ -100,6 +109,18 @@ func Run(ctx context.Context, rb *Runbook, log *Log, env Env, o Options) error {
 	}
 
 	started := map[string]Started{}
+	if rb.Drill {
+		// A drill leaves nothing behind, whether it passed or not.
+		defer func() {
+			for name, st := range started {
+				if err := env.Stop(context.WithoutCancel(ctx), rb, rb.vm(name), st); err != nil {
+					fmt.Fprintf(out, "drill: stop %s: %v\n", name, err)
+				} else {
+					fmt.Fprintf(out, "drill: %s stopped and its copy removed\n", name)
+				}
+			}
+		}()
+	}
 	for _, s := range steps {
 		rec, done := log.Done(s.ID)
 		if done && s.Kind == StepStart {
@@ -151,7 +172,14 @@ func Run(ctx context.Context, rb *Runbook, log *Log, env Env, o Options) error {
 		}
 		fmt.Fprintf(out, "%s: done in %v %s\n", s.ID, now().Sub(t0).Round(time.Millisecond), r.Detail)
 	}
-	fmt.Fprintf(out, "runbook %q complete\n", rb.Name)
+	fmt.Fprintf(out, "%s %q complete\n", kind, rb.Name)
+	if rb.Drill && o.Hold > 0 {
+		fmt.Fprintf(out, "drill: the VMs stay up for %v (interrupt to end sooner)\n", o.Hold)
+		select {
+		case <-time.After(o.Hold):
+		case <-ctx.Done():
+		}
+	}
 	return nil
 }
 

@@ -21,6 +21,10 @@ type Runbook struct {
 	Hooks      []Hook
 	Groups     []Group
 	VMs        []VM
+	// Drill runs the plan as a DR test: each VM starts from a copy of its
+	// replica, without NICs and without hooks, replication goes on, and
+	// everything is torn down at the end.
+	Drill bool
 }
 
 // When a hook runs.
@@ -48,7 +52,8 @@ type Group struct {
 type VM struct {
 	Name    string
 	QEMU    string
-	Args    []string // machine, CPUs, devices, NICs; see takeover.Options.Args
+	Args    []string // machine, CPUs, devices; see takeover.Options.Args
+	NICs    []string // network options, left out in a drill
 	Disks   []takeover.Disk
 	MainRAM string
 	Checks  []Check
@@ -205,7 +210,7 @@ type Step struct {
 func (rb *Runbook) Steps() []Step {
 	var out []Step
 	for i := range rb.Hooks {
-		if h := &rb.Hooks[i]; h.When == Before {
+		if h := &rb.Hooks[i]; h.When == Before && !rb.Drill {
 			out = append(out, Step{ID: "hook:" + h.Name, Kind: StepHook, Hook: h})
 		}
 	}
@@ -222,7 +227,7 @@ func (rb *Runbook) Steps() []Step {
 		}
 	}
 	for i := range rb.Hooks {
-		if h := &rb.Hooks[i]; h.When == After {
+		if h := &rb.Hooks[i]; h.When == After && !rb.Drill {
 			out = append(out, Step{ID: "hook:" + h.Name, Kind: StepHook, Hook: h})
 		}
 	}

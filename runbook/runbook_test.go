@@ -119,6 +119,12 @@ func (f *fakeEnv) Start(_ context.Context, _ *Runbook, vm *VM) (Started, error) 
 
 func (f *fakeEnv) Alive(_ context.Context, s Started) bool { return f.alive[s.PID] }
 
+func (f *fakeEnv) Stop(_ context.Context, _ *Runbook, vm *VM, s Started) error {
+	f.calls = append(f.calls, "stop:"+vm.Name)
+	f.alive[s.PID] = false
+	return nil
+}
+
 func (f *fakeEnv) Check(_ context.Context, vm *VM, c *Check, s Started) error {
 	if s.PID == 0 {
 		return fmt.Errorf("check of %s without a started VM", vm.Name)
@@ -228,5 +234,27 @@ func TestLogToleratesTornLine(t *testing.T) {
 	defer l.Close()
 	if r, ok := l.Done("start:db-1"); !ok || r.PID != 9 {
 		t.Errorf("record after a torn line: %+v %v", r, ok)
+	}
+}
+
+// TestDrill: no hooks, every VM started is stopped again, pass or fail.
+func TestDrill(t *testing.T) {
+	rb := sample()
+	rb.Drill = true
+	rb.Validate()
+	env := &fakeEnv{alive: map[int]bool{}, fail: map[string]bool{"check:app-1:running": true}}
+	out, err := runOnce(t, rb, filepath.Join(t.TempDir(), "log"), env, false)
+	if err == nil {
+		t.Fatal("failed check passed")
+	}
+	for _, c := range env.calls {
+		if strings.HasPrefix(c, "hook:") {
+			t.Errorf("a drill ran %s", c)
+		}
+	}
+	for _, vm := range []string{"db-1", "app-1", "app-2"} {
+		if !slices.Contains(env.calls, "stop:"+vm) {
+			t.Errorf("drill left %s running: %v\n%s", vm, env.calls, out)
+		}
 	}
 }

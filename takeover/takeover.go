@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -58,6 +59,11 @@ type Options struct {
 	// would change the disks under the running VM. A failover fences; a
 	// drill of a copy does not.
 	Fence string
+	// Copy runs the VM from a copy of the replica's images at its
+	// committed epoch, made under the replica's lock (reflinked where the
+	// file system can, else copied sparse), so replication goes on into
+	// the replica while the copy runs: a DR drill.
+	Copy bool
 }
 
 // Validate reports what is wrong with o.
@@ -79,6 +85,9 @@ func (o *Options) Validate() error {
 		case "-m", "-mem-path", "-incoming", "-qmp", "-daemonize":
 			return fmt.Errorf("takeover: QEMU option %s is set by the takeover itself", a)
 		}
+	}
+	if o.Copy && o.Fence != "" {
+		return errors.New("takeover: a copy of the replica is not a failover: fence and copy exclude each other")
 	}
 	seen := map[string]bool{}
 	for _, d := range o.Disks {
@@ -143,11 +152,21 @@ func Prepare(o Options) (*Plan, error) {
 	if m.DeviceState == nil {
 		return nil, fmt.Errorf("takeover: replica %s (epoch %d) has no device state: %w", o.Replica, m.Epoch, ErrNoMemory)
 	}
+	if err := os.MkdirAll(o.WorkDir, 0o700); err != nil {
+		return nil, fmt.Errorf("takeover: %w", err)
+	}
+	base := o.Replica // where the images are read from
+	if o.Copy {
+		base = filepath.Join(o.WorkDir, "copy")
+		if err := copyImages(o.Replica, base, m, o.Disks); err != nil {
+			return nil, fmt.Errorf("takeover: copy the replica: %w", err)
+		}
+	}
 	main := m.Find(2, o.MainRAM)
 	if main == nil {
 		return nil, fmt.Errorf("takeover: replica %s has no RAM block %q: %w", o.Replica, o.MainRAM, ErrNoMemory)
 	}
-	skb, err := os.ReadFile(filepath.Join(o.Replica, m.DeviceState.File))
+	skb, err := os.ReadFile(filepath.Join(base, m.DeviceState.File))
 	if err != nil {
 		return nil, fmt.Errorf("takeover: device state: %w", err)
 	}
@@ -155,10 +174,7 @@ func Prepare(o Options) (*Plan, error) {
 	if err != nil {
 		return nil, fmt.Errorf("takeover: device state of epoch %d: %w", m.Epoch, err)
 	}
-	if err := os.MkdirAll(o.WorkDir, 0o700); err != nil {
-		return nil, fmt.Errorf("takeover: %w", err)
-	}
-	p := &Plan{VM: m.VM, Epoch: m.Epoch, Cut: m.Cut, RAMFile: filepath.Join(o.Replica, main.File), RAMSize: main.Size,
+	p := &Plan{VM: m.VM, Epoch: m.Epoch, Cut: m.Cut, RAMFile: filepath.Join(base, main.File), RAMSize: main.Size,
 		Stream: filepath.Join(o.WorkDir, "state.mig"), QMP: filepath.Join(o.WorkDir, "qmp.sock")}
 
 	// Every RAM block but the main one travels in the stream; blocks the
@@ -184,7 +200,7 @@ func Prepare(o Options) (*Plan, error) {
 		if t == nil || t.Size != blk.Length {
 			continue
 		}
-		f, err := os.Open(filepath.Join(o.Replica, t.File))
+		f, err := os.Open(filepath.Join(base, t.File))
 		if err != nil {
 			return nil, fmt.Errorf("takeover: RAM block %s: %w", blk.ID, err)
 		}
@@ -207,7 +223,7 @@ func Prepare(o Options) (*Plan, error) {
 		}
 		ov := filepath.Join(o.WorkDir, "disk-"+d.Node+".qcow2")
 		os.Remove(ov)
-		backing, _ := filepath.Abs(filepath.Join(o.Replica, t.File))
+		backing, _ := filepath.Abs(filepath.Join(base, t.File))
 		cmd := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F", "raw", ov, fmt.Sprint(t.Size))
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return nil, fmt.Errorf("takeover: overlay for disk %q: %w: %s", d.Target, err, bytes.TrimSpace(out))
@@ -220,6 +236,30 @@ func Prepare(o Options) (*Plan, error) {
 	args = append(args, "-qmp", "unix:"+p.QMP+",server=on,wait=off", "-incoming", "exec:cat "+shellQuote(p.Stream))
 	p.Command = append([]string{o.QEMU}, args...)
 	return p, nil
+}
+
+// copyImages copies what a VM needs of the replica in dir (its RAM images,
+// the disks it uses and the device state) into to.
+func copyImages(dir, to string, m *replica.Manifest, disks []Disk) error {
+	if err := os.RemoveAll(to); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(to, 0o700); err != nil {
+		return err
+	}
+	files := []string{m.DeviceState.File}
+	for _, t := range m.Targets {
+		if t.Kind == "ram" || slices.ContainsFunc(disks, func(d Disk) bool { return t.Kind == "disk" && d.Target == t.Name }) {
+			files = append(files, t.File)
+		}
+	}
+	for _, f := range files {
+		cmd := exec.Command("cp", "--reflink=auto", "--sparse=always", filepath.Join(dir, f), filepath.Join(to, f))
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("%s: %w: %s", f, err, bytes.TrimSpace(out))
+		}
+	}
+	return nil
 }
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }

@@ -114,7 +114,7 @@ func loadRunbook(path string) (*runbook.Runbook, string, error) {
 			vm.Args = append(vm.Args, "-smp", fmt.Sprint(v.CPUs))
 		}
 		vm.Args = append(vm.Args, v.Args...)
-		vm.Args = append(vm.Args, v.NICs...)
+		vm.NICs = v.NICs
 		for _, d := range v.Disks {
 			vm.Disks = append(vm.Disks, takeover.Disk{Target: d.Replica, Node: d.Node})
 		}

@@ -4,18 +4,22 @@ import (
 	"context"
 	"flag"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"syscall"
+	"time"
 
 	"github.com/drsync/drsync/runbook"
 )
 
 func failoverCommand() *command {
 	var path string
-	var dry bool
+	var dry, drill bool
+	var hold time.Duration
 	c := &command{
 		name:  "failover",
 		short: "bring VMs up at the DR site from their replicas, by a runbook",
-		args:  "--runbook FILE [--dry-run]",
+		args:  "--runbook FILE [--dry-run | --drill [--hold DURATION]]",
 		summary: `Run a failover runbook at the DR site: hooks before (fence the failed
 site), then the VMs group by group, each resumed from its replica's last
 committed epoch with its memory (no reboot) and checked healthy before the
@@ -24,10 +28,17 @@ before anything starts. A taken-over replica refuses further epochs from
 its sender. A run interrupted halfway continues where it stopped when run
 again: the run log (log = ..., default <work_dir>/run.log) says what is done.
 --dry-run prints the plan and checks every replica, starting nothing.
-The started VMs keep running after drsync exits.`,
+The started VMs keep running after drsync exits.
+
+--drill tests the runbook without a disaster: each VM starts from a copy
+of its replica's committed epoch (the replica is not touched and
+replication goes on), without its NICs and without hooks; the checks run,
+then the VMs are stopped and the copies removed.`,
 		flags: func(set *flag.FlagSet) {
 			set.StringVar(&path, "runbook", "", "runbook file (required)")
 			set.BoolVar(&dry, "dry-run", false, "print the plan and check the replicas; start nothing")
+			set.BoolVar(&drill, "drill", false, "DR test: start isolated copies, check them, tear them down")
+			set.DurationVar(&hold, "hold", 0, "with --drill: keep the VMs up this long after their checks (or until interrupted)")
 		},
 	}
 	c.run = func(ctx context.Context, e *env, _ *flag.FlagSet, args []string) error {
@@ -37,9 +48,18 @@ The started VMs keep running after drsync exits.`,
 		if path == "" {
 			return usagef("--runbook is required")
 		}
+		if dry && drill {
+			return usagef("--dry-run and --drill exclude each other")
+		}
 		rb, logPath, err := loadRunbook(path)
 		if err != nil {
 			return err
+		}
+		if drill {
+			// A drill starts afresh every time; its log is its own.
+			rb.Drill = true
+			logPath = filepath.Join(rb.WorkDir, "drill.log")
+			os.Remove(logPath)
 		}
 		if err := os.MkdirAll(filepath.Dir(logPath), 0o750); err != nil {
 			return err
@@ -49,7 +69,12 @@ The started VMs keep running after drsync exits.`,
 			return err
 		}
 		defer log.Close()
-		return runbook.Run(ctx, rb, log, runbook.QEMUEnv{Out: e.stderr}, runbook.Options{DryRun: dry, Out: e.stdout, Now: e.now})
+		if hold != 0 && !drill {
+			return usagef("--hold goes with --drill")
+		}
+		ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		return runbook.Run(ctx, rb, log, runbook.QEMUEnv{Out: e.stderr}, runbook.Options{DryRun: dry, Hold: hold, Out: e.stdout, Now: e.now})
 	}
 	return c
 }
