@@ -47,7 +47,7 @@ type Options struct {
 	// passed (for manual tests), or until ctx ends, before the teardown.
 	Hold time.Duration
 	Out  io.Writer // the plan and progress, for the operator
-	Now    func() time.Time
+	Now  func() time.Time
 }
 
 // ErrPreflight marks a runbook refused before anything started.
