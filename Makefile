@@ -17,7 +17,7 @@ FUZZ_TARGETS := \
 	./journal:FuzzScan ./replica:FuzzRecover ./replica:FuzzParseManifest \
 	./blockhash:FuzzRead ./sender:FuzzUnmarshalIndex \
 	./nbd:FuzzParseStructuredChunk ./nbd:FuzzParseBlockStatusChunk ./nbd:FuzzParseOptionReply ./nbd:FuzzParseGreeting \
-	./migstream:FuzzParse ./migstream:FuzzParseSkeleton ./pagecache:FuzzIndex
+	./migstream:FuzzParse ./migstream:FuzzParseSkeleton ./pagecache:FuzzIndex ./epochctl:FuzzController
 
 SHELL := /bin/bash
 

@@ -1,0 +1,255 @@
+package epochctl
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Data-driven tests of the controller: each file in testdata/ is a script
+// of commands, each followed by "----" and its expected output up to a
+// blank line. Lines starting with # are comments. Times are durations
+// after a fixed instant. Run with -rewrite to regenerate the expected
+// output (then read the diff).
+//
+//	config rpo=60s min=5s max=2m cap=10MB start=fast levels=none,fast margin=0.1 targetbusy=0.8 maxbusy=0.95 cpushare=0.5
+//	observe cut=10s commit=17s interval=10s changed=100MB dedup=5MB wire=50MB send=6s cpu=0.5s level=fast [repeat=N]
+//	        (level=#N gives a raw level number)
+//	decide now=17s [verbose]
+//
+// observe with repeat=N observes N epochs, each one interval after the
+// one before. decide prints the decision; verbose adds the estimates and
+// the plan of every level.
+
+var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of the testdata scripts")
+
+func TestScripts(t *testing.T) {
+	files, err := filepath.Glob("testdata/*.txt")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no scripts: %v", err)
+	}
+	for _, f := range files {
+		t.Run(strings.TrimSuffix(filepath.Base(f), ".txt"), func(t *testing.T) { runScript(t, f) })
+	}
+}
+
+func runScript(t *testing.T, path string) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	var out strings.Builder
+	s := &scriptState{}
+	for i := 0; i < len(lines); i++ {
+		line := lines[i]
+		if strings.TrimSpace(line) == "" || strings.HasPrefix(line, "#") {
+			out.WriteString(line + "\n")
+			continue
+		}
+		cmdLine := i + 1
+		if i+1 >= len(lines) || lines[i+1] != "----" {
+			t.Fatalf("%s:%d: %q is not followed by ----", path, cmdLine, line)
+		}
+		i += 2
+		var want []string
+		for ; i < len(lines) && lines[i] != ""; i++ {
+			want = append(want, lines[i])
+		}
+		i-- // the blank line, if any, is written by the loop
+		got := s.run(t, line)
+		if !*rewrite && got != strings.Join(want, "\n") {
+			t.Errorf("%s:%d: %s\ngot:\n%s\nwant:\n%s", path, cmdLine, line, got, strings.Join(want, "\n"))
+		}
+		fmt.Fprintf(&out, "%s\n----\n%s\n", line, got)
+	}
+	if *rewrite {
+		if err := os.WriteFile(path, []byte(out.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+type scriptState struct {
+	ctl *Controller
+}
+
+// args splits "k=v k2=v2 flag" into a map.
+func scriptArgs(fields []string) map[string]string {
+	m := map[string]string{}
+	for _, f := range fields {
+		k, v, _ := strings.Cut(f, "=")
+		m[k] = v
+	}
+	return m
+}
+
+func parseBytes(s string) (float64, error) {
+	units := []struct {
+		suffix string
+		mult   float64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"GB", 1e9}, {"MB", 1e6}, {"kB", 1e3}, {"B", 1}}
+	for _, u := range units {
+		if n, ok := strings.CutSuffix(s, u.suffix); ok {
+			v, err := strconv.ParseFloat(n, 64)
+			return v * u.mult, err
+		}
+	}
+	return strconv.ParseFloat(s, 64)
+}
+
+func (s *scriptState) run(t *testing.T, line string) string {
+	fields := strings.Fields(line)
+	a := scriptArgs(fields[1:])
+	var errs []string
+	dur := func(k string) time.Duration {
+		if a[k] == "" {
+			return 0
+		}
+		d, err := time.ParseDuration(a[k])
+		if err != nil {
+			errs = append(errs, err.Error())
+		}
+		return d
+	}
+	at := func(k string) time.Time {
+		if a[k] == "" {
+			return time.Time{}
+		}
+		return simBase.Add(dur(k))
+	}
+	bytes := func(k string) float64 {
+		if a[k] == "" {
+			return 0
+		}
+		v, err := parseBytes(a[k])
+		if err != nil {
+			errs = append(errs, err.Error())
+		}
+		return v
+	}
+	float := func(k string) float64 {
+		if a[k] == "" {
+			return 0
+		}
+		v, err := strconv.ParseFloat(a[k], 64)
+		if err != nil {
+			errs = append(errs, err.Error())
+		}
+		return v
+	}
+	level := func(k string) Level { // a name, or #N for a raw (maybe invalid) value
+		var l Level
+		if n, ok := strings.CutPrefix(a[k], "#"); ok {
+			v, err := strconv.ParseUint(n, 10, 8)
+			if err != nil {
+				errs = append(errs, err.Error())
+			}
+			return Level(v)
+		}
+		if a[k] != "" {
+			if err := l.UnmarshalText([]byte(a[k])); err != nil {
+				errs = append(errs, err.Error())
+			}
+		}
+		return l
+	}
+	check := func() {
+		if len(errs) > 0 {
+			t.Fatalf("%s: %s", line, strings.Join(errs, "; "))
+		}
+	}
+
+	switch fields[0] {
+	case "config":
+		c := Config{
+			RPOTarget: dur("rpo"), MinInterval: dur("min"), MaxInterval: dur("max"), BandwidthCap: bytes("cap"),
+			StartLevel: level("start"), Margin: float("margin"), TargetBusy: float("targetbusy"),
+			MaxBusy: float("maxbusy"), MaxCPUShare: float("cpushare"),
+		}
+		if a["levels"] != "" {
+			for _, n := range strings.Split(a["levels"], ",") {
+				var l Level
+				if err := l.UnmarshalText([]byte(n)); err != nil {
+					errs = append(errs, err.Error())
+				}
+				c.Levels = append(c.Levels, l)
+			}
+		}
+		check()
+		ctl, err := New(c)
+		if err != nil {
+			return "error: " + strings.ReplaceAll(err.Error(), "\n", "\nerror: ")
+		}
+		s.ctl = ctl
+		return "ok"
+	case "observe":
+		o := Observation{
+			Cut: at("cut"), Committed: at("commit"), Interval: dur("interval"),
+			ChangedBytes: int64(bytes("changed")), DedupedBytes: int64(bytes("dedup")), WireBytes: int64(bytes("wire")),
+			SendTime: dur("send"), CPUTime: dur("cpu"), Level: level("level"),
+		}
+		n := 1
+		if a["repeat"] != "" {
+			n, _ = strconv.Atoi(a["repeat"])
+		}
+		check()
+		for range n {
+			s.ctl.Observe(o)
+			if !o.Cut.IsZero() {
+				o.Cut = o.Cut.Add(o.Interval)
+			}
+			if !o.Committed.IsZero() {
+				o.Committed = o.Committed.Add(o.Interval)
+			}
+		}
+		if n > 1 {
+			return fmt.Sprintf("ok: %d epochs", n)
+		}
+		return "ok"
+	case "decide":
+		now := at("now")
+		check()
+		d := s.ctl.Decide(now)
+		var b strings.Builder
+		fmt.Fprintf(&b, "next=%s interval=%s level=%s lag=%s breach=%v kind=%s\n", rel(d.NextCut), d.Interval, d.Level,
+			d.PredictedLag.Round(time.Millisecond), d.Breach, d.Kind)
+		fmt.Fprintf(&b, "reason: %s", d.Reason)
+		if _, ok := a["verbose"]; ok {
+			e := d.Estimates
+			fmt.Fprintf(&b, "\nestimates: %d observations, goodput %s (measured %s), overhead %s, dedup %.2f",
+				e.Observations, fmtRate(e.Goodput), fmtRate(e.MeasuredGoodput), e.Overhead.Round(time.Millisecond), e.DedupRatio)
+			fmt.Fprintf(&b, "\ncurve: C(T) = %.3g·T^%.2f on [%s, %s]; at %s: %.1f MB changed, %.1f MB wire, dirty %s, wire %s per guest second",
+				e.DirtyA, e.DirtyB, e.DirtyRange[0].Round(time.Millisecond), e.DirtyRange[1].Round(time.Millisecond), d.Interval,
+				e.Changed/1e6, e.Wire/1e6, fmtRate(e.DirtyRate), fmtRate(e.WireRate))
+			fmt.Fprintf(&b, "\nplan: send %s, cpu %s, busy %.2f, growth %.2f",
+				e.SendTime.Round(time.Millisecond), e.CPUTime.Round(time.Millisecond), e.Busy, e.LagGrowth)
+			for l := range Level(NumLevels) {
+				m := " "
+				if e.Measured[l] {
+					m = "*"
+				}
+				fmt.Fprintf(&b, "\nlevel %-7s ratio %.3f%s speed %s", l, e.CompressionRatio[l], m, fmtRate(e.CompressSpeed[l]))
+			}
+			for _, p := range d.Plans {
+				fmt.Fprintf(&b, "\nplan %-7s %-12s %s lag %s busy %.2f cpu %.2f", p.Level, p.Kind, p.Interval,
+					p.PredictedLag.Round(100*time.Millisecond), p.Busy, p.CPUShare)
+			}
+		}
+		return b.String()
+	}
+	t.Fatalf("unknown command %q", line)
+	return ""
+}
+
+func rel(at time.Time) string {
+	if at.IsZero() {
+		return "zero"
+	}
+	return at.Sub(simBase).Round(time.Millisecond).String()
+}
