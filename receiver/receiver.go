@@ -55,6 +55,68 @@ type EpochStats struct {
 	Cut       time.Time
 	WireBytes uint64 // received on this connection during the epoch
 	RawBytes  uint64 // after decompression
+	// RAM lists the replica's RAM blocks and the pages this connection
+	// wrote in them during the epoch (items staged by an earlier
+	// connection of a resumed epoch are not included).
+	RAM []RAMWrites
+}
+
+// RAMWrites is one RAM block of a committed epoch.
+type RAMWrites struct {
+	Name    string
+	File    string // the block's image, a path in the receiver's file system
+	Size    int64
+	Written []PageRange
+}
+
+// PageRange is count pages from page first.
+type PageRange struct{ First, Count int64 }
+
+// ramWrites collects the RAM pages an epoch's items write.
+type ramWrites struct {
+	kinds map[uint16]wire.Target
+	pages map[uint16][]PageRange
+}
+
+func newRAMWrites(b *wire.EpochBegin) *ramWrites {
+	w := &ramWrites{kinds: map[uint16]wire.Target{}, pages: map[uint16][]PageRange{}}
+	for _, t := range b.Targets {
+		if t.Kind == wire.KindRAM {
+			w.kinds[t.ID] = t
+		}
+	}
+	return w
+}
+
+func (w *ramWrites) add(it wire.Item) {
+	var target uint16
+	var pr PageRange
+	switch it := it.(type) {
+	case *wire.MemRun:
+		target, pr = it.Target, PageRange{int64(it.Page), int64(len(it.Data) / wire.PageSize)}
+	case *wire.PageRef:
+		target, pr = it.Target, PageRange{int64(it.Page), int64(it.Count)}
+	case *wire.ZeroRun:
+		target, pr = it.Target, PageRange{int64(it.Offset / wire.PageSize), int64(it.Length / wire.PageSize)}
+	default:
+		return
+	}
+	if _, ok := w.kinds[target]; ok {
+		w.pages[target] = append(w.pages[target], pr)
+	}
+}
+
+// stats names the blocks by their replica files.
+func (w *ramWrites) stats(dir string, m *replica.Manifest) []RAMWrites {
+	var out []RAMWrites
+	for id, t := range w.kinds {
+		e := m.Find(wire.KindRAM, t.Name)
+		if e == nil {
+			continue
+		}
+		out = append(out, RAMWrites{Name: t.Name, File: path.Join(dir, e.File), Size: e.Size, Written: w.pages[id]})
+	}
+	return out
 }
 
 // DefaultAckBytes is AckBytes when left zero.
@@ -237,6 +299,7 @@ func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser)
 	me := &holder{fingerprint: peer.Fingerprint, stop: func() { rw.Close() }, done: make(chan struct{})}
 	owned := false // this connection holds vm
 	var epochWire0, epochRaw0 uint64
+	var writes *ramWrites
 	defer func() {
 		if rep != nil {
 			// Whatever was staged becomes durable, so a reconnecting sender
@@ -316,12 +379,14 @@ func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser)
 			if err := rep.Begin(f.(*wire.EpochBegin)); err != nil {
 				return err
 			}
+			writes = newRAMWrites(f.(*wire.EpochBegin))
 			epochWire0, epochRaw0 = dec.Stats().WireBytes, dec.Stats().RawBytes
 		case stepItem:
 			it := f.(wire.Item)
 			if err := rep.Append(it); err != nil {
 				return err
 			}
+			writes.add(it)
 			if wantSync {
 				n, err := rep.Sync()
 				if err != nil {
@@ -340,7 +405,8 @@ func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser)
 			log.Info("epoch committed", "vm", vm, "epoch", c.Epoch, "items", c.Items)
 			if r.o.OnCommit != nil {
 				st := dec.Stats()
-				r.o.OnCommit(EpochStats{VM: vm, Peer: peer, Epoch: c.Epoch, Cut: m.Cut, WireBytes: st.WireBytes - epochWire0, RawBytes: st.RawBytes - epochRaw0})
+				r.o.OnCommit(EpochStats{VM: vm, Peer: peer, Epoch: c.Epoch, Cut: m.Cut, WireBytes: st.WireBytes - epochWire0, RawBytes: st.RawBytes - epochRaw0,
+					RAM: writes.stats(path.Join(r.o.Root, vm), m)})
 			}
 			rep.Close()
 			rep = nil

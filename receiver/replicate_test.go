@@ -1,6 +1,7 @@
 package receiver_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"math/rand/v2"
@@ -197,4 +198,48 @@ func TestTakenOverReplicaRefusesEpochs(t *testing.T) {
 		t.Fatal(err)
 	}
 	rep.Close()
+}
+
+// TestCommitReportsRAMWrites: the commit hook names each RAM block's file
+// and the pages the epoch wrote, which is what the warm-page keeper learns
+// the hot set from.
+func TestCommitReportsRAMWrites(t *testing.T) {
+	rfs := memfs.New()
+	var got []receiver.EpochStats
+	rcv, err := receiver.New(receiver.Options{Root: "/replicas", FS: rfs, Authorize: allowAll, Now: now,
+		OnCommit: func(s receiver.EpochStats) { got = append(got, s) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src := newSource(rand.New(rand.NewPCG(9, 9)))
+	s := newSender(t, src, testkit.PipeDialer(rcv, alice), memfs.New())
+	defer s.Close()
+	if _, err := s.RunEpoch(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	src.Mutate(func() {
+		ram := src.Targets[1].Data
+		copy(ram[5*4096:], bytes.Repeat([]byte{7}, 3*4096)) // pages 5-7
+		clear(ram[900*4096 : 901*4096])                     // page 900, if it held data
+		ram[900*4096] = 1
+	})
+	if _, err := s.RunEpoch(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || len(got[1].RAM) != 1 {
+		t.Fatalf("commit stats: %+v", got)
+	}
+	r := got[1].RAM[0]
+	if r.Name != "pc.ram" || r.Size != 4<<20 || !strings.HasPrefix(r.File, "/replicas/web-1/") {
+		t.Fatalf("RAM block %+v", r)
+	}
+	pages := map[int64]bool{}
+	for _, w := range r.Written {
+		for p := w.First; p < w.First+w.Count; p++ {
+			pages[p] = true
+		}
+	}
+	if len(pages) != 4 || !pages[5] || !pages[6] || !pages[7] || !pages[900] {
+		t.Fatalf("written pages %v", r.Written)
+	}
 }

@@ -41,7 +41,15 @@ type ReceiverConfig struct {
 type StorageConfig struct {
 	// Dir holds one replica directory per VM.
 	Dir string `toml:"dir"`
+	// WarmPages keeps each VM's hot RAM pages (written in recent epochs)
+	// pinned in memory, so a failover never waits on cold storage for
+	// them; WarmMax caps it per RAM block (default a quarter of the block).
+	WarmPages *bool `toml:"warm_pages"`
+	WarmMax   Size  `toml:"warm_max"`
 }
+
+// warm reports whether hot pages are kept pinned (the default).
+func (s *StorageConfig) warm() bool { return s.WarmPages == nil || *s.WarmPages }
 
 // SenderEntry is one [[sender]]: a sender and the VMs it may write.
 type SenderEntry struct {

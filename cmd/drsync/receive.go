@@ -24,6 +24,7 @@ import (
 	"github.com/drsync/drsync/tlsid"
 	"github.com/drsync/drsync/transport"
 	"github.com/drsync/drsync/vfs"
+	"github.com/drsync/drsync/warmset"
 )
 
 const (
@@ -95,6 +96,15 @@ func receive(ctx context.Context, e *env, cfg *ReceiverConfig, log *slog.Logger)
 	defer unlock()
 
 	status := &receiverStatusWriter{cfg: cfg, log: log, now: e.now, byVM: map[string]*receiverStatus{}}
+	onCommit := status.commit
+	if cfg.Storage.warm() {
+		keeper := warmset.NewKeeper(warmset.Options{MaxBytes: int64(cfg.Storage.WarmMax)}, log)
+		defer keeper.Close()
+		onCommit = func(s receiver.EpochStats) {
+			status.commit(s)
+			status.hot(s.VM, keeper.Commit(s.VM, warmBlocks(s)))
+		}
+	}
 	rcv, err := receiver.New(receiver.Options{
 		Root:      cfg.Storage.Dir,
 		FS:        vfs.Default,
@@ -102,7 +112,7 @@ func receive(ctx context.Context, e *env, cfg *ReceiverConfig, log *slog.Logger)
 		AckBytes:  uint64(cfg.AckEvery),
 		Now:       e.now,
 		Logger:    log,
-		OnCommit:  status.commit,
+		OnCommit:  onCommit,
 		OnError:   status.fail,
 	})
 	if err != nil {
@@ -257,6 +267,30 @@ func (w *receiverStatusWriter) commit(s receiver.EpochStats) {
 	if err := writeJSONAtomic(path, st); err != nil {
 		w.log.Warn("cannot write receiver status", "vm", s.VM, "err", err)
 	}
+}
+
+// hot records the size of vm's hot set.
+func (w *receiverStatusWriter) hot(vm string, bytes int64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	st, path := w.load(vm)
+	st.HotSetBytes = bytes
+	if err := writeJSONAtomic(path, st); err != nil {
+		w.log.Warn("cannot write receiver status", "vm", vm, "err", err)
+	}
+}
+
+// warmBlocks converts an epoch's RAM writes for the keeper.
+func warmBlocks(s receiver.EpochStats) []warmset.BlockEpoch {
+	var out []warmset.BlockEpoch
+	for _, r := range s.RAM {
+		b := warmset.BlockEpoch{Name: r.Name, File: r.File, Size: r.Size}
+		for _, w := range r.Written {
+			b.Written = append(b.Written, warmset.Run{First: w.First, Count: w.Count})
+		}
+		out = append(out, b)
+	}
+	return out
 }
 
 // fail records why a connection writing vm failed.

@@ -124,6 +124,8 @@ type vmStatusView struct {
 	Updated             time.Time `json:"updated,omitzero"`
 	// GuestPause summarises the guest pauses of a live VM's recent epochs.
 	GuestPause *pauseSummary `json:"guest_pause,omitempty"`
+	// HotSetBytes is the RAM a receiver keeps pinned for a fast failover.
+	HotSetBytes *int64 `json:"hot_set_bytes,omitempty"`
 }
 
 // pauseSummary is the guest pause per epoch over the recent epochs.
@@ -231,6 +233,7 @@ func receiverStatuses(cfg *ReceiverConfig, now time.Time) ([]vmStatusView, []err
 			}
 		}
 		row.BytesReceived = &st.BytesReceived
+		row.HotSetBytes = &st.HotSetBytes
 		rows = append(rows, row)
 	}
 	return rows, problems
@@ -241,7 +244,7 @@ func printStatusTable(w io.Writer, kind string, rows []vmStatusView) {
 	if kind == "sender" {
 		fmt.Fprintln(tw, "VM\tEPOCH\tCUT (UTC)\tRPO LAG\tSENT\tPAUSE LAST/MED/MAX\tFAILURES\tLAST ERROR")
 	} else {
-		fmt.Fprintln(tw, "VM\tEPOCH\tCUT (UTC)\tRPO LAG\tRECEIVED\tLAST PEER\tLAST ERROR")
+		fmt.Fprintln(tw, "VM\tEPOCH\tCUT (UTC)\tRPO LAG\tRECEIVED\tHOT SET\tLAST PEER\tLAST ERROR")
 	}
 	for _, r := range rows {
 		cut, lag := "-", "-"
@@ -269,7 +272,11 @@ func printStatusTable(w io.Writer, kind string, rows []vmStatusView) {
 			}
 			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.VM, r.Epoch, cut, lag, formatBytes(deref(r.BytesSent)), pause, failures, lastErr)
 		} else {
-			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\n", r.VM, r.Epoch, cut, lag, formatBytes(deref(r.BytesReceived)), orDash(truncate(r.LastPeer, 40)), lastErr)
+			hot := "-"
+			if r.HotSetBytes != nil && *r.HotSetBytes > 0 {
+				hot = formatBytes(uint64(*r.HotSetBytes))
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.VM, r.Epoch, cut, lag, formatBytes(deref(r.BytesReceived)), hot, orDash(truncate(r.LastPeer, 40)), lastErr)
 		}
 	}
 	tw.Flush()

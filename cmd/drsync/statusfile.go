@@ -75,6 +75,9 @@ type receiverStatus struct {
 	LastError   string    `json:"last_error,omitempty"`
 	LastErrorAt time.Time `json:"last_error_at,omitzero"`
 	Updated     time.Time `json:"updated"`
+	// HotSetBytes is the RAM kept pinned for a fast failover: the pages
+	// written in recent epochs.
+	HotSetBytes int64 `json:"hot_set_bytes"`
 }
 
 type peerInfo struct {
