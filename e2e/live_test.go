@@ -360,6 +360,14 @@ func TestLiveContinuous(t *testing.T) {
 	t.Logf("%d epochs; guest pause median %.1f ms, max %.1f ms; longest gap between serial ticks %v; replica records %d..%d",
 		gp.Epochs, gp.MedianMS, gp.MaxMS, gap.Round(time.Millisecond), recs.First, recs.Last)
 	t.Logf("drsync status:\n%s", testkit.MustRun(t, "status", "--config", p.sendCfg))
+	var rrows []struct {
+		HotSetBytes *int64 `json:"hot_set_bytes"`
+	}
+	if err := json.Unmarshal([]byte(testkit.MustRun(t, "status", "--json", "--config", p.recvCfg)), &rrows); err != nil || len(rrows) != 1 || rrows[0].HotSetBytes == nil || *rrows[0].HotSetBytes <= 0 {
+		t.Errorf("receiver status has no hot set: %v %+v", err, rrows)
+	} else {
+		t.Logf("receiver keeps %d KiB of hot guest pages pinned:\n%s", *rrows[0].HotSetBytes>>10, testkit.MustRun(t, "status", "--config", p.recvCfg))
+	}
 	// Ticks are 50 ms apart; TCG on a busy 2-core host adds jitter.
 	if limit := time.Duration(gp.MaxMS*float64(time.Millisecond)) + 250*time.Millisecond; gap > limit {
 		t.Errorf("the guest's ticks stopped for %v, more than the longest pause plus jitter (%v)", gap, limit)
