@@ -140,6 +140,11 @@ type replicated struct {
 // replicateGuest boots the test guest with memMiB of RAM, a raw and a
 // qcow2 disk, and replicates it for epochs epochs into dir/replicas/app-1.
 func replicateGuest(t testing.TB, memMiB, epochs int) replicated {
+	return replicateGuestWith(t, memMiB, epochs, nil)
+}
+
+// replicateGuestWith is replicateGuest with a commit hook on the receiver.
+func replicateGuestWith(t testing.TB, memMiB, epochs int, onCommit func(receiver.EpochStats)) replicated {
 	t.Helper()
 	hosttools.Need(t, "qemu-system-x86_64", "qemu-img")
 	kernel, initrd := guest.Build(t)
@@ -151,7 +156,7 @@ func replicateGuest(t testing.TB, memMiB, epochs int) replicated {
 		t.Fatal(err)
 	}
 	rcv, err := receiver.New(receiver.Options{Root: filepath.Join(dir, "replicas"), FS: vfs.Default, Now: time.Now,
-		Authorize: func(receiver.Peer, string) error { return nil }})
+		Authorize: func(receiver.Peer, string) error { return nil }, OnCommit: onCommit})
 	if err != nil {
 		t.Fatal(err)
 	}
