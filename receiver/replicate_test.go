@@ -243,3 +243,62 @@ func TestCommitReportsRAMWrites(t *testing.T) {
 		t.Fatalf("written pages %v", r.Written)
 	}
 }
+
+// TestDedupReferencesDiskPages: with dedup on, memory pages that equal a
+// disk page of the same cut (a guest's page cache) travel as references,
+// verified on the sender, and the replica's RAM still equals the source's.
+func TestDedupReferencesDiskPages(t *testing.T) {
+	rng := rand.New(rand.NewPCG(11, 12))
+	rfs := memfs.New()
+	src := newSource(rng)
+	disk, ram := src.Targets[0], src.Targets[1]
+	page := func(b []byte, i int) []byte { return b[i*4096 : (i+1)*4096] }
+	fill := func(b []byte) {
+		for i := range b {
+			b[i] = byte(rng.Uint32())
+		}
+	}
+	// The "page cache": RAM pages 100-163 hold disk pages 40-103; RAM page
+	// 300 holds disk page 7.
+	src.Mutate(func() {
+		for i := 0; i < len(disk.Data)/4096; i++ {
+			if i%3 == 0 {
+				fill(page(disk.Data, i)) // files on the disk
+			}
+		}
+		for i := range 64 {
+			fill(page(disk.Data, 40+i))
+			copy(page(ram.Data, 100+i), page(disk.Data, 40+i))
+		}
+		copy(page(ram.Data, 300), page(disk.Data, 7))
+		copy(page(disk.Data, 7), bytes.Repeat([]byte{0x5a}, 4096))
+		copy(page(ram.Data, 300), page(disk.Data, 7))
+	})
+	s, err := sender.New(sender.Options{VM: "web-1", Source: src, Dialer: testkit.PipeDialer(newReceiver(t, rfs), alice),
+		Store: sender.Store{FS: memfs.New(), Dir: "/s"}, Compression: wire.CompressFast, Now: now, Dedup: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for e := 1; e <= 3; e++ {
+		want := src.SourceState()
+		res, err := s.RunEpoch(context.Background())
+		if err != nil {
+			t.Fatalf("epoch %d: %v", e, err)
+		}
+		checkReplica(t, rfs, want, uint64(e))
+		t.Logf("epoch %d: RAM pages as data %d, as references %d, as zeros %d; %d data bytes", e, res.RAMDataPages, res.RAMRefPages, res.RAMZeroPages, res.DataBytes)
+		if e == 1 && res.RAMRefPages < 65 {
+			t.Fatalf("epoch 1: %d references, want the 65 page-cache pages at least", res.RAMRefPages)
+		}
+		// The guest reads more files: RAM takes copies of other disk pages,
+		// and the disk changes under a page that was referenced before.
+		src.Mutate(func() {
+			for i := range 16 {
+				fill(page(disk.Data, 200+i+e*20))
+				copy(page(ram.Data, 500+i+e*20), page(disk.Data, 200+i+e*20))
+			}
+			copy(page(disk.Data, 41), bytes.Repeat([]byte{byte(e)}, 4096))
+		})
+	}
+}

@@ -20,10 +20,13 @@ var ErrSourceChanged = errors.New("source changed during the epoch")
 type PlanItem struct {
 	Type     wire.Type
 	Target   uint16
-	Off, Len int64    // bytes (for MemRun too; the frame carries pages)
-	Hashes   []uint64 // per block, data items
+	Off, Len int64    // bytes (for MemRun and PageRef too; their frames carry pages)
+	Hashes   []uint64 // per block, data items and references
 	DataHash uint64
 	dev      []byte // device state chunk
+	// PageRef: the disk target and byte offset the pages are copied from.
+	SrcTarget uint16
+	SrcOff    int64
 }
 
 // Plan is an epoch worked out against the replica's known content: what to
@@ -43,6 +46,10 @@ type Plan struct {
 	// Scanned counts bytes compared; Changed and Zeroed the bytes that go
 	// as data and as zero runs.
 	Scanned, Changed, Zeroed int64
+	// RAM pages of the epoch by how they travel.
+	RAMDataPages, RAMRefPages, RAMZeroPages int64
+
+	dd *Dedup // nil: no references
 }
 
 // planChunk is how much of a target is read at once while planning.
@@ -51,7 +58,16 @@ const planChunk = 4 << 20
 // BuildPlan compares snap against base (the replica's tables; nil tables
 // mean unknown content, so every block is sent) and lays out epoch.
 func BuildPlan(ctx context.Context, epoch uint64, snap *Snapshot, choice baseChoice, base *Index) (*Plan, error) {
-	p := &Plan{Epoch: epoch, Cut: snap.Cut, Base: choice, Next: &Index{Epoch: epoch, Tables: map[string]*blockhash.Table{}}}
+	return buildPlan(ctx, epoch, snap, choice, base, nil)
+}
+
+// buildPlan is BuildPlan with memory pages turned into references to disk
+// pages where dd finds them.
+func buildPlan(ctx context.Context, epoch uint64, snap *Snapshot, choice baseChoice, base *Index, dd *Dedup) (*Plan, error) {
+	p := &Plan{Epoch: epoch, Cut: snap.Cut, Base: choice, Next: &Index{Epoch: epoch, Tables: map[string]*blockhash.Table{}}, dd: dd}
+	if dd != nil {
+		dd.begin(snap)
+	}
 	if len(snap.Targets) > wire.MaxTargets {
 		return nil, fmt.Errorf("plan epoch %d: %d targets, at most %d", epoch, len(snap.Targets), wire.MaxTargets)
 	}
@@ -123,10 +139,14 @@ func (p *Plan) add(it PlanItem) {
 	if it.Type == wire.TypeMemRun {
 		s.Offset /= wire.PageSize
 	}
+	if it.Type == wire.TypePageRef {
+		s.Offset, s.Length, s.DataHash = uint64(it.Off/wire.PageSize), uint64(it.Len/wire.PageSize), 0
+		s.Source, s.SrcTarget, s.SrcOffset = wire.RefDisk, it.SrcTarget, uint64(it.SrcOff)
+	}
 	if it.Type == wire.TypeDeviceState {
 		s.Target = 0
 	}
-	if it.Type != wire.TypeZeroRun {
+	if it.Type != wire.TypeZeroRun && it.Type != wire.TypePageRef {
 		p.Bytes += uint64(it.Len)
 	}
 	p.Items = append(p.Items, it)
@@ -146,7 +166,7 @@ func (rb *runBuilder) flush() {
 	if rb.cur == nil {
 		return
 	}
-	if rb.cur.Type != wire.TypeZeroRun {
+	if rb.cur.Type != wire.TypeZeroRun && rb.cur.Type != wire.TypePageRef {
 		rb.cur.DataHash = rb.h.Sum64()
 	}
 	rb.p.add(*rb.cur)
@@ -172,6 +192,17 @@ func (rb *runBuilder) block(off int64, data []byte, zero bool, hash uint64) {
 	}
 }
 
+// ref adds a page that travels as a reference to a disk page.
+func (rb *runBuilder) ref(off int64, hash uint64, src uint16, srcOff int64) {
+	if c := rb.cur; c != nil && c.Type == wire.TypePageRef && c.Off+c.Len == off && c.SrcTarget == src && c.SrcOff+c.Len == srcOff && c.Len < wire.MaxData {
+		c.Len += wire.PageSize
+	} else {
+		rb.flush()
+		rb.cur = &PlanItem{Type: wire.TypePageRef, Target: rb.target, Off: off, Len: wire.PageSize, SrcTarget: src, SrcOff: srcOff}
+	}
+	rb.cur.Hashes = append(rb.cur.Hashes, hash)
+}
+
 // scanTarget compares every block of t with old and returns the new table.
 func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockhash.Table) (*blockhash.Table, error) {
 	if t.Size <= 0 || t.BlockSize < 512 || t.BlockSize&(t.BlockSize-1) != 0 {
@@ -193,6 +224,12 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 	bs := int64(t.BlockSize)
 	if t.Prev != nil && (t.Prev.Size != t.Size || t.Prev.BlockSize != t.BlockSize) {
 		return nil, fmt.Errorf("previous cut's table is %d bytes at %d-byte blocks, the target %d at %d", t.Prev.Size, t.Prev.BlockSize, t.Size, t.BlockSize)
+	}
+	// The content index needs every disk read whole once; after that the
+	// blocks read for changes keep it current.
+	indexDisk := p.dd != nil && t.Kind == wire.KindDisk
+	if indexDisk && p.dd.needsFullRead(t.Name) {
+		t.Prev = nil
 	}
 	chunk := planChunk - planChunk%bs
 	if chunk == 0 {
@@ -264,9 +301,35 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 				h = blockhash.Hash(blk)
 			}
 			next.Hashes[i] = h
+			if indexDisk {
+				switch {
+				case zero:
+					p.dd.zero(t.Name, off+b, int64(len(blk)))
+				case known[b/bs] != unchangedBlock:
+					p.dd.update(t.Name, off+b, blk)
+				}
+			}
 			if old != nil && old.Hashes[i] == h {
 				rb.flush()
 				continue
+			}
+			if t.Kind == wire.KindRAM && zero {
+				p.RAMZeroPages++
+			}
+			if t.Kind == wire.KindRAM && !zero && p.dd != nil && len(blk) == wire.PageSize {
+				if known[b/bs] == unchangedBlock {
+					if _, err := t.Reader.ReadAt(blk, off+b); err != nil && err != io.EOF {
+						return nil, fmt.Errorf("read at %d: %w", off+b, err)
+					}
+				}
+				if src, srcOff, ok := p.dd.find(h, blk); ok {
+					rb.ref(off+b, h, src, srcOff)
+					p.RAMRefPages++
+					continue
+				}
+			}
+			if t.Kind == wire.KindRAM && !zero {
+				p.RAMDataPages++
 			}
 			if known[b/bs] == unchangedBlock && !zero {
 				// Unchanged since the previous cut but not what the replica
@@ -285,6 +348,9 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 		}
 	}
 	rb.flush()
+	if indexDisk {
+		p.dd.scanned(t.Name)
+	}
 	return next, nil
 }
 
@@ -328,6 +394,21 @@ func (p *Plan) Frame(snap *Snapshot, i int) (wire.Item, error) {
 	switch it.Type {
 	case wire.TypeZeroRun:
 		return &wire.ZeroRun{Seq: seq, Target: it.Target, Offset: uint64(it.Off), Length: uint64(it.Len)}, nil
+	case wire.TypePageRef:
+		// The replica copies these pages from its disk; check they still
+		// are what was planned, like any data.
+		t := snap.Targets[it.Target]
+		data := make([]byte, it.Len)
+		if _, err := t.Reader.ReadAt(data, it.Off); err != nil && err != io.EOF {
+			return nil, fmt.Errorf("read %s at %d: %w", t.Name, it.Off, err)
+		}
+		for j, want := range it.Hashes {
+			if blockhash.Hash(data[j*wire.PageSize:(j+1)*wire.PageSize]) != want {
+				return nil, fmt.Errorf("%s page at %d: %w", t.Name, it.Off+int64(j*wire.PageSize), ErrSourceChanged)
+			}
+		}
+		return &wire.PageRef{Seq: seq, Target: it.Target, Page: uint64(it.Off / wire.PageSize), Count: uint32(it.Len / wire.PageSize),
+			Source: wire.RefDisk, SrcTarget: it.SrcTarget, SrcOffset: uint64(it.SrcOff)}, nil
 	case wire.TypeDeviceState:
 		return &wire.DeviceState{Seq: seq, Offset: uint64(it.Off), Total: uint64(len(snap.DeviceState)), Data: it.dev}, nil
 	}

@@ -238,3 +238,57 @@ func TestPlanTrustsUnchangedExtents(t *testing.T) {
 		t.Error("a previous table of another size was accepted")
 	}
 }
+
+// TestDedupNeverTrustsAStaleIndex: the index says disk page 5 holds X,
+// but in this cut it does not (a change the index was not told of): the
+// memory page holding X must travel as data, not as a reference.
+func TestDedupNeverTrustsAStaleIndex(t *testing.T) {
+	const ps = wire.PageSize
+	x := bytes.Repeat([]byte{0xC3}, ps)
+	disk := make([]byte, 16*ps)
+	ram := make([]byte, 8*ps)
+	copy(ram[2*ps:], x)
+	dd, err := NewDedup(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dd.update("vda", 5*ps, x)
+	dd.scanned("vda") // as if read whole earlier; the planner will not re-read it
+	snap := &Snapshot{Cut: time.Unix(1, 0), Close: func() error { return nil }, Targets: []Target{
+		{Kind: wire.KindDisk, Name: "vda", Size: int64(len(disk)), BlockSize: 4 * ps, Reader: bytes.NewReader(disk),
+			Prev:    blockhash.NewZero(int64(len(disk)), 4*ps),
+			Extents: func(context.Context, int64, int64) ([]Extent, error) { return []Extent{{Off: 0, Len: int64(len(disk)), Unchanged: true}}, nil }},
+		{Kind: wire.KindRAM, Name: "pc.ram", Size: int64(len(ram)), BlockSize: ps, Reader: bytes.NewReader(ram)},
+	}}
+	p, err := buildPlan(context.Background(), 1, snap, baseFresh, nil, dd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.RAMRefPages != 0 || p.RAMDataPages != 1 {
+		t.Fatalf("stale index: %d references, %d data pages", p.RAMRefPages, p.RAMDataPages)
+	}
+	// Once the disk really holds X there (and the index learns it, as it
+	// does from the blocks the planner reads), the page is a reference.
+	copy(disk[5*ps:], x)
+	snap.Targets[0].Reader = bytes.NewReader(disk)
+	prev := blockhash.NewZero(int64(len(disk)), 4*ps)
+	for i := range prev.Hashes {
+		prev.Hashes[i] = blockhash.Hash(disk[i*4*ps : (i+1)*4*ps])
+	}
+	snap.Targets[0].Prev = prev
+	dd.update("vda", 4*ps, disk[4*ps:8*ps])
+	p, err = buildPlan(context.Background(), 1, snap, baseFresh, nil, dd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.RAMRefPages != 1 || len(p.Items) != 2 || p.Items[1].Type != wire.TypePageRef || p.Items[1].SrcOff != 5*ps {
+		t.Fatalf("valid index: %+v", p.Items)
+	}
+	f, err := p.Frame(snap, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, ok := f.(*wire.PageRef); !ok || r.Page != 2 || r.Count != 1 || r.SrcOffset != 5*ps || r.Source != wire.RefDisk {
+		t.Fatalf("frame %+v", f)
+	}
+}

@@ -36,6 +36,10 @@ type Options struct {
 	Logger      *slog.Logger
 	// Progress, if set, is called as items are sent.
 	Progress func(Progress)
+	// Dedup sends memory pages that equal a disk page of the same cut as
+	// references to it (see Dedup); DedupEntries bounds its index.
+	Dedup        bool
+	DedupEntries int
 }
 
 // Progress reports an epoch in flight.
@@ -80,6 +84,9 @@ type Result struct {
 	// Pause is how long the guest was stopped for the cut, and
 	// HypervisorDowntime the part QEMU itself reports (live sources only).
 	Pause, HypervisorDowntime time.Duration
+	// RAM pages changed in the epoch, by how they travelled: as data, as
+	// references to disk pages the replica holds, as zero runs.
+	RAMDataPages, RAMRefPages, RAMZeroPages int64
 }
 
 // Sender replicates one VM: each RunEpoch cuts a snapshot, works out what
@@ -94,6 +101,7 @@ type Sender struct {
 	// The epoch in flight survives a broken connection, so the next attempt
 	// resumes it instead of cutting a new one.
 	inflight *attempt
+	dedup    *Dedup
 }
 
 type attempt struct {
@@ -122,7 +130,15 @@ func New(o Options) (*Sender, error) {
 	if l == nil {
 		l = slog.New(slog.DiscardHandler)
 	}
-	return &Sender{o: o, log: l.With("vm", o.VM)}, nil
+	s := &Sender{o: o, log: l.With("vm", o.VM)}
+	if o.Dedup {
+		d, err := NewDedup(o.DedupEntries)
+		if err != nil {
+			return nil, fmt.Errorf("sender: %w", err)
+		}
+		s.dedup = d
+	}
+	return s, nil
 }
 
 // Close drops the connection and any epoch in flight.
@@ -245,7 +261,7 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 		if err != nil {
 			return nil, fmt.Errorf("epoch %d: snapshot: %w", epoch, err)
 		}
-		plan, err := BuildPlan(ctx, epoch, snap, choice, s.committed)
+		plan, err := buildPlan(ctx, epoch, snap, choice, s.committed, s.dedup)
 		if err != nil {
 			snap.Close()
 			return nil, err
@@ -255,7 +271,8 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 		}
 		a = &attempt{plan: plan, snap: snap, baseID: pos.StateID, started: s.o.Now()}
 		a.res = Result{Epoch: epoch, Cut: plan.Cut, Base: choice.String(), Items: len(plan.Items), DataBytes: plan.Bytes, Scanned: plan.Scanned,
-			Pause: snap.Pause, HypervisorDowntime: snap.HypervisorDowntime}
+			Pause: snap.Pause, HypervisorDowntime: snap.HypervisorDowntime,
+			RAMDataPages: plan.RAMDataPages, RAMRefPages: plan.RAMRefPages, RAMZeroPages: plan.RAMZeroPages}
 		s.inflight = a
 	}
 	p := a.plan

@@ -73,9 +73,15 @@ type VMConfig struct {
 	// <state dir>/<vm>/live.
 	WorkDir           string `toml:"work_dir"`
 	AllowUntestedQEMU bool   `toml:"allow_untested_qemu"`
+	// Dedup sends memory pages that equal a disk page of the same cut
+	// (the guest's page cache) as references (default true).
+	Dedup *bool `toml:"dedup"`
 
 	compression wire.Compression
 }
+
+// dedup reports whether memory pages may travel as references.
+func (v *VMConfig) dedup() bool { return v.Dedup == nil || *v.Dedup }
 
 // live reports whether the VM is a running QEMU guest.
 func (v *VMConfig) live() bool { return v.QMP != "" }

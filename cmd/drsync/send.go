@@ -216,6 +216,7 @@ func newVMLoop(e *env, cfg *SenderConfig, v *VMConfig, dialer sender.Dialer, o s
 		Compression: v.compression,
 		Now:         e.now,
 		Logger:      o.log,
+		Dedup:       v.dedup(),
 	}
 	if o.bar != nil {
 		so.Progress = func(p sender.Progress) { o.bar.update(v.Name, p) }
@@ -333,6 +334,9 @@ func (l *vmLoop) committed(res *sender.Result) {
 	if res.Pause > 0 {
 		attrs = append(attrs, "guest_pause", res.Pause.Round(10*time.Microsecond), "qemu_downtime", res.HypervisorDowntime)
 	}
+	if res.RAMDataPages+res.RAMRefPages+res.RAMZeroPages > 0 {
+		attrs = append(attrs, "ram_pages_data", res.RAMDataPages, "ram_pages_ref", res.RAMRefPages, "ram_pages_zero", res.RAMZeroPages)
+	}
 	l.log.Info("epoch committed", attrs...)
 	l.status.success(res)
 }
@@ -380,6 +384,7 @@ func (r *senderStatusRecorder) success(res *sender.Result) {
 		DataBytes: res.DataBytes, ScannedBytes: res.Scanned, WireBytes: res.WireBytes,
 		ResentBytes: res.ResentBytes, Attempts: res.Attempts, DurationSeconds: res.Duration.Seconds(),
 		PauseMS: ms(res.Pause), QEMUDowntimeMS: ms(res.HypervisorDowntime),
+		RAMDataPages: res.RAMDataPages, RAMRefPages: res.RAMRefPages, RAMZeroPages: res.RAMZeroPages,
 	}
 	if res.Pause > 0 {
 		r.st.RecentPausesMS = append(r.st.RecentPausesMS, ms(res.Pause))

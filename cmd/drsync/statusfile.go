@@ -56,6 +56,11 @@ type epochResult struct {
 	// STOP to the return of cont); QEMUDowntimeMS is QEMU's own figure.
 	PauseMS        float64 `json:"pause_ms,omitempty"`
 	QEMUDowntimeMS float64 `json:"qemu_downtime_ms,omitempty"`
+	// Changed RAM pages by how they travelled: as data, as references to
+	// disk pages the replica holds (dedup), as zero runs.
+	RAMDataPages int64 `json:"ram_pages_data"`
+	RAMRefPages  int64 `json:"ram_pages_ref"`
+	RAMZeroPages int64 `json:"ram_pages_zero"`
 }
 
 // receiverStatus is a receiver's record of one VM.
