@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/drsync/drsync/receiver"
+	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/testkit"
 	"github.com/drsync/drsync/vfs"
@@ -37,13 +38,20 @@ func (d *swapDialer) dialer() sender.Dialer {
 // checks that the replica recovers to exactly the previous or the new epoch
 // and that replication then completes.
 func TestCrashAtEveryStep(t *testing.T) {
+	t.Run("no recovery points", func(t *testing.T) { crashAtEveryStep(t, 0) })
+	// Keeping recovery points adds the undo capture to every apply; a
+	// crash anywhere in it must leave no torn point behind.
+	t.Run("two recovery points", func(t *testing.T) { crashAtEveryStep(t, 2) })
+}
+
+func crashAtEveryStep(t *testing.T, keep int) {
 	// Count the file operations of one epoch.
 	count := func() int {
 		rng := rand.New(rand.NewPCG(7, 7))
 		rfs := memfs.NewStrict()
 		src := newSource(rng)
 		d := &swapDialer{}
-		d.set(newReceiver(t, rfs))
+		d.set(newReceiver(t, rfs, keepPoints(keep)))
 		s := newSender(t, src, d.dialer(), memfs.New())
 		defer s.Close()
 		for e := 1; e <= 2; e++ {
@@ -54,7 +62,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 		}
 		c := &errorfs.Counter{}
 		s.Disconnect()
-		d.set(newReceiver(t, errorfs.Wrap(rfs, c)))
+		d.set(newReceiver(t, errorfs.Wrap(rfs, c), keepPoints(keep)))
 		if _, err := s.RunEpoch(context.Background()); err != nil {
 			t.Fatal(err)
 		}
@@ -73,7 +81,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 			rfs := memfs.NewStrict()
 			src := newSource(rng)
 			d := &swapDialer{}
-			d.set(newReceiver(t, rfs))
+			d.set(newReceiver(t, rfs, keepPoints(keep)))
 			s := newSender(t, src, d.dialer(), memfs.New())
 			defer s.Close()
 			var before map[string][]byte
@@ -87,7 +95,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 			after := src.SourceState()
 			inj := errorfs.OnIndex(i, errorfs.ErrInjected)
 			s.Disconnect()
-			d.set(newReceiver(t, errorfs.Wrap(rfs, inj)))
+			d.set(newReceiver(t, errorfs.Wrap(rfs, inj), keepPoints(keep)))
 			_, err := s.RunEpoch(context.Background())
 			if inj.Fired() && err == nil {
 				// The failure hit after the commit was acknowledged
@@ -95,7 +103,7 @@ func TestCrashAtEveryStep(t *testing.T) {
 				t.Logf("op %d failed after commit", i)
 			}
 			crashed := rfs.Crash()
-			rcv := newReceiver(t, crashed)
+			rcv := newReceiver(t, crashed, keepPoints(keep))
 			if err := rcv.RecoverAll(); err != nil {
 				t.Fatalf("recover after failing op %d: %v", i, err)
 			}
@@ -111,6 +119,16 @@ func TestCrashAtEveryStep(t *testing.T) {
 			}
 			outcomes[epoch]++
 			checkReplica(t, crashed, state, epoch)
+			if keep > 0 && epoch == 3 {
+				// Epoch 3 landed: epoch 2 must be restorable, exactly.
+				to := fmt.Sprintf("/restore-%d", i)
+				if _, err := replica.Materialize(crashed, "/replicas/web-1", 2, to); err != nil {
+					t.Fatalf("after failing op %d: epoch 2 cannot be restored: %v", i, err)
+				}
+				if _, st2, err := testkit.ReplicaState(crashed, to); err != nil || testkit.DiffStates(before, st2) != "" {
+					t.Fatalf("after failing op %d: restored epoch 2 differs: %v %s", i, err, testkit.DiffStates(before, st2))
+				}
+			}
 			s.Disconnect()
 			d.set(rcv)
 			res, err := s.RunEpoch(context.Background())

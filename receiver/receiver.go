@@ -38,6 +38,9 @@ type Options struct {
 	AckBytes uint64
 	Now      func() time.Time
 	Logger   *slog.Logger
+	// KeepPoints retains this many earlier epochs of each replica as
+	// recovery points (replica.Options.KeepPoints).
+	KeepPoints int
 	// OnCommit, if set, is called after each committed epoch.
 	OnCommit func(EpochStats)
 	// OnError, if set, is called when a connection that was writing vm (the
@@ -168,7 +171,7 @@ func New(o Options) (*Receiver, error) {
 }
 
 func (r *Receiver) replicaOptions(vm string) replica.Options {
-	return replica.Options{FS: r.o.FS, Dir: path.Join(r.o.Root, vm), VM: vm, Now: r.o.Now, Logger: r.log}
+	return replica.Options{FS: r.o.FS, Dir: path.Join(r.o.Root, vm), VM: vm, Now: r.o.Now, Logger: r.log, KeepPoints: r.o.KeepPoints}
 }
 
 // RecoverAll opens every replica under Root once, so that whatever a crash

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -24,9 +26,13 @@ var alice = receiver.Peer{Fingerprint: "sha256:aa", Name: "alice"}
 
 func allowAll(receiver.Peer, string) error { return nil }
 
-func newReceiver(t *testing.T, fsys vfs.FS) *receiver.Receiver {
+func newReceiver(t *testing.T, fsys vfs.FS, opts ...func(*receiver.Options)) *receiver.Receiver {
 	t.Helper()
-	r, err := receiver.New(receiver.Options{Root: "/replicas", FS: fsys, Authorize: allowAll, AckBytes: 256 << 10, Now: now})
+	o := receiver.Options{Root: "/replicas", FS: fsys, Authorize: allowAll, AckBytes: 256 << 10, Now: now}
+	for _, f := range opts {
+		f(&o)
+	}
+	r, err := receiver.New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -301,4 +307,60 @@ func TestDedupReferencesDiskPages(t *testing.T) {
 			copy(page(disk.Data, 41), bytes.Repeat([]byte{byte(e)}, 4096))
 		})
 	}
+}
+
+func keepPoints(n int) func(*receiver.Options) { return func(o *receiver.Options) { o.KeepPoints = n } }
+
+// TestRecoveryPoints: with two recovery points kept, the replica can be
+// rolled back to either of the two epochs before its newest, exactly, and
+// the rolled-back copy verifies; older epochs are pruned.
+func TestRecoveryPoints(t *testing.T) {
+	rng := rand.New(rand.NewPCG(21, 22))
+	rfs := memfs.New()
+	src := newSource(rng)
+	s := newSender(t, src, testkit.PipeDialer(newReceiver(t, rfs, keepPoints(2)), alice), memfs.New())
+	defer s.Close()
+	states := map[uint64]map[string][]byte{}
+	for e := uint64(1); e <= 5; e++ {
+		states[e] = src.SourceState()
+		if _, err := s.RunEpoch(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		mutate(rng, src, int(e))
+		src.Mutate(func() { src.Targets[0].Data = append(src.Targets[0].Data, make([]byte, 64<<10)...) }) // the disk grows
+	}
+	pts, err := replica.Points(rfs, "/replicas/web-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var eps []uint64
+	for _, p := range pts {
+		eps = append(eps, p.Manifest.Epoch)
+	}
+	if !slices.Equal(eps, []uint64{3, 4, 5}) {
+		t.Fatalf("points %v, want [3 4 5]", eps)
+	}
+	for _, e := range eps {
+		to := fmt.Sprintf("/restore-%d", e)
+		m, err := replica.Materialize(rfs, "/replicas/web-1", e, to)
+		if err != nil {
+			t.Fatalf("materialize %d: %v", e, err)
+		}
+		_, state, err := testkit.ReplicaState(rfs, to)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d := testkit.DiffStates(states[e], state); d != "" || m.Epoch != e {
+			t.Fatalf("epoch %d restored wrong: %s", e, d)
+		}
+		rep, err := replica.Verify(rfs, to, "web-1")
+		if err != nil || !rep.OK() {
+			t.Fatalf("restored epoch %d does not verify: %v %v", e, err, rep)
+		}
+	}
+	if _, err := replica.Materialize(rfs, "/replicas/web-1", 2, "/restore-2"); err == nil || !strings.Contains(err.Error(), "no recovery point for epoch 2") {
+		t.Fatalf("pruned point: %v", err)
+	}
+	// The replica itself is still at its newest epoch.
+	checkReplica(t, rfs, states[5], 5)
 }

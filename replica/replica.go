@@ -47,6 +47,9 @@ type Options struct {
 	// AllowTakenOver opens a replica that a takeover marked (see
 	// MarkTakenOver); without it Open refuses with ErrTakenOver.
 	AllowTakenOver bool
+	// KeepPoints retains this many earlier epochs as recovery points (see
+	// points.go); 0 keeps none.
+	KeepPoints int
 }
 
 // DefaultMaxTargetSize is the largest target a replica accepts by default.
@@ -785,6 +788,11 @@ func (r *Replica) apply() error {
 			}
 		}
 	}
+	// What this epoch overwrites of the last one is saved (and durable)
+	// before the first image write, if recovery points are kept.
+	if err := r.capturePoint(st, images); err != nil {
+		return err
+	}
 	// Data and zeros first, in journal order, straight from the journal.
 	_, tail, err := journal.Scan(r.o.FS, r.p(journalName), r.o.VM, func(off int64, fr wire.Frame) error {
 		switch f := fr.(type) {
@@ -867,6 +875,9 @@ func (r *Replica) apply() error {
 		if err := r.o.FS.Remove(r.p(old.DeviceState.File)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			r.log.Warn("remove old device state", "file", old.DeviceState.File, "err", err)
 		}
+	}
+	if r.o.KeepPoints > 0 || old.Epoch > 0 {
+		r.prunePoints()
 	}
 	r.log.Info("epoch applied", "epoch", epoch, "items", len(st.items), "bytes", st.bytes)
 	return nil
