@@ -79,6 +79,21 @@ func (e QEMUEnv) Preflight(ctx context.Context, rb *Runbook, vm *VM) (Ready, err
 		return Ready{}, err
 	}
 	r := Ready{Epoch: m.Epoch, Cut: m.Cut}
+	if rb.Epoch != 0 || !rb.Before.IsZero() {
+		e, err := takeover.ResolvePoint(dir, rb.Epoch, rb.Before)
+		if err != nil {
+			return Ready{}, err
+		}
+		pts, err := replica.Points(vfs.Default, dir)
+		if err != nil {
+			return Ready{}, err
+		}
+		for _, p := range pts {
+			if p.Manifest.Epoch == e {
+				r.Epoch, r.Cut = e, p.Manifest.Cut
+			}
+		}
+	}
 	mark, err := replica.TakenOver(vfs.Default, dir)
 	if err != nil {
 		return Ready{}, err
@@ -125,6 +140,7 @@ func (e QEMUEnv) Start(ctx context.Context, rb *Runbook, vm *VM) (Started, error
 	o := takeover.Options{
 		Replica: filepath.Join(rb.Replicas, vm.Name), WorkDir: workDir(rb, vm),
 		QEMU: vm.QEMU, Args: vm.Args, Disks: vm.Disks, MainRAM: vm.MainRAM, Fence: fence(rb),
+		Epoch: rb.Epoch, Before: rb.Before,
 	}
 	if rb.Drill {
 		// Isolated: no NICs; and the replica is neither fenced nor used.

@@ -25,6 +25,10 @@ type Runbook struct {
 	// replica, without NICs and without hooks, replication goes on, and
 	// everything is torn down at the end.
 	Drill bool
+	// Epoch or Before pick a retained recovery point instead of the
+	// newest epoch (see takeover.Options).
+	Epoch  uint64
+	Before time.Time
 }
 
 // When a hook runs.

@@ -64,6 +64,12 @@ type Options struct {
 	// file system can, else copied sparse), so replication goes on into
 	// the replica while the copy runs: a DR drill.
 	Copy bool
+	// Epoch, if not 0, resumes that retained recovery point instead of the
+	// replica's newest epoch; Before, if set, the newest point cut before
+	// it (after corruption was replicated, say). The point is rebuilt in
+	// the work directory; the replica itself stays as it is.
+	Epoch  uint64
+	Before time.Time
 }
 
 // Validate reports what is wrong with o.
@@ -156,7 +162,20 @@ func Prepare(o Options) (*Plan, error) {
 		return nil, fmt.Errorf("takeover: %w", err)
 	}
 	base := o.Replica // where the images are read from
-	if o.Copy {
+	if pick, err := pickPoint(o.Replica, o.Epoch, o.Before, m.Epoch); err != nil {
+		return nil, err
+	} else if pick != m.Epoch {
+		base = filepath.Join(o.WorkDir, fmt.Sprintf("point-%d", pick))
+		if err := os.RemoveAll(base); err != nil {
+			return nil, fmt.Errorf("takeover: %w", err)
+		}
+		if m, err = replica.Materialize(vfs.Default, o.Replica, pick, base); err != nil {
+			return nil, fmt.Errorf("takeover: recovery point %d: %w", pick, err)
+		}
+		if m.DeviceState == nil {
+			return nil, fmt.Errorf("takeover: recovery point %d has no device state: %w", pick, ErrNoMemory)
+		}
+	} else if o.Copy {
 		base = filepath.Join(o.WorkDir, "copy")
 		if err := copyImages(o.Replica, base, m, o.Disks); err != nil {
 			return nil, fmt.Errorf("takeover: copy the replica: %w", err)
@@ -236,6 +255,56 @@ func Prepare(o Options) (*Plan, error) {
 	args = append(args, "-qmp", "unix:"+p.QMP+",server=on,wait=off", "-incoming", "exec:cat "+shellQuote(p.Stream))
 	p.Command = append([]string{o.QEMU}, args...)
 	return p, nil
+}
+
+// ResolvePoint says which epoch of the replica in dir a takeover with
+// Options.Epoch and Options.Before resumes, without changing anything.
+func ResolvePoint(dir string, epoch uint64, before time.Time) (uint64, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "MANIFEST"))
+	if err != nil {
+		return 0, err
+	}
+	m, err := replica.ParseManifest(b)
+	if err != nil {
+		return 0, err
+	}
+	return pickPoint(dir, epoch, before, m.Epoch)
+}
+
+// pickPoint chooses the epoch to resume: the newest, or the point asked for.
+func pickPoint(dir string, epoch uint64, before time.Time, newest uint64) (uint64, error) {
+	if epoch == 0 && before.IsZero() {
+		return newest, nil
+	}
+	o := struct {
+		Replica string
+		Epoch   uint64
+		Before  time.Time
+	}{dir, epoch, before}
+	pts, err := replica.Points(vfs.Default, o.Replica)
+	if err != nil {
+		return 0, fmt.Errorf("takeover: recovery points: %w", err)
+	}
+	var have []string
+	pick := uint64(0)
+	for _, p := range pts {
+		pm := p.Manifest
+		have = append(have, fmt.Sprintf("%d (cut %s)", pm.Epoch, pm.Cut.UTC().Format(time.RFC3339)))
+		switch {
+		case o.Epoch != 0 && pm.Epoch == o.Epoch:
+			pick = pm.Epoch
+		case o.Epoch == 0 && pm.Cut.Before(o.Before):
+			pick = pm.Epoch // points are oldest first: the last one wins
+		}
+	}
+	if pick == 0 {
+		want := fmt.Sprintf("epoch %d", o.Epoch)
+		if o.Epoch == 0 {
+			want = "a point cut before " + o.Before.UTC().Format(time.RFC3339)
+		}
+		return 0, fmt.Errorf("takeover: replica %s keeps no %s; it has %s", o.Replica, want, strings.Join(have, ", "))
+	}
+	return pick, nil
 }
 
 // copyImages copies what a VM needs of the replica in dir (its RAM images,

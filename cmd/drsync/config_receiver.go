@@ -46,6 +46,10 @@ type StorageConfig struct {
 	// them; WarmMax caps it per RAM block (default a quarter of the block).
 	WarmPages *bool `toml:"warm_pages"`
 	WarmMax   Size  `toml:"warm_max"`
+	// KeepPoints retains this many epochs before the newest as recovery
+	// points a failover can resume (--epoch, --before). Each costs the
+	// data its next epoch overwrote.
+	KeepPoints int `toml:"keep_points"`
 }
 
 // warm reports whether hot pages are kept pinned (the default).
@@ -105,6 +109,9 @@ func (c *ReceiverConfig) Validate() error {
 	}
 	if c.Storage.Dir == "" {
 		return &configError{f, "storage.dir", errors.New("missing: the directory holding the replicas")}
+	}
+	if k := c.Storage.KeepPoints; k < 0 || k > 1000 {
+		return &configError{f, "storage.keep_points", fmt.Errorf("%d: want 0 (none) to 1000", k)}
 	}
 	if len(c.Senders) == 0 {
 		return &configError{f, "sender", errors.New("no [[sender]] entries: every sender would be refused")}

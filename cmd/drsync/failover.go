@@ -16,10 +16,12 @@ func failoverCommand() *command {
 	var path string
 	var dry, drill bool
 	var hold time.Duration
+	var epoch uint64
+	var before string
 	c := &command{
 		name:  "failover",
 		short: "bring VMs up at the DR site from their replicas, by a runbook",
-		args:  "--runbook FILE [--dry-run | --drill [--hold DURATION]]",
+		args:  "--runbook FILE [--dry-run | --drill [--hold DURATION]] [--epoch N | --before TIME]",
 		summary: `Run a failover runbook at the DR site: hooks before (fence the failed
 site), then the VMs group by group, each resumed from its replica's last
 committed epoch with its memory (no reboot) and checked healthy before the
@@ -30,6 +32,10 @@ again: the run log (log = ..., default <work_dir>/run.log) says what is done.
 --dry-run prints the plan and checks every replica, starting nothing.
 The started VMs keep running after drsync exits.
 
+--epoch N or --before TIME resume a retained recovery point (receiver
+option keep_points) instead of the newest epoch, e.g. after corruption was
+replicated; the point is rebuilt in the work directory.
+
 --drill tests the runbook without a disaster: each VM starts from a copy
 of its replica's committed epoch (the replica is not touched and
 replication goes on), without its NICs and without hooks; the checks run,
@@ -39,6 +45,8 @@ then the VMs are stopped and the copies removed.`,
 			set.BoolVar(&dry, "dry-run", false, "print the plan and check the replicas; start nothing")
 			set.BoolVar(&drill, "drill", false, "DR test: start isolated copies, check them, tear them down")
 			set.DurationVar(&hold, "hold", 0, "with --drill: keep the VMs up this long after their checks (or until interrupted)")
+			set.Uint64Var(&epoch, "epoch", 0, "resume this retained recovery point instead of the newest epoch")
+			set.StringVar(&before, "before", "", "resume the newest recovery point cut before TIME (RFC 3339, e.g. 2026-11-22T08:00:00Z)")
 		},
 	}
 	c.run = func(ctx context.Context, e *env, _ *flag.FlagSet, args []string) error {
@@ -55,6 +63,17 @@ then the VMs are stopped and the copies removed.`,
 		if err != nil {
 			return err
 		}
+		if epoch != 0 && before != "" {
+			return usagef("--epoch and --before exclude each other")
+		}
+		if before != "" {
+			t, err := time.Parse(time.RFC3339, before)
+			if err != nil {
+				return usagef("--before %q: want RFC 3339 time, e.g. 2026-11-22T08:00:00Z", before)
+			}
+			rb.Before = t
+		}
+		rb.Epoch = epoch
 		if drill {
 			// A drill starts afresh every time; its log is its own.
 			rb.Drill = true

@@ -106,14 +106,15 @@ func receive(ctx context.Context, e *env, cfg *ReceiverConfig, log *slog.Logger)
 		}
 	}
 	rcv, err := receiver.New(receiver.Options{
-		Root:      cfg.Storage.Dir,
-		FS:        vfs.Default,
-		Authorize: newAuthorizer(cfg).authorize,
-		AckBytes:  uint64(cfg.AckEvery),
-		Now:       e.now,
-		Logger:    log,
-		OnCommit:  onCommit,
-		OnError:   status.fail,
+		Root:       cfg.Storage.Dir,
+		FS:         vfs.Default,
+		Authorize:  newAuthorizer(cfg).authorize,
+		AckBytes:   uint64(cfg.AckEvery),
+		Now:        e.now,
+		Logger:     log,
+		OnCommit:   onCommit,
+		KeepPoints: cfg.Storage.KeepPoints,
+		OnError:    status.fail,
 	})
 	if err != nil {
 		return err
