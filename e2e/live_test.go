@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -337,6 +339,13 @@ func grepLines(s, substr string, n int) string {
 func TestLiveContinuous(t *testing.T) {
 	vm, _ := liveGuest(t, 256, nil)
 	p := livePair(t, vm, `min_interval = "1s"`)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metricsAddr := l.Addr().String()
+	l.Close()
+	p.write("sender.toml", fmt.Sprintf("metrics = %q\n", metricsAddr)+string(mustRead(t, p.sendCfg)))
 	start := time.Now()
 	snd := testkit.Start(t, p.path("sender.log"), "send", "--config", p.sendCfg)
 	deadline := time.Now().Add(3 * time.Minute)
@@ -347,6 +356,18 @@ func TestLiveContinuous(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	end := time.Now()
+	resp, err := http.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`drsync_sender_rpo_lag_seconds{vm="guest-1"}`, `drsync_sender_guest_pause_seconds_count{vm="guest-1"}`,
+		`drsync_sender_epoch_interval_seconds{vm="guest-1"}`, `drsync_sender_goodput_bytes_per_second{vm="guest-1"}`} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
 	snd.Signal(syscall.SIGTERM)
 	if code, err := snd.Wait(30 * time.Second); code != 0 || err != nil {
 		t.Fatalf("sender exit %d %v:\n%s", code, err, snd.Log())

@@ -24,7 +24,9 @@ const (
 
 // ReceiverConfig is the receiver's configuration file.
 type ReceiverConfig struct {
-	Listen   string `toml:"listen"`
+	Listen string `toml:"listen"`
+	// Metrics, if set, is the host:port of a Prometheus endpoint (/metrics).
+	Metrics  string `toml:"metrics"`
 	AckEvery Size   `toml:"ack_every"`
 	CA       string `toml:"ca"`
 	// IdleTimeout declares a connection dead after this long without

@@ -29,6 +29,8 @@ const (
 
 // SenderConfig is the sender's configuration file.
 type SenderConfig struct {
+	// Metrics, if set, is the host:port of a Prometheus endpoint (/metrics).
+	Metrics  string             `toml:"metrics"`
 	Identity IdentityConfig     `toml:"identity"`
 	Receiver ReceiverPeerConfig `toml:"receiver"`
 	State    StateConfig        `toml:"state"`

@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/drsync/drsync/metrics"
 	"github.com/drsync/drsync/receiver"
 	"github.com/drsync/drsync/tlsid"
 	"github.com/drsync/drsync/transport"
@@ -96,13 +97,31 @@ func receive(ctx context.Context, e *env, cfg *ReceiverConfig, log *slog.Logger)
 	defer unlock()
 
 	status := &receiverStatusWriter{cfg: cfg, log: log, now: e.now, byVM: map[string]*receiverStatus{}}
-	onCommit := status.commit
+	var met *metrics.Receiver
+	if cfg.Metrics != "" {
+		met = metrics.NewReceiver(e.now)
+		addr, err := metrics.Serve(ctx, cfg.Metrics, met.Handler())
+		if err != nil {
+			return &configError{cfg.file, "metrics", err}
+		}
+		log.Info("metrics", "addr", "http://"+addr.String()+"/metrics")
+	}
+	var keeper *warmset.Keeper
 	if cfg.Storage.warm() {
-		keeper := warmset.NewKeeper(warmset.Options{MaxBytes: int64(cfg.Storage.WarmMax)}, log)
+		keeper = warmset.NewKeeper(warmset.Options{MaxBytes: int64(cfg.Storage.WarmMax)}, log)
 		defer keeper.Close()
-		onCommit = func(s receiver.EpochStats) {
-			status.commit(s)
-			status.hot(s.VM, keeper.Commit(s.VM, warmBlocks(s)))
+	}
+	onCommit := func(s receiver.EpochStats) {
+		status.commit(s)
+		if met != nil {
+			met.Committed(s.VM, s.Cut, s.WireBytes, s.RawBytes)
+		}
+		if keeper != nil {
+			hot := keeper.Commit(s.VM, warmBlocks(s))
+			status.hot(s.VM, hot)
+			if met != nil {
+				met.HotSet(s.VM, hot)
+			}
 		}
 	}
 	rcv, err := receiver.New(receiver.Options{

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/drsync/drsync/livecut"
+	"github.com/drsync/drsync/metrics"
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/tlsid"
 	"github.com/drsync/drsync/vfs"
@@ -108,6 +109,7 @@ type sendOptions struct {
 	retries int // per epoch; negative: until success
 	log     *slog.Logger
 	bar     *progressBar // nil unless stderr is a terminal
+	metrics *metrics.Sender
 }
 
 func send(ctx context.Context, e *env, cfg *SenderConfig, vms []*VMConfig, o sendOptions) error {
@@ -120,6 +122,14 @@ func send(ctx context.Context, e *env, cfg *SenderConfig, vms []*VMConfig, o sen
 		return err
 	}
 	dialer := quicDialer(cfg.Receiver.Address, tlsid.ClientTLS(id, trust), cfg.transportOptions())
+	if cfg.Metrics != "" {
+		o.metrics = metrics.NewSender(e.now)
+		addr, err := metrics.Serve(ctx, cfg.Metrics, o.metrics.Handler())
+		if err != nil {
+			return &configError{cfg.file, "metrics", err}
+		}
+		o.log.Info("metrics", "addr", "http://"+addr.String()+"/metrics")
+	}
 	loops := make([]*vmLoop, 0, len(vms))
 	defer func() {
 		for _, l := range loops {
@@ -170,16 +180,17 @@ func send(ctx context.Context, e *env, cfg *SenderConfig, vms []*VMConfig, o sen
 
 // vmLoop replicates one VM.
 type vmLoop struct {
-	vm     *VMConfig
-	snd    *sender.Sender
-	runner epochRunner
-	status *senderStatusRecorder
-	log    *slog.Logger
-	bar    *progressBar
-	once   bool
-	now    func() time.Time
-	sleep  func(ctx context.Context, d time.Duration) error
-	source io.Closer // a live source to tear down at the end, if any
+	vm      *VMConfig
+	snd     *sender.Sender
+	runner  epochRunner
+	status  *senderStatusRecorder
+	metrics *metrics.Sender // nil without an endpoint
+	log     *slog.Logger
+	bar     *progressBar
+	once    bool
+	now     func() time.Time
+	sleep   func(ctx context.Context, d time.Duration) error
+	source  io.Closer // a live source to tear down at the end, if any
 }
 
 func newVMLoop(e *env, cfg *SenderConfig, v *VMConfig, dialer sender.Dialer, o sendOptions) (*vmLoop, error) {
@@ -226,15 +237,16 @@ func newVMLoop(e *env, cfg *SenderConfig, v *VMConfig, dialer sender.Dialer, o s
 		return nil, fmt.Errorf("vm %s: %w", v.Name, err)
 	}
 	l := &vmLoop{
-		vm:     v,
-		snd:    snd,
-		status: loadSenderStatus(filepath.Join(dir, senderStatusFile), v.Name, e.now, log),
-		log:    log,
-		bar:    o.bar,
-		once:   o.once,
-		now:    e.now,
-		sleep:  sleepCtx,
-		source: closer,
+		vm:      v,
+		snd:     snd,
+		status:  loadSenderStatus(filepath.Join(dir, senderStatusFile), v.Name, e.now, log),
+		metrics: o.metrics,
+		log:     log,
+		bar:     o.bar,
+		once:    o.once,
+		now:     e.now,
+		sleep:   sleepCtx,
+		source:  closer,
 	}
 	r := newRetrier(snd, o.retries)
 	r.onFailure = l.failed
@@ -339,6 +351,10 @@ func (l *vmLoop) committed(res *sender.Result) {
 	}
 	l.log.Info("epoch committed", attrs...)
 	l.status.success(res)
+	if l.metrics != nil {
+		l.metrics.Committed(l.vm.Name, metrics.Epoch{Cut: res.Cut, Duration: res.Duration, ChangedBytes: res.DataBytes, WireBytes: res.WireBytes,
+			Resent: res.ResentBytes, Pause: res.Pause, RAMDataPages: res.RAMDataPages, RAMRefPages: res.RAMRefPages, RAMZero: res.RAMZeroPages})
+	}
 }
 
 // failed is the retrier's onFailure hook.
@@ -347,6 +363,9 @@ func (l *vmLoop) failed(err error, wait time.Duration) {
 		l.bar.done(l.vm.Name)
 	}
 	l.status.failure(err)
+	if l.metrics != nil {
+		l.metrics.Failed(l.vm.Name)
+	}
 	// The last failure is reported by run, which knows why it stops.
 	if wait > 0 {
 		l.log.Warn("epoch failed; retrying", "err", err, "retry_in", wait, "consecutive_failures", l.status.st.ConsecutiveFailures)

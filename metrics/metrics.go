@@ -1,0 +1,169 @@
+package metrics
+
+import (
+	"context"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// lag is a gauge computed at scrape time from the newest committed cut.
+type lag struct {
+	desc *prometheus.Desc
+	now  func() time.Time
+	mu   sync.Mutex
+	cuts map[string]time.Time
+}
+
+func newLag(name, help string, now func() time.Time) *lag {
+	return &lag{desc: prometheus.NewDesc(name, help, []string{"vm"}, nil), now: now, cuts: map[string]time.Time{}}
+}
+
+func (l *lag) set(vm string, cut time.Time) {
+	l.mu.Lock()
+	l.cuts[vm] = cut
+	l.mu.Unlock()
+}
+
+func (l *lag) Describe(ch chan<- *prometheus.Desc) { ch <- l.desc }
+
+func (l *lag) Collect(ch chan<- prometheus.Metric) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	now := l.now()
+	for vm, cut := range l.cuts {
+		ch <- prometheus.MustNewConstMetric(l.desc, prometheus.GaugeValue, now.Sub(cut).Seconds(), vm)
+	}
+}
+
+// Sender holds a sender's metrics.
+type Sender struct {
+	reg      *prometheus.Registry
+	lag      *lag
+	interval *prometheus.GaugeVec
+	epochs   *prometheus.CounterVec
+	failures *prometheus.CounterVec
+	bytes    *prometheus.CounterVec
+	pages    *prometheus.CounterVec
+	pause    *prometheus.HistogramVec
+	goodput  *prometheus.GaugeVec
+
+	mu      sync.Mutex
+	lastCut map[string]time.Time
+}
+
+// NewSender registers a sender's metrics; now is read at scrape time.
+func NewSender(now func() time.Time) *Sender {
+	s := &Sender{
+		reg:      prometheus.NewRegistry(),
+		lag:      newLag("drsync_sender_rpo_lag_seconds", "Age of the cut of the newest epoch the receiver committed.", now),
+		interval: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "drsync_sender_epoch_interval_seconds", Help: "Time between the cuts of the last two committed epochs."}, []string{"vm"}),
+		epochs:   prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drsync_sender_epochs_total", Help: "Epochs the receiver committed."}, []string{"vm"}),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drsync_sender_failures_total", Help: "Failed epoch attempts."}, []string{"vm"}),
+		bytes:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drsync_sender_bytes_total", Help: "Bytes of committed epochs: changed (before compression), wire (sent), resent (sent again after a broken link)."}, []string{"vm", "kind"}),
+		pages:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drsync_sender_ram_pages_total", Help: "Changed RAM pages by how they travelled."}, []string{"vm", "how"}),
+		pause: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "drsync_sender_guest_pause_seconds", Help: "How long the guest was stopped to cut an epoch.",
+			Buckets: []float64{.002, .005, .01, .015, .02, .03, .05, .1, .2, .5, 1}}, []string{"vm"}),
+		goodput: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "drsync_sender_goodput_bytes_per_second", Help: "Wire bytes of the last epoch over its duration."}, []string{"vm"}),
+		lastCut: map[string]time.Time{},
+	}
+	s.reg.MustRegister(s.lag, s.interval, s.epochs, s.failures, s.bytes, s.pages, s.pause, s.goodput)
+	return s
+}
+
+// Epoch is what a committed epoch reports.
+type Epoch struct {
+	Cut                                time.Time
+	Duration                           time.Duration
+	ChangedBytes, WireBytes, Resent    uint64
+	Pause                              time.Duration // 0 for sources that never stop a guest
+	RAMDataPages, RAMRefPages, RAMZero int64
+}
+
+// Committed records a committed epoch of vm.
+func (s *Sender) Committed(vm string, e Epoch) {
+	s.lag.set(vm, e.Cut)
+	s.mu.Lock()
+	if prev, ok := s.lastCut[vm]; ok && e.Cut.After(prev) {
+		s.interval.WithLabelValues(vm).Set(e.Cut.Sub(prev).Seconds())
+	}
+	s.lastCut[vm] = e.Cut
+	s.mu.Unlock()
+	s.epochs.WithLabelValues(vm).Inc()
+	s.bytes.WithLabelValues(vm, "changed").Add(float64(e.ChangedBytes))
+	s.bytes.WithLabelValues(vm, "wire").Add(float64(e.WireBytes))
+	s.bytes.WithLabelValues(vm, "resent").Add(float64(e.Resent))
+	s.pages.WithLabelValues(vm, "data").Add(float64(e.RAMDataPages))
+	s.pages.WithLabelValues(vm, "reference").Add(float64(e.RAMRefPages))
+	s.pages.WithLabelValues(vm, "zero").Add(float64(e.RAMZero))
+	if e.Pause > 0 {
+		s.pause.WithLabelValues(vm).Observe(e.Pause.Seconds())
+	}
+	if e.Duration > 0 {
+		s.goodput.WithLabelValues(vm).Set(float64(e.WireBytes) / e.Duration.Seconds())
+	}
+}
+
+// Failed records a failed attempt.
+func (s *Sender) Failed(vm string) { s.failures.WithLabelValues(vm).Inc() }
+
+// Handler serves the metrics.
+func (s *Sender) Handler() http.Handler { return promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}) }
+
+// Receiver holds a receiver's metrics.
+type Receiver struct {
+	reg    *prometheus.Registry
+	lag    *lag
+	epochs *prometheus.CounterVec
+	bytes  *prometheus.CounterVec
+	hot    *prometheus.GaugeVec
+}
+
+// NewReceiver registers a receiver's metrics.
+func NewReceiver(now func() time.Time) *Receiver {
+	r := &Receiver{
+		reg:    prometheus.NewRegistry(),
+		lag:    newLag("drsync_receiver_rpo_lag_seconds", "Age of the cut of the replica's committed epoch.", now),
+		epochs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drsync_receiver_epochs_total", Help: "Epochs committed."}, []string{"vm"}),
+		bytes:  prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drsync_receiver_bytes_total", Help: "Bytes of committed epochs: wire (received), raw (after decompression)."}, []string{"vm", "kind"}),
+		hot:    prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "drsync_receiver_hot_set_bytes", Help: "Guest RAM kept pinned for a fast failover."}, []string{"vm"}),
+	}
+	r.reg.MustRegister(r.lag, r.epochs, r.bytes, r.hot)
+	return r
+}
+
+// Committed records a committed epoch of vm.
+func (r *Receiver) Committed(vm string, cut time.Time, wire, raw uint64) {
+	r.lag.set(vm, cut)
+	r.epochs.WithLabelValues(vm).Inc()
+	r.bytes.WithLabelValues(vm, "wire").Add(float64(wire))
+	r.bytes.WithLabelValues(vm, "raw").Add(float64(raw))
+}
+
+// HotSet records vm's hot-set size.
+func (r *Receiver) HotSet(vm string, bytes int64) { r.hot.WithLabelValues(vm).Set(float64(bytes)) }
+
+// Handler serves the metrics.
+func (r *Receiver) Handler() http.Handler { return promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{}) }
+
+// Serve serves h at /metrics on addr until ctx ends. It returns once the
+// listener is up (or failed), with the bound address.
+func Serve(ctx context.Context, addr string, h http.Handler) (net.Addr, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", h)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	go srv.Serve(ln) // ends when ctx closes the server
+	return ln.Addr(), nil
+}

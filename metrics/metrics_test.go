@@ -1,0 +1,73 @@
+package metrics
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+func scrape(t *testing.T, h http.Handler) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	addr, err := Serve(ctx, "127.0.0.1:0", h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get("http://" + addr.String() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+func TestSenderMetrics(t *testing.T) {
+	now := time.Unix(1000, 0)
+	s := NewSender(func() time.Time { return now })
+	s.Committed("web-1", Epoch{Cut: time.Unix(990, 0), Duration: 2 * time.Second, ChangedBytes: 100, WireBytes: 60, Pause: 12 * time.Millisecond, RAMDataPages: 3, RAMRefPages: 2})
+	s.Committed("web-1", Epoch{Cut: time.Unix(995, 0), Duration: time.Second, ChangedBytes: 50, WireBytes: 40, Resent: 4, Pause: 8 * time.Millisecond, RAMZero: 1})
+	s.Failed("web-1")
+	out := scrape(t, s.Handler())
+	for _, want := range []string{
+		`drsync_sender_rpo_lag_seconds{vm="web-1"} 5`,
+		`drsync_sender_epoch_interval_seconds{vm="web-1"} 5`,
+		`drsync_sender_epochs_total{vm="web-1"} 2`,
+		`drsync_sender_failures_total{vm="web-1"} 1`,
+		`drsync_sender_bytes_total{kind="wire",vm="web-1"} 100`,
+		`drsync_sender_bytes_total{kind="resent",vm="web-1"} 4`,
+		`drsync_sender_ram_pages_total{how="reference",vm="web-1"} 2`,
+		`drsync_sender_guest_pause_seconds_count{vm="web-1"} 2`,
+		`drsync_sender_guest_pause_seconds_bucket{vm="web-1",le="0.01"} 1`,
+		`drsync_sender_goodput_bytes_per_second{vm="web-1"} 40`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("missing %s in:\n%s", want, out)
+		}
+	}
+	now = now.Add(10 * time.Second) // the lag grows between epochs
+	if out := scrape(t, s.Handler()); !strings.Contains(out, `drsync_sender_rpo_lag_seconds{vm="web-1"} 15`) {
+		t.Errorf("lag not computed at scrape time:\n%s", out)
+	}
+}
+
+func TestReceiverMetrics(t *testing.T) {
+	r := NewReceiver(func() time.Time { return time.Unix(100, 0) })
+	r.Committed("db-1", time.Unix(97, 0), 10, 30)
+	r.HotSet("db-1", 4096)
+	out := scrape(t, r.Handler())
+	for _, want := range []string{
+		`drsync_receiver_rpo_lag_seconds{vm="db-1"} 3`,
+		`drsync_receiver_epochs_total{vm="db-1"} 1`,
+		`drsync_receiver_bytes_total{kind="raw",vm="db-1"} 30`,
+		`drsync_receiver_hot_set_bytes{vm="db-1"} 4096`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("missing %s in:\n%s", want, out)
+		}
+	}
+}
