@@ -360,3 +360,138 @@ func TestFailoverOlderPoint(t *testing.T) {
 	testkit.MustRun(t, "verify", "--replica", p.path("failover/guest-1/point-2"))
 	p.verify("guest-1")
 }
+
+// lastTick is the newest TICK of a serial log.
+func lastTick(t *testing.T, path string) [2]uint64 {
+	t.Helper()
+	ticks := parseTicks(mustRead(t, path))
+	if len(ticks) == 0 {
+		t.Fatalf("no ticks in %s", path)
+	}
+	return ticks[len(ticks)-1]
+}
+
+// TestFailback: after a failover to site B, the protected site A comes
+// back. Its old disks are seeded as a replica, the VM running at B is
+// replicated back sending only what differs, a final epoch pauses it at B,
+// and the runbook at A resumes it there from that epoch, with its memory.
+func TestFailback(t *testing.T) {
+	vm, dir := liveGuest(t, 256, nil)
+	p := livePair(t, vm, "")
+	testkit.MustRun(t, "send", "--once", "--config", p.sendCfg)
+	vm.Kill() // site A is lost
+	drSerial := p.path("dr-serial.log")
+	testkit.MustRun(t, "failover", "--runbook", p.runbookFile("runbook.toml", p.recvCfg, drSerial, ""))
+	t.Cleanup(func() { killDRVMs(p) })
+	time.Sleep(3 * time.Second) // the VM works at site B
+
+	// Site A is back: its receiver starts from A's own old disks.
+	portA := freePort(t)
+	recvA := p.write("receiver-a.toml", fmt.Sprintf(`
+listen = "127.0.0.1:%d"
+[identity]
+cert = "keys/site-a.crt"
+key = "keys/site-a.key"
+[storage]
+dir = "replicas-a"
+[[sender]]
+name = "site-b"
+fingerprint = %q
+vms = ["guest-1"]
+`, portA, p.fpB))
+	out := testkit.MustRun(t, "seed", "--config", recvA, "--vm", "guest-1", "--disk", "vda="+filepath.Join(dir, "vda.raw"), "--disk", "vdb="+filepath.Join(dir, "vdb.qcow2"))
+	t.Log(strings.TrimSpace(out))
+	rcvA := testkit.Start(t, p.path("receiver-a.log"), "receive", "--config", recvA)
+	if !rcvA.WaitLog("listening", 30*time.Second) {
+		t.Fatalf("receiver A:\n%s", rcvA.Log())
+	}
+	sendB := p.write("sender-b.toml", fmt.Sprintf(`
+[identity]
+cert = "keys/site-b.crt"
+key = "keys/site-b.key"
+[receiver]
+address = "127.0.0.1:%d"
+fingerprints = [%q]
+[state]
+dir = "state-b"
+[[vm]]
+name = "guest-1"
+qmp = %q
+  [[vm.disk]]
+  name = "vda"
+  node = "disk0"
+  [[vm.disk]]
+  name = "vdb"
+  node = "disk1"
+`, portA, p.fpA, p.path("failover/guest-1/qmp.sock")))
+	testkit.MustRun(t, "send", "--once", "--config", sendB)
+	st := readStatus(t, p.path("state-b/guest-1/status.json"))
+	full := int64(64<<20 + 32<<20 + 256<<20)
+	ram := st.LastResult.RAMDataPages * 4096
+	t.Logf("failback epoch: %d bytes sent as data (%d on the wire) of the VM's %d bytes of disk and RAM (base %s): disks %d bytes of %d, RAM %d (site A kept no RAM)",
+		st.LastResult.DataBytes, st.LastResult.WireBytes, full, st.LastResult.Base, st.LastResult.DataBytes-ram, 96<<20, ram)
+	if st.LastResult.Base != "replica-tables" || st.LastResult.DataBytes-ram > 16<<20 {
+		t.Errorf("the failback epoch did not send only differences: %+v", st.LastResult)
+	}
+
+	// Planned switch-back: a final epoch pauses the VM at B...
+	time.Sleep(time.Second)
+	out = testkit.MustRun(t, "send", "--once", "--final", "--config", sendB)
+	if !strings.Contains(out, "stays paused here") {
+		t.Errorf("final epoch:\n%s", out)
+	}
+	paused := lastTick(t, drSerial)
+	time.Sleep(time.Second)
+	if again := lastTick(t, drSerial); again != paused {
+		t.Fatalf("the VM still runs at B after the final epoch: %v then %v", paused, again)
+	}
+	code, out := testkit.Run(t, "send", "--once", "--retries", "0", "--config", sendB)
+	if code != 2 || !strings.Contains(out, "switched back") {
+		t.Errorf("a cut after the final one: exit %d\n%s", code, out)
+	}
+	// ...and the runbook at A resumes it there.
+	aSerial := p.path("a-serial.log")
+	rbA := p.runbookFile("runbook-a.toml", recvA, aSerial, "")
+	rbText := strings.Replace(string(mustRead(t, rbA)), `work_dir = "failover"`, `work_dir = "failback"`, 1)
+	rbText = strings.Replace(rbText, p.path("fenced"), p.path("fenced-a"), 1)
+	p.write("runbook-a.toml", strings.Replace(rbText, p.path("dns-switched"), p.path("dns-a"), 1))
+	out = testkit.MustRun(t, "failover", "--runbook", rbA)
+	t.Cleanup(func() {
+		b, _ := os.ReadFile(p.path("failback/run.log"))
+		for _, line := range strings.Split(string(b), "\n") {
+			var r struct{ PID int }
+			if json.Unmarshal([]byte(line), &r) == nil && r.PID > 0 {
+				syscall.Kill(r.PID, syscall.SIGKILL)
+			}
+		}
+	})
+	var ticks [][2]uint64
+	for deadline := time.Now().Add(30 * time.Second); len(ticks) < 5 && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		ticks = parseTicks(mustRead(t, aSerial))
+	}
+	if len(ticks) < 5 {
+		t.Fatalf("the VM does not run at A:\n%s\n%s", out, mustRead(t, aSerial))
+	}
+	t.Logf("paused at B at counter %d, record %d; runs at A from counter %d, record %d", paused[0], paused[1], ticks[0][0], ticks[0][1])
+	if ticks[0][0] < paused[0] || ticks[0][0] > paused[0]+20 || ticks[0][1]+5 < paused[1] {
+		t.Errorf("the VM at A does not continue from the final epoch: %v after %v", ticks[0], paused)
+	}
+}
+
+type senderStatusFile struct {
+	LastResult struct {
+		Base         string `json:"base"`
+		DataBytes    uint64 `json:"data_bytes"`
+		WireBytes    uint64 `json:"wire_bytes"`
+		RAMDataPages uint64 `json:"ram_pages_data"`
+	} `json:"last_result"`
+}
+
+func readStatus(t *testing.T, path string) senderStatusFile {
+	t.Helper()
+	var st senderStatusFile
+	if err := json.Unmarshal(mustRead(t, path), &st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}

@@ -40,8 +40,8 @@ type CutStats struct {
 	Capture         time.Duration // migrate issued → stream parsed
 	// Freeze is the part of Pause after QEMU reported the migration
 	// complete: fleecing nodes, the transaction and cont.
-	Freeze time.Duration
-	StreamBytes     int64
+	Freeze      time.Duration
+	StreamBytes int64
 	// NBDSocket and Exports (one per disk, in order) name the point-in-time
 	// views while the cut is open, for tools that want to read them too.
 	NBDSocket string
@@ -114,6 +114,15 @@ func (s *Source) snapshot(ctx context.Context, sess *qmp.Session) (snap *sender.
 	if err != nil {
 		return nil, fmt.Errorf("livecut: %w", err)
 	}
+	if s.o.Final {
+		// Marked before the cut: a sender killed from here on must not
+		// resume the guest.
+		mark := fmt.Sprintf("final cut %d at %s\n", c.gen, s.o.Now().UTC().Format(time.RFC3339))
+		if err := os.WriteFile(filepath.Join(s.o.WorkDir, finalFile), []byte(mark), 0o600); err != nil {
+			cap.abort()
+			return nil, fmt.Errorf("livecut: %w", err)
+		}
+	}
 	sub := sess.Subscribe("STOP", "MIGRATION", "SHUTDOWN")
 	defer sub.Close()
 	migStart := time.Now()
@@ -155,9 +164,13 @@ func (s *Source) snapshot(ctx context.Context, sess *qmp.Session) (snap *sender.
 			return nil, fmt.Errorf("livecut: migration %s: %s: %w", st, desc, ErrCutFailed)
 		}
 	}
-	// The guest is stopped. Whatever happens now, it must run again.
+	// The guest is stopped. Whatever happens now, it must run again, but
+	// for a final cut.
 	frozenErr := c.freeze(cctx, sess)
-	contErr := sess.Execute(context.WithoutCancel(cctx), "cont", nil, nil)
+	var contErr error
+	if !s.o.Final {
+		contErr = sess.Execute(context.WithoutCancel(cctx), "cont", nil, nil)
+	}
 	resumed := time.Now()
 	if contErr != nil {
 		s.log.Error("could not resume the guest after the cut", "err", contErr)

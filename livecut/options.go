@@ -44,6 +44,10 @@ type Options struct {
 	QemuImg string
 	// AllowUntestedQEMU lets versions other than 7.2 be driven.
 	AllowUntestedQEMU bool
+	// Final cuts a last epoch for a planned switch-back (failback): the
+	// guest is not resumed after the cut and stays paused for good, so
+	// the VM can start at the other site without running in two places.
+	Final bool
 }
 
 // Validate reports what is wrong with o and fills in defaults.

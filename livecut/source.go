@@ -31,7 +31,13 @@ var (
 	ErrVMGone = errors.New("VM went away")
 	// ErrCutFailed: QEMU could not complete the cut; the guest runs on.
 	ErrCutFailed = errors.New("cut failed")
+	// ErrSwitchedBack: a final cut paused this VM for a switch-back; it is
+	// not cut (nor resumed) again.
+	ErrSwitchedBack = errors.New("VM switched back")
 )
+
+// finalFile marks a VM paused by a final cut.
+const finalFile = "final"
 
 // Source cuts epochs of one running QEMU guest. It implements
 // sender.Source. It is not safe for concurrent use; the sender calls it
@@ -142,6 +148,14 @@ func (s *Source) prepare(ctx context.Context, sess *qmp.Session) error {
 		keep = bitmapName(s.last.gen)
 	}
 	steps, keepOK := planCleanup(obs, disks, keep)
+	if b, err := os.ReadFile(filepath.Join(s.o.WorkDir, finalFile)); err == nil {
+		// Paused by a final cut: it must not run here again.
+		steps = slices.DeleteFunc(steps, func(st step) bool { return st.Cmd == "cont" })
+		if !s.o.Final {
+			return fmt.Errorf("livecut: %s: %w: a final cut paused it for good (%s); start it at the other site, or remove %s to protect it here again",
+				s.o.QMPSocket, ErrSwitchedBack, strings.TrimSpace(string(b)), filepath.Join(s.o.WorkDir, finalFile))
+		}
+	}
 	if len(steps) > 0 {
 		s.log.Warn("removing what an earlier sender left in the VM", "steps", len(steps), "status", obs.Status, "migration", obs.Migration)
 	}

@@ -364,3 +364,39 @@ func TestRecoveryPoints(t *testing.T) {
 	// The replica itself is still at its newest epoch.
 	checkReplica(t, rfs, states[5], 5)
 }
+
+// TestSeededReplicaGetsOnlyDifferences is failback's first leg: the
+// protected site's own old disk is seeded as a replica, and a sender that
+// never replicated to it sends only the blocks that differ (plus the RAM,
+// which the seed lacks).
+func TestSeededReplicaGetsOnlyDifferences(t *testing.T) {
+	rng := rand.New(rand.NewPCG(31, 32))
+	rfs := memfs.New()
+	src := newSource(rng)
+	old := bytes.Clone(src.Targets[0].Data)
+	if _, err := replica.Seed(rfs, "/replicas/web-1", "web-1", []replica.SeedTarget{
+		{Kind: wire.KindDisk, Name: "vda", Size: int64(len(old)), BlockSize: 64 << 10, Reader: bytes.NewReader(old)},
+	}, now); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := replica.Seed(rfs, "/replicas/web-1", "web-1", nil, now); err == nil {
+		t.Fatal("seeded over an existing replica")
+	}
+	mutate(rng, src, 1) // the VM moved on at the other site
+	want := src.SourceState()
+	s := newSender(t, src, testkit.PipeDialer(newReceiver(t, rfs), alice), memfs.New())
+	defer s.Close()
+	res, err := s.RunEpoch(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkReplica(t, rfs, want, 2)
+	var diskBytes int
+	for _, it := range want {
+		diskBytes += len(it)
+	}
+	t.Logf("failback epoch: base %s, %d data bytes of %d in all", res.Base, res.DataBytes, diskBytes)
+	if res.Base != "replica-tables" || res.DataBytes >= uint64(len(old)) {
+		t.Fatalf("failback sent %d bytes with base %s; the disk is %d bytes", res.DataBytes, res.Base, len(old))
+	}
+}

@@ -358,9 +358,10 @@ type VM struct {
 	Cmd     *exec.Cmd
 	Started time.Time // QEMU spawned
 	Running time.Time // QEMU reported the guest running
-	// Status is QEMU's run state once loaded: "running", or "paused" when
-	// the protected guest was paused at the cut.
-	Status string
+	// Status is QEMU's run state once loaded: "running". WasPaused says
+	// the guest was paused at the cut and the takeover resumed it.
+	Status    string
+	WasPaused bool
 	exited chan struct{}
 	err    error
 }
@@ -426,8 +427,17 @@ func Start(ctx context.Context, p *Plan, stderr io.Writer) (*VM, error) {
 			return fail(fmt.Errorf("takeover: %w", err))
 		}
 		switch st.Status {
-		case "running", "paused":
+		case "running":
 			vm.Running, vm.Status = time.Now(), st.Status
+			return vm, nil
+		case "paused":
+			// The guest was paused at the cut (a switch-back's final cut
+			// retried on a paused VM, or an operator's pause): a takeover
+			// is there to run it.
+			if err := sess.Execute(ctx, "cont", nil, nil); err != nil {
+				return fail(fmt.Errorf("takeover: resume the guest, paused at the cut: %w", err))
+			}
+			vm.Running, vm.Status, vm.WasPaused = time.Now(), "running", true
 			return vm, nil
 		case "inmigrate", "prelaunch":
 		default:

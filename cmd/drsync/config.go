@@ -219,3 +219,6 @@ func formatBytes(n uint64) string {
 	}
 	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
 }
+
+// Set implements flag.Value, so sizes read the same on command lines.
+func (z *Size) Set(s string) error { return z.UnmarshalText([]byte(s)) }

@@ -100,7 +100,7 @@ func exitCode(err error) int {
 		errors.Is(err, tlsid.ErrUntrusted),
 		errors.Is(err, receiver.ErrUnauthorized):
 		return exitRefused
-	case errors.Is(err, qmp.ErrUnsupportedVersion), errors.Is(err, livecut.ErrDiskNotFound):
+	case errors.Is(err, qmp.ErrUnsupportedVersion), errors.Is(err, livecut.ErrDiskNotFound), errors.Is(err, livecut.ErrSwitchedBack):
 		// The VM is not what the configuration describes.
 		return exitUsage
 	case errors.Is(err, replica.ErrLocked), errors.Is(err, errLockBusy):

@@ -51,7 +51,7 @@ type command struct {
 
 // commands lists the subcommands in the order help shows them.
 func commands() []*command {
-	return []*command{keygenCommand(), receiveCommand(), sendCommand(), statusCommand(), verifyCommand(), failoverCommand()}
+	return []*command{keygenCommand(), receiveCommand(), sendCommand(), statusCommand(), verifyCommand(), failoverCommand(), seedCommand()}
 }
 
 func findCommand(name string) *command {

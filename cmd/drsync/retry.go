@@ -92,7 +92,8 @@ func retryable(err error) bool {
 		errors.Is(err, tlsid.ErrExpired),
 		errors.Is(err, wire.ErrInvalidName),
 		errors.Is(err, qmp.ErrUnsupportedVersion),
-		errors.Is(err, livecut.ErrDiskNotFound):
+		errors.Is(err, livecut.ErrDiskNotFound),
+		errors.Is(err, livecut.ErrSwitchedBack):
 		return false
 	}
 	return true

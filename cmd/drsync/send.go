@@ -25,24 +25,30 @@ import (
 
 func sendCommand() *command {
 	var configPath, vmName string
-	var once bool
+	var once, final bool
 	var retries int
 	var lf logFlags
 	c := &command{
 		name:  "send",
 		short: "replicate the configured VMs to the receiver (daemon, or --once)",
-		args:  "--config FILE [--once [--retries N]] [--vm NAME] [--log-level LEVEL] [--log-json]",
+		args:  "--config FILE [--once [--retries N] [--final]] [--vm NAME] [--log-level LEVEL] [--log-json]",
 		summary: `Replicate the configured VMs to the receiver, each in its own loop:
 back to back (mode = "continuous", at most one epoch start per min_interval)
 or one epoch per interval (mode = "scheduled"). Connection failures are
 retried with a backoff of 1 s doubling to 60 s; a refusal by the receiver
 stops that VM. With --once, send one epoch per VM and exit: 0 only if all
-of them were committed (for cron and systemd timers).`,
+of them were committed (for cron and systemd timers).
+
+--final (with --once, live VMs only) is the last epoch of a planned
+switch-back: the guest is cut and not resumed, so once the epoch is
+committed the VM can start at the other site (drsync failover there)
+without running in two places. This QEMU then stays paused; stop it.`,
 		flags: func(set *flag.FlagSet) {
 			set.StringVar(&configPath, "config", "", "sender configuration file (required)")
 			set.BoolVar(&once, "once", false, "send one epoch per VM, then exit")
 			set.StringVar(&vmName, "vm", "", "replicate only this VM of the configuration")
 			set.IntVar(&retries, "retries", 5, "with --once: retries of a failed epoch before giving up")
+			set.BoolVar(&final, "final", false, "with --once: last epoch of a switch-back; the guest stays paused")
 			lf.register(set)
 		},
 	}
@@ -60,6 +66,9 @@ of them were committed (for cron and systemd timers).`,
 		set.Visit(func(f *flag.Flag) { retriesSet = retriesSet || f.Name == "retries" })
 		if retriesSet && !once {
 			return usagef("--retries only applies with --once; without it failures are retried until they stop")
+		}
+		if final && !once {
+			return usagef("--final goes with --once: it is one last epoch")
 		}
 		cfg, err := loadSenderConfig(configPath)
 		if err != nil {
@@ -99,14 +108,22 @@ of them were committed (for cron and systemd timers).`,
 		if !once {
 			retries = -1
 		}
-		return send(ctx, e, cfg, vms, sendOptions{once: once, retries: retries, log: log, bar: bar})
+		if final {
+			for _, v := range vms {
+				if !v.live() {
+					return usagef("--final: vm %q is not a live VM (qmp); there is nothing to pause", v.Name)
+				}
+			}
+		}
+		return send(ctx, e, cfg, vms, sendOptions{once: once, final: final, retries: retries, log: log, bar: bar})
 	}
 	return c
 }
 
 type sendOptions struct {
 	once    bool
-	retries int // per epoch; negative: until success
+	final   bool // the guest stays paused after the cut (switch-back)
+	retries int  // per epoch; negative: until success
 	log     *slog.Logger
 	bar     *progressBar // nil unless stderr is a terminal
 	metrics *metrics.Sender
@@ -185,6 +202,7 @@ type vmLoop struct {
 	runner  epochRunner
 	status  *senderStatusRecorder
 	metrics *metrics.Sender // nil without an endpoint
+	final   bool
 	log     *slog.Logger
 	bar     *progressBar
 	once    bool
@@ -201,6 +219,7 @@ func newVMLoop(e *env, cfg *SenderConfig, v *VMConfig, dialer sender.Dialer, o s
 	if v.live() {
 		lo := v.liveOptions(dir, e.now)
 		lo.Logger = log
+		lo.Final = o.final
 		ls, err := livecut.New(lo)
 		if err != nil {
 			return nil, &configError{cfg.file, fmt.Sprintf("vm %q", v.Name), err}
@@ -241,6 +260,7 @@ func newVMLoop(e *env, cfg *SenderConfig, v *VMConfig, dialer sender.Dialer, o s
 		snd:     snd,
 		status:  loadSenderStatus(filepath.Join(dir, senderStatusFile), v.Name, e.now, log),
 		metrics: o.metrics,
+		final:   o.final,
 		log:     log,
 		bar:     o.bar,
 		once:    o.once,
@@ -313,6 +333,9 @@ func (l *vmLoop) run(ctx context.Context) error {
 		}
 		l.committed(res)
 		if l.once {
+			if l.final {
+				l.log.Warn("switch-back epoch committed: this VM stays paused here; start it at the other site (drsync failover there), then stop this QEMU", "epoch", res.Epoch)
+			}
 			return nil
 		}
 		wait := l.nextStart(first, start).Sub(l.now())
