@@ -256,8 +256,10 @@ func TestDedupNeverTrustsAStaleIndex(t *testing.T) {
 	dd.scanned("vda") // as if read whole earlier; the planner will not re-read it
 	snap := &Snapshot{Cut: time.Unix(1, 0), Close: func() error { return nil }, Targets: []Target{
 		{Kind: wire.KindDisk, Name: "vda", Size: int64(len(disk)), BlockSize: 4 * ps, Reader: bytes.NewReader(disk),
-			Prev:    blockhash.NewZero(int64(len(disk)), 4*ps),
-			Extents: func(context.Context, int64, int64) ([]Extent, error) { return []Extent{{Off: 0, Len: int64(len(disk)), Unchanged: true}}, nil }},
+			Prev: blockhash.NewZero(int64(len(disk)), 4*ps),
+			Extents: func(context.Context, int64, int64) ([]Extent, error) {
+				return []Extent{{Off: 0, Len: int64(len(disk)), Unchanged: true}}, nil
+			}},
 		{Kind: wire.KindRAM, Name: "pc.ram", Size: int64(len(ram)), BlockSize: ps, Reader: bytes.NewReader(ram)},
 	}}
 	p, err := buildPlan(context.Background(), 1, snap, baseFresh, nil, dd)

@@ -362,8 +362,8 @@ type VM struct {
 	// the guest was paused at the cut and the takeover resumed it.
 	Status    string
 	WasPaused bool
-	exited chan struct{}
-	err    error
+	exited    chan struct{}
+	err       error
 }
 
 // Exited is closed when QEMU ends.
