@@ -210,8 +210,11 @@ func parseTicks(b []byte) [][2]uint64 {
 }
 
 // killDRVMs stops the QEMUs the runbook started (they outlive drsync).
-func killDRVMs(p *pair) {
-	b, _ := os.ReadFile(p.path("failover/run.log"))
+func killDRVMs(p *pair) { killVMsOf(p.path("failover/run.log")) }
+
+// killVMsOf stops the QEMUs a run log records.
+func killVMsOf(runLog string) {
+	b, _ := os.ReadFile(runLog)
 	for _, line := range strings.Split(string(b), "\n") {
 		var r struct{ PID int }
 		if json.Unmarshal([]byte(line), &r) == nil && r.PID > 0 {
@@ -456,15 +459,7 @@ qmp = %q
 	rbText = strings.Replace(rbText, p.path("fenced"), p.path("fenced-a"), 1)
 	p.write("runbook-a.toml", strings.Replace(rbText, p.path("dns-switched"), p.path("dns-a"), 1))
 	out = testkit.MustRun(t, "failover", "--runbook", rbA)
-	t.Cleanup(func() {
-		b, _ := os.ReadFile(p.path("failback/run.log"))
-		for _, line := range strings.Split(string(b), "\n") {
-			var r struct{ PID int }
-			if json.Unmarshal([]byte(line), &r) == nil && r.PID > 0 {
-				syscall.Kill(r.PID, syscall.SIGKILL)
-			}
-		}
-	})
+	t.Cleanup(func() { killVMsOf(p.path("failback/run.log")) })
 	var ticks [][2]uint64
 	for deadline := time.Now().Add(30 * time.Second); len(ticks) < 5 && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		ticks = parseTicks(mustRead(t, aSerial))
