@@ -92,6 +92,9 @@ func newRAMWrites(b *wire.EpochBegin) *ramWrites {
 }
 
 func (w *ramWrites) add(it wire.Item) {
+	if w == nil {
+		return
+	}
 	var target uint16
 	var pr PageRange
 	switch it := it.(type) {
@@ -112,6 +115,9 @@ func (w *ramWrites) add(it wire.Item) {
 // stats names the blocks by their replica files.
 func (w *ramWrites) stats(dir string, m *replica.Manifest) []RAMWrites {
 	var out []RAMWrites
+	if w == nil {
+		return nil
+	}
 	for id, t := range w.kinds {
 		e := m.Find(wire.KindRAM, t.Name)
 		if e == nil {
