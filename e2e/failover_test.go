@@ -16,8 +16,6 @@ import (
 	"github.com/drsync/drsync/testkit/guest"
 )
 
-var drTick = regexp.MustCompile(`(?m)^TICK (\d+) (\d+)`)
-
 // runbookFile writes a failover runbook for the live test guest.
 func (p *pair) runbookFile(name, recvCfg, serial, extra string) string {
 	p.t.Helper()
@@ -156,23 +154,23 @@ func TestFailoverRunbook(t *testing.T) {
 			t.Errorf("hook did not run: %v", err)
 		}
 	}
-	var ticks [][2]uint64
+	var ticks []guest.Tick
 	for deadline := time.Now().Add(30 * time.Second); len(ticks) < 10 && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		ticks = parseTicks(mustRead(t, serial))
+		ticks = guest.ParseTicks(mustRead(t, serial))
 	}
 	log := string(mustRead(t, serial))
 	if len(ticks) < 10 || strings.Contains(log, "START") || strings.Contains(log, "RESUME") {
 		t.Fatalf("the DR guest did not continue (%d ticks):\n%s", len(ticks), log)
 	}
 	t.Logf("protected guest: counter %d before epoch %d's cut, %d after it, %d when the site died; DR guest continues at counter %d, record %d (replica held records %d..%d)",
-		before.Counter, m.Epoch, after.Counter, killed.Counter, ticks[0][0], ticks[0][1], recs.First, recs.Last)
-	if ticks[0][0] < before.Counter || ticks[0][0] > after.Counter+20 {
-		t.Errorf("DR counter %d does not continue from the cut (%d..%d)", ticks[0][0], before.Counter, after.Counter)
+		before.Counter, m.Epoch, after.Counter, killed.Counter, ticks[0].Counter, ticks[0].Seq, recs.First, recs.Last)
+	if ticks[0].Counter < before.Counter || ticks[0].Counter > after.Counter+20 {
+		t.Errorf("DR counter %d does not continue from the cut (%d..%d)", ticks[0].Counter, before.Counter, after.Counter)
 	}
-	if ticks[0][1]+5 < recs.Last || ticks[0][1] > recs.Last+5 {
-		t.Errorf("DR guest's last record %d, the replica's %d", ticks[0][1], recs.Last)
+	if ticks[0].Seq+5 < recs.Last || ticks[0].Seq > recs.Last+5 {
+		t.Errorf("DR guest's last record %d, the replica's %d", ticks[0].Seq, recs.Last)
 	}
-	if last := ticks[len(ticks)-1]; last[1] <= ticks[0][1] {
+	if last := ticks[len(ticks)-1]; last.Seq <= ticks[0].Seq {
 		t.Errorf("the DR guest writes no records: %v", ticks)
 	}
 
@@ -197,16 +195,6 @@ func mustRead(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
-}
-
-func parseTicks(b []byte) [][2]uint64 {
-	var out [][2]uint64
-	for _, m := range drTick.FindAllSubmatch(b, -1) {
-		c, _ := strconv.ParseUint(string(m[1]), 10, 64)
-		s, _ := strconv.ParseUint(string(m[2]), 10, 64)
-		out = append(out, [2]uint64{c, s})
-	}
-	return out
 }
 
 // killDRVMs stops the QEMUs the runbook started (they outlive drsync).
@@ -254,7 +242,7 @@ func TestFailoverDrill(t *testing.T) {
 	before := replicaDigests(t, repl)
 	out := testkit.MustRun(t, "failover", "--runbook", rbPath, "--drill")
 	t.Logf("drill:\n%s", out)
-	if !strings.Contains(out, "complete") || !strings.Contains(out, "stopped and its copy removed") || len(parseTicks(mustRead(t, serial))) == 0 {
+	if !strings.Contains(out, "complete") || !strings.Contains(out, "stopped and its copy removed") || len(guest.ParseTicks(mustRead(t, serial))) == 0 {
 		t.Fatalf("drill did not run the VM:\n%s", out)
 	}
 	if after := replicaDigests(t, repl); fmt.Sprint(after) != fmt.Sprint(before) {
@@ -347,27 +335,27 @@ func TestFailoverOlderPoint(t *testing.T) {
 	}
 	out = testkit.MustRun(t, "failover", "--runbook", rbPath, "--epoch", "2")
 	t.Logf("failover to epoch 2:\n%s", out)
-	var dr [][2]uint64
+	var dr []guest.Tick
 	for deadline := time.Now().Add(30 * time.Second); len(dr) < 5 && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		dr = parseTicks(mustRead(t, serial))
+		dr = guest.ParseTicks(mustRead(t, serial))
 	}
 	if len(dr) == 0 {
 		t.Fatalf("no DR ticks:\n%s", mustRead(t, serial))
 	}
 	lo, hi := around(cuts[2])
 	_, newest := around(cuts[4])
-	t.Logf("epoch 2 cut between counters %d and %d (epoch 4 at %d); the DR guest continues at %d", lo, hi, newest, dr[0][0])
-	if dr[0][0] < lo || dr[0][0] > hi+20 {
-		t.Errorf("the DR guest resumed at counter %d, not at epoch 2 (%d..%d)", dr[0][0], lo, hi)
+	t.Logf("epoch 2 cut between counters %d and %d (epoch 4 at %d); the DR guest continues at %d", lo, hi, newest, dr[0].Counter)
+	if dr[0].Counter < lo || dr[0].Counter > hi+20 {
+		t.Errorf("the DR guest resumed at counter %d, not at epoch 2 (%d..%d)", dr[0].Counter, lo, hi)
 	}
 	testkit.MustRun(t, "verify", "--replica", p.path("failover/guest-1/point-2"))
 	p.verify("guest-1")
 }
 
 // lastTick is the newest TICK of a serial log.
-func lastTick(t *testing.T, path string) [2]uint64 {
+func lastTick(t *testing.T, path string) guest.Tick {
 	t.Helper()
-	ticks := parseTicks(mustRead(t, path))
+	ticks := guest.ParseTicks(mustRead(t, path))
 	if len(ticks) == 0 {
 		t.Fatalf("no ticks in %s", path)
 	}
@@ -460,15 +448,15 @@ qmp = %q
 	p.write("runbook-a.toml", strings.Replace(rbText, p.path("dns-switched"), p.path("dns-a"), 1))
 	out = testkit.MustRun(t, "failover", "--runbook", rbA)
 	t.Cleanup(func() { killVMsOf(p.path("failback/run.log")) })
-	var ticks [][2]uint64
+	var ticks []guest.Tick
 	for deadline := time.Now().Add(30 * time.Second); len(ticks) < 5 && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		ticks = parseTicks(mustRead(t, aSerial))
+		ticks = guest.ParseTicks(mustRead(t, aSerial))
 	}
 	if len(ticks) < 5 {
 		t.Fatalf("the VM does not run at A:\n%s\n%s", out, mustRead(t, aSerial))
 	}
-	t.Logf("paused at B at counter %d, record %d; runs at A from counter %d, record %d", paused[0], paused[1], ticks[0][0], ticks[0][1])
-	if ticks[0][0] < paused[0] || ticks[0][0] > paused[0]+20 || ticks[0][1]+5 < paused[1] {
+	t.Logf("paused at B at counter %d, record %d; runs at A from counter %d, record %d", paused.Counter, paused.Seq, ticks[0].Counter, ticks[0].Seq)
+	if ticks[0].Counter < paused.Counter || ticks[0].Counter > paused.Counter+20 || ticks[0].Seq+5 < paused.Seq {
 		t.Errorf("the VM at A does not continue from the final epoch: %v after %v", ticks[0], paused)
 	}
 }

@@ -31,24 +31,13 @@ import (
 	"github.com/drsync/drsync/wire"
 )
 
-// liveGuest boots the test guest with a raw disk holding the workload's
-// record ring and a qcow2 disk, and waits until it runs its workload.
+// liveGuest boots the protected test guest (guest.Protected).
 func liveGuest(t *testing.T, memMiB int, args map[string]string) (*guest.VM, string) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("boots a guest")
 	}
-	hosttools.Need(t, "qemu-system-x86_64", "qemu-img")
-	guest.Build(t)
-	dir := hosttools.ShortTempDir(t, "lv")
-	hosttools.Run(t, "qemu-img", "create", "-q", "-f", "raw", filepath.Join(dir, "vda.raw"), "64M")
-	hosttools.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", filepath.Join(dir, "vdb.qcow2"), "32M")
-	vm := guest.Launch(t, guest.Options{MemMiB: memMiB, Args: args,
-		Disks: []guest.Disk{{Path: filepath.Join(dir, "vda.raw")}, {Path: filepath.Join(dir, "vdb.qcow2")}}})
-	if _, err := vm.WaitTicks(10, 3*time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	return vm, dir
+	return guest.Protected(t, memMiB, args)
 }
 
 var liveDisks = []livecut.Disk{{Name: "vda", Node: "disk0"}, {Name: "vdb", Node: "disk1"}}

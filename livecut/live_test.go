@@ -21,24 +21,6 @@ import (
 	"github.com/drsync/drsync/wire"
 )
 
-// bootGuest starts the test guest with a raw disk (the workload's records)
-// and a qcow2 disk.
-func bootGuest(t *testing.T) (*guest.VM, string) {
-	t.Helper()
-	hosttools.Need(t, "qemu-system-x86_64", "qemu-img")
-	guest.Build(t)
-	dir := hosttools.ShortTempDir(t, "lc")
-	raw := filepath.Join(dir, "vda.raw")
-	qcow := filepath.Join(dir, "vdb.qcow2")
-	hosttools.Run(t, "qemu-img", "create", "-q", "-f", "raw", raw, "64M")
-	hosttools.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", qcow, "32M")
-	vm := guest.Launch(t, guest.Options{MemMiB: 256, Disks: []guest.Disk{{Path: raw}, {Path: qcow}}, Args: map[string]string{"rate": "50"}})
-	if _, err := vm.WaitTicks(10, 3*time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	return vm, dir
-}
-
 func readAll(t *testing.T, tg sender.Target) []byte {
 	t.Helper()
 	b := make([]byte, tg.Size)
@@ -76,7 +58,7 @@ func TestCutsOfARunningGuest(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a guest")
 	}
-	vm, dir := bootGuest(t)
+	vm, dir := guest.Protected(t, 256, map[string]string{"rate": "50"})
 	work := filepath.Join(dir, "work")
 	src, err := livecut.New(livecut.Options{
 		QMPSocket: vm.QMPSocket, WorkDir: work, Now: time.Now,
@@ -205,7 +187,7 @@ func TestRestartCleansUpAndBreaksChainSafely(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a guest")
 	}
-	vm, dir := bootGuest(t)
+	vm, dir := guest.Protected(t, 256, map[string]string{"rate": "50"})
 	work := filepath.Join(dir, "work")
 	opts := livecut.Options{QMPSocket: vm.QMPSocket, WorkDir: work, Now: time.Now,
 		Disks: []livecut.Disk{{Name: "vda", Node: "disk0"}, {Name: "vdb", Node: "disk1"}}}

@@ -19,6 +19,7 @@ import (
 type Dedup struct {
 	idx     *pagecache.Index
 	ids     map[string]uint16 // disk name → index target
+	names   []string          // index target → disk name
 	indexed map[string]bool   // disks read whole since the sender started
 	snap    *Snapshot         // the snapshot being planned, for verification
 	byName  map[string]int    // disk name → target index in snap
@@ -40,6 +41,7 @@ func (d *Dedup) id(name string) uint16 {
 	if !ok {
 		id = uint16(len(d.ids))
 		d.ids[name] = id
+		d.names = append(d.names, name)
 	}
 	return id
 }
@@ -66,18 +68,21 @@ func (d *Dedup) zero(name string, off, n int64)          { d.idx.Zero(d.id(name)
 
 // ReadPage implements pagecache.PageReader over the snapshot's disks.
 func (d *Dedup) ReadPage(loc pagecache.Loc, buf []byte) error {
-	for name, id := range d.ids {
-		if id != loc.Target {
-			continue
-		}
-		i, ok := d.byName[name]
-		if !ok {
-			return fmt.Errorf("disk %s is not in this snapshot", name)
-		}
-		_, err := d.snap.Targets[i].Reader.ReadAt(buf, loc.Off)
-		return err
+	i, ok := d.target(loc.Target)
+	if !ok {
+		return fmt.Errorf("index target %d is not a disk of this snapshot", loc.Target)
 	}
-	return fmt.Errorf("unknown index target %d", loc.Target)
+	_, err := d.snap.Targets[i].Reader.ReadAt(buf, loc.Off)
+	return err
+}
+
+// target maps an index target to the snapshot's target index.
+func (d *Dedup) target(id uint16) (int, bool) {
+	if int(id) >= len(d.names) {
+		return 0, false
+	}
+	i, ok := d.byName[d.names[id]]
+	return i, ok
 }
 
 // find returns the snapshot target and byte offset of a disk page equal to
@@ -87,14 +92,8 @@ func (d *Dedup) find(h uint64, page []byte) (target uint16, off int64, ok bool) 
 	if err != nil || !ok {
 		return 0, 0, false
 	}
-	for name, id := range d.ids {
-		if id == loc.Target {
-			if i, in := d.byName[name]; in {
-				return uint16(i), loc.Off, true
-			}
-		}
-	}
-	return 0, 0, false
+	i, ok := d.target(loc.Target)
+	return uint16(i), loc.Off, ok
 }
 
 // Entries and MemoryBytes describe the index, for status.

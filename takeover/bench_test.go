@@ -18,6 +18,7 @@ import (
 	"github.com/drsync/drsync/receiver"
 	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/takeover"
+	"github.com/drsync/drsync/testkit/guest"
 	"github.com/drsync/drsync/testkit/hosttools"
 	"github.com/drsync/drsync/warmset"
 )
@@ -25,15 +26,13 @@ import (
 // waitTicks returns when the serial log holds n TICK lines.
 func waitTicks(b *testing.B, path string, n int) time.Time {
 	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
-		if data, _ := os.ReadFile(path); len(serialTicksOf(data)) >= n {
+		if data, _ := os.ReadFile(path); len(guest.ParseTicks(data)) >= n {
 			return time.Now()
 		}
 	}
 	b.Fatalf("%s: fewer than %d ticks", path, n)
 	return time.Time{}
 }
-
-func serialTicksOf(b []byte) []string { return tickRE.FindAllString(string(b), -1) }
 
 // fullStream writes the alternative takeover: one migration stream with
 // every RAM page of the replica, loaded into anonymous guest memory.

@@ -4,8 +4,6 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,24 +14,9 @@ import (
 	"github.com/drsync/drsync/takeover"
 	"github.com/drsync/drsync/testkit"
 	"github.com/drsync/drsync/testkit/guest"
-	"github.com/drsync/drsync/testkit/hosttools"
 	"github.com/drsync/drsync/vfs"
 	"github.com/drsync/drsync/wire"
 )
-
-var tickRE = regexp.MustCompile(`(?m)^TICK (\d+) (\d+)`)
-
-// serialTicks parses the TICK lines of a serial log file.
-func serialTicks(path string) [][2]uint64 {
-	b, _ := os.ReadFile(path)
-	var out [][2]uint64
-	for _, m := range tickRE.FindAllStringSubmatch(string(b), -1) {
-		c, _ := strconv.ParseUint(m[1], 10, 64)
-		s, _ := strconv.ParseUint(m[2], 10, 64)
-		out = append(out, [2]uint64{c, s})
-	}
-	return out
-}
 
 // TestTakeoverContinuesTheGuest replicates a running guest, kills it, and
 // brings it up from the replica: the guest is not rebooted, its in-memory
@@ -93,9 +76,10 @@ func TestTakeoverContinuesTheGuest(t *testing.T) {
 	if vm.Status != "running" {
 		t.Fatalf("guest is %s", vm.Status)
 	}
-	var ticks [][2]uint64
+	var ticks []guest.Tick
 	for deadline := time.Now().Add(30 * time.Second); len(ticks) < 20 && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		ticks = serialTicks(serial)
+		b, _ := os.ReadFile(serial)
+		ticks = guest.ParseTicks(b)
 	}
 	if len(ticks) < 20 {
 		b, _ := os.ReadFile(serial)
@@ -107,12 +91,12 @@ func TestTakeoverContinuesTheGuest(t *testing.T) {
 	}
 	first := ticks[0]
 	t.Logf("source: counter %d before the cut, %d after it, %d when killed; DR guest continues at counter %d, record %d",
-		before.Counter, after.Counter, killedAt.Counter, first[0], first[1])
-	if first[0] < before.Counter || first[0] > after.Counter+20 {
-		t.Errorf("the DR guest's counter %d does not continue from the cut (%d..%d)", first[0], before.Counter, after.Counter)
+		before.Counter, after.Counter, killedAt.Counter, first.Counter, first.Seq)
+	if first.Counter < before.Counter || first.Counter > after.Counter+20 {
+		t.Errorf("the DR guest's counter %d does not continue from the cut (%d..%d)", first.Counter, before.Counter, after.Counter)
 	}
 	lastTick := ticks[len(ticks)-1]
-	if lastTick[0] <= first[0] || lastTick[1] <= first[1] {
+	if lastTick.Counter <= first.Counter || lastTick.Seq <= first.Seq {
 		t.Errorf("the DR guest does not run on: %v -> %v", first, lastTick)
 	}
 	// The running copy writes to its overlays, never to the replica.
@@ -146,15 +130,8 @@ func replicateGuest(t testing.TB, memMiB, epochs int) replicated {
 // replicateGuestWith is replicateGuest with a commit hook on the receiver.
 func replicateGuestWith(t testing.TB, memMiB, epochs int, onCommit func(receiver.EpochStats)) replicated {
 	t.Helper()
-	hosttools.Need(t, "qemu-system-x86_64", "qemu-img")
+	src, dir := guest.Protected(t, memMiB, nil)
 	kernel, initrd := guest.Build(t)
-	dir := hosttools.ShortTempDir(t, "tk")
-	hosttools.Run(t, "qemu-img", "create", "-q", "-f", "raw", filepath.Join(dir, "vda.raw"), "64M")
-	hosttools.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", filepath.Join(dir, "vdb.qcow2"), "32M")
-	src := guest.Launch(t, guest.Options{MemMiB: memMiB, Disks: []guest.Disk{{Path: filepath.Join(dir, "vda.raw")}, {Path: filepath.Join(dir, "vdb.qcow2")}}})
-	if _, err := src.WaitTicks(20, 3*time.Minute); err != nil {
-		t.Fatal(err)
-	}
 	rcv, err := receiver.New(receiver.Options{Root: filepath.Join(dir, "replicas"), FS: vfs.Default, Now: time.Now,
 		Authorize: func(receiver.Peer, string) error { return nil }, OnCommit: onCommit})
 	if err != nil {

@@ -100,11 +100,9 @@ func receive(ctx context.Context, e *env, cfg *ReceiverConfig, log *slog.Logger)
 	var met *metrics.Receiver
 	if cfg.Metrics != "" {
 		met = metrics.NewReceiver(e.now)
-		addr, err := metrics.Serve(ctx, cfg.Metrics, met.Handler())
-		if err != nil {
-			return &configError{cfg.file, "metrics", err}
+		if err := serveMetrics(ctx, cfg.file, cfg.Metrics, met.Handler(), log); err != nil {
+			return err
 		}
-		log.Info("metrics", "addr", "http://"+addr.String()+"/metrics")
 	}
 	var keeper *warmset.Keeper
 	if cfg.Storage.warm() {

@@ -141,11 +141,9 @@ func send(ctx context.Context, e *env, cfg *SenderConfig, vms []*VMConfig, o sen
 	dialer := quicDialer(cfg.Receiver.Address, tlsid.ClientTLS(id, trust), cfg.transportOptions())
 	if cfg.Metrics != "" {
 		o.metrics = metrics.NewSender(e.now)
-		addr, err := metrics.Serve(ctx, cfg.Metrics, o.metrics.Handler())
-		if err != nil {
-			return &configError{cfg.file, "metrics", err}
+		if err := serveMetrics(ctx, cfg.file, cfg.Metrics, o.metrics.Handler(), o.log); err != nil {
+			return err
 		}
-		o.log.Info("metrics", "addr", "http://"+addr.String()+"/metrics")
 	}
 	loops := make([]*vmLoop, 0, len(vms))
 	defer func() {

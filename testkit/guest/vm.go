@@ -218,14 +218,9 @@ func (vm *VM) readSerial(f *os.File) {
 // add appends l and, for a TICK line, its Tick; vm.mu is held.
 func (vm *VM) add(l Line) {
 	vm.lines = append(vm.lines, l)
-	f := strings.Fields(l.Text)
-	if len(f) != 3 || f[0] != "TICK" {
-		return
-	}
-	c, err1 := strconv.ParseUint(f[1], 10, 64)
-	s, err2 := strconv.ParseUint(f[2], 10, 64)
-	if err1 == nil && err2 == nil {
-		vm.ticks = append(vm.ticks, Tick{Counter: c, Seq: s, At: l.At})
+	if tk, ok := parseTick(l.Text); ok {
+		tk.At = l.At
+		vm.ticks = append(vm.ticks, tk)
 	}
 }
 
