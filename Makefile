@@ -10,7 +10,7 @@ BIN       := bin/drsync
 FUZZTIME  ?= 60s
 # Bounded fuzz run that make test includes.
 CIFUZZ    ?= 4s
-APT_PKGS  := qemu-utils qemu-system-x86 busybox-static
+APT_PKGS  := qemu-utils qemu-system-x86 busybox-static iproute2
 
 FUZZ_TARGETS := \
 	./wire:FuzzDecode ./wire:FuzzDecodePayload \
@@ -29,9 +29,9 @@ build:
 	$(GO) build -o $(BIN) ./cmd/drsync
 
 # System packages the tests and the demo need: QEMU (and its tools) and the
-# busybox the test guest is built with.
+# busybox the test guest is built with; iproute2 for the WAN emulator's namespaces.
 deps:
-	@missing=""; for c in qemu-img qemu-nbd qemu-system-x86_64 busybox; do command -v $$c >/dev/null || missing=1; done; \
+	@missing=""; for c in qemu-img qemu-nbd qemu-system-x86_64 busybox ip; do command -v $$c >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing $(APT_PKGS)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
