@@ -32,7 +32,8 @@ type Options struct {
 	// Args are workload parameters, put on the kernel command line as
 	// drsync.KEY=VALUE (a "drsync." prefix on KEY is optional): rate
 	// (records/s, 20), dirty_mib (32), dirty_rate_kib (2048), read (0),
-	// tick_ms (50), count_ms (10).
+	// tick_ms (50), count_ms (10), cache (a device such as /dev/vdb to keep
+	// in the page cache; none).
 	Args map[string]string
 	// ExtraQEMUArgs go after all the others, e.g. "-S", "-incoming",
 	// "defer", or a memory-backend-file object with -machine memory-backend.

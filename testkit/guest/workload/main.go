@@ -16,12 +16,16 @@
 //   - a dirty_mib (32 MiB) buffer gets dirty_rate_kib (2048 KiB) of fresh
 //     random pages per second, so that every memory epoch has changes;
 //   - with read=1 it also reads the ring with buffered reads in a loop, so
-//     the guest page cache holds disk data.
+//     the guest page cache holds disk data;
+//   - with cache=<device> it reads that whole device with buffered reads
+//     once, then again every 10 s, so the page cache holds its content
+//     (the FDM case: memory pages that equal disk blocks). "CACHED <pass>
+//     <bytes>" follows each pass.
 //
 // Parameters come from drsync.KEY=VALUE words on the kernel command line
 // (and, for experiments, from the same words as arguments):
 // drsync.rate, drsync.dirty_mib, drsync.dirty_rate_kib, drsync.read,
-// drsync.tick_ms, drsync.count_ms and drsync.disk (/dev/vda).
+// drsync.tick_ms, drsync.count_ms, drsync.disk (/dev/vda) and drsync.cache.
 //
 // Console lines, in order: "PARAMS ...", then "DISK <path> size=<bytes>
 // slots=<n>" or "NODISK <error>", then "START" on an empty ring or
@@ -55,6 +59,7 @@ type params struct {
 	tickMs       int
 	countMs      int
 	disk         string
+	cache        string // a device to keep in the page cache
 }
 
 var (
@@ -86,8 +91,8 @@ func main() {
 			say("WARN %v", err)
 		}
 	}
-	say("PARAMS rate=%g dirty_mib=%d dirty_rate_kib=%d read=%t tick_ms=%d count_ms=%d disk=%s",
-		p.rate, p.dirtyMiB, p.dirtyRateKiB, p.read, p.tickMs, p.countMs, p.disk)
+	say("PARAMS rate=%g dirty_mib=%d dirty_rate_kib=%d read=%t tick_ms=%d count_ms=%d disk=%s cache=%s",
+		p.rate, p.dirtyMiB, p.dirtyRateKiB, p.read, p.tickMs, p.countMs, p.disk, p.cache)
 
 	disk, size, slots := openDisk(p.disk)
 	if disk != nil {
@@ -114,6 +119,9 @@ func main() {
 	}
 	if disk != nil && p.read {
 		go readLoop(p.disk, record.Offset(slots))
+	}
+	if p.cache != "" {
+		go cacheLoop(p.cache)
 	}
 	t := time.NewTicker(time.Duration(p.tickMs) * time.Millisecond)
 	for range t.C {
@@ -158,6 +166,8 @@ func (p *params) set(word string) error {
 		p.read, err = strconv.ParseBool(val)
 	case "disk":
 		p.disk = val
+	case "cache":
+		p.cache = val
 	default:
 		return fmt.Errorf("unknown parameter %s", word)
 	}
@@ -298,6 +308,39 @@ func readLoop(path string, end int64) {
 		}
 		say("READ %d", pass)
 		time.Sleep(time.Second)
+	}
+}
+
+// cacheLoop reads a whole device with buffered reads, then again every
+// 10 s, so that the page cache keeps holding it.
+func cacheLoop(path string) {
+	var f *os.File
+	var err error
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if f, err = os.Open(path); err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil {
+		say("WARN cache: %v", err)
+		return
+	}
+	buf := make([]byte, 1<<20)
+	for pass := 1; ; pass++ {
+		var total int64
+		for {
+			n, err := f.ReadAt(buf, total)
+			total += int64(n)
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				say("WARN cache: %v", err)
+				return
+			}
+		}
+		say("CACHED %d %d", pass, total)
+		time.Sleep(10 * time.Second)
 	}
 }
 
