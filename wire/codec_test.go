@@ -720,6 +720,27 @@ func TestCompressionOption(t *testing.T) {
 	}
 }
 
+// The clock is read around each compression and nowhere else: a fake clock
+// that advances by a millisecond per reading gives one millisecond per
+// compressed frame, and none for frames sent as they are.
+func TestCompressTime(t *testing.T) {
+	var now time.Time
+	clock := func() time.Time { now = now.Add(time.Millisecond); return now }
+	e := NewEncoder(io.Discard, EncoderOptions{Compression: CompressFast, Clock: clock})
+	for _, f := range []Frame{&DiskExtent{Target: 1, Data: compressible(64 << 10)}, &Ack{Epoch: 1}, &DiskExtent{Target: 1, Data: compressible(8 << 10)}} {
+		if err := e.Encode(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := e.Stats().CompressTime; got != 2*time.Millisecond {
+		t.Errorf("CompressTime = %v, want 2ms (two compressed frames)", got)
+	}
+	e = NewEncoder(io.Discard, EncoderOptions{Compression: CompressFast})
+	if err := e.Encode(&DiskExtent{Target: 1, Data: compressible(64 << 10)}); err != nil || e.Stats().CompressTime != 0 {
+		t.Errorf("without a clock: CompressTime %v, err %v", e.Stats().CompressTime, err)
+	}
+}
+
 func BenchmarkEncodeDiskExtent(b *testing.B) {
 	f := &DiskExtent{Target: 1, Offset: 1 << 30, Data: compressible(1 << 20)}
 	for _, c := range []Compression{CompressNone, CompressFast} {
