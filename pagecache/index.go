@@ -467,6 +467,29 @@ func (x *Index) Update(t uint16, off int64, data []byte) {
 	}
 }
 
+// SetPage records that the 4 KiB page at off (a multiple of PageSize) of
+// target t now holds non-zero content of hash h, by the index's hash
+// function: Update for a caller that has hashed the page already, such as
+// a planner that hashes every RAM page anyway. An unaligned off drops the
+// pages it touches instead.
+func (x *Index) SetPage(t uint16, off int64, h uint64) {
+	if off < 0 || off >= maxPages*PageSize {
+		return
+	}
+	if off%PageSize != 0 {
+		x.invalidate(t, off, clampEnd(off, PageSize))
+		return
+	}
+	p := uint32(off / PageSize)
+	if i := x.locFind(t, p); i != none {
+		if x.ent(i).hash == h {
+			return
+		}
+		x.remove(i)
+	}
+	x.insert(t, p, h)
+}
+
 // Zero records that [off, off+n) of disk target t now reads as zeros. Zero
 // pages are never indexed (they travel as zero runs), so every page the
 // range touches is dropped.

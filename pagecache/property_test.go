@@ -108,7 +108,7 @@ func (r *modelRun) step(c choices) {
 	d := r.m.d[t]
 	size := len(d)
 	np := size / PageSize
-	switch k := c.n(12); {
+	switch k := c.n(13); {
 	case k <= 4: // aligned update of whole pages
 		first := c.n(np)
 		cnt := 1 + c.n(min(8, np-first))
@@ -152,6 +152,16 @@ func (r *modelRun) step(c choices) {
 			clear(d)
 			r.touch(t, 0, size)
 			r.x.Zero(t, 0, 1<<40)
+		}
+	case k == 11: // one whole page whose hash the caller knows
+		pg := c.n(np)
+		p := r.content(c)
+		copy(d[pg*PageSize:], p)
+		r.touch(t, pg*PageSize, PageSize)
+		if bytes.Equal(p, zeroPage[:]) {
+			r.x.Zero(t, int64(pg)*PageSize, PageSize)
+		} else {
+			r.x.SetPage(t, int64(pg)*PageSize, r.x.Hash(p))
 		}
 	default: // a change the index is not told of
 		if r.silent {

@@ -309,6 +309,83 @@ func TestDedupReferencesDiskPages(t *testing.T) {
 	}
 }
 
+// TestDedupReferencesRAMPages: memory pages equal to other memory pages
+// travel as references to them, across RAM targets and epochs, with the
+// sender's state sometimes lost (so its idea of the replica comes from the
+// replica's tables), and the replica is exact after every epoch. Contents
+// come from a small pool so that most changed pages repeat one another;
+// the receiver refuses a reference that reads a page written by a
+// reference, so a wrong choice of source fails the epoch.
+func TestDedupReferencesRAMPages(t *testing.T) {
+	rng := rand.New(rand.NewPCG(21, 22))
+	rfs := memfs.New()
+	disk := &testkit.MemTarget{Kind: wire.KindDisk, Name: "vda", BlockSize: 64 << 10, Data: make([]byte, 1<<20)}
+	ram0 := &testkit.MemTarget{Kind: wire.KindRAM, Name: "pc.ram", BlockSize: 4096, Data: make([]byte, 2<<20)}
+	ram1 := &testkit.MemTarget{Kind: wire.KindRAM, Name: "vga.vram", BlockSize: 4096, Data: make([]byte, 256<<10)}
+	src := &testkit.MemSource{Targets: []*testkit.MemTarget{disk, ram0, ram1}, DeviceState: []byte("dev")}
+	pool := make([][]byte, 12)
+	for i := range pool {
+		pool[i] = make([]byte, 4096)
+		for j := range pool[i] {
+			pool[i][j] = byte(rng.Uint32())
+		}
+	}
+	scribble := func(n int) {
+		src.Mutate(func() {
+			for range n {
+				tg := []*testkit.MemTarget{ram0, ram0, ram0, ram1}[rng.IntN(4)]
+				pg := rng.IntN(len(tg.Data) / 4096)
+				p := tg.Data[pg*4096 : (pg+1)*4096]
+				switch rng.IntN(10) {
+				case 0:
+					clear(p)
+				case 1:
+					for j := range p {
+						p[j] = byte(rng.Uint32()) // unique
+					}
+				default:
+					copy(p, pool[rng.IntN(len(pool))])
+				}
+			}
+		})
+	}
+	scribble(400)
+	rcv := newReceiver(t, rfs)
+	newDedupSender := func() *sender.Sender {
+		s, err := sender.New(sender.Options{VM: "web-1", Source: src, Dialer: testkit.PipeDialer(rcv, alice),
+			Store: sender.Store{FS: memfs.New(), Dir: "/s"}, Compression: wire.CompressFast, Now: now, Dedup: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	s := newDedupSender()
+	defer func() { s.Close() }()
+	var dups int64
+	for e := 1; e <= 8; e++ {
+		want := src.SourceState()
+		res, err := s.RunEpoch(context.Background())
+		if err != nil {
+			t.Fatalf("epoch %d: %v", e, err)
+		}
+		checkReplica(t, rfs, want, uint64(e))
+		t.Logf("epoch %d (base %s): RAM pages as data %d, as references %d (to memory %d), zeros %d; %d bytes on the wire",
+			e, res.Base, res.RAMDataPages, res.RAMRefPages, res.RAMDupPages, res.RAMZeroPages, res.WireBytes)
+		if res.RAMDataPages > int64(len(pool))+200 {
+			t.Errorf("epoch %d: %d memory pages went as data; most changed pages repeat %d contents", e, res.RAMDataPages, len(pool))
+		}
+		dups += res.RAMDupPages
+		scribble(150)
+		if e%3 == 0 { // a restarted sender: no state, no index
+			s.Close()
+			s = newDedupSender()
+		}
+	}
+	if dups == 0 {
+		t.Fatal("no memory page travelled as a reference to another")
+	}
+}
+
 func keepPoints(n int) func(*receiver.Options) { return func(o *receiver.Options) { o.KeepPoints = n } }
 
 // TestRecoveryPoints: with two recovery points kept, the replica can be

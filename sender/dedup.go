@@ -1,7 +1,11 @@
 package sender
 
 import (
+	"bytes"
 	"fmt"
+	"io"
+
+	"github.com/drsync/drsync/blockhash"
 
 	"github.com/drsync/drsync/pagecache"
 	"github.com/drsync/drsync/wire"
@@ -16,6 +20,16 @@ import (
 // sender start so that unchanged data is indexed too. Every reference is
 // checked byte for byte against the snapshot's disk before it is used:
 // the index only proposes.
+//
+// A second index holds the RAM pages, fed by the hashes the planner
+// computes anyway, so that a page equal to another page of memory travels
+// as a reference to it (RefPage). The replica reads a reference's source
+// as it is after the epoch's data and zero items but before any reference
+// (replica.checkCommit refuses references that read what references
+// write), so a RAM source must be a page the epoch does not write by
+// reference: one already planned as data or left unchanged, or one not yet
+// planned that the replica already holds with this content (it will then
+// be left unchanged).
 type Dedup struct {
 	idx     *pagecache.Index
 	ids     map[string]uint16 // disk name → index target
@@ -24,6 +38,19 @@ type Dedup struct {
 	snap    *Snapshot         // the snapshot being planned, for verification
 	byName  map[string]int    // disk name → target index in snap
 	buf     []byte
+
+	ram      *pagecache.Index
+	ramIDs   map[string]uint16 // RAM name → RAM index target
+	ramNames []string
+	ramByID  []int // RAM index target → target index in snap, -1 if absent
+
+	// The plan in progress: what the replica holds per snapshot target
+	// (nil: unknown), the pages written by reference so far, and where
+	// the scan is.
+	old            []*blockhash.Table
+	refd           [][]uint64 // per snapshot target, a bit per page
+	curTgt int
+	curOff int64
 }
 
 // NewDedup returns a Dedup whose index holds at most maxEntries pages
@@ -33,7 +60,22 @@ func NewDedup(maxEntries int) (*Dedup, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Dedup{idx: idx, ids: map[string]uint16{}, indexed: map[string]bool{}, buf: make([]byte, wire.PageSize)}, nil
+	ram, err := pagecache.New(pagecache.Options{MaxEntries: maxEntries})
+	if err != nil {
+		return nil, err
+	}
+	return &Dedup{idx: idx, ids: map[string]uint16{}, indexed: map[string]bool{}, buf: make([]byte, wire.PageSize),
+		ram: ram, ramIDs: map[string]uint16{}}, nil
+}
+
+func (d *Dedup) ramID(name string) uint16 {
+	id, ok := d.ramIDs[name]
+	if !ok {
+		id = uint16(len(d.ramIDs))
+		d.ramIDs[name] = id
+		d.ramNames = append(d.ramNames, name)
+	}
+	return id
 }
 
 func (d *Dedup) id(name string) uint16 {
@@ -46,16 +88,95 @@ func (d *Dedup) id(name string) uint16 {
 	return id
 }
 
-// begin prepares for planning snap.
-func (d *Dedup) begin(snap *Snapshot) {
+// begin prepares for planning snap against old, what the replica holds
+// of each of its targets (nil: unknown).
+func (d *Dedup) begin(snap *Snapshot, old []*blockhash.Table) {
 	d.snap = snap
 	d.byName = map[string]int{}
 	for i, t := range snap.Targets {
-		if t.Kind == wire.KindDisk {
+		switch t.Kind {
+		case wire.KindDisk:
 			d.byName[t.Name] = i
 			d.id(t.Name)
+		case wire.KindRAM:
+			d.ramID(t.Name)
 		}
 	}
+	d.ramByID = make([]int, len(d.ramNames))
+	for i := range d.ramByID {
+		d.ramByID[i] = -1
+	}
+	d.old = old
+	d.refd = make([][]uint64, len(snap.Targets))
+	for i, t := range snap.Targets {
+		if t.Kind == wire.KindRAM {
+			d.ramByID[d.ramIDs[t.Name]] = i
+			d.refd[i] = make([]uint64, (t.Size/wire.PageSize+63)/64)
+		}
+	}
+	d.curTgt, d.curOff = 0, 0
+}
+
+// planning says that target i is scanned next.
+func (d *Dedup) planning(i int) { d.curTgt, d.curOff = i, 0 }
+
+// ramPage records the content of RAM page off of target i, now planned
+// (hash h, or zero), and whether it travels as a reference.
+func (d *Dedup) ramPage(i int, off int64, h uint64, zero, ref bool) {
+	id := d.ramIDs[d.snap.Targets[i].Name]
+	if zero {
+		d.ram.Zero(id, off, wire.PageSize)
+	} else {
+		d.ram.SetPage(id, off, h)
+	}
+	if ref {
+		p := off / wire.PageSize
+		d.refd[i][p/64] |= 1 << (p % 64)
+	}
+	d.curOff = off + wire.PageSize
+}
+
+// usableSource reports whether page off of RAM target i, holding content
+// of hash h in the snapshot, reads as that content on the replica when the
+// epoch's references are applied.
+func (d *Dedup) usableSource(i int, off int64, h uint64) bool {
+	p := off / wire.PageSize
+	if i < d.curTgt || i == d.curTgt && off < d.curOff {
+		// Planned: as data or unchanged, unless written by reference.
+		return d.refd[i][p/64]&(1<<(p%64)) == 0
+	}
+	// Not planned yet: only if the replica already holds it, so that it
+	// will be found unchanged.
+	old := d.old[i]
+	if i == d.curTgt && off == d.curOff {
+		return false // the page being planned
+	}
+	return old != nil && int(p) < len(old.Hashes) && old.Hashes[p] == h
+}
+
+// findRAM returns a RAM page of the snapshot equal to page (hash h) that
+// the epoch may reference, verified byte for byte, other than the page at
+// off of target i itself.
+func (d *Dedup) findRAM(i int, off int64, h uint64, page []byte) (target int, srcOff int64, ok bool) {
+	for _, loc := range d.ram.Lookup(h) {
+		if int(loc.Target) >= len(d.ramByID) {
+			continue
+		}
+		j := d.ramByID[loc.Target]
+		if j < 0 || j == i && loc.Off == off || loc.Off+wire.PageSize > d.snap.Targets[j].Size {
+			continue
+		}
+		if !d.usableSource(j, loc.Off, h) {
+			continue
+		}
+		if _, err := d.snap.Targets[j].Reader.ReadAt(d.buf, loc.Off); err != nil && err != io.EOF {
+			continue
+		}
+		if bytes.Equal(d.buf, page) {
+			return j, loc.Off, true
+		}
+	}
+	return 0, 0, false
 }
 
 // needsFullRead reports whether the planner must read every non-zero

@@ -24,7 +24,8 @@ type PlanItem struct {
 	Hashes   []uint64 // per block, data items and references
 	DataHash uint64
 	dev      []byte // device state chunk
-	// PageRef: the disk target and byte offset the pages are copied from.
+	// PageRef: the kind, target and byte offset of the pages copied from.
+	Source    wire.RefSource
 	SrcTarget uint16
 	SrcOff    int64
 }
@@ -46,8 +47,9 @@ type Plan struct {
 	// Scanned counts bytes compared; Changed and Zeroed the bytes that go
 	// as data and as zero runs.
 	Scanned, Changed, Zeroed int64
-	// RAM pages of the epoch by how they travel.
-	RAMDataPages, RAMRefPages, RAMZeroPages int64
+	// RAM pages of the epoch by how they travel; RAMDupPages are the
+	// references (among RAMRefPages) to other memory pages.
+	RAMDataPages, RAMRefPages, RAMZeroPages, RAMDupPages int64
 
 	dd *Dedup // nil: no references
 }
@@ -65,12 +67,12 @@ func BuildPlan(ctx context.Context, epoch uint64, snap *Snapshot, choice baseCho
 // pages where dd finds them.
 func buildPlan(ctx context.Context, epoch uint64, snap *Snapshot, choice baseChoice, base *Index, dd *Dedup) (*Plan, error) {
 	p := &Plan{Epoch: epoch, Cut: snap.Cut, Base: choice, Next: &Index{Epoch: epoch, Tables: map[string]*blockhash.Table{}}, dd: dd}
-	if dd != nil {
-		dd.begin(snap)
-	}
 	if len(snap.Targets) > wire.MaxTargets {
 		return nil, fmt.Errorf("plan epoch %d: %d targets, at most %d", epoch, len(snap.Targets), wire.MaxTargets)
 	}
+	// What the replica holds of each target (nil: unknown), all known
+	// before any is scanned: a memory page may refer to a later one.
+	olds := make([]*blockhash.Table, len(snap.Targets))
 	for i, t := range snap.Targets {
 		if t.Kind == wire.KindRAM && (t.BlockSize != wire.PageSize || t.Size%wire.PageSize != 0) {
 			return nil, fmt.Errorf("plan epoch %d: RAM %s of %d bytes at block size %d: must be whole %d-byte pages", epoch, t.Name, t.Size, t.BlockSize, wire.PageSize)
@@ -84,25 +86,34 @@ func buildPlan(ctx context.Context, epoch uint64, snap *Snapshot, choice baseCho
 		if _, dup := p.Next.Tables[k]; dup {
 			return nil, fmt.Errorf("plan epoch %d: target %s listed twice", epoch, k)
 		}
-		var old *blockhash.Table // nil: unknown
+		p.Next.Tables[k] = nil // reserved, for the duplicate check
 		switch choice {
 		case baseFresh:
-			old = blockhash.NewZero(t.Size, t.BlockSize)
+			olds[i] = blockhash.NewZero(t.Size, t.BlockSize)
 		case baseCommitted, basePending, baseFetched:
 			if bt := base.Tables[k]; bt != nil {
 				if bt.BlockSize != t.BlockSize {
 					return nil, fmt.Errorf("plan epoch %d: %s block size changed from %d to %d; the replica cannot follow", epoch, k, bt.BlockSize, t.BlockSize)
 				}
-				old = bt.Clone()
-				old.Resize(t.Size)
+				olds[i] = bt.Clone()
+				olds[i].Resize(t.Size)
 			} else {
-				old = blockhash.NewZero(t.Size, t.BlockSize)
+				olds[i] = blockhash.NewZero(t.Size, t.BlockSize)
 			}
 		}
-		next, err := p.scanTarget(ctx, uint16(i), t, old)
+	}
+	if dd != nil {
+		dd.begin(snap, olds)
+	}
+	for i, t := range snap.Targets {
+		if dd != nil {
+			dd.planning(i)
+		}
+		next, err := p.scanTarget(ctx, uint16(i), t, olds[i])
 		if err != nil {
 			return nil, fmt.Errorf("plan epoch %d: %s %s: %w", epoch, kindWord(t.Kind), t.Name, err)
 		}
+		k := TableKey(t.Kind, t.Name)
 		p.Next.Tables[k] = next
 		p.States = append(p.States, wire.TargetDigest{Target: uint16(i), Digest: next.Digest()})
 	}
@@ -134,6 +145,15 @@ func kindWord(k wire.TargetKind) string {
 	return "disk"
 }
 
+// refSrcOffset is a reference's source as the wire carries it: a byte
+// offset into a disk, a page index into memory.
+func refSrcOffset(it PlanItem) uint64 {
+	if it.Source == wire.RefPage {
+		return uint64(it.SrcOff / wire.PageSize)
+	}
+	return uint64(it.SrcOff)
+}
+
 func (p *Plan) add(it PlanItem) {
 	s := wire.Summary{Seq: uint64(len(p.Items)), Type: it.Type, Target: it.Target, Offset: uint64(it.Off), Length: uint64(it.Len), DataHash: it.DataHash}
 	if it.Type == wire.TypeMemRun {
@@ -141,7 +161,7 @@ func (p *Plan) add(it PlanItem) {
 	}
 	if it.Type == wire.TypePageRef {
 		s.Offset, s.Length, s.DataHash = uint64(it.Off/wire.PageSize), uint64(it.Len/wire.PageSize), 0
-		s.Source, s.SrcTarget, s.SrcOffset = wire.RefDisk, it.SrcTarget, uint64(it.SrcOff)
+		s.Source, s.SrcTarget, s.SrcOffset = it.Source, it.SrcTarget, refSrcOffset(it)
 	}
 	if it.Type == wire.TypeDeviceState {
 		s.Target = 0
@@ -192,13 +212,14 @@ func (rb *runBuilder) block(off int64, data []byte, zero bool, hash uint64) {
 	}
 }
 
-// ref adds a page that travels as a reference to a disk page.
-func (rb *runBuilder) ref(off int64, hash uint64, src uint16, srcOff int64) {
-	if c := rb.cur; c != nil && c.Type == wire.TypePageRef && c.Off+c.Len == off && c.SrcTarget == src && c.SrcOff+c.Len == srcOff && c.Len < wire.MaxData {
+// ref adds a page that travels as a reference to a page of a disk (kind
+// RefDisk) or of memory (RefPage) at byte offset srcOff.
+func (rb *runBuilder) ref(off int64, hash uint64, kind wire.RefSource, src uint16, srcOff int64) {
+	if c := rb.cur; c != nil && c.Type == wire.TypePageRef && c.Source == kind && c.Off+c.Len == off && c.SrcTarget == src && c.SrcOff+c.Len == srcOff && c.Len < wire.MaxData {
 		c.Len += wire.PageSize
 	} else {
 		rb.flush()
-		rb.cur = &PlanItem{Type: wire.TypePageRef, Target: rb.target, Off: off, Len: wire.PageSize, SrcTarget: src, SrcOff: srcOff}
+		rb.cur = &PlanItem{Type: wire.TypePageRef, Target: rb.target, Off: off, Len: wire.PageSize, Source: kind, SrcTarget: src, SrcOff: srcOff}
 	}
 	rb.cur.Hashes = append(rb.cur.Hashes, hash)
 }
@@ -309,25 +330,43 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 					p.dd.update(t.Name, off+b, blk)
 				}
 			}
+			// Memory pages feed the RAM index as they are planned; ref says
+			// the page is written by reference.
+			ramDedup := t.Kind == wire.KindRAM && p.dd != nil && len(blk) == wire.PageSize
+			planned := func(ref bool) {
+				if ramDedup {
+					p.dd.ramPage(int(id), off+b, h, zero, ref)
+				}
+			}
 			if old != nil && old.Hashes[i] == h {
+				planned(false)
 				rb.flush()
 				continue
 			}
 			if t.Kind == wire.KindRAM && zero {
 				p.RAMZeroPages++
 			}
-			if t.Kind == wire.KindRAM && !zero && p.dd != nil && len(blk) == wire.PageSize {
+			if ramDedup && !zero {
 				if known[b/bs] == unchangedBlock {
 					if _, err := t.Reader.ReadAt(blk, off+b); err != nil && err != io.EOF {
 						return nil, fmt.Errorf("read at %d: %w", off+b, err)
 					}
 				}
 				if src, srcOff, ok := p.dd.find(h, blk); ok {
-					rb.ref(off+b, h, src, srcOff)
+					rb.ref(off+b, h, wire.RefDisk, src, srcOff)
 					p.RAMRefPages++
+					planned(true)
+					continue
+				}
+				if src, srcOff, ok := p.dd.findRAM(int(id), off+b, h, blk); ok {
+					rb.ref(off+b, h, wire.RefPage, uint16(src), srcOff)
+					p.RAMRefPages++
+					p.RAMDupPages++
+					planned(true)
 					continue
 				}
 			}
+			planned(false)
 			if t.Kind == wire.KindRAM && !zero {
 				p.RAMDataPages++
 			}
@@ -408,7 +447,7 @@ func (p *Plan) Frame(snap *Snapshot, i int) (wire.Item, error) {
 			}
 		}
 		return &wire.PageRef{Seq: seq, Target: it.Target, Page: uint64(it.Off / wire.PageSize), Count: uint32(it.Len / wire.PageSize),
-			Source: wire.RefDisk, SrcTarget: it.SrcTarget, SrcOffset: uint64(it.SrcOff)}, nil
+			Source: it.Source, SrcTarget: it.SrcTarget, SrcOffset: refSrcOffset(it)}, nil
 	case wire.TypeDeviceState:
 		return &wire.DeviceState{Seq: seq, Offset: uint64(it.Off), Total: uint64(len(snap.DeviceState)), Data: it.dev}, nil
 	}

@@ -87,6 +87,18 @@ type Result struct {
 	// RAM pages changed in the epoch, by how they travelled: as data, as
 	// references to disk pages the replica holds, as zero runs.
 	RAMDataPages, RAMRefPages, RAMZeroPages int64
+	// RAMDupPages are the references (among RAMRefPages) to other pages of
+	// memory rather than to disks.
+	RAMDupPages int64
+	// RefBytes are the changed bytes that travelled as references (the
+	// pages of RAMRefPages).
+	RefBytes uint64
+	// SendTime is the time from the epoch's first frame to its commit
+	// acknowledgement in the last attempt: the part the link paces.
+	// CompressTime is the time spent compressing in it, and Compression
+	// the level it used.
+	SendTime, CompressTime time.Duration
+	Compression            wire.Compression
 }
 
 // Sender replicates one VM: each RunEpoch cuts a snapshot, works out what
@@ -151,6 +163,16 @@ func (s *Sender) Close() error {
 	return nil
 }
 
+// SetCompression changes the compression of the epochs sent from now on
+// (an epoch being sent keeps its level until its next attempt).
+func (s *Sender) SetCompression(c wire.Compression) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	s.o.Compression = c
+	return nil
+}
+
 // Disconnect drops the connection; the next RunEpoch dials again. An epoch
 // in flight is kept and resumed.
 func (s *Sender) Disconnect() { s.dropSession() }
@@ -171,7 +193,7 @@ func (s *Sender) connect(ctx context.Context) error {
 		return fmt.Errorf("connect: %w", err)
 	}
 	bw := bufio.NewWriterSize(rw, 1<<20)
-	ss := &session{rw: rw, bw: bw, enc: wire.NewEncoder(bw, wire.EncoderOptions{Compression: s.o.Compression}), dec: wire.NewDecoder(bufio.NewReaderSize(rw, 64<<10), wire.DecoderOptions{})}
+	ss := &session{rw: rw, bw: bw, enc: wire.NewEncoder(bw, wire.EncoderOptions{Compression: s.o.Compression, Clock: s.o.Now}), dec: wire.NewDecoder(bufio.NewReaderSize(rw, 64<<10), wire.DecoderOptions{})}
 	// A peer that never answers must not hang the sender.
 	stop := context.AfterFunc(ctx, func() { rw.Close() })
 	defer stop()
@@ -272,7 +294,8 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 		a = &attempt{plan: plan, snap: snap, baseID: pos.StateID, started: s.o.Now()}
 		a.res = Result{Epoch: epoch, Cut: plan.Cut, Base: choice.String(), Items: len(plan.Items), DataBytes: plan.Bytes, Scanned: plan.Scanned,
 			Pause: snap.Pause, HypervisorDowntime: snap.HypervisorDowntime,
-			RAMDataPages: plan.RAMDataPages, RAMRefPages: plan.RAMRefPages, RAMZeroPages: plan.RAMZeroPages}
+			RAMDataPages: plan.RAMDataPages, RAMRefPages: plan.RAMRefPages, RAMZeroPages: plan.RAMZeroPages,
+			RAMDupPages: plan.RAMDupPages, RefBytes: uint64(plan.RAMRefPages) * wire.PageSize}
 		s.inflight = a
 	}
 	p := a.plan
@@ -290,7 +313,12 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 
 	stop := context.AfterFunc(ctx, func() { ss.rw.Close() })
 	defer stop()
+	if err := ss.enc.SetCompression(s.o.Compression); err != nil {
+		return nil, err
+	}
 	wire0 := ss.enc.Stats().WireBytes
+	comp0 := ss.enc.Stats().CompressTime
+	sendStart := s.o.Now()
 	acks := make(chan error, 1)
 	var durable uint64
 	go func() {
@@ -388,6 +416,9 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 		return fail(ctx.Err())
 	}
 	a.res.WireBytes += ss.enc.Stats().WireBytes - wire0
+	a.res.SendTime = s.o.Now().Sub(sendStart)
+	a.res.CompressTime = ss.enc.Stats().CompressTime - comp0
+	a.res.Compression = s.o.Compression
 	if err := s.o.Store.Promote(p.Next); err != nil {
 		return nil, fmt.Errorf("epoch %d committed, but: %w", epoch, err)
 	}
