@@ -47,8 +47,8 @@ type Dedup struct {
 	// The plan in progress: what the replica holds per snapshot target
 	// (nil: unknown), the pages written by reference so far, and where
 	// the scan is.
-	old            []*blockhash.Table
-	refd           [][]uint64 // per snapshot target, a bit per page
+	old    []*blockhash.Table
+	refd   [][]uint64 // per snapshot target, a bit per page
 	curTgt int
 	curOff int64
 }
