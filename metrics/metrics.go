@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"cmp"
 	"context"
 	"net"
 	"net/http"
@@ -51,6 +52,8 @@ type Sender struct {
 	pages    *prometheus.CounterVec
 	pause    *prometheus.HistogramVec
 	goodput  *prometheus.GaugeVec
+	dirty    *prometheus.GaugeVec
+	plan     *prometheus.GaugeVec
 
 	mu      sync.Mutex
 	lastCut map[string]time.Time
@@ -68,20 +71,34 @@ func NewSender(now func() time.Time) *Sender {
 		pages:    prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drsync_sender_ram_pages_total", Help: "Changed RAM pages by how they travelled."}, []string{"vm", "how"}),
 		pause: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "drsync_sender_guest_pause_seconds", Help: "How long the guest was stopped to cut an epoch.",
 			Buckets: []float64{.002, .005, .01, .015, .02, .03, .05, .1, .2, .5, 1}}, []string{"vm"}),
-		goodput: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "drsync_sender_goodput_bytes_per_second", Help: "Wire bytes of the last epoch over its duration."}, []string{"vm"}),
+		goodput: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "drsync_sender_goodput_bytes_per_second", Help: "Wire bytes of the last epoch over its send time."}, []string{"vm"}),
+		dirty:   prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "drsync_sender_dirty_bytes_per_second", Help: "Changed bytes of the last epoch per second of guest time it covered."}, []string{"vm"}),
+		plan: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "drsync_sender_plan", Help: "Adaptive epochs, the plan after the last commit: rpo_target_seconds, next_epoch_seconds, " +
+			"predicted_lag_seconds, rpo_breach_predicted (1 or 0), compression_level (0 none to 3 better), planned_goodput_bytes_per_second, model_dirty_bytes_per_second."}, []string{"vm", "value"}),
 		lastCut: map[string]time.Time{},
 	}
-	s.reg.MustRegister(s.lag, s.interval, s.epochs, s.failures, s.bytes, s.pages, s.pause, s.goodput)
+	s.reg.MustRegister(s.lag, s.interval, s.epochs, s.failures, s.bytes, s.pages, s.pause, s.goodput, s.dirty, s.plan)
 	return s
 }
 
 // Epoch is what a committed epoch reports.
 type Epoch struct {
-	Cut                                time.Time
-	Duration                           time.Duration
-	ChangedBytes, WireBytes, Resent    uint64
-	Pause                              time.Duration // 0 for sources that never stop a guest
-	RAMDataPages, RAMRefPages, RAMZero int64
+	Cut                             time.Time
+	Duration                        time.Duration
+	SendTime                        time.Duration // first frame to commit; 0: use Duration
+	ChangedBytes, WireBytes, Resent uint64
+	Pause                           time.Duration // 0 for sources that never stop a guest
+	// RAM pages by how they travelled: data, references to disk pages,
+	// references to other memory pages, zero runs.
+	RAMDataPages, RAMRefPages, RAMDupPages, RAMZero int64
+}
+
+// Plan is what adaptive epochs planned after a commit.
+type Plan struct {
+	RPOTarget, NextInterval, PredictedLag time.Duration
+	Breach                                bool
+	Level                                 int
+	DirtyRate, Goodput                    float64 // bytes/s, as the model has them
 }
 
 // Committed records a committed epoch of vm.
@@ -89,7 +106,9 @@ func (s *Sender) Committed(vm string, e Epoch) {
 	s.lag.set(vm, e.Cut)
 	s.mu.Lock()
 	if prev, ok := s.lastCut[vm]; ok && e.Cut.After(prev) {
-		s.interval.WithLabelValues(vm).Set(e.Cut.Sub(prev).Seconds())
+		iv := e.Cut.Sub(prev).Seconds()
+		s.interval.WithLabelValues(vm).Set(iv)
+		s.dirty.WithLabelValues(vm).Set(float64(e.ChangedBytes) / iv)
 	}
 	s.lastCut[vm] = e.Cut
 	s.mu.Unlock()
@@ -99,12 +118,28 @@ func (s *Sender) Committed(vm string, e Epoch) {
 	s.bytes.WithLabelValues(vm, "resent").Add(float64(e.Resent))
 	s.pages.WithLabelValues(vm, "data").Add(float64(e.RAMDataPages))
 	s.pages.WithLabelValues(vm, "reference").Add(float64(e.RAMRefPages))
+	s.pages.WithLabelValues(vm, "duplicate").Add(float64(e.RAMDupPages))
 	s.pages.WithLabelValues(vm, "zero").Add(float64(e.RAMZero))
 	if e.Pause > 0 {
 		s.pause.WithLabelValues(vm).Observe(e.Pause.Seconds())
 	}
-	if e.Duration > 0 {
-		s.goodput.WithLabelValues(vm).Set(float64(e.WireBytes) / e.Duration.Seconds())
+	if d := cmp.Or(e.SendTime, e.Duration); d > 0 {
+		s.goodput.WithLabelValues(vm).Set(float64(e.WireBytes) / d.Seconds())
+	}
+}
+
+// Planned records the plan adaptive epochs made for vm's next epoch.
+func (s *Sender) Planned(vm string, p Plan) {
+	breach := 0.0
+	if p.Breach {
+		breach = 1
+	}
+	for k, v := range map[string]float64{
+		"rpo_target_seconds": p.RPOTarget.Seconds(), "next_epoch_seconds": p.NextInterval.Seconds(),
+		"predicted_lag_seconds": p.PredictedLag.Seconds(), "rpo_breach_predicted": breach, "compression_level": float64(p.Level),
+		"planned_goodput_bytes_per_second": p.Goodput, "model_dirty_bytes_per_second": p.DirtyRate,
+	} {
+		s.plan.WithLabelValues(vm, k).Set(v)
 	}
 }
 

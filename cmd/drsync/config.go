@@ -73,6 +73,70 @@ func (z *Size) UnmarshalText(b []byte) error {
 
 func (z Size) String() string { return formatBytes(uint64(z)) }
 
+// Rate is a bandwidth in bytes per second, written as network links are
+// described, in bits ("100Mbit/s", "1Gbit/s", "500kbit/s", decimal
+// prefixes), or in binary bytes ("12MiB/s").
+type Rate float64
+
+var rateUnits = map[string]float64{
+	"bit/s":  1.0 / 8,
+	"kbit/s": 1e3 / 8,
+	"mbit/s": 1e6 / 8,
+	"gbit/s": 1e9 / 8,
+	"b/s":    1,
+	"kib/s":  1 << 10,
+	"mib/s":  1 << 20,
+	"gib/s":  1 << 30,
+}
+
+// ParseRate parses a Rate.
+func ParseRate(s string) (Rate, error) {
+	t := strings.TrimSpace(s)
+	i := 0
+	for i < len(t) && (t[i] >= '0' && t[i] <= '9' || t[i] == '.') {
+		i++
+	}
+	n, err := strconv.ParseFloat(t[:i], 64)
+	if i == 0 || err != nil {
+		return 0, fmt.Errorf("rate %q: want a number and a unit such as \"100Mbit/s\", \"1Gbit/s\" or \"12MiB/s\"", s)
+	}
+	mul, ok := rateUnits[strings.ToLower(strings.TrimSpace(t[i:]))]
+	if !ok {
+		return 0, fmt.Errorf("rate %q: unknown unit %q; want bit/s, kbit/s, Mbit/s, Gbit/s, B/s, KiB/s, MiB/s or GiB/s", s, t[i:])
+	}
+	r := n * mul
+	if !(r > 0) || math.IsInf(r, 0) {
+		return 0, fmt.Errorf("rate %q: must be positive", s)
+	}
+	return Rate(r), nil
+}
+
+// UnmarshalText implements encoding.TextUnmarshaler for the TOML decoder.
+func (r *Rate) UnmarshalText(b []byte) error {
+	v, err := ParseRate(string(b))
+	if err != nil {
+		return err
+	}
+	*r = v
+	return nil
+}
+
+func (r Rate) String() string { return formatRate(float64(r)) }
+
+// formatRate renders bytes/s as bits per second, as links are rated.
+func formatRate(bps float64) string {
+	b := bps * 8
+	switch {
+	case b >= 1e9:
+		return fmt.Sprintf("%.3g Gbit/s", b/1e9)
+	case b >= 1e6:
+		return fmt.Sprintf("%.3g Mbit/s", b/1e6)
+	case b >= 1e3:
+		return fmt.Sprintf("%.3g kbit/s", b/1e3)
+	}
+	return fmt.Sprintf("%.0f bit/s", b)
+}
+
 // Duration is a time.Duration written as "30s", "15m" or "1h30m".
 type Duration time.Duration
 

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/drsync/drsync/diskmirror"
+	"github.com/drsync/drsync/epochctl"
 	"github.com/drsync/drsync/livecut"
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/tlsid"
@@ -25,6 +26,8 @@ const (
 
 	modeContinuous = "continuous"
 	modeScheduled  = "scheduled"
+
+	compressionAuto = "auto"
 )
 
 // SenderConfig is the sender's configuration file.
@@ -48,6 +51,9 @@ type ReceiverPeerConfig struct {
 	// IdleTimeout declares the connection dead after this long without
 	// hearing from the receiver; the sender then reconnects and resumes.
 	IdleTimeout Duration `toml:"idle_timeout"`
+	// BandwidthCap caps what this sender writes to the receiver, all VMs
+	// together (0: no cap). Adaptive epochs plan with it.
+	BandwidthCap Rate `toml:"bandwidth_cap"`
 }
 
 // StateConfig is the [state] table.
@@ -59,9 +65,15 @@ type StateConfig struct {
 
 // VMConfig is one [[vm]] entry.
 type VMConfig struct {
-	Name        string       `toml:"name"`
-	Mode        string       `toml:"mode"`
-	MinInterval Duration     `toml:"min_interval"`
+	Name        string   `toml:"name"`
+	Mode        string   `toml:"mode"`
+	MinInterval Duration `toml:"min_interval"`
+	// RPOTarget turns on adaptive epochs (continuous mode): each epoch's
+	// length, between min_interval and max_interval, and with compression
+	// = "auto" its level, are chosen from the measured goodput, dirty rate
+	// and dedup so that the replica's lag stays below this.
+	RPOTarget   Duration     `toml:"rpo_target"`
+	MaxInterval Duration     `toml:"max_interval"`
 	Schedule    Duration     `toml:"schedule"`
 	Compression string       `toml:"compression"`
 	DeviceState string       `toml:"device_state"`
@@ -204,12 +216,16 @@ func (v *VMConfig) validate(file string, i int) error {
 		if v.Schedule != 0 {
 			return bad("schedule", "only used with mode = %q; use min_interval to space continuous epochs", modeScheduled)
 		}
-		if v.MinInterval == 0 {
+		if v.MinInterval == 0 && v.RPOTarget == 0 {
 			v.MinInterval = Duration(defaultMinInterval)
 		}
-		if v.MinInterval.D() < minScheduleGap {
+		if v.MinInterval != 0 && v.MinInterval.D() < minScheduleGap {
 			return bad("min_interval", "%s is shorter than %s", v.MinInterval, minScheduleGap)
 		}
+		if v.MaxInterval != 0 && v.RPOTarget == 0 {
+			return bad("max_interval", "only used with rpo_target (adaptive epochs)")
+		}
+
 	case modeScheduled:
 		if v.Schedule == 0 {
 			return bad("schedule", "missing: mode = %q needs an interval such as \"15m\"", modeScheduled)
@@ -220,14 +236,27 @@ func (v *VMConfig) validate(file string, i int) error {
 		if v.MinInterval != 0 {
 			return bad("min_interval", "only used with mode = %q; scheduled epochs start every schedule interval", modeContinuous)
 		}
+		if v.RPOTarget != 0 || v.MaxInterval != 0 {
+			return bad("rpo_target", "adaptive epochs need mode = %q; a schedule fixes the interval", modeContinuous)
+		}
 	default:
 		return bad("mode", "%q is not a mode (want %q or %q)", v.Mode, modeContinuous, modeScheduled)
 	}
 	if v.Compression == "" {
 		v.Compression = defaultCompression
 	}
-	if err := v.compression.UnmarshalText([]byte(v.Compression)); err != nil {
-		return bad("compression", "%q is not a level (want none, fast, default or better)", v.Compression)
+	if v.Compression == compressionAuto {
+		if v.RPOTarget == 0 {
+			return bad("compression", "%q lets adaptive epochs choose the level; it needs rpo_target", compressionAuto)
+		}
+		v.compression = wire.CompressFast // until the first choice
+	} else if err := v.compression.UnmarshalText([]byte(v.Compression)); err != nil {
+		return bad("compression", "%q is not a level (want none, fast, default, better or auto)", v.Compression)
+	}
+	if v.adaptive() {
+		if _, err := v.pacingConfig(0); err != nil {
+			return bad("rpo_target", "%v", err)
+		}
 	}
 	if v.live() {
 		return v.validateLive(bad)
@@ -352,12 +381,27 @@ func (c *SenderConfig) vm(name string) (*VMConfig, bool) {
 	return nil, false
 }
 
-// interval is the time between epoch starts.
+// interval is the time between epoch starts without adaptive epochs.
 func (v *VMConfig) interval() time.Duration {
 	if v.Mode == modeScheduled {
 		return v.Schedule.D()
 	}
 	return v.MinInterval.D()
+}
+
+// adaptive reports whether epoch lengths follow an RPO target.
+func (v *VMConfig) adaptive() bool { return v.RPOTarget != 0 }
+
+// pacingConfig is the epoch controller's configuration for this VM, with
+// cap its share of the bandwidth cap in bytes/s (0: none).
+func (v *VMConfig) pacingConfig(cap float64) (epochctl.Config, error) {
+	c := epochctl.Config{RPOTarget: v.RPOTarget.D(), MinInterval: v.MinInterval.D(), MaxInterval: v.MaxInterval.D(),
+		BandwidthCap: cap, StartLevel: epochctl.Level(v.compression)}
+	if v.Compression != compressionAuto {
+		c.Levels = []epochctl.Level{epochctl.Level(v.compression)}
+	}
+	err := c.Validate()
+	return c, err
 }
 
 // stateDir is the VM's directory under [state] dir.

@@ -200,6 +200,21 @@ func TestSenderConfig(t *testing.T) {
 		{"bad compression", func(t *testing.T) string {
 			return edit(t, baseSender, `min_interval = "30s"`, `compression = "max"`)
 		}, []string{"compression", "max"}},
+		{"auto compression without an RPO target", func(t *testing.T) string {
+			return edit(t, baseSender, `min_interval = "30s"`, `compression = "auto"`)
+		}, []string{"compression", "auto", "rpo_target"}},
+		{"max_interval without an RPO target", func(t *testing.T) string {
+			return edit(t, baseSender, `min_interval = "30s"`, `max_interval = "5m"`)
+		}, []string{"max_interval", "rpo_target"}},
+		{"RPO target not above min_interval", func(t *testing.T) string {
+			return edit(t, baseSender, `min_interval = "30s"`, "min_interval = \"30s\"\nrpo_target = \"20s\"")
+		}, []string{"rpo_target", "MinInterval", "no room"}},
+		{"RPO target on a schedule", func(t *testing.T) string {
+			return edit(t, baseSender, `min_interval = "30s"`, "mode = \"scheduled\"\nschedule = \"15m\"\nrpo_target = \"1h\"")
+		}, []string{"rpo_target", "continuous"}},
+		{"bandwidth cap in ambiguous units", func(t *testing.T) string {
+			return edit(t, baseSender, `address = "127.0.0.1:7447"`, "address = \"127.0.0.1:7447\"\nbandwidth_cap = \"100MB\"")
+		}, []string{"bandwidth_cap", "Mbit/s"}},
 		{"bad format", func(t *testing.T) string {
 			return edit(t, baseSender, `path = "images/vda.raw"`, "path = \"images/vda.raw\"\nformat = \"vmdk\"")
 		}, []string{"format", "vmdk"}},

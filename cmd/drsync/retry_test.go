@@ -106,20 +106,3 @@ func TestRetrierStopsOnCancel(t *testing.T) {
 	}
 }
 
-func TestNextStart(t *testing.T) {
-	t0 := time.Date(2025, 1, 1, 12, 0, 0, 0, time.UTC)
-	cont := &vmLoop{vm: &VMConfig{Mode: modeContinuous, MinInterval: Duration(10 * time.Second)}}
-	if got := cont.nextStart(t0, t0.Add(time.Minute)); !got.Equal(t0.Add(70 * time.Second)) {
-		t.Errorf("continuous: %s", got)
-	}
-	sched := &vmLoop{vm: &VMConfig{Mode: modeScheduled, Schedule: Duration(15 * time.Minute)}}
-	for _, c := range []struct{ start, want time.Duration }{
-		{0, 15 * time.Minute},
-		{15*time.Minute + 3*time.Second, 30 * time.Minute}, // late start keeps the grid
-		{47 * time.Minute, 60 * time.Minute},
-	} {
-		if got := sched.nextStart(t0, t0.Add(c.start)); !got.Equal(t0.Add(c.want)) {
-			t.Errorf("scheduled, started at +%s: next at +%s, want +%s", c.start, got.Sub(t0), c.want)
-		}
-	}
-}

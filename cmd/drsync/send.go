@@ -18,6 +18,7 @@ import (
 
 	"github.com/drsync/drsync/livecut"
 	"github.com/drsync/drsync/metrics"
+	"github.com/drsync/drsync/ratelimit"
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/tlsid"
 	"github.com/drsync/drsync/vfs"
@@ -127,6 +128,8 @@ type sendOptions struct {
 	log     *slog.Logger
 	bar     *progressBar // nil unless stderr is a terminal
 	metrics *metrics.Sender
+	// capShare is each VM's part of the bandwidth cap, in bytes/s (0: none).
+	capShare float64
 }
 
 func send(ctx context.Context, e *env, cfg *SenderConfig, vms []*VMConfig, o sendOptions) error {
@@ -138,7 +141,17 @@ func send(ctx context.Context, e *env, cfg *SenderConfig, vms []*VMConfig, o sen
 	if err != nil {
 		return err
 	}
-	dialer := quicDialer(cfg.Receiver.Address, tlsid.ClientTLS(id, trust), cfg.transportOptions())
+	var dialer sender.Dialer = quicDialer(cfg.Receiver.Address, tlsid.ClientTLS(id, trust), cfg.transportOptions())
+	if cp := float64(cfg.Receiver.BandwidthCap); cp > 0 {
+		// One limiter for all VMs: the cap is the link's. Each VM's epochs
+		// are planned with an equal share of it.
+		lim, err := ratelimit.New(ratelimit.Options{Rate: cp, Now: e.now, Sleep: sleepCtx})
+		if err != nil {
+			return &configError{cfg.file, "receiver.bandwidth_cap", err}
+		}
+		dialer = cappedDialer(dialer, lim)
+		o.capShare = cp / float64(len(vms))
+	}
 	if cfg.Metrics != "" {
 		o.metrics = metrics.NewSender(e.now)
 		if err := serveMetrics(ctx, cfg.file, cfg.Metrics, o.metrics.Handler(), o.log); err != nil {
@@ -200,6 +213,7 @@ type vmLoop struct {
 	runner  epochRunner
 	status  *senderStatusRecorder
 	metrics *metrics.Sender // nil without an endpoint
+	pacer   *pacer
 	final   bool
 	log     *slog.Logger
 	bar     *progressBar
@@ -253,10 +267,17 @@ func newVMLoop(e *env, cfg *SenderConfig, v *VMConfig, dialer sender.Dialer, o s
 	if err != nil {
 		return nil, fmt.Errorf("vm %s: %w", v.Name, err)
 	}
+	status := loadSenderStatus(filepath.Join(dir, senderStatusFile), v.Name, e.now, log)
+	pc, err := newPacer(v, o.capShare, status.st.Cut)
+	if err != nil {
+		snd.Close()
+		return nil, &configError{cfg.file, fmt.Sprintf("vm %q", v.Name), err}
+	}
 	l := &vmLoop{
 		vm:      v,
 		snd:     snd,
-		status:  loadSenderStatus(filepath.Join(dir, senderStatusFile), v.Name, e.now, log),
+		pacer:   pc,
+		status:  status,
 		metrics: o.metrics,
 		final:   o.final,
 		log:     log,
@@ -270,6 +291,17 @@ func newVMLoop(e *env, cfg *SenderConfig, v *VMConfig, dialer sender.Dialer, o s
 	r.onFailure = l.failed
 	l.runner = r
 	return l, nil
+}
+
+// cappedDialer puts every connection d opens under lim.
+func cappedDialer(d sender.Dialer, lim *ratelimit.Limiter) sender.Dialer {
+	return sender.DialFunc(func(ctx context.Context) (io.ReadWriteCloser, error) {
+		rw, err := d.Dial(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return ratelimit.NewConn(rw, lim), nil
+	})
 }
 
 // checkImages makes a missing or misnamed image a configuration error at
@@ -305,12 +337,8 @@ func checkImages(file string, v *VMConfig) error {
 // first committed epoch. A stop by ctx is not an error unless once: then the
 // epoch the caller asked for was not sent.
 func (l *vmLoop) run(ctx context.Context) error {
-	var first time.Time
 	for {
 		start := l.now()
-		if first.IsZero() {
-			first = start
-		}
 		res, err := l.runner.RunEpoch(ctx)
 		if l.bar != nil {
 			l.bar.done(l.vm.Name)
@@ -329,14 +357,20 @@ func (l *vmLoop) run(ctx context.Context) error {
 			}
 			return err
 		}
-		l.committed(res)
+		pc := l.pacer.committed(res, start, l.now())
+		l.committed(res, pc)
 		if l.once {
 			if l.final {
 				l.log.Warn("switch-back epoch committed: this VM stays paused here; start it at the other site (drsync failover there), then stop this QEMU", "epoch", res.Epoch)
 			}
 			return nil
 		}
-		wait := l.nextStart(first, start).Sub(l.now())
+		if pc.level != res.Compression {
+			if err := l.snd.SetCompression(pc.level); err != nil {
+				return err
+			}
+		}
+		wait := pc.next.Sub(l.now())
 		if wait > 0 {
 			l.log.Debug("next epoch", "in", wait.Round(time.Millisecond))
 			if l.sleep(ctx, wait) != nil {
@@ -346,20 +380,7 @@ func (l *vmLoop) run(ctx context.Context) error {
 	}
 }
 
-// nextStart is when the epoch after the one started at start begins.
-// Continuous: min_interval after start. Scheduled: the next slot of the
-// schedule grid that began at first. A slot missed because an epoch took
-// longer than the interval is not queued: the next epoch starts at once.
-func (l *vmLoop) nextStart(first, start time.Time) time.Time {
-	iv := l.vm.interval()
-	if l.vm.Mode != modeScheduled {
-		return start.Add(iv)
-	}
-	n := start.Sub(first)/iv + 1
-	return first.Add(n * iv)
-}
-
-func (l *vmLoop) committed(res *sender.Result) {
+func (l *vmLoop) committed(res *sender.Result, pc pace) {
 	lag := l.now().Sub(res.Cut)
 	attrs := []any{"epoch", res.Epoch, "cut", res.Cut.UTC().Format(time.RFC3339Nano), "base", res.Base,
 		"items", res.Items, "data_bytes", res.DataBytes, "wire_bytes", res.WireBytes, "resent_bytes", res.ResentBytes,
@@ -368,14 +389,35 @@ func (l *vmLoop) committed(res *sender.Result) {
 		attrs = append(attrs, "guest_pause", res.Pause.Round(10*time.Microsecond), "qemu_downtime", res.HypervisorDowntime)
 	}
 	if res.RAMDataPages+res.RAMRefPages+res.RAMZeroPages > 0 {
-		attrs = append(attrs, "ram_pages_data", res.RAMDataPages, "ram_pages_ref", res.RAMRefPages, "ram_pages_zero", res.RAMZeroPages)
+		attrs = append(attrs, "ram_pages_data", res.RAMDataPages, "ram_pages_ref", res.RAMRefPages, "ram_pages_dup", res.RAMDupPages, "ram_pages_zero", res.RAMZeroPages)
+	}
+	f := pc.flow
+	attrs = append(attrs, "epoch_length", secs(f.EpochSeconds), "goodput", formatRate(f.GoodputBytesPerSecond), "dirty_rate", formatRate(f.DirtyBytesPerSecond), "compression", f.Compression)
+	if f.RPOTargetSeconds > 0 {
+		attrs = append(attrs, "next_epoch", secs(f.NextEpochSeconds), "predicted_lag", secs(f.PredictedLagSeconds), "next_compression", pc.level)
 	}
 	l.log.Info("epoch committed", attrs...)
-	l.status.success(res)
-	if l.metrics != nil {
-		l.metrics.Committed(l.vm.Name, metrics.Epoch{Cut: res.Cut, Duration: res.Duration, ChangedBytes: res.DataBytes, WireBytes: res.WireBytes,
-			Resent: res.ResentBytes, Pause: res.Pause, RAMDataPages: res.RAMDataPages, RAMRefPages: res.RAMRefPages, RAMZero: res.RAMZeroPages})
+	switch {
+	case pc.breachBegan:
+		l.log.Warn("RPO target will be missed at the measured rates: the link cannot carry what the guest changes within the target (raise rpo_target or bandwidth, or reduce the guest's writes)",
+			"rpo_target", l.vm.RPOTarget, "predicted_lag", secs(f.PredictedLagSeconds), "plan", pc.reason)
+	case pc.breachEnded:
+		l.log.Info("RPO target within reach again", "rpo_target", l.vm.RPOTarget, "predicted_lag", secs(f.PredictedLagSeconds), "plan", pc.reason)
 	}
+	l.status.success(res, f)
+	if l.metrics != nil {
+		l.metrics.Committed(l.vm.Name, metrics.Epoch{Cut: res.Cut, Duration: res.Duration, SendTime: res.SendTime, ChangedBytes: res.DataBytes + res.RefBytes, WireBytes: res.WireBytes,
+			Resent: res.ResentBytes, Pause: res.Pause, RAMDataPages: res.RAMDataPages, RAMRefPages: res.RAMRefPages - res.RAMDupPages, RAMDupPages: res.RAMDupPages, RAMZero: res.RAMZeroPages})
+		if f.RPOTargetSeconds > 0 {
+			l.metrics.Planned(l.vm.Name, metrics.Plan{RPOTarget: l.vm.RPOTarget.D(), NextInterval: secs(f.NextEpochSeconds), PredictedLag: secs(f.PredictedLagSeconds),
+				Breach: f.BreachPredicted, Level: int(pc.level), DirtyRate: f.ModelDirtyBytesPerSec, Goodput: f.PlannedGoodputBps})
+		}
+	}
+}
+
+// secs converts seconds to a duration rounded for people.
+func secs(s float64) time.Duration {
+	return time.Duration(s * float64(time.Second)).Round(time.Millisecond)
 }
 
 // failed is the retrier's onFailure hook.
@@ -414,7 +456,7 @@ func loadSenderStatus(path, vm string, now func() time.Time, log *slog.Logger) *
 	return r
 }
 
-func (r *senderStatusRecorder) success(res *sender.Result) {
+func (r *senderStatusRecorder) success(res *sender.Result, flow flowStatus) {
 	now := r.now().UTC()
 	r.st.Epoch = res.Epoch
 	r.st.Cut = res.Cut.UTC()
@@ -424,8 +466,10 @@ func (r *senderStatusRecorder) success(res *sender.Result) {
 		DataBytes: res.DataBytes, ScannedBytes: res.Scanned, WireBytes: res.WireBytes,
 		ResentBytes: res.ResentBytes, Attempts: res.Attempts, DurationSeconds: res.Duration.Seconds(),
 		PauseMS: ms(res.Pause), QEMUDowntimeMS: ms(res.HypervisorDowntime),
-		RAMDataPages: res.RAMDataPages, RAMRefPages: res.RAMRefPages, RAMZeroPages: res.RAMZeroPages,
+		RAMDataPages: res.RAMDataPages, RAMRefPages: res.RAMRefPages, RAMDupPages: res.RAMDupPages, RAMZeroPages: res.RAMZeroPages,
+		SendSeconds: res.SendTime.Seconds(),
 	}
+	r.st.Flow = &flow
 	if res.Pause > 0 {
 		r.st.RecentPausesMS = append(r.st.RecentPausesMS, ms(res.Pause))
 		if n := len(r.st.RecentPausesMS); n > maxRecentPauses {

@@ -126,6 +126,8 @@ type vmStatusView struct {
 	GuestPause *pauseSummary `json:"guest_pause,omitempty"`
 	// HotSetBytes is the RAM a receiver keeps pinned for a fast failover.
 	HotSetBytes *int64 `json:"hot_set_bytes,omitempty"`
+	// Flow is a sender's epoch length, goodput, dirty rate and plan.
+	Flow *flowStatus `json:"flow,omitempty"`
 }
 
 // pauseSummary is the guest pause per epoch over the recent epochs.
@@ -180,6 +182,7 @@ func senderStatuses(cfg *SenderConfig, now time.Time) ([]vmStatusView, []error) 
 			row.LastErrorAt = st.LastErrorAt.UTC()
 			row.Updated = st.Updated
 			row.GuestPause = summarizePauses(st.RecentPausesMS)
+			row.Flow = st.Flow
 		}
 		row.BytesSent = &st.BytesSent
 		rows = append(rows, row)
@@ -242,7 +245,7 @@ func receiverStatuses(cfg *ReceiverConfig, now time.Time) ([]vmStatusView, []err
 func printStatusTable(w io.Writer, kind string, rows []vmStatusView) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	if kind == "sender" {
-		fmt.Fprintln(tw, "VM\tEPOCH\tCUT (UTC)\tRPO LAG\tSENT\tPAUSE LAST/MED/MAX\tFAILURES\tLAST ERROR")
+		fmt.Fprintln(tw, "VM\tEPOCH\tCUT (UTC)\tRPO LAG\tRPO TARGET\tEPOCH LEN\tGOODPUT\tDIRTY\tSENT\tPAUSE LAST/MED/MAX\tFAILURES\tLAST ERROR")
 	} else {
 		fmt.Fprintln(tw, "VM\tEPOCH\tCUT (UTC)\tRPO LAG\tRECEIVED\tHOT SET\tLAST PEER\tLAST ERROR")
 	}
@@ -270,7 +273,24 @@ func printStatusTable(w io.Writer, kind string, rows []vmStatusView) {
 			if p := r.GuestPause; p != nil {
 				pause = fmt.Sprintf("%.1f/%.1f/%.1f ms", p.LastMS, p.MedianMS, p.MaxMS)
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.VM, r.Epoch, cut, lag, formatBytes(deref(r.BytesSent)), pause, failures, lastErr)
+			target, epoch, goodput, dirty := "-", "-", "-", "-"
+			if f := r.Flow; f != nil {
+				if f.EpochSeconds > 0 {
+					epoch = secs(f.EpochSeconds).Round(100 * time.Millisecond).String()
+					dirty = formatRate(f.DirtyBytesPerSecond)
+				}
+				if f.GoodputBytesPerSecond > 0 {
+					goodput = formatRate(f.GoodputBytesPerSecond)
+				}
+				if f.RPOTargetSeconds > 0 {
+					target = secs(f.RPOTargetSeconds).String() + " ok"
+					if f.BreachPredicted {
+						target = secs(f.RPOTargetSeconds).String() + " BREACH"
+					}
+				}
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.VM, r.Epoch, cut, lag, target, epoch, goodput, dirty,
+				formatBytes(deref(r.BytesSent)), pause, failures, lastErr)
 		} else {
 			hot := "-"
 			if r.HotSetBytes != nil && *r.HotSetBytes > 0 {

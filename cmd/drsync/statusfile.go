@@ -35,6 +35,9 @@ type senderStatus struct {
 	// RecentPausesMS are the guest pauses of the last committed epochs of
 	// a live VM, oldest first, at most maxRecentPauses.
 	RecentPausesMS []float64 `json:"recent_pauses_ms,omitempty"`
+	// Flow is the replication flow after the last committed epoch: epoch
+	// length, goodput, dirty rate and, with adaptive epochs, the plan.
+	Flow *flowStatus `json:"flow,omitempty"`
 }
 
 // maxRecentPauses bounds the pause history kept for status.
@@ -60,7 +63,12 @@ type epochResult struct {
 	// disk pages the replica holds (dedup), as zero runs.
 	RAMDataPages int64 `json:"ram_pages_data"`
 	RAMRefPages  int64 `json:"ram_pages_ref"`
+	// RAMDupPages are the references (among RAMRefPages) to other pages
+	// of memory.
+	RAMDupPages  int64 `json:"ram_pages_dup"`
 	RAMZeroPages int64 `json:"ram_pages_zero"`
+	// SendSeconds is the time from the epoch's first frame to its commit.
+	SendSeconds float64 `json:"send_seconds"`
 }
 
 // receiverStatus is a receiver's record of one VM.

@@ -1,0 +1,131 @@
+package main
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/drsync/drsync/epochctl"
+	"github.com/drsync/drsync/sender"
+	"github.com/drsync/drsync/wire"
+)
+
+// pacer decides when a VM's next epoch starts and at which compression
+// level, from the epochs committed so far, and describes the flow for
+// status and metrics. It does no IO and reads no clock: the loop hands it
+// results and instants.
+type pacer struct {
+	vm      *VMConfig
+	ctl     *epochctl.Controller // nil: a fixed min_interval or a schedule
+	prevCut time.Time            // the cut of the previous committed epoch
+	first   time.Time            // start of the schedule grid
+	breach  bool                 // the last decision predicted a breach
+}
+
+// newPacer returns the VM's pacer; share is its part of the bandwidth cap
+// in bytes/s (0: no cap), prevCut the last committed cut known.
+func newPacer(v *VMConfig, share float64, prevCut time.Time) (*pacer, error) {
+	p := &pacer{vm: v, prevCut: prevCut}
+	if v.adaptive() {
+		cfg, err := v.pacingConfig(share)
+		if err != nil {
+			return nil, err
+		}
+		if p.ctl, err = epochctl.New(cfg); err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// pace is the pacer's answer after a committed epoch.
+type pace struct {
+	next  time.Time        // start the next epoch then (or at once if past)
+	level wire.Compression // for the next epoch
+	flow  flowStatus
+	// breachBegan and breachEnded report a change of the prediction.
+	breachBegan, breachEnded bool
+	reason                   string // the controller's one-line plan
+}
+
+// flowStatus is the replication flow of a VM, for status and metrics.
+type flowStatus struct {
+	// EpochSeconds is the guest time the last epoch covered (its cut less
+	// the previous cut); 0 when unknown.
+	EpochSeconds float64 `json:"epoch_seconds,omitempty"`
+	// GoodputBytesPerSecond is the last epoch's wire bytes over its send
+	// time; DirtyBytesPerSecond its changed bytes over EpochSeconds.
+	GoodputBytesPerSecond float64 `json:"goodput_bytes_per_second,omitempty"`
+	DirtyBytesPerSecond   float64 `json:"dirty_bytes_per_second,omitempty"`
+	Compression           string  `json:"compression"`
+	// With adaptive epochs: the target, the next epoch's length, the lag
+	// predicted just before it commits, and whether the target will be
+	// missed at the measured rates.
+	RPOTargetSeconds      float64 `json:"rpo_target_seconds,omitempty"`
+	NextEpochSeconds      float64 `json:"next_epoch_seconds,omitempty"`
+	PredictedLagSeconds   float64 `json:"predicted_lag_seconds,omitempty"`
+	BreachPredicted       bool    `json:"rpo_breach_predicted"`
+	PlannedGoodputBps     float64 `json:"planned_goodput_bytes_per_second,omitempty"`
+	ModelDirtyBytesPerSec float64 `json:"model_dirty_bytes_per_second,omitempty"`
+	Plan                  string  `json:"plan,omitempty"`
+}
+
+// committed takes a committed epoch that started at start and was
+// acknowledged at now, and plans the next one.
+func (p *pacer) committed(res *sender.Result, start, now time.Time) pace {
+	if p.first.IsZero() {
+		p.first = start
+	}
+	var interval time.Duration
+	if !p.prevCut.IsZero() && res.Cut.After(p.prevCut) {
+		interval = res.Cut.Sub(p.prevCut)
+	}
+	p.prevCut = res.Cut
+	changed := res.DataBytes + res.RefBytes
+	out := pace{level: res.Compression, flow: flowStatus{EpochSeconds: interval.Seconds(), Compression: res.Compression.String()}}
+	if res.SendTime > 0 {
+		out.flow.GoodputBytesPerSecond = float64(res.WireBytes) / res.SendTime.Seconds()
+	}
+	if interval > 0 {
+		out.flow.DirtyBytesPerSecond = float64(changed) / interval.Seconds()
+	}
+	if p.ctl == nil {
+		out.next = p.fixedNext(start)
+		return out
+	}
+	p.ctl.Observe(epochctl.Observation{
+		Cut: res.Cut, Committed: now, Interval: interval,
+		ChangedBytes: int64(changed), DedupedBytes: int64(res.RefBytes), WireBytes: int64(res.WireBytes),
+		SendTime: res.SendTime, CPUTime: res.CompressTime, Level: epochctl.Level(res.Compression),
+	})
+	d := p.ctl.Decide(now)
+	out.next, out.level, out.reason = d.NextCut, wire.Compression(d.Level), d.Reason
+	f := &out.flow
+	f.RPOTargetSeconds = p.vm.RPOTarget.D().Seconds()
+	f.NextEpochSeconds = d.Interval.Seconds()
+	f.PredictedLagSeconds = d.PredictedLag.Seconds()
+	f.BreachPredicted = d.Breach
+	f.PlannedGoodputBps = d.Estimates.Goodput
+	f.ModelDirtyBytesPerSec = d.Estimates.DirtyRate
+	f.Plan = d.Reason
+	out.breachBegan, out.breachEnded = d.Breach && !p.breach, !d.Breach && p.breach
+	p.breach = d.Breach
+	return out
+}
+
+// fixedNext is when the epoch after the one started at start begins
+// without adaptive epochs. Continuous: min_interval after start.
+// Scheduled: the next slot of the schedule grid that began with the first
+// epoch. A slot missed because an epoch took longer than the interval is
+// not queued: the next epoch starts at once.
+func (p *pacer) fixedNext(start time.Time) time.Time {
+	iv := p.vm.interval()
+	if p.vm.Mode != modeScheduled {
+		return start.Add(iv)
+	}
+	n := start.Sub(p.first)/iv + 1
+	return p.first.Add(n * iv)
+}
+
+func (f flowStatus) String() string {
+	return fmt.Sprintf("epoch %.1fs goodput %s dirty %s", f.EpochSeconds, formatRate(f.GoodputBytesPerSecond), formatRate(f.DirtyBytesPerSecond))
+}

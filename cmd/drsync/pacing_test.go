@@ -1,0 +1,141 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/drsync/drsync/sender"
+	"github.com/drsync/drsync/wire"
+)
+
+func TestFixedPacing(t *testing.T) {
+	t0 := time.Date(2025, 1, 1, 12, 0, 0, 0, time.UTC)
+	res := func(cut time.Time) *sender.Result {
+		return &sender.Result{Cut: cut, DataBytes: 10 << 20, WireBytes: 5 << 20, SendTime: time.Second, Compression: wire.CompressFast}
+	}
+	cont, err := newPacer(&VMConfig{Mode: modeContinuous, MinInterval: Duration(10 * time.Second)}, 0, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc := cont.committed(res(t0.Add(time.Minute)), t0.Add(time.Minute), t0.Add(time.Minute+2*time.Second))
+	if !pc.next.Equal(t0.Add(70 * time.Second)) {
+		t.Errorf("continuous: next at %s", pc.next)
+	}
+	if pc.flow.EpochSeconds != 0 || pc.flow.GoodputBytesPerSecond != 5<<20 {
+		t.Errorf("first epoch flow %+v: no interval yet, goodput 5 MiB/s", pc.flow)
+	}
+	pc = cont.committed(res(t0.Add(80*time.Second)), t0.Add(80*time.Second), t0.Add(82*time.Second))
+	if pc.flow.EpochSeconds != 20 || pc.flow.DirtyBytesPerSecond != float64(10<<20)/20 {
+		t.Errorf("second epoch flow %+v: 20 s covered, 10 MiB changed", pc.flow)
+	}
+
+	sched, err := newPacer(&VMConfig{Mode: modeScheduled, Schedule: Duration(15 * time.Minute)}, 0, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ start, want time.Duration }{
+		{0, 15 * time.Minute},
+		{15*time.Minute + 3*time.Second, 30 * time.Minute}, // late start keeps the grid
+		{47 * time.Minute, 60 * time.Minute},
+	} {
+		pc := sched.committed(res(t0.Add(c.start)), t0.Add(c.start), t0.Add(c.start+time.Second))
+		if !pc.next.Equal(t0.Add(c.want)) {
+			t.Errorf("scheduled, started at +%s: next at +%s, want +%s", c.start, pc.next.Sub(t0), c.want)
+		}
+	}
+}
+
+// Adaptive pacing: on a link that carries the changes easily the epochs
+// stay short; when the link slows to a quarter they lengthen and, if the
+// target is out of reach, the breach is reported once when it begins and
+// once when it ends.
+func TestAdaptivePacing(t *testing.T) {
+	v := &VMConfig{Name: "web", Mode: modeContinuous, RPOTarget: Duration(time.Minute), Compression: "auto", QMP: "/run/web.qmp"}
+	if err := v.validate("test.toml", 0); err != nil {
+		t.Fatal(err)
+	}
+	p, err := newPacer(v, 0, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2025, 1, 1, 12, 0, 0, 0, time.UTC)
+	now := t0
+	const dirty = 2e6 // bytes of changes per second of guest time
+	level := wire.CompressFast
+	var lastIv time.Duration = 10 * time.Second
+	began, ended := 0, 0
+	var slowIntervals, fastIntervals []float64
+	for i := range 60 {
+		rate := 20e6 // bytes/s on the wire
+		if i >= 20 && i < 40 {
+			rate = 0.8e6 // under the wire bytes the guest makes per second
+		}
+		cut := now
+		changed := dirty * lastIv.Seconds()
+		wireB := changed * 0.5
+		send := time.Duration(wireB / rate * float64(time.Second))
+		commit := cut.Add(200*time.Millisecond + send)
+		pc := p.committed(&sender.Result{Cut: cut, DataBytes: uint64(changed), WireBytes: uint64(wireB), SendTime: send,
+			CompressTime: time.Duration(changed / 300e6 * float64(time.Second)), Compression: level}, cut, commit)
+		if pc.breachBegan {
+			began++
+		}
+		if pc.breachEnded {
+			ended++
+		}
+		if pc.flow.RPOTargetSeconds != 60 || pc.flow.Plan == "" || pc.flow.NextEpochSeconds <= 0 {
+			t.Fatalf("epoch %d: flow %+v lacks the plan", i, pc.flow)
+		}
+		switch {
+		case i >= 30 && i < 40:
+			slowIntervals = append(slowIntervals, pc.flow.NextEpochSeconds)
+		case i >= 50:
+			fastIntervals = append(fastIntervals, pc.flow.NextEpochSeconds)
+		}
+		level = pc.level
+		next := pc.next
+		if next.Before(commit) {
+			next = commit
+		}
+		lastIv = next.Sub(cut)
+		now = next
+	}
+	slow, fast := mean(slowIntervals), mean(fastIntervals)
+	t.Logf("epoch length: %.1fs on the fast link, %.1fs on the slow one; breach began %d, ended %d times", fast, slow, began, ended)
+	if !(slow > 1.5*fast) {
+		t.Errorf("epochs did not lengthen on the slow link: %.1fs vs %.1fs", slow, fast)
+	}
+	if began != 1 || ended != 1 {
+		t.Errorf("breach began %d and ended %d times, want once each", began, ended)
+	}
+}
+
+func mean(xs []float64) float64 {
+	var s float64
+	for _, x := range xs {
+		s += x
+	}
+	return s / float64(len(xs))
+}
+
+func TestParseRate(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want float64
+	}{
+		{"100Mbit/s", 12.5e6}, {"1Gbit/s", 125e6}, {"500 kbit/s", 62500}, {"12MiB/s", 12 << 20}, {"2.5Gbit/s", 312.5e6}, {"800B/s", 800},
+	} {
+		got, err := ParseRate(c.in)
+		if err != nil || float64(got) != c.want {
+			t.Errorf("ParseRate(%q) = %v, %v; want %v", c.in, float64(got), err, c.want)
+		}
+	}
+	for _, bad := range []string{"", "100", "100Mbps", "100MB/s", "-1Mbit/s", "0bit/s", "fast"} {
+		if _, err := ParseRate(bad); err == nil {
+			t.Errorf("ParseRate(%q) accepted", bad)
+		} else if !strings.Contains(err.Error(), "rate") {
+			t.Errorf("ParseRate(%q): %v does not say what is wrong", bad, err)
+		}
+	}
+}
