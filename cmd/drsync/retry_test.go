@@ -105,4 +105,3 @@ func TestRetrierStopsOnCancel(t *testing.T) {
 		t.Fatalf("%d calls after cancel", run.calls)
 	}
 }
-
