@@ -481,9 +481,6 @@ func (r *qemuRun) migrate(ctx context.Context, d *vm, uri string) (migration, er
 			}
 		}
 	}
-	if err := src.exec(ctx, "query-migrate", nil, &m.info); err != nil {
-		return m, err
-	}
 	if err := src.exec(ctx, "cont", nil, nil); err != nil {
 		return m, fmt.Errorf("resume the source: %w", err)
 	}
@@ -492,6 +489,20 @@ func (r *qemuRun) migrate(ctx context.Context, d *vm, uri string) (migration, er
 		return m, fmt.Errorf("wait for the source to resume: %w", err)
 	}
 	m.resumed = e.At
+	// QEMU announces "completed" a moment before it computes the downtime
+	// it reports; ask once the guest runs again, so as not to lengthen the
+	// pause.
+	for i := 0; i < 50; i++ {
+		if err := src.exec(ctx, "query-migrate", nil, &m.info); err != nil {
+			return m, err
+		}
+		if m.info.Downtime > 0 {
+			break
+		}
+		if err := sleep(ctx, 10*time.Millisecond); err != nil {
+			return m, err
+		}
+	}
 	var a arrival
 	select {
 	case a = <-dch:

@@ -1,9 +1,11 @@
 package wanbench
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"strings"
+	"testing"
 	"time"
 
 	"github.com/drsync/drsync/wanemu"
@@ -142,8 +144,31 @@ func seconds(d time.Duration) string {
 }
 
 func millis(d time.Duration) string {
+	if d == 0 {
+		return "0 ms"
+	}
 	if d < 10*time.Millisecond {
 		return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond))
 	}
 	return fmt.Sprintf("%d ms", d.Milliseconds())
+}
+
+// RunBaselines runs every baseline over link, one after the other: the
+// QEMU modes, then rsync. It returns the rows measured so far and the
+// first error.
+func RunBaselines(ctx context.Context, t testing.TB, em *wanemu.Emulator, link Link, g GuestSpec, epoch time.Duration) ([]Result, error) {
+	t.Helper()
+	var rows []Result
+	for _, mode := range QEMUModes() {
+		r, err := RunQEMU(ctx, t, em, link, g, mode, epoch)
+		if err != nil {
+			return rows, err
+		}
+		rows = append(rows, r)
+	}
+	r, err := RunRsync(ctx, t, em, link, g, epoch)
+	if err != nil {
+		return rows, err
+	}
+	return append(rows, r), nil
 }

@@ -138,6 +138,9 @@ func makeImage(path, format string, size int64, fill Fill, seed uint64) error {
 	if format != "raw" && format != "qcow2" {
 		return fmt.Errorf("format %q (want raw or qcow2)", format)
 	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
 	raw := path
 	if format == "qcow2" {
 		if fill == FillZero {

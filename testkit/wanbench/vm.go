@@ -94,6 +94,11 @@ func startVM(ctx context.Context, t testing.TB, c vmConfig) (*vm, error) {
 		}
 		args = append(args, format+":"+d.Path)
 	}
+	if len(c.disks) == 0 {
+		// getopts in launch.sh takes the first "--" as the end of its
+		// options; the second one ends the (empty) list of disks.
+		args = append(args, "--")
+	}
 	args = append(append(args, "--"), c.extra...)
 
 	cmd := exec.Command("bash", args...)
