@@ -56,7 +56,12 @@ func (r *retrier) RunEpoch(ctx context.Context) (*sender.Result, error) {
 			r.delay = 0
 			return res, nil
 		}
-		if ctx.Err() != nil || !retryable(err) || (r.retries >= 0 && attempt >= r.retries) {
+		if ctx.Err() != nil {
+			// Stopped (SIGTERM, shutdown): the epoch did not fail, and
+			// the next start resumes it.
+			return nil, err
+		}
+		if !retryable(err) || (r.retries >= 0 && attempt >= r.retries) {
 			if r.onFailure != nil {
 				r.onFailure(err, 0)
 			}

@@ -105,3 +105,19 @@ func TestRetrierStopsOnCancel(t *testing.T) {
 		t.Fatalf("%d calls after cancel", run.calls)
 	}
 }
+
+// An epoch cut short by a shutdown is not a failure: status and metrics
+// must not count it, and the next start resumes it.
+func TestRetrierShutdownIsNotAFailure(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	r, _ := newTestRetrier(&scriptedRunner{script: []error{errors.New("connection closed locally")}}, -1)
+	failures := 0
+	r.onFailure = func(error, time.Duration) { failures++ }
+	if _, err := r.RunEpoch(ctx); err == nil {
+		t.Fatal("no error")
+	}
+	if failures != 0 {
+		t.Fatalf("a shutdown counted as %d failures", failures)
+	}
+}
