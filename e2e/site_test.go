@@ -20,7 +20,7 @@ import (
 // pair is a protected site and a DR site on this machine: keys, configs,
 // source images and a replica directory, all under one temp dir.
 type pair struct {
-	t        *testing.T
+	t        testing.TB
 	starts   int
 	dir      string
 	port     int
@@ -44,7 +44,7 @@ type diskSpec struct{ name, path, format, node string }
 
 func needQemu(t *testing.T) { hosttools.Need(t, "qemu-img", "qemu-nbd", "qemu-io") }
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	c, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -54,7 +54,7 @@ func freePort(t *testing.T) int {
 	return c.LocalAddr().(*net.UDPAddr).Port
 }
 
-func newPair(t *testing.T, vms []vmSpec, opts ...string) *pair {
+func newPair(t testing.TB, vms []vmSpec, opts ...string) *pair {
 	t.Helper()
 	p := &pair{t: t, dir: t.TempDir(), port: freePort(t)}
 	for _, d := range []string{"keys", "images", "state", "replicas"} {
@@ -100,7 +100,10 @@ fingerprints = [%q]
 dir = "state"
 `, key, key, port, p.fpB, extra)
 	for _, v := range vms {
-		fmt.Fprintf(&b, "[[vm]]\nname = %q\ncompression = \"fast\"\n", v.name)
+		fmt.Fprintf(&b, "[[vm]]\nname = %q\n", v.name)
+		if !strings.Contains(v.extra, "compression") {
+			b.WriteString("compression = \"fast\"\n")
+		}
 		if v.dev != "" {
 			fmt.Fprintf(&b, "device_state = %q\n", v.dev)
 		}
@@ -132,7 +135,7 @@ func (p *pair) write(name, content string) string {
 
 func (p *pair) path(rel string) string { return filepath.Join(p.dir, rel) }
 
-func fingerprint(t *testing.T, base string) string {
+func fingerprint(t testing.TB, base string) string {
 	id, err := tlsid.LoadIdentity(base+".crt", base+".key")
 	if err != nil {
 		t.Fatal(err)

@@ -81,11 +81,23 @@ type Proc struct {
 // Start starts drsync in the background.
 func Start(t testing.TB, logFile string, args ...string) *Proc {
 	t.Helper()
+	return StartWrapped(t, logFile, nil, args...)
+}
+
+// StartWrapped is Start with the command rewritten by wrap before it
+// starts, e.g. to run it in a network namespace (wanemu's Wrap).
+func StartWrapped(t testing.TB, logFile string, wrap func(*exec.Cmd) error, args ...string) *Proc {
+	t.Helper()
 	f, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(Drsync(t), args...)
+	if wrap != nil {
+		if err := wrap(cmd); err != nil {
+			t.Fatal(err)
+		}
+	}
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
