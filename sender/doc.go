@@ -10,6 +10,15 @@
 // reliable byte stream: QUIC in production, a pipe in tests) and Store (the
 // sender's index, on a vfs.FS).
 //
+// With Dedup, memory pages travel as references where the replica already
+// holds their bytes: a disk page of the same cut (the guest's page cache,
+// FDM's observation) or another memory page. Both come from bounded
+// content indexes (package pagecache, 10 MiB per GiB indexed) and every
+// candidate is compared byte for byte with the snapshot before use. A
+// memory source is used only if the replica reads it, at apply time, as
+// the snapshot has it: a page planned as data or unchanged, never one the
+// same epoch writes by reference (the receiver refuses those).
+//
 // It must not know about QUIC, TLS, configuration files or how the
 // receiver stores a replica.
 //
