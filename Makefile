@@ -3,6 +3,7 @@
 #   make demo    protect a real running guest: live epochs over loopback QUIC into a replica
 #   make test    everything CI runs: vet, unit, crash, fuzz (bounded) and end-to-end tests
 #   make bench   benchmarks: sender pipeline, loopback transfer, stream parsing, live guest epochs
+#   make bench-wan  drsync vs QEMU migration and rsync over emulated WAN links (one table)
 #   make fuzz    longer fuzzing of every decoder (FUZZTIME per target)
 
 GO        ?= go
@@ -10,18 +11,19 @@ BIN       := bin/drsync
 FUZZTIME  ?= 60s
 # Bounded fuzz run that make test includes.
 CIFUZZ    ?= 4s
-APT_PKGS  := qemu-utils qemu-system-x86 busybox-static iproute2
+APT_PKGS  := qemu-utils qemu-system-x86 busybox-static iproute2 rsync
 
 FUZZ_TARGETS := \
 	./wire:FuzzDecode ./wire:FuzzDecodePayload \
 	./journal:FuzzScan ./replica:FuzzRecover ./replica:FuzzParseManifest \
 	./blockhash:FuzzRead ./sender:FuzzUnmarshalIndex \
 	./nbd:FuzzParseStructuredChunk ./nbd:FuzzParseBlockStatusChunk ./nbd:FuzzParseOptionReply ./nbd:FuzzParseGreeting \
-	./migstream:FuzzParse ./migstream:FuzzParseSkeleton ./pagecache:FuzzIndex ./epochctl:FuzzController
+	./migstream:FuzzParse ./migstream:FuzzParseSkeleton ./pagecache:FuzzIndex ./epochctl:FuzzController \
+	./stripe:FuzzParseHello ./stripe:FuzzChunks
 
 SHELL := /bin/bash
 
-.PHONY: all build deps test unit fuzz fuzz-ci bench demo clean
+.PHONY: all build deps test unit fuzz fuzz-ci bench bench-wan demo clean
 
 all: build
 
@@ -29,9 +31,10 @@ build:
 	$(GO) build -o $(BIN) ./cmd/drsync
 
 # System packages the tests and the demo need: QEMU (and its tools) and the
-# busybox the test guest is built with; iproute2 for the WAN emulator's namespaces.
+# busybox the test guest is built with; iproute2 for the WAN emulator's namespaces;
+# rsync, a baseline of the WAN benchmark.
 deps:
-	@missing=""; for c in qemu-img qemu-nbd qemu-system-x86_64 busybox ip; do command -v $$c >/dev/null || missing=1; done; \
+	@missing=""; for c in qemu-img qemu-nbd qemu-system-x86_64 busybox ip rsync; do command -v $$c >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing $(APT_PKGS)"; \
 		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -68,6 +71,12 @@ fuzz:
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./sender ./e2e ./migstream
 	$(GO) test -run '^$$' -bench BenchmarkLiveEpoch -benchtime 8x ./livecut
+
+# drsync against QEMU's own migration (precopy + xbzrle; multifd + zstd;
+# disks by drive-mirror to NBD) and rsync, over emulated WAN links: one
+# table, about half an hour on 2 cores.
+bench-wan: deps
+	$(GO) test -run '^$$' -bench '^BenchmarkWAN$$' -benchtime 1x -timeout 90m ./e2e
 
 demo: deps build
 	./scripts/demo.sh

@@ -20,11 +20,18 @@ const (
 // second, small one) and a 256 MiB RAM image through the real CLI over loopback QUIC for five
 // epochs with random writes in between; after each, the replica equals the
 // source (disk by qemu-img compare, RAM and device state by hash) and
-// drsync verify passes.
+// drsync verify passes. It runs over one QUIC connection and striped over
+// four.
 func TestRawDiskAndRAMOverQUIC(t *testing.T) {
 	needQemu(t)
+	for _, conns := range []int{1, 4} {
+		t.Run(fmt.Sprintf("connections=%d", conns), func(t *testing.T) { rawDiskAndRAM(t, conns) })
+	}
+}
+
+func rawDiskAndRAM(t *testing.T, conns int) {
 	vm := vmSpec{name: "web-1", disks: []diskSpec{{name: "vda", path: "images/vda.raw", format: "raw"}, {name: "vdb", path: "images/vdb.raw", format: "raw"}}, ram: []string{"images/pc.ram"}, dev: "images/devstate.bin"}
-	p := newPair(t, []vmSpec{vm})
+	p := newPair(t, []vmSpec{vm}, fmt.Sprintf("connections = %d", conns))
 	rng := rand.New(rand.NewPCG(1, 1))
 	testkit.SparseFile(t, p.path("images/vdb.raw"), 64<<20)
 	testkit.SparseFile(t, p.path("images/vda.raw"), bigDisk)

@@ -10,6 +10,7 @@ import (
 	"github.com/drsync/drsync/epochctl"
 	"github.com/drsync/drsync/livecut"
 	"github.com/drsync/drsync/sender"
+	"github.com/drsync/drsync/stripe"
 	"github.com/drsync/drsync/tlsid"
 	"github.com/drsync/drsync/transport"
 	"github.com/drsync/drsync/wire"
@@ -54,6 +55,10 @@ type ReceiverPeerConfig struct {
 	// BandwidthCap caps what this sender writes to the receiver, all VMs
 	// together (0: no cap). Adaptive epochs plan with it.
 	BandwidthCap Rate `toml:"bandwidth_cap"`
+	// Connections stripes each VM's stream over this many QUIC
+	// connections, each with its own congestion control, to fill a long,
+	// lossy link (default 1).
+	Connections int `toml:"connections"`
 }
 
 // StateConfig is the [state] table.
@@ -175,6 +180,12 @@ func (c *SenderConfig) Validate() error {
 	}
 	if err := checkIdleTimeout(r.IdleTimeout); err != nil {
 		return &configError{f, "receiver.idle_timeout", err}
+	}
+	if r.Connections == 0 {
+		r.Connections = 1
+	}
+	if r.Connections < 1 || r.Connections > stripe.MaxCount {
+		return &configError{f, "receiver.connections", fmt.Errorf("%d: want 1 to %d QUIC connections per VM", r.Connections, stripe.MaxCount)}
 	}
 	if c.State.Dir == "" {
 		return &configError{f, "state.dir", errors.New("missing: a directory where the sender records what each replica holds")}

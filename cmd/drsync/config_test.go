@@ -215,6 +215,9 @@ func TestSenderConfig(t *testing.T) {
 		{"bandwidth cap in ambiguous units", func(t *testing.T) string {
 			return edit(t, baseSender, `address = "127.0.0.1:7447"`, "address = \"127.0.0.1:7447\"\nbandwidth_cap = \"100MB\"")
 		}, []string{"bandwidth_cap", "Mbit/s"}},
+		{"too many connections", func(t *testing.T) string {
+			return edit(t, baseSender, `address = "127.0.0.1:7447"`, "address = \"127.0.0.1:7447\"\nconnections = 100")
+		}, []string{"receiver.connections", "1 to 64"}},
 		{"bad format", func(t *testing.T) string {
 			return edit(t, baseSender, `path = "images/vda.raw"`, "path = \"images/vda.raw\"\nformat = \"vmdk\"")
 		}, []string{"format", "vmdk"}},

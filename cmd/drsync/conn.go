@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/drsync/drsync/sender"
+	"github.com/drsync/drsync/stripe"
 	"github.com/drsync/drsync/transport"
 )
 
@@ -83,8 +84,23 @@ func (c *connStream) Close() error {
 
 // quicDialer connects to the receiver at addr: a QUIC connection, verified
 // both ways by tlsConf, carrying one stream. Closing the stream closes the
-// connection.
-func quicDialer(addr string, tlsConf *tls.Config, opts transport.Options) sender.DialFunc {
+// connection. With connections > 1 the stream is striped over that many
+// QUIC connections, each with its own congestion control (package stripe).
+func quicDialer(addr string, tlsConf *tls.Config, opts transport.Options, connections int) sender.DialFunc {
+	one := quicDialOne(addr, tlsConf, opts)
+	if connections <= 1 {
+		return one
+	}
+	return func(ctx context.Context) (io.ReadWriteCloser, error) {
+		c, err := stripe.Dial(ctx, connections, one, stripe.Options{})
+		if err != nil {
+			return nil, fmt.Errorf("connect to %s over %d connections: %w", addr, connections, err)
+		}
+		return c, nil
+	}
+}
+
+func quicDialOne(addr string, tlsConf *tls.Config, opts transport.Options) sender.DialFunc {
 	return func(ctx context.Context) (io.ReadWriteCloser, error) {
 		conn, err := transport.Dial(ctx, addr, tlsConf, opts)
 		if err != nil {

@@ -22,6 +22,7 @@ import (
 
 	"github.com/drsync/drsync/metrics"
 	"github.com/drsync/drsync/receiver"
+	"github.com/drsync/drsync/stripe"
 	"github.com/drsync/drsync/tlsid"
 	"github.com/drsync/drsync/transport"
 	"github.com/drsync/drsync/vfs"
@@ -158,6 +159,7 @@ func receive(ctx context.Context, e *env, cfg *ReceiverConfig, log *slog.Logger)
 
 	var wg sync.WaitGroup
 	var acceptErr error
+	joiner := &stripe.Joiner{} // gathers the connections of striped streams
 	for {
 		conn, err := l.Accept(ctx)
 		if err != nil {
@@ -169,7 +171,7 @@ func receive(ctx context.Context, e *env, cfg *ReceiverConfig, log *slog.Logger)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			serveConn(ctx, rcv, conn, log)
+			serveConn(ctx, rcv, joiner, conn, log)
 		}()
 	}
 	l.Close()
@@ -181,7 +183,7 @@ func receive(ctx context.Context, e *env, cfg *ReceiverConfig, log *slog.Logger)
 }
 
 // serveConn serves the one stream of an admitted connection.
-func serveConn(ctx context.Context, rcv *receiver.Receiver, conn *transport.Conn, log *slog.Logger) {
+func serveConn(ctx context.Context, rcv *receiver.Receiver, joiner *stripe.Joiner, conn *transport.Conn, log *slog.Logger) {
 	defer conn.Close(0, "")
 	// Closing the stream ends only our side of it; closing the connection
 	// also unblocks a Handle waiting for the sender, so shutdown is prompt.
@@ -199,13 +201,61 @@ func serveConn(ctx context.Context, rcv *receiver.Receiver, conn *transport.Conn
 		}
 		return
 	}
-	if err := rcv.Handle(ctx, peer, &connStream{Stream: s, conn: conn}); err != nil {
+	cs := &connStream{Stream: s, conn: conn}
+	// A striped stream starts with a hello on each of its connections; a
+	// plain one with the sender's first frame.
+	s.SetReadDeadline(time.Now().Add(streamWait))
+	first := make([]byte, 8)
+	if _, err := io.ReadFull(s, first); err != nil {
+		if ctx.Err() == nil {
+			log.Warn("connection sent nothing", "err", err)
+		}
+		return
+	}
+	s.SetReadDeadline(time.Time{})
+	var rw io.ReadWriteCloser = &peekedStream{Reader: io.MultiReader(bytes.NewReader(first), s), connStream: cs}
+	if stripe.IsHello(first) {
+		h, err := stripe.ReadHello(first, s)
+		if err != nil {
+			log.Warn("bad striped connection", "err", err)
+			return
+		}
+		sc, lead, err := joiner.Join(ctx, p.Fingerprint, h, cs)
+		if err != nil {
+			log.Warn("striped stream incomplete", "err", err, "connection", h.Index, "of", h.Count)
+			return
+		}
+		if !lead {
+			// Another connection's goroutine serves the stream; keep this
+			// one open until the stream ends.
+			select {
+			case <-sc.Done():
+			case <-ctx.Done():
+			}
+			return
+		}
+		defer sc.Close()
+		rw = sc
+	}
+	if err := rcv.Handle(ctx, peer, rw); err != nil {
 		// Handle has told the sender why in an Error frame (and logged
 		// it); closing the connection right away could drop that frame.
 		s.SetReadDeadline(time.Now().Add(errorGrace))
-		io.Copy(io.Discard, s)
+		t := time.AfterFunc(errorGrace, func() { rw.Close() })
+		defer t.Stop()
+		io.Copy(io.Discard, rw)
 	}
 }
+
+// peekedStream is a connection's stream whose first bytes were read to
+// tell a striped stream from a plain one.
+type peekedStream struct {
+	io.Reader
+	*connStream
+}
+
+func (p *peekedStream) Read(b []byte) (int, error) { return p.Reader.Read(b) }
+
 
 // lockStorage takes an exclusive lock on the storage directory, so that two
 // receivers never apply epochs to the same replicas. The lock is released

@@ -141,7 +141,7 @@ func send(ctx context.Context, e *env, cfg *SenderConfig, vms []*VMConfig, o sen
 	if err != nil {
 		return err
 	}
-	var dialer sender.Dialer = quicDialer(cfg.Receiver.Address, tlsid.ClientTLS(id, trust), cfg.transportOptions())
+	var dialer sender.Dialer = quicDialer(cfg.Receiver.Address, tlsid.ClientTLS(id, trust), cfg.transportOptions(), cfg.Receiver.Connections)
 	if cp := float64(cfg.Receiver.BandwidthCap); cp > 0 {
 		// One limiter for all VMs: the cap is the link's. Each VM's epochs
 		// are planned with an equal share of it.

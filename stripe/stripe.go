@@ -1,0 +1,354 @@
+package stripe
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+)
+
+// Limits and defaults.
+const (
+	HeaderSize         = 12      // of a chunk
+	MaxChunk           = 1 << 20 // bytes of data in one chunk
+	MaxCount           = 64      // connections in one stream
+	DefaultChunkSize   = 64 << 10
+	DefaultMaxBuffered = 16 << 20
+	DefaultCloseWait   = 5 * time.Second
+)
+
+// ErrMalformed marks a hello or chunk that breaks the format.
+var ErrMalformed = errors.New("stripe: malformed")
+
+// Options configure a Conn. Zero values take the defaults.
+type Options struct {
+	// ChunkSize is the most data one chunk carries (at most MaxChunk).
+	ChunkSize int
+	// MaxBuffered bounds the bytes that arrived ahead of their turn.
+	MaxBuffered int
+	// CloseWait is how long Close waits for written data to be handed to
+	// the connections before it closes them.
+	CloseWait time.Duration
+}
+
+// Validate fills the defaults and reports what is wrong.
+func (o *Options) Validate() error {
+	if o.ChunkSize == 0 {
+		o.ChunkSize = DefaultChunkSize
+	}
+	if o.MaxBuffered == 0 {
+		o.MaxBuffered = DefaultMaxBuffered
+	}
+	if o.CloseWait == 0 {
+		o.CloseWait = DefaultCloseWait
+	}
+	switch {
+	case o.ChunkSize < 1 || o.ChunkSize > MaxChunk:
+		return fmt.Errorf("stripe: chunk size %d outside [1, %d]", o.ChunkSize, MaxChunk)
+	case o.MaxBuffered < 0 || o.CloseWait < 0:
+		return errors.New("stripe: negative limit")
+	}
+	return nil
+}
+
+// Conn is one byte stream striped over several connections. Read and
+// Write may be used from different goroutines; Close may be called at any
+// time and ends a blocked Read or Write.
+type Conn struct {
+	subs []io.ReadWriteCloser
+	o    Options
+
+	wmu     sync.Mutex // serialises Write: chunks get their seq in order
+	wseq    uint64
+	wclosed bool          // the end chunk is queued: no more writes
+	queue   chan []byte   // header + data, for the writer goroutines
+	quit    chan struct{} // closed when the stream fails or is closed
+	wg      sync.WaitGroup
+
+	mu       sync.Mutex
+	cond     *sync.Cond
+	pending  map[uint64][]byte
+	next     uint64 // seq of the next chunk Read returns
+	buffered int
+	cur      []byte // the rest of the chunk being read
+	ended    bool   // the end chunk arrived, at endSeq
+	endSeq   uint64
+	eofs     int   // connections the peer closed
+	err      error // why the stream failed
+	closed   bool
+
+	closeOnce, quitOnce, subsOnce sync.Once
+}
+
+// New joins subs, whose hellos have been exchanged, into one stream. The
+// peer must join the same connections in the same way.
+func New(subs []io.ReadWriteCloser, o Options) (*Conn, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	if len(subs) == 0 || len(subs) > MaxCount {
+		return nil, fmt.Errorf("stripe: %d connections, want 1 to %d", len(subs), MaxCount)
+	}
+	c := &Conn{subs: subs, o: o, queue: make(chan []byte, 2*len(subs)), quit: make(chan struct{}), pending: map[uint64][]byte{}}
+	c.cond = sync.NewCond(&c.mu)
+	for i, s := range subs {
+		c.wg.Add(1)
+		go c.writeLoop(i, s)
+		go c.readLoop(i, s)
+	}
+	return c, nil
+}
+
+// fail ends the stream with err (the first cause wins) and closes every
+// connection, which unblocks the goroutines.
+func (c *Conn) fail(err error) {
+	c.mu.Lock()
+	if c.err == nil {
+		c.err = err
+	}
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	c.quitOnce.Do(func() { close(c.quit) })
+	c.closeSubs()
+}
+
+func (c *Conn) closeSubs() {
+	c.subsOnce.Do(func() {
+		var wg sync.WaitGroup
+		for _, s := range c.subs {
+			wg.Add(1)
+			go func() { defer wg.Done(); s.Close() }()
+		}
+		wg.Wait()
+	})
+}
+
+func (c *Conn) writeLoop(i int, s io.Writer) {
+	defer c.wg.Done()
+	for {
+		select {
+		case b, ok := <-c.queue:
+			if !ok {
+				return
+			}
+			if _, err := s.Write(b); err != nil {
+				c.fail(fmt.Errorf("stripe: connection %d: write: %w", i, err))
+				return
+			}
+		case <-c.quit:
+			return
+		}
+	}
+}
+
+func (c *Conn) readLoop(i int, s io.Reader) {
+	var h [HeaderSize]byte
+	for {
+		if _, err := io.ReadFull(s, h[:]); err != nil {
+			if err == io.EOF {
+				// The peer closed this connection after its last chunk.
+				// Its end chunk may still be on its way on another one.
+				if err := c.subEnded(); err != nil {
+					c.fail(fmt.Errorf("stripe: connection %d: %w", i, err))
+				}
+				return
+			}
+			c.mu.Lock()
+			closed := c.closed
+			c.mu.Unlock()
+			if !closed {
+				c.fail(fmt.Errorf("stripe: connection %d: %w", i, err))
+			}
+			return
+		}
+		seq, n := binary.BigEndian.Uint64(h[:8]), binary.BigEndian.Uint32(h[8:])
+		if n > MaxChunk {
+			c.fail(fmt.Errorf("stripe: connection %d: chunk %d of %d bytes: %w", i, seq, n, ErrMalformed))
+			return
+		}
+		data := make([]byte, n)
+		if _, err := io.ReadFull(s, data); err != nil {
+			if err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			c.fail(fmt.Errorf("stripe: connection %d: chunk %d: %w", i, seq, err))
+			return
+		}
+		ok, err := c.deliver(seq, data)
+		if err != nil {
+			c.fail(fmt.Errorf("stripe: connection %d: %w", i, err))
+		}
+		if !ok {
+			return
+		}
+	}
+}
+
+// subEnded counts a connection the peer closed. Once all are closed, every
+// chunk up to the end must have arrived.
+func (c *Conn) subEnded() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.eofs++
+	if c.eofs < len(c.subs) || c.closed || c.err != nil {
+		return nil
+	}
+	if !c.ended {
+		return fmt.Errorf("every connection ended before the stream did: %w", io.ErrUnexpectedEOF)
+	}
+	if missing := c.endSeq - c.next - uint64(len(c.pending)); missing > 0 {
+		return fmt.Errorf("every connection ended with %d chunks missing: %w", missing, io.ErrUnexpectedEOF)
+	}
+	return nil
+}
+
+// deliver files a chunk for Read, waiting while too much arrived early.
+// It reports whether to go on reading, and what is wrong with the chunk.
+func (c *Conn) deliver(seq uint64, data []byte) (bool, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for seq != c.next && c.buffered+len(data) > c.o.MaxBuffered && c.err == nil && !c.closed {
+		c.cond.Wait()
+	}
+	if c.err != nil || c.closed {
+		return false, nil
+	}
+	if _, dup := c.pending[seq]; dup || seq < c.next || c.ended && seq >= c.endSeq {
+		return false, fmt.Errorf("chunk %d again or after the end: %w", seq, ErrMalformed)
+	}
+	if len(data) == 0 {
+		for s := range c.pending {
+			if s > seq {
+				return false, fmt.Errorf("end at chunk %d before chunk %d: %w", seq, s, ErrMalformed)
+			}
+		}
+		c.ended, c.endSeq = true, seq
+	} else {
+		c.pending[seq] = data
+		c.buffered += len(data)
+	}
+	c.cond.Broadcast()
+	return true, nil
+}
+
+// Done is closed once the stream has failed or been closed.
+func (c *Conn) Done() <-chan struct{} { return c.quit }
+
+// Read reads the stream in order.
+func (c *Conn) Read(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for {
+		if len(c.cur) > 0 {
+			n := copy(p, c.cur)
+			c.cur = c.cur[n:]
+			return n, nil
+		}
+		if b, ok := c.pending[c.next]; ok {
+			delete(c.pending, c.next)
+			c.buffered -= len(b)
+			c.next++
+			c.cur = b
+			c.cond.Broadcast()
+			continue
+		}
+		switch {
+		case c.ended && c.next == c.endSeq:
+			return 0, io.EOF
+		case c.closed:
+			return 0, net.ErrClosed
+		case c.err != nil:
+			return 0, c.err
+		}
+		c.cond.Wait()
+	}
+}
+
+// Write hands p to the connections in chunks. It returns once they are
+// queued; a failure of any connection is returned by the next call.
+func (c *Conn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if len(p) == 0 {
+		return 0, c.writeErr()
+	}
+	var done int
+	for len(p) > 0 {
+		n := min(len(p), c.o.ChunkSize)
+		if err := c.enqueue(p[:n]); err != nil {
+			return done, err
+		}
+		done += n
+		p = p[n:]
+	}
+	return done, nil
+}
+
+func (c *Conn) writeErr() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.closed:
+		return net.ErrClosed
+	case c.err != nil:
+		return c.err
+	}
+	return nil
+}
+
+// enqueue queues one chunk (an empty one ends the stream); c.wmu is held.
+func (c *Conn) enqueue(data []byte) error {
+	if c.wclosed {
+		return net.ErrClosed
+	}
+	if err := c.writeErr(); err != nil {
+		return err
+	}
+	b := make([]byte, HeaderSize+len(data))
+	binary.BigEndian.PutUint64(b, c.wseq)
+	binary.BigEndian.PutUint32(b[8:], uint32(len(data)))
+	copy(b[HeaderSize:], data)
+	select {
+	case c.queue <- b:
+		c.wseq++
+		return nil
+	case <-c.quit:
+		if err := c.writeErr(); err != nil {
+			return err
+		}
+		return net.ErrClosed
+	}
+}
+
+// Close ends the stream. Unless a Write is blocked, the end of the stream
+// is sent after what was written, and Close waits up to CloseWait for it
+// to be handed to the connections; then it closes them.
+func (c *Conn) Close() error {
+	c.closeOnce.Do(func() {
+		if c.wmu.TryLock() {
+			if c.enqueue(nil) == nil {
+				c.wclosed = true
+				close(c.queue) // the writers finish the queue, then stop
+				drained := make(chan struct{})
+				go func() { c.wg.Wait(); close(drained) }()
+				t := time.NewTimer(c.o.CloseWait)
+				select {
+				case <-drained:
+				case <-t.C:
+				}
+				t.Stop()
+			}
+			c.wmu.Unlock()
+		}
+		c.mu.Lock()
+		c.closed = true
+		c.cond.Broadcast()
+		c.mu.Unlock()
+		c.quitOnce.Do(func() { close(c.quit) })
+		c.closeSubs()
+	})
+	return nil
+}

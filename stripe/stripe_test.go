@@ -1,0 +1,294 @@
+package stripe
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+)
+
+// slowConn delays every write, as a connection with less bandwidth would.
+type slowConn struct {
+	net.Conn
+	delay time.Duration
+}
+
+func (s slowConn) Write(p []byte) (int, error) {
+	time.Sleep(s.delay)
+	return s.Conn.Write(p)
+}
+
+// pairs joins two Conns over n pipes; delays[i], if any, slows pipe i on
+// the first Conn's side.
+func pairs(t *testing.T, n int, o Options, delays ...time.Duration) (*Conn, *Conn) {
+	t.Helper()
+	var a, b []io.ReadWriteCloser
+	for i := range n {
+		x, y := net.Pipe()
+		var xa io.ReadWriteCloser = x
+		if i < len(delays) && delays[i] > 0 {
+			xa = slowConn{x, delays[i]}
+		}
+		a, b = append(a, xa), append(b, y)
+	}
+	ca, err := New(a, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb, err := New(b, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ca.Close(); cb.Close() })
+	return ca, cb
+}
+
+func random(n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
+
+// Both directions at once, in writes of odd sizes, over connections of
+// unequal speed, with a reorder buffer much smaller than the data: every
+// byte arrives in order. Then one side closes, and the other reads io.EOF
+// after the last byte.
+func TestStreamInOrder(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		n      int
+		o      Options
+		delays []time.Duration
+	}{
+		{"one connection", 1, Options{}, nil},
+		{"four equal", 4, Options{ChunkSize: 4096}, nil},
+		{"one slow of three, small buffer", 3, Options{ChunkSize: 1000, MaxBuffered: 8192}, []time.Duration{0, 2 * time.Millisecond, 0}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := pairs(t, tc.n, tc.o, tc.delays...)
+			ab, ba := random(1<<20+17), random(300<<10+3)
+			var wg sync.WaitGroup
+			send := func(c *Conn, data []byte) {
+				defer wg.Done()
+				for p := data; len(p) > 0; {
+					n := min(len(p), 777+len(p)%5000)
+					if w, err := c.Write(p[:n]); err != nil || w != n {
+						t.Errorf("write: %d, %v", w, err)
+						return
+					}
+					p = p[n:]
+				}
+			}
+			got := [][]byte{make([]byte, len(ab)), make([]byte, len(ba))}
+			recv := func(i int, c *Conn) {
+				defer wg.Done()
+				if _, err := io.ReadFull(c, got[i]); err != nil {
+					t.Errorf("read: %v", err)
+				}
+			}
+			wg.Add(4)
+			go send(a, ab)
+			go send(b, ba)
+			go recv(0, b)
+			go recv(1, a)
+			wg.Wait()
+			if !bytes.Equal(got[0], ab) || !bytes.Equal(got[1], ba) {
+				t.Fatal("the bytes read differ from those written")
+			}
+			tail := random(100 << 10)
+			go func() { a.Write(tail); a.Close() }()
+			rest, err := io.ReadAll(b)
+			if err != nil || !bytes.Equal(rest, tail) {
+				t.Fatalf("after the peer closed: %d bytes, %v; want the %d written before Close, then io.EOF", len(rest), err, len(tail))
+			}
+		})
+	}
+}
+
+// A connection lost mid-stream fails the stream on both sides: no side
+// mistakes it for the end.
+func TestLostConnectionFailsTheStream(t *testing.T) {
+	var a, b []io.ReadWriteCloser
+	for range 3 {
+		x, y := net.Pipe()
+		a, b = append(a, x), append(b, y)
+	}
+	ca, _ := New(a, Options{ChunkSize: 512})
+	cb, _ := New(b, Options{})
+	defer ca.Close()
+	defer cb.Close()
+	if _, err := ca.Write(random(64 << 10)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 1024)
+	if _, err := io.ReadFull(cb, buf); err != nil {
+		t.Fatal(err)
+	}
+	a[1].Close() // connection 1 drops
+	_, err := io.ReadAll(cb)
+	if err == nil || errors.Is(err, io.EOF) {
+		t.Fatalf("read after a lost connection: %v, want an error", err)
+	}
+	t.Logf("reader: %v", err)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := ca.Write(random(4096)); err != nil {
+			t.Logf("writer: %v", err)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("writes still succeed after a connection was lost")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Close ends a Write that waits for a peer that reads nothing.
+func TestCloseEndsBlockedWrite(t *testing.T) {
+	x, y := net.Pipe()
+	defer y.Close()
+	c, _ := New([]io.ReadWriteCloser{x}, Options{CloseWait: 50 * time.Millisecond})
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.Write(random(4 << 20))
+		done <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	c.Close()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a write nobody read succeeded")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Write still blocked after Close")
+	}
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("read after Close: %v", err)
+	}
+}
+
+func TestHello(t *testing.T) {
+	h := Hello{Index: 2, Count: 4}
+	copy(h.Session[:], "0123456789abcdef")
+	b := h.Marshal()
+	if !IsHello(b) || len(b) != HelloSize {
+		t.Fatal("marshalled hello not recognised")
+	}
+	if got, err := ParseHello(b); err != nil || got != h {
+		t.Fatalf("ParseHello = %+v, %v", got, err)
+	}
+	for name, mut := range map[string]func([]byte){
+		"magic":    func(b []byte) { b[0] = 1 },
+		"reserved": func(b []byte) { b[27] = 1 },
+		"index":    func(b []byte) { b[24] = 4 },
+		"count 0":  func(b []byte) { b[24], b[25] = 0, 0 },
+		"count":    func(b []byte) { b[25] = MaxCount + 1 },
+	} {
+		c := bytes.Clone(b)
+		mut(c)
+		if _, err := ParseHello(c); !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: %v, want ErrMalformed", name, err)
+		}
+	}
+	// A wire frame starts with a small type byte, never the magic.
+	if IsHello([]byte{1, 0, 0, 0, 0, 0, 0, 12}) {
+		t.Error("a frame header taken for a hello")
+	}
+}
+
+// Dial on one side, Joiner on the other: the connections of one stream
+// join into one Conn served by one caller; another owner's connection with
+// the same session number does not join it.
+func TestDialAndJoin(t *testing.T) {
+	j := &Joiner{Timeout: 2 * time.Second}
+	type joined struct {
+		c    *Conn
+		lead bool
+		err  error
+	}
+	results := make(chan joined, 8)
+	accept := func(owner string, sub net.Conn) {
+		first := make([]byte, 8)
+		if _, err := io.ReadFull(sub, first); err != nil || !IsHello(first) {
+			results <- joined{err: errors.New("no hello")}
+			return
+		}
+		h, err := ReadHello(first, sub)
+		if err != nil {
+			results <- joined{err: err}
+			return
+		}
+		c, lead, err := j.Join(context.Background(), owner, h, sub)
+		results <- joined{c, lead, err}
+	}
+	var sessionSeen Hello
+	var mu sync.Mutex
+	dial := func(ctx context.Context) (io.ReadWriteCloser, error) {
+		x, y := net.Pipe()
+		go accept("alice", y)
+		return recorder{x, &mu, &sessionSeen}, nil
+	}
+	c, err := Dial(context.Background(), 3, dial, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var lead *Conn
+	leads := 0
+	for range 3 {
+		r := <-results
+		if r.err != nil {
+			t.Fatal(r.err)
+		}
+		if r.lead {
+			leads++
+			lead = r.c
+		}
+	}
+	if leads != 1 {
+		t.Fatalf("%d callers lead the stream", leads)
+	}
+	go c.Write([]byte("over three connections"))
+	buf := make([]byte, 22)
+	if _, err := io.ReadFull(lead, buf); err != nil || string(buf) != "over three connections" {
+		t.Fatalf("read %q, %v", buf, err)
+	}
+
+	// mallory replays alice's session number: she gets a stream of her
+	// own that never completes.
+	x, y := net.Pipe()
+	defer x.Close()
+	mu.Lock()
+	h := sessionSeen
+	mu.Unlock()
+	h.Index, h.Count = 0, 2
+	go x.Write(h.Marshal())
+	go accept("mallory", y)
+	if r := <-results; r.err == nil || r.c != nil {
+		t.Fatalf("a connection of another owner joined: %+v", r)
+	}
+}
+
+// recorder notes the hello a dialer sends.
+type recorder struct {
+	net.Conn
+	mu   *sync.Mutex
+	seen *Hello
+}
+
+func (r recorder) Write(p []byte) (int, error) {
+	if IsHello(p) {
+		if h, err := ParseHello(p); err == nil {
+			r.mu.Lock()
+			*r.seen = h
+			r.mu.Unlock()
+		}
+	}
+	return r.Conn.Write(p)
+}
