@@ -256,7 +256,6 @@ type peekedStream struct {
 
 func (p *peekedStream) Read(b []byte) (int, error) { return p.Reader.Read(b) }
 
-
 // lockStorage takes an exclusive lock on the storage directory, so that two
 // receivers never apply epochs to the same replicas. The lock is released
 // when the returned function is called or the process ends.
