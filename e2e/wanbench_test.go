@@ -1,0 +1,178 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/drsync/drsync/testkit"
+	"github.com/drsync/drsync/testkit/guest"
+	"github.com/drsync/drsync/testkit/hosttools"
+	"github.com/drsync/drsync/testkit/wanbench"
+	"github.com/drsync/drsync/wanemu"
+)
+
+// wanEpoch is the time between consistent copies, for every tool.
+const wanEpoch = 20 * time.Second
+
+// BenchmarkWAN replicates the test guest (512 MiB of RAM whose page cache
+// holds a 192 MiB disk of incompressible data, plus a record disk and a
+// stream of random memory writes) over each emulated link, with drsync and,
+// in the same run over the same link, with QEMU's own migration and with
+// rsync, and prints one table (make bench-wan). Run it with -benchtime 1x:
+// one iteration takes several minutes per link.
+func BenchmarkWAN(b *testing.B) {
+	if err := wanemu.Check(); err != nil {
+		b.Skipf("no WAN emulator here: %v", err)
+	}
+	hosttools.Need(b, "qemu-system-x86_64", "qemu-img", "rsync")
+	g := wanbench.DefaultGuest()
+	var rows []wanbench.Result
+	for _, link := range wanbench.Links() {
+		b.Run(linkTag(link.Name), func(b *testing.B) {
+			ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
+			defer cancel()
+			em, err := wanemu.Start(ctx, wanemu.Options{AtoB: link.Settings, BtoA: link.Settings, MaxLifetime: 40 * time.Minute, Seed: 1})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer em.Stop()
+			// Each tool is a sub-benchmark, so that one can be rerun alone
+			// (-bench 'BenchmarkWAN/100Mbit/drsync'); the table shows what ran.
+			tool := func(name string, run func(b *testing.B) (wanbench.Result, error)) {
+				b.Run(name, func(b *testing.B) {
+					var row wanbench.Result
+					for b.Loop() {
+						var err error
+						if row, err = run(b); err != nil {
+							b.Fatalf("%s over %s: %v", name, link.Name, err)
+						}
+					}
+					rows = append(rows, row)
+					b.ReportMetric(float64(row.InitialBytes)/1e6, "MB-initial")
+					b.ReportMetric(row.InitialSync.Seconds(), "s-initial")
+				})
+			}
+			tool("drsync", func(b *testing.B) (wanbench.Result, error) { return drsyncOverWAN(b, em, link, g, wanEpoch) })
+			for _, q := range []struct {
+				name string
+				mode wanbench.QEMUMode
+			}{{"qemu-precopy-xbzrle", wanbench.PrecopyXBZRLE}, {"qemu-multifd-zstd", wanbench.MultifdZstd}} {
+				m := q.mode
+				tool(q.name, func(b *testing.B) (wanbench.Result, error) { return wanbench.RunQEMU(ctx, b, em, link, g, m, wanEpoch) })
+			}
+			tool("rsync", func(b *testing.B) (wanbench.Result, error) { return wanbench.RunRsync(ctx, b, em, link, g, wanEpoch) })
+		})
+	}
+	var out strings.Builder
+	if err := wanbench.WriteTable(&out, rows); err != nil {
+		b.Fatal(err)
+	}
+	fmt.Fprintf(os.Stdout, "\nWAN benchmark, guest %d MiB RAM, disks %s, epoch %v:\n\n%s\n", g.MemMiB, diskList(g), wanEpoch, out.String())
+}
+
+func diskList(g wanbench.GuestSpec) string {
+	var s []string
+	for _, d := range g.Disks {
+		s = append(s, fmt.Sprintf("%s %d MiB", d.Name, d.SizeMiB))
+	}
+	return strings.Join(s, ", ")
+}
+
+func linkTag(name string) string {
+	if i := strings.Index(name, ","); i > 0 {
+		name = name[:i]
+	}
+	return strings.NewReplacer(" ", "", "/", "").Replace(name)
+}
+
+// linkBytes is what crossed the emulated link, both directions.
+func linkBytes(em *wanemu.Emulator) int64 {
+	s := em.Stats()
+	return int64(s.AtoB.Forwarded.Bytes + s.BtoA.Forwarded.Bytes)
+}
+
+// drsyncOverWAN protects a fresh guest with drsync across em: the sender
+// in namespace A, the receiver in B. The initial sync is the first epoch;
+// the steady state three epochs after the second (which covers the time
+// the first took).
+func drsyncOverWAN(b *testing.B, em *wanemu.Emulator, link wanbench.Link, g wanbench.GuestSpec, epoch time.Duration) (wanbench.Result, error) {
+	row := wanbench.Result{Tool: "drsync: memory + disks, dedup, zstd fast, 8 connections", Link: link.Name, EpochInterval: epoch}
+	dir := hosttools.ShortTempDir(b, "wb")
+	vm := guest.Launch(b, guest.Options{MemMiB: g.MemMiB, Disks: g.Prepare(b, dir), Args: g.Args})
+	if _, err := vm.WaitFor(5*time.Minute, func(l guest.Line) bool { return strings.HasPrefix(l.Text, "CACHED 1 ") }); err != nil {
+		return row, fmt.Errorf("the guest did not fill its page cache: %w", err)
+	}
+	p := wanPair(b, em, vm.QMPSocket, fmt.Sprintf("min_interval = %q", epoch), "connections = 8")
+	start, bytes0 := time.Now(), linkBytes(em)
+	snd := testkit.StartWrapped(b, p.path("sender.log"), func(c *exec.Cmd) error { return em.Wrap(wanemu.SideA, c) },
+		"send", "--config", p.sendCfg, "--log-json")
+	defer snd.Kill()
+	wait := func(n int, d time.Duration) error {
+		deadline := time.Now().Add(d)
+		for p.senderEpochs("guest-1") < n {
+			if time.Now().After(deadline) {
+				return fmt.Errorf("epoch %d not committed within %v:\n%s", n, d, snd.Log())
+			}
+			if code, err := snd.Wait(0); err == nil {
+				return fmt.Errorf("sender exited (%d):\n%s", code, snd.Log())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		return nil
+	}
+	if err := wait(1, 20*time.Minute); err != nil {
+		return row, err
+	}
+	row.InitialSync, row.InitialBytes = time.Since(start), linkBytes(em)-bytes0
+	if err := wait(2, 10*time.Minute); err != nil {
+		return row, err
+	}
+	bytes2 := linkBytes(em)
+	if err := wait(5, 10*time.Minute); err != nil {
+		return row, err
+	}
+	row.SteadyBytesPerEpoch = (linkBytes(em) - bytes2) / 3
+	snd.Signal(syscall.SIGTERM)
+	if code, err := snd.Wait(time.Minute); code != 0 || err != nil {
+		return row, fmt.Errorf("sender exit %d %v:\n%s", code, err, snd.Log())
+	}
+	epochs, _, _ := senderLog(b, snd.Log())
+	var pauses []time.Duration
+	for i, e := range epochs {
+		if i >= 2 && i <= 4 {
+			row.RPO = max(row.RPO, e.Time.Sub(epochs[i-1].Cut))
+		}
+	}
+	var st struct {
+		RecentPausesMS []float64 `json:"recent_pauses_ms"`
+		LastResult     struct {
+			WireBytes   uint64  `json:"wire_bytes"`
+			SendSeconds float64 `json:"send_seconds"`
+		} `json:"last_result"`
+	}
+	if err := json.Unmarshal(mustRead(b, p.path("state/guest-1/status.json")), &st); err != nil {
+		return row, err
+	}
+	for _, ms := range st.RecentPausesMS {
+		pauses = append(pauses, time.Duration(ms*float64(time.Millisecond)))
+	}
+	row.Pause = medianOf(pauses)
+	if rate := float64(link.Settings.RateBitsPerSec) / 8; rate > 0 {
+		row.Goodput = float64(row.InitialBytes) / row.InitialSync.Seconds() / rate
+	}
+	first := epochs[0]
+	row.Note = fmt.Sprintf("initial sync: %d MiB of memory sent as references to disk", first.RAMRefPages*4096>>20)
+	p.checkReplicaRecords("guest-1")
+	b.Logf("%s: drsync initial sync %v, %.1f MB on the link; steady %.2f MB/epoch; RPO %v; pause %v",
+		link.Name, row.InitialSync.Round(100*time.Millisecond), float64(row.InitialBytes)/1e6, float64(row.SteadyBytesPerEpoch)/1e6, row.RPO.Round(100*time.Millisecond), row.Pause)
+	vm.Kill()
+	p.rcv.Kill()
+	return row, nil
+}

@@ -1,0 +1,142 @@
+package transport
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/drsync/drsync/stripe"
+	"github.com/drsync/drsync/tlsid"
+	"github.com/drsync/drsync/wanemu"
+)
+
+// BenchmarkLossyWAN sends 64 MiB over an emulated 100 Mbit/s link with a
+// 40 ms round trip and 0.1% random loss: over one QUIC connection, whose
+// loss-based congestion control backs off at every loss, and striped over
+// several (package stripe). It reports the goodput as a fraction of the
+// link rate; the one-connection run is the baseline of the same run.
+func BenchmarkLossyWAN(b *testing.B) {
+	if err := wanemu.Check(); err != nil {
+		b.Skipf("no WAN emulator here: %v", err)
+	}
+	const rate = 100e6
+	s := wanemu.Settings{Delay: 20 * time.Millisecond, RateBitsPerSec: rate, LossProb: 0.001}
+	ctx := context.Background()
+	em, err := wanemu.Start(ctx, wanemu.Options{AtoB: s, BtoA: s, Seed: 3})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer em.Stop()
+	a, err := tlsid.WriteIdentity(b.TempDir(), "a")
+	if err != nil {
+		b.Fatal(err)
+	}
+	z, err := tlsid.WriteIdentity(b.TempDir(), "b")
+	if err != nil {
+		b.Fatal(err)
+	}
+	pcB, err := em.ListenPacket(wanemu.SideB, "udp", em.AddrB().String()+":0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	l, err := listen("", tlsid.ServerTLS(z, pin(a)), Options{}, pcB)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	dialA := func(ctx context.Context) (io.ReadWriteCloser, error) {
+		pcA, err := em.ListenPacket(wanemu.SideA, "udp", em.AddrA().String()+":0")
+		if err != nil {
+			return nil, err
+		}
+		c, err := dial(ctx, l.Addr().String(), tlsid.ClientTLS(a, pin(z)), Options{}, pcA)
+		if err != nil {
+			return nil, err
+		}
+		st, err := c.OpenStream(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return &closingStream{st, c}, nil
+	}
+	const size = 64 << 20
+	for _, n := range []int{1, 4, 8} {
+		b.Run(fmt.Sprintf("connections=%d", n), func(b *testing.B) {
+			for b.Loop() {
+				subs := make(chan io.ReadWriteCloser, n)
+				go func() {
+					for range n {
+						c, err := l.Accept(ctx)
+						if err != nil {
+							return
+						}
+						st, err := c.AcceptStream(ctx)
+						if err != nil {
+							return
+						}
+						if n > 1 {
+							io.ReadFull(st, make([]byte, stripe.HelloSize))
+						}
+						subs <- &closingStream{st, c}
+					}
+				}()
+				// The receiving side: a QUIC stream is announced by its
+				// first data, so it is gathered while the sender writes.
+				done := make(chan int64)
+				go func() {
+					rs := make([]io.ReadWriteCloser, n)
+					for i := range rs {
+						rs[i] = <-subs
+					}
+					var r io.Reader = rs[0]
+					if n > 1 {
+						sc, _ := stripe.New(rs, stripe.Options{})
+						defer sc.Close()
+						r = sc
+					}
+					m, _ := io.Copy(io.Discard, r)
+					done <- m
+				}()
+				var w io.WriteCloser
+				var err error
+				if n == 1 {
+					w, err = dialA(ctx)
+				} else {
+					w, err = stripe.Dial(ctx, n, dialA, stripe.Options{})
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+				buf := make([]byte, 1<<20)
+				start := time.Now()
+				for range size / len(buf) {
+					if _, err := w.Write(buf); err != nil {
+						b.Fatal(err)
+					}
+				}
+				w.Close()
+				got := <-done
+				d := time.Since(start)
+				if got != size {
+					b.Fatalf("received %d of %d bytes", got, size)
+				}
+				b.ReportMetric(float64(size)*8/d.Seconds()/1e6, "Mbit/s")
+				b.ReportMetric(float64(size)*8/d.Seconds()/rate, "of-link")
+			}
+		})
+	}
+}
+
+// closingStream closes its connection with the stream.
+type closingStream struct {
+	Stream
+	c *Conn
+}
+
+func (s *closingStream) Close() error {
+	err := s.Stream.Close()
+	go func() { time.Sleep(time.Second); s.c.Close(0, "") }()
+	return err
+}
