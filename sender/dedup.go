@@ -32,17 +32,15 @@ import (
 // be left unchanged).
 type Dedup struct {
 	idx     *pagecache.Index
-	ids     map[string]uint16 // disk name → index target
-	names   []string          // index target → disk name
-	indexed map[string]bool   // disks read whole since the sender started
-	snap    *Snapshot         // the snapshot being planned, for verification
-	byName  map[string]int    // disk name → target index in snap
+	disks   targetIDs       // disk name ↔ index target
+	indexed map[string]bool // disks read whole since the sender started
+	snap    *Snapshot       // the snapshot being planned, for verification
+	byName  map[string]int  // disk name → target index in snap
 	buf     []byte
 
-	ram      *pagecache.Index
-	ramIDs   map[string]uint16 // RAM name → RAM index target
-	ramNames []string
-	ramByID  []int // RAM index target → target index in snap, -1 if absent
+	ram     *pagecache.Index
+	rams    targetIDs // RAM name ↔ RAM index target
+	ramByID []int     // RAM index target → target index in snap, -1 if absent
 
 	// The plan in progress: what the replica holds per snapshot target
 	// (nil: unknown), the pages written by reference so far, and where
@@ -64,29 +62,30 @@ func NewDedup(maxEntries int) (*Dedup, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Dedup{idx: idx, ids: map[string]uint16{}, indexed: map[string]bool{}, buf: make([]byte, wire.PageSize),
-		ram: ram, ramIDs: map[string]uint16{}}, nil
+	return &Dedup{idx: idx, indexed: map[string]bool{}, buf: make([]byte, wire.PageSize), ram: ram}, nil
 }
 
-func (d *Dedup) ramID(name string) uint16 {
-	id, ok := d.ramIDs[name]
+// targetIDs numbers target names for an index, stably across epochs.
+type targetIDs struct {
+	ids   map[string]uint16
+	names []string // by id
+}
+
+func (t *targetIDs) id(name string) uint16 {
+	id, ok := t.ids[name]
 	if !ok {
-		id = uint16(len(d.ramIDs))
-		d.ramIDs[name] = id
-		d.ramNames = append(d.ramNames, name)
+		if t.ids == nil {
+			t.ids = map[string]uint16{}
+		}
+		id = uint16(len(t.names))
+		t.ids[name] = id
+		t.names = append(t.names, name)
 	}
 	return id
 }
 
-func (d *Dedup) id(name string) uint16 {
-	id, ok := d.ids[name]
-	if !ok {
-		id = uint16(len(d.ids))
-		d.ids[name] = id
-		d.names = append(d.names, name)
-	}
-	return id
-}
+func (d *Dedup) id(name string) uint16    { return d.disks.id(name) }
+func (d *Dedup) ramID(name string) uint16 { return d.rams.id(name) }
 
 // begin prepares for planning snap against old, what the replica holds
 // of each of its targets (nil: unknown).
@@ -102,7 +101,7 @@ func (d *Dedup) begin(snap *Snapshot, old []*blockhash.Table) {
 			d.ramID(t.Name)
 		}
 	}
-	d.ramByID = make([]int, len(d.ramNames))
+	d.ramByID = make([]int, len(d.rams.names))
 	for i := range d.ramByID {
 		d.ramByID[i] = -1
 	}
@@ -110,7 +109,7 @@ func (d *Dedup) begin(snap *Snapshot, old []*blockhash.Table) {
 	d.refd = make([][]uint64, len(snap.Targets))
 	for i, t := range snap.Targets {
 		if t.Kind == wire.KindRAM {
-			d.ramByID[d.ramIDs[t.Name]] = i
+			d.ramByID[d.ramID(t.Name)] = i
 			d.refd[i] = make([]uint64, (t.Size/wire.PageSize+63)/64)
 		}
 	}
@@ -123,7 +122,7 @@ func (d *Dedup) planning(i int) { d.curTgt, d.curOff = i, 0 }
 // ramPage records the content of RAM page off of target i, now planned
 // (hash h, or zero), and whether it travels as a reference.
 func (d *Dedup) ramPage(i int, off int64, h uint64, zero, ref bool) {
-	id := d.ramIDs[d.snap.Targets[i].Name]
+	id := d.ramID(d.snap.Targets[i].Name)
 	if zero {
 		d.ram.Zero(id, off, wire.PageSize)
 	} else {
@@ -199,10 +198,10 @@ func (d *Dedup) ReadPage(loc pagecache.Loc, buf []byte) error {
 
 // target maps an index target to the snapshot's target index.
 func (d *Dedup) target(id uint16) (int, bool) {
-	if int(id) >= len(d.names) {
+	if int(id) >= len(d.disks.names) {
 		return 0, false
 	}
-	i, ok := d.byName[d.names[id]]
+	i, ok := d.byName[d.disks.names[id]]
 	return i, ok
 }
 
