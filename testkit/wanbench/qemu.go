@@ -8,6 +8,7 @@ import (
 	"net"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -481,8 +482,20 @@ func (r *qemuRun) migrate(ctx context.Context, d *vm, uri string) (migration, er
 			}
 		}
 	}
-	if err := src.exec(ctx, "cont", nil, nil); err != nil {
-		return m, fmt.Errorf("resume the source: %w", err)
+	// With multifd, QEMU announces "completed" before its channels are
+	// torn down, and refuses cont until then ("Migration is not finalized
+	// yet"): retry for a moment.
+	for attempt := 0; ; attempt++ {
+		err := src.exec(ctx, "cont", nil, nil)
+		if err == nil {
+			break
+		}
+		if !strings.Contains(err.Error(), "not finalized") || attempt >= 200 {
+			return m, fmt.Errorf("resume the source: %w", err)
+		}
+		if err := sleep(ctx, 5*time.Millisecond); err != nil {
+			return m, err
+		}
 	}
 	e, err := ssub.Wait(ctx, func(e qmp.Event) bool { return e.Name == "RESUME" })
 	if err != nil {
