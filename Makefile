@@ -75,9 +75,10 @@ bench: deps
 
 # drsync against QEMU's own migration (precopy + xbzrle; multifd + zstd;
 # disks by drive-mirror to NBD) and rsync, over emulated WAN links: one
-# table, about half an hour on 2 cores.
+# table, about 15 minutes on 2 cores. WAN=100Mbits (or 1Gbits) runs one link.
+WAN ?= .
 bench-wan: deps
-	$(GO) test -run '^$$' -bench '^BenchmarkWAN$$' -benchtime 1x -timeout 90m ./e2e
+	$(GO) test -run '^$$' -bench '^BenchmarkWAN$$/$(WAN)' -benchtime 1x -timeout 90m ./e2e
 
 demo: deps build
 	./scripts/demo.sh
