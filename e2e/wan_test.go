@@ -48,6 +48,7 @@ type committedEpoch struct {
 	Cut          time.Time     `json:"cut"`
 	EpochLength  time.Duration `json:"epoch_length"`
 	WireBytes    uint64        `json:"wire_bytes"`
+	SendTime     time.Duration `json:"send_time"`
 	PredictedLag time.Duration `json:"predicted_lag"`
 	NextEpoch    time.Duration `json:"next_epoch"`
 	Compression  string        `json:"compression"`

@@ -169,6 +169,9 @@ func drsyncOverWAN(b *testing.B, em *wanemu.Emulator, link wanbench.Link, g wanb
 	}
 	first := epochs[0]
 	row.Note = fmt.Sprintf("initial sync: %d MiB of memory sent as references to disk", first.RAMRefPages*4096>>20)
+	if rate := float64(link.Settings.RateBitsPerSec) / 8; rate > 0 && first.SendTime > 0 {
+		row.Note += fmt.Sprintf("; %.0f%% of the link while sending", 100*float64(first.WireBytes)/first.SendTime.Seconds()/rate)
+	}
 	p.checkReplicaRecords("guest-1")
 	b.Logf("%s: drsync initial sync %v, %.1f MB on the link; steady %.2f MB/epoch; RPO %v; pause %v",
 		link.Name, row.InitialSync.Round(100*time.Millisecond), float64(row.InitialBytes)/1e6, float64(row.SteadyBytesPerEpoch)/1e6, row.RPO.Round(100*time.Millisecond), row.Pause)

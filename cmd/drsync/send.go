@@ -384,7 +384,7 @@ func (l *vmLoop) committed(res *sender.Result, pc pace) {
 	lag := l.now().Sub(res.Cut)
 	attrs := []any{"epoch", res.Epoch, "cut", res.Cut.UTC().Format(time.RFC3339Nano), "base", res.Base,
 		"items", res.Items, "data_bytes", res.DataBytes, "wire_bytes", res.WireBytes, "resent_bytes", res.ResentBytes,
-		"attempts", res.Attempts, "duration", res.Duration.Round(time.Millisecond), "rpo_lag", lag.Round(time.Millisecond)}
+		"attempts", res.Attempts, "duration", res.Duration.Round(time.Millisecond), "send_time", res.SendTime.Round(time.Millisecond), "rpo_lag", lag.Round(time.Millisecond)}
 	if res.Pause > 0 {
 		attrs = append(attrs, "guest_pause", res.Pause.Round(10*time.Microsecond), "qemu_downtime", res.HypervisorDowntime)
 	}
