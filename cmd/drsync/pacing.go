@@ -1,7 +1,6 @@
 package main
 
 import (
-	"fmt"
 	"time"
 
 	"github.com/drsync/drsync/epochctl"
@@ -124,8 +123,4 @@ func (p *pacer) fixedNext(start time.Time) time.Time {
 	}
 	n := start.Sub(p.first)/iv + 1
 	return p.first.Add(n * iv)
-}
-
-func (f flowStatus) String() string {
-	return fmt.Sprintf("epoch %.1fs goodput %s dirty %s", f.EpochSeconds, formatRate(f.GoodputBytesPerSecond), formatRate(f.DirtyBytesPerSecond))
 }
