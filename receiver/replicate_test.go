@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -351,9 +352,17 @@ func TestDedupReferencesRAMPages(t *testing.T) {
 	}
 	scribble(400)
 	rcv := newReceiver(t, rfs)
+	// Progress counts sent bytes as the plan counts its total (references
+	// carry no data): sent never passes all.
+	var progressErr atomic.Value
+	progress := func(p sender.Progress) {
+		if p.SentBytes > p.AllBytes {
+			progressErr.Store(fmt.Sprintf("epoch %d: progress sent %d of %d bytes", p.Epoch, p.SentBytes, p.AllBytes))
+		}
+	}
 	newDedupSender := func() *sender.Sender {
 		s, err := sender.New(sender.Options{VM: "web-1", Source: src, Dialer: testkit.PipeDialer(rcv, alice),
-			Store: sender.Store{FS: memfs.New(), Dir: "/s"}, Compression: wire.CompressFast, Now: now, Dedup: true})
+			Store: sender.Store{FS: memfs.New(), Dir: "/s"}, Compression: wire.CompressFast, Now: now, Dedup: true, Progress: progress})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -383,6 +392,9 @@ func TestDedupReferencesRAMPages(t *testing.T) {
 	}
 	if dups == 0 {
 		t.Fatal("no memory page travelled as a reference to another")
+	}
+	if e := progressErr.Load(); e != nil {
+		t.Error(e)
 	}
 }
 

@@ -166,11 +166,19 @@ func (p *Plan) add(it PlanItem) {
 	if it.Type == wire.TypeDeviceState {
 		s.Target = 0
 	}
-	if it.Type != wire.TypeZeroRun && it.Type != wire.TypePageRef {
-		p.Bytes += uint64(it.Len)
-	}
+	p.Bytes += it.payloadBytes()
 	p.Items = append(p.Items, it)
 	p.Sums = append(p.Sums, s)
+}
+
+// payloadBytes is what the item contributes to Plan.Bytes: the data it
+// carries. Zero runs and page references carry none; progress counts sent
+// bytes the same way, so that sent never passes the plan's total.
+func (it PlanItem) payloadBytes() uint64 {
+	if it.Type == wire.TypeZeroRun || it.Type == wire.TypePageRef {
+		return 0
+	}
+	return uint64(it.Len)
 }
 
 // runBuilder coalesces consecutive changed blocks into items.

@@ -387,9 +387,7 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 			return fail(fmt.Errorf("epoch %d: send item %d: %w", epoch, i, err))
 		}
 		a.maxSent = max(a.maxSent, i+1)
-		if it := p.Items[i]; it.Type != wire.TypeZeroRun {
-			sent += uint64(it.Len)
-		}
+		sent += p.Items[i].payloadBytes()
 		if s.o.Progress != nil {
 			s.o.Progress(Progress{Epoch: epoch, SentBytes: sent, AllBytes: p.Bytes, Durable: durable, Items: uint64(len(p.Items))})
 		}

@@ -17,6 +17,8 @@ import (
 	"os"
 	"sort"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 func main() {
@@ -177,15 +179,16 @@ func (l *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 	return slog.New(slog.NewTextHandler(w, o)), nil
 }
 
-// isTerminal reports whether w is a character device (a terminal), without
-// any dependency: progress bars are for people, not for log files.
+// isTerminal reports whether w is a terminal: progress bars are for people,
+// not for log files. A character device is not enough (/dev/null is one):
+// only a terminal answers the terminal-attributes ioctl.
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	if !ok {
 		return false
 	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
+	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
+	return err == nil
 }
 
 // sortedKeys returns m's keys in order.

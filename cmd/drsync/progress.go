@@ -102,7 +102,9 @@ func (s *barState) render(vm string, graphic bool, now time.Time) string {
 	const width = 24
 	frac := 1.0
 	if s.p.AllBytes > 0 {
-		frac = float64(s.p.SentBytes) / float64(s.p.AllBytes)
+		// Clamped: a display must never be what stops a sender, whatever
+		// the counts it is handed say.
+		frac = min(1, max(0, float64(s.p.SentBytes)/float64(s.p.AllBytes)))
 	}
 	rate := 0.0
 	if el := now.Sub(s.start).Seconds(); el > 0 {

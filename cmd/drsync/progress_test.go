@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -56,5 +57,33 @@ func TestProgressBar(t *testing.T) {
 	b.Write([]byte("x\n"))
 	if out.String() != "x\n" {
 		t.Errorf("after done, log line written as %q", out.String())
+	}
+}
+
+// Counts whose sent bytes pass the plan's total (page references were once
+// counted in one and not the other) must draw a full bar, not panic.
+func TestProgressBarSentPastTotal(t *testing.T) {
+	var out bytes.Buffer
+	now := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	b := newProgressBar(&out, func() time.Time { return now })
+	b.update("web-1", sender.Progress{Epoch: 1, SentBytes: 0x4f64000, AllBytes: 0x3cb61c3})
+	if line := out.String(); !strings.Contains(line, "100%") || !strings.Contains(line, "["+strings.Repeat("=", 24)+"]") {
+		t.Errorf("bar %q", line)
+	}
+}
+
+// /dev/null is a character device but no terminal: output sent there gets
+// no bar.
+func TestIsTerminalDevNull(t *testing.T) {
+	f, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if isTerminal(f) {
+		t.Error("/dev/null taken for a terminal")
+	}
+	if isTerminal(&bytes.Buffer{}) {
+		t.Error("a buffer taken for a terminal")
 	}
 }
