@@ -21,11 +21,33 @@ var (
 	buildOnce sync.Once
 	buildDir  string
 	buildErr  error
+	// mainRuns is set by Main: the test binary removes what Drsync built
+	// when it ends.
+	mainRuns bool
 )
+
+// Main runs a package's tests and then removes the drsync binary that
+// Drsync built for them. A package whose tests call Drsync (or Run, MustRun,
+// Start) calls it from its TestMain:
+//
+//	func TestMain(m *testing.M) { testkit.Main(m) }
+func Main(m *testing.M) {
+	mainRuns = true
+	code := m.Run()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
+}
 
 // Drsync builds cmd/drsync once per test binary and returns its path.
 func Drsync(t testing.TB) string {
 	t.Helper()
+	if !mainRuns {
+		// Otherwise every run would leave the binary behind in the
+		// temporary directory.
+		t.Fatal("testkit.Drsync: the package's TestMain must call testkit.Main")
+	}
 	buildOnce.Do(func() {
 		buildDir, buildErr = os.MkdirTemp("", "drsync-bin-")
 		if buildErr != nil {

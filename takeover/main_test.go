@@ -1,0 +1,9 @@
+package takeover_test
+
+import (
+	"testing"
+
+	"github.com/drsync/drsync/testkit"
+)
+
+func TestMain(m *testing.M) { testkit.Main(m) }
