@@ -69,6 +69,8 @@ func TestBadFramesLeaveReplicaUntouched(t *testing.T) {
 	}{
 		{"garbage bytes", []wire.Frame{begin}, []byte("this is not a frame at all, not even close"), "malformed"},
 		{"item out of order", []wire.Frame{begin, &wire.ZeroRun{Seq: 1, Target: 0, Offset: 0, Length: 65536}}, nil, "out of order"},
+		{"more items than the targets hold", []wire.Frame{&wire.EpochBegin{Epoch: 2, Items: 1 << 40, Bytes: 65536, Targets: targets}}, nil, "announces 1099511627776 items"},
+		{"more bytes than the targets hold", []wire.Frame{&wire.EpochBegin{Epoch: 2, Items: 2, Bytes: 1 << 50, Targets: targets}}, nil, "announces 1125899906842624 payload bytes"},
 		{"wrong epoch", []wire.Frame{&wire.EpochBegin{Epoch: 7, Items: 0, Targets: targets}}, nil, "expects 2"},
 		{"commit with wrong digest", []wire.Frame{begin, extent, &wire.ZeroRun{Seq: 1, Target: 1, Offset: 0, Length: 4096}, &wire.EpochCommit{Epoch: 2, Items: 2, Digest: 1}}, nil, "digest"},
 		{"extent outside the disk", []wire.Frame{begin, &wire.DiskExtent{Seq: 0, Target: 0, Offset: 16 << 20, Data: make([]byte, 65536)}}, nil, "outside target"},

@@ -91,8 +91,27 @@ func newStage(base *Manifest, b *wire.EpochBegin, maxSize uint64) (*stage, error
 			return nil, protoErr("EpochBegin: epoch %d leaves out %s %q that the replica holds; removing a target is not supported", b.Epoch, e.Kind, e.Name)
 		}
 	}
+	// An epoch writes each block of its targets at most once, plus the
+	// device state in chunks: announcing more items or bytes than that is
+	// no real epoch, and is refused before anything is staged.
+	var blocks, size uint64
+	for _, t := range s.begin.Targets {
+		blocks += uint64(blockhash.Blocks(int64(t.Size), int(t.BlockSize)))
+		size += t.Size
+	}
+	if maxItems := blocks + maxDeviceStateItems; b.Items > maxItems {
+		return nil, protoErr("EpochBegin: epoch %d announces %d items; its targets hold %d blocks, so at most %d items", b.Epoch, b.Items, blocks, maxItems)
+	}
+	if maxBytes := size + maxDeviceStateItems*wire.MaxData; b.Bytes > maxBytes {
+		return nil, protoErr("EpochBegin: epoch %d announces %d payload bytes; its targets hold %d, so at most %d", b.Epoch, b.Bytes, size, maxBytes)
+	}
 	return s, nil
 }
+
+// maxDeviceStateItems bounds the device-state chunks of an epoch: 4096
+// chunks of wire.MaxData is 16 GiB, far more than any machine's device
+// state (video memory and ROMs are RAM targets, not device state).
+const maxDeviceStateItems = 4096
 
 // resume checks that b continues this staged epoch where it stands.
 func (s *stage) resume(b *wire.EpochBegin) error {
