@@ -43,11 +43,13 @@ deps:
 
 test: deps
 	$(GO) vet ./...
-	@set -o pipefail; log=$$(mktemp); \
-	$(GO) test -count=1 -timeout 30m ./... 2>&1 | tee $$log; status=$$?; \
-	$(MAKE) --no-print-directory fuzz-ci || status=1; \
+	@set -o pipefail; log=$$(mktemp); tmp=$$(mktemp -d); \
+	TMPDIR=$$tmp $(GO) test -count=1 -timeout 30m ./... 2>&1 | tee $$log; status=$$?; \
+	TMPDIR=$$tmp $(MAKE) --no-print-directory fuzz-ci || status=1; \
 	echo "packages: $$(grep -c '^ok' $$log) passed, $$(grep -c '^FAIL[[:space:]]' $$log) failed"; \
-	rm -f $$log; exit $$status
+	left=$$(find $$tmp -mindepth 1 -maxdepth 1 -printf '%f\n'); \
+	if [ -n "$$left" ]; then echo "the tests left files in the temporary directory:"; echo "$$left"; status=1; fi; \
+	rm -rf $$log $$tmp; exit $$status
 
 unit:
 	$(GO) test -short -count=1 ./...
