@@ -239,11 +239,18 @@ func serveConn(ctx context.Context, rcv *receiver.Receiver, joiner *stripe.Joine
 	}
 	if err := rcv.Handle(ctx, peer, rw); err != nil {
 		// Handle has told the sender why in an Error frame (and logged
-		// it); closing the connection right away could drop that frame.
+		// it); closing the connection right away could drop that frame,
+		// even when the sender has already ended its side of the stream.
+		// The sender closes the connection once it has read the frame.
 		s.SetReadDeadline(time.Now().Add(errorGrace))
-		t := time.AfterFunc(errorGrace, func() { rw.Close() })
+		t := time.NewTimer(errorGrace)
 		defer t.Stop()
 		io.Copy(io.Discard, rw)
+		select {
+		case <-conn.Done():
+		case <-t.C:
+		case <-ctx.Done():
+		}
 	}
 }
 
