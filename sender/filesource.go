@@ -122,10 +122,10 @@ func (s *FileSource) Snapshot(ctx context.Context) (*Snapshot, error) {
 		}
 		images = append(images, im)
 		if kind == wire.KindRAM && im.Size()%wire.PageSize != 0 {
-			return fmt.Errorf("RAM %s: %s is %d bytes, not whole %d-byte pages", name, path, im.Size(), wire.PageSize)
+			return fmt.Errorf("RAM %s: %s is %d bytes, not whole %d-byte pages: %w", name, path, im.Size(), wire.PageSize, ErrUnusableSource)
 		}
 		if im.Size() == 0 {
-			return fmt.Errorf("%s %s: %s is empty", kindWord(kind), name, path)
+			return fmt.Errorf("%s %s: %s is empty: %w", kindWord(kind), name, path, ErrUnusableSource)
 		}
 		snap.Targets = append(snap.Targets, Target{
 			Kind: kind, Name: name, Size: im.Size(), BlockSize: bs, Reader: im,

@@ -15,6 +15,11 @@ import (
 // flight and cuts a new one at its next attempt.
 var ErrSnapshotLost = errors.New("snapshot lost")
 
+// ErrUnusableSource marks a source that cannot be replicated as it is
+// configured (a RAM file that is not whole pages, an empty image): trying
+// again cannot help, the configuration or the image must change.
+var ErrUnusableSource = errors.New("source unusable as configured")
+
 // Extent is a range of a target and what is known of it without reading:
 // that it reads as zeros, or that it is unchanged since the source's
 // previous cut (a dirty bitmap says so), whose table is Target.Prev.

@@ -8,6 +8,7 @@ import (
 	"github.com/drsync/drsync/qmp"
 	"github.com/drsync/drsync/receiver"
 	"github.com/drsync/drsync/replica"
+	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/tlsid"
 	"github.com/drsync/drsync/transport"
 	"github.com/drsync/drsync/wire"
@@ -100,7 +101,8 @@ func exitCode(err error) int {
 		errors.Is(err, tlsid.ErrUntrusted),
 		errors.Is(err, receiver.ErrUnauthorized):
 		return exitRefused
-	case errors.Is(err, qmp.ErrUnsupportedVersion), errors.Is(err, livecut.ErrDiskNotFound), errors.Is(err, livecut.ErrSwitchedBack):
+	case errors.Is(err, qmp.ErrUnsupportedVersion), errors.Is(err, livecut.ErrDiskNotFound), errors.Is(err, livecut.ErrSwitchedBack),
+		errors.Is(err, sender.ErrUnusableSource):
 		// The VM is not what the configuration describes.
 		return exitUsage
 	case errors.Is(err, replica.ErrLocked), errors.Is(err, errLockBusy):

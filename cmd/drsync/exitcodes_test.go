@@ -11,6 +11,7 @@ import (
 	"github.com/drsync/drsync/qmp"
 	"github.com/drsync/drsync/receiver"
 	"github.com/drsync/drsync/replica"
+	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/tlsid"
 	"github.com/drsync/drsync/transport"
 	"github.com/drsync/drsync/wire"
@@ -38,6 +39,7 @@ func TestExitCode(t *testing.T) {
 		{"storage by peer", wrap(&wire.Error{Code: wire.ErrStorage}), exitFailure},
 		{"protocol by peer", wrap(&wire.Error{Code: wire.ErrProtocol}), exitFailure},
 		{"replica locked", fmt.Errorf("verify: %w", replica.ErrLocked), exitBusy},
+		{"unusable source", wrap(fmt.Errorf("RAM pc.ram: 4097 bytes: %w", sender.ErrUnusableSource)), exitUsage},
 		{"unsupported QEMU", wrap(fmt.Errorf("qmp: QEMU 8.2.0: %w", qmp.ErrUnsupportedVersion)), exitUsage},
 		{"disk node not found", wrap(fmt.Errorf("livecut: %w", livecut.ErrDiskNotFound)), exitUsage},
 		{"QMP socket missing", wrap(fmt.Errorf("livecut: %w", qmp.ErrNoSocket)), exitFailure},

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -87,5 +88,31 @@ func TestSendRejectsUnknownVMAndMissingImages(t *testing.T) {
 	code, _, errs = drsync(t, "send", "--config", cfg, "--once")
 	if code != exitUsage || !strings.Contains(errs, `vm "web-1": disk "vda".path`) || !strings.Contains(errs, "no such file") {
 		t.Fatalf("missing image: exit %d: %s", code, errs)
+	}
+}
+
+// A RAM file that is not whole pages is a configuration error: send stops at
+// once with exit 2 and says why, instead of retrying an epoch that cannot
+// succeed.
+func TestSendRAMNotWholePages(t *testing.T) {
+	dir := t.TempDir()
+	keys := filepath.Join(dir, "keys")
+	fpSender := keygen(t, keys, "a")
+	fpReceiver := keygen(t, keys, "site-b")
+	addr := startReceiver(t, dir, fpSender)
+	cfg := filepath.Join(dir, "sender.toml")
+	writeFile(t, cfg, []byte(edit(t, baseSender,
+		`device_state = "/abs/dev.state"`, `device_state = "images/dev.state"`,
+		`address = "127.0.0.1:7447"`, fmt.Sprintf("address = %q", addr),
+		`fingerprints = ["`+fpA+`"]`, fmt.Sprintf("fingerprints = [%q]", fpReceiver))))
+	writeFile(t, filepath.Join(dir, "images/vda.raw"), make([]byte, 256<<10))
+	writeFile(t, filepath.Join(dir, "images/ram"), make([]byte, 4097))
+	writeFile(t, filepath.Join(dir, "images/dev.state"), []byte("state"))
+	code, _, errs := drsync(t, "send", "--config", cfg, "--once")
+	if code != exitUsage || !strings.Contains(errs, "4097 bytes, not whole 4096-byte pages") {
+		t.Fatalf("exit %d: %s", code, errs)
+	}
+	if strings.Contains(errs, "epoch failed; retrying") {
+		t.Errorf("a configuration error was retried: %s", errs)
 	}
 }

@@ -98,7 +98,8 @@ func retryable(err error) bool {
 		errors.Is(err, wire.ErrInvalidName),
 		errors.Is(err, qmp.ErrUnsupportedVersion),
 		errors.Is(err, livecut.ErrDiskNotFound),
-		errors.Is(err, livecut.ErrSwitchedBack):
+		errors.Is(err, livecut.ErrSwitchedBack),
+		errors.Is(err, sender.ErrUnusableSource):
 		return false
 	}
 	return true
