@@ -248,7 +248,7 @@ func TestFailoverDrill(t *testing.T) {
 	if after := replicaDigests(t, repl); fmt.Sprint(after) != fmt.Sprint(before) {
 		t.Fatalf("the drill changed the replica:\nbefore %v\nafter  %v", before, after)
 	}
-	for _, f := range []string{p.path("fenced"), p.path("dns-switched"), filepath.Join(repl, "TAKENOVER"), p.path("failover/drill/guest-1")} {
+	for _, f := range []string{p.path("fenced"), p.path("dns-switched"), filepath.Join(repl, "TAKENOVER"), p.path("failover/_drill/guest-1")} {
 		if _, err := os.Stat(f); err == nil {
 			t.Errorf("%s exists after a drill", f)
 		}
@@ -295,7 +295,7 @@ func TestFailoverDrill(t *testing.T) {
 // TestFailoverOlderPoint: with recovery points kept, a failover can resume
 // an older epoch (after corruption was replicated, say): the DR guest's
 // counter continues from that epoch's cut, not from the newest, and the
-// rebuilt point verifies.
+// rebuilt point verifies. Another point is then refused while the VM runs.
 func TestFailoverOlderPoint(t *testing.T) {
 	vm, _ := liveGuest(t, 256, nil)
 	p := livePair(t, vm, "")
@@ -350,6 +350,18 @@ func TestFailoverOlderPoint(t *testing.T) {
 	}
 	testkit.MustRun(t, "verify", "--replica", p.path("failover/guest-1/point-2"))
 	p.verify("guest-1")
+
+	// Another point must not replace the VM that runs from epoch 2: the run
+	// is refused before anything starts, and the VM runs on.
+	code, out = testkit.Run(t, "failover", "--runbook", rbPath, "--epoch", "3")
+	if code == 0 || !strings.Contains(out, "still runs") || !strings.Contains(out, "from epoch 2, not the epoch 3") {
+		t.Errorf("--epoch 3 over a VM running from epoch 2: exit %d\n%s", code, out)
+	}
+	n := len(guest.ParseTicks(mustRead(t, serial)))
+	time.Sleep(time.Second)
+	if len(guest.ParseTicks(mustRead(t, serial))) <= n {
+		t.Error("the VM running from epoch 2 stopped")
+	}
 }
 
 // lastTick is the newest TICK of a serial log.

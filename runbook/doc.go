@@ -8,7 +8,9 @@
 // appended and fsynced as each step ends) records what is done, so a
 // runbook interrupted halfway continues where it stopped when run again:
 // finished hooks and checks are not repeated, and a VM whose QEMU still
-// runs is not started twice.
+// runs is not started twice. A VM whose QEMU is gone boots from the disk
+// overlays it wrote at the DR site, which no run deletes: see Decide for
+// the rule, and --discard-dr-writes for starting over.
 //
 //	{"step":"start:db-1","status":"done","at":"...","pid":4242,"qmp":"/.../qmp.sock","epoch":17}
 //

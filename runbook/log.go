@@ -27,6 +27,9 @@ type Record struct {
 	Epoch      uint64    `json:"epoch,omitempty"`
 	Cut        time.Time `json:"cut,omitzero"`
 	TakeoverMS float64   `json:"takeover_ms,omitempty"`
+	// Boot: booted cold from the overlays of an earlier run (Epoch is
+	// still the epoch they grew from).
+	Boot bool `json:"boot,omitempty"`
 }
 
 // Log is a runbook's run log: what earlier runs finished, and where this

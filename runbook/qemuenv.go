@@ -111,6 +111,18 @@ func (e QEMUEnv) Preflight(ctx context.Context, rb *Runbook, vm *VM) (Ready, err
 	if _, err := exec.LookPath(bin); err != nil {
 		return Ready{}, fmt.Errorf("QEMU: %w", err)
 	}
+	if !rb.Drill {
+		for _, ov := range takeover.InspectOverlays(workDir(rb, vm), vm.Disks) {
+			switch ov.State {
+			case takeover.OverlayWritten:
+				r.Written = append(r.Written, ov.Path)
+			case takeover.OverlayInUse:
+				r.InUse = append(r.InUse, ov.Path)
+			case takeover.OverlayUnreadable:
+				r.Unreadable = append(r.Unreadable, fmt.Sprintf("%s (%v)", ov.Path, ov.Err))
+			}
+		}
+	}
 	return r, nil
 }
 
@@ -133,10 +145,7 @@ func (e QEMUEnv) Hook(ctx context.Context, rb *Runbook, h *Hook) error {
 	return nil
 }
 
-// Start brings vm up from its replica's committed epoch, fencing the
-// replica first.
-func (e QEMUEnv) Start(ctx context.Context, rb *Runbook, vm *VM) (Started, error) {
-	t0 := time.Now()
+func takeoverOptions(rb *Runbook, vm *VM) takeover.Options {
 	o := takeover.Options{
 		Replica: filepath.Join(rb.Replicas, vm.Name), WorkDir: workDir(rb, vm),
 		QEMU: vm.QEMU, Args: vm.Args, Disks: vm.Disks, MainRAM: vm.MainRAM, Fence: fence(rb),
@@ -148,7 +157,21 @@ func (e QEMUEnv) Start(ctx context.Context, rb *Runbook, vm *VM) (Started, error
 	} else {
 		o.Args = append(append([]string{}, vm.Args...), vm.NICs...)
 	}
-	plan, err := takeover.Prepare(o)
+	return o
+}
+
+// Start brings vm up from its replica's committed epoch, fencing the
+// replica first. takeover.Prepare refuses overlays a VM wrote to.
+func (e QEMUEnv) Start(ctx context.Context, rb *Runbook, vm *VM) (Started, error) {
+	t0 := time.Now()
+	if rb.Drill {
+		// A drill's work directory is disposable (one a killed drill left
+		// is removed here), and never a failover's: see workDir.
+		if err := os.RemoveAll(workDir(rb, vm)); err != nil {
+			return Started{}, err
+		}
+	}
+	plan, err := takeover.Prepare(takeoverOptions(rb, vm))
 	if err != nil {
 		return Started{}, err
 	}
@@ -159,11 +182,59 @@ func (e QEMUEnv) Start(ctx context.Context, rb *Runbook, vm *VM) (Started, error
 	return Started{PID: q.Cmd.Process.Pid, QMP: plan.QMP, Epoch: plan.Epoch, Cut: plan.Cut, Took: q.Running.Sub(t0)}, nil
 }
 
+// Boot starts vm cold from the overlays an earlier run left in its work
+// directory: no memory state, and nothing there is replaced.
+func (e QEMUEnv) Boot(ctx context.Context, rb *Runbook, vm *VM) (Started, error) {
+	if rb.Drill {
+		return Started{}, errors.New("a drill does not boot from a failover's overlays")
+	}
+	t0 := time.Now()
+	plan, err := takeover.PrepareBoot(takeoverOptions(rb, vm))
+	if err != nil {
+		return Started{}, err
+	}
+	q, err := takeover.Start(ctx, plan, e.out())
+	if err != nil {
+		return Started{}, err
+	}
+	return Started{PID: q.Cmd.Process.Pid, QMP: plan.QMP, Took: q.Running.Sub(t0), Boot: true}, nil
+}
+
+// Discard moves vm's work directory (overlays, rebuilt recovery point,
+// sockets) aside to <work_dir>/_discarded/<vm>-<time>.
+func (e QEMUEnv) Discard(ctx context.Context, rb *Runbook, vm *VM) (string, error) {
+	if rb.Drill {
+		return "", errors.New("a drill discards nothing")
+	}
+	dir := workDir(rb, vm)
+	if _, err := os.Lstat(dir); errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	}
+	to := discardDir(rb, vm, time.Now())
+	if err := takeover.MoveAside(dir, to); err != nil {
+		return "", err
+	}
+	return to, nil
+}
+
+// Work directories. A VM name starts with a letter or digit
+// (wire.ValidVMName), so "_drill" and "_discarded" are never a VM's work
+// directory nor inside one: a drill's teardown cannot remove a failover's
+// overlays, nor can a discarded set land where a VM runs.
+const (
+	drillDir   = "_drill"
+	discardSub = "_discarded"
+)
+
 func workDir(rb *Runbook, vm *VM) string {
 	if rb.Drill {
-		return filepath.Join(rb.WorkDir, "drill", vm.Name)
+		return filepath.Join(rb.WorkDir, drillDir, vm.Name)
 	}
 	return filepath.Join(rb.WorkDir, vm.Name)
+}
+
+func discardDir(rb *Runbook, vm *VM, now time.Time) string {
+	return filepath.Join(rb.WorkDir, discardSub, vm.Name+"-"+now.UTC().Format("20060102T150405Z"))
 }
 
 // Stop kills a drill's VM and removes its copy of the replica.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 )
@@ -16,6 +17,9 @@ type Ready struct {
 	// Resumed is set when the replica was already taken over by this
 	// runbook (an interrupted run).
 	Resumed bool
+	// The VM's disk overlays an earlier run left, by state (not looked
+	// at in a drill): see Prior.
+	Written, InUse, Unreadable []string
 }
 
 // Started is a VM brought up by Env.Start.
@@ -25,6 +29,7 @@ type Started struct {
 	Epoch uint64
 	Cut   time.Time
 	Took  time.Duration // from the start of the step until the guest ran
+	Boot  bool          // booted cold from its overlays (Env.Boot)
 }
 
 // Env is everything a run does to the world.
@@ -33,6 +38,12 @@ type Env interface {
 	Preflight(ctx context.Context, rb *Runbook, vm *VM) (Ready, error)
 	Hook(ctx context.Context, rb *Runbook, h *Hook) error
 	Start(ctx context.Context, rb *Runbook, vm *VM) (Started, error)
+	// Boot starts vm cold from the disk overlays an earlier run left,
+	// with no memory state.
+	Boot(ctx context.Context, rb *Runbook, vm *VM) (Started, error)
+	// Discard moves aside what an earlier run left of vm (its work
+	// directory) and says where to; it deletes nothing.
+	Discard(ctx context.Context, rb *Runbook, vm *VM) (string, error)
 	// Alive reports whether a VM an earlier run started still runs.
 	Alive(ctx context.Context, s Started) bool
 	Check(ctx context.Context, vm *VM, c *Check, s Started) error
@@ -48,6 +59,10 @@ type Options struct {
 	Hold time.Duration
 	Out  io.Writer // the plan and progress, for the operator
 	Now  func() time.Time
+	// DiscardDRWrites names the VMs that start over from their replicas,
+	// what they wrote at the DR site moved aside. Named one by one, so
+	// that no VM's DR writes are put away by a flag meant for another.
+	DiscardDRWrites []string
 }
 
 // ErrPreflight marks a runbook refused before anything started.
@@ -66,7 +81,16 @@ func Run(ctx context.Context, rb *Runbook, log *Log, env Env, o Options) error {
 		now = time.Now
 	}
 	ready := map[string]Ready{}
+	actions := map[string]Action{}
+	priors := map[string]Prior{}
 	var problems []string
+	for _, name := range o.DiscardDRWrites {
+		if rb.vm(name) == nil {
+			problems = append(problems, fmt.Sprintf("%s %s: the runbook has no such VM", DiscardFlag, name))
+		} else if rb.Drill {
+			problems = append(problems, fmt.Sprintf("%s %s: a drill never touches a failover's overlays", DiscardFlag, name))
+		}
+	}
 	for i := range rb.VMs {
 		v := &rb.VMs[i]
 		r, err := env.Preflight(ctx, rb, v)
@@ -75,6 +99,24 @@ func Run(ctx context.Context, rb *Runbook, log *Log, env Env, o Options) error {
 			continue
 		}
 		ready[v.Name] = r
+		if rb.Drill {
+			continue // a drill's copies are its own, made afresh
+		}
+		p := Prior{VM: v.Name, Written: r.Written, InUse: r.InUse, Unreadable: r.Unreadable}
+		if rec, ok := log.Done("start:" + v.Name); ok {
+			p.Logged, p.PID, p.Epoch = true, rec.PID, rec.Epoch
+			p.Alive = env.Alive(ctx, Started{PID: rec.PID, QMP: rec.QMP, Epoch: rec.Epoch, Cut: rec.Cut})
+		}
+		var point uint64
+		if rb.Epoch != 0 || !rb.Before.IsZero() {
+			point = r.Epoch
+		}
+		a, err := Decide(p, point, slices.Contains(o.DiscardDRWrites, v.Name))
+		if err != nil {
+			problems = append(problems, fmt.Sprintf("vm %s: %v", v.Name, err))
+			continue
+		}
+		actions[v.Name], priors[v.Name] = a, p
 	}
 	if len(problems) > 0 {
 		return fmt.Errorf("%w:\n  %s", ErrPreflight, strings.Join(problems, "\n  "))
@@ -96,6 +138,17 @@ func Run(ctx context.Context, rb *Runbook, log *Log, env Env, o Options) error {
 		case StepStart:
 			r := ready[s.VM]
 			detail = fmt.Sprintf("group %s, from epoch %d cut %s (%s old)", s.Group, r.Epoch, r.Cut.UTC().Format(time.RFC3339), now().Sub(r.Cut).Round(time.Second))
+			switch actions[s.VM] {
+			case ActKeep:
+				state = "running"
+				detail = fmt.Sprintf("group %s, running (pid %d) from epoch %d", s.Group, priors[s.VM].PID, priors[s.VM].Epoch)
+			case ActBoot:
+				state = "boot"
+				detail = fmt.Sprintf("group %s, boots from its disk overlays (no memory state): %s", s.Group, strings.Join(priors[s.VM].Written, ", "))
+			case ActDiscard:
+				state = "start over"
+				detail += "; what it wrote at the DR site is moved aside"
+			}
 		case StepHook:
 			detail = strings.Join(s.Hook.Command, " ")
 		case StepCheck:
@@ -123,14 +176,30 @@ func Run(ctx context.Context, rb *Runbook, log *Log, env Env, o Options) error {
 	}
 	for _, s := range steps {
 		rec, done := log.Done(s.ID)
-		if done && s.Kind == StepStart {
-			st := Started{PID: rec.PID, QMP: rec.QMP, Epoch: rec.Epoch, Cut: rec.Cut}
-			if env.Alive(ctx, st) {
-				started[s.VM] = st
-				fmt.Fprintf(out, "%s: still running from an earlier run (pid %d)\n", s.ID, st.PID)
+		if s.Kind == StepStart {
+			// What earlier runs left decides, not whether the step is done:
+			// the overlays may hold writes of a VM whose start was never
+			// logged (a run killed while the guest ran).
+			switch actions[s.VM] {
+			case ActKeep:
+				started[s.VM] = Started{PID: rec.PID, QMP: rec.QMP, Epoch: rec.Epoch, Cut: rec.Cut}
+				fmt.Fprintf(out, "%s: still running from an earlier run (pid %d)\n", s.ID, rec.PID)
 				continue
+			case ActBoot:
+				p := priors[s.VM]
+				from := "the replica"
+				if p.Epoch != 0 {
+					from = fmt.Sprintf("epoch %d", p.Epoch)
+				}
+				fmt.Fprintf(out, "%s: the VM an earlier run started is gone; its disk overlays hold what it wrote at the DR site (%s), so it boots from its disk overlays: a cold boot with no memory state (the replica's memory of %s is older than these disks and is not loaded); %s would start over from the replica instead\n",
+					s.ID, strings.Join(p.Written, ", "), from, DiscardFlag+" "+s.VM)
+			case ActDiscard:
+				fmt.Fprintf(out, "%s: %s %s: starting over from the replica's epoch %d\n", s.ID, DiscardFlag, s.VM, ready[s.VM].Epoch)
+			case ActResume:
+				if done {
+					fmt.Fprintf(out, "%s: the VM an earlier run started is gone and its disk overlays hold no writes; starting it again from epoch %d\n", s.ID, ready[s.VM].Epoch)
+				}
 			}
-			fmt.Fprintf(out, "%s: the VM an earlier run started is gone; starting it again\n", s.ID)
 			done = false
 		}
 		if done {
@@ -144,11 +213,32 @@ func Run(ctx context.Context, rb *Runbook, log *Log, env Env, o Options) error {
 			err = env.Hook(ctx, rb, s.Hook)
 		case StepStart:
 			var st Started
-			if st, err = env.Start(ctx, rb, rb.vm(s.VM)); err == nil {
+			switch actions[s.VM] {
+			case ActBoot:
+				if st, err = env.Boot(ctx, rb, rb.vm(s.VM)); err == nil {
+					// The overlays still grew from the earlier run's epoch:
+					// a later --epoch is compared with it.
+					st.Epoch, st.Cut, st.Boot = priors[s.VM].Epoch, rec.Cut, true
+				}
+			case ActDiscard:
+				var aside string
+				if aside, err = env.Discard(ctx, rb, rb.vm(s.VM)); err == nil {
+					if aside != "" {
+						fmt.Fprintf(out, "%s: what the VM wrote at the DR site is kept in %s\n", s.ID, aside)
+					}
+					st, err = env.Start(ctx, rb, rb.vm(s.VM))
+				}
+			default:
+				st, err = env.Start(ctx, rb, rb.vm(s.VM))
+			}
+			if err == nil {
 				started[s.VM] = st
-				r.PID, r.QMP, r.Epoch, r.Cut = st.PID, st.QMP, st.Epoch, st.Cut
+				r.PID, r.QMP, r.Epoch, r.Cut, r.Boot = st.PID, st.QMP, st.Epoch, st.Cut, st.Boot
 				r.TakeoverMS = float64(st.Took.Microseconds()) / 1000
 				r.Detail = fmt.Sprintf("running from epoch %d in %v", st.Epoch, st.Took.Round(time.Millisecond))
+				if st.Boot {
+					r.Detail = fmt.Sprintf("booted from its disk overlays (no memory state) in %v", st.Took.Round(time.Millisecond))
+				}
 			}
 		case StepCheck:
 			st, ok := started[s.VM]

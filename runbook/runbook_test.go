@@ -87,14 +87,19 @@ type fakeEnv struct {
 	alive    map[int]bool
 	nextPID  int
 	prepared int
+	written  map[string][]string // overlays holding writes, per VM
 }
 
-func (f *fakeEnv) Preflight(_ context.Context, _ *Runbook, vm *VM) (Ready, error) {
+func (f *fakeEnv) Preflight(_ context.Context, rb *Runbook, vm *VM) (Ready, error) {
 	f.prepared++
 	if err := f.bad[vm.Name]; err != nil {
 		return Ready{}, err
 	}
-	return Ready{Epoch: 7, Cut: time.Unix(1700000000, 0)}, nil
+	epoch := uint64(7)
+	if rb.Epoch != 0 {
+		epoch = rb.Epoch
+	}
+	return Ready{Epoch: epoch, Cut: time.Unix(1700000000, 0), Written: f.written[vm.Name]}, nil
 }
 
 func (f *fakeEnv) step(id string) error {

@@ -93,7 +93,9 @@ func BenchmarkTakeover(b *testing.B) {
 			for i := range b.N {
 				serial := filepath.Join(r.dir, fmt.Sprintf("dr-%d.log", i))
 				t0 := time.Now()
-				plan, err := takeover.Prepare(takeover.Options{Replica: repl, WorkDir: filepath.Join(r.dir, "dr"), Args: drArgs(r.kernel, r.initrd, serial), Disks: disks})
+				// A work directory per takeover: Prepare never replaces the
+				// overlays the previous guest wrote to.
+				plan, err := takeover.Prepare(takeover.Options{Replica: repl, WorkDir: filepath.Join(r.dir, fmt.Sprintf("dr-%d", i)), Args: drArgs(r.kernel, r.initrd, serial), Disks: disks})
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -195,7 +197,7 @@ func BenchmarkTakeoverColdStorage(b *testing.B) {
 		dropCaches(b)
 		serial := filepath.Join(r.dir, fmt.Sprintf("cold-%s-%d.log", label, i))
 		t0 := time.Now()
-		plan, err := takeover.Prepare(takeover.Options{Replica: repl, WorkDir: filepath.Join(r.dir, "dr"), Args: drArgs(r.kernel, r.initrd, serial), Disks: disks})
+		plan, err := takeover.Prepare(takeover.Options{Replica: repl, WorkDir: filepath.Join(r.dir, fmt.Sprintf("dr-%s-%d", label, i)), Args: drArgs(r.kernel, r.initrd, serial), Disks: disks})
 		if err != nil {
 			b.Fatal(err)
 		}

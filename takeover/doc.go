@@ -15,6 +15,10 @@
 //	disks         a qcow2 overlay per replica disk, backed by the replica's
 //	              raw image, so the running VM never changes the replica
 //
+// Overlays a VM wrote to are never replaced (ErrOverlaysWritten): after a
+// failover they are the VM's data. PrepareBoot boots a VM cold from them,
+// MoveAside puts them away intact.
+//
 // The stream is small (the device state, a few hundred KiB), so QEMU
 // loads it and runs the guest within tens of milliseconds of starting,
 // whatever the guest's RAM size.

@@ -120,14 +120,21 @@ type Plan struct {
 	Overlays []string // one per disk
 	Command  []string // QEMU and its arguments
 	QMP      string   // QMP socket of the started VM
+	// Boot: a cold boot from existing overlays (PrepareBoot), with no
+	// memory state; Epoch, Cut, RAMFile and Stream are then unset.
+	Boot bool
 }
 
 // Prepare checks the replica and writes what the VM needs: overlays and the
 // state stream. It takes the replica's lock while it reads, so a replica
 // that a receiver is applying an epoch to is refused (replica.ErrLocked)
-// rather than read torn.
+// rather than read torn. Overlays in the work directory that a VM wrote to
+// (or that a QEMU holds) are never replaced: ErrOverlaysWritten.
 func Prepare(o Options) (*Plan, error) {
 	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	if err := checkNoWrittenOverlays(o.WorkDir, o.Disks); err != nil {
 		return nil, err
 	}
 	b, err := os.ReadFile(filepath.Join(o.Replica, "MANIFEST"))
@@ -240,8 +247,8 @@ func Prepare(o Options) (*Plan, error) {
 		if t == nil {
 			return nil, fmt.Errorf("takeover: the replica of %s has no disk %q", m.VM, d.Target)
 		}
-		ov := filepath.Join(o.WorkDir, "disk-"+d.Node+".qcow2")
-		os.Remove(ov)
+		ov := OverlayPath(o.WorkDir, d)
+		os.Remove(ov) // unwritten: checked above
 		backing, _ := filepath.Abs(filepath.Join(base, t.File))
 		cmd := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F", "raw", ov, fmt.Sprint(t.Size))
 		if out, err := cmd.CombinedOutput(); err != nil {

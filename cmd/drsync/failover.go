@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -15,13 +16,14 @@ import (
 func failoverCommand() *command {
 	var path string
 	var dry, drill bool
+	var discard string
 	var hold time.Duration
 	var epoch uint64
 	var before string
 	c := &command{
 		name:  "failover",
 		short: "bring VMs up at the DR site from their replicas, by a runbook",
-		args:  "--runbook FILE [--dry-run | --drill [--hold DURATION]] [--epoch N | --before TIME]",
+		args:  "--runbook FILE [--dry-run | --drill [--hold DURATION]] [--epoch N | --before TIME] [--discard-dr-writes VM[,VM...]]",
 		summary: `Run a failover runbook at the DR site: hooks before (fence the failed
 site), then the VMs group by group, each resumed from its replica's last
 committed epoch with its memory (no reboot) and checked healthy before the
@@ -36,6 +38,16 @@ The started VMs keep running after drsync exits.
 option keep_points) instead of the newest epoch, e.g. after corruption was
 replicated; the point is rebuilt in the work directory.
 
+After a failover the VM's disk overlays (<work_dir>/<vm>/disk-*.qcow2) hold
+what it wrote at the DR site: no run deletes them. When the VM is gone
+and its overlays hold writes, a run boots it cold from them (no memory
+state: the replica's older memory is not loaded over newer disks). A run
+refuses while a QEMU holds them, or when --epoch/--before asks for another
+point than the one the VM runs or ran from. --discard-dr-writes VM[,VM...] starts
+the VMs it names over from their replicas: each one's work directory is
+moved aside to <work_dir>/_discarded/<vm>-<time>, not deleted; refused
+while the VM runs.
+
 --drill tests the runbook without a disaster: each VM starts from a copy
 of its replica's committed epoch (the replica is not touched and
 replication goes on), without its NICs and without hooks; the checks run,
@@ -47,6 +59,7 @@ then the VMs are stopped and the copies removed.`,
 			set.DurationVar(&hold, "hold", 0, "with --drill: keep the VMs up this long after their checks (or until interrupted)")
 			set.Uint64Var(&epoch, "epoch", 0, "resume this retained recovery point instead of the newest epoch")
 			set.StringVar(&before, "before", "", "resume the newest recovery point cut before TIME (RFC 3339, e.g. 2026-11-22T08:00:00Z)")
+			set.StringVar(&discard, "discard-dr-writes", "", "start these VMs (comma-separated) over from their replicas; what they wrote at the DR site is moved aside")
 		},
 	}
 	c.run = func(ctx context.Context, e *env, _ *flag.FlagSet, args []string) error {
@@ -58,6 +71,15 @@ then the VMs are stopped and the copies removed.`,
 		}
 		if dry && drill {
 			return usagef("--dry-run and --drill exclude each other")
+		}
+		var discardVMs []string
+		for _, name := range strings.Split(discard, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				discardVMs = append(discardVMs, name)
+			}
+		}
+		if discard != "" && drill {
+			return usagef("--discard-dr-writes and --drill exclude each other (a drill never touches a failover's overlays)")
 		}
 		rb, logPath, err := loadRunbook(path)
 		if err != nil {
@@ -93,7 +115,7 @@ then the VMs are stopped and the copies removed.`,
 		}
 		ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 		defer stop()
-		return runbook.Run(ctx, rb, log, runbook.QEMUEnv{Out: e.stderr}, runbook.Options{DryRun: dry, Hold: hold, Out: e.stdout, Now: e.now})
+		return runbook.Run(ctx, rb, log, runbook.QEMUEnv{Out: e.stderr}, runbook.Options{DryRun: dry, Hold: hold, Out: e.stdout, Now: e.now, DiscardDRWrites: discardVMs})
 	}
 	return c
 }
