@@ -132,9 +132,9 @@ func (s *Source) snapshot(ctx context.Context, sess *qmp.Session) (snap *sender.
 		cap.abort()
 		return nil, fmt.Errorf("livecut: %w", err)
 	}
-	keepMark := false
+	marked := true
 	defer func() {
-		if !keepMark {
+		if marked {
 			s.unmarkCut()
 		}
 	}()
@@ -190,10 +190,13 @@ func (s *Source) snapshot(ctx context.Context, sess *qmp.Session) (snap *sender.
 		contErr = sess.Execute(context.WithoutCancel(cctx), "cont", nil, nil)
 	}
 	resumed := time.Now()
+	if contErr == nil {
+		s.unmarkCut()
+	}
+	// A failed cont leaves the mark: the next cut, or the guard once this
+	// sender is gone, resumes the guest.
+	marked = false
 	if contErr != nil {
-		// The mark stays: the next cut, or the guard once this sender
-		// is gone, tries again.
-		keepMark = true
 		s.log.Error("could not resume the guest after the cut", "err", contErr)
 		cap.abort()
 		return nil, fmt.Errorf("livecut: resume the guest: %w", contErr)

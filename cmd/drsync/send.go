@@ -458,9 +458,6 @@ func (l *vmLoop) committed(res *sender.Result, pc pace) {
 	case pc.breachEnded:
 		l.log.Info("RPO target within reach again", "rpo_target", l.vm.RPOTarget, "predicted_lag", secs(f.PredictedLagSeconds), "plan", pc.reason)
 	}
-	if res.Pause > livecut.PauseAlarm {
-		l.log.Warn("the cut paused the guest for longer than expected", "epoch", res.Epoch, "guest_pause", res.Pause.Round(time.Millisecond), "expected_below", livecut.PauseAlarm)
-	}
 	l.status.success(res, f)
 	if l.metrics != nil {
 		l.metrics.GuestPaused(l.vm.Name, false)
