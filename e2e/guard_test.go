@@ -79,22 +79,33 @@ func TestLiveGuestGuard(t *testing.T) {
 		if pause > limit {
 			t.Errorf("round %d: guest paused %v after the sender died (limit %v)\n%s", round, pause, limit, snd.Log())
 		}
-		// Status tells what happened.
-		out := testkit.MustRun(t, "status", "--config", p.sendCfg)
-		if !strings.Contains(out, "the guard resumed it") {
-			t.Errorf("round %d: status does not tell of the guard's resume:\n%s", round, out)
-		}
-		var rows []struct {
+		// Status tells what happened, once the guard has written it down
+		// (just after its cont).
+		type guestRow struct {
 			Guest *struct {
 				Paused       bool   `json:"paused"`
 				GuardResumes uint64 `json:"guard_resumes"`
 			} `json:"guest"`
 		}
-		if err := json.Unmarshal([]byte(testkit.MustRun(t, "status", "--json", "--config", p.sendCfg)), &rows); err != nil {
-			t.Fatal(err)
+		var rows []guestRow
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			rows = nil
+			if err := json.Unmarshal([]byte(testkit.MustRun(t, "status", "--json", "--config", p.sendCfg)), &rows); err != nil {
+				t.Fatal(err)
+			}
+			if len(rows) == 1 && rows[0].Guest != nil && rows[0].Guest.GuardResumes >= uint64(round) || time.Now().After(deadline) {
+				break
+			}
 		}
 		if len(rows) != 1 || rows[0].Guest == nil || rows[0].Guest.GuardResumes != uint64(round) || rows[0].Guest.Paused {
-			t.Errorf("round %d: status --json guest: %+v", round, rows[0].Guest)
+			t.Errorf("round %d: status --json guest: %+v", round, rows)
+		}
+		out := testkit.MustRun(t, "status", "--config", p.sendCfg)
+		if !strings.Contains(out, "the guard resumed it at ") || !strings.Contains(out, fmt.Sprintf("(%d time(s) in all)", round)) {
+			t.Errorf("round %d: status does not tell of the guard's resume:\n%s", round, out)
+		}
+		if round == rounds {
+			t.Logf("status after the last kill:\n%s\nthe guard said:\n%s", out, grepLines(snd.Log(), "guard:", 3))
 		}
 	}
 	t.Logf("guest pause when the sender was SIGKILLed after the migration, %d rounds: median %v, max %v (all: %v)",
@@ -122,6 +133,8 @@ func TestLiveGuestGuard(t *testing.T) {
 	}
 	if out := testkit.MustRun(t, "status", "--config", p.sendCfg); !strings.Contains(out, "GUEST PAUSED") {
 		t.Errorf("status does not show the paused guest:\n%s", out)
+	} else {
+		t.Logf("status of an operator-paused guest:\n%s", out)
 	}
 	if err := watch.Execute(ctx, "cont", nil, nil); err != nil {
 		t.Fatal(err)
