@@ -223,6 +223,11 @@ func Guard(ctx context.Context, o GuardOptions) (GuardReport, error) {
 			}
 			continue
 		case guardResume:
+			if _, err := os.Stat(filepath.Join(o.WorkDir, cutMarkerFile)); err != nil {
+				// A new sender got the socket first and cleaned up.
+				rep.Reason = "a new sender handled the cut"
+				return rep, nil
+			}
 			if err := sess.Execute(context.WithoutCancel(ctx), "cont", nil, nil); err != nil {
 				return rep, fmt.Errorf("livecut: guard: resume the guest: %w", err)
 			}

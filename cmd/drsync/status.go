@@ -34,8 +34,10 @@ func statusCommand() *command {
 		args:  "--config FILE [--json]",
 		summary: `Show, per VM, the last committed epoch, its cut time, the RPO lag (now
 minus that cut), bytes sent or received and the last error. FILE is either
-a sender or a receiver configuration. Safe while send and receive run: it
-only reads their status files and the replicas' manifests.`,
+a sender or a receiver configuration. A live guest that is paused when it
+should run, or that a sender's death left paused, gets a line of its own
+under the table. Safe while send and receive run: it only reads their
+status files and the replicas' manifests.`,
 		flags: func(set *flag.FlagSet) {
 			set.StringVar(&configPath, "config", "", "sender or receiver configuration file (required)")
 			set.BoolVar(&asJSON, "json", false, "print a JSON array instead of a table")
