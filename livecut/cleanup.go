@@ -16,6 +16,8 @@ type observed struct {
 	// Bitmaps lists the dirty bitmaps of the disks livecut replicates.
 	Bitmaps []observedBitmap
 	Files   []string // names in the work directory
+	// CutInFlight: the cut marker exists, so a predecessor died during a cut.
+	CutInFlight bool
 }
 
 type observedBitmap struct {
@@ -44,8 +46,10 @@ func planCleanup(o observed, disks []string, keep string) (steps []step, keepOK 
 	if slices.Contains(migrationActive, o.Migration) {
 		steps = append(steps, step{Cmd: "migrate_cancel"})
 	}
-	if o.Status == "postmigrate" {
-		// Stopped by a migration that completed: ours, whose cont never came.
+	if resumeAfterKilledCut(o) {
+		// Stopped by our cut's migration, whose cont never came. Without
+		// the cut marker a completed migration may be the operator's, and
+		// its source must stay stopped.
 		steps = append(steps, step{Cmd: "cont"})
 	}
 	for _, id := range o.Exports {
@@ -78,7 +82,7 @@ func planCleanup(o observed, disks []string, keep string) (steps []step, keepOK 
 		steps = append(steps, step{Cmd: "block-dirty-bitmap-remove", Args: map[string]any{"node": b.Node, "name": b.Name}})
 	}
 	for _, f := range o.Files {
-		if strings.HasPrefix(f, "fleece-") && path.Ext(f) == ".qcow2" {
+		if strings.HasPrefix(f, "fleece-") && path.Ext(f) == ".qcow2" || f == cutMarkerFile {
 			steps = append(steps, step{File: f})
 		}
 	}

@@ -77,6 +77,9 @@ func (s *Source) snapshot(ctx context.Context, sess *qmp.Session) (snap *sender.
 		}
 	}()
 	s.open = c
+	if err := s.checkRunning(ctx, sess); err != nil {
+		return nil, err
+	}
 	nodes, err := s.nodes(ctx, sess)
 	if err != nil {
 		return nil, fmt.Errorf("livecut: %w", err)
@@ -123,6 +126,18 @@ func (s *Source) snapshot(ctx context.Context, sess *qmp.Session) (snap *sender.
 			return nil, fmt.Errorf("livecut: %w", err)
 		}
 	}
+	// From here until the guest runs again, a sender that dies leaves the
+	// mark, and its guard (or the next sender) resumes the guest.
+	if err := s.markCut(c.gen); err != nil {
+		cap.abort()
+		return nil, fmt.Errorf("livecut: %w", err)
+	}
+	marked := true
+	defer func() {
+		if marked {
+			s.unmarkCut()
+		}
+	}()
 	sub := sess.Subscribe("STOP", "MIGRATION", "SHUTDOWN")
 	defer sub.Close()
 	migStart := time.Now()
@@ -149,6 +164,9 @@ func (s *Source) snapshot(ctx context.Context, sess *qmp.Session) (snap *sender.
 		st := e.Str("status")
 		if st == "completed" {
 			completedAt = time.Now()
+			if s.o.AfterMigration != nil {
+				s.o.AfterMigration()
+			}
 			break
 		}
 		if st == "failed" || st == "cancelled" {
@@ -172,6 +190,12 @@ func (s *Source) snapshot(ctx context.Context, sess *qmp.Session) (snap *sender.
 		contErr = sess.Execute(context.WithoutCancel(cctx), "cont", nil, nil)
 	}
 	resumed := time.Now()
+	if contErr == nil {
+		s.unmarkCut()
+	}
+	// A failed cont leaves the mark: the next cut, or the guard once this
+	// sender is gone, resumes the guest.
+	marked = false
 	if contErr != nil {
 		s.log.Error("could not resume the guest after the cut", "err", contErr)
 		cap.abort()
@@ -196,6 +220,9 @@ func (s *Source) snapshot(ctx context.Context, sess *qmp.Session) (snap *sender.
 	stats := CutStats{Freeze: resumed.Sub(completedAt), Downtime: time.Duration(mig.Downtime) * time.Millisecond, Capture: time.Since(migStart), StreamBytes: res.Stats.StreamBytes}
 	if !stopAt.IsZero() {
 		stats.Pause = resumed.Sub(stopAt)
+	}
+	if stats.Pause > PauseAlarm && !s.o.Final {
+		s.log.Warn("the guest was paused for longer than expected by the cut", "pause", stats.Pause.Round(time.Millisecond), "freeze", stats.Freeze.Round(time.Millisecond), "expected_below", PauseAlarm)
 	}
 
 	bitmap := ""
@@ -240,6 +267,42 @@ func (s *Source) snapshot(ctx context.Context, sess *qmp.Session) (snap *sender.
 	snap.Close = c.close
 	s.log.Debug("cut", "gen", c.gen, "pause", stats.Pause, "downtime", stats.Downtime, "capture", stats.Capture, "stream_bytes", stats.StreamBytes, "chain", bitmap != "")
 	return snap, nil
+}
+
+// PauseAlarm is the guest pause per cut beyond which the sender reports
+// it loudly: cuts pause the guest for milliseconds.
+const PauseAlarm = time.Second
+
+// checkRunning refuses to cut a guest that is not running: a cut ends
+// with cont, which must never resume a guest someone else paused (or the
+// source of the operator's own migration). A guest an earlier cut of
+// this process left stopped (its cont failed) is resumed first.
+func (s *Source) checkRunning(ctx context.Context, sess *qmp.Session) error {
+	var st struct{ Status string }
+	if err := sess.Execute(ctx, "query-status", nil, &st); err != nil {
+		return fmt.Errorf("livecut: %w", err)
+	}
+	if st.Status == "running" {
+		return nil
+	}
+	var mig struct{ Status string }
+	if err := sess.Execute(ctx, "query-migrate", nil, &mig); err != nil {
+		return fmt.Errorf("livecut: %w", err)
+	}
+	_, err := os.Stat(filepath.Join(s.o.WorkDir, cutMarkerFile))
+	if resumeAfterKilledCut(observed{Status: st.Status, Migration: mig.Status, CutInFlight: err == nil}) && !s.o.Final {
+		s.log.Warn("resuming the guest an earlier cut left paused")
+		if err := sess.Execute(ctx, "cont", nil, nil); err != nil {
+			return fmt.Errorf("livecut: resume the guest an earlier cut left paused: %w", err)
+		}
+		s.unmarkCut()
+		return nil
+	}
+	if s.o.Final {
+		// A switch-back may cut a guest the operator stopped first.
+		return nil
+	}
+	return fmt.Errorf("livecut: the guest is not running (QEMU status %q, migration %q): %w; drsync neither cuts nor resumes a guest paused by someone else", st.Status, mig.Status, ErrGuestPaused)
 }
 
 // freeze runs while the guest is stopped: fleecing nodes, then one

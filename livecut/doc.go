@@ -33,6 +33,16 @@
 // state file holds; anything else breaks the chain, and the next cut then
 // compares every allocated block (a full pass), never trusting a gap.
 //
+// A dead sender never leaves the guest paused. From just before migrate
+// until the guest runs again, WorkDir/cut-in-flight marks the cut. Guard
+// (run by a process that outlives the sender, once the sender is gone)
+// and a restarted sender resume a guest only if that mark exists and QEMU
+// is in postmigrate after a completed migration: the cut's own stop. A
+// guest the operator paused, the source of the operator's own migration,
+// a switch-back's final cut and a live sender's cut are left alone, and a
+// cut never starts on a guest that is not running (ErrGuestPaused), since
+// its cont would resume it.
+//
 // State file (WorkDir/livecut.state) is a sender index (sender.MarshalIndex)
 // whose epoch field is the cut's generation and whose tables are the
 // disks' block tables at that cut.

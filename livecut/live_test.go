@@ -227,6 +227,9 @@ func TestRestartCleansUpAndBreaksChainSafely(t *testing.T) {
 	// What a sender killed mid-cut leaves behind.
 	overlay := filepath.Join(work, "fleece-7-0.qcow2")
 	hosttools.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", overlay, "64M")
+	if err := os.WriteFile(filepath.Join(work, "cut-in-flight"), []byte(`{"gen":7}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	qmpDo(t, vm.QMPSocket,
 		[2]any{"migrate", map[string]any{"uri": "exec:cat > /dev/null"}},
 	)

@@ -46,9 +46,15 @@ func TestPlanCleanup(t *testing.T) {
 		},
 		{
 			name: "guest left paused after the migration: resumed first",
-			o:    observed{Status: "postmigrate", Migration: "completed", Bitmaps: []observedBitmap{recording("disk0", "drsync-b3"), recording("disk1", "drsync-b3")}},
+			o: observed{Status: "postmigrate", Migration: "completed", Bitmaps: []observedBitmap{recording("disk0", "drsync-b3"), recording("disk1", "drsync-b3")},
+				Files: []string{cutMarkerFile}, CutInFlight: true},
 			keep: "drsync-b2",
-			want: []string{"cont", "block-dirty-bitmap-remove", "block-dirty-bitmap-remove"},
+			want: []string{"cont", "block-dirty-bitmap-remove", "block-dirty-bitmap-remove", cutMarkerFile},
+		},
+		{
+			name: "source of the operator's own completed migration (no cut in flight) stays stopped",
+			o:    observed{Status: "postmigrate", Migration: "completed"},
+			want: nil,
 		},
 		{
 			name: "migration still running is cancelled",

@@ -48,6 +48,10 @@ type Options struct {
 	// guest is not resumed after the cut and stays paused for good, so
 	// the VM can start at the other site without running in two places.
 	Final bool
+	// AfterMigration, if set, is called when QEMU reports a cut's
+	// migration complete, while the guest is stopped: a fault point for
+	// tests of a sender dying at the worst moment.
+	AfterMigration func()
 }
 
 // Validate reports what is wrong with o and fills in defaults.

@@ -34,6 +34,9 @@ var (
 	// ErrSwitchedBack: a final cut paused this VM for a switch-back; it is
 	// not cut (nor resumed) again.
 	ErrSwitchedBack = errors.New("VM switched back")
+	// ErrGuestPaused: the guest is not running and drsync did not stop it;
+	// it is neither cut nor resumed until it runs again.
+	ErrGuestPaused = errors.New("guest paused")
 )
 
 // finalFile marks a VM paused by a final cut.
@@ -258,6 +261,7 @@ func (s *Source) observe(ctx context.Context, sess *qmp.Session) (observed, erro
 	}
 	for _, e := range entries {
 		o.Files = append(o.Files, e.Name())
+		o.CutInFlight = o.CutInFlight || e.Name() == cutMarkerFile
 	}
 	return o, nil
 }

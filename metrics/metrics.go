@@ -54,9 +54,13 @@ type Sender struct {
 	goodput  *prometheus.GaugeVec
 	dirty    *prometheus.GaugeVec
 	plan     *prometheus.GaugeVec
+	paused   *prometheus.GaugeVec
+	long     *prometheus.CounterVec
+	guarded  *prometheus.CounterVec
 
 	mu      sync.Mutex
 	lastCut map[string]time.Time
+	resumes map[string]uint64
 }
 
 // NewSender registers a sender's metrics; now is read at scrape time.
@@ -75,9 +79,15 @@ func NewSender(now func() time.Time) *Sender {
 		dirty:   prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "drsync_sender_dirty_bytes_per_second", Help: "Changed bytes of the last epoch per second of guest time it covered."}, []string{"vm"}),
 		plan: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "drsync_sender_plan", Help: "Adaptive epochs, the plan after the last commit: rpo_target_seconds, next_epoch_seconds, " +
 			"predicted_lag_seconds, rpo_breach_predicted (1 or 0), compression_level (0 none to 3 better), planned_goodput_bytes_per_second, model_dirty_bytes_per_second."}, []string{"vm", "value"}),
+		paused: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "drsync_sender_guest_paused", Help: "1 while the protected guest is known to be paused: found paused at a cut (drsync neither cuts nor resumes it), " +
+			"or left paused by a sender that died during a cut when the guard could not resume it."}, []string{"vm"}),
+		long: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drsync_sender_guest_long_pauses_total", Help: "Cuts that paused the guest for longer than expected (1 s)."}, []string{"vm"}),
+		guarded: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drsync_sender_guest_guard_resumes_total",
+			Help: "Guests the guard resumed after a sender died during a cut, since the state directory was created."}, []string{"vm"}),
 		lastCut: map[string]time.Time{},
+		resumes: map[string]uint64{},
 	}
-	s.reg.MustRegister(s.lag, s.interval, s.epochs, s.failures, s.bytes, s.pages, s.pause, s.goodput, s.dirty, s.plan)
+	s.reg.MustRegister(s.lag, s.interval, s.epochs, s.failures, s.bytes, s.pages, s.pause, s.goodput, s.dirty, s.plan, s.paused, s.long, s.guarded)
 	return s
 }
 
@@ -140,6 +150,30 @@ func (s *Sender) Planned(vm string, p Plan) {
 		"planned_goodput_bytes_per_second": p.Goodput, "model_dirty_bytes_per_second": p.DirtyRate,
 	} {
 		s.plan.WithLabelValues(vm, k).Set(v)
+	}
+}
+
+// GuestPaused records whether vm's guest is known to be paused.
+func (s *Sender) GuestPaused(vm string, paused bool) {
+	v := 0.0
+	if paused {
+		v = 1
+	}
+	s.paused.WithLabelValues(vm).Set(v)
+}
+
+// LongPause records a cut that paused the guest for longer than expected.
+func (s *Sender) LongPause(vm string) { s.long.WithLabelValues(vm).Inc() }
+
+// GuardResumes records the guard's total of resumed guests for vm, as its
+// record on disk has it (the guard runs when no sender does).
+func (s *Sender) GuardResumes(vm string, total uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := s.guarded.WithLabelValues(vm)
+	if prev := s.resumes[vm]; total > prev {
+		c.Add(float64(total - prev))
+		s.resumes[vm] = total
 	}
 }
 

@@ -32,6 +32,10 @@ func TestSenderMetrics(t *testing.T) {
 	s.Committed("web-1", Epoch{Cut: time.Unix(990, 0), Duration: 2 * time.Second, ChangedBytes: 100, WireBytes: 60, Pause: 12 * time.Millisecond, RAMDataPages: 3, RAMRefPages: 2})
 	s.Committed("web-1", Epoch{Cut: time.Unix(995, 0), Duration: time.Second, ChangedBytes: 50, WireBytes: 40, Resent: 4, Pause: 8 * time.Millisecond, RAMZero: 1})
 	s.Failed("web-1")
+	s.GuestPaused("web-1", true)
+	s.LongPause("web-1")
+	s.GuardResumes("web-1", 3)
+	s.GuardResumes("web-1", 2) // an older record: never goes back
 	out := scrape(t, s.Handler())
 	for _, want := range []string{
 		`drsync_sender_rpo_lag_seconds{vm="web-1"} 5`,
@@ -44,6 +48,9 @@ func TestSenderMetrics(t *testing.T) {
 		`drsync_sender_guest_pause_seconds_count{vm="web-1"} 2`,
 		`drsync_sender_guest_pause_seconds_bucket{vm="web-1",le="0.01"} 1`,
 		`drsync_sender_goodput_bytes_per_second{vm="web-1"} 40`,
+		`drsync_sender_guest_paused{vm="web-1"} 1`,
+		`drsync_sender_guest_long_pauses_total{vm="web-1"} 1`,
+		`drsync_sender_guest_guard_resumes_total{vm="web-1"} 3`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("missing %s in:\n%s", want, out)

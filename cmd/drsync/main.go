@@ -72,6 +72,9 @@ func runEnv(ctx context.Context, e *env, args []string) int {
 	}
 	name, rest := args[0], args[1:]
 	switch name {
+	case guardCommandName:
+		// Hidden: started by "drsync send" (see guard.go).
+		return runGuard(e, os.Stdin)
 	case "help", "-h", "-help", "--help":
 		if len(rest) > 0 {
 			if c := findCommand(rest[0]); c != nil {

@@ -121,6 +121,15 @@ without running in two places. This QEMU then stays paused; stop it.`,
 	return c
 }
 
+// faultEnv names a fault point for tests: "kill-after-migration" makes
+// the sender SIGKILL itself when a cut's migration completes, the moment
+// its death leaves the guest stopped.
+const faultEnv = "DRSYNC_FAULT"
+
+// guardPipe is the write end of the guest guard's pipe: it stays open,
+// and referenced, for the sender's whole life.
+var guardPipe *os.File
+
 type sendOptions struct {
 	once    bool
 	final   bool // the guest stays paused after the cut (switch-back)
@@ -169,12 +178,26 @@ func send(ctx context.Context, e *env, cfg *SenderConfig, vms []*VMConfig, o sen
 			}
 		}
 	}()
+	var guarded []guardVM
 	for _, v := range vms {
 		l, err := newVMLoop(e, cfg, v, dialer, o)
 		if err != nil {
 			return err
 		}
 		loops = append(loops, l)
+		if v.live() {
+			dir := cfg.stateDir(v.Name)
+			guarded = append(guarded, guardVM{Name: v.Name, QMP: v.QMP, WorkDir: v.liveOptions(dir, e.now).WorkDir, StateDir: dir})
+		}
+	}
+	if len(guarded) > 0 {
+		// Before the first cut: from then on a dead sender must never
+		// leave a guest paused.
+		w, err := startGuard(guarded, o.log)
+		if err != nil {
+			return err
+		}
+		guardPipe = w
 	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -232,6 +255,9 @@ func newVMLoop(e *env, cfg *SenderConfig, v *VMConfig, dialer sender.Dialer, o s
 		lo := v.liveOptions(dir, e.now)
 		lo.Logger = log
 		lo.Final = o.final
+		if os.Getenv(faultEnv) == "kill-after-migration" {
+			lo.AfterMigration = func() { syscall.Kill(os.Getpid(), syscall.SIGKILL) }
+		}
 		ls, err := livecut.New(lo)
 		if err != nil {
 			return nil, &configError{cfg.file, fmt.Sprintf("vm %q", v.Name), err}
@@ -287,10 +313,38 @@ func newVMLoop(e *env, cfg *SenderConfig, v *VMConfig, dialer sender.Dialer, o s
 		sleep:   sleepCtx,
 		source:  closer,
 	}
+	if v.live() {
+		l.noteGuard(dir)
+	}
 	r := newRetrier(snd, o.retries)
 	r.onFailure = l.failed
 	l.runner = r
 	return l, nil
+}
+
+// noteGuard reports what the guest guard did while no sender ran.
+func (l *vmLoop) noteGuard(stateDir string) {
+	rec, err := readGuardRecord(stateDir)
+	if err != nil {
+		l.log.Warn("guest guard record unreadable", "err", err)
+		return
+	}
+	if n := len(rec.Events); n > 0 && rec.Events[n-1].At.After(l.status.st.Updated) {
+		// Since the last sender's last word.
+		ev := rec.Events[n-1]
+		switch {
+		case ev.Error != "":
+			l.log.Error("the guest guard could not resume the guest after the previous sender died during a cut; this sender resumes it", "at", ev.At, "err", ev.Error)
+			if l.metrics != nil {
+				l.metrics.GuestPaused(l.vm.Name, true)
+			}
+		case ev.Resumed:
+			l.log.Warn("the previous sender died during a cut; the guest guard resumed the guest", "at", ev.At, "paused_ms", ev.PausedMS, "resumes", rec.Resumes)
+		}
+	}
+	if l.metrics != nil {
+		l.metrics.GuardResumes(l.vm.Name, rec.Resumes)
+	}
 }
 
 // cappedDialer puts every connection d opens under lim.
@@ -406,6 +460,10 @@ func (l *vmLoop) committed(res *sender.Result, pc pace) {
 	}
 	l.status.success(res, f)
 	if l.metrics != nil {
+		l.metrics.GuestPaused(l.vm.Name, false)
+		if res.Pause > livecut.PauseAlarm {
+			l.metrics.LongPause(l.vm.Name)
+		}
 		l.metrics.Committed(l.vm.Name, metrics.Epoch{Cut: res.Cut, Duration: res.Duration, SendTime: res.SendTime, ChangedBytes: res.DataBytes + res.RefBytes, WireBytes: res.WireBytes,
 			Resent: res.ResentBytes, Pause: res.Pause, RAMDataPages: res.RAMDataPages, RAMRefPages: res.RAMRefPages - res.RAMDupPages, RAMDupPages: res.RAMDupPages, RAMZero: res.RAMZeroPages})
 		if f.RPOTargetSeconds > 0 {
@@ -428,6 +486,9 @@ func (l *vmLoop) failed(err error, wait time.Duration) {
 	l.status.failure(err)
 	if l.metrics != nil {
 		l.metrics.Failed(l.vm.Name)
+		if errors.Is(err, livecut.ErrGuestPaused) {
+			l.metrics.GuestPaused(l.vm.Name, true)
+		}
 	}
 	// The last failure is reported by run, which knows why it stops.
 	if wait > 0 {
@@ -477,6 +538,10 @@ func (r *senderStatusRecorder) success(res *sender.Result, flow flowStatus) {
 		}
 	}
 	r.st.ConsecutiveFailures = 0
+	r.st.GuestPaused = nil
+	if res.Pause > livecut.PauseAlarm {
+		r.st.LongPause = &longPause{At: now, PauseMS: ms(res.Pause), Epoch: res.Epoch}
+	}
 	r.st.BytesSent += res.WireBytes
 	r.st.Epochs++
 	r.save(now)
@@ -489,6 +554,12 @@ func (r *senderStatusRecorder) failure(err error) {
 	r.st.ConsecutiveFailures++
 	r.st.LastError = err.Error()
 	r.st.LastErrorAt = now
+	if errors.Is(err, livecut.ErrGuestPaused) {
+		if r.st.GuestPaused == nil {
+			r.st.GuestPaused = &guestPaused{Since: now}
+		}
+		r.st.GuestPaused.Detail = err.Error()
+	}
 	r.save(now)
 }
 

@@ -11,10 +11,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/drsync/drsync/livecut"
 	"github.com/drsync/drsync/replica"
 )
 
@@ -32,8 +34,10 @@ func statusCommand() *command {
 		args:  "--config FILE [--json]",
 		summary: `Show, per VM, the last committed epoch, its cut time, the RPO lag (now
 minus that cut), bytes sent or received and the last error. FILE is either
-a sender or a receiver configuration. Safe while send and receive run: it
-only reads their status files and the replicas' manifests.`,
+a sender or a receiver configuration. A live guest that is paused when it
+should run, or that a sender's death left paused, gets a line of its own
+under the table. Safe while send and receive run: it only reads their
+status files and the replicas' manifests.`,
 		flags: func(set *flag.FlagSet) {
 			set.StringVar(&configPath, "config", "", "sender or receiver configuration file (required)")
 			set.BoolVar(&asJSON, "json", false, "print a JSON array instead of a table")
@@ -128,6 +132,68 @@ type vmStatusView struct {
 	HotSetBytes *int64 `json:"hot_set_bytes,omitempty"`
 	// Flow is a sender's epoch length, goodput, dirty rate and plan.
 	Flow *flowStatus `json:"flow,omitempty"`
+	// Guest is what is known of a live guest's pauses outside cuts.
+	Guest *guestView `json:"guest,omitempty"`
+}
+
+// guestView tells of a live guest that is, or was, paused when it should
+// not have been.
+type guestView struct {
+	// Paused: the guest is, or may be, paused now; Detail says why.
+	Paused bool      `json:"paused"`
+	Since  time.Time `json:"since,omitzero"`
+	Detail string    `json:"detail,omitempty"`
+	// GuardResumes counts guests the guard resumed after a sender died
+	// during a cut; LastGuard is its last intervention.
+	GuardResumes uint64      `json:"guard_resumes"`
+	LastGuard    *guardEvent `json:"last_guard,omitempty"`
+	LongPause    *longPause  `json:"long_pause,omitempty"`
+}
+
+// A cut marker tells of a cut whose sender has not seen the guest run
+// again after it. Its sender gone, the guard resumes the guest within
+// milliseconds, so a marker older than deadCut means it could not; a live
+// sender's cut gives up after its timeout (1 min), so one older than
+// stuckCut is stuck.
+const (
+	deadCut  = 2 * time.Second
+	stuckCut = 90 * time.Second
+)
+
+// guestStatus gathers a live VM's pause reports: the sender's status, the
+// guard's record and a cut marker left unfinished.
+func guestStatus(cfg *SenderConfig, vm *VMConfig, st *senderStatus, now time.Time) (*guestView, error) {
+	dir := cfg.stateDir(vm.Name)
+	rec, err := readGuardRecord(dir)
+	g := &guestView{GuardResumes: rec.Resumes}
+	if n := len(rec.Events); n > 0 {
+		g.LastGuard = &rec.Events[n-1]
+		if g.LastGuard.Error != "" && g.LastGuard.At.After(st.Updated) {
+			g.Paused, g.Since = true, g.LastGuard.At
+			g.Detail = "a sender died during a cut and the guard could not resume the guest: " + g.LastGuard.Error
+		}
+	}
+	if began, pid, ok := livecut.CutInFlight(vm.liveOptions(dir, time.Now).WorkDir); ok {
+		// Signal 0 only checks that the process exists.
+		alive := pid > 0 && syscall.Kill(pid, 0) == nil
+		switch age := now.Sub(began); {
+		case !alive && age > deadCut:
+			g.Paused, g.Since = true, began
+			g.Detail = fmt.Sprintf("sender pid %d died during the cut begun at %s, and the guest guard did not resume the guest (start drsync send, or resume it with QMP cont)",
+				pid, began.UTC().Format(time.RFC3339))
+		case alive && age > stuckCut:
+			g.Paused, g.Since = true, began
+			g.Detail = fmt.Sprintf("the cut begun at %s by sender pid %d has not finished", began.UTC().Format(time.RFC3339), pid)
+		}
+	}
+	if p := st.GuestPaused; p != nil {
+		g.Paused, g.Since, g.Detail = true, p.Since, p.Detail
+	}
+	g.LongPause = st.LongPause
+	if !g.Paused && g.LastGuard == nil && g.LongPause == nil {
+		return nil, err
+	}
+	return g, err
 }
 
 // pauseSummary is the guest pause per epoch over the recent epochs.
@@ -183,6 +249,13 @@ func senderStatuses(cfg *SenderConfig, now time.Time) ([]vmStatusView, []error) 
 			row.Updated = st.Updated
 			row.GuestPause = summarizePauses(st.RecentPausesMS)
 			row.Flow = st.Flow
+		}
+		if vm.live() {
+			g, err := guestStatus(cfg, &vm, &st, now)
+			if err != nil {
+				problems = append(problems, fmt.Errorf("vm %s: %w", vm.Name, err))
+			}
+			row.Guest = g
 		}
 		row.BytesSent = &st.BytesSent
 		rows = append(rows, row)
@@ -300,6 +373,28 @@ func printStatusTable(w io.Writer, kind string, rows []vmStatusView) {
 		}
 	}
 	tw.Flush()
+	for _, r := range rows {
+		printGuestNotes(w, r)
+	}
+}
+
+// printGuestNotes says loudly, under the table, that a protected guest is
+// (or was left) paused.
+func printGuestNotes(w io.Writer, r vmStatusView) {
+	g := r.Guest
+	if g == nil {
+		return
+	}
+	if g.Paused {
+		fmt.Fprintf(w, "%s: GUEST PAUSED since %s: %s\n", r.VM, g.Since.UTC().Format("2006-01-02 15:04:05"), g.Detail)
+	}
+	if e := g.LastGuard; e != nil && e.Resumed {
+		fmt.Fprintf(w, "%s: guest left paused by a sender that died during a cut; the guard resumed it at %s after about %.0f ms (%d time(s) in all)\n",
+			r.VM, e.At.UTC().Format("2006-01-02 15:04:05"), e.PausedMS, g.GuardResumes)
+	}
+	if p := g.LongPause; p != nil {
+		fmt.Fprintf(w, "%s: the cut of epoch %d paused the guest for %.0f ms, longer than expected\n", r.VM, p.Epoch, p.PauseMS)
+	}
 }
 
 func deref(p *uint64) uint64 {

@@ -38,6 +38,24 @@ type senderStatus struct {
 	// Flow is the replication flow after the last committed epoch: epoch
 	// length, goodput, dirty rate and, with adaptive epochs, the plan.
 	Flow *flowStatus `json:"flow,omitempty"`
+	// GuestPaused is set while the sender finds the live guest paused by
+	// someone else (drsync neither cuts nor resumes it); a committed epoch
+	// clears it.
+	GuestPaused *guestPaused `json:"guest_paused,omitempty"`
+	// LongPause is the last cut that paused the guest for longer than
+	// expected (livecut.PauseAlarm).
+	LongPause *longPause `json:"long_pause,omitempty"`
+}
+
+type guestPaused struct {
+	Since  time.Time `json:"since"` // first noticed
+	Detail string    `json:"detail"`
+}
+
+type longPause struct {
+	At      time.Time `json:"at"`
+	PauseMS float64   `json:"pause_ms"`
+	Epoch   uint64    `json:"epoch"`
 }
 
 // maxRecentPauses bounds the pause history kept for status.

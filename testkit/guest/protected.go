@@ -16,13 +16,20 @@ import (
 // vda.raw and vdb.qcow2. It returns once the workload runs.
 func Protected(t testing.TB, memMiB int, args map[string]string) (*VM, string) {
 	t.Helper()
+	return ProtectedWith(t, memMiB, args)
+}
+
+// ProtectedWith is Protected with extra QEMU arguments, e.g. a second
+// -qmp socket for a test to watch the guest while drsync holds the first.
+func ProtectedWith(t testing.TB, memMiB int, args map[string]string, extraQEMU ...string) (*VM, string) {
+	t.Helper()
 	hosttools.Need(t, "qemu-system-x86_64", "qemu-img")
 	Build(t)
 	dir := hosttools.ShortTempDir(t, "pg")
 	raw, qcow := filepath.Join(dir, "vda.raw"), filepath.Join(dir, "vdb.qcow2")
 	hosttools.Run(t, "qemu-img", "create", "-q", "-f", "raw", raw, "64M")
 	hosttools.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", qcow, "32M")
-	vm := Launch(t, Options{MemMiB: memMiB, Args: args, Disks: []Disk{{Path: raw}, {Path: qcow}}})
+	vm := Launch(t, Options{MemMiB: memMiB, Args: args, Disks: []Disk{{Path: raw}, {Path: qcow}}, ExtraQEMUArgs: extraQEMU})
 	if _, err := vm.WaitTicks(10, 3*time.Minute); err != nil {
 		t.Fatal(err)
 	}
