@@ -257,6 +257,43 @@ func (c *Controller) planLevel(m *model, l Level, cands, changed []float64) plan
 	return plan{level: l, kind: PlanOverloaded, p: p}
 }
 
+// severity orders kinds by how far they fall short: the kinds within
+// TargetBusy, then tight, then the kinds of breach in their order.
+func (k PlanKind) severity() int {
+	if k < PlanTight {
+		return 0
+	}
+	return int(k - PlanTight + 1)
+}
+
+// kindAt classifies one interval at its level (p) by the rules planLevel
+// applies to the intervals it scans. like is the kind of the plan the scan
+// chose, whose flavour (headroom, link- or cpu-bound) an interval within
+// TargetBusy and the target keeps. It returns the kind and, for an
+// unstable interval, the backlog growth E(T)/T − 1.
+func (c *Controller) kindAt(p prediction, like PlanKind) (PlanKind, float64) {
+	cfg := &c.cfg
+	goal := (1 - cfg.Margin) * seconds(cfg.RPOTarget)
+	// The comparisons are the scan's, term for term, so that an interval
+	// the scan saw gets the kind it gave it. An interval that takes exactly
+	// its own length to send keeps up, barely (the scan never ends on one).
+	switch {
+	case p.CPU > cfg.MaxCPUShare*p.T:
+		return PlanCPUOverload, 0
+	case p.Elapsed > p.T*(1+1e-9):
+		return PlanUnstable, p.Busy - 1
+	case p.Elapsed > cfg.MaxBusy*p.T:
+		return PlanOverloaded, 0
+	case p.Lag > goal:
+		return PlanLagBreach, 0
+	case p.Elapsed > cfg.TargetBusy*p.T:
+		return PlanTight, 0
+	case like.severity() == 0 && like != PlanStart:
+		return like, 0
+	}
+	return PlanLinkBound, 0
+}
+
 // currentLevel is the level the sender last used, or StartLevel if none
 // or one not allowed.
 func (c *Controller) currentLevel() Level {
@@ -340,8 +377,11 @@ func (c *Controller) Decide(now time.Time) Decision {
 		base := min(max(nearestGrid(c.last.interval), lo), hi)
 		Tl := min(max(T, base/cfg.StepFactor), base*cfg.StepFactor)
 		Tl = min(max(grid(Tl, Tl > T), lo), hi)
-		pb := m.predict(base, l)
-		baseOK := chosen.kind.Breach() || pb.Lag <= goal && pb.Busy <= cfg.MaxBusy && pb.CPU <= cfg.MaxCPUShare*base
+		// The interval held must be no worse a plan than the one chosen:
+		// within the target and MaxBusy when the chosen plan meets the
+		// target, of no graver kind of breach when it does not.
+		baseKind, _ := c.kindAt(m.predict(base, l), chosen.kind)
+		baseOK := baseKind.severity() <= max(chosen.kind.severity(), PlanTight.severity())
 		held := false
 		if math.Abs(Tl-base) <= cfg.Deadband*base && baseOK {
 			Tl, held = base, Tl != base
@@ -358,9 +398,17 @@ func (c *Controller) Decide(now time.Time) Decision {
 		}
 		T = Tl
 	}
+	// The decision describes the interval planned: when the hysteresis moved
+	// it off the chosen plan, its kind (and so the breach) is that of the
+	// interval held or stepped to, not of the one the scan found.
 	p := m.predict(T, l)
+	final := chosen
+	if T != chosen.p.T {
+		final.kind, final.grow = c.kindAt(p, chosen.kind)
+		final.p = p
+	}
 
-	d := Decision{Level: l, Kind: chosen.kind, Interval: toDuration(T, cfg)}
+	d := Decision{Level: l, Kind: final.kind, Interval: toDuration(T, cfg)}
 	d.NextCut = now
 	gap := seconds(d.Interval)
 	if !c.lastCut.IsZero() {
@@ -371,7 +419,7 @@ func (c *Controller) Decide(now time.Time) Decision {
 	}
 	lag := gap + m.predict(max(gap, T), l).Elapsed
 	d.PredictedLag = toLag(lag)
-	d.Breach = chosen.kind.Breach() || lag > goal
+	d.Breach = final.kind.Breach() || lag > goal
 
 	for _, q := range plans {
 		lp := LevelPlan{Level: q.level, Kind: q.kind, Interval: toDuration(q.p.T, cfg), PredictedLag: toLag(q.p.Lag),
@@ -381,8 +429,8 @@ func (c *Controller) Decide(now time.Time) Decision {
 		}
 		d.Plans = append(d.Plans, lp)
 	}
-	d.Estimates = c.estimates(m, p, chosen.grow)
-	d.Reason = c.reason(m, chosen, p, lag, gap, goal, plans) + step
+	d.Estimates = c.estimates(m, p, final.grow)
+	d.Reason = c.reason(m, final, chosen, lag, gap, goal, plans) + step
 	return d
 }
 
