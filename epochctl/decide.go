@@ -74,7 +74,7 @@ type LevelPlan struct {
 	PredictedLag time.Duration // T + E(T)
 	Busy         float64       // E(T)/T
 	CPUShare     float64       // P(T)/T
-	LagGrowth    float64       // seconds of lag per second, PlanUnstable only
+	LagGrowth    float64       // PlanUnstable only: E(T)/T − 1, the seconds of sending the backlog gains per second
 }
 
 // Estimates are the measured rates and the model at the chosen plan.
@@ -82,6 +82,7 @@ type Estimates struct {
 	Observations int
 
 	Goodput         float64 // bytes/s planned with: measured, capped at BandwidthCap (0: unknown)
+	LiveGoodput     float64 // bytes/s of the epoch in flight over its latest seconds (0: none, or too little sent to tell)
 	MeasuredGoodput float64 // bytes/s measured on the wire before the cap (0: unknown)
 	Overhead        time.Duration
 
@@ -106,7 +107,7 @@ type Estimates struct {
 	SendTime      time.Duration // S(T)
 	CPUTime       time.Duration // P(T)
 	Busy          float64       // E(T)/T
-	LagGrowth     float64       // seconds per second when the lag grows
+	LagGrowth     float64       // unstable plans: E(T)/T − 1, the seconds of sending the backlog gains per second
 }
 
 // Decision is what the controller plans for the next epoch.
@@ -343,9 +344,40 @@ func (c *Controller) chooseLevel(plans []plan, cur Level) int {
 
 // Decide plans the next epoch at time now (normally when the last epoch's
 // commit was acknowledged). It does not change the controller.
+//
+// While an epoch is in flight (ObserveProgress reported it and Observe has
+// not yet), the decision is the plan for the epoch after it: the live
+// goodput enters the estimate as a sample would, the hysteresis starts
+// from the epoch in flight, the next cut comes no earlier than its
+// predicted commit, and the predicted lag is the greater of its peak and
+// the next epoch's.
 func (c *Controller) Decide(now time.Time) Decision {
-	cfg := &c.cfg
 	m := c.model()
+	if c.flight == nil {
+		return c.decide(m, now, now, nil)
+	}
+	if g, ok := c.flight.liveGoodput(); ok {
+		link := c.link
+		link.add(g, false, &c.cfg)
+		m.setGoodput(link.value(), c.cfg.BandwidthCap)
+	}
+	in := c.inFlight(m, now)
+	// The plan is made as if the epoch in flight were the last observed:
+	// a shallow copy, which decide does not change.
+	v := *c
+	v.lastCut = in.cut
+	v.last = &lastEpoch{interval: in.interval, level: in.level}
+	earliest := now
+	if in.commit < seconds(longestInterval) {
+		earliest = now.Add(toLag(in.commit))
+	}
+	return v.decide(m, now, earliest, in)
+}
+
+// decide plans the next cut, not before earliest, at now; in is the epoch
+// in flight, if any.
+func (c *Controller) decide(m *model, now, earliest time.Time, in *inFlight) Decision {
+	cfg := &c.cfg
 	lo, hi := seconds(cfg.MinInterval), seconds(cfg.MaxInterval)
 	goal := (1 - cfg.Margin) * seconds(cfg.RPOTarget)
 	cur := c.currentLevel()
@@ -409,17 +441,23 @@ func (c *Controller) Decide(now time.Time) Decision {
 	}
 
 	d := Decision{Level: l, Kind: final.kind, Interval: toDuration(T, cfg)}
-	d.NextCut = now
+	d.NextCut = earliest
 	gap := seconds(d.Interval)
 	if !c.lastCut.IsZero() {
-		if next := c.lastCut.Add(d.Interval); next.After(now) {
+		if next := c.lastCut.Add(d.Interval); next.After(earliest) {
 			d.NextCut = next
 		}
 		gap = seconds(d.NextCut.Sub(c.lastCut))
 	}
 	lag := gap + m.predict(max(gap, T), l).Elapsed
-	d.PredictedLag = toLag(lag)
-	d.Breach = final.kind.Breach() || lag > goal
+	// The epoch in flight peaks at its commit, with the replica still at
+	// the cut before it.
+	peak := 0.0
+	if in != nil && in.interval > 0 {
+		peak = in.lag + in.commit
+	}
+	d.PredictedLag = toLag(max(lag, peak))
+	d.Breach = final.kind.Breach() || lag > goal || peak > goal
 
 	for _, q := range plans {
 		lp := LevelPlan{Level: q.level, Kind: q.kind, Interval: toDuration(q.p.T, cfg), PredictedLag: toLag(q.p.Lag),
@@ -431,6 +469,14 @@ func (c *Controller) Decide(now time.Time) Decision {
 	}
 	d.Estimates = c.estimates(m, p, final.grow)
 	d.Reason = c.reason(m, final, chosen, lag, gap, goal, plans) + step
+	if in != nil {
+		d.Estimates.LiveGoodput = in.live
+		if peak > goal {
+			d.Reason = in.reason(peak, goal) + "; then " + d.Reason
+		} else {
+			d.Reason += "; " + in.reason(peak, goal)
+		}
+	}
 	return d
 }
 
