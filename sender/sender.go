@@ -44,9 +44,18 @@ type Options struct {
 
 // Progress reports an epoch in flight.
 type Progress struct {
-	Epoch               uint64
-	SentBytes, AllBytes uint64
-	Durable, Items      uint64
+	Epoch uint64
+	Cut   time.Time
+	// SentBytes went in this attempt (data and references); of the
+	// epoch's AllBytes changed bytes (data only), DataSent went in this
+	// attempt and LeftBytes are still to go.
+	SentBytes, AllBytes, DataSent, LeftBytes uint64
+	Durable, Items                           uint64
+	// WireBytes went on the wire in this attempt, in SendTime since its
+	// first frame, at level Compression.
+	WireBytes   uint64
+	SendTime    time.Duration
+	Compression wire.Compression
 }
 
 // Validate reports what is wrong with o.
@@ -366,7 +375,16 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return fail(fmt.Errorf("epoch %d: send: %w", epoch, err))
 	}
-	var sent uint64
+	// data counts the items' bytes as the plan's Bytes does (no zero runs,
+	// no references), so that the bytes left are Bytes less data.
+	var sent, data, data0 uint64
+	isData := func(it PlanItem) bool { return it.Type != wire.TypeZeroRun && it.Type != wire.TypePageRef }
+	for _, it := range p.Items[:start] {
+		if isData(it) {
+			data0 += uint64(it.Len)
+		}
+	}
+	data = data0
 	for i := int(start); i < len(p.Items); i++ {
 		// A receiver that refused the epoch says so at once; stop sending.
 		select {
@@ -390,8 +408,13 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 		if it := p.Items[i]; it.Type != wire.TypeZeroRun {
 			sent += uint64(it.Len)
 		}
+		if it := p.Items[i]; isData(it) {
+			data += uint64(it.Len)
+		}
 		if s.o.Progress != nil {
-			s.o.Progress(Progress{Epoch: epoch, SentBytes: sent, AllBytes: p.Bytes, Durable: durable, Items: uint64(len(p.Items))})
+			s.o.Progress(Progress{Epoch: epoch, Cut: p.Cut, SentBytes: sent, AllBytes: p.Bytes, DataSent: data - data0, LeftBytes: p.Bytes - min(data, p.Bytes),
+				Durable: durable, Items: uint64(len(p.Items)),
+				WireBytes: ss.enc.Stats().WireBytes - wire0, SendTime: s.o.Now().Sub(sendStart), Compression: s.o.Compression})
 		}
 	}
 	// The replica's next content is recorded before the commit leaves, so a
