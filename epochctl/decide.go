@@ -356,7 +356,7 @@ func (c *Controller) Decide(now time.Time) Decision {
 	if c.flight == nil {
 		return c.decide(m, now, now, nil)
 	}
-	if g, ok := c.flight.liveGoodput(); ok {
+	if g, ok := c.flight.liveGoodput(now); ok {
 		link := c.link
 		link.add(g, false, &c.cfg)
 		m.setGoodput(link.value(), c.cfg.BandwidthCap)

@@ -54,8 +54,8 @@ func (c *Controller) ObserveProgress(p Progress) {
 		f = &flight{cut: p.Cut, at: []time.Time{start}, wire: []int64{0}}
 		c.flight = f
 	}
-	if p.At.Before(f.at[len(f.at)-1]) {
-		return
+	if !p.At.After(f.at[len(f.at)-1]) {
+		return // nothing new, or out of order
 	}
 	f.level = p.Level
 	if !p.Level.Valid() {
@@ -76,12 +76,19 @@ func (c *Controller) ObserveProgress(p Progress) {
 }
 
 // liveGoodput is the goodput of the transfer in flight over its latest
-// window, and whether it says anything: a window too short or too small
-// measures latency and buffers, not the link, unless it is the full window
-// (a link that carries next to nothing for liveWindow seconds is slow).
-func (f *flight) liveGoodput() (float64, bool) {
+// window, at now, and whether it says anything: a window too short or too
+// small measures latency and buffers, not the link, unless it is the full
+// window (a link that carries next to nothing for liveWindow seconds is
+// slow). Reports come as the sender finishes items of a few MiB; when
+// none came for liveWindow, the window stretches to now with no more
+// bytes than reported: the link carries no more than that.
+func (f *flight) liveGoodput(now time.Time) (float64, bool) {
 	n := len(f.at) - 1
-	span := seconds(f.at[n].Sub(f.at[0]))
+	end := f.at[n]
+	if stale := now.Sub(end); seconds(stale) > liveWindow {
+		end = now
+	}
+	span := seconds(end.Sub(f.at[0]))
 	bytes := float64(f.wire[n] - f.wire[0])
 	if span < minGoodSend || bytes < minGoodBytes && span < liveWindow {
 		return 0, false
@@ -122,7 +129,7 @@ func (c *Controller) inFlight(m *model, now time.Time) *inFlight {
 	}
 	in.left = float64(max(p.ChangedLeft, 0)) * ratio
 	in.rate = m.goodput
-	if g, ok := f.liveGoodput(); ok {
+	if g, ok := f.liveGoodput(now); ok {
 		in.live, in.rate = g, g
 	}
 	switch {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/drsync/drsync/blockhash"
@@ -329,7 +330,7 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 	comp0 := ss.enc.Stats().CompressTime
 	sendStart := s.o.Now()
 	acks := make(chan error, 1)
-	var durable uint64
+	var durable atomic.Uint64 // the acknowledgement reader sets it, progress reads it
 	go func() {
 		for {
 			f, err := ss.dec.Decode()
@@ -343,7 +344,7 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 					acks <- fmt.Errorf("epoch %d: acknowledgement for epoch %d: %w", epoch, f.Epoch, wire.ErrMalformed)
 					return
 				}
-				durable = f.Durable
+				durable.Store(f.Durable)
 				if f.Committed {
 					acks <- nil
 					return
@@ -413,7 +414,7 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 		}
 		if s.o.Progress != nil {
 			s.o.Progress(Progress{Epoch: epoch, Cut: p.Cut, SentBytes: sent, AllBytes: p.Bytes, DataSent: data - data0, LeftBytes: p.Bytes - min(data, p.Bytes),
-				Durable: durable, Items: uint64(len(p.Items)),
+				Durable: durable.Load(), Items: uint64(len(p.Items)),
 				WireBytes: ss.enc.Stats().WireBytes - wire0, SendTime: s.o.Now().Sub(sendStart), Compression: s.o.Compression})
 		}
 	}
