@@ -264,7 +264,7 @@ func checkDecision(t testing.TB, cfg Config, d Decision, lastCut, now time.Time)
 		t.Fatalf("breach %v, kind %s, reason %q", d.Breach, d.Kind, d.Reason)
 	}
 	goal := time.Duration((1 - cfg.Margin) * float64(cfg.RPOTarget))
-	if !d.Kind.Breach() && d.Breach != (d.PredictedLag > goal+time.Millisecond) {
+	if off := d.PredictedLag - goal; !d.Kind.Breach() && (off > time.Millisecond || off < -time.Millisecond) && d.Breach != (off > 0) {
 		t.Fatalf("breach %v with kind %s and predicted lag %s against the goal %s: %s", d.Breach, d.Kind, d.PredictedLag, goal, d.Reason)
 	}
 	e := d.Estimates
