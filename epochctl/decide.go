@@ -115,7 +115,7 @@ type Decision struct {
 	NextCut      time.Time     // when to cut the next epoch: not before now, after the last cut
 	Interval     time.Duration // the epoch length chosen, in [MinInterval, MaxInterval]
 	Level        Level         // compression for the next epoch
-	PredictedLag time.Duration // predicted lag just before the next epoch commits: its peak
+	PredictedLag time.Duration // predicted lag just before the next epoch commits: its peak (in flight: the greater of that epoch's and the next one's)
 	Breach       bool          // the target (less the margin) cannot be met at the measured rates
 	Kind         PlanKind
 	Reason       string // one line for logs and status

@@ -117,7 +117,6 @@ func (p *pacer) inFlight(pr sender.Progress, at, now time.Time) (out pace, ok bo
 		At: at, Cut: pr.Cut, Level: epochctl.Level(pr.Compression),
 		ChangedSent: int64(pr.DataSent), ChangedLeft: int64(pr.LeftBytes), WireSent: int64(pr.WireBytes), SendTime: pr.SendTime,
 	})
-	out.level = pr.Compression
 	p.decided(p.ctl.Decide(now), &out)
 	return out, true
 }
