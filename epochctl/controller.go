@@ -34,6 +34,7 @@ type Controller struct {
 	cpuSeen  bool // some epoch reported CPU time
 	link     goodput
 	overhead []float64 // seconds, newest last
+	flight   *flight   // the epoch in flight, from its progress; nil between epochs
 }
 
 // lastEpoch is what hysteresis compares against: the interval and level the
@@ -77,6 +78,11 @@ func (c *Controller) Observe(o Observation) {
 	}
 	if !o.Cut.IsZero() && (c.lastCut.IsZero() || o.Cut.After(c.lastCut)) {
 		c.lastCut = o.Cut
+	}
+	// The epoch in flight has committed (or a later one has): its progress
+	// no longer says anything.
+	if c.flight != nil && !c.flight.cut.After(c.lastCut) {
+		c.flight = nil
 	}
 	level := o.Level
 	if !level.Valid() { // not a level: assume the one in use did not change
@@ -174,10 +180,7 @@ func (c *Controller) model() *model {
 	if c.dedup.known {
 		m.dedup = min(max(c.dedup.v, 0), 0.99)
 	}
-	m.goodput = m.rawGood
-	if cp := c.cfg.BandwidthCap; cp > 0 && (m.goodput == 0 || cp < m.goodput) {
-		m.goodput, m.capped = cp, true
-	}
+	m.setGoodput(m.rawGood, c.cfg.BandwidthCap)
 	for l := range Level(NumLevels) {
 		m.measured[l] = c.levels[l].ratio.known
 	}
@@ -209,6 +212,15 @@ func (c *Controller) model() *model {
 		}
 	}
 	return m
+}
+
+// setGoodput sets the measured goodput g and the planning goodput, g
+// capped at cp (0: no cap).
+func (m *model) setGoodput(g, cp float64) {
+	m.rawGood, m.goodput, m.capped = g, g, false
+	if cp > 0 && (m.goodput == 0 || cp < m.goodput) {
+		m.goodput, m.capped = cp, true
+	}
 }
 
 // prediction is the model evaluated at one interval and level; times in

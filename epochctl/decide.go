@@ -74,7 +74,7 @@ type LevelPlan struct {
 	PredictedLag time.Duration // T + E(T)
 	Busy         float64       // E(T)/T
 	CPUShare     float64       // P(T)/T
-	LagGrowth    float64       // seconds of lag per second, PlanUnstable only
+	LagGrowth    float64       // PlanUnstable only: E(T)/T − 1, the seconds of sending the backlog gains per second
 }
 
 // Estimates are the measured rates and the model at the chosen plan.
@@ -82,6 +82,7 @@ type Estimates struct {
 	Observations int
 
 	Goodput         float64 // bytes/s planned with: measured, capped at BandwidthCap (0: unknown)
+	LiveGoodput     float64 // bytes/s of the epoch in flight over its latest seconds (0: none, or too little sent to tell)
 	MeasuredGoodput float64 // bytes/s measured on the wire before the cap (0: unknown)
 	Overhead        time.Duration
 
@@ -106,7 +107,7 @@ type Estimates struct {
 	SendTime      time.Duration // S(T)
 	CPUTime       time.Duration // P(T)
 	Busy          float64       // E(T)/T
-	LagGrowth     float64       // seconds per second when the lag grows
+	LagGrowth     float64       // unstable plans: E(T)/T − 1, the seconds of sending the backlog gains per second
 }
 
 // Decision is what the controller plans for the next epoch.
@@ -114,7 +115,7 @@ type Decision struct {
 	NextCut      time.Time     // when to cut the next epoch: not before now, after the last cut
 	Interval     time.Duration // the epoch length chosen, in [MinInterval, MaxInterval]
 	Level        Level         // compression for the next epoch
-	PredictedLag time.Duration // predicted lag just before the next epoch commits: its peak
+	PredictedLag time.Duration // predicted lag just before the next epoch commits: its peak (in flight: the greater of that epoch's and the next one's)
 	Breach       bool          // the target (less the margin) cannot be met at the measured rates
 	Kind         PlanKind
 	Reason       string // one line for logs and status
@@ -257,6 +258,43 @@ func (c *Controller) planLevel(m *model, l Level, cands, changed []float64) plan
 	return plan{level: l, kind: PlanOverloaded, p: p}
 }
 
+// severity orders kinds by how far they fall short: the kinds within
+// TargetBusy, then tight, then the kinds of breach in their order.
+func (k PlanKind) severity() int {
+	if k < PlanTight {
+		return 0
+	}
+	return int(k - PlanTight + 1)
+}
+
+// kindAt classifies one interval at its level (p) by the rules planLevel
+// applies to the intervals it scans. like is the kind of the plan the scan
+// chose, whose flavour (headroom, link- or cpu-bound) an interval within
+// TargetBusy and the target keeps. It returns the kind and, for an
+// unstable interval, the backlog growth E(T)/T − 1.
+func (c *Controller) kindAt(p prediction, like PlanKind) (PlanKind, float64) {
+	cfg := &c.cfg
+	goal := (1 - cfg.Margin) * seconds(cfg.RPOTarget)
+	// The comparisons are the scan's, term for term, so that an interval
+	// the scan saw gets the kind it gave it. An interval that takes exactly
+	// its own length to send keeps up, barely (the scan never ends on one).
+	switch {
+	case p.CPU > cfg.MaxCPUShare*p.T:
+		return PlanCPUOverload, 0
+	case p.Elapsed > p.T*(1+1e-9):
+		return PlanUnstable, p.Busy - 1
+	case p.Elapsed > cfg.MaxBusy*p.T:
+		return PlanOverloaded, 0
+	case p.Lag > goal:
+		return PlanLagBreach, 0
+	case p.Elapsed > cfg.TargetBusy*p.T:
+		return PlanTight, 0
+	case like.severity() == 0 && like != PlanStart:
+		return like, 0
+	}
+	return PlanLinkBound, 0
+}
+
 // currentLevel is the level the sender last used, or StartLevel if none
 // or one not allowed.
 func (c *Controller) currentLevel() Level {
@@ -306,9 +344,40 @@ func (c *Controller) chooseLevel(plans []plan, cur Level) int {
 
 // Decide plans the next epoch at time now (normally when the last epoch's
 // commit was acknowledged). It does not change the controller.
+//
+// While an epoch is in flight (ObserveProgress reported it and Observe has
+// not yet), the decision is the plan for the epoch after it: the live
+// goodput enters the estimate as a sample would, the hysteresis starts
+// from the epoch in flight, the next cut comes no earlier than its
+// predicted commit, and the predicted lag is the greater of its peak and
+// the next epoch's.
 func (c *Controller) Decide(now time.Time) Decision {
-	cfg := &c.cfg
 	m := c.model()
+	if c.flight == nil {
+		return c.decide(m, now, now, nil)
+	}
+	if g, ok := c.flight.liveGoodput(now); ok {
+		link := c.link
+		link.add(g, false, &c.cfg)
+		m.setGoodput(link.value(), c.cfg.BandwidthCap)
+	}
+	in := c.inFlight(m, now)
+	// The plan is made as if the epoch in flight were the last observed:
+	// a shallow copy, which decide does not change.
+	v := *c
+	v.lastCut = in.cut
+	v.last = &lastEpoch{interval: in.interval, level: in.level}
+	earliest := now
+	if in.commit < seconds(longestInterval) {
+		earliest = now.Add(toLag(in.commit))
+	}
+	return v.decide(m, now, earliest, in)
+}
+
+// decide plans the next cut, not before earliest, at now; in is the epoch
+// in flight, if any.
+func (c *Controller) decide(m *model, now, earliest time.Time, in *inFlight) Decision {
+	cfg := &c.cfg
 	lo, hi := seconds(cfg.MinInterval), seconds(cfg.MaxInterval)
 	goal := (1 - cfg.Margin) * seconds(cfg.RPOTarget)
 	cur := c.currentLevel()
@@ -340,8 +409,11 @@ func (c *Controller) Decide(now time.Time) Decision {
 		base := min(max(nearestGrid(c.last.interval), lo), hi)
 		Tl := min(max(T, base/cfg.StepFactor), base*cfg.StepFactor)
 		Tl = min(max(grid(Tl, Tl > T), lo), hi)
-		pb := m.predict(base, l)
-		baseOK := chosen.kind.Breach() || pb.Lag <= goal && pb.Busy <= cfg.MaxBusy && pb.CPU <= cfg.MaxCPUShare*base
+		// The interval held must be no worse a plan than the one chosen:
+		// within the target and MaxBusy when the chosen plan meets the
+		// target, of no graver kind of breach when it does not.
+		baseKind, _ := c.kindAt(m.predict(base, l), chosen.kind)
+		baseOK := baseKind.severity() <= max(chosen.kind.severity(), PlanTight.severity())
 		held := false
 		if math.Abs(Tl-base) <= cfg.Deadband*base && baseOK {
 			Tl, held = base, Tl != base
@@ -358,20 +430,34 @@ func (c *Controller) Decide(now time.Time) Decision {
 		}
 		T = Tl
 	}
+	// The decision describes the interval planned: when the hysteresis moved
+	// it off the chosen plan, its kind (and so the breach) is that of the
+	// interval held or stepped to, not of the one the scan found.
 	p := m.predict(T, l)
+	final := chosen
+	if T != chosen.p.T {
+		final.kind, final.grow = c.kindAt(p, chosen.kind)
+		final.p = p
+	}
 
-	d := Decision{Level: l, Kind: chosen.kind, Interval: toDuration(T, cfg)}
-	d.NextCut = now
+	d := Decision{Level: l, Kind: final.kind, Interval: toDuration(T, cfg)}
+	d.NextCut = earliest
 	gap := seconds(d.Interval)
 	if !c.lastCut.IsZero() {
-		if next := c.lastCut.Add(d.Interval); next.After(now) {
+		if next := c.lastCut.Add(d.Interval); next.After(earliest) {
 			d.NextCut = next
 		}
 		gap = seconds(d.NextCut.Sub(c.lastCut))
 	}
 	lag := gap + m.predict(max(gap, T), l).Elapsed
-	d.PredictedLag = toLag(lag)
-	d.Breach = chosen.kind.Breach() || lag > goal
+	// The epoch in flight peaks at its commit, with the replica still at
+	// the cut before it.
+	peak := 0.0
+	if in != nil && in.interval > 0 {
+		peak = in.lag + in.commit
+	}
+	d.PredictedLag = toLag(max(lag, peak))
+	d.Breach = final.kind.Breach() || lag > goal || peak > goal
 
 	for _, q := range plans {
 		lp := LevelPlan{Level: q.level, Kind: q.kind, Interval: toDuration(q.p.T, cfg), PredictedLag: toLag(q.p.Lag),
@@ -381,8 +467,16 @@ func (c *Controller) Decide(now time.Time) Decision {
 		}
 		d.Plans = append(d.Plans, lp)
 	}
-	d.Estimates = c.estimates(m, p, chosen.grow)
-	d.Reason = c.reason(m, chosen, p, lag, gap, goal, plans) + step
+	d.Estimates = c.estimates(m, p, final.grow)
+	d.Reason = c.reason(m, final, chosen, lag, gap, goal, plans) + step
+	if in != nil {
+		d.Estimates.LiveGoodput = in.live
+		if peak > goal {
+			d.Reason = in.reason(peak, goal) + "; then " + d.Reason
+		} else {
+			d.Reason += "; " + in.reason(peak, goal)
+		}
+	}
 	return d
 }
 

@@ -273,7 +273,7 @@ func TestDecideUnstableReason(t *testing.T) {
 	ctl := mustNew(t, cfg)
 	_, commit := feed(ctl, 0, 5, epochSpec{iv: 10, changed: 31e6, wire: 31e6, send: 31e6 / 2.4e6, level: LevelNone})
 	d := ctl.Decide(simTime(commit))
-	want := "breach: dirty 3.1 MB/s after dedup+compression exceeds goodput 2.4 MB/s: RPO will grow ~0.3 s per second (stepping from 10s towards 1m0s)"
+	want := "breach: dirty 3.1 MB/s after dedup+compression exceeds goodput 2.4 MB/s: the backlog grows ~0.29 s of sending per second, and the lag without bound (45.8s after 20s epochs) (stepping from 10s towards 1m0s)"
 	if d.Reason != want || !d.Breach || d.Kind != PlanUnstable || d.Interval != 20*time.Second || !near(d.Estimates.LagGrowth, 3.1/2.4-1, 1e-6) {
 		t.Errorf("got  %q (%s, %s)\nwant %q", d.Reason, d.Kind, d.Interval, want)
 	}
@@ -355,7 +355,11 @@ func TestDecideReasons(t *testing.T) {
 		{"tight", 0, epochSpec{iv: 29, changed: 29 * 9e6, wire: 29 * 9e6, send: 29 * 0.9, over: 0.1},
 			"tight: 28s epochs at none keep the sender 90% busy (over 80%) to hold the lag at 53.3s (target 1m0s)"},
 		{"lag breach", 0, epochSpec{iv: 100, changed: 100 * 9e6, wire: 100 * 9e6, send: 90, over: 5},
-			"breach: the best plan, 1m40s epochs at none, predicts lag 3m15s > 54s (target 1m0s less 10% margin) at goodput 10.0 MB/s (holding 1m40s: 1m50s is within the deadband)"},
+			"breach: the best plan, 1m50s epochs at none, predicts lag 3m34s > 54s (target 1m0s less 10% margin) at goodput 10.0 MB/s"},
+		{"lag breach held", 0, epochSpec{iv: 100, changed: 100 * 9e6, wire: 100 * 9e6, send: 90, over: 4.6},
+			"breach: the best plan, 1m40s epochs at none, predicts lag 3m15s > 54s (target 1m0s less 10% margin) at goodput 10.0 MB/s (holding 1m40s: 1m33s is within the deadband)"},
+		{"overloaded: not held", 0, epochSpec{iv: 27, changed: 27e6, wire: 27e6, send: 13.5, over: 13},
+			"breach: the best plan, 29s epochs at none, predicts lag 56.5s > 54s (target 1m0s less 10% margin) at goodput 2.0 MB/s"},
 		{"overrun", 0, epochSpec{iv: 40, changed: 40 * 9e6, wire: 40 * 9e6, send: 36, over: 1},
 			"breach: the next epoch covers 37s since the last cut, so its commit is predicted at lag 1m11s > 54s; then tight: 27s epochs at none keep the sender 94% busy (over 80%) to hold the lag at 52.3s (target 1m0s)"},
 	} {

@@ -128,17 +128,42 @@
 //     least busy interval, normally MaxInterval, which coalesces the most.
 //     If even there E(T) ≥ T the link cannot keep up at all (unstable):
 //     wire bytes per second of guest time w = W(T)/T exceed what the sender
-//     ships, and the lag grows by about E(T)/T − 1 ≈ w/g − 1 seconds per
-//     second (an epoch of T takes E(T) to ship, during which the next one
-//     accumulates). Otherwise the sender barely keeps up (overloaded). If
+//     ships, and each second brings E(T)/T − 1 ≈ w/g − 1 seconds of
+//     sending more than a second carries (LagGrowth). That backlog grows
+//     without bound, and the lag at each commit with it; the lag itself
+//     never grows faster than the clock, one second per second while
+//     nothing commits. Otherwise the sender barely keeps up (overloaded). If
 //     the level's compression needs more than MaxCPUShare at every
 //     interval, it is unusable (cpu-overload).
 //
-// Breach is reported when the chosen plan is one of the kinds of 3 and 4,
-// or when the predicted lag of the next commit exceeds the goal (after an
-// overrun). It comes from the estimates at each decision, so it is raised
-// as soon as the rates say the target will be missed, before the lag has
-// crossed it.
+// Breach is reported when the plan decided (after the hysteresis below)
+// is one of the kinds of 3 and 4, or when the predicted lag of the next
+// commit exceeds the goal (after an overrun, or from the epoch in flight).
+// It comes from the estimates at each decision, so it is raised as soon as
+// the rates say the target will be missed, before the lag has crossed it.
+//
+// # Between commits
+//
+// The estimates above change only when an epoch commits; a link that slows
+// in the middle of a long epoch would go unnoticed until then. So the
+// caller reports the epoch in flight as it goes (ObserveProgress: its
+// cut, the changed bytes sent and left, the wire bytes sent, the send
+// time, and the instant of the report), and Decide between commits
+// predicts from it:
+//
+//	g_live  = wire bytes over the latest 5 s of the transfer (all of it
+//	          when shorter; unknown under 1 MiB and 5 s)
+//	left    = changed bytes left · wire/changed so far (the model's ratio
+//	          under 64 KiB)
+//	m_k     = now + left/g_live                    its commit
+//	peak_k  = m_k − c_{k−1}                        the lag just before it
+//
+// g_live enters the goodput estimate as an epoch's sample would (bad news
+// with AlphaDown), for the plan of the next epoch, which is cut no
+// earlier than m_k and peaks at gap + E(gap) with gap = c_{k+1} − c_k.
+// The predicted lag is the greater of the two peaks and either above the
+// goal is a breach. A transfer that moves nothing for 5 s predicts no
+// commit at all: a breach. The next Observe ends the flight.
 //
 // # Choice of level
 //
@@ -167,7 +192,12 @@
 //
 // The new interval moves at most ×/÷ StepFactor (2) from the interval the
 // sender ran last (rounded to the grid), and does not move at all within
-// Deadband (10%) of it, unless only the larger step meets the goal. Both
+// Deadband (10%) of it, unless only the larger step meets the goal. The
+// interval held must be no worse a plan than the one chosen (within the
+// goal and MaxBusy when that one meets the goal, of no graver kind of
+// breach when it does not), and the decision's kind, breach and reason are
+// those of the interval held or stepped to, classified by the rules
+// above, not of the interval the scan found. Both
 // references, the interval and the level, are what the last observation
 // says the sender ran, so Decide has no state of its own and may be asked
 // any number of times. Bad news about the link is believed faster than

@@ -36,9 +36,14 @@ func fmtSec(s float64) string {
 func pct(f float64) string { return fmt.Sprintf("%.0f%%", 100*f) }
 
 // reason is the decision's one line.
-func (c *Controller) reason(m *model, chosen plan, p prediction, lag, gap, goal float64, plans []plan) string {
+//
+// chosen is the plan decided, at the interval the hysteresis left;
+// scanned the plan the scan found at that level, which the other levels'
+// plans compare with.
+func (c *Controller) reason(m *model, chosen, scanned plan, lag, gap, goal float64, plans []plan) string {
 	cfg := &c.cfg
 	target := fmtSec(seconds(cfg.RPOTarget))
+	p := chosen.p
 	T, l := fmtSec(p.T), chosen.level
 	good := "unmeasured"
 	if m.goodput > 0 {
@@ -70,12 +75,16 @@ func (c *Controller) reason(m *model, chosen plan, p prediction, lag, gap, goal 
 		s = fmt.Sprintf("breach: even %s epochs at %s keep the sender %s busy (over %s): predicted lag %s (target %s)",
 			T, l, pct(p.Busy), pct(cfg.MaxBusy), fmtSec(p.Lag), target)
 	case PlanUnstable:
+		// The lag itself grows by one second per second between commits,
+		// whatever the rates; what the rates say is how much more sending
+		// each second of guest time brings than a second can carry: the
+		// backlog, and the lag at each commit with it, grow without bound.
 		if m.goodput > 0 && p.CPU < p.Wire/m.goodput {
-			s = fmt.Sprintf("breach: dirty %s after dedup+compression exceeds goodput %s: RPO will grow ~%.1f s per second",
-				fmtRate(p.Wire/p.T), good, chosen.grow)
+			s = fmt.Sprintf("breach: dirty %s after dedup+compression exceeds goodput %s: the backlog grows ~%.2f s of sending per second, and the lag without bound (%s after %s epochs)",
+				fmtRate(p.Wire/p.T), good, chosen.grow, fmtSec(p.Lag), T)
 		} else {
-			s = fmt.Sprintf("breach: compressing at %s takes %.2f CPU-s per guest second: RPO will grow ~%.1f s per second",
-				l, p.CPU/p.T, chosen.grow)
+			s = fmt.Sprintf("breach: compressing at %s takes %.2f CPU-s per guest second: the backlog grows ~%.2f s of sending per second, and the lag without bound (%s after %s epochs)",
+				l, p.CPU/p.T, chosen.grow, fmtSec(p.Lag), T)
 		}
 	case PlanCPUOverload:
 		s = fmt.Sprintf("breach: every allowed level needs more than %.2f CPU-s per guest second even with %s epochs",
@@ -88,7 +97,7 @@ func (c *Controller) reason(m *model, chosen plan, p prediction, lag, gap, goal 
 	if cur := c.currentLevel(); cur != l && len(plans) > 1 {
 		for _, q := range plans {
 			if q.level == cur {
-				s += fmt.Sprintf("; level %s→%s (lag %s vs %s)", cur, l, fmtSec(chosen.p.Lag), fmtSec(q.p.Lag))
+				s += fmt.Sprintf("; level %s→%s (lag %s vs %s)", cur, l, fmtSec(scanned.p.Lag), fmtSec(q.p.Lag))
 			}
 		}
 	}

@@ -105,6 +105,17 @@ func FuzzController(f *testing.F) {
 				now = o.Committed
 			}
 			at := now.Add(time.Duration(r.scaled(float64(time.Millisecond))) % time.Hour)
+			if r.u8()%2 == 0 { // an epoch in flight, maybe a stale or odd report
+				pr := Progress{
+					Cut:         now.Add(time.Duration(r.scaled(float64(time.Millisecond))) % time.Hour),
+					Level:       Level(r.u8() % (NumLevels + 2)),
+					ChangedSent: r.scaled(1e6), ChangedLeft: r.scaled(1e6), WireSent: r.scaled(1e6),
+					SendTime: time.Duration(r.scaled(float64(time.Second))),
+				}
+				pr.At = pr.Cut.Add(time.Duration(r.scaled(float64(time.Millisecond))) % time.Hour)
+				ctl.ObserveProgress(pr)
+				at = later(at, pr.At)
+			}
 			d := ctl.Decide(at)
 			checkDecision(t, cfg, d, lastCut, at)
 			if again := ctl.Decide(at); !reflect.DeepEqual(again, d) {
@@ -115,4 +126,11 @@ func FuzzController(f *testing.F) {
 			}
 		}
 	})
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }

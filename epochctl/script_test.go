@@ -20,6 +20,7 @@ import (
 //	config rpo=60s min=5s max=2m cap=10MB start=fast levels=none,fast margin=0.1 targetbusy=0.8 maxbusy=0.95 cpushare=0.5
 //	observe cut=10s commit=17s interval=10s changed=100MB dedup=5MB wire=50MB send=6s cpu=0.5s level=fast [repeat=N]
 //	        (level=#N gives a raw level number)
+//	progress at=20s cut=17s sent=40MB left=60MB wire=20MB send=2s level=fast
 //	decide now=17s [verbose]
 //
 // observe with repeat=N observes N epochs, each one interval after the
@@ -212,6 +213,14 @@ func (s *scriptState) run(t *testing.T, line string) string {
 			return fmt.Sprintf("ok: %d epochs", n)
 		}
 		return "ok"
+	case "progress":
+		pr := Progress{
+			At: at("at"), Cut: at("cut"), Level: level("level"),
+			ChangedSent: int64(bytes("sent")), ChangedLeft: int64(bytes("left")), WireSent: int64(bytes("wire")), SendTime: dur("send"),
+		}
+		check()
+		s.ctl.ObserveProgress(pr)
+		return "ok"
 	case "decide":
 		now := at("now")
 		check()
@@ -224,6 +233,9 @@ func (s *scriptState) run(t *testing.T, line string) string {
 			e := d.Estimates
 			fmt.Fprintf(&b, "\nestimates: %d observations, goodput %s (measured %s), overhead %s, dedup %.2f",
 				e.Observations, fmtRate(e.Goodput), fmtRate(e.MeasuredGoodput), e.Overhead.Round(time.Millisecond), e.DedupRatio)
+			if e.LiveGoodput > 0 {
+				fmt.Fprintf(&b, ", live %s", fmtRate(e.LiveGoodput))
+			}
 			fmt.Fprintf(&b, "\ncurve: C(T) = %.3g·T^%.2f on [%s, %s]; at %s: %.1f MB changed, %.1f MB wire, dirty %s, wire %s per guest second",
 				e.DirtyA, e.DirtyB, e.DirtyRange[0].Round(time.Millisecond), e.DirtyRange[1].Round(time.Millisecond), d.Interval,
 				e.Changed/1e6, e.Wire/1e6, fmtRate(e.DirtyRate), fmtRate(e.WireRate))

@@ -259,6 +259,14 @@ func checkDecision(t testing.TB, cfg Config, d Decision, lastCut, now time.Time)
 	if d.PredictedLag < 0 || !d.Level.Valid() || d.Reason == "" || strings.Contains(d.Reason, "\n") {
 		t.Fatalf("bad decision %+v", d)
 	}
+	// The flag, the kind and the reason speak of the same plan.
+	if d.Breach != strings.HasPrefix(d.Reason, "breach") || d.Kind.Breach() && !d.Breach {
+		t.Fatalf("breach %v, kind %s, reason %q", d.Breach, d.Kind, d.Reason)
+	}
+	goal := time.Duration((1 - cfg.Margin) * float64(cfg.RPOTarget))
+	if off := d.PredictedLag - goal; !d.Kind.Breach() && (off > time.Millisecond || off < -time.Millisecond) && d.Breach != (off > 0) {
+		t.Fatalf("breach %v with kind %s and predicted lag %s against the goal %s: %s", d.Breach, d.Kind, d.PredictedLag, goal, d.Reason)
+	}
 	e := d.Estimates
 	for _, f := range []float64{e.Goodput, e.MeasuredGoodput, e.DirtyA, e.DirtyB, e.DirtyRate, e.DedupRatio,
 		e.Changed, e.Wire, e.WireRate, e.Busy, e.LagGrowth,
@@ -496,7 +504,7 @@ func TestSimDirtyAboveGoodput(t *testing.T) {
 		t.Fatalf("breach predicted at %.0fs, lag crossed at %.0fs", predicted, crossed)
 	}
 	if first.dec.Kind != PlanUnstable || !strings.Contains(first.dec.Reason, "exceeds goodput") ||
-		!strings.Contains(first.dec.Reason, "s per second") || !(first.dec.Estimates.LagGrowth > 0) {
+		!strings.Contains(first.dec.Reason, "s of sending per second") || !(first.dec.Estimates.LagGrowth > 0) {
 		t.Errorf("reason: %s", first.dec.Reason)
 	}
 	last := r.epochs[len(r.epochs)-1].dec

@@ -101,7 +101,24 @@ func New(o Options) (*Limiter, error) {
 }
 
 // Rate is the cap in bytes/s.
-func (l *Limiter) Rate() float64 { return l.o.Rate }
+func (l *Limiter) Rate() float64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.rate
+}
+
+// SetRate changes the cap to rate bytes/s from now on; the burst stays.
+// Credit and debt already counted keep their byte values.
+func (l *Limiter) SetRate(rate float64) error {
+	if !(rate > 0) || math.IsInf(rate, 0) {
+		return fmt.Errorf("ratelimit: rate %v bytes/s: must be positive and finite", rate)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.b.Reserve(l.o.Now(), 0) // credit earned so far at the old rate
+	l.b.rate = rate
+	return nil
+}
 
 // Wait blocks until n bytes may be written, or ctx ends.
 func (l *Limiter) Wait(ctx context.Context, n int) error {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"testing"
 	"time"
@@ -92,6 +93,34 @@ func TestConnsShareTheRate(t *testing.T) {
 	}
 	if got, want := ft.now.Sub(t0), 9900*time.Millisecond; got != want {
 		t.Errorf("10 MB took %v, want %v", got, want)
+	}
+}
+
+// SetRate changes the pace of the writes that follow.
+func TestSetRate(t *testing.T) {
+	ft := &fakeTime{now: t0}
+	l, err := New(Options{Rate: 1e6, Burst: 100e3, Now: ft.Now, Sleep: ft.Sleep})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := NewConn(&sink{}, l)
+	buf := make([]byte, 1e6)
+	if _, err := c.Write(buf); err != nil { // 0.9 s: the burst goes at once
+		t.Fatal(err)
+	}
+	if err := l.SetRate(250e3); err != nil || l.Rate() != 250e3 {
+		t.Fatalf("SetRate: %v, rate %v", err, l.Rate())
+	}
+	if _, err := c.Write(buf); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := ft.now.Sub(t0), 4900*time.Millisecond; got != want {
+		t.Errorf("1 MB at 1 MB/s then 1 MB at 250 kB/s took %v, want %v", got, want)
+	}
+	for _, bad := range []float64{0, -1, math.Inf(1), math.NaN()} {
+		if l.SetRate(bad) == nil {
+			t.Errorf("SetRate(%v) accepted", bad)
+		}
 	}
 }
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/drsync/drsync/blockhash"
@@ -44,9 +45,18 @@ type Options struct {
 
 // Progress reports an epoch in flight.
 type Progress struct {
-	Epoch               uint64
-	SentBytes, AllBytes uint64
-	Durable, Items      uint64
+	Epoch uint64
+	Cut   time.Time
+	// Of the epoch's AllBytes changed bytes (data: zero runs and
+	// references carry none), SentBytes went in this attempt and
+	// LeftBytes are still to go.
+	SentBytes, AllBytes, LeftBytes uint64
+	Durable, Items                 uint64
+	// WireBytes went on the wire in this attempt, in SendTime since its
+	// first frame, at level Compression.
+	WireBytes   uint64
+	SendTime    time.Duration
+	Compression wire.Compression
 }
 
 // Validate reports what is wrong with o.
@@ -320,7 +330,7 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 	comp0 := ss.enc.Stats().CompressTime
 	sendStart := s.o.Now()
 	acks := make(chan error, 1)
-	var durable uint64
+	var durable atomic.Uint64 // the acknowledgement reader sets it, progress reads it
 	go func() {
 		for {
 			f, err := ss.dec.Decode()
@@ -334,7 +344,7 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 					acks <- fmt.Errorf("epoch %d: acknowledgement for epoch %d: %w", epoch, f.Epoch, wire.ErrMalformed)
 					return
 				}
-				durable = f.Durable
+				durable.Store(f.Durable)
 				if f.Committed {
 					acks <- nil
 					return
@@ -366,7 +376,14 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return fail(fmt.Errorf("epoch %d: send: %w", epoch, err))
 	}
-	var sent uint64
+	// data counts the items' bytes as the plan's Bytes does (no zero runs,
+	// no references), so that the bytes left are Bytes less data; data0 is
+	// what an earlier connection already sent.
+	var data0 uint64
+	for _, it := range p.Items[:start] {
+		data0 += it.payloadBytes()
+	}
+	data := data0
 	for i := int(start); i < len(p.Items); i++ {
 		// A receiver that refused the epoch says so at once; stop sending.
 		select {
@@ -387,9 +404,11 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 			return fail(fmt.Errorf("epoch %d: send item %d: %w", epoch, i, err))
 		}
 		a.maxSent = max(a.maxSent, i+1)
-		sent += p.Items[i].payloadBytes()
+		data += p.Items[i].payloadBytes()
 		if s.o.Progress != nil {
-			s.o.Progress(Progress{Epoch: epoch, SentBytes: sent, AllBytes: p.Bytes, Durable: durable, Items: uint64(len(p.Items))})
+			s.o.Progress(Progress{Epoch: epoch, Cut: p.Cut, SentBytes: data - data0, AllBytes: p.Bytes, LeftBytes: p.Bytes - min(data, p.Bytes),
+				Durable: durable.Load(), Items: uint64(len(p.Items)),
+				WireBytes: ss.enc.Stats().WireBytes - wire0, SendTime: s.o.Now().Sub(sendStart), Compression: s.o.Compression})
 		}
 	}
 	// The replica's next content is recorded before the commit leaves, so a

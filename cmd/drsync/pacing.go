@@ -57,13 +57,17 @@ type flowStatus struct {
 	DirtyBytesPerSecond   float64 `json:"dirty_bytes_per_second,omitempty"`
 	Compression           string  `json:"compression"`
 	// With adaptive epochs: the target, the next epoch's length, the lag
-	// predicted just before it commits, and whether the target will be
-	// missed at the measured rates.
-	RPOTargetSeconds      float64 `json:"rpo_target_seconds,omitempty"`
-	NextEpochSeconds      float64 `json:"next_epoch_seconds,omitempty"`
-	PredictedLagSeconds   float64 `json:"predicted_lag_seconds,omitempty"`
-	BreachPredicted       bool    `json:"rpo_breach_predicted"`
-	PlannedGoodputBps     float64 `json:"planned_goodput_bytes_per_second,omitempty"`
+	// predicted just before it commits (or the epoch in flight, if later),
+	// and whether the target will be missed at the measured rates. While an
+	// epoch is sent they follow its live goodput.
+	RPOTargetSeconds    float64 `json:"rpo_target_seconds,omitempty"`
+	NextEpochSeconds    float64 `json:"next_epoch_seconds,omitempty"`
+	PredictedLagSeconds float64 `json:"predicted_lag_seconds,omitempty"`
+	BreachPredicted     bool    `json:"rpo_breach_predicted"`
+	PlannedGoodputBps   float64 `json:"planned_goodput_bytes_per_second,omitempty"`
+	// LiveGoodputBps is the goodput of the epoch being sent over its
+	// latest seconds, while one is (0 between epochs).
+	LiveGoodputBps        float64 `json:"live_goodput_bytes_per_second,omitempty"`
 	ModelDirtyBytesPerSec float64 `json:"model_dirty_bytes_per_second,omitempty"`
 	Plan                  string  `json:"plan,omitempty"`
 }
@@ -96,19 +100,53 @@ func (p *pacer) committed(res *sender.Result, start, now time.Time) pace {
 		ChangedBytes: int64(changed), DedupedBytes: int64(res.RefBytes), WireBytes: int64(res.WireBytes),
 		SendTime: res.SendTime, CPUTime: res.CompressTime, Level: epochctl.Level(res.Compression),
 	})
-	d := p.ctl.Decide(now)
+	p.decided(p.ctl.Decide(now), &out)
+	return out
+}
+
+// inFlight takes the progress of the epoch being sent, as the sender
+// reported it at at, and plans again at now from the live transfer, so
+// that a link that slows in the middle of an epoch shows in the
+// prediction (and raises the breach) before the commit. Only the planning
+// fields of out.flow are set; ok is false without adaptive epochs.
+func (p *pacer) inFlight(pr sender.Progress, at, now time.Time) (out pace, ok bool) {
+	if p.ctl == nil || pr.Cut.IsZero() {
+		return pace{}, false
+	}
+	p.ctl.ObserveProgress(epochctl.Progress{
+		At: at, Cut: pr.Cut, Level: epochctl.Level(pr.Compression),
+		ChangedSent: int64(pr.SentBytes), ChangedLeft: int64(pr.LeftBytes), WireSent: int64(pr.WireBytes), SendTime: pr.SendTime,
+	})
+	p.decided(p.ctl.Decide(now), &out)
+	return out, true
+}
+
+// decided puts the controller's decision d into out.
+func (p *pacer) decided(d epochctl.Decision, out *pace) {
 	out.next, out.level, out.reason = d.NextCut, wire.Compression(d.Level), d.Reason
 	f := &out.flow
 	f.RPOTargetSeconds = p.vm.RPOTarget.D().Seconds()
 	f.NextEpochSeconds = d.Interval.Seconds()
-	f.PredictedLagSeconds = d.PredictedLag.Seconds()
+	f.PredictedLagSeconds = min(d.PredictedLag, maxPredictedLag).Seconds()
 	f.BreachPredicted = d.Breach
 	f.PlannedGoodputBps = d.Estimates.Goodput
+	f.LiveGoodputBps = d.Estimates.LiveGoodput
 	f.ModelDirtyBytesPerSec = d.Estimates.DirtyRate
 	f.Plan = d.Reason
 	out.breachBegan, out.breachEnded = d.Breach && !p.breach, !d.Breach && p.breach
 	p.breach = d.Breach
-	return out
+}
+
+// maxPredictedLag bounds the lag shown: a stalled transfer predicts no
+// commit at all, which JSON and people read better as a year.
+const maxPredictedLag = 365 * 24 * time.Hour
+
+// planned sets the planning fields of f from g, which inFlight filled,
+// keeping what f says of the last committed epoch.
+func (f *flowStatus) planned(g flowStatus) {
+	f.RPOTargetSeconds, f.NextEpochSeconds, f.PredictedLagSeconds = g.RPOTargetSeconds, g.NextEpochSeconds, g.PredictedLagSeconds
+	f.BreachPredicted, f.PlannedGoodputBps, f.LiveGoodputBps = g.BreachPredicted, g.PlannedGoodputBps, g.LiveGoodputBps
+	f.ModelDirtyBytesPerSec, f.Plan = g.ModelDirtyBytesPerSec, g.Plan
 }
 
 // fixedNext is when the epoch after the one started at start begins

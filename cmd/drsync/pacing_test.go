@@ -139,3 +139,64 @@ func TestParseRate(t *testing.T) {
 		}
 	}
 }
+
+// In flight: the progress of an epoch on a link that slows raises the
+// breach once, before the commit, and the commit does not raise it again;
+// the pacer reads no clock, so the instants are made up.
+func TestPacingInFlight(t *testing.T) {
+	v := &VMConfig{Name: "web", Mode: modeContinuous, RPOTarget: Duration(time.Minute), MinInterval: Duration(20 * time.Second), Compression: "none", QMP: "/run/web.qmp"}
+	if err := v.validate("test.toml", 0); err != nil {
+		t.Fatal(err)
+	}
+	p, err := newPacer(v, 0, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2025, 1, 1, 12, 0, 0, 0, time.UTC)
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	// 2 MB/s of changes on a 5 MB/s link, 20 s epochs.
+	for i := range 4 {
+		cut := at(20 * float64(i+1))
+		pc := p.committed(&sender.Result{Cut: cut, DataBytes: 40e6, WireBytes: 40e6, SendTime: 8 * time.Second, Compression: wire.CompressNone},
+			cut, cut.Add(8500*time.Millisecond))
+		if pc.flow.BreachPredicted {
+			t.Fatalf("epoch %d: breach on a link with headroom: %s", i, pc.flow.Plan)
+		}
+	}
+	cut := at(100)
+	progress := func(now, sent float64) pace {
+		t.Helper()
+		pc, ok := p.inFlight(sender.Progress{Epoch: 5, Cut: cut, AllBytes: 40e6, SentBytes: uint64(sent * 1e6), LeftBytes: uint64((40 - sent) * 1e6),
+			WireBytes: uint64(sent * 1e6), SendTime: at(now).Sub(at(100.5)), Compression: wire.CompressNone}, at(now), at(now))
+		if !ok {
+			t.Fatal("no plan in flight with adaptive epochs")
+		}
+		return pc
+	}
+	// On course at 5 MB/s.
+	if pc := progress(102.5, 10); pc.flow.BreachPredicted || pc.breachBegan || pc.flow.LiveGoodputBps != 5e6 {
+		t.Fatalf("on course: %+v", pc.flow)
+	}
+	// Then 0.5 MB/s for 5 s, 27.5 s after the last committed cut.
+	progress(104.5, 11)
+	pc := progress(107.5, 12.5)
+	if !pc.breachBegan || !pc.flow.BreachPredicted || !(pc.flow.PredictedLagSeconds > 54) || !strings.Contains(pc.flow.Plan, "in flight") {
+		t.Fatalf("slow link: began %v, flow %+v", pc.breachBegan, pc.flow)
+	}
+	if pc := progress(108.5, 13); pc.breachBegan || !pc.flow.BreachPredicted {
+		t.Fatalf("still slow: the breach began again or ended: %+v", pc)
+	}
+	// The commit (at the slow rate) keeps the breach without a new warning.
+	pc = p.committed(&sender.Result{Cut: cut, DataBytes: 40e6, WireBytes: 40e6, SendTime: 60 * time.Second, Compression: wire.CompressNone}, cut, at(161))
+	if pc.breachBegan || !pc.flow.BreachPredicted || pc.flow.LiveGoodputBps != 0 {
+		t.Fatalf("commit: began %v, flow %+v", pc.breachBegan, pc.flow)
+	}
+	// Without adaptive epochs there is nothing to plan in flight.
+	fixed, err := newPacer(&VMConfig{Mode: modeContinuous, MinInterval: Duration(10 * time.Second)}, 0, time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := fixed.inFlight(sender.Progress{Cut: cut}, at(101), at(101)); ok {
+		t.Error("a fixed interval planned in flight")
+	}
+}

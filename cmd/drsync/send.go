@@ -244,6 +244,32 @@ type vmLoop struct {
 	now     func() time.Time
 	sleep   func(ctx context.Context, d time.Duration) error
 	source  io.Closer // a live source to tear down at the end, if any
+
+	// With adaptive epochs, the progress of the epoch being sent feeds the
+	// pacer every liveEvery, so that the prediction follows the transfer.
+	live      *liveProgress
+	liveEvery time.Duration
+	liveSaved time.Time // when the status last took an in-flight plan
+}
+
+// liveProgress is the latest progress the sender reported, and when; the
+// sender's goroutine writes it, the loop's watcher reads it.
+type liveProgress struct {
+	mu sync.Mutex
+	p  sender.Progress
+	at time.Time
+}
+
+func (lp *liveProgress) set(p sender.Progress, at time.Time) {
+	lp.mu.Lock()
+	lp.p, lp.at = p, at
+	lp.mu.Unlock()
+}
+
+func (lp *liveProgress) get() (sender.Progress, time.Time) {
+	lp.mu.Lock()
+	defer lp.mu.Unlock()
+	return lp.p, lp.at
 }
 
 func newVMLoop(e *env, cfg *SenderConfig, v *VMConfig, dialer sender.Dialer, o sendOptions) (*vmLoop, error) {
@@ -286,8 +312,19 @@ func newVMLoop(e *env, cfg *SenderConfig, v *VMConfig, dialer sender.Dialer, o s
 		Logger:      o.log,
 		Dedup:       v.dedup(),
 	}
-	if o.bar != nil {
-		so.Progress = func(p sender.Progress) { o.bar.update(v.Name, p) }
+	var live *liveProgress
+	if v.adaptive() {
+		live = &liveProgress{}
+	}
+	if o.bar != nil || live != nil {
+		so.Progress = func(p sender.Progress) {
+			if live != nil {
+				live.set(p, e.now())
+			}
+			if o.bar != nil {
+				o.bar.update(v.Name, p)
+			}
+		}
 	}
 	snd, err := sender.New(so)
 	if err != nil {
@@ -312,6 +349,9 @@ func newVMLoop(e *env, cfg *SenderConfig, v *VMConfig, dialer sender.Dialer, o s
 		now:     e.now,
 		sleep:   sleepCtx,
 		source:  closer,
+
+		live:      live,
+		liveEvery: time.Second,
 	}
 	if v.live() {
 		l.noteGuard(dir)
@@ -393,7 +433,9 @@ func checkImages(file string, v *VMConfig) error {
 func (l *vmLoop) run(ctx context.Context) error {
 	for {
 		start := l.now()
+		stopWatch := l.watch(ctx)
 		res, err := l.runner.RunEpoch(ctx)
+		stopWatch()
 		if l.bar != nil {
 			l.bar.done(l.vm.Name)
 		}
@@ -431,6 +473,63 @@ func (l *vmLoop) run(ctx context.Context) error {
 				return nil
 			}
 		}
+	}
+}
+
+// watch feeds the pacer the progress of the epoch being sent, every
+// liveEvery until the returned function is called (which waits for it).
+func (l *vmLoop) watch(ctx context.Context) (stop func()) {
+	if l.live == nil || l.pacer.ctl == nil {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(l.liveEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				l.inFlight()
+			}
+		}
+	}()
+	return func() {
+		cancel()
+		<-done
+	}
+}
+
+// inFlight plans again from the progress of the epoch being sent, and
+// reports a breach the live goodput predicts at once: in the log, the
+// status and the metrics.
+func (l *vmLoop) inFlight() {
+	pr, at := l.live.get()
+	now := l.now()
+	pc, ok := l.pacer.inFlight(pr, at, now)
+	if !ok {
+		return
+	}
+	f := pc.flow
+	switch {
+	case pc.breachBegan:
+		l.log.Warn("RPO target will be missed at the live goodput of the epoch being sent: the link cannot carry what the guest changes within the target (raise rpo_target or bandwidth, or reduce the guest's writes)",
+			"rpo_target", l.vm.RPOTarget, "predicted_lag", secs(f.PredictedLagSeconds), "live_goodput", formatRate(f.LiveGoodputBps), "plan", pc.reason)
+	case pc.breachEnded:
+		l.log.Info("RPO target within reach again", "rpo_target", l.vm.RPOTarget, "predicted_lag", secs(f.PredictedLagSeconds), "plan", pc.reason)
+	}
+	// The status file is synced to disk: rewrite it when the breach comes
+	// or goes, otherwise every few seconds.
+	if pc.breachBegan || pc.breachEnded || now.Sub(l.liveSaved) >= 5*l.liveEvery {
+		l.status.planned(f)
+		l.liveSaved = now
+	}
+	if l.metrics != nil {
+		l.metrics.Planned(l.vm.Name, metrics.Plan{RPOTarget: l.vm.RPOTarget.D(), NextInterval: secs(f.NextEpochSeconds), PredictedLag: secs(f.PredictedLagSeconds),
+			Breach: f.BreachPredicted, Level: int(pc.level), DirtyRate: f.ModelDirtyBytesPerSec, Goodput: f.PlannedGoodputBps})
 	}
 }
 
@@ -499,6 +598,7 @@ func (l *vmLoop) failed(err error, wait time.Duration) {
 // senderStatusRecorder maintains <state dir>/<vm>/status.json. Only the VM's
 // loop uses it.
 type senderStatusRecorder struct {
+	mu   sync.Mutex // the loop's watcher writes plans while an epoch is sent
 	path string
 	st   senderStatus
 	now  func() time.Time
@@ -518,6 +618,8 @@ func loadSenderStatus(path, vm string, now func() time.Time, log *slog.Logger) *
 }
 
 func (r *senderStatusRecorder) success(res *sender.Result, flow flowStatus) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	now := r.now().UTC()
 	r.st.Epoch = res.Epoch
 	r.st.Cut = res.Cut.UTC()
@@ -549,7 +651,21 @@ func (r *senderStatusRecorder) success(res *sender.Result, flow flowStatus) {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
+// planned takes the plan made from the epoch in flight, keeping what the
+// status says of the last committed epoch.
+func (r *senderStatusRecorder) planned(flow flowStatus) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.st.Flow == nil {
+		r.st.Flow = &flowStatus{}
+	}
+	r.st.Flow.planned(flow)
+	r.save(r.now().UTC())
+}
+
 func (r *senderStatusRecorder) failure(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	now := r.now().UTC()
 	r.st.ConsecutiveFailures++
 	r.st.LastError = err.Error()
