@@ -53,7 +53,7 @@ type command struct {
 
 // commands lists the subcommands in the order help shows them.
 func commands() []*command {
-	return []*command{keygenCommand(), receiveCommand(), sendCommand(), statusCommand(), verifyCommand(), failoverCommand(), seedCommand()}
+	return []*command{keygenCommand(), receiveCommand(), sendCommand(), statusCommand(), verifyCommand(), failoverCommand(), seedCommand(), versionCommand()}
 }
 
 func findCommand(name string) *command {
@@ -72,6 +72,8 @@ func runEnv(ctx context.Context, e *env, args []string) int {
 	}
 	name, rest := args[0], args[1:]
 	switch name {
+	case "--version", "-version":
+		name = "version"
 	case "help", "-h", "-help", "--help":
 		if len(rest) > 0 {
 			if c := findCommand(rest[0]); c != nil {
