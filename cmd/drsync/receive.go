@@ -101,6 +101,8 @@ func receive(ctx context.Context, e *env, cfg *ReceiverConfig, log *slog.Logger)
 	var met *metrics.Receiver
 	if cfg.Metrics != "" {
 		met = metrics.NewReceiver(e.now)
+		met.Storage(cfg.Storage.Dir)
+		met.Drills(func() map[string]metrics.Drill { return drillResults(vfs.Default, cfg.Storage.Dir) })
 		if err := serveMetrics(ctx, cfg.file, cfg.Metrics, met.Handler(), log); err != nil {
 			return err
 		}
