@@ -118,3 +118,18 @@ func TestReceiverStorageAndDrills(t *testing.T) {
 		t.Errorf("unreadable storage:\n%s", out)
 	}
 }
+
+// A restarted receiver reports the lag of a replica nothing was committed
+// to since, growing at every scrape.
+func TestReceiverRestoredLag(t *testing.T) {
+	now := time.Unix(1000, 0)
+	r := NewReceiver(func() time.Time { return now })
+	r.Restored("db-1", time.Unix(400, 0))
+	if out := scrape(t, r.Handler()); !strings.Contains(out, `drsync_receiver_rpo_lag_seconds{vm="db-1"} 600`) || strings.Contains(out, "drsync_receiver_epochs_total") {
+		t.Errorf("restored lag:\n%s", out)
+	}
+	now = now.Add(time.Minute)
+	if out := scrape(t, r.Handler()); !strings.Contains(out, `drsync_receiver_rpo_lag_seconds{vm="db-1"} 660`) {
+		t.Errorf("restored lag does not grow:\n%s", out)
+	}
+}
