@@ -22,7 +22,7 @@ FUZZ_TARGETS := \
 
 SHELL := /bin/bash
 
-.PHONY: all build deps test unit fuzz fuzz-ci bench bench-wan demo clean
+.PHONY: all build deps test unit fuzz fuzz-ci bench bench-wan demo clean install
 
 all: build
 
@@ -106,3 +106,27 @@ demo: deps build
 clean:
 	rm -rf bin .demo
 
+# The binary, the systemd units (ExecStart pointed at BINDIR), the sysusers
+# entry of the drsync account, the alerting rules, the dashboard and the
+# example configurations (as *.example: existing configurations are never
+# overwritten). DESTDIR stages it for a package.
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+DATADIR    ?= $(PREFIX)/share/drsync
+SYSCONFDIR ?= /etc/drsync
+
+install:
+	$(GO) build -buildvcs=auto -trimpath -o $(BIN) ./cmd/drsync
+	install -D -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/drsync
+	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(DATADIR)/prometheus $(DESTDIR)$(DATADIR)/grafana $(DESTDIR)$(SYSCONFDIR)
+	for u in dist/systemd/*.service dist/systemd/*.timer; do \
+		sed 's|/usr/local/bin/drsync|$(BINDIR)/drsync|g' $$u > $(DESTDIR)$(UNITDIR)/$$(basename $$u); \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$$(basename $$u); \
+	done
+	install -D -m 0644 dist/systemd/drsync.sysusers $(DESTDIR)$(SYSUSERSDIR)/drsync.conf
+	install -m 0644 dist/prometheus/drsync-rules.yml $(DESTDIR)$(DATADIR)/prometheus/
+	install -m 0644 dist/grafana/drsync.json $(DESTDIR)$(DATADIR)/grafana/
+	for c in testdata/configs/*.toml; do install -m 0640 $$c $(DESTDIR)$(SYSCONFDIR)/$$(basename $$c).example; done
+	@echo "installed; then: systemd-sysusers; systemctl daemon-reload; see README \"Running it as a service\""
