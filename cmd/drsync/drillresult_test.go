@@ -1,14 +1,20 @@
 package main
 
 import (
+	"context"
 	"errors"
+	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/drsync/drsync/runbook"
+	"github.com/drsync/drsync/testkit/hosttools"
 	"github.com/drsync/drsync/vfs"
 )
 
@@ -142,5 +148,85 @@ args = ["-display", "none"]
 	}
 	if d := drillResults(vfs.Default, filepath.Join(dir, "replicas")); len(d) != 1 || d["web-1"].OK {
 		t.Errorf("receiver reads %+v", d)
+	}
+}
+
+// The receiver's metrics carry what the replicas' files say: the outcome
+// of the last drill, the lag of a replica nothing was committed to since
+// the receiver started, and the storage's space.
+func TestReceiverMetricsFromReplicaFiles(t *testing.T) {
+	dir := t.TempDir()
+	keys := filepath.Join(dir, "keys")
+	keygen(t, keys, "site-b")
+	conf := filepath.Join(dir, "receiver.toml")
+	writeFile(t, conf, []byte(`
+listen = "127.0.0.1:0"
+metrics = "127.0.0.1:0"
+[identity]
+cert = "keys/site-b.crt"
+key = "keys/site-b.key"
+[storage]
+dir = "replicas"
+[[sender]]
+name = "site-a"
+fingerprint = "`+fpA+`"
+vms = ["web-1"]
+`))
+	rdir := filepath.Join(dir, "replicas", "web-1")
+	if err := os.MkdirAll(rdir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(rdir, replicaLockName), nil)
+	cut := time.Now().Add(-time.Hour).UTC()
+	if err := writeJSONAtomic(filepath.Join(rdir, receiverStatusFile), &receiverStatus{VM: "web-1", Epoch: 3, Cut: cut, Epochs: 3}); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeDrillResults(vfs.Default, filepath.Join(dir, "replicas"), []drillResult{{VM: "web-1", OK: false, At: time.Unix(2000, 0), Detail: "check failed"}}); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var logs hosttools.SyncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- runEnv(ctx, &env{stdout: &logs, stderr: &logs, now: time.Now}, []string{"receive", "--config", conf})
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	addr := regexp.MustCompile(`msg=metrics addr=(http://\S+/metrics)`)
+	var url string
+	for deadline := time.Now().Add(20 * time.Second); url == "" && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if m := addr.FindStringSubmatch(logs.String()); m != nil {
+			url = m[1]
+		}
+	}
+	if url == "" {
+		t.Fatalf("no metrics address logged:\n%s", logs.String())
+	}
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	out := string(b)
+	for _, want := range []string{
+		`drsync_drill_last_result{vm="web-1"} 0`,
+		`drsync_drill_last_run_timestamp_seconds{vm="web-1"} 2000`,
+		`drsync_receiver_storage_available_bytes `,
+		`drsync_receiver_storage_size_bytes `,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("metrics lack %s:\n%s", want, out)
+		}
+	}
+	var lag float64
+	if m := regexp.MustCompile(`(?m)^drsync_receiver_rpo_lag_seconds\{vm="web-1"\} (\S+)$`).FindStringSubmatch(out); m != nil {
+		fmt.Sscan(m[1], &lag)
+	}
+	if lag < 3600 || lag > 3600+300 {
+		t.Errorf("lag of the replica from its status file: %v s, want about an hour:\n%s", lag, out)
 	}
 }
