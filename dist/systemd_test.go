@@ -125,3 +125,30 @@ func TestUnitsCommandLines(t *testing.T) {
 		}
 	}
 }
+
+// TestSysusers checks the drsync account's sysusers.d entry with
+// systemd-sysusers, in an empty root and without writing anything.
+func TestSysusers(t *testing.T) {
+	su, err := exec.LookPath("systemd-sysusers")
+	if err != nil {
+		t.Skip("systemd-sysusers not installed (Debian package systemd); the sysusers.d entry is not checked")
+	}
+	root := t.TempDir()
+	b, err := os.ReadFile("systemd/drsync.sysusers")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(root, "drsync.conf")
+	if err := os.WriteFile(conf, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(su, "--dry-run", "--root", root, conf).CombinedOutput()
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if !strings.HasPrefix(line, "Creating ") && !strings.HasPrefix(line, "Would write ") {
+			t.Errorf("systemd-sysusers: %s", line)
+		}
+	}
+	if err != nil || !strings.Contains(string(out), "Creating user 'drsync'") {
+		t.Errorf("systemd-sysusers --dry-run: %v\n%s", err, out)
+	}
+}
