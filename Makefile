@@ -11,7 +11,6 @@ BIN       := bin/drsync
 FUZZTIME  ?= 60s
 # Bounded fuzz run that make test includes.
 CIFUZZ    ?= 4s
-APT_PKGS  := qemu-utils qemu-system-x86 busybox-static iproute2 rsync
 
 FUZZ_TARGETS := \
 	./wire:FuzzDecode ./wire:FuzzDecodePayload \
@@ -23,23 +22,42 @@ FUZZ_TARGETS := \
 
 SHELL := /bin/bash
 
-.PHONY: all build deps test unit fuzz fuzz-ci bench bench-wan demo clean
+.PHONY: all build deps test unit fuzz fuzz-ci bench bench-wan demo clean install
 
 all: build
 
 build:
 	$(GO) build -o $(BIN) ./cmd/drsync
 
-# System packages the tests and the demo need: QEMU (and its tools) and the
-# busybox the test guest is built with; iproute2 for the WAN emulator's namespaces;
-# rsync, a baseline of the WAN benchmark.
+# System packages the tests and the demo need, installed without their
+# recommends: QEMU (and its tools; qemu-system-x86 depends on the firmware
+# and option ROMs its default machine loads: seabios, ipxe-qemu,
+# qemu-system-data) and the busybox the test guest is built with; iproute2
+# for the WAN emulator's namespaces; rsync, a baseline of the WAN benchmark;
+# prometheus for promtool, which checks the alerting rules (its server is
+# stopped and disabled: only the tool is wanted). Each entry is
+# command:package; the package is installed when the command is missing.
+DEPS := qemu-img:qemu-utils qemu-nbd:qemu-utils qemu-system-x86_64:qemu-system-x86 \
+	busybox:busybox-static ip:iproute2 rsync:rsync promtool:prometheus
+
 deps:
-	@missing=""; for c in qemu-img qemu-nbd qemu-system-x86_64 busybox ip rsync; do command -v $$c >/dev/null || missing=1; done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing $(APT_PKGS)"; \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(APT_PKGS) >/dev/null; \
-	fi
+	@set -e; missing=""; for d in $(DEPS); do \
+		command -v $${d%%:*} >/dev/null || case " $$missing " in *" $${d##*:} "*) ;; *) missing="$$missing $${d##*:}";; esac; \
+	done; \
+	[ -n "$$missing" ] || exit 0; \
+	SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	t0=$$(date +%s); echo "updating the package lists (apt)…"; \
+	$$SUDO apt-get update -qq; echo "  done in $$(( $$(date +%s) - t0 ))s"; \
+	for p in $$missing; do \
+		t0=$$(date +%s); echo "installing $$p (apt)…"; \
+		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$p >/dev/null; \
+		echo "  done in $$(( $$(date +%s) - t0 ))s"; \
+		if [ "$$p" = prometheus ]; then \
+			echo "stopping and disabling the prometheus server the package may have started"; \
+			if [ -d /run/systemd/system ]; then $$SUDO systemctl disable --now prometheus.service >/dev/null 2>&1 || true; \
+			else $$SUDO service prometheus stop >/dev/null 2>&1 || true; $$SUDO update-rc.d prometheus disable >/dev/null 2>&1 || true; fi; \
+		fi; \
+	done
 
 test: deps
 	$(GO) vet ./...
@@ -87,3 +105,28 @@ demo: deps build
 
 clean:
 	rm -rf bin .demo
+
+# The binary, the systemd units (ExecStart pointed at BINDIR), the sysusers
+# entry of the drsync account, the alerting rules, the dashboard and the
+# example configurations (as *.example: existing configurations are never
+# overwritten). DESTDIR stages it for a package.
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+DATADIR    ?= $(PREFIX)/share/drsync
+SYSCONFDIR ?= /etc/drsync
+
+install:
+	$(GO) build -buildvcs=auto -trimpath -o $(BIN) ./cmd/drsync
+	install -D -m 0755 $(BIN) $(DESTDIR)$(BINDIR)/drsync
+	install -d $(DESTDIR)$(UNITDIR) $(DESTDIR)$(DATADIR)/prometheus $(DESTDIR)$(DATADIR)/grafana $(DESTDIR)$(SYSCONFDIR)
+	for u in dist/systemd/*.service dist/systemd/*.timer; do \
+		sed 's|/usr/local/bin/drsync|$(BINDIR)/drsync|g' $$u > $(DESTDIR)$(UNITDIR)/$$(basename $$u); \
+		chmod 0644 $(DESTDIR)$(UNITDIR)/$$(basename $$u); \
+	done
+	install -D -m 0644 dist/systemd/drsync.sysusers $(DESTDIR)$(SYSUSERSDIR)/drsync.conf
+	install -m 0644 dist/prometheus/drsync-rules.yml $(DESTDIR)$(DATADIR)/prometheus/
+	install -m 0644 dist/grafana/drsync.json $(DESTDIR)$(DATADIR)/grafana/
+	for c in testdata/configs/*.toml; do install -m 0640 $$c $(DESTDIR)$(SYSCONFDIR)/$$(basename $$c).example; done
+	@echo "installed; then: systemd-sysusers; systemctl daemon-reload; see README \"Running it as a service\""

@@ -220,7 +220,8 @@ func replicaDigests(t *testing.T, dir string) map[string]string {
 		t.Fatal(err)
 	}
 	for _, e := range entries {
-		if e.Name() != "LOCK" && e.Type().IsRegular() {
+		// DRILL.json is a drill's outcome, not replica data.
+		if e.Name() != "LOCK" && e.Name() != "DRILL.json" && e.Type().IsRegular() {
 			out[e.Name()] = testkit.FileHash(t, filepath.Join(dir, e.Name()), -1)
 		}
 	}
@@ -254,6 +255,15 @@ func TestFailoverDrill(t *testing.T) {
 		}
 	}
 	p.verify("guest-1")
+	// The outcome is recorded for the receiver's metrics.
+	var drill struct {
+		OK          bool      `json:"ok"`
+		Epoch       uint64    `json:"epoch"`
+		LastSuccess time.Time `json:"last_success"`
+	}
+	if err := json.Unmarshal([]byte(mustRead(t, filepath.Join(repl, "DRILL.json"))), &drill); err != nil || !drill.OK || drill.Epoch == 0 || drill.LastSuccess.IsZero() {
+		t.Errorf("drill result: %+v, %v", drill, err)
+	}
 
 	// Replication goes on during a drill.
 	snd := testkit.Start(t, p.path("sender.log"), "send", "--config", p.sendCfg)

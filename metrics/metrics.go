@@ -213,6 +213,11 @@ func (r *Receiver) Committed(vm string, cut time.Time, wire, raw uint64) {
 	r.bytes.WithLabelValues(vm, "raw").Add(float64(raw))
 }
 
+// Restored sets vm's lag from the cut of the epoch its replica held when
+// the receiver started, so that the lag of a replica whose sender is gone
+// keeps growing across receiver restarts instead of disappearing.
+func (r *Receiver) Restored(vm string, cut time.Time) { r.lag.set(vm, cut) }
+
 // HotSet records vm's hot-set size.
 func (r *Receiver) HotSet(vm string, bytes int64) { r.hot.WithLabelValues(vm).Set(float64(bytes)) }
 

@@ -2,6 +2,7 @@ package metrics
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -76,5 +77,66 @@ func TestReceiverMetrics(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("missing %s in:\n%s", want, out)
 		}
+	}
+}
+
+func TestReceiverStorageAndDrills(t *testing.T) {
+	r := NewReceiver(time.Now)
+	r.Storage(t.TempDir())
+	r.Drills(func() map[string]Drill {
+		return map[string]Drill{
+			"db-1":  {At: time.Unix(2000, 0), OK: true, LastSuccess: time.Unix(2000, 0)},
+			"web-1": {At: time.Unix(3000, 0), OK: false, LastSuccess: time.Unix(1000, 0)},
+			"new-1": {At: time.Unix(3000, 0), OK: false},
+		}
+	})
+	out := scrape(t, r.Handler())
+	for _, want := range []string{
+		`drsync_drill_last_result{vm="db-1"} 1`,
+		`drsync_drill_last_result{vm="web-1"} 0`,
+		`drsync_drill_last_result{vm="new-1"} 0`,
+		`drsync_drill_last_success_timestamp_seconds{vm="db-1"} 2000`,
+		`drsync_drill_last_success_timestamp_seconds{vm="web-1"} 1000`,
+		`drsync_drill_last_run_timestamp_seconds{vm="web-1"} 3000`,
+		"drsync_receiver_storage_available_bytes ",
+		"drsync_receiver_storage_size_bytes ",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("missing %s in:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, `drsync_drill_last_success_timestamp_seconds{vm="new-1"}`) {
+		t.Errorf("a VM whose drills never passed has a last success:\n%s", out)
+	}
+	var avail, size float64
+	for _, line := range strings.Split(out, "\n") {
+		fmt.Sscanf(line, "drsync_receiver_storage_available_bytes %g", &avail)
+		fmt.Sscanf(line, "drsync_receiver_storage_size_bytes %g", &size)
+	}
+	if avail <= 0 || size < avail {
+		t.Errorf("storage: available %g, size %g", avail, size)
+	}
+
+	// Storage that cannot be read leaves its metrics out, not the scrape.
+	r = NewReceiver(time.Now)
+	r.Storage("/nonexistent/storage")
+	r.Committed("db-1", time.Now(), 1, 1)
+	if out := scrape(t, r.Handler()); strings.Contains(out, "storage_") || !strings.Contains(out, "drsync_receiver_epochs_total") {
+		t.Errorf("unreadable storage:\n%s", out)
+	}
+}
+
+// A restarted receiver reports the lag of a replica nothing was committed
+// to since, growing at every scrape.
+func TestReceiverRestoredLag(t *testing.T) {
+	now := time.Unix(1000, 0)
+	r := NewReceiver(func() time.Time { return now })
+	r.Restored("db-1", time.Unix(400, 0))
+	if out := scrape(t, r.Handler()); !strings.Contains(out, `drsync_receiver_rpo_lag_seconds{vm="db-1"} 600`) || strings.Contains(out, "drsync_receiver_epochs_total") {
+		t.Errorf("restored lag:\n%s", out)
+	}
+	now = now.Add(time.Minute)
+	if out := scrape(t, r.Handler()); !strings.Contains(out, `drsync_receiver_rpo_lag_seconds{vm="db-1"} 660`) {
+		t.Errorf("restored lag does not grow:\n%s", out)
 	}
 }

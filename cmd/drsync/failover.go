@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/drsync/drsync/runbook"
+	"github.com/drsync/drsync/vfs"
 )
 
 func failoverCommand() *command {
@@ -115,7 +117,15 @@ then the VMs are stopped and the copies removed.`,
 		}
 		ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 		defer stop()
-		return runbook.Run(ctx, rb, log, runbook.QEMUEnv{Out: e.stderr}, runbook.Options{DryRun: dry, Hold: hold, Out: e.stdout, Now: e.now, DiscardDRWrites: discardVMs})
+		err = runbook.Run(ctx, rb, log, runbook.QEMUEnv{Out: e.stderr}, runbook.Options{DryRun: dry, Hold: hold, Out: e.stdout, Now: e.now, DiscardDRWrites: discardVMs})
+		if drill && (err == nil || ctx.Err() == nil) {
+			// The receiver exports the outcome, so that a failed drill alerts;
+			// an interrupted one proves nothing either way.
+			if werr := writeDrillResults(vfs.Default, rb.Replicas, drillOutcomes(rb, log, err, e.now())); werr != nil {
+				fmt.Fprintf(e.stderr, "drsync failover: drill result not recorded: %v\n", werr)
+			}
+		}
+		return err
 	}
 	return c
 }

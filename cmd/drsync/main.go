@@ -53,7 +53,7 @@ type command struct {
 
 // commands lists the subcommands in the order help shows them.
 func commands() []*command {
-	return []*command{keygenCommand(), receiveCommand(), sendCommand(), statusCommand(), verifyCommand(), failoverCommand(), seedCommand()}
+	return []*command{keygenCommand(), receiveCommand(), sendCommand(), statusCommand(), verifyCommand(), failoverCommand(), seedCommand(), versionCommand()}
 }
 
 func findCommand(name string) *command {
@@ -75,6 +75,8 @@ func runEnv(ctx context.Context, e *env, args []string) int {
 	case guardCommandName:
 		// Hidden: started by "drsync send" (see guard.go).
 		return runGuard(e, os.Stdin)
+	case "--version", "-version":
+		name = "version"
 	case "help", "-h", "-help", "--help":
 		if len(rest) > 0 {
 			if c := findCommand(rest[0]); c != nil {

@@ -101,6 +101,16 @@ func receive(ctx context.Context, e *env, cfg *ReceiverConfig, log *slog.Logger)
 	var met *metrics.Receiver
 	if cfg.Metrics != "" {
 		met = metrics.NewReceiver(e.now)
+		met.Storage(cfg.Storage.Dir)
+		met.Drills(func() map[string]metrics.Drill { return drillResults(vfs.Default, cfg.Storage.Dir) })
+		// The lag of each replica carries on from its status file.
+		status.mu.Lock()
+		for _, vm := range cfg.vmNames() {
+			if st, _ := status.load(vm); !st.Cut.IsZero() {
+				met.Restored(vm, st.Cut)
+			}
+		}
+		status.mu.Unlock()
 		if err := serveMetrics(ctx, cfg.file, cfg.Metrics, met.Handler(), log); err != nil {
 			return err
 		}

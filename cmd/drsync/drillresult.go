@@ -1,0 +1,156 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"time"
+
+	"github.com/drsync/drsync/metrics"
+	"github.com/drsync/drsync/runbook"
+	"github.com/drsync/drsync/vfs"
+)
+
+// drillResultFile, in <storage dir>/<vm>/, is the outcome of the VM's last
+// failover drill: "drsync failover --drill" writes it, the receiver exports
+// it as metrics, so that a drill that failed raises an alert on the DR site.
+const drillResultFile = "DRILL.json"
+
+// drillResult is the content of drillResultFile.
+type drillResult struct {
+	VM      string    `json:"vm"`
+	Runbook string    `json:"runbook"`
+	OK      bool      `json:"ok"`
+	At      time.Time `json:"at"`
+	Epoch   uint64    `json:"epoch,omitempty"` // the epoch the drill's copy ran from
+	Detail  string    `json:"detail,omitempty"`
+	// LastSuccess is when a drill of this VM last passed, carried over
+	// from the previous file when this one failed.
+	LastSuccess time.Time `json:"last_success,omitzero"`
+}
+
+// drillOutcomes says, per VM of a drill that ended with runErr, whether its
+// part passed: its copy started and every one of its checks passed. A VM
+// the drill did not reach failed too: the drill did not show it can come up.
+func drillOutcomes(rb *runbook.Runbook, log *runbook.Log, runErr error, at time.Time) []drillResult {
+	steps := rb.Steps()
+	var out []drillResult
+	for _, v := range rb.VMs {
+		r := drillResult{VM: v.Name, Runbook: rb.Name, At: at.UTC(), OK: true}
+		for _, s := range steps {
+			if s.VM != v.Name {
+				continue
+			}
+			rec, done := log.Done(s.ID)
+			if !done {
+				r.OK = false
+				r.Detail = fmt.Sprintf("step %s did not pass", s.ID)
+				if runErr != nil {
+					r.Detail += ": " + runErr.Error()
+				}
+				break
+			}
+			if s.Kind == runbook.StepStart {
+				r.Epoch = rec.Epoch
+			}
+		}
+		if r.OK {
+			r.LastSuccess = r.At
+			r.Detail = fmt.Sprintf("started from epoch %d; every check passed", r.Epoch)
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+// writeDrillResults records each result in its VM's replica directory
+// under dir, durably and atomically. A VM without a replica directory is
+// skipped: the drill must not create one.
+func writeDrillResults(fsys vfs.FS, dir string, results []drillResult) error {
+	var errs []error
+	for _, r := range results {
+		rdir := filepath.Join(dir, r.VM)
+		if _, err := fsys.Stat(rdir); err != nil {
+			continue
+		}
+		path := filepath.Join(rdir, drillResultFile)
+		if !r.OK {
+			if prev, err := readDrillResult(fsys, path); err == nil {
+				r.LastSuccess = prev.LastSuccess
+			}
+		}
+		if err := writeFileDurable(fsys, path, r); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// writeFileDurable replaces path with v as JSON: written to a temporary
+// file, synced, renamed over path, and the rename synced.
+func writeFileDurable(fsys vfs.FS, path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	f, err := fsys.Create(tmp)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	_, err = f.Write(append(b, '\n'))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = fsys.Rename(tmp, path)
+	}
+	if err == nil {
+		err = fsys.SyncDir(filepath.Dir(path))
+	}
+	if err != nil {
+		fsys.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+func readDrillResult(fsys vfs.FS, path string) (drillResult, error) {
+	var r drillResult
+	f, err := fsys.Open(path)
+	if err != nil {
+		return r, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 64<<10))
+	if err != nil {
+		return r, err
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		return r, fmt.Errorf("%s: %w", path, err)
+	}
+	return r, nil
+}
+
+// drillResults reads the drill result of every replica under dir, for the
+// receiver's metrics. Unreadable files are left out.
+func drillResults(fsys vfs.FS, dir string) map[string]metrics.Drill {
+	out := map[string]metrics.Drill{}
+	names, err := fsys.List(dir)
+	if err != nil {
+		return out
+	}
+	for _, vm := range names {
+		r, err := readDrillResult(fsys, filepath.Join(dir, vm, drillResultFile))
+		if err != nil {
+			continue // no drill yet (fs.ErrNotExist), or not a replica
+		}
+		out[vm] = metrics.Drill{At: r.At, OK: r.OK, LastSuccess: r.LastSuccess}
+	}
+	return out
+}

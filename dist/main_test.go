@@ -1,0 +1,9 @@
+package dist
+
+import (
+	"testing"
+
+	"github.com/drsync/drsync/testkit"
+)
+
+func TestMain(m *testing.M) { testkit.Main(m) }
