@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/drsync/drsync/blockhash"
@@ -320,7 +321,9 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 	comp0 := ss.enc.Stats().CompressTime
 	sendStart := s.o.Now()
 	acks := make(chan error, 1)
-	var durable uint64
+	// Written by the acknowledgement reader, read by the send loop for
+	// progress reports.
+	var durable atomic.Uint64
 	go func() {
 		for {
 			f, err := ss.dec.Decode()
@@ -334,7 +337,7 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 					acks <- fmt.Errorf("epoch %d: acknowledgement for epoch %d: %w", epoch, f.Epoch, wire.ErrMalformed)
 					return
 				}
-				durable = f.Durable
+				durable.Store(f.Durable)
 				if f.Committed {
 					acks <- nil
 					return
@@ -391,7 +394,7 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 			sent += uint64(it.Len)
 		}
 		if s.o.Progress != nil {
-			s.o.Progress(Progress{Epoch: epoch, SentBytes: sent, AllBytes: p.Bytes, Durable: durable, Items: uint64(len(p.Items))})
+			s.o.Progress(Progress{Epoch: epoch, SentBytes: sent, AllBytes: p.Bytes, Durable: durable.Load(), Items: uint64(len(p.Items))})
 		}
 	}
 	// The replica's next content is recorded before the commit leaves, so a
