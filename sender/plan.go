@@ -2,19 +2,19 @@ package sender
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
 	"github.com/drsync/drsync/blockhash"
+	"github.com/drsync/drsync/sender/protocol"
 	"github.com/drsync/drsync/wire"
 )
 
 // ErrSourceChanged means a snapshot's content changed between planning and
 // sending; the epoch is abandoned rather than sending a torn state.
-var ErrSourceChanged = errors.New("source changed during the epoch")
+var ErrSourceChanged = protocol.ErrSourceChanged
 
 // PlanItem is one item of an epoch, without its data.
 type PlanItem struct {

@@ -2,18 +2,18 @@ package sender
 
 import (
 	"context"
-	"errors"
 	"io"
 	"time"
 
 	"github.com/drsync/drsync/blockhash"
+	"github.com/drsync/drsync/sender/protocol"
 	"github.com/drsync/drsync/wire"
 )
 
 // ErrSnapshotLost marks a snapshot that can no longer be read (the VM
 // behind it exited, its export went away). The sender drops the epoch in
 // flight and cuts a new one at its next attempt.
-var ErrSnapshotLost = errors.New("snapshot lost")
+var ErrSnapshotLost = protocol.ErrSnapshotLost
 
 // Extent is a range of a target and what is known of it without reading:
 // that it reads as zeros, or that it is unchanged since the source's
