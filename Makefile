@@ -45,6 +45,7 @@ test: deps
 	$(GO) vet ./...
 	@set -o pipefail; log=$$(mktemp); \
 	$(GO) test -count=1 -timeout 30m ./... 2>&1 | tee $$log; status=$$?; \
+	$(GO) test -race -short -count=1 -timeout 30m ./... 2>&1 | tee -a $$log || status=1; \
 	$(MAKE) --no-print-directory fuzz-ci || status=1; \
 	echo "packages: $$(grep -c '^ok' $$log) passed, $$(grep -c '^FAIL[[:space:]]' $$log) failed"; \
 	rm -f $$log; exit $$status
