@@ -61,13 +61,20 @@ deps:
 
 test: deps
 	$(GO) vet ./...
-	@set -o pipefail; log=$$(mktemp); tmp=$$(mktemp -d); \
-	TMPDIR=$$tmp $(GO) test -count=1 -timeout 30m ./... 2>&1 | tee $$log; status=$$?; \
+	@set -o pipefail; log=$$(mktemp); e2elog=$$(mktemp); tmp=$$(mktemp -d); \
+	echo "unit, crash and integration tests (a line per package as it ends):"; \
+	TMPDIR=$$tmp $(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v '/e2e$$') 2>&1 | tee $$log; status=$$?; \
+	echo "end-to-end tests with real QEMU guests (a line per test as it starts and ends):"; \
+	TMPDIR=$$tmp $(GO) test -count=1 -v -timeout 60m ./e2e 2>&1 | scripts/progress.sh $$e2elog; \
+	if [ $${PIPESTATUS[0]} != 0 ]; then status=1; echo "end-to-end output:"; grep -v '^=== \(RUN\|PAUSE\|CONT\)' $$e2elog | tail -n 400; fi; \
+	grep '^\(ok\|FAIL\)[[:space:]]' $$e2elog >> $$log; \
+	echo "the short tests again, under the race detector:"; \
+	TMPDIR=$$tmp $(GO) test -race -short -count=1 -timeout 30m ./... 2>&1 | tee -a $$log || status=1; \
 	TMPDIR=$$tmp $(MAKE) --no-print-directory fuzz-ci || status=1; \
 	echo "packages: $$(grep -c '^ok' $$log) passed, $$(grep -c '^FAIL[[:space:]]' $$log) failed"; \
 	left=$$(find $$tmp -mindepth 1 -maxdepth 1 -printf '%f\n'); \
 	if [ -n "$$left" ]; then echo "the tests left files in the temporary directory:"; echo "$$left"; status=1; fi; \
-	rm -rf $$log $$tmp; exit $$status
+	rm -rf $$log $$e2elog $$tmp; exit $$status
 
 unit:
 	$(GO) test -short -count=1 ./...

@@ -1,6 +1,9 @@
 package sender
 
-import "github.com/drsync/drsync/wire"
+import (
+	"github.com/drsync/drsync/sender/protocol"
+	"github.com/drsync/drsync/wire"
+)
 
 // baseChoice is how the sender relates its index to the replica's position.
 type baseChoice int
@@ -35,11 +38,14 @@ func chooseBase(pos wire.Position, committed, pending *Index) baseChoice {
 }
 
 // resumeFrom is the first item to send of plan p given the receiver's
-// durable position: past the items already durable if the receiver stages
-// exactly this plan, otherwise from the start.
-func resumeFrom(p *Plan, pos wire.Position) uint64 {
-	if pos.StagedEpoch == p.Epoch && pos.StagedPlan == p.ID && pos.StagedDurable <= uint64(len(p.Items)) {
-		return pos.StagedDurable
+// durable position (protocol.ResumeFrom).
+func resumeFrom(p *Plan, pos wire.Position) uint64 { return protocol.ResumeFrom(p.ref(), pos) }
+
+// ref is what the protocol session knows of p.
+func (p *Plan) ref() protocol.Plan {
+	r := protocol.Plan{Epoch: p.Epoch, ID: p.ID, Items: uint64(len(p.Items)), Cut: p.Cut}
+	if p.Next != nil {
+		r.StateID = p.Next.StateID
 	}
-	return 0
+	return r
 }

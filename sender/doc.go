@@ -3,9 +3,13 @@
 // replica is known to hold, and streaming it so that a broken transfer
 // resumes where the receiver's durable progress ends.
 //
-// The decisions are pure and tested as tables: which index describes the
-// replica (chooseBase), where to resume (resumeFrom), and what to send
-// (BuildPlan, given readers). IO sits behind interfaces declared here:
+// The decisions are pure and tested as tables or scripts: which index
+// describes the replica (chooseBase); the protocol on a connection, where
+// an attempt resumes and what a failure leaves of the epoch (package
+// sender/protocol, which runEpoch drives); what each block becomes and
+// which blocks travel as one item (package sender/blockplan, which
+// scanTarget asks after reading and hashing); and what to send (BuildPlan,
+// given readers). IO sits behind interfaces declared here:
 // Source (image files in this package, a live guest elsewhere), Dialer (any
 // reliable byte stream: QUIC in production, a pipe in tests) and Store (the
 // sender's index, on a vfs.FS).

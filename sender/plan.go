@@ -2,19 +2,20 @@ package sender
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
 	"github.com/drsync/drsync/blockhash"
+	"github.com/drsync/drsync/sender/blockplan"
+	"github.com/drsync/drsync/sender/protocol"
 	"github.com/drsync/drsync/wire"
 )
 
 // ErrSourceChanged means a snapshot's content changed between planning and
 // sending; the epoch is abandoned rather than sending a torn state.
-var ErrSourceChanged = errors.New("source changed during the epoch")
+var ErrSourceChanged = protocol.ErrSourceChanged
 
 // PlanItem is one item of an epoch, without its data.
 type PlanItem struct {
@@ -207,7 +208,7 @@ func (rb *runBuilder) block(off int64, data []byte, zero bool, hash uint64) {
 		typ = wire.TypeZeroRun
 	}
 	n := int64(len(data))
-	if c := rb.cur; c != nil && c.Type == typ && c.Off+c.Len == off && (zero || c.Len+n <= wire.MaxData) {
+	if c := rb.cur; c != nil && blockplan.Extends(runOf(c), blockplan.Run{Type: typ, Off: off, Len: n}) {
 		c.Len += n
 	} else {
 		rb.flush()
@@ -223,13 +224,18 @@ func (rb *runBuilder) block(off int64, data []byte, zero bool, hash uint64) {
 // ref adds a page that travels as a reference to a page of a disk (kind
 // RefDisk) or of memory (RefPage) at byte offset srcOff.
 func (rb *runBuilder) ref(off int64, hash uint64, kind wire.RefSource, src uint16, srcOff int64) {
-	if c := rb.cur; c != nil && c.Type == wire.TypePageRef && c.Source == kind && c.Off+c.Len == off && c.SrcTarget == src && c.SrcOff+c.Len == srcOff && c.Len < wire.MaxData {
+	blk := blockplan.Run{Type: wire.TypePageRef, Off: off, Len: wire.PageSize, Source: kind, SrcTarget: src, SrcOff: srcOff}
+	if c := rb.cur; c != nil && blockplan.Extends(runOf(c), blk) {
 		c.Len += wire.PageSize
 	} else {
 		rb.flush()
 		rb.cur = &PlanItem{Type: wire.TypePageRef, Target: rb.target, Off: off, Len: wire.PageSize, Source: kind, SrcTarget: src, SrcOff: srcOff}
 	}
 	rb.cur.Hashes = append(rb.cur.Hashes, hash)
+}
+
+func runOf(it *PlanItem) blockplan.Run {
+	return blockplan.Run{Type: it.Type, Off: it.Off, Len: it.Len, Source: it.Source, SrcTarget: it.SrcTarget, SrcOff: it.SrcOff}
 }
 
 // scanTarget compares every block of t with old and returns the new table.
@@ -346,7 +352,28 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 					p.dd.ramPage(int(id), off+b, h, zero, ref)
 				}
 			}
-			if old != nil && old.Hashes[i] == h {
+			bk := blockplan.Block{Hash: h, Zero: zero, OldKnown: old != nil, RAMPage: ramDedup}
+			if old != nil {
+				bk.Old = old.Hashes[i]
+			}
+			// Look references up (reading the page if its hash came from
+			// the previous cut): a disk page first, then a memory page.
+			var srcTarget uint16
+			var srcOff int64
+			if blockplan.Lookup(bk) {
+				if known[b/bs] == unchangedBlock {
+					if _, err := t.Reader.ReadAt(blk, off+b); err != nil && err != io.EOF {
+						return nil, fmt.Errorf("read at %d: %w", off+b, err)
+					}
+				}
+				if src, so, ok := p.dd.find(h, blk); ok {
+					bk.DiskHit, srcTarget, srcOff = true, src, so
+				} else if src, so, ok := p.dd.findRAM(int(id), off+b, h, blk); ok {
+					bk.RAMHit, srcTarget, srcOff = true, uint16(src), so
+				}
+			}
+			kind := blockplan.Decide(bk)
+			if kind == blockplan.Unchanged {
 				planned(false)
 				rb.flush()
 				continue
@@ -354,25 +381,18 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 			if t.Kind == wire.KindRAM && zero {
 				p.RAMZeroPages++
 			}
-			if ramDedup && !zero {
-				if known[b/bs] == unchangedBlock {
-					if _, err := t.Reader.ReadAt(blk, off+b); err != nil && err != io.EOF {
-						return nil, fmt.Errorf("read at %d: %w", off+b, err)
-					}
-				}
-				if src, srcOff, ok := p.dd.find(h, blk); ok {
-					rb.ref(off+b, h, wire.RefDisk, src, srcOff)
-					p.RAMRefPages++
-					planned(true)
-					continue
-				}
-				if src, srcOff, ok := p.dd.findRAM(int(id), off+b, h, blk); ok {
-					rb.ref(off+b, h, wire.RefPage, uint16(src), srcOff)
-					p.RAMRefPages++
-					p.RAMDupPages++
-					planned(true)
-					continue
-				}
+			switch kind {
+			case blockplan.DiskRef:
+				rb.ref(off+b, h, wire.RefDisk, srcTarget, srcOff)
+				p.RAMRefPages++
+				planned(true)
+				continue
+			case blockplan.RAMRef:
+				rb.ref(off+b, h, wire.RefPage, srcTarget, srcOff)
+				p.RAMRefPages++
+				p.RAMDupPages++
+				planned(true)
+				continue
 			}
 			planned(false)
 			if t.Kind == wire.KindRAM && !zero {

@@ -7,10 +7,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"sync/atomic"
+	"sync"
 	"time"
 
 	"github.com/drsync/drsync/blockhash"
+	"github.com/drsync/drsync/sender/protocol"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -135,12 +136,13 @@ type attempt struct {
 	started time.Time
 }
 
+// session is a connection and its protocol state.
 type session struct {
-	rw  io.ReadWriteCloser
-	bw  *bufio.Writer
-	enc *wire.Encoder
-	dec *wire.Decoder
-	pos wire.Position
+	rw    io.ReadWriteCloser
+	bw    *bufio.Writer
+	enc   *wire.Encoder
+	dec   *wire.Decoder
+	proto *protocol.Session
 }
 
 // New returns a Sender.
@@ -203,11 +205,12 @@ func (s *Sender) connect(ctx context.Context) error {
 		return fmt.Errorf("connect: %w", err)
 	}
 	bw := bufio.NewWriterSize(rw, 1<<20)
-	ss := &session{rw: rw, bw: bw, enc: wire.NewEncoder(bw, wire.EncoderOptions{Compression: s.o.Compression, Clock: s.o.Now}), dec: wire.NewDecoder(bufio.NewReaderSize(rw, 64<<10), wire.DecoderOptions{})}
+	ss := &session{rw: rw, bw: bw, enc: wire.NewEncoder(bw, wire.EncoderOptions{Compression: s.o.Compression, Clock: s.o.Now}), dec: wire.NewDecoder(bufio.NewReaderSize(rw, 64<<10), wire.DecoderOptions{}),
+		proto: protocol.New(s.o.VM)}
 	// A peer that never answers must not hang the sender.
 	stop := context.AfterFunc(ctx, func() { rw.Close() })
 	defer stop()
-	if err := ss.enc.Encode(&wire.Hello{MinVersion: wire.MinVersion, MaxVersion: wire.Version, VM: s.o.VM}); err == nil {
+	if err := ss.enc.Encode(ss.proto.Hello()); err == nil {
 		err = bw.Flush()
 	}
 	f, err := ss.dec.Decode()
@@ -215,18 +218,13 @@ func (s *Sender) connect(ctx context.Context) error {
 		rw.Close()
 		return fmt.Errorf("handshake: %w", err)
 	}
-	switch f := f.(type) {
-	case *wire.Welcome:
-		ss.pos = f.Position
-	case *wire.Error:
+	if err := ss.proto.Handshake(f); err != nil {
 		rw.Close()
-		return fmt.Errorf("handshake: %w", f)
-	default:
-		rw.Close()
-		return fmt.Errorf("handshake: receiver sent %s instead of Welcome: %w", f.Type(), wire.ErrMalformed)
+		return err
 	}
 	s.sess = ss
-	s.log.Debug("connected", "committed", ss.pos.Committed, "staged", ss.pos.StagedEpoch, "durable", ss.pos.StagedDurable)
+	pos := ss.proto.Position()
+	s.log.Debug("connected", "committed", pos.Committed, "staged", pos.StagedEpoch, "durable", pos.StagedDurable)
 	return nil
 }
 
@@ -247,8 +245,7 @@ func (s *Sender) RunEpoch(ctx context.Context) (*Result, error) {
 	res, err := s.runEpoch(ctx)
 	if err != nil {
 		s.dropSession()
-		var remote *wire.Error
-		if s.inflight != nil && (errors.As(err, &remote) && remote.Code == wire.ErrDigest || errors.Is(err, ErrSourceChanged) || errors.Is(err, ErrSnapshotLost)) {
+		if s.inflight != nil && protocol.AfterFailure(err) == protocol.Recut {
 			// The epoch cannot be finished as planned; cut a fresh one next time.
 			s.inflight.snap.Close()
 			s.inflight = nil
@@ -259,7 +256,7 @@ func (s *Sender) RunEpoch(ctx context.Context) (*Result, error) {
 
 func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 	ss := s.sess
-	pos := ss.pos
+	pos := ss.proto.Position()
 	choice := chooseBase(pos, s.committed, s.pending)
 	switch choice {
 	case basePending:
@@ -284,7 +281,7 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 	}
 	epoch := pos.Committed + 1
 	a := s.inflight
-	if a != nil && (a.plan.Epoch != epoch || a.baseID != pos.StateID) {
+	if a != nil && !protocol.Fits(a.plan.ref(), a.baseID, pos) {
 		a.snap.Close()
 		a, s.inflight = nil, nil
 	}
@@ -309,7 +306,10 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 		s.inflight = a
 	}
 	p := a.plan
-	start := resumeFrom(p, pos)
+	start, err := ss.proto.Begin(p.ref())
+	if err != nil {
+		return nil, err
+	}
 	a.res.Attempts++
 	if start > 0 {
 		a.res.StartSeq = start
@@ -329,31 +329,23 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 	wire0 := ss.enc.Stats().WireBytes
 	comp0 := ss.enc.Stats().CompressTime
 	sendStart := s.o.Now()
-	acks := make(chan error, 1)
-	var durable atomic.Uint64 // the acknowledgement reader sets it, progress reads it
+	// The session is shared with the acknowledgement reader.
+	var mu sync.Mutex
+	locked := func(f func()) { mu.Lock(); defer mu.Unlock(); f() }
+	done := make(chan struct{}) // closed when the session says the attempt is over
 	go func() {
+		defer close(done)
 		for {
 			f, err := ss.dec.Decode()
-			if err != nil {
-				acks <- fmt.Errorf("epoch %d: read acknowledgement: %w", epoch, err)
-				return
-			}
-			switch f := f.(type) {
-			case *wire.Ack:
-				if f.Epoch != epoch {
-					acks <- fmt.Errorf("epoch %d: acknowledgement for epoch %d: %w", epoch, f.Epoch, wire.ErrMalformed)
+			over := true
+			locked(func() {
+				if err != nil {
+					ss.proto.ReadFailed(err)
 					return
 				}
-				durable.Store(f.Durable)
-				if f.Committed {
-					acks <- nil
-					return
-				}
-			case *wire.Error:
-				acks <- fmt.Errorf("epoch %d: %w", epoch, f)
-				return
-			default:
-				acks <- fmt.Errorf("epoch %d: receiver sent %s: %w", epoch, f.Type(), wire.ErrMalformed)
+				over = ss.proto.Receive(f)
+			})
+			if over {
 				return
 			}
 		}
@@ -362,7 +354,9 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 		ss.rw.Close()
 		// Prefer the receiver's reason over the write error it caused.
 		select {
-		case aerr := <-acks:
+		case <-done:
+			var aerr error
+			locked(func() { aerr = ss.proto.Err() })
 			var remote *wire.Error
 			if errors.As(aerr, &remote) {
 				return nil, aerr
@@ -372,7 +366,7 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 		a.res.WireBytes += ss.enc.Stats().WireBytes - wire0
 		return nil, err
 	}
-	err := ss.enc.Encode(&wire.EpochBegin{Epoch: epoch, Cut: p.Cut, Plan: p.ID, Items: uint64(len(p.Items)), Bytes: p.Bytes, StartSeq: start, Targets: p.Targets})
+	err = ss.enc.Encode(&wire.EpochBegin{Epoch: epoch, Cut: p.Cut, Plan: p.ID, Items: uint64(len(p.Items)), Bytes: p.Bytes, StartSeq: start, Targets: p.Targets})
 	if err != nil {
 		return fail(fmt.Errorf("epoch %d: send: %w", epoch, err))
 	}
@@ -384,18 +378,23 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 		data0 += it.payloadBytes()
 	}
 	data := data0
-	for i := int(start); i < len(p.Items); i++ {
-		// A receiver that refused the epoch says so at once; stop sending.
-		select {
-		case aerr := <-acks:
-			if aerr == nil {
-				aerr = fmt.Errorf("epoch %d: receiver acknowledged a commit that was not sent: %w", epoch, wire.ErrMalformed)
+	for {
+		var act protocol.Action
+		locked(func() {
+			if act = ss.proto.Next(); act.Kind == protocol.SendItem {
+				ss.proto.Sending(act.Item)
 			}
+		})
+		if act.Kind == protocol.SendCommit {
+			break
+		}
+		if act.Kind != protocol.SendItem {
+			// The receiver refused the epoch (or broke the protocol): stop sending.
 			ss.rw.Close()
 			a.res.WireBytes += ss.enc.Stats().WireBytes - wire0
-			return nil, aerr
-		default:
+			return nil, stopErr(epoch, act)
 		}
+		i := int(act.Item)
 		f, err := p.Frame(a.snap, i)
 		if err != nil {
 			return fail(fmt.Errorf("epoch %d: %w", epoch, err))
@@ -406,8 +405,10 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 		a.maxSent = max(a.maxSent, i+1)
 		data += p.Items[i].payloadBytes()
 		if s.o.Progress != nil {
+			var durable uint64
+			locked(func() { durable = ss.proto.Durable() })
 			s.o.Progress(Progress{Epoch: epoch, Cut: p.Cut, SentBytes: data - data0, AllBytes: p.Bytes, LeftBytes: p.Bytes - min(data, p.Bytes),
-				Durable: durable.Load(), Items: uint64(len(p.Items)),
+				Durable: durable, Items: uint64(len(p.Items)),
 				WireBytes: ss.enc.Stats().WireBytes - wire0, SendTime: s.o.Now().Sub(sendStart), Compression: s.o.Compression})
 		}
 	}
@@ -417,6 +418,7 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 		return fail(fmt.Errorf("epoch %d: %w", epoch, err))
 	}
 	s.pending = p.Next
+	locked(ss.proto.Committing)
 	if err := ss.enc.Encode(&wire.EpochCommit{Epoch: epoch, Items: uint64(len(p.Items)), Digest: p.Digest, States: p.States}); err != nil {
 		return fail(fmt.Errorf("epoch %d: send commit: %w", epoch, err))
 	}
@@ -424,13 +426,15 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 		return fail(fmt.Errorf("epoch %d: send: %w", epoch, err))
 	}
 	select {
-	case err := <-acks:
-		if err != nil {
-			a.res.WireBytes += ss.enc.Stats().WireBytes - wire0
-			return nil, err
-		}
+	case <-done:
 	case <-ctx.Done():
 		return fail(ctx.Err())
+	}
+	var act protocol.Action
+	locked(func() { act = ss.proto.Next() })
+	if act.Kind != protocol.Done {
+		a.res.WireBytes += ss.enc.Stats().WireBytes - wire0
+		return nil, stopErr(epoch, act)
 	}
 	a.res.WireBytes += ss.enc.Stats().WireBytes - wire0
 	a.res.SendTime = s.o.Now().Sub(sendStart)
@@ -440,7 +444,6 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 		return nil, fmt.Errorf("epoch %d committed, but: %w", epoch, err)
 	}
 	s.committed, s.pending = p.Next, nil
-	ss.pos = wire.Position{Committed: epoch, CommittedCut: p.Cut, StateID: p.Next.StateID}
 	a.snap.Close()
 	s.inflight = nil
 	a.res.Duration = s.o.Now().Sub(a.started)
@@ -461,7 +464,8 @@ func (s *Sender) fetchTables(ctx context.Context, ss *session) (*Index, error) {
 	if err := ss.bw.Flush(); err != nil {
 		return nil, err
 	}
-	idx := &Index{Epoch: ss.pos.Committed, Tables: map[string]*blockhash.Table{}}
+	pos := ss.proto.Position()
+	idx := &Index{Epoch: pos.Committed, Tables: map[string]*blockhash.Table{}}
 	filled := map[string]int{}
 	for {
 		f, err := ss.dec.Decode()
@@ -491,7 +495,7 @@ func (s *Sender) fetchTables(ctx context.Context, ss *session) (*Index, error) {
 				}
 			}
 			idx.StateID = idx.ComputeStateID()
-			if f.Epoch != ss.pos.Committed || f.StateID != ss.pos.StateID || idx.StateID != ss.pos.StateID {
+			if f.Epoch != pos.Committed || f.StateID != pos.StateID || idx.StateID != pos.StateID {
 				return nil, nil
 			}
 			return idx, nil
@@ -501,4 +505,12 @@ func (s *Sender) fetchTables(ctx context.Context, ss *session) (*Index, error) {
 			return nil, fmt.Errorf("receiver sent %s while sending tables: %w", f.Type(), wire.ErrMalformed)
 		}
 	}
+}
+
+// stopErr is the error of an attempt the session stopped.
+func stopErr(epoch uint64, act protocol.Action) error {
+	if act.Err != nil {
+		return act.Err
+	}
+	return fmt.Errorf("epoch %d: the session stopped with nothing to report (%d): %w", epoch, act.Kind, wire.ErrMalformed)
 }

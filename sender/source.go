@@ -7,13 +7,14 @@ import (
 	"time"
 
 	"github.com/drsync/drsync/blockhash"
+	"github.com/drsync/drsync/sender/protocol"
 	"github.com/drsync/drsync/wire"
 )
 
 // ErrSnapshotLost marks a snapshot that can no longer be read (the VM
 // behind it exited, its export went away). The sender drops the epoch in
 // flight and cuts a new one at its next attempt.
-var ErrSnapshotLost = errors.New("snapshot lost")
+var ErrSnapshotLost = protocol.ErrSnapshotLost
 
 // ErrUnusableSource marks a source that cannot be replicated as it is
 // configured (a RAM file that is not whole pages, an empty image): trying
