@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
@@ -98,5 +99,77 @@ func TestFailoverAfterSenderDiesMidEpoch(t *testing.T) {
 	code, out = testkit.Run(t, "send", "--once", "--retries", "0", "--config", p.sendCfg)
 	if code != 4 || !strings.Contains(out, "taken over") {
 		t.Errorf("sender into the taken-over replica: exit %d\n%s", code, out)
+	}
+}
+
+// TestRestartedReceiverResetsSender SIGKILLs the receiver at 20 random
+// moments of epochs of image files and restarts it at once; half the kills
+// land while the sender waits for the commit acknowledgement, having sent
+// everything, and every other epoch is striped over four connections.
+// Each time the restarted receiver resets the sender's old connections at
+// once (it has the same stateless-reset key), so the sender reconnects,
+// resumes and commits within 5 s of the restart instead of waiting out
+// the 15 s idle timeout.
+func TestRestartedReceiverResetsSender(t *testing.T) {
+	needQemu(t)
+	const disk, ram = 128 << 20, 32 << 20
+	vm := vmSpec{name: "web-1", disks: []diskSpec{{name: "vda", path: "images/vda.raw", format: "raw"}}, ram: []string{"images/pc.ram"}}
+	p := newPair(t, []vmSpec{vm})
+	striped := p.senderConfig("sender-striped.toml", "site-a", p.port, []vmSpec{vm}, "connections = 4")
+	rng := rand.New(rand.NewPCG(11, 12))
+	testkit.SparseFile(t, p.path("images/vda.raw"), disk)
+	testkit.SparseFile(t, p.path("images/pc.ram"), ram)
+	p.startReceiver()
+	testkit.MustRun(t, "send", "--once", "--config", p.sendCfg)
+	srcHash := func() string {
+		return testkit.FileHash(t, p.path("images/vda.raw"), disk) + testkit.FileHash(t, p.path("images/pc.ram"), ram)
+	}
+	var slowest time.Duration
+	interrupted := map[bool]int{} // by whether the kill aimed at the acknowledgement wait
+	for round := 1; round <= 20; round++ {
+		testkit.ScribbleFile(t, rng, p.path("images/vda.raw"), disk, 40, 1<<20)
+		testkit.ScribbleFile(t, rng, p.path("images/pc.ram"), ram, 200, 32<<10)
+		cur := srcHash()
+		cfg := p.sendCfg
+		if round%2 == 0 {
+			cfg = striped
+		}
+		snd := testkit.Start(t, p.path(fmt.Sprintf("sender-%d.log", round)), "send", "--once", "--retries", "30", "--log-level", "debug", "--config", cfg)
+		ackWait := round%4 < 2
+		if ackWait {
+			if !snd.WaitLog("commit sent", time.Minute) {
+				t.Fatalf("round %d: the sender sent no commit:\n%s", round, snd.Log())
+			}
+			time.Sleep(time.Duration(rng.IntN(100)) * time.Millisecond)
+		} else {
+			if !snd.WaitLog("msg=epoch ", time.Minute) {
+				t.Fatalf("round %d: the sender started no epoch:\n%s", round, snd.Log())
+			}
+			time.Sleep(time.Duration(rng.IntN(600)) * time.Millisecond)
+		}
+		p.rcv.Kill()
+		p.startReceiver()
+		restarted := time.Now()
+		code, err := snd.Wait(time.Minute)
+		took := time.Since(restarted)
+		if code != 0 || err != nil {
+			t.Fatalf("round %d: sender exit %d %v\n%s\nreceiver:\n%s", round, code, err, snd.Log(), p.rcv.Log())
+		}
+		if strings.Contains(snd.Log(), "epoch failed; retrying") {
+			interrupted[ackWait]++
+			slowest = max(slowest, took)
+			if took > 5*time.Second {
+				t.Errorf("round %d: the sender committed %v after the receiver restarted, want within 5s:\n%s", round, took.Round(time.Millisecond), snd.Log())
+			}
+		}
+		if h := srcHash(); h != cur || p.replicaHash("web-1", disk, ram) != cur {
+			t.Fatalf("round %d: replica differs from the source after the epoch completed", round)
+		}
+	}
+	p.verify("web-1")
+	t.Logf("20 receiver kills: %d interrupted the wait for the commit acknowledgement, %d other moments of the epoch; the slowest sender committed %v after the restart",
+		interrupted[true], interrupted[false], slowest.Round(time.Millisecond))
+	if interrupted[true] < 3 {
+		t.Errorf("only %d kills interrupted the acknowledgement wait", interrupted[true])
 	}
 }
