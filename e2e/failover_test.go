@@ -120,15 +120,17 @@ func TestFailoverRunbook(t *testing.T) {
 	}
 	p.write("receiver-nobody.toml", strings.Replace(string(b), `vms = ["guest-1"]`, `vms = ["other-1"]`, 1))
 	bad("unauthorized.toml", p.recvCfg, p.path("receiver-nobody.toml"), 2, `vm "guest-1": this site holds no replica`)
-	// An epoch being applied holds the replica's lock.
+	// An epoch being applied holds the replica's lock (for longer than the
+	// failover waits, here), and says so.
 	lock, err := os.OpenFile(filepath.Join(p.replicas, "guest-1", "LOCK"), os.O_RDWR|os.O_CREATE, 0o640)
 	if err != nil {
 		t.Fatal(err)
 	}
 	syscall.Flock(int(lock.Fd()), syscall.LOCK_EX)
+	lock.WriteAt([]byte("the receiver (pid 1) is committing and applying epoch 9\n"), 0)
 	code, out = testkit.Run(t, "failover", "--runbook", rbPath)
 	lock.Close()
-	if code != 1 || !strings.Contains(out, "is being written") {
+	if code != 1 || !strings.Contains(out, "still in use") || !strings.Contains(out, "applying epoch 9") {
 		t.Errorf("replica mid-apply: exit %d\n%s", code, out)
 	}
 	if _, err := os.Stat(p.path("fenced")); err == nil {

@@ -9,6 +9,11 @@
 // loop joining them over any io.ReadWriteCloser, so tests join a sender and
 // a receiver with a pipe.
 //
+// A connection holds its VM's replica (and its lock) only while an epoch is
+// in flight, and lets go of it while its sender is silent mid-epoch, so a
+// failover can take a replica whose sender died without waiting for the
+// connection to time out.
+//
 // It must not know about QUIC, TLS, certificates or configuration files:
 // the caller passes the verified Peer and an Authorize function.
 package receiver

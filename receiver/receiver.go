@@ -48,6 +48,13 @@ type Options struct {
 	// refused epochs, protocol violations. Refusals of unauthorized peers
 	// are only logged, so they cannot make the receiver write anything.
 	OnError func(vm string, peer Peer, err error)
+	// ReleaseAfter is how long a connection staging an epoch waits for
+	// its sender's next frame before it lets go of the replica (its staged
+	// items durable), so that a failover can take a replica whose sender
+	// died or went silent at once rather than after the connection's idle
+	// timeout. The replica is taken back when the next frame arrives.
+	// DefaultReleaseAfter if 0.
+	ReleaseAfter time.Duration
 }
 
 // EpochStats describes one committed epoch as the receiver saw it.
@@ -169,6 +176,9 @@ func New(o Options) (*Receiver, error) {
 	if o.AckBytes == 0 {
 		o.AckBytes = DefaultAckBytes
 	}
+	if o.ReleaseAfter == 0 {
+		o.ReleaseAfter = DefaultReleaseAfter
+	}
 	l := o.Logger
 	if l == nil {
 		l = slog.New(slog.DiscardHandler)
@@ -177,7 +187,7 @@ func New(o Options) (*Receiver, error) {
 }
 
 func (r *Receiver) replicaOptions(vm string) replica.Options {
-	return replica.Options{FS: r.o.FS, Dir: path.Join(r.o.Root, vm), VM: vm, Now: r.o.Now, Logger: r.log, KeepPoints: r.o.KeepPoints}
+	return replica.Options{FS: r.o.FS, Dir: path.Join(r.o.Root, vm), VM: vm, Now: r.o.Now, Logger: r.log, KeepPoints: r.o.KeepPoints, Holder: "the receiver"}
 }
 
 // RecoverAll opens every replica under Root once, so that whatever a crash
@@ -295,7 +305,20 @@ func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser)
 	log := r.log.With("peer", peer.Fingerprint)
 	bw := bufio.NewWriterSize(rw, 64<<10)
 	enc := wire.NewEncoder(bw, wire.EncoderOptions{})
-	dec := wire.NewDecoder(bufio.NewReaderSize(rw, 1<<20), wire.DecoderOptions{})
+	var rep *replica.Replica
+	var vm string
+	// While the sender is silent mid-epoch the replica is let go (see
+	// idleReader); rep is only touched there while this goroutine waits
+	// in Read.
+	idle := newIdleReader(rw, r.o.ReleaseAfter, func() {
+		if err := rep.Release(); err != nil {
+			log.Warn("could not let go of the replica while waiting for the sender", "vm", vm, "err", err)
+			return
+		}
+		log.Debug("sender silent; replica let go until its next frame", "vm", vm, "staged", rep.Position().StagedDurable)
+	})
+	defer idle.stop()
+	dec := wire.NewDecoder(bufio.NewReaderSize(idle, 1<<20), wire.DecoderOptions{})
 	send := func(f wire.Frame) error {
 		if err := enc.Encode(f); err != nil {
 			return err
@@ -303,13 +326,12 @@ func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser)
 		return bw.Flush()
 	}
 	sess := newSession(r.o.AckBytes)
-	var rep *replica.Replica
-	var vm string
 	me := &holder{fingerprint: peer.Fingerprint, stop: func() { rw.Close() }, done: make(chan struct{})}
 	owned := false // this connection holds vm
 	var epochWire0, epochRaw0 uint64
 	var writes *ramWrites
 	defer func() {
+		idle.hold(false)
 		if rep != nil {
 			// Whatever was staged becomes durable, so a reconnecting sender
 			// resumes after it.
@@ -330,7 +352,9 @@ func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser)
 		}
 	}()
 	for {
+		idle.hold(rep != nil && !rep.Released())
 		f, derr := dec.Decode()
+		idle.hold(false)
 		if derr != nil {
 			if errors.Is(derr, io.EOF) && !errors.Is(derr, io.ErrUnexpectedEOF) {
 				return nil
@@ -348,6 +372,12 @@ func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser)
 		st, wantSync, err := sess.next(f)
 		if err != nil {
 			return err
+		}
+		if rep != nil && rep.Released() && (st == stepItem || st == stepCommit) {
+			if err := rep.Reacquire(ctx, reacquireWait); err != nil {
+				return fmt.Errorf("take back the replica of %s after its sender was silent: %w", vm, err)
+			}
+			log.Debug("sender back; replica taken back", "vm", vm)
 		}
 		switch st {
 		case stepHello:

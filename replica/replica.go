@@ -2,11 +2,13 @@ package replica
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"log/slog"
+	"os"
 	"path"
 	"sort"
 	"time"
@@ -50,6 +52,12 @@ type Options struct {
 	// KeepPoints retains this many earlier epochs as recovery points (see
 	// points.go); 0 keeps none.
 	KeepPoints int
+	// Holder names the opener in the note a refused locker reads ("the
+	// receiver", "a failover"); "drsync" if empty.
+	Holder string
+	// LockWait is how long Open waits for another holder of the replica
+	// to let go before it refuses with ErrLocked.
+	LockWait time.Duration
 }
 
 // DefaultMaxTargetSize is the largest target a replica accepts by default.
@@ -82,7 +90,11 @@ type Replica struct {
 	jw     *journal.Writer
 	synced int // items of st durable in the journal
 	broken error
-	unlock io.Closer
+	unlock *held
+	// released is set between Release and Reacquire: the lock is not held
+	// and the journal is closed, durable up to jlen.
+	released bool
+	jlen     int64
 }
 
 // Open locks and opens the replica in o.Dir, creating it if needed, and
@@ -103,7 +115,7 @@ func Open(o Options) (*Replica, error) {
 	if err := MkdirAllDurable(o.FS, o.Dir); err != nil {
 		return nil, fmt.Errorf("create replica directory: %w (%w)", err, ErrStorage)
 	}
-	unlock, err := lock(o.FS, path.Join(o.Dir, "LOCK"))
+	unlock, err := lock(context.Background(), o.FS, path.Join(o.Dir, "LOCK"), r.who("opening it"), o.LockWait)
 	if err != nil {
 		return nil, err
 	}
@@ -111,8 +123,7 @@ func Open(o Options) (*Replica, error) {
 	if !o.AllowTakenOver {
 		mark, err := TakenOver(o.FS, o.Dir)
 		if err == nil && mark != nil {
-			err = fmt.Errorf("the replica of %s was taken over at %s from epoch %d (%s); it no longer follows the protected site: %w",
-				o.VM, mark.At.UTC().Format(time.RFC3339), mark.Epoch, mark.Reason, ErrTakenOver)
+			err = takenOverError(o.VM, mark)
 		}
 		if err != nil {
 			unlock.Close()
@@ -123,7 +134,136 @@ func Open(o Options) (*Replica, error) {
 		unlock.Close()
 		return nil, err
 	}
+	r.noteActivity()
 	return r, nil
+}
+
+// who is the lock note saying the opener is doing activity.
+func (r *Replica) who(activity string) string {
+	h := r.o.Holder
+	if h == "" {
+		h = "drsync"
+	}
+	return fmt.Sprintf("%s (pid %d) is %s", h, os.Getpid(), activity)
+}
+
+// noteActivity tells would-be lockers what the replica is used for now.
+func (r *Replica) noteActivity() {
+	switch {
+	case r.st != nil && r.st.commit != nil:
+		r.unlock.note(r.who(fmt.Sprintf("applying epoch %d", r.st.begin.Epoch)))
+	case r.st != nil && r.jw != nil:
+		r.unlock.note(r.who(fmt.Sprintf("receiving epoch %d from its sender", r.st.begin.Epoch)))
+	default:
+		r.unlock.note(r.who(fmt.Sprintf("using it (committed epoch %d)", r.man.Epoch)))
+	}
+}
+
+func takenOverError(vm string, mark *TakeoverMark) error {
+	return fmt.Errorf("the replica of %s was taken over at %s from epoch %d (%s); it no longer follows the protected site: %w",
+		vm, mark.At.UTC().Format(time.RFC3339), mark.Epoch, mark.Reason, ErrTakenOver)
+}
+
+// Release lets go of the replica while its user waits for something else
+// (a receiver for its sender's next frame), keeping what it knows of the
+// staged epoch: every appended item is made durable, the journal closed
+// and the lock released, so that another process, a failover above all,
+// can take the replica meanwhile. Until Reacquire, Begin, Append and
+// Commit fail, and Sync only reports the durable count.
+func (r *Replica) Release() error {
+	if r.released {
+		return nil
+	}
+	if r.broken != nil {
+		return ErrBroken
+	}
+	if r.st != nil && r.st.commit != nil {
+		// Unreachable: Commit applies before it returns.
+		return fmt.Errorf("epoch %d is committed but not applied: %w", r.st.begin.Epoch, ErrBroken)
+	}
+	if r.jw != nil {
+		if _, err := r.Sync(); err != nil {
+			return err
+		}
+		r.jlen = r.jw.Offset()
+		r.jw.Close()
+		r.jw = nil
+	}
+	r.unlock.Close()
+	r.unlock, r.released = nil, true
+	return nil
+}
+
+// Released reports whether the replica was released and not yet taken back.
+func (r *Replica) Released() bool { return r.released }
+
+// Reacquire takes the replica back after Release, waiting up to wait for
+// whoever holds it meanwhile (ErrLocked if they keep it, or ctx ends). A replica taken
+// over meanwhile is refused with ErrTakenOver; one whose manifest or
+// journal changed cannot go on from what this Replica knows (ErrBroken:
+// reopen it). After an error the replica stays released and broken.
+func (r *Replica) Reacquire(ctx context.Context, wait time.Duration) error {
+	if !r.released {
+		return nil
+	}
+	if r.broken != nil {
+		return ErrBroken
+	}
+	h, err := lock(ctx, r.o.FS, r.p("LOCK"), r.who("taking it back"), wait)
+	if err != nil {
+		return err
+	}
+	fail := func(err error) error {
+		h.Close()
+		r.broken = err
+		return err
+	}
+	if !r.o.AllowTakenOver {
+		mark, err := TakenOver(r.o.FS, r.o.Dir)
+		if err != nil {
+			return fail(err)
+		}
+		if mark != nil {
+			return fail(takenOverError(r.o.VM, mark))
+		}
+	}
+	changed := func(what string) error {
+		return fail(fmt.Errorf("the replica of %s changed while it was released (%s): %w", r.o.VM, what, ErrBroken))
+	}
+	b, err := readFile(r.o.FS, r.p(manifestName))
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if r.man.Epoch != 0 {
+			return changed("manifest gone")
+		}
+	case err != nil:
+		return fail(fmt.Errorf("read manifest: %w (%w)", err, ErrStorage))
+	default:
+		m, err := ParseManifest(b)
+		if err != nil {
+			return fail(fmt.Errorf("%s: %w", r.p(manifestName), err))
+		}
+		if m.Epoch != r.man.Epoch || m.StateID != r.man.StateID {
+			return changed(fmt.Sprintf("now at epoch %d, was %d", m.Epoch, r.man.Epoch))
+		}
+	}
+	if r.st != nil {
+		// Recovery by whoever opened the replica meanwhile keeps a staged
+		// journal as it is (it was synced whole), so it must be exactly
+		// what was left.
+		fi, err := r.o.FS.Stat(r.p(journalName))
+		if err != nil || fi.Size() != r.jlen {
+			return changed("journal")
+		}
+		jw, err := journal.OpenAppend(r.o.FS, r.p(journalName), r.jlen)
+		if err != nil {
+			return fail(fmt.Errorf("reopen journal: %w (%w)", err, ErrStorage))
+		}
+		r.jw = jw
+	}
+	r.unlock, r.released = h, false
+	r.noteActivity()
+	return nil
 }
 
 // MkdirAllDurable creates dir and makes its entry, and its ancestors'
@@ -281,6 +421,7 @@ func (r *Replica) recover() error {
 		return fmt.Errorf("journal holds epoch %d but the replica is at epoch %d: %w", facts.epoch, r.man.Epoch, ErrCorrupt)
 	case recoverReplay:
 		r.st = st
+		r.unlock.note(r.who(fmt.Sprintf("applying epoch %d (an apply a crash interrupted)", st.begin.Epoch)))
 		return r.apply()
 	case recoverResume:
 		jw, err := journal.OpenAppend(r.o.FS, jpath, validLen)
@@ -350,10 +491,16 @@ func (r *Replica) fail(err error) error {
 	return err
 }
 
+// errReleased is returned by methods that need the replica held.
+var errReleased = fmt.Errorf("replica used while released: %w", ErrBroken)
+
 // Begin opens an epoch, or resumes the staged one if b.StartSeq > 0.
 func (r *Replica) Begin(b *wire.EpochBegin) error {
 	if r.broken != nil {
 		return ErrBroken
+	}
+	if r.released {
+		return errReleased
 	}
 	if b.StartSeq > 0 {
 		if r.st == nil || r.st.commit != nil {
@@ -389,6 +536,7 @@ func (r *Replica) Begin(b *wire.EpochBegin) error {
 		return r.fail(fmt.Errorf("epoch %d: %w (%w)", b.Epoch, err, ErrStorage))
 	}
 	r.st, r.jw, r.synced = st, jw, 0
+	r.noteActivity()
 	return nil
 }
 
@@ -396,6 +544,9 @@ func (r *Replica) Begin(b *wire.EpochBegin) error {
 func (r *Replica) Append(it wire.Item) error {
 	if r.broken != nil {
 		return ErrBroken
+	}
+	if r.released {
+		return errReleased
 	}
 	if r.st == nil || r.jw == nil {
 		return protoErr("%s outside an epoch", it.Type())
@@ -414,6 +565,9 @@ func (r *Replica) Append(it wire.Item) error {
 func (r *Replica) Sync() (uint64, error) {
 	if r.broken != nil {
 		return 0, ErrBroken
+	}
+	if r.released {
+		return uint64(r.synced), nil // Release synced everything
 	}
 	if r.jw == nil || r.st == nil {
 		return 0, nil
@@ -442,10 +596,17 @@ func (r *Replica) Commit(c *wire.EpochCommit) error {
 	if r.broken != nil {
 		return ErrBroken
 	}
+	if r.released {
+		return errReleased
+	}
 	if r.st == nil {
 		return protoErr("EpochCommit outside an epoch")
 	}
 	st := r.st
+	// Whoever is refused the lock from now on learns that the replica is
+	// being written, not merely staged into.
+	r.unlock.note(r.who(fmt.Sprintf("committing and applying epoch %d", c.Epoch)))
+	defer r.noteActivity()
 	if err := st.checkCommit(c); err != nil {
 		if errors.Is(err, ErrDigest) {
 			r.discardStaged()

@@ -1,10 +1,12 @@
 package replica
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"os"
 	"path"
 	"time"
 
@@ -39,7 +41,7 @@ func Seed(fsys vfs.FS, dir, vm string, targets []SeedTarget, now func() time.Tim
 	if err := MkdirAllDurable(fsys, dir); err != nil {
 		return nil, fmt.Errorf("seed %s: %w (%w)", dir, err, ErrStorage)
 	}
-	unlock, err := lock(fsys, path.Join(dir, "LOCK"))
+	unlock, err := lock(context.Background(), fsys, path.Join(dir, "LOCK"), fmt.Sprintf("drsync seed (pid %d) is creating it", os.Getpid()), 0)
 	if err != nil {
 		return nil, err
 	}

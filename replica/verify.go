@@ -1,10 +1,12 @@
 package replica
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	"os"
 	"path"
 
 	"github.com/cespare/xxhash/v2"
@@ -54,7 +56,7 @@ func (r *Report) OK() bool { return len(r.Problems) == 0 }
 // and compares it with its block table and the manifest, without changing
 // anything. It holds the replica's lock while it reads.
 func Verify(fsys vfs.FS, dir, vm string) (*Report, error) {
-	unlock, err := lock(fsys, path.Join(dir, "LOCK"))
+	unlock, err := lock(context.Background(), fsys, path.Join(dir, "LOCK"), fmt.Sprintf("drsync verify (pid %d) is reading it", os.Getpid()), 0)
 	if err != nil {
 		return nil, err
 	}

@@ -72,9 +72,11 @@ func (e QEMUEnv) Preflight(ctx context.Context, rb *Runbook, vm *VM) (Ready, err
 			return Ready{}, fmt.Errorf("replica %s has no disk %q", dir, d.Target)
 		}
 	}
-	if err := replica.CheckUnlocked(dir); err != nil {
+	// A receiver applying an epoch is waited for (briefly); one whose
+	// sender went silent lets go of the replica within a second.
+	if err := replica.WaitUnlocked(ctx, dir, takeover.DefaultLockWait); err != nil {
 		if errors.Is(err, replica.ErrLocked) {
-			return Ready{}, fmt.Errorf("replica %s is being written (the receiver is applying an epoch, or verify runs): stop the receiver or retry in a moment: %w", dir, err)
+			return Ready{}, fmt.Errorf("replica %s is still in use after %s (%w); retry once it is free", dir, takeover.DefaultLockWait, err)
 		}
 		return Ready{}, err
 	}

@@ -425,6 +425,7 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 	if err := ss.bw.Flush(); err != nil {
 		return fail(fmt.Errorf("epoch %d: send: %w", epoch, err))
 	}
+	s.log.Debug("commit sent; waiting for the receiver to apply the epoch", "epoch", epoch)
 	select {
 	case <-done:
 	case <-ctx.Done():

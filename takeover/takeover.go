@@ -70,7 +70,17 @@ type Options struct {
 	// the work directory; the replica itself stays as it is.
 	Epoch  uint64
 	Before time.Time
+	// LockWait is how long Prepare waits for another holder of the
+	// replica to let go of it: a receiver applying an epoch, which must
+	// not be torn, or one that lets go shortly after its sender went
+	// silent. DefaultLockWait if 0.
+	LockWait time.Duration
 }
+
+// DefaultLockWait is Options.LockWait when left zero: a receiver whose
+// sender went silent lets go within a second; most applies finish within
+// it too.
+const DefaultLockWait = 5 * time.Second
 
 // Validate reports what is wrong with o.
 func (o *Options) Validate() error {
@@ -85,6 +95,9 @@ func (o *Options) Validate() error {
 	}
 	if o.MainRAM == "" {
 		o.MainRAM = "pc.ram"
+	}
+	if o.LockWait == 0 {
+		o.LockWait = DefaultLockWait
 	}
 	for _, a := range o.Args {
 		switch a {
@@ -126,10 +139,11 @@ type Plan struct {
 }
 
 // Prepare checks the replica and writes what the VM needs: overlays and the
-// state stream. It takes the replica's lock while it reads, so a replica
-// that a receiver is applying an epoch to is refused (replica.ErrLocked)
-// rather than read torn. Overlays in the work directory that a VM wrote to
-// (or that a QEMU holds) are never replaced: ErrOverlaysWritten.
+// state stream. It takes the replica's lock while it reads, waiting up to
+// o.LockWait for a receiver applying an epoch to finish; a replica still
+// held then is refused (replica.ErrLocked, saying what holds it) rather
+// than read torn. Overlays in the work directory that a VM wrote to (or
+// that a QEMU holds) are never replaced: ErrOverlaysWritten.
 func Prepare(o Options) (*Plan, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
@@ -146,9 +160,12 @@ func Prepare(o Options) (*Plan, error) {
 		return nil, fmt.Errorf("takeover: replica %s: %w", o.Replica, err)
 	}
 	// Opening the replica takes its lock (a receiver applying an epoch
-	// holds it: refused, not read torn) and finishes an apply a crash
-	// interrupted, so the images are exactly the committed epoch.
-	r, err := replica.Open(replica.Options{FS: vfs.Default, Dir: o.Replica, VM: m.VM, Now: time.Now, AllowTakenOver: true})
+	// holds it: waited for, never read torn; one merely waiting for a
+	// silent sender lets go of it) and finishes an apply a crash
+	// interrupted, so the images are exactly the committed epoch. An
+	// epoch staged but not committed stays staged, never applied.
+	r, err := replica.Open(replica.Options{FS: vfs.Default, Dir: o.Replica, VM: m.VM, Now: time.Now, AllowTakenOver: true,
+		Holder: "a takeover", LockWait: o.LockWait})
 	if err != nil {
 		return nil, fmt.Errorf("takeover: replica %s: %w", o.Replica, err)
 	}

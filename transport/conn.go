@@ -95,7 +95,32 @@ func dial(ctx context.Context, addr string, tlsConf *tls.Config, opts Options, p
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
 	}
 	c.ec.self = ec.self
+	go probe(qc, opts.ResetProbe)
 	return c, nil
+}
+
+// probeSize is the payload of a reset probe: its packet is well over the
+// 42 bytes below which a listener sends no stateless reset.
+const probeSize = 48
+
+// probe sends a small datagram every period until the connection ends, so
+// that a restarted listener always has a packet to answer with a stateless
+// reset (see Options.ResetProbe). A peer that does not take datagrams (an
+// older listener) is not probed.
+func probe(qc *quic.Conn, period time.Duration) {
+	t := time.NewTicker(period)
+	defer t.Stop()
+	p := make([]byte, probeSize)
+	for {
+		select {
+		case <-qc.Context().Done():
+			return
+		case <-t.C:
+		}
+		if err := qc.SendDatagram(p); err != nil {
+			return
+		}
+	}
 }
 
 // awaitAdmission waits for the listener's admission byte. If the server

@@ -13,6 +13,10 @@
 // stream of its own, because in TLS 1.3 a client completes its handshake
 // before the server has checked the client's certificate.
 //
+// A dialed connection sends a small datagram every second (ResetProbe), so
+// that a listener restarted with the same reset key always has a packet to
+// answer with a stateless reset, even while the client only waits.
+//
 // The package knows nothing of frames, epochs, VMs or storage; it moves
 // bytes. Which certificates are trusted is decided by the tls.Config it is
 // given (see package tlsid); it only insists that the peer is verified.

@@ -13,6 +13,7 @@ import (
 const (
 	DefaultIdleTimeout      = 15 * time.Second
 	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultResetProbe       = time.Second
 )
 
 // Options tune a connection's liveness checks.
@@ -41,6 +42,14 @@ type Options struct {
 	// is gone instead of waiting for IdleTimeout. Closing such a listener
 	// also closes the connections it accepted.
 	ResetKey *[32]byte
+	// ResetProbe is how often a dialed connection sends the listener a
+	// small datagram, whatever else it sends. A listener restarted with
+	// the same ResetKey answers only packets longer than a stateless
+	// reset (42 bytes in quic-go) with one, and QUIC's keep-alive PINGs
+	// and ACKs are shorter: a client that is only waiting for its peer
+	// (a sender waiting for a commit acknowledgement) would otherwise
+	// learn of the restart only at IdleTimeout. DefaultResetProbe if 0.
+	ResetProbe time.Duration
 }
 
 // DefaultOptions returns the options used for zero fields.
@@ -58,13 +67,16 @@ func (o Options) withDefaults() Options {
 	if o.HandshakeTimeout == 0 {
 		o.HandshakeTimeout = DefaultHandshakeTimeout
 	}
+	if o.ResetProbe == 0 {
+		o.ResetProbe = DefaultResetProbe
+	}
 	return o
 }
 
 // Validate reports options that cannot work. Zero fields are valid: they
 // take defaults.
 func (o Options) Validate() error {
-	if o.IdleTimeout < 0 || o.KeepAlive < 0 || o.HandshakeTimeout < 0 {
+	if o.IdleTimeout < 0 || o.KeepAlive < 0 || o.HandshakeTimeout < 0 || o.ResetProbe < 0 {
 		return errors.New("transport options: durations must not be negative")
 	}
 	d := o.withDefaults()
@@ -81,6 +93,9 @@ func (o Options) quicConfig(server bool) *quic.Config {
 		KeepAlivePeriod:      o.KeepAlive,
 		// One frame stream per connection; a little slack costs nothing.
 		MaxIncomingStreams: 4,
+		// Clients probe with datagrams (ResetProbe); listeners receive
+		// and drop them (quic-go keeps at most 128 unread).
+		EnableDatagrams: true,
 	}
 	if server {
 		c.MaxIncomingUniStreams = -1

@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -488,4 +489,75 @@ func TestResetKeyEndsOldConnectionsOnRestart(t *testing.T) {
 		break
 	}
 	t.Logf("old connection failed %v after restart", time.Since(start))
+}
+
+// A restarted listener resets the old connection of a client that sends
+// nothing but waits for an answer (a sender waiting for a commit
+// acknowledgement, everything it sent acknowledged): QUIC's keep-alive
+// PINGs and their retransmissions (25-byte packets) are too short to be
+// answered with a stateless reset, the client's probes are not.
+func TestResetReachesWaitingClient(t *testing.T) {
+	srvID, cliID := identity(t, "srv"), identity(t, "cli")
+	opts := Options{IdleTimeout: 30 * time.Second, ResetKey: &[32]byte{4, 5, 6}}
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := listen(pc.LocalAddr().String(), tlsid.ServerTLS(srvID, pin(cliID)), opts, pc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	got := make(chan struct{})
+	go func() {
+		c, err := l.Accept(ctx)
+		if err != nil {
+			return
+		}
+		s, err := c.AcceptStream(ctx)
+		if err != nil {
+			return
+		}
+		io.ReadFull(s, make([]byte, 5))
+		close(got)
+		io.Copy(io.Discard, s)
+	}()
+	c, err := Dial(ctx, addr, tlsid.ClientTLS(cliID, pin(srvID)), Options{IdleTimeout: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(0, "")
+	s, err := c.OpenStream(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Write([]byte("hello"))
+	<-got
+	// A while of traffic first, so that path MTU discovery is over: its
+	// large probes, which a keep-alive may ride along with, would trigger a
+	// reset by chance.
+	buf := make([]byte, 64<<10)
+	for t0 := time.Now(); time.Since(t0) < time.Second; {
+		if _, err := s.Write(buf); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(200 * time.Millisecond) // everything is acknowledged: nothing left to retransmit
+	pc.Close()
+	l.Close()
+	l2, err := Listen(addr, tlsid.ServerTLS(srvID, pin(cliID)), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l2.Close()
+	start := time.Now()
+	s.SetReadDeadline(start.Add(10 * time.Second))
+	_, err = s.Read(make([]byte, 1))
+	took := time.Since(start)
+	t.Logf("waiting client's connection failed %v after the restart: %v", took.Round(time.Millisecond), err)
+	if !strings.Contains(fmt.Sprint(err), "no longer knows this connection") || took > 5*time.Second {
+		t.Fatalf("old connection of a waiting client: %v after %v, want a stateless reset within 5s", err, took)
+	}
 }

@@ -105,7 +105,7 @@ func verifyReplica(ctx context.Context, dir string, wait time.Duration) (*replic
 			return nil, fmt.Errorf("verify %s: %w", dir, err)
 		}
 		if left <= 0 {
-			return nil, fmt.Errorf("%w: an epoch is being applied and the replica stayed locked for %s; retry later or raise --wait", err, wait)
+			return nil, fmt.Errorf("%w; the replica stayed in use for %s: retry later or raise --wait", err, wait)
 		}
 		if sleepCtx(ctx, min(lockPoll, left)) != nil {
 			return nil, err

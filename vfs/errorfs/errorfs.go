@@ -317,3 +317,7 @@ func (f *errFile) Close() error {
 	}
 	return f.f.Close()
 }
+
+// Unwrap returns the wrapped file system, so that what depends on the
+// real one underneath (such as flock on its files) still finds it.
+func (e *errFS) Unwrap() vfs.FS { return e.inner }
