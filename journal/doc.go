@@ -12,12 +12,17 @@
 //
 // File layout:
 //
-//	+----------------+----------+-----------+--------+------------------ - -
-//	| "DRJRNL01" (8) | vmLen u8 | vm name   | crc32c | frame | frame | ...
-//	|                |          | (vmLen)   | u32 BE |       (wire frames)
-//	+----------------+----------+-----------+--------+------------------ - -
+//	+----------------+------------+----------+-----------+--------+------------------ - -
+//	| "DRJRNL02" (8) | version    | vmLen u8 | vm name   | crc32c | frame | frame | ...
+//	|                | u16 BE     |          | (vmLen)   | u32 BE |       (wire frames)
+//	+----------------+------------+----------+-----------+--------+------------------ - -
 //
-// The header CRC covers the magic, vmLen and name. Scanning stops at the
+// version is the wire protocol version of the frames (wire.Version when
+// written). Journals of the first format ("DRJRNL01", no version field)
+// are still read, as protocol version 1. A journal of a version this build
+// does not read is refused with ErrVersion (which matches ErrCorrupt), never
+// decoded as if it were its own. The header CRC covers everything before
+// it. Scanning stops at the
 // first frame that is torn or fails its checksum; everything before it is
 // the valid prefix, and the writer truncates the file there before
 // appending again.

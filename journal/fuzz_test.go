@@ -2,6 +2,8 @@ package journal
 
 import (
 	"bytes"
+	"errors"
+	"strings"
 	"testing"
 
 	"github.com/drsync/drsync/wire"
@@ -78,6 +80,7 @@ func FuzzScan(f *testing.F) {
 	f.Add(j)
 	f.Add(j[:len(j)/2])
 	f.Add(header("vm1"))
+	f.Add(headerV1("vm1"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var last int64 = -1
 		n, _, err := ScanReader(bytes.NewReader(b), "vm1", func(off int64, fr wire.Frame) error {
@@ -91,4 +94,43 @@ func FuzzScan(f *testing.F) {
 			t.Fatalf("valid length %d of %d bytes", n, len(b))
 		}
 	})
+}
+
+// TestHeaderVersions: the header records the frames' protocol version; a
+// journal of the first format (no version) is read as version 1, and one of
+// a version this build does not speak is refused, not decoded.
+func TestHeaderVersions(t *testing.T) {
+	body := validJournal(t)[len(header("vm1")):]
+	for _, tc := range []struct {
+		name    string
+		header  []byte
+		wantErr error
+	}{
+		{"current", header("vm1"), nil},
+		{"first format", headerV1("vm1"), nil},
+		{"newer version", headerV("vm1", wire.Version+1), ErrVersion},
+		{"version 0", headerV("vm1", 0), ErrVersion},
+		{"other VM", header("vm2"), ErrCorrupt},
+		{"bad crc", append(header("vm1")[:len(header("vm1"))-1], 0), ErrCorrupt},
+		{"unknown magic", append([]byte("DRJRNL09"), header("vm1")[8:]...), ErrCorrupt},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			j := append(append([]byte{}, tc.header...), body...)
+			frames := 0
+			n, tail, err := ScanReader(bytes.NewReader(j), "vm1", func(int64, wire.Frame) error { frames++; return nil })
+			if tc.wantErr == nil {
+				if err != nil || tail != nil || n != int64(len(j)) || frames != 4 {
+					t.Fatalf("n=%d tail=%v err=%v frames=%d", n, tail, err, frames)
+				}
+				return
+			}
+			if !errors.Is(err, tc.wantErr) || frames != 0 {
+				t.Fatalf("err %v (frames %d), want %v", err, frames, tc.wantErr)
+			}
+		})
+	}
+	_, _, err := ScanReader(bytes.NewReader(append(headerV("vm1", wire.Version+1), body...)), "vm1", func(int64, wire.Frame) error { return nil })
+	if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), "protocol version") {
+		t.Errorf("newer version: %v", err)
+	}
 }

@@ -15,14 +15,70 @@ import (
 // ErrCorrupt marks a journal whose header is unreadable or names another VM.
 var ErrCorrupt = errors.New("corrupt journal")
 
-const magic = "DRJRNL01"
+// ErrVersion marks a journal whose frames are of a wire protocol version
+// this build does not read (a journal staged by a newer drsync). It also
+// matches ErrCorrupt: the replica needs an operator either way.
+var ErrVersion = fmt.Errorf("journal of an unknown protocol version (%w)", ErrCorrupt)
+
+// The header's magic: version 2 records the wire protocol version of the
+// frames; version 1 (no such field) always held protocol version 1.
+const (
+	magic   = "DRJRNL02"
+	magicV1 = "DRJRNL01"
+)
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-func header(vm string) []byte {
-	b := append([]byte(magic), byte(len(vm)))
+func header(vm string) []byte { return headerV(vm, wire.Version) }
+
+func headerV(vm string, version uint16) []byte {
+	b := binary.BigEndian.AppendUint16([]byte(magic), version)
+	b = append(b, byte(len(vm)))
 	b = append(b, vm...)
 	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
+}
+
+// headerV1 is the header journals had before they recorded a version.
+func headerV1(vm string) []byte {
+	b := append([]byte(magicV1), byte(len(vm)))
+	b = append(b, vm...)
+	return binary.BigEndian.AppendUint32(b, crc32.Checksum(b, castagnoli))
+}
+
+// readHeader reads and checks the header for vm and returns the wire
+// protocol version of the frames that follow.
+func readHeader(r io.Reader, vm string) (uint16, error) {
+	m := make([]byte, len(magic))
+	if _, err := io.ReadFull(r, m); err != nil {
+		return 0, fmt.Errorf("journal header: %w (%w)", err, ErrCorrupt)
+	}
+	var want []byte
+	version := uint16(1)
+	switch string(m) {
+	case magicV1:
+		want = headerV1(vm)
+	case magic:
+		v := make([]byte, 2)
+		if _, err := io.ReadFull(r, v); err != nil {
+			return 0, fmt.Errorf("journal header: %w (%w)", err, ErrCorrupt)
+		}
+		version = binary.BigEndian.Uint16(v)
+		want = headerV(vm, version)
+		m = append(m, v...)
+	default:
+		return 0, fmt.Errorf("journal header: magic %q: %w", m, ErrCorrupt)
+	}
+	rest := make([]byte, len(want)-len(m))
+	if _, err := io.ReadFull(r, rest); err != nil {
+		return 0, fmt.Errorf("journal header: %w (%w)", err, ErrCorrupt)
+	}
+	if string(m)+string(rest) != string(want) {
+		return 0, fmt.Errorf("journal header does not match VM %q: %w", vm, ErrCorrupt)
+	}
+	if version < wire.MinVersion || version > wire.Version {
+		return 0, fmt.Errorf("journal of VM %q holds protocol version %d frames; this build reads %d..%d: %w", vm, version, wire.MinVersion, wire.Version, ErrVersion)
+	}
+	return version, nil
 }
 
 // Writer appends frames to a journal file.
@@ -129,13 +185,10 @@ func Scan(fs vfs.FS, path, vm string, visit func(off int64, f wire.Frame) error)
 // ScanReader is Scan over any reader positioned at the journal's start.
 func ScanReader(r io.Reader, vm string, visit func(off int64, f wire.Frame) error) (validLen int64, tail error, err error) {
 	cr := &countingReader{r: bufio.NewReaderSize(r, 256<<10)}
-	want := header(vm)
-	got := make([]byte, len(want))
-	if _, err := io.ReadFull(cr, got); err != nil {
-		return 0, nil, fmt.Errorf("journal header: %w (%w)", err, ErrCorrupt)
-	}
-	if string(got) != string(want) {
-		return 0, nil, fmt.Errorf("journal header does not match VM %q: %w", vm, ErrCorrupt)
+	// One version is all this build writes and reads; the header says
+	// which one a journal holds so that a future version can be told apart.
+	if _, err := readHeader(cr, vm); err != nil {
+		return 0, nil, err
 	}
 	validLen = cr.n
 	dec := wire.NewDecoder(cr, wire.DecoderOptions{})
