@@ -149,6 +149,13 @@ args = ["-display", "none"]
 	if d := drillResults(vfs.Default, filepath.Join(dir, "replicas")); len(d) != 1 || d["web-1"].OK {
 		t.Errorf("receiver reads %+v", d)
 	}
+	// The receiver's status shows the failed drill, in the table and in JSON.
+	if code, out, _ := drsync(t, "status", "--config", filepath.Join(dir, "receiver.toml")); !regexp.MustCompile(`(?m)^web-1 .*FAILED epoch 0 `).MatchString(out) {
+		t.Errorf("status (exit %d) does not show the failed drill:\n%s", code, out)
+	}
+	if _, out, _ := drsync(t, "status", "--config", filepath.Join(dir, "receiver.toml"), "--json"); !strings.Contains(out, `"drill"`) || !strings.Contains(out, `"ok": false`) {
+		t.Errorf("status --json does not carry the drill:\n%s", out)
+	}
 }
 
 // The receiver's metrics carry what the replicas' files say: the outcome

@@ -18,6 +18,7 @@ import (
 	"github.com/BurntSushi/toml"
 	"github.com/drsync/drsync/livecut"
 	"github.com/drsync/drsync/replica"
+	"github.com/drsync/drsync/vfs"
 )
 
 // manifestFile is the replica's committed-epoch description (package
@@ -134,6 +135,8 @@ type vmStatusView struct {
 	Flow *flowStatus `json:"flow,omitempty"`
 	// Guest is what is known of a live guest's pauses outside cuts.
 	Guest *guestView `json:"guest,omitempty"`
+	// Drill is a replica's last failover drill (drsync failover --drill).
+	Drill *drillResult `json:"drill,omitempty"`
 }
 
 // guestView tells of a live guest that is, or was, paused when it should
@@ -310,6 +313,13 @@ func receiverStatuses(cfg *ReceiverConfig, now time.Time) ([]vmStatusView, []err
 		}
 		row.BytesReceived = &st.BytesReceived
 		row.HotSetBytes = &st.HotSetBytes
+		switch d, err := readDrillResult(vfs.Default, filepath.Join(dir, drillResultFile)); {
+		case errors.Is(err, fs.ErrNotExist):
+		case err != nil:
+			problems = append(problems, fmt.Errorf("vm %s: drill result: %w", vm, err))
+		default:
+			row.Drill = &d
+		}
 		rows = append(rows, row)
 	}
 	return rows, problems
@@ -320,7 +330,7 @@ func printStatusTable(w io.Writer, kind string, rows []vmStatusView) {
 	if kind == "sender" {
 		fmt.Fprintln(tw, "VM\tEPOCH\tCUT (UTC)\tRPO LAG\tRPO TARGET\tEPOCH LEN\tGOODPUT\tDIRTY\tSENT\tPAUSE LAST/MED/MAX\tFAILURES\tLAST ERROR")
 	} else {
-		fmt.Fprintln(tw, "VM\tEPOCH\tCUT (UTC)\tRPO LAG\tRECEIVED\tHOT SET\tLAST PEER\tLAST ERROR")
+		fmt.Fprintln(tw, "VM\tEPOCH\tCUT (UTC)\tRPO LAG\tRECEIVED\tHOT SET\tLAST DRILL\tLAST PEER\tLAST ERROR")
 	}
 	for _, r := range rows {
 		cut, lag := "-", "-"
@@ -369,13 +379,27 @@ func printStatusTable(w io.Writer, kind string, rows []vmStatusView) {
 			if r.HotSetBytes != nil && *r.HotSetBytes > 0 {
 				hot = formatBytes(uint64(*r.HotSetBytes))
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", r.VM, r.Epoch, cut, lag, formatBytes(deref(r.BytesReceived)), hot, orDash(truncate(r.LastPeer, 40)), lastErr)
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.VM, r.Epoch, cut, lag, formatBytes(deref(r.BytesReceived)), hot, drillCell(r.Drill),
+				orDash(truncate(r.LastPeer, 40)), lastErr)
 		}
 	}
 	tw.Flush()
 	for _, r := range rows {
 		printGuestNotes(w, r)
 	}
+}
+
+// drillCell is the LAST DRILL column: when and from which epoch the last
+// drill ran, and whether it passed ("FAILED" stands out).
+func drillCell(d *drillResult) string {
+	if d == nil {
+		return "never"
+	}
+	res := "ok"
+	if !d.OK {
+		res = "FAILED"
+	}
+	return fmt.Sprintf("%s epoch %d %s", res, d.Epoch, d.At.UTC().Format("2006-01-02 15:04"))
 }
 
 // printGuestNotes says loudly, under the table, that a protected guest is
