@@ -212,7 +212,19 @@ func TestSenderKilledMidEpoch(t *testing.T) {
 		if !snd.WaitLog("msg=epoch ", 30*time.Second) {
 			t.Fatalf("sender did not start an epoch:\n%s", snd.Log())
 		}
-		time.Sleep(time.Duration(50+rng.IntN(250)) * time.Millisecond)
+		// Killed once the receiver has journaled two acknowledgement
+		// intervals (ack_every is 4 MiB), so that some of the epoch is
+		// durable whatever the load on the machine, then a little later.
+		journal := filepath.Join(p.replicas, "web-1", "journal")
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+			if st, err := os.Stat(journal); err == nil && st.Size() >= 8<<20 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: the receiver journaled less than 8 MiB in 30 s:\n%s", round, snd.Log())
+			}
+		}
+		time.Sleep(time.Duration(rng.IntN(150)) * time.Millisecond)
 		snd.Kill()
 		out := testkit.MustRun(t, "send", "--once", "--config", p.sendCfg)
 		if testing.Verbose() {
