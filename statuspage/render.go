@@ -11,8 +11,8 @@ import (
 
 // Chart geometry, in CSS pixels.
 const (
-	chartW = 240
-	chartH = 48
+	chartW = 200
+	chartH = 56
 )
 
 type view struct {
@@ -32,8 +32,8 @@ type rowView struct {
 }
 
 type drillView struct {
-	OK                bool
-	Epoch, At, Detail string
+	OK                     bool
+	Epoch, At, Ago, Detail string
 }
 
 type chartView struct {
@@ -42,8 +42,12 @@ type chartView struct {
 	DotX    string   // the newest sample
 	DotY    string
 	TargetY string // "" without a target
+	Base    string // the y of a zero lag
 	Top     string // the lag at the top of the chart
 	Label   string
+	Span    string
+	Bottom  int // baseline of the time labels
+	Right   int
 }
 
 func render(w io.Writer, p Page, hist map[string][]Sample, now time.Time, o Options) error {
@@ -90,7 +94,7 @@ func row(vm *VM, hist []Sample, now time.Time, o Options) rowView {
 		r.Points = strconv.Itoa(vm.Points)
 	}
 	if d := vm.Drill; d != nil {
-		r.Drill = &drillView{OK: d.OK, At: clock(d.At) + " (" + duration(max(now.Sub(d.At), 0)) + " ago)", Detail: d.Detail}
+		r.Drill = &drillView{OK: d.OK, At: clock(d.At), Ago: duration(max(now.Sub(d.At), 0)) + " ago", Detail: d.Detail}
 		if d.Epoch > 0 {
 			r.Drill.Epoch = strconv.FormatUint(d.Epoch, 10)
 		}
@@ -101,35 +105,60 @@ func row(vm *VM, hist []Sample, now time.Time, o Options) rowView {
 
 // chart draws the lag samples of the span ending at now: time across, lag
 // up from zero, the target as a dashed line with the band above it tinted.
+// Each pixel column shows the largest lag of its samples, so the chart is
+// the envelope of the lag's peaks, whatever the span.
 func chart(name string, hist []Sample, target time.Duration, now time.Time, o Options) *chartView {
-	c := &chartView{W: chartW, H: chartH, Label: fmt.Sprintf("RPO lag of %s over the last %s", name, duration(o.Span))}
-	top := target * 5 / 4
+	c := &chartView{W: chartW, H: chartH, Label: fmt.Sprintf("RPO lag of %s over the last %s", name, duration(o.Span)),
+		Span: duration(o.Span), Bottom: chartH - 2, Right: chartW - 3}
+	top := target * 6 / 5
 	for _, s := range hist {
-		top = max(top, s.Lag*11/10)
+		top = max(top, s.Lag)
 	}
-	top = max(top, time.Second)
+	top = niceTop(top)
 	c.Top = duration(top)
+	const plotTop, plotBottom = 2, chartH - 12 // below: the time labels
 	from := now.Add(-o.Span)
-	x := func(t time.Time) float64 { return float64(t.Sub(from)) / float64(o.Span) * chartW }
-	y := func(d time.Duration) float64 { return chartH - float64(d)/float64(top)*(chartH-2) }
+	col := func(t time.Time) int { return min(max(int(float64(t.Sub(from))/float64(o.Span)*chartW), 0), chartW-1) }
+	y := func(d time.Duration) float64 {
+		return plotBottom - float64(min(d, top))/float64(top)*(plotBottom-plotTop)
+	}
+	c.Base = num(plotBottom)
 	if target > 0 {
 		c.TargetY = num(y(target))
 	}
+	// The peak of each column, and when its last sample was.
+	type peak struct {
+		lag         time.Duration
+		first, last time.Time
+	}
+	var cols []int
+	peaks := map[int]*peak{}
+	for _, s := range hist {
+		x := col(s.At)
+		p := peaks[x]
+		if p == nil {
+			p = &peak{first: s.At}
+			peaks[x] = p
+			cols = append(cols, x)
+		}
+		p.lag, p.last = max(p.lag, s.Lag), s.At
+	}
+	// A gap of more than two steps or columns (no sample: nothing was
+	// running) breaks the line rather than drawing a lag nobody saw.
+	gap := 2 * max(o.Step, o.Span/chartW)
 	var line []string
-	for i, s := range hist {
-		// A gap of more than two steps (no sample: nobody was running)
-		// breaks the line rather than drawing a lag that was not seen.
-		if i > 0 && s.At.Sub(hist[i-1].At) > 2*o.Step && len(line) > 0 {
+	for i, x := range cols {
+		if i > 0 && peaks[x].first.Sub(peaks[cols[i-1]].last) > gap {
 			c.Lines = append(c.Lines, strings.Join(line, " "))
 			line = nil
 		}
-		line = append(line, num(x(s.At))+","+num(y(s.Lag)))
+		line = append(line, strconv.Itoa(x)+","+num(y(peaks[x].lag)))
 	}
 	if len(line) > 0 {
 		c.Lines = append(c.Lines, strings.Join(line, " "))
 	}
 	if n := len(hist); n > 0 {
-		c.DotX, c.DotY = num(x(hist[n-1].At)), num(y(hist[n-1].Lag))
+		c.DotX, c.DotY = strconv.Itoa(col(hist[n-1].At)), num(y(hist[n-1].Lag))
 	}
 	return c
 }
@@ -147,11 +176,30 @@ func duration(d time.Duration) string {
 	case d < time.Minute:
 		return fmt.Sprintf("%d s", int(d.Seconds()))
 	case d < time.Hour:
-		return fmt.Sprintf("%d min %02d s", int(d.Minutes()), int(d.Seconds())%60)
+		return twoUnits(int(d.Minutes()), "min", int(d.Seconds())%60, "s")
 	case d < 24*time.Hour:
-		return fmt.Sprintf("%d h %02d min", int(d.Hours()), int(d.Minutes())%60)
+		return twoUnits(int(d.Hours()), "h", int(d.Minutes())%60, "min")
 	}
-	return fmt.Sprintf("%d d %02d h", int(d.Hours())/24, int(d.Hours())%24)
+	return twoUnits(int(d.Hours())/24, "d", int(d.Hours())%24, "h")
+}
+
+func twoUnits(major int, mu string, minor int, nu string) string {
+	if minor == 0 {
+		return fmt.Sprintf("%d %s", major, mu)
+	}
+	return fmt.Sprintf("%d %s %02d %s", major, mu, minor, nu)
+}
+
+// niceTop rounds a chart's top up to a value that reads well on its axis.
+func niceTop(d time.Duration) time.Duration {
+	for _, n := range []time.Duration{time.Second, 2 * time.Second, 5 * time.Second, 10 * time.Second, 15 * time.Second, 30 * time.Second,
+		time.Minute, 2 * time.Minute, 5 * time.Minute, 10 * time.Minute, 15 * time.Minute, 30 * time.Minute,
+		time.Hour, 2 * time.Hour, 3 * time.Hour, 6 * time.Hour, 12 * time.Hour, 24 * time.Hour} {
+		if d <= n {
+			return n
+		}
+	}
+	return d.Truncate(24*time.Hour) + 24*time.Hour
 }
 
 // pause formats a guest pause, which is milliseconds when all is well.
@@ -199,10 +247,12 @@ main{padding:16px 20px}
 .banner .vm{font-weight:600}
 .allok{border:2px solid #2e7d32;background:#e8f5e9;color:#1b5e20;border-radius:6px;padding:8px 14px;margin-bottom:14px;font-weight:600}
 table{border-collapse:collapse;width:100%;background:#fff;box-shadow:0 1px 2px rgba(0,0,0,.12)}
-th,td{padding:6px 10px;text-align:left;vertical-align:middle;border-bottom:1px solid #e3e7ed}
+th,td{padding:6px 8px;text-align:left;vertical-align:middle;border-bottom:1px solid #e3e7ed}
 th{background:#e9edf2;font-size:12px;text-transform:uppercase;letter-spacing:.04em;color:#4a5565}
 tr.bad td:first-child{box-shadow:inset 4px 0 0 #c62828}
-td.name{font-weight:600}
+td.name{font-weight:600;white-space:nowrap}
+td.drill{white-space:nowrap}
+td.drill .detail{white-space:normal;min-width:160px;max-width:260px}
 td.num{font-variant-numeric:tabular-nums;white-space:nowrap}
 small{color:#6b7685;display:block}
 .ok{color:#2e7d32}.late{color:#c62828;font-weight:600}
@@ -214,6 +264,7 @@ svg.chart circle{fill:#1e6fd9}
 svg.chart .over{fill:#fdecea}
 svg.chart .target{stroke:#c62828;stroke-width:1;stroke-dasharray:4 3}
 svg.chart text{font-size:9px;fill:#6b7685}
+svg.chart .axis{stroke:#c5ccd6;stroke-width:1}
 footer{padding:0 20px 16px;color:#6b7685;font-size:12px}
 </style>
 </head>
@@ -243,12 +294,13 @@ footer{padding:0 20px 16px;color:#6b7685;font-size:12px}
 <td class="num lag"><span class="{{.LagClass}}">{{.Lag}}</span> / {{.Target}}</td>
 <td>{{with .Chart}}<svg class="chart" width="{{.W}}" height="{{.H}}" viewBox="0 0 {{.W}} {{.H}}" role="img" aria-label="{{.Label}}"><title>{{.Label}}</title>
 {{- if .TargetY}}<rect class="over" x="0" y="0" width="{{.W}}" height="{{.TargetY}}"/><line class="target" x1="0" x2="{{.W}}" y1="{{.TargetY}}" y2="{{.TargetY}}"/>{{end}}
+<line class="axis" x1="0" x2="{{.W}}" y1="{{.Base}}" y2="{{.Base}}"/>
 {{- range .Lines}}<polyline points="{{.}}"/>{{end}}
-{{- if .DotX}}<circle cx="{{.DotX}}" cy="{{.DotY}}" r="2.5"/>{{end}}<text x="3" y="10">{{.Top}}</text></svg>{{end}}</td>
+{{- if .DotX}}<circle cx="{{.DotX}}" cy="{{.DotY}}" r="2.5"/>{{end}}<text x="3" y="10">{{.Top}}</text><text x="3" y="{{.Bottom}}">{{.Span}} ago</text><text x="{{.Right}}" y="{{.Bottom}}" text-anchor="end">now</text></svg>{{end}}</td>
 <td class="num pause">{{.Pause}}</td>
 <td class="num goodput">{{.Goodput}}</td>
 <td class="num points">{{.Points}}</td>
-<td class="drill">{{with .Drill}}{{if .OK}}<span class="pass">passed</span>{{else}}<span class="fail">FAILED</span>{{end}}{{if .Epoch}} epoch {{.Epoch}}{{end}}<small>{{.At}}</small>{{if and .Detail (not .OK)}}<small>{{.Detail}}</small>{{end}}{{else}}–{{end}}</td>
+<td class="drill">{{with .Drill}}{{if .OK}}<span class="pass">passed</span>{{else}}<span class="fail">FAILED</span>{{end}}{{if .Epoch}} epoch {{.Epoch}}{{end}}<small>{{.At}}<br>{{.Ago}}</small>{{if and .Detail (not .OK)}}<small class="detail">{{.Detail}}</small>{{end}}{{else}}–{{end}}</td>
 </tr>
 {{- else}}
 <tr><td colspan="10">No VM is configured.</td></tr>

@@ -109,11 +109,11 @@ func TestPageRows(t *testing.T) {
 	}
 	rows, _ := parse(t, page)
 	want := map[string]map[string]string{
-		"web-1": {"name": "web-1", "group": "", "epoch": "1234", "cut": "2026-12-04 10:59:18 UTC 42 s ago", "lag": "42 s / 2 min 00 s",
-			"pause": "12 ms", "goodput": "100 Mbit/s", "points": "5", "drill": "passed epoch 1200 2026-12-04 08:00:00 UTC (3 h 00 min ago)"},
+		"web-1": {"name": "web-1", "group": "", "epoch": "1234", "cut": "2026-12-04 10:59:18 UTC 42 s ago", "lag": "42 s / 2 min",
+			"pause": "12 ms", "goodput": "100 Mbit/s", "points": "5", "drill": "passed epoch 1200 2026-12-04 08:00:00 UTC 3 h ago"},
 		"db-1": {"name": "db-1", "epoch": "77", "cut": "2026-12-04 10:58:30 UTC 1 min 30 s ago", "lag": "1 min 30 s / –",
 			"pause": "–", "goodput": "–", "points": "2",
-			"drill": "FAILED epoch 70 2026-12-04 10:40:00 UTC (20 min 00 s ago) step db-1/check did not pass: port 5432 closed"},
+			"drill": "FAILED epoch 70 2026-12-04 10:40:00 UTC 20 min ago step db-1/check did not pass: port 5432 closed"},
 	}
 	if len(rows) != len(want) {
 		t.Fatalf("%d VM rows, want %d", len(rows), len(want))
@@ -234,9 +234,9 @@ func TestTrouble(t *testing.T) {
 		{"healthy", VM{Cut: now.Add(-10 * time.Second), RPOTarget: time.Minute, Drill: &Drill{OK: true}}, nil},
 		{"no epoch yet", VM{}, nil},
 		{"lag over the target", VM{Cut: now.Add(-3 * time.Minute), RPOTarget: 2 * time.Minute},
-			[]string{"RPO lag 3 min 00 s exceeds the target 2 min 00 s"}},
+			[]string{"RPO lag 3 min exceeds the target 2 min"}},
 		{"breach predicted", VM{Cut: now.Add(-10 * time.Second), RPOTarget: time.Minute, BreachPredicted: true},
-			[]string{"RPO target 1 min 00 s will be missed at the measured rates"}},
+			[]string{"RPO target 1 min will be missed at the measured rates"}},
 		{"failures", VM{Failures: 2, LastError: "connection refused"},
 			[]string{"2 failed attempt(s) since the last committed epoch: connection refused"}},
 		{"error without a count", VM{LastError: "stream reset"}, []string{"failing: stream reset"}},
@@ -311,8 +311,9 @@ func TestChartHistory(t *testing.T) {
 			target = true
 		}
 	}
-	if len(lines) != 2 || len(strings.Fields(lines[0])) != 10 || len(strings.Fields(lines[1])) != 1 {
-		t.Errorf("polylines %q, want one of 10 points and one of 1 after the gap", lines)
+	// 10 samples 30 s apart fall in 4 columns of 108 s (6 h over 200 px).
+	if len(lines) != 2 || len(strings.Fields(lines[0])) != 4 || len(strings.Fields(lines[1])) != 1 {
+		t.Errorf("polylines %q, want one of 4 points and one of 1 after the gap", lines)
 	}
 	if !target {
 		t.Error("no target line in the chart")
@@ -335,5 +336,38 @@ func TestMethodNotAllowed(t *testing.T) {
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/", bytes.NewReader(nil)))
 	if rec.Code != http.StatusMethodNotAllowed {
 		t.Errorf("POST: status %d, want 405", rec.Code)
+	}
+}
+
+// TestChartPeaks: a pixel column shows the largest lag of its samples, on
+// a scale whose top reads well and holds both the lag and the target.
+func TestChartPeaks(t *testing.T) {
+	o := Options{Step: 30 * time.Second, Span: 6 * time.Hour}
+	tests := []struct {
+		name         string
+		hist         []Sample
+		target       time.Duration
+		lines        []string
+		top, targetY string
+		dotX, dotY   string
+	}{
+		// 6 h over 200 px: the last column holds the last 108 s; the
+		// scale tops at 1 min (50 s > 1.2 x 30 s), the plot is y 2..44.
+		{name: "peak of a column", target: 30 * time.Second,
+			hist:  []Sample{{t0.Add(-80 * time.Second), 10 * time.Second}, {t0.Add(-50 * time.Second), 50 * time.Second}, {t0.Add(-20 * time.Second), 20 * time.Second}},
+			lines: []string{"199,9.0"}, top: "1 min", targetY: "23.0", dotX: "199", dotY: "30.0"},
+		{name: "target sets the scale", target: 10 * time.Minute,
+			hist:  []Sample{{t0.Add(-3 * time.Hour), time.Minute}, {t0.Add(-3*time.Hour + 30*time.Second), time.Minute}},
+			lines: []string{"100,41.2"}, top: "15 min", targetY: "16.0", dotX: "100", dotY: "41.2"},
+		{name: "no samples", lines: nil, top: "1.0 s"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := chart("vm", tc.hist, tc.target, t0, o)
+			if strings.Join(c.Lines, "|") != strings.Join(tc.lines, "|") || c.Top != tc.top || c.TargetY != tc.targetY || c.DotX != tc.dotX || c.DotY != tc.dotY {
+				t.Errorf("got lines %q top %q target y %q dot %s,%s\nwant lines %q top %q target y %q dot %s,%s",
+					c.Lines, c.Top, c.TargetY, c.DotX, c.DotY, tc.lines, tc.top, tc.targetY, tc.dotX, tc.dotY)
+			}
+		})
 	}
 }
