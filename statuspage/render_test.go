@@ -371,3 +371,36 @@ func TestChartPeaks(t *testing.T) {
 		})
 	}
 }
+
+// TestConcurrentRequests: requests and the background sampler share the
+// history (run under -race).
+func TestConcurrentRequests(t *testing.T) {
+	h := New(SourceFunc(twoVMs), Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() { h.Run(ctx, time.Millisecond); close(ran) }()
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	done := make(chan error, 4)
+	for range 4 {
+		go func() {
+			for range 20 {
+				resp, err := http.Get(srv.URL)
+				if err != nil {
+					done <- err
+					return
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+			done <- nil
+		}()
+	}
+	for range 4 {
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}
+	cancel()
+	<-ran
+}
