@@ -35,10 +35,11 @@ build:
 # qemu-system-data) and the busybox the test guest is built with; iproute2
 # for the WAN emulator's namespaces; rsync, a baseline of the WAN benchmark;
 # prometheus for promtool, which checks the alerting rules (its server is
-# stopped and disabled: only the tool is wanted). Each entry is
-# command:package; the package is installed when the command is missing.
+# stopped and disabled: only the tool is wanted); chromium, in which a
+# headless test renders the status page. Each entry is command:package;
+# the package is installed when the command is missing.
 DEPS := qemu-img:qemu-utils qemu-nbd:qemu-utils qemu-system-x86_64:qemu-system-x86 \
-	busybox:busybox-static ip:iproute2 rsync:rsync promtool:prometheus
+	busybox:busybox-static ip:iproute2 rsync:rsync promtool:prometheus chromium:chromium
 
 deps:
 	@set -e; missing=""; for d in $(DEPS); do \

@@ -4,8 +4,9 @@
 // the guest pause per epoch, goodput, failures, and on the DR site the
 // hot-set size, the replicas' storage and the outcome of failover drills.
 //
-// It owns metric names and the HTTP endpoint; it must not know how epochs
-// are made. Callers report events (Sender.Committed, Receiver.Committed);
+// It owns metric names and the HTTP endpoint, which also serves a status
+// page for people at / when given one (package statuspage); it must not
+// know how epochs are made. Callers report events (Sender.Committed, Receiver.Committed);
 // the clock is passed in, for tests.
 //
 // Names (all prefixed drsync_):

@@ -227,12 +227,23 @@ func (r *Receiver) Handler() http.Handler { return promhttp.HandlerFor(r.reg, pr
 // Serve serves h at /metrics on addr until ctx ends. It returns once the
 // listener is up (or failed), with the bound address.
 func Serve(ctx context.Context, addr string, h http.Handler) (net.Addr, error) {
+	return ServeWithPage(ctx, addr, h, nil)
+}
+
+// ServeWithPage is Serve that also serves page, if not nil, at / and
+// /status: a page for people beside the metrics for Prometheus. Any other
+// path is not found.
+func ServeWithPage(ctx context.Context, addr string, h, page http.Handler) (net.Addr, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", h)
+	if page != nil {
+		mux.Handle("/{$}", page)
+		mux.Handle("/status", page)
+	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		<-ctx.Done()

@@ -140,3 +140,44 @@ func TestReceiverRestoredLag(t *testing.T) {
 		t.Errorf("restored lag does not grow:\n%s", out)
 	}
 }
+
+// TestServeWithPage: the page is at / and /status beside /metrics; any
+// other path, and / without a page, is not found.
+func TestServeWithPage(t *testing.T) {
+	page := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "the page") })
+	met := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "the metrics") })
+	tests := []struct {
+		name string
+		page http.Handler
+		path string
+		code int
+		body string
+	}{
+		{"root", page, "/", 200, "the page"},
+		{"status", page, "/status", 200, "the page"},
+		{"metrics", page, "/metrics", 200, "the metrics"},
+		{"elsewhere", page, "/favicon.ico", 404, ""},
+		{"below status", page, "/status/x", 404, ""},
+		{"no page", nil, "/", 404, ""},
+		{"no page, metrics", nil, "/metrics", 200, "the metrics"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			addr, err := ServeWithPage(ctx, "127.0.0.1:0", met, tc.page)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.Get("http://" + addr.String() + tc.path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.code || (tc.body != "" && string(b) != tc.body) {
+				t.Errorf("GET %s: %d %q, want %d %q", tc.path, resp.StatusCode, b, tc.code, tc.body)
+			}
+		})
+	}
+}

@@ -111,7 +111,7 @@ func receive(ctx context.Context, e *env, cfg *ReceiverConfig, log *slog.Logger)
 			}
 		}
 		status.mu.Unlock()
-		if err := serveMetrics(ctx, cfg.file, cfg.Metrics, met.Handler(), log); err != nil {
+		if err := serveMetrics(ctx, cfg.file, cfg.Metrics, met.Handler(), receiverPage(e, cfg), log); err != nil {
 			return err
 		}
 	}

@@ -163,7 +163,7 @@ func send(ctx context.Context, e *env, cfg *SenderConfig, vms []*VMConfig, o sen
 	}
 	if cfg.Metrics != "" {
 		o.metrics = metrics.NewSender(e.now)
-		if err := serveMetrics(ctx, cfg.file, cfg.Metrics, o.metrics.Handler(), o.log); err != nil {
+		if err := serveMetrics(ctx, cfg.file, cfg.Metrics, o.metrics.Handler(), senderPage(e, cfg, vms), o.log); err != nil {
 			return err
 		}
 	}
