@@ -2,6 +2,7 @@ package vfs
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path"
 )
@@ -88,4 +89,16 @@ func MkdirAllDurable(fsys FS, dir string, perm os.FileMode) error {
 			return nil
 		}
 	}
+}
+
+// ReadFile returns the contents of name, at most limit bytes of it: the
+// files it is for are small, and a longer one is damage that the
+// caller's parser then rejects, not something to read into memory whole.
+func ReadFile(fsys FS, name string, limit int64) ([]byte, error) {
+	f, err := fsys.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, limit))
 }
