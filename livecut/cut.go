@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/drsync/drsync/migstream"
 	"github.com/drsync/drsync/qmp"
 	"github.com/drsync/drsync/sender"
+	"github.com/drsync/drsync/vfs"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -121,7 +123,7 @@ func (s *Source) snapshot(ctx context.Context, sess *qmp.Session) (snap *sender.
 		// Marked before the cut: a sender killed from here on must not
 		// resume the guest.
 		mark := fmt.Sprintf("final cut %d at %s\n", c.gen, s.o.Now().UTC().Format(time.RFC3339))
-		if err := os.WriteFile(filepath.Join(s.o.WorkDir, finalFile), []byte(mark), 0o600); err != nil {
+		if err := vfs.WriteFileAtomic(s.o.FS, path.Join(s.o.WorkDir, finalFile), []byte(mark), 0o600); err != nil {
 			cap.abort()
 			return nil, fmt.Errorf("livecut: %w", err)
 		}
@@ -289,7 +291,7 @@ func (s *Source) checkRunning(ctx context.Context, sess *qmp.Session) error {
 	if err := sess.Execute(ctx, "query-migrate", nil, &mig); err != nil {
 		return fmt.Errorf("livecut: %w", err)
 	}
-	_, err := os.Stat(filepath.Join(s.o.WorkDir, cutMarkerFile))
+	_, err := s.o.FS.Stat(path.Join(s.o.WorkDir, cutMarkerFile))
 	if resumeAfterKilledCut(observed{Status: st.Status, Migration: mig.Status, CutInFlight: err == nil}) && !s.o.Final {
 		s.log.Warn("resuming the guest an earlier cut left paused")
 		if err := sess.Execute(ctx, "cont", nil, nil); err != nil {

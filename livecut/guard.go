@@ -8,11 +8,12 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"path/filepath"
+	"path"
 	"slices"
 	"time"
 
 	"github.com/drsync/drsync/qmp"
+	"github.com/drsync/drsync/vfs"
 )
 
 // cutMarkerFile exists in the work directory from just before a cut's
@@ -33,24 +34,22 @@ type cutMarker struct {
 // sender process, not the host (a power loss takes QEMU with it).
 func (s *Source) markCut(gen uint64) error {
 	b, _ := json.Marshal(cutMarker{Gen: gen, Began: s.o.Now().UTC(), Pid: os.Getpid()})
-	tmp := filepath.Join(s.o.WorkDir, cutMarkerFile+".tmp")
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return fmt.Errorf("mark the cut in flight: %w", err)
-	}
-	if err := os.Rename(tmp, filepath.Join(s.o.WorkDir, cutMarkerFile)); err != nil {
+	if err := vfs.WriteFileAtomic(s.o.FS, path.Join(s.o.WorkDir, cutMarkerFile), b, 0o600); err != nil {
 		return fmt.Errorf("mark the cut in flight: %w", err)
 	}
 	return nil
 }
 
 func (s *Source) unmarkCut() {
-	if err := os.Remove(filepath.Join(s.o.WorkDir, cutMarkerFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := s.o.FS.Remove(path.Join(s.o.WorkDir, cutMarkerFile)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		s.log.Warn("cannot remove the cut-in-flight mark", "err", err)
 	}
 }
 
-func readCutMarker(workDir string) (*cutMarker, error) {
-	b, err := os.ReadFile(filepath.Join(workDir, cutMarkerFile))
+// readCutMarker reads the mark through fsys: the sender's FS, or for the
+// guard, which runs on the real host, vfs.Default.
+func readCutMarker(fsys vfs.FS, workDir string) (*cutMarker, error) {
+	b, err := vfs.ReadFile(fsys, path.Join(workDir, cutMarkerFile), 64<<10)
 	if err != nil {
 		return nil, err
 	}
@@ -66,7 +65,7 @@ func readCutMarker(workDir string) (*cutMarker, error) {
 // finished: when it began and the sender's process id. For status: a mark
 // that stays for long means the guest may be stopped.
 func CutInFlight(workDir string) (began time.Time, pid int, ok bool) {
-	m, err := readCutMarker(workDir)
+	m, err := readCutMarker(vfs.Default, workDir)
 	if err != nil {
 		return time.Time{}, 0, false
 	}
@@ -165,7 +164,7 @@ func Guard(ctx context.Context, o GuardOptions) (GuardReport, error) {
 		o.Settle = 10 * time.Second
 	}
 	rep := GuardReport{At: time.Now()}
-	m, err := readCutMarker(o.WorkDir)
+	m, err := readCutMarker(vfs.Default, o.WorkDir)
 	if errors.Is(err, fs.ErrNotExist) {
 		rep.Reason = "no cut was in flight"
 		return rep, nil
@@ -174,7 +173,7 @@ func Guard(ctx context.Context, o GuardOptions) (GuardReport, error) {
 		return rep, fmt.Errorf("livecut: guard: %w", err)
 	}
 	rep.Acted, rep.Gen = true, m.Gen
-	_, ferr := os.Stat(filepath.Join(o.WorkDir, finalFile))
+	_, ferr := vfs.Default.Stat(path.Join(o.WorkDir, finalFile))
 	final := ferr == nil
 
 	ctx, cancel := context.WithTimeout(ctx, o.Settle)
@@ -223,7 +222,7 @@ func Guard(ctx context.Context, o GuardOptions) (GuardReport, error) {
 			}
 			continue
 		case guardResume:
-			if _, err := os.Stat(filepath.Join(o.WorkDir, cutMarkerFile)); err != nil {
+			if _, err := vfs.Default.Stat(path.Join(o.WorkDir, cutMarkerFile)); err != nil {
 				// A new sender got the socket first and cleaned up.
 				rep.Reason = "a new sender handled the cut"
 				return rep, nil
@@ -243,7 +242,7 @@ func Guard(ctx context.Context, o GuardOptions) (GuardReport, error) {
 			log.Info("guard: the guest is left as it is", "cut", m.Gen, "status", st.Status, "why", why)
 		}
 		// Handled: the next sender must not act on this cut again.
-		os.Remove(filepath.Join(o.WorkDir, cutMarkerFile))
+		vfs.Default.Remove(path.Join(o.WorkDir, cutMarkerFile))
 		return rep, nil
 	}
 }

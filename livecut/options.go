@@ -32,7 +32,7 @@ type Options struct {
 	// writes while an epoch is read, so prefer a file system other than the
 	// images' (the notes on cut latency say why, too).
 	WorkDir string
-	FS      vfs.FS // for the state file; vfs.Default if nil
+	FS      vfs.FS // for the state file and the cut marks; vfs.Default if nil
 	Now     func() time.Time
 	Logger  *slog.Logger
 	// MaxBandwidth caps QEMU's migration into the local capture. QEMU's own

@@ -20,8 +20,8 @@ import (
 	"github.com/drsync/drsync/diskmirror"
 	"github.com/drsync/drsync/nbd"
 	"github.com/drsync/drsync/qmp"
-	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/sender"
+	"github.com/drsync/drsync/vfs"
 )
 
 var (
@@ -96,7 +96,7 @@ func (s *Source) session(ctx context.Context) (*qmp.Session, error) {
 		s.sess.Close()
 		s.sess = nil
 	}
-	if err := replica.MkdirAllDurable(s.o.FS, s.o.WorkDir); err != nil {
+	if err := vfs.MkdirAllDurable(s.o.FS, s.o.WorkDir, 0o750); err != nil {
 		return nil, fmt.Errorf("livecut: work directory: %w", err)
 	}
 	// The NBD socket in it serves the guest's disks to whoever can connect.
@@ -391,25 +391,7 @@ func (s *Source) loadState() *cutIndex {
 
 func (s *Source) saveState(c *cutIndex) error {
 	b := sender.MarshalIndex(&sender.Index{Epoch: c.gen, Tables: c.tables})
-	tmp := path.Join(s.o.WorkDir, stateFile+".tmp")
-	f, err := s.o.FS.Create(tmp)
-	if err != nil {
-		return err
-	}
-	_, err = io.Copy(f, bytes.NewReader(b))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = s.o.FS.Rename(tmp, path.Join(s.o.WorkDir, stateFile))
-	}
-	if err == nil {
-		err = s.o.FS.SyncDir(s.o.WorkDir)
-	}
-	return err
+	return vfs.WriteFileDurable(s.o.FS, path.Join(s.o.WorkDir, stateFile), b, 0o600)
 }
 
 func (s *Source) removeState() {

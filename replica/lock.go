@@ -1,14 +1,10 @@
 package replica
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"strings"
-	"sync"
-	"syscall"
+	"path"
 	"time"
 
 	"github.com/drsync/drsync/vfs"
@@ -17,29 +13,17 @@ import (
 // ErrLocked means another process or session holds the replica.
 var ErrLocked = errors.New("replica is in use")
 
-// Replicas on the real file system are locked with flock, so a second
-// receiver process (or a verify run) cannot write or read a replica while
-// it is being applied. Other file systems (tests) lock in memory.
+// Replicas are locked with the FS's lock (flock on the real file system),
+// so a second receiver process (or a verify run) cannot write or read a
+// replica while it is being applied.
 //
-// The holder says what it is doing in the lock file, one line rewritten in
-// place ("the receiver (pid 42) is applying epoch 7"), so that whoever is
-// refused the lock can tell the operator why, rather than guess.
-var (
-	memLocksMu sync.Mutex
-	memLocks   = map[string]string{} // held locks and their notes
-)
-
-// noteLen is the fixed length notes are padded to, so that rewriting one
-// never leaves the tail of a longer one behind.
-const noteLen = 200
-
-// lockPoll is how often a waiting locker tries again.
-const lockPoll = 20 * time.Millisecond
+// The holder says what it is doing in the lock's note ("the receiver (pid
+// 42) is applying epoch 7"), so that whoever is refused the lock can tell
+// the operator why, rather than guess.
 
 // held is a taken replica lock.
 type held struct {
-	f   *os.File // flock; nil for an in-memory lock
-	key string   // in-memory lock
+	l vfs.Locked
 }
 
 // note records what the holder is doing. It is informational: a note
@@ -48,107 +32,30 @@ func (h *held) note(s string) {
 	if h == nil {
 		return
 	}
-	if h.f == nil {
-		memLocksMu.Lock()
-		if _, ok := memLocks[h.key]; ok {
-			memLocks[h.key] = s
-		}
-		memLocksMu.Unlock()
-		return
-	}
-	b := []byte(s)
-	if len(b) > noteLen-1 {
-		b = b[:noteLen-1]
-	}
-	b = append(b, bytes.Repeat([]byte{' '}, noteLen-1-len(b))...)
-	h.f.WriteAt(append(b, '\n'), 0)
+	h.l.Note(s)
 }
 
-func (h *held) Close() error {
-	if h.f != nil {
-		return h.f.Close()
-	}
-	memLocksMu.Lock()
-	delete(memLocks, h.key)
-	memLocksMu.Unlock()
-	return nil
-}
-
-// baseFS is the file system fsys wraps (an error-injecting layer over the
-// real one locks like the real one), or fsys itself.
-func baseFS(fsys vfs.FS) vfs.FS {
-	for {
-		u, ok := fsys.(interface{ Unwrap() vfs.FS })
-		if !ok {
-			return fsys
-		}
-		fsys = u.Unwrap()
-	}
-}
+func (h *held) Close() error { return h.l.Unlock() }
 
 // lock takes the replica lock name, waiting up to wait for a holder to let
 // go, and notes the holder as who. A refusal wraps ErrLocked and says what
 // the holder is doing.
 func lock(ctx context.Context, fsys vfs.FS, name, who string, wait time.Duration) (*held, error) {
-	deadline := time.Now().Add(wait)
-	for {
-		h, err := tryLock(fsys, name)
-		if err == nil {
-			h.note(who)
-			return h, nil
-		}
-		if !errors.Is(err, ErrLocked) || !time.Now().Before(deadline) {
-			return nil, err
-		}
-		if sleepCtx(ctx, min(lockPoll, time.Until(deadline)+time.Millisecond)) != nil {
-			return nil, err
-		}
+	l, err := vfs.Lock(ctx, fsys, name, who, wait)
+	if err != nil {
+		return nil, lockFailed(name, err)
 	}
+	return &held{l: l}, nil
 }
 
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
+// lockFailed turns a refusal into ErrLocked saying what the holder does,
+// and anything else into a storage error.
+func lockFailed(name string, err error) error {
+	var le *vfs.LockedError
+	if !errors.As(err, &le) {
+		return fmt.Errorf("%w (%w)", err, ErrStorage)
 	}
-}
-
-func tryLock(fsys vfs.FS, name string) (*held, error) {
-	if baseFS(fsys) == vfs.Default {
-		f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o640)
-		if err != nil {
-			return nil, fmt.Errorf("open lock %s: %w (%w)", name, err, ErrStorage)
-		}
-		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-			defer f.Close()
-			if errors.Is(err, syscall.EWOULDBLOCK) {
-				return nil, lockedError(name, readNote(f))
-			}
-			return nil, fmt.Errorf("lock %s: %w (%w)", name, err, ErrStorage)
-		}
-		return &held{f: f}, nil
-	}
-	k := fmt.Sprintf("%p:%s", fsys, name)
-	memLocksMu.Lock()
-	defer memLocksMu.Unlock()
-	if n, ok := memLocks[k]; ok {
-		return nil, lockedError(name, n)
-	}
-	memLocks[k] = ""
-	return &held{key: k}, nil
-}
-
-func readNote(f *os.File) string {
-	b := make([]byte, noteLen)
-	n, _ := f.ReadAt(b, 0)
-	return strings.TrimSpace(string(bytes.ToValidUTF8(bytes.TrimRight(b[:n], "\x00"), nil)))
-}
-
-func lockedError(name, note string) error {
+	note := le.Note
 	if note == "" {
 		// A holder that says nothing: an older drsync, or another tool.
 		note = "held by a process that does not say what it does"
@@ -162,22 +69,11 @@ func lockedError(name, note string) error {
 // may be stale as soon as it is returned; it is for checks that refuse
 // early, such as a failover's dry run.
 func CheckUnlocked(dir string) error {
-	name := dir + "/LOCK"
-	f, err := os.Open(name)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
+	name := path.Join(dir, "LOCK")
+	if err := vfs.CheckUnlocked(vfs.Default, name); err != nil {
+		return lockFailed(name, err)
 	}
-	if err != nil {
-		return fmt.Errorf("open lock %s: %w (%w)", name, err, ErrStorage)
-	}
-	defer f.Close()
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return lockedError(name, readNote(f))
-		}
-		return fmt.Errorf("lock %s: %w (%w)", name, err, ErrStorage)
-	}
-	return syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	return nil
 }
 
 // WaitUnlocked is CheckUnlocked, waiting up to wait (or until ctx ends)
@@ -193,5 +89,19 @@ func WaitUnlocked(ctx context.Context, dir string, wait time.Duration) error {
 		if sleepCtx(ctx, min(lockPoll, time.Until(deadline)+time.Millisecond)) != nil {
 			return err
 		}
+	}
+}
+
+// lockPoll is how often WaitUnlocked looks again.
+const lockPoll = 20 * time.Millisecond
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
 	}
 }

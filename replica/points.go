@@ -57,7 +57,7 @@ func (r *Replica) capturePoint(st *stage, images map[uint16]vfs.File) error {
 	if err := r.o.FS.RemoveAll(dir); err != nil {
 		return wrap("clear", err)
 	}
-	if err := MkdirAllDurable(r.o.FS, dir); err != nil {
+	if err := vfs.MkdirAllDurable(r.o.FS, dir, dirPerm); err != nil {
 		return wrap("create", err)
 	}
 	index := map[string]int{}
@@ -228,7 +228,7 @@ func Materialize(fsys vfs.FS, dir string, epoch uint64, to string) (*Manifest, e
 		return nil, fmt.Errorf("replica %s keeps no recovery point for epoch %d (it has %v)", dir, epoch, have)
 	}
 	cur := pts[len(pts)-1].Manifest
-	if err := MkdirAllDurable(fsys, to); err != nil {
+	if err := vfs.MkdirAllDurable(fsys, to, dirPerm); err != nil {
 		return nil, err
 	}
 	// Start from the committed images, cut to epoch's sizes.

@@ -112,7 +112,7 @@ func Open(o Options) (*Replica, error) {
 		r.log = slog.New(slog.DiscardHandler)
 	}
 	r.log = r.log.With("vm", o.VM)
-	if err := MkdirAllDurable(o.FS, o.Dir); err != nil {
+	if err := vfs.MkdirAllDurable(o.FS, o.Dir, dirPerm); err != nil {
 		return nil, fmt.Errorf("create replica directory: %w (%w)", err, ErrStorage)
 	}
 	unlock, err := lock(context.Background(), o.FS, path.Join(o.Dir, "LOCK"), r.who("opening it"), o.LockWait)
@@ -264,23 +264,6 @@ func (r *Replica) Reacquire(ctx context.Context, wait time.Duration) error {
 	r.unlock, r.released = h, false
 	r.noteActivity()
 	return nil
-}
-
-// MkdirAllDurable creates dir and makes its entry, and its ancestors'
-// entries, durable: a directory that vanishes on power loss takes the
-// replica with it.
-func MkdirAllDurable(fsys vfs.FS, dir string) error {
-	if err := fsys.MkdirAll(dir, 0o750); err != nil {
-		return err
-	}
-	for d := path.Clean(dir); ; d = path.Dir(d) {
-		if err := fsys.SyncDir(d); err != nil {
-			return err
-		}
-		if p := path.Dir(d); p == d || d == "." {
-			return nil
-		}
-	}
 }
 
 func (r *Replica) p(name string) string { return path.Join(r.o.Dir, name) }
@@ -1094,27 +1077,19 @@ func (r *Replica) writeManifest(m *Manifest) error {
 	if err != nil {
 		return err
 	}
-	tmp := r.p(manifestName + ".tmp")
-	f, err := r.o.FS.Create(tmp)
-	if err != nil {
-		return fmt.Errorf("write manifest: %w (%w)", err, ErrStorage)
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	f.Close()
-	if err == nil {
-		err = r.o.FS.Rename(tmp, r.p(manifestName))
-	}
-	if err == nil {
-		err = r.o.FS.SyncDir(r.o.Dir)
-	}
-	if err != nil {
+	if err := vfs.WriteFileDurable(r.o.FS, r.p(manifestName), b, filePerm); err != nil {
 		return fmt.Errorf("write manifest: %w (%w)", err, ErrStorage)
 	}
 	return nil
 }
+
+// The modes of what a replica creates: replicas hold guest disk and
+// memory contents, so only the owner's group may list them and only the
+// owner may read them.
+const (
+	dirPerm  = 0o750
+	filePerm = 0o600
+)
 
 // Close releases the replica. A staged epoch stays in the journal.
 func (r *Replica) Close() error {

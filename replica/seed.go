@@ -38,7 +38,7 @@ func Seed(fsys vfs.FS, dir, vm string, targets []SeedTarget, now func() time.Tim
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("seed %s: %w", dir, err)
 	}
-	if err := MkdirAllDurable(fsys, dir); err != nil {
+	if err := vfs.MkdirAllDurable(fsys, dir, dirPerm); err != nil {
 		return nil, fmt.Errorf("seed %s: %w (%w)", dir, err, ErrStorage)
 	}
 	unlock, err := lock(context.Background(), fsys, path.Join(dir, "LOCK"), fmt.Sprintf("drsync seed (pid %d) is creating it", os.Getpid()), 0)
@@ -99,13 +99,7 @@ func Seed(fsys vfs.FS, dir, vm string, targets []SeedTarget, now func() time.Tim
 	m.StateID = m.ComputeStateID()
 	b, err := m.Marshal()
 	if err == nil {
-		err = writeFileSync(fsys, path.Join(dir, manifestName+".tmp"), b)
-	}
-	if err == nil {
-		err = fsys.Rename(path.Join(dir, manifestName+".tmp"), path.Join(dir, manifestName))
-	}
-	if err == nil {
-		err = fsys.SyncDir(dir)
+		err = vfs.WriteFileDurable(fsys, path.Join(dir, manifestName), b, filePerm)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("seed %s: %w (%w)", dir, err, ErrStorage)

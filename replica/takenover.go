@@ -60,25 +60,7 @@ func (r *Replica) MarkTakenOver(m TakeoverMark) error {
 	if err != nil {
 		return err
 	}
-	tmp := r.p(takenOverFile + ".tmp")
-	f, err := r.o.FS.Create(tmp)
-	if err != nil {
-		return fmt.Errorf("mark taken over: %w (%w)", err, ErrStorage)
-	}
-	_, err = f.Write(append(b, '\n'))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = r.o.FS.Rename(tmp, r.p(takenOverFile))
-	}
-	if err == nil {
-		err = r.o.FS.SyncDir(r.o.Dir)
-	}
-	if err != nil {
+	if err := vfs.WriteFileDurable(r.o.FS, r.p(takenOverFile), append(b, '\n'), filePerm); err != nil {
 		return fmt.Errorf("mark taken over: %w (%w)", err, ErrStorage)
 	}
 	return nil

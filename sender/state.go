@@ -13,7 +13,6 @@ import (
 
 	"github.com/cespare/xxhash/v2"
 	"github.com/drsync/drsync/blockhash"
-	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/vfs"
 	"github.com/drsync/drsync/wire"
 )
@@ -164,26 +163,10 @@ func (s Store) Load() (committed, pending *Index, err error) {
 }
 
 func (s Store) write(name string, x *Index) error {
-	if err := replica.MkdirAllDurable(s.FS, s.Dir); err != nil {
+	if err := vfs.MkdirAllDurable(s.FS, s.Dir, 0o750); err != nil {
 		return fmt.Errorf("sender state dir: %w", err)
 	}
-	tmp := path.Join(s.Dir, name+".tmp")
-	f, err := s.FS.Create(tmp)
-	if err != nil {
-		return fmt.Errorf("write sender state: %w", err)
-	}
-	_, err = f.Write(MarshalIndex(x))
-	if err == nil {
-		err = f.Sync()
-	}
-	f.Close()
-	if err == nil {
-		err = s.FS.Rename(tmp, path.Join(s.Dir, name))
-	}
-	if err == nil {
-		err = s.FS.SyncDir(s.Dir)
-	}
-	if err != nil {
+	if err := vfs.WriteFileDurable(s.FS, path.Join(s.Dir, name), MarshalIndex(x), 0o600); err != nil {
 		return fmt.Errorf("write sender state %s: %w", name, err)
 	}
 	return nil

@@ -3,10 +3,20 @@
 // FS and File, never through package os, so that tests can substitute an
 // in-memory file system, inject failures and simulate power loss.
 //
-// The package owns only the interface and the implementation on the real
-// OS (Default). It knows nothing about replicas, journals, epochs or the
+// The package owns the interface, the implementation on the real OS
+// (Default), and the few file sequences every writer needs and must get
+// right: replacing a file durably (WriteFileDurable), or atomically only
+// (WriteFileAtomic), creating directories durably (MkdirAllDurable), and
+// the exclusive lock with its holder's note (FS.Lock, Lock,
+// CheckUnlocked). It knows nothing about replicas, journals, epochs or the
 // wire protocol: anything that needs to know what a file means belongs to
 // the package that writes it.
+//
+// The rule for the rest of the code base: files go through vfs. Code that
+// writes state opens, syncs, renames and locks through an FS it is given,
+// and uses the helpers here rather than writing the sequences by hand, so
+// that one implementation is tested against crashes and injected failures
+// and every FS (memfs, errorfs over either) behaves like the real one.
 //
 // # Durability
 //
@@ -25,7 +35,21 @@
 //
 // The usual pattern for replacing a file atomically is therefore: write a
 // temporary file, Sync it, Close it, Rename it over the target, SyncDir the
-// directory.
+// directory. WriteFileDurable does exactly that, checks every step's error
+// and names the step in its own; MkdirAllDurable syncs each directory up
+// to the root so that a new directory, and what goes into it, survives.
+//
+// # Locks
+//
+// FS.Lock takes an exclusive lock on a file without waiting; the package
+// function Lock waits for it up to a limit. The holder records what it is
+// doing (its note: "the receiver (pid 42) is applying epoch 7"), and
+// whoever is refused gets a *LockedError carrying that note, so that an
+// operator is told why rather than left to guess. On the real file system
+// the lock is flock (other processes, and other opens in this one, are
+// excluded; it dies with the process) and the note is kept at the start
+// of the lock file; memfs keeps a lock table; errorfs passes locks on to
+// the FS it wraps, so tests lock for real whatever the layering.
 //
 // # Sparse files
 //

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"slices"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -68,6 +69,74 @@ func (osFS) SyncDir(dir string) error {
 		return err
 	}
 	return f.Close()
+}
+
+// lockPerm is the mode of lock files: they hold only the holder's note,
+// which monitoring in the owner's group may read.
+const lockPerm = 0o640
+
+// Lock locks with flock, so that it excludes other processes and other
+// opens in this one. The holder's note is kept at the start of the file.
+func (osFS) Lock(name, note string) (Locked, error) {
+	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, lockPerm)
+	if errors.Is(err, os.ErrPermission) {
+		// Read access is enough to take (or probe) the lock; only the
+		// note is lost.
+		f, err = os.OpenFile(name, os.O_RDONLY, 0)
+	}
+	if err != nil {
+		return nil, lockError(name, err)
+	}
+	if err := flock(f, unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		defer f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			b := make([]byte, noteLen)
+			n, _ := f.ReadAt(b, 0)
+			return nil, &LockedError{Name: name, Note: decodeNote(b[:n])}
+		}
+		return nil, lockError(name, &os.PathError{Op: "flock", Path: name, Err: err})
+	}
+	l := &osLock{f: f}
+	if note != "" {
+		l.Note(note)
+	}
+	return l, nil
+}
+
+func flock(f *os.File, how int) error {
+	for {
+		err := unix.Flock(int(f.Fd()), how)
+		if err != unix.EINTR {
+			return err
+		}
+	}
+}
+
+type osLock struct {
+	mu sync.Mutex
+	f  *os.File // nil once unlocked
+}
+
+func (l *osLock) Note(note string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f == nil {
+		return nil
+	}
+	_, err := l.f.WriteAt(encodeNote(note), 0)
+	return err
+}
+
+// Unlock closes the file, which releases the flock.
+func (l *osLock) Unlock() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f == nil {
+		return nil
+	}
+	err := l.f.Close()
+	l.f = nil
+	return err
 }
 
 // osFile embeds *os.File so that io.Copy and friends still find its

@@ -23,6 +23,8 @@ type File interface {
 	// PunchHole deallocates [off, off+n); the range reads as zeros afterwards
 	// and the file size is unchanged.
 	PunchHole(off, n int64) error
+	// Chmod sets the permission bits, whatever the umask was at creation.
+	Chmod(mode os.FileMode) error
 }
 
 // FS is the file system the replica and the sender's state live on. Every
@@ -46,4 +48,21 @@ type FS interface {
 	List(dir string) ([]string, error)
 	// SyncDir makes creations, renames and removals in dir durable.
 	SyncDir(dir string) error
+	// Lock takes an exclusive lock on the file name, creating it if it
+	// does not exist, without waiting: if it is held (by this process or
+	// another), the error is a *LockedError carrying the holder's note.
+	// note says what the holder is doing, for whoever is refused. The
+	// lock is released by Unlock or when the process ends; it does not
+	// survive a crash. Use the package function Lock to wait for it.
+	Lock(name, note string) (Locked, error)
+}
+
+// Locked is a lock taken with FS.Lock.
+type Locked interface {
+	// Note replaces what the holder says it is doing. Notes are
+	// informational: one that cannot be recorded is not an error worth
+	// stopping for, so callers may ignore the result.
+	Note(note string) error
+	// Unlock releases the lock. Further calls do nothing.
+	Unlock() error
 }

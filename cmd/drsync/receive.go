@@ -277,31 +277,24 @@ func (p *peekedStream) Read(b []byte) (int, error) { return p.Reader.Read(b) }
 // receivers never apply epochs to the same replicas. The lock is released
 // when the returned function is called or the process ends.
 func lockStorage(dir string) (func(), error) {
-	if err := os.MkdirAll(dir, 0o750); err != nil {
+	if err := vfs.Default.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("create storage directory: %w", err)
 	}
 	name := filepath.Join(dir, receiverLockFile)
-	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o640)
+	// The note, our pid, is only a hint for the message below.
+	l, err := vfs.Default.Lock(name, strconv.Itoa(os.Getpid()))
 	if err != nil {
-		return nil, fmt.Errorf("open lock file: %w", err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		holder, _ := io.ReadAll(io.LimitReader(f, 32))
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
+		var le *vfs.LockedError
+		if errors.As(err, &le) {
 			who := "another drsync receive"
-			if pid := string(bytes.TrimSpace(holder)); pid != "" {
-				who += " (pid " + pid + ")"
+			if le.Note != "" {
+				who += " (pid " + le.Note + ")"
 			}
 			return nil, fmt.Errorf("%w: %s holds %s; stop it, or give this receiver its own storage.dir", errLockBusy, who, name)
 		}
-		return nil, fmt.Errorf("lock %s: %w", name, err)
+		return nil, err
 	}
-	// The pid is only a hint for the message above.
-	if err := f.Truncate(0); err == nil {
-		f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
-	}
-	return func() { f.Close() }, nil
+	return func() { l.Unlock() }, nil
 }
 
 // receiverStatusWriter maintains <storage dir>/<vm>/STATUS.json.

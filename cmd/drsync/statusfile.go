@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/drsync/drsync/vfs"
 )
 
 // Status file names. "drsync status" reads them while send and receive run,
@@ -129,43 +131,19 @@ func readJSON(path string, v any) error {
 }
 
 // writeJSONAtomic replaces path with v's JSON encoding: readers see the old
-// file or the new one, never a mix, and the new one survives a crash.
+// file or the new one, never a mix, and the new one survives a crash. The
+// file is readable by the owner's group, for monitoring.
 func writeJSONAtomic(path string, v any) error {
 	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return err
 	}
 	b = append(b, '\n')
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o750); err != nil {
+	if err := vfs.Default.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Chmod(0o640)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
+	if err := vfs.WriteFileDurable(vfs.Default, path, b, 0o640); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		// The rename is already visible; this only makes it durable.
-		d.Sync()
-		d.Close()
 	}
 	return nil
 }

@@ -2,7 +2,8 @@
 //
 // Wrap consults an Injector before every FS and File method; when it
 // returns an error the operation is not performed and fails with that
-// error. Injectors compose: When restricts one to the operations a Filter
+// error. Locks taken through Wrap are the wrapped FS's own (only taking
+// one, OpLock, can be failed), so layers over one FS exclude each other. Injectors compose: When restricts one to the operations a Filter
 // (Ops, PathMatch, Mutations) selects, Any combines several.
 //
 // The standard crash-injection loop first counts the operations a

@@ -34,6 +34,8 @@ const (
 	OpAllocate
 	OpPunchHole
 	OpClose
+	OpChmod
+	OpLock
 	numOpKinds
 )
 
@@ -58,6 +60,8 @@ var opNames = [numOpKinds]string{
 	OpAllocate:      "allocate",
 	OpPunchHole:     "punchhole",
 	OpClose:         "close",
+	OpChmod:         "chmod",
+	OpLock:          "lock",
 }
 
 func (k OpKind) String() string {
@@ -230,6 +234,15 @@ func (e *errFS) List(dir string) ([]string, error) {
 	return e.inner.List(dir)
 }
 
+// Lock asks about OpLock; the lock itself is the wrapped FS's, so that
+// layers over one FS exclude each other.
+func (e *errFS) Lock(name, note string) (vfs.Locked, error) {
+	if err := e.check(Op{Kind: OpLock, Path: name}); err != nil {
+		return nil, err
+	}
+	return e.inner.Lock(name, note)
+}
+
 func (e *errFS) SyncDir(dir string) error {
 	if err := e.check(Op{Kind: OpSyncDir, Path: dir}); err != nil {
 		return err
@@ -310,6 +323,13 @@ func (f *errFile) PunchHole(off, n int64) error {
 	return f.f.PunchHole(off, n)
 }
 
+func (f *errFile) Chmod(mode os.FileMode) error {
+	if err := f.fs.check(f.op(OpChmod, 0, 0)); err != nil {
+		return err
+	}
+	return f.f.Chmod(mode)
+}
+
 func (f *errFile) Close() error {
 	if err := f.fs.check(f.op(OpClose, 0, 0)); err != nil {
 		f.f.Close()
@@ -318,6 +338,6 @@ func (f *errFile) Close() error {
 	return f.f.Close()
 }
 
-// Unwrap returns the wrapped file system, so that what depends on the
-// real one underneath (such as flock on its files) still finds it.
+// Unwrap returns the wrapped file system, for tests that need to reach
+// it (locks need not: Lock is passed on).
 func (e *errFS) Unwrap() vfs.FS { return e.inner }

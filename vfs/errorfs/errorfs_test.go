@@ -4,6 +4,8 @@ import (
 	"errors"
 	"io/fs"
 	"os"
+	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 
@@ -243,5 +245,42 @@ func must(t *testing.T, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Locks taken through wrappers are the wrapped FS's: two layers over one
+// memfs exclude each other, a layer over the real FS takes a real flock,
+// and OpLock can be failed like any operation.
+func TestLockIsTheWrappedFS(t *testing.T) {
+	mem := memfs.New()
+	a := errorfs.Wrap(mem, &errorfs.Counter{})
+	b := errorfs.Wrap(mem, &errorfs.Counter{})
+	l, err := a.Lock("/LOCK", "held through a")
+	must(t, err)
+	if _, err := b.Lock("/LOCK", "b"); !errors.Is(err, vfs.ErrLocked) || !strings.Contains(err.Error(), "held through a") {
+		t.Errorf("Lock through another wrapper: %v, want refused with the holder's note", err)
+	}
+	if _, err := mem.Lock("/LOCK", "mem"); !errors.Is(err, vfs.ErrLocked) {
+		t.Errorf("Lock on the wrapped FS: %v, want refused", err)
+	}
+	must(t, l.Unlock())
+
+	name := filepath.Join(t.TempDir(), "LOCK")
+	l, err = errorfs.Wrap(vfs.Default, &errorfs.Counter{}).Lock(name, "held through a wrapper")
+	must(t, err)
+	f, err := os.Open(name)
+	must(t, err)
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); !errors.Is(err, syscall.EWOULDBLOCK) {
+		t.Errorf("flock while held through a wrapper: %v, want EWOULDBLOCK", err)
+	}
+	must(t, l.Unlock())
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Errorf("flock after Unlock: %v", err)
+	}
+
+	failing := errorfs.Wrap(mem, errorfs.When(errorfs.Ops(errorfs.OpLock), errorfs.OnIndex(0, nil)))
+	if _, err := failing.Lock("/LOCK", "x"); !errors.Is(err, errorfs.ErrInjected) {
+		t.Errorf("injected Lock failure: %v", err)
 	}
 }

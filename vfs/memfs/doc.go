@@ -29,5 +29,12 @@
 // SetCapacity the total of allocated chunks is bounded and writes beyond it
 // fail with an error wrapping syscall.ENOSPC.
 //
+// # Locks
+//
+// Lock keeps a table of held locks and their holders' notes, by file, so
+// that it behaves as flock does on the real file system: a second Lock of
+// the same file fails with a *vfs.LockedError, whichever layer (errorfs,
+// say) it comes through. Locks are process state and do not survive Crash.
+//
 // An FS and its files are safe for concurrent use.
 package memfs

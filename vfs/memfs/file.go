@@ -176,6 +176,15 @@ func (f *file) Stat() (os.FileInfo, error) {
 	return info(f.name, f.n), nil
 }
 
+func (f *file) Chmod(mode os.FileMode) error {
+	if err := f.lock("chmod"); err != nil {
+		return err
+	}
+	defer f.fs.mu.Unlock()
+	f.n.mode = f.n.mode&os.ModeType | mode.Perm()
+	return nil
+}
+
 func (f *file) Close() error {
 	if err := f.lock("close"); err != nil {
 		return err

@@ -31,6 +31,9 @@ type FS struct {
 	root     *node
 	capacity int64 // 0: unlimited
 	used     int64 // bytes of chunks held by linked files
+	// locks are the held locks (see Lock) and their holders' notes, by
+	// file: like flock, a lock belongs to the file, not to its name.
+	locks map[*node]*lock
 }
 
 var _ vfs.FS = (*FS)(nil)
@@ -45,7 +48,7 @@ func New() *FS { return newFS(false) }
 func NewStrict() *FS { return newFS(true) }
 
 func newFS(strict bool) *FS {
-	return &FS{strict: strict, root: newDir(0o755)}
+	return &FS{strict: strict, root: newDir(0o755), locks: map[*node]*lock{}}
 }
 
 type chunk [ChunkSize]byte
@@ -130,7 +133,7 @@ func (m *FS) Crash() *FS {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.crashed = true
-	n := &FS{strict: m.strict, capacity: m.capacity}
+	n := &FS{strict: m.strict, capacity: m.capacity, locks: map[*node]*lock{}}
 	n.root = m.cloneDurable(m.root)
 	n.used = usage(n.root)
 	return n

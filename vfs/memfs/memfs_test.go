@@ -6,6 +6,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/drsync/drsync/vfs"
 	"github.com/drsync/drsync/vfs/memfs"
 )
 
@@ -149,4 +150,27 @@ func TestRenameErrors(t *testing.T) {
 	if _, err := fsys.Stat("/full/x"); err != nil {
 		t.Error(err)
 	}
+}
+
+// Locks are process state: power loss drops them, and the crashed FS's
+// holder cannot take the lock back from the new one.
+func TestLockDoesNotSurviveCrash(t *testing.T) {
+	m := memfs.NewStrict()
+	l, err := m.Lock("/LOCK", "before the crash")
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := m.Crash()
+	l2, err := after.Lock("/LOCK", "after the crash")
+	if err != nil {
+		t.Fatalf("Lock after Crash: %v", err)
+	}
+	l.Unlock() // the dead process's handle must not release the new holder
+	if _, err := after.Lock("/LOCK", "third"); !errors.Is(err, vfs.ErrLocked) {
+		t.Errorf("Lock while held after the crash: %v, want vfs.ErrLocked", err)
+	}
+	if _, err := m.Lock("/LOCK", "x"); !errors.Is(err, memfs.ErrCrashed) {
+		t.Errorf("Lock on the crashed FS: %v, want ErrCrashed", err)
+	}
+	l2.Unlock()
 }

@@ -6,12 +6,16 @@ package vfstest
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"io/fs"
+	"os"
 	"path"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/drsync/drsync/vfs"
 )
@@ -48,6 +52,14 @@ func Run(t *testing.T, newFS func(t *testing.T) (fsys vfs.FS, root string)) {
 		{"Sync", testSync},
 		{"UseAfterClose", testUseAfterClose},
 		{"Concurrent", testConcurrent},
+		{"Chmod", testChmod},
+		{"LockExclusive", testLockExclusive},
+		{"LockNote", testLockNote},
+		{"LockErrors", testLockErrors},
+		{"CheckUnlocked", testCheckUnlocked},
+		{"WriteFileDurable", testWriteFileDurable},
+		{"WriteFileAtomic", testWriteFileAtomic},
+		{"MkdirAllDurable", testMkdirAllDurable},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -683,5 +695,174 @@ func testConcurrent(t *testing.T, s *suite) {
 	}
 	if got := s.size(t, name); got != workers*blocks*bs {
 		t.Errorf("size %d, want %d", got, workers*blocks*bs)
+	}
+}
+
+func testChmod(t *testing.T, s *suite) {
+	f := s.createFile(t, s.path("a"))
+	for _, mode := range []os.FileMode{0o640, 0o600, 0o644} {
+		must(t, f.Chmod(mode))
+		fi, err := s.fs.Stat(s.path("a"))
+		must(t, err)
+		if fi.Mode().Perm() != mode || !fi.Mode().IsRegular() {
+			t.Errorf("after Chmod(%v): mode %v", mode, fi.Mode())
+		}
+	}
+}
+
+func wantLocked(t *testing.T, what string, err error, note string) {
+	t.Helper()
+	var le *vfs.LockedError
+	if !errors.As(err, &le) || !errors.Is(err, vfs.ErrLocked) {
+		t.Errorf("%s: got %v, want a *vfs.LockedError matching vfs.ErrLocked", what, err)
+		return
+	}
+	if le.Note != note {
+		t.Errorf("%s: holder's note %q, want %q", what, le.Note, note)
+	}
+}
+
+// testLockExclusive: a lock excludes every other Lock call on the file,
+// from this process too, until it is released.
+func testLockExclusive(t *testing.T, s *suite) {
+	name := s.path("LOCK")
+	l, err := s.fs.Lock(name, "first")
+	must(t, err)
+	if _, err := s.fs.Stat(name); err != nil {
+		t.Errorf("Lock did not create the lock file: %v", err)
+	}
+	_, err = s.fs.Lock(name, "second")
+	wantLocked(t, "second Lock", err, "first")
+	// Another file is another lock.
+	other, err := s.fs.Lock(s.path("OTHER"), "other")
+	must(t, err)
+	must(t, other.Unlock())
+
+	must(t, l.Unlock())
+	must(t, l.Unlock()) // a second Unlock does nothing
+	l2, err := s.fs.Lock(name, "second")
+	if err != nil {
+		t.Fatalf("Lock after Unlock: %v", err)
+	}
+	_, err = s.fs.Lock(name, "third")
+	wantLocked(t, "third Lock", err, "second")
+	// A stale Unlock of the first holder must not release the second's.
+	must(t, l.Unlock())
+	_, err = s.fs.Lock(name, "third")
+	wantLocked(t, "Lock after a stale Unlock", err, "second")
+	must(t, l2.Unlock())
+}
+
+func testLockNote(t *testing.T, s *suite) {
+	name := s.path("LOCK")
+	l, err := s.fs.Lock(name, "a long note that the next one is shorter than")
+	must(t, err)
+	defer l.Unlock()
+	for _, note := range []string{"applying epoch 7", "", strings.Repeat("x", 500)} {
+		must(t, l.Note(note))
+		_, err := s.fs.Lock(name, "other")
+		var le *vfs.LockedError
+		// Notes may be bounded, but what is kept is their start.
+		if !errors.As(err, &le) || !strings.HasPrefix(note, le.Note) || len(le.Note) < min(len(note), 150) {
+			t.Errorf("after Note(%.20q...): refusal %v", note, err)
+		}
+	}
+	// Waiting: refused after the wait, with the note, and taken as soon
+	// as the holder lets go.
+	must(t, l.Note("busy"))
+	start := time.Now()
+	_, err = vfs.Lock(context.Background(), s.fs, name, "waiter", 50*time.Millisecond)
+	wantLocked(t, "Lock with a wait", err, "busy")
+	if d := time.Since(start); d < 50*time.Millisecond {
+		t.Errorf("refused after %v, before the wait was over", d)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err = vfs.Lock(ctx, s.fs, name, "waiter", time.Hour)
+	wantLocked(t, "Lock with an ended context", err, "busy")
+	time.AfterFunc(30*time.Millisecond, func() { l.Unlock() })
+	l2, err := vfs.Lock(context.Background(), s.fs, name, "waiter", time.Minute)
+	if err != nil {
+		t.Fatalf("waiting Lock: %v", err)
+	}
+	must(t, l2.Unlock())
+}
+
+func testLockErrors(t *testing.T, s *suite) {
+	_, err := s.fs.Lock(s.path("missing", "LOCK"), "x")
+	wantNotExist(t, "Lock in a missing directory", err)
+	must(t, s.fs.MkdirAll(s.path("d"), 0o755))
+	if l, err := s.fs.Lock(s.path("d"), "x"); err == nil {
+		l.Unlock()
+		t.Error("Lock on a directory succeeded")
+	} else if errors.Is(err, vfs.ErrLocked) {
+		t.Errorf("Lock on a directory: %v, want an error other than ErrLocked", err)
+	}
+}
+
+func testCheckUnlocked(t *testing.T, s *suite) {
+	name := s.path("LOCK")
+	must(t, vfs.CheckUnlocked(s.fs, name))
+	if _, err := s.fs.Stat(name); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("CheckUnlocked created the lock file: %v", err)
+	}
+	l, err := s.fs.Lock(name, "holding")
+	must(t, err)
+	wantLocked(t, "CheckUnlocked while held", vfs.CheckUnlocked(s.fs, name), "holding")
+	must(t, l.Unlock())
+	must(t, vfs.CheckUnlocked(s.fs, name))
+	// The check did not keep the lock.
+	l, err = s.fs.Lock(name, "again")
+	must(t, err)
+	must(t, l.Unlock())
+}
+
+func testWriteFileDurable(t *testing.T, s *suite) {
+	name := s.path("f")
+	must(t, vfs.WriteFileDurable(s.fs, name, []byte("old contents"), 0o600))
+	must(t, vfs.WriteFileDurable(s.fs, name, []byte("new"), 0o640))
+	if got := s.read(t, name); string(got) != "new" {
+		t.Errorf("read %q, want %q", got, "new")
+	}
+	fi, err := s.fs.Stat(name)
+	must(t, err)
+	if fi.Mode().Perm() != 0o640 {
+		t.Errorf("mode %v, want 0640", fi.Mode())
+	}
+	names, err := s.fs.List(s.root)
+	must(t, err)
+	if len(names) != 1 || names[0] != "f" {
+		t.Errorf("directory holds %q, want only the file", names)
+	}
+	err = vfs.WriteFileDurable(s.fs, s.path("missing", "f"), []byte("x"), 0o600)
+	wantNotExist(t, "WriteFileDurable in a missing directory", err)
+}
+
+func testWriteFileAtomic(t *testing.T, s *suite) {
+	name := s.path("f")
+	must(t, vfs.WriteFileAtomic(s.fs, name, []byte("old contents"), 0o600))
+	must(t, vfs.WriteFileAtomic(s.fs, name, []byte("new"), 0o600))
+	if got := s.read(t, name); string(got) != "new" {
+		t.Errorf("read %q, want %q", got, "new")
+	}
+	names, err := s.fs.List(s.root)
+	must(t, err)
+	if len(names) != 1 {
+		t.Errorf("directory holds %q, want only the file", names)
+	}
+}
+
+func testMkdirAllDurable(t *testing.T, s *suite) {
+	dir := s.path("a", "b", "c")
+	must(t, vfs.MkdirAllDurable(s.fs, dir, 0o750))
+	must(t, vfs.MkdirAllDurable(s.fs, dir, 0o750)) // existing: fine
+	fi, err := s.fs.Stat(dir)
+	must(t, err)
+	if !fi.IsDir() {
+		t.Errorf("%s is not a directory", dir)
+	}
+	s.create(t, s.path("a", "file"), nil)
+	if err := vfs.MkdirAllDurable(s.fs, s.path("a", "file", "d"), 0o750); err == nil {
+		t.Error("MkdirAllDurable below a file succeeded")
 	}
 }
