@@ -185,7 +185,7 @@ func (s FileStore) Manifest(vm string) (*Manifest, error) {
 
 // WaitUnlocked waits for vm's replica to be free (see Store).
 func (s FileStore) WaitUnlocked(ctx context.Context, vm string, wait time.Duration) error {
-	return WaitUnlocked(ctx, s.Dir(vm), wait)
+	return waitUnlocked(ctx, s.FS, s.Dir(vm), wait)
 }
 
 // Points lists vm's recovery points (see Store).
