@@ -87,8 +87,8 @@ type Handle interface {
 	// Export makes epoch (the committed one, or a retained recovery point)
 	// something QEMU can open. Without a copy the committed epoch is
 	// exported in place; a recovery point, or a copy (keep selects the
-	// targets copied), is built in scratch, which must not exist or be
-	// empty and belongs to the caller afterwards.
+	// targets copied, with the device state), is built in scratch, whose
+	// old content is replaced and which belongs to the caller afterwards.
 	Export(epoch uint64, scratch string, keep func(TargetEntry) bool) (Image, error)
 
 	// Close releases the replica; a staged epoch stays staged.
