@@ -6,9 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
-	"path"
 	"sync"
 	"time"
 
@@ -55,6 +53,9 @@ type Options struct {
 	// timeout. The replica is taken back when the next frame arrives.
 	// DefaultReleaseAfter if 0.
 	ReleaseAfter time.Duration
+	// Store keeps the replicas; if nil, a replica.FileStore on FS under
+	// Root.
+	Store replica.Store
 }
 
 // EpochStats describes one committed epoch as the receiver saw it.
@@ -119,18 +120,23 @@ func (w *ramWrites) add(it wire.Item) {
 	}
 }
 
-// stats names the blocks by their replica files.
-func (w *ramWrites) stats(dir string, m *replica.Manifest) []RAMWrites {
+// stats names the blocks by where the replica keeps them.
+func (w *ramWrites) stats(rep replica.Handle) []RAMWrites {
 	var out []RAMWrites
 	if w == nil {
 		return nil
 	}
+	m := rep.Manifest()
+	img, err := rep.Export(m.Epoch, "", nil)
+	if err != nil {
+		return nil
+	}
 	for id, t := range w.kinds {
-		e := m.Find(wire.KindRAM, t.Name)
+		e := m.RAM(t.Name)
 		if e == nil {
 			continue
 		}
-		out = append(out, RAMWrites{Name: t.Name, File: path.Join(dir, e.File), Size: e.Size, Written: w.pages[id]})
+		out = append(out, RAMWrites{Name: t.Name, File: img.Location(e), Size: e.Size, Written: w.pages[id]})
 	}
 	return out
 }
@@ -141,9 +147,9 @@ const DefaultAckBytes = 8 << 20
 // Validate reports what is wrong with o.
 func (o *Options) Validate() error {
 	switch {
-	case o.Root == "":
+	case o.Store == nil && o.Root == "":
 		return errors.New("receiver: no replica root directory")
-	case o.FS == nil:
+	case o.Store == nil && o.FS == nil:
 		return errors.New("receiver: no file system")
 	case o.Authorize == nil:
 		return errors.New("receiver: no authorization policy")
@@ -183,11 +189,15 @@ func New(o Options) (*Receiver, error) {
 	if l == nil {
 		l = slog.New(slog.DiscardHandler)
 	}
+	if o.Store == nil {
+		o.Store = replica.FileStore{FS: o.FS, Root: o.Root, Now: o.Now, Logger: l, KeepPoints: o.KeepPoints}
+	}
 	return &Receiver{o: o, log: l, busy: map[string]*holder{}}, nil
 }
 
-func (r *Receiver) replicaOptions(vm string) replica.Options {
-	return replica.Options{FS: r.o.FS, Dir: path.Join(r.o.Root, vm), VM: vm, Now: r.o.Now, Logger: r.log, KeepPoints: r.o.KeepPoints, Holder: "the receiver"}
+// open opens vm's replica for writing.
+func (r *Receiver) open(ctx context.Context, vm string) (replica.Handle, error) {
+	return r.o.Store.Open(ctx, vm, replica.OpenOptions{Holder: "the receiver"})
 }
 
 // RecoverAll opens every replica under Root once, so that whatever a crash
@@ -197,18 +207,12 @@ func (r *Receiver) replicaOptions(vm string) replica.Options {
 // refused, with the reason) when its sender connects. Only a root that
 // cannot be listed is an error.
 func (r *Receiver) RecoverAll() error {
-	names, err := r.o.FS.List(r.o.Root)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
+	names, err := r.o.Store.VMs()
 	if err != nil {
 		return fmt.Errorf("list replicas: %w", err)
 	}
 	for _, vm := range names {
-		if wire.ValidVMName(vm) != nil {
-			continue
-		}
-		rep, err := replica.Open(r.replicaOptions(vm))
+		rep, err := r.open(context.Background(), vm)
 		switch {
 		case errors.Is(err, replica.ErrLocked):
 			r.log.Warn("replica in use by another process; it is recovered when its sender next connects", "vm", vm, "err", err)
@@ -305,7 +309,7 @@ func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser)
 	log := r.log.With("peer", peer.Fingerprint)
 	bw := bufio.NewWriterSize(rw, 64<<10)
 	enc := wire.NewEncoder(bw, wire.EncoderOptions{})
-	var rep *replica.Replica
+	var rep replica.Handle
 	var vm string
 	// While the sender is silent mid-epoch the replica is let go (see
 	// idleReader); rep is only touched there while this goroutine waits
@@ -396,7 +400,7 @@ func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser)
 			// The replica is held open (and locked) only while an epoch is
 			// in flight, so verify and failover drills can read it between
 			// epochs.
-			rep, err = replica.Open(r.replicaOptions(vm))
+			rep, err = r.open(ctx, vm)
 			if err != nil {
 				return err
 			}
@@ -408,11 +412,11 @@ func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser)
 				return nil
 			}
 		case stepTables:
-			if err := r.sendTables(vm, send); err != nil {
+			if err := r.sendTables(ctx, vm, send); err != nil {
 				return err
 			}
 		case stepBegin:
-			if rep, err = replica.Open(r.replicaOptions(vm)); err != nil {
+			if rep, err = r.open(ctx, vm); err != nil {
 				return err
 			}
 			if err := rep.Begin(f.(*wire.EpochBegin)); err != nil {
@@ -445,7 +449,7 @@ func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser)
 			if r.o.OnCommit != nil {
 				st := dec.Stats()
 				r.o.OnCommit(EpochStats{VM: vm, Peer: peer, Epoch: c.Epoch, Cut: m.Cut, WireBytes: st.WireBytes - epochWire0, RawBytes: st.RawBytes - epochRaw0,
-					RAM: writes.stats(path.Join(r.o.Root, vm), m)})
+					RAM: writes.stats(rep)})
 			}
 			rep.Close()
 			rep = nil
@@ -459,19 +463,16 @@ func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser)
 // sendTables streams the block tables of vm's committed epoch, for a sender
 // that lost its own record of them, then TableEnd with the state they
 // describe.
-func (r *Receiver) sendTables(vm string, send func(wire.Frame) error) error {
-	rep, err := replica.Open(r.replicaOptions(vm))
+func (r *Receiver) sendTables(ctx context.Context, vm string, send func(wire.Frame) error) error {
+	rep, err := r.open(ctx, vm)
 	if err != nil {
 		return err
 	}
 	defer rep.Close()
 	m := rep.Manifest()
 	for _, t := range m.Targets {
-		tab := rep.Table(t.Kind, t.Name)
-		kind := wire.KindDisk
-		if t.Kind == "ram" {
-			kind = wire.KindRAM
-		}
+		kind := t.TargetKind()
+		tab := rep.Table(kind, t.Name)
 		for first := 0; first < len(tab.Hashes); first += wire.MaxTableHashes {
 			hs := tab.Hashes[first:min(first+wire.MaxTableHashes, len(tab.Hashes))]
 			if err := send(&wire.Table{Kind: kind, Name: t.Name, Size: uint64(t.Size), BlockSize: uint32(t.BlockSize), First: uint64(first), Hashes: hs}); err != nil {

@@ -21,6 +21,19 @@
 // (decideRecovery) simply applies a committed journal again, keeps an
 // uncommitted one for the sender to resume, and discards a stale one.
 //
+// Its users (the receiver, a takeover, a runbook) reach replicas through the
+// Store and Handle interfaces (store.go), not through this layout: the
+// committed epoch is a typed Manifest (Disk, RAM), and an epoch to run is an
+// Image whose targets are located as QEMU opens them (file names here,
+// "rbd:pool/image@snap" for a store on Ceph RBD). FileStore, a directory per
+// VM, is the first implementation. The interfaces are declared here rather
+// than in a package of their own because their vocabulary (Manifest,
+// TakeoverMark, Point, Report, the marker errors) is this package's and a
+// FileStore method must return the interface type: a separate package would
+// import this one and could not be imported by it. Another store lives in
+// this package too, so that it shares the stage machine (stage.go) and the
+// recovery rule (recovery.go); replicatest is the suite every store passes.
+//
 // Files are reached only through vfs.FS, which is how tests inject
 // failures and power loss at every step. The package must not know about
 // connections, senders or configuration.

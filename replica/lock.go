@@ -76,13 +76,32 @@ func CheckUnlocked(dir string) error {
 	return nil
 }
 
+// checkUnlocked is CheckUnlocked for the replica in dir on fsys: a
+// replica on another file system (tests) is locked in memory.
+func checkUnlocked(fsys vfs.FS, dir string) error {
+	if baseFS(fsys) == vfs.Default {
+		return CheckUnlocked(dir)
+	}
+	name := dir + "/LOCK"
+	memLocksMu.Lock()
+	defer memLocksMu.Unlock()
+	if n, ok := memLocks[fmt.Sprintf("%p:%s", fsys, name)]; ok {
+		return lockedError(name, n)
+	}
+	return nil
+}
+
 // WaitUnlocked is CheckUnlocked, waiting up to wait (or until ctx ends)
 // for a holder to let go: a receiver finishing the apply of an epoch, or
 // one that lets go while its sender is silent.
 func WaitUnlocked(ctx context.Context, dir string, wait time.Duration) error {
+	return waitUnlocked(ctx, vfs.Default, dir, wait)
+}
+
+func waitUnlocked(ctx context.Context, fsys vfs.FS, dir string, wait time.Duration) error {
 	deadline := time.Now().Add(wait)
 	for {
-		err := CheckUnlocked(dir)
+		err := checkUnlocked(fsys, dir)
 		if !errors.Is(err, ErrLocked) || !time.Now().Before(deadline) {
 			return err
 		}

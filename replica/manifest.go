@@ -77,6 +77,15 @@ func (m *Manifest) Find(kind wire.TargetKind, name string) *TargetEntry {
 	return nil
 }
 
+// Disk returns the entry of the disk name, or nil.
+func (m *Manifest) Disk(name string) *TargetEntry { return m.Find(wire.KindDisk, name) }
+
+// RAM returns the entry of the RAM block name, or nil.
+func (m *Manifest) RAM(name string) *TargetEntry { return m.Find(wire.KindRAM, name) }
+
+// TargetKind is the entry's kind as the wire names it.
+func (t *TargetEntry) TargetKind() wire.TargetKind { return kindOf(t.Kind) }
+
 // ComputeStateID derives the manifest's state identity from its targets.
 func (m *Manifest) ComputeStateID() uint64 {
 	ts := make([]blockhash.TargetState, len(m.Targets))

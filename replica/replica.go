@@ -58,6 +58,8 @@ type Options struct {
 	// LockWait is how long Open waits for another holder of the replica
 	// to let go before it refuses with ErrLocked.
 	LockWait time.Duration
+
+	ctx context.Context // ends a wait for the lock (Store.Open)
 }
 
 // DefaultMaxTargetSize is the largest target a replica accepts by default.
@@ -115,7 +117,11 @@ func Open(o Options) (*Replica, error) {
 	if err := vfs.MkdirAllDurable(o.FS, o.Dir, dirPerm); err != nil {
 		return nil, fmt.Errorf("create replica directory: %w (%w)", err, ErrStorage)
 	}
-	unlock, err := lock(context.Background(), o.FS, path.Join(o.Dir, "LOCK"), r.who("opening it"), o.LockWait)
+	ctx := o.ctx
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	unlock, err := lock(ctx, o.FS, path.Join(o.Dir, "LOCK"), r.who("opening it"), o.LockWait)
 	if err != nil {
 		return nil, err
 	}
@@ -449,10 +455,10 @@ func (r *Replica) removeJournal() error {
 	return nil
 }
 
-// Table returns the committed block table of a target ("disk" or "ram"
-// kind, as in the manifest), nil if there is none. Do not modify it.
-func (r *Replica) Table(kind, name string) *blockhash.Table {
-	return r.tables[kind+"/"+name]
+// Table returns the committed block table of a target, nil if there is
+// none. Do not modify it.
+func (r *Replica) Table(kind wire.TargetKind, name string) *blockhash.Table {
+	return r.tables[key(kind, name)]
 }
 
 // Manifest returns the committed manifest (do not modify it).

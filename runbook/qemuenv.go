@@ -42,15 +42,12 @@ func fence(rb *Runbook) string { return "failover runbook " + rb.Name }
 // device state and the VM's disks, not being written right now, not taken
 // over by something else; and that QEMU is there.
 func (e QEMUEnv) Preflight(ctx context.Context, rb *Runbook, vm *VM) (Ready, error) {
-	dir := filepath.Join(rb.Replicas, vm.Name)
-	b, err := os.ReadFile(filepath.Join(dir, "MANIFEST"))
+	store, name := replicaOf(rb, vm)
+	dir := store.Where(name)
+	m, err := store.Manifest(name)
 	if errors.Is(err, os.ErrNotExist) {
 		return Ready{}, fmt.Errorf("no replica at %s (nothing was ever replicated for this VM here)", dir)
 	}
-	if err != nil {
-		return Ready{}, err
-	}
-	m, err := replica.ParseManifest(b)
 	if err != nil {
 		return Ready{}, err
 	}
@@ -64,17 +61,17 @@ func (e QEMUEnv) Preflight(ctx context.Context, rb *Runbook, vm *VM) (Ready, err
 	if main == "" {
 		main = "pc.ram"
 	}
-	if m.Find(2, main) == nil {
+	if m.RAM(main) == nil {
 		return Ready{}, fmt.Errorf("replica %s has no RAM block %q", dir, main)
 	}
 	for _, d := range vm.Disks {
-		if m.Find(1, d.Target) == nil {
+		if m.Disk(d.Target) == nil {
 			return Ready{}, fmt.Errorf("replica %s has no disk %q", dir, d.Target)
 		}
 	}
 	// A receiver applying an epoch is waited for (briefly); one whose
 	// sender went silent lets go of the replica within a second.
-	if err := replica.WaitUnlocked(ctx, dir, takeover.DefaultLockWait); err != nil {
+	if err := store.WaitUnlocked(ctx, name, takeover.DefaultLockWait); err != nil {
 		if errors.Is(err, replica.ErrLocked) {
 			return Ready{}, fmt.Errorf("replica %s is still in use after %s (%w); retry once it is free", dir, takeover.DefaultLockWait, err)
 		}
@@ -82,11 +79,11 @@ func (e QEMUEnv) Preflight(ctx context.Context, rb *Runbook, vm *VM) (Ready, err
 	}
 	r := Ready{Epoch: m.Epoch, Cut: m.Cut}
 	if rb.Epoch != 0 || !rb.Before.IsZero() {
-		e, err := takeover.ResolvePoint(dir, rb.Epoch, rb.Before)
+		e, err := takeover.ResolvePointIn(store, name, rb.Epoch, rb.Before)
 		if err != nil {
 			return Ready{}, err
 		}
-		pts, err := replica.Points(vfs.Default, dir)
+		pts, err := store.Points(name)
 		if err != nil {
 			return Ready{}, err
 		}
@@ -96,7 +93,7 @@ func (e QEMUEnv) Preflight(ctx context.Context, rb *Runbook, vm *VM) (Ready, err
 			}
 		}
 	}
-	mark, err := replica.TakenOver(vfs.Default, dir)
+	mark, err := store.TakenOver(name)
 	if err != nil {
 		return Ready{}, err
 	}
@@ -147,9 +144,17 @@ func (e QEMUEnv) Hook(ctx context.Context, rb *Runbook, h *Hook) error {
 	return nil
 }
 
+// replicaOf is where vm's replica is kept, and its name there: the
+// directory named after it under the runbook's replica root, holding
+// whatever VM its manifest names.
+func replicaOf(rb *Runbook, vm *VM) (replica.Store, string) {
+	return replica.DirStore(vfs.Default, filepath.Join(rb.Replicas, vm.Name)), ""
+}
+
 func takeoverOptions(rb *Runbook, vm *VM) takeover.Options {
+	store, name := replicaOf(rb, vm)
 	o := takeover.Options{
-		Replica: filepath.Join(rb.Replicas, vm.Name), WorkDir: workDir(rb, vm),
+		Replica: store.Where(name), Store: store, VM: name, WorkDir: workDir(rb, vm),
 		QEMU: vm.QEMU, Args: vm.Args, Disks: vm.Disks, MainRAM: vm.MainRAM, Fence: fence(rb),
 		Epoch: rb.Epoch, Before: rb.Before,
 	}

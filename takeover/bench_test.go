@@ -20,6 +20,7 @@ import (
 	"github.com/drsync/drsync/takeover"
 	"github.com/drsync/drsync/testkit/guest"
 	"github.com/drsync/drsync/testkit/hosttools"
+	"github.com/drsync/drsync/vfs"
 	"github.com/drsync/drsync/warmset"
 )
 
@@ -37,7 +38,7 @@ func waitTicks(b *testing.B, path string, n int) time.Time {
 // fullStream writes the alternative takeover: one migration stream with
 // every RAM page of the replica, loaded into anonymous guest memory.
 func fullStream(b *testing.B, repl, path string) {
-	m, err := replica.ParseManifest(mustReadB(b, filepath.Join(repl, "MANIFEST")))
+	m, err := replica.DirStore(vfs.Default, repl).Manifest("")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -47,7 +48,7 @@ func fullStream(b *testing.B, repl, path string) {
 	}
 	ram := make([]io.ReaderAt, len(sk.Blocks))
 	for i, blk := range sk.Blocks {
-		if t := m.Find(2, blk.ID); t != nil {
+		if t := m.RAM(blk.ID); t != nil {
 			f, err := os.Open(filepath.Join(repl, t.File))
 			if err != nil {
 				b.Fatal(err)

@@ -2,6 +2,7 @@ package takeover
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,7 +13,6 @@ import (
 	"time"
 
 	"github.com/drsync/drsync/replica"
-	"github.com/drsync/drsync/vfs"
 )
 
 // ErrOverlaysWritten: the work directory holds disk overlays a VM has
@@ -150,26 +150,19 @@ func PrepareBoot(o Options) (*Plan, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
-	b, err := os.ReadFile(filepath.Join(o.Replica, "MANIFEST"))
-	if err != nil {
-		return nil, fmt.Errorf("takeover: replica %s: %w", o.Replica, err)
-	}
-	m, err := replica.ParseManifest(b)
-	if err != nil {
-		return nil, fmt.Errorf("takeover: replica %s: %w", o.Replica, err)
-	}
-	r, err := replica.Open(replica.Options{FS: vfs.Default, Dir: o.Replica, VM: m.VM, Now: time.Now, AllowTakenOver: true})
+	store, vm := o.store()
+	r, err := store.Open(context.Background(), vm, replica.OpenOptions{AllowTakenOver: true})
 	if err != nil {
 		return nil, fmt.Errorf("takeover: replica %s: %w", o.Replica, err)
 	}
 	defer r.Close()
-	m = r.Manifest()
+	m := r.Manifest()
 	if o.Fence != "" {
 		if err := r.MarkTakenOver(replica.TakeoverMark{Epoch: m.Epoch, At: time.Now().UTC(), Reason: o.Fence}); err != nil {
 			return nil, fmt.Errorf("takeover: %w", err)
 		}
 	}
-	main := m.Find(2, o.MainRAM)
+	main := m.RAM(o.MainRAM)
 	if main == nil {
 		return nil, fmt.Errorf("takeover: replica %s has no RAM block %q (the guest's memory size)", o.Replica, o.MainRAM)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/drsync/drsync/qmp"
 	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/vfs"
+	"github.com/drsync/drsync/wire"
 )
 
 var (
@@ -40,6 +41,11 @@ type Disk struct {
 // Options describe one takeover.
 type Options struct {
 	Replica string // the VM's replica directory
+	// Store, if set, holds the replica as VM (Replica then only names it
+	// in messages); if nil, the replica is the directory Replica on the
+	// local file system.
+	Store replica.Store
+	VM    string
 	// WorkDir receives the disk overlays, the state stream and the QMP
 	// socket; it should be a directory of its own per VM.
 	WorkDir string
@@ -84,6 +90,9 @@ const DefaultLockWait = 5 * time.Second
 
 // Validate reports what is wrong with o.
 func (o *Options) Validate() error {
+	if o.Replica == "" && o.Store != nil {
+		o.Replica = o.Store.Where(o.VM)
+	}
 	switch {
 	case o.Replica == "":
 		return errors.New("takeover: no replica directory")
@@ -121,6 +130,15 @@ func (o *Options) Validate() error {
 	return nil
 }
 
+// store is where the replica is, and its VM's name there ("" for a
+// replica directory: the VM its manifest names).
+func (o *Options) store() (replica.Store, string) {
+	if o.Store != nil {
+		return o.Store, o.VM
+	}
+	return replica.DirStore(vfs.Default, o.Replica), ""
+}
+
 // Plan is what a takeover will start, worked out and written to the work
 // directory without starting anything.
 type Plan struct {
@@ -151,26 +169,18 @@ func Prepare(o Options) (*Plan, error) {
 	if err := checkNoWrittenOverlays(o.WorkDir, o.Disks); err != nil {
 		return nil, err
 	}
-	b, err := os.ReadFile(filepath.Join(o.Replica, "MANIFEST"))
-	if err != nil {
-		return nil, fmt.Errorf("takeover: replica %s: %w", o.Replica, err)
-	}
-	m, err := replica.ParseManifest(b)
-	if err != nil {
-		return nil, fmt.Errorf("takeover: replica %s: %w", o.Replica, err)
-	}
+	store, vm := o.store()
 	// Opening the replica takes its lock (a receiver applying an epoch
 	// holds it: waited for, never read torn; one merely waiting for a
 	// silent sender lets go of it) and finishes an apply a crash
 	// interrupted, so the images are exactly the committed epoch. An
 	// epoch staged but not committed stays staged, never applied.
-	r, err := replica.Open(replica.Options{FS: vfs.Default, Dir: o.Replica, VM: m.VM, Now: time.Now, AllowTakenOver: true,
-		Holder: "a takeover", LockWait: o.LockWait})
+	r, err := store.Open(context.Background(), vm, replica.OpenOptions{AllowTakenOver: true, Holder: "a takeover", LockWait: o.LockWait})
 	if err != nil {
 		return nil, fmt.Errorf("takeover: replica %s: %w", o.Replica, err)
 	}
 	defer r.Close()
-	m = r.Manifest()
+	m := r.Manifest()
 	if m == nil || m.Epoch == 0 {
 		return nil, fmt.Errorf("takeover: replica %s holds no committed epoch yet: %w", o.Replica, ErrNoMemory)
 	}
@@ -185,31 +195,35 @@ func Prepare(o Options) (*Plan, error) {
 	if err := os.MkdirAll(o.WorkDir, 0o700); err != nil {
 		return nil, fmt.Errorf("takeover: %w", err)
 	}
-	base := o.Replica // where the images are read from
-	if pick, err := pickPoint(o.Replica, o.Epoch, o.Before, m.Epoch); err != nil {
+	// The images are read in place, from a rebuilt recovery point, or
+	// from a copy.
+	var img replica.Image
+	if pick, err := pickPoint(o.Replica, func() ([]replica.Point, error) { return store.Points(vm) }, o.Epoch, o.Before, m.Epoch); err != nil {
 		return nil, err
 	} else if pick != m.Epoch {
-		base = filepath.Join(o.WorkDir, fmt.Sprintf("point-%d", pick))
-		if err := os.RemoveAll(base); err != nil {
-			return nil, fmt.Errorf("takeover: %w", err)
-		}
-		if m, err = replica.Materialize(vfs.Default, o.Replica, pick, base); err != nil {
+		if img, err = r.Export(pick, filepath.Join(o.WorkDir, fmt.Sprintf("point-%d", pick)), nil); err != nil {
 			return nil, fmt.Errorf("takeover: recovery point %d: %w", pick, err)
 		}
-		if m.DeviceState == nil {
+		if m = img.Manifest(); m.DeviceState == nil {
 			return nil, fmt.Errorf("takeover: recovery point %d has no device state: %w", pick, ErrNoMemory)
 		}
 	} else if o.Copy {
-		base = filepath.Join(o.WorkDir, "copy")
-		if err := copyImages(o.Replica, base, m, o.Disks); err != nil {
+		// What a VM needs: its RAM images, the disks it uses and the
+		// device state.
+		keep := func(t replica.TargetEntry) bool {
+			return t.TargetKind() == wire.KindRAM || t.TargetKind() == wire.KindDisk && slices.ContainsFunc(o.Disks, func(d Disk) bool { return d.Target == t.Name })
+		}
+		if img, err = r.Export(m.Epoch, filepath.Join(o.WorkDir, "copy"), keep); err != nil {
 			return nil, fmt.Errorf("takeover: copy the replica: %w", err)
 		}
+	} else if img, err = r.Export(m.Epoch, "", nil); err != nil {
+		return nil, fmt.Errorf("takeover: replica %s: %w", o.Replica, err)
 	}
-	main := m.Find(2, o.MainRAM)
+	main := m.RAM(o.MainRAM)
 	if main == nil {
 		return nil, fmt.Errorf("takeover: replica %s has no RAM block %q: %w", o.Replica, o.MainRAM, ErrNoMemory)
 	}
-	skb, err := os.ReadFile(filepath.Join(base, m.DeviceState.File))
+	skb, err := img.DeviceState()
 	if err != nil {
 		return nil, fmt.Errorf("takeover: device state: %w", err)
 	}
@@ -217,14 +231,14 @@ func Prepare(o Options) (*Plan, error) {
 	if err != nil {
 		return nil, fmt.Errorf("takeover: device state of epoch %d: %w", m.Epoch, err)
 	}
-	p := &Plan{VM: m.VM, Epoch: m.Epoch, Cut: m.Cut, RAMFile: filepath.Join(base, main.File), RAMSize: main.Size,
+	p := &Plan{VM: m.VM, Epoch: m.Epoch, Cut: m.Cut, RAMFile: img.Location(main), RAMSize: main.Size,
 		Stream: filepath.Join(o.WorkDir, "state.mig"), QMP: filepath.Join(o.WorkDir, "qmp.sock")}
 
 	// Every RAM block but the main one travels in the stream; blocks the
 	// replica lacks keep what the new QEMU initialised (ROMs from its own
 	// files).
 	ram := make([]io.ReaderAt, len(sk.Blocks))
-	var files []*os.File
+	var files []io.Closer
 	defer func() {
 		for _, f := range files {
 			f.Close()
@@ -239,11 +253,11 @@ func Prepare(o Options) (*Plan, error) {
 			mainFound = true
 			continue
 		}
-		t := m.Find(2, blk.ID)
+		t := m.RAM(blk.ID)
 		if t == nil || t.Size != blk.Length {
 			continue
 		}
-		f, err := os.Open(filepath.Join(base, t.File))
+		f, err := img.OpenTarget(t)
 		if err != nil {
 			return nil, fmt.Errorf("takeover: RAM block %s: %w", blk.ID, err)
 		}
@@ -260,13 +274,13 @@ func Prepare(o Options) (*Plan, error) {
 	args := append([]string{}, o.Args...)
 	args = append(args, "-m", fmt.Sprintf("%dM", main.Size>>20), "-mem-path", p.RAMFile)
 	for _, d := range o.Disks {
-		t := m.Find(1, d.Target)
+		t := m.Disk(d.Target)
 		if t == nil {
 			return nil, fmt.Errorf("takeover: the replica of %s has no disk %q", m.VM, d.Target)
 		}
 		ov := OverlayPath(o.WorkDir, d)
 		os.Remove(ov) // unwritten: checked above
-		backing, _ := filepath.Abs(filepath.Join(base, t.File))
+		backing, _ := filepath.Abs(img.Location(t))
 		cmd := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F", "raw", ov, fmt.Sprint(t.Size))
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return nil, fmt.Errorf("takeover: overlay for disk %q: %w: %s", d.Target, err, bytes.TrimSpace(out))
@@ -284,19 +298,21 @@ func Prepare(o Options) (*Plan, error) {
 // ResolvePoint says which epoch of the replica in dir a takeover with
 // Options.Epoch and Options.Before resumes, without changing anything.
 func ResolvePoint(dir string, epoch uint64, before time.Time) (uint64, error) {
-	b, err := os.ReadFile(filepath.Join(dir, "MANIFEST"))
-	if err != nil {
-		return 0, err
-	}
-	m, err := replica.ParseManifest(b)
-	if err != nil {
-		return 0, err
-	}
-	return pickPoint(dir, epoch, before, m.Epoch)
+	return ResolvePointIn(replica.DirStore(vfs.Default, dir), "", epoch, before)
 }
 
-// pickPoint chooses the epoch to resume: the newest, or the point asked for.
-func pickPoint(dir string, epoch uint64, before time.Time, newest uint64) (uint64, error) {
+// ResolvePointIn is ResolvePoint for the replica of vm in store.
+func ResolvePointIn(store replica.Store, vm string, epoch uint64, before time.Time) (uint64, error) {
+	m, err := store.Manifest(vm)
+	if err != nil {
+		return 0, err
+	}
+	return pickPoint(store.Where(vm), func() ([]replica.Point, error) { return store.Points(vm) }, epoch, before, m.Epoch)
+}
+
+// pickPoint chooses the epoch to resume: the newest, or the point asked
+// for among those points lists; dir names the replica in messages.
+func pickPoint(dir string, points func() ([]replica.Point, error), epoch uint64, before time.Time, newest uint64) (uint64, error) {
 	if epoch == 0 && before.IsZero() {
 		return newest, nil
 	}
@@ -305,7 +321,7 @@ func pickPoint(dir string, epoch uint64, before time.Time, newest uint64) (uint6
 		Epoch   uint64
 		Before  time.Time
 	}{dir, epoch, before}
-	pts, err := replica.Points(vfs.Default, o.Replica)
+	pts, err := points()
 	if err != nil {
 		return 0, fmt.Errorf("takeover: recovery points: %w", err)
 	}
@@ -329,30 +345,6 @@ func pickPoint(dir string, epoch uint64, before time.Time, newest uint64) (uint6
 		return 0, fmt.Errorf("takeover: replica %s keeps no %s; it has %s", o.Replica, want, strings.Join(have, ", "))
 	}
 	return pick, nil
-}
-
-// copyImages copies what a VM needs of the replica in dir (its RAM images,
-// the disks it uses and the device state) into to.
-func copyImages(dir, to string, m *replica.Manifest, disks []Disk) error {
-	if err := os.RemoveAll(to); err != nil {
-		return err
-	}
-	if err := os.MkdirAll(to, 0o700); err != nil {
-		return err
-	}
-	files := []string{m.DeviceState.File}
-	for _, t := range m.Targets {
-		if t.Kind == "ram" || slices.ContainsFunc(disks, func(d Disk) bool { return t.Kind == "disk" && d.Target == t.Name }) {
-			files = append(files, t.File)
-		}
-	}
-	for _, f := range files {
-		cmd := exec.Command("cp", "--reflink=auto", "--sparse=always", filepath.Join(dir, f), filepath.Join(to, f))
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("%s: %w: %s", f, err, bytes.TrimSpace(out))
-		}
-	}
-	return nil
 }
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }

@@ -1,0 +1,614 @@
+// Package replicatest checks implementations of replica.Store against the
+// interface's contract: epochs commit and read back byte-exact; a power
+// loss at any operation of an epoch leaves exactly the previous or the new
+// epoch; a full disk is a clear storage error and never corrupts; the lock
+// is exclusive and a dead holder's lock is taken; recovery points, the
+// takeover mark, release and reacquire behave as the interface says.
+//
+// Faults are described with vfs/errorfs injectors and power loss with a
+// backend's Crash, so a store that is not built on vfs.FS maps its own
+// storage operations onto errorfs.Op to run the suite.
+package replicatest
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/drsync/drsync/blockhash"
+	"github.com/drsync/drsync/replica"
+	"github.com/drsync/drsync/vfs/errorfs"
+	"github.com/drsync/drsync/wire"
+)
+
+// Backend is the storage a store under test keeps its replicas on. It
+// outlives the stores opened over it, as a disk outlives processes.
+type Backend interface {
+	// Store returns a store over the backend's storage, keeping keepPoints
+	// recovery points, whose every storage operation is first offered to
+	// inj (nil: none fails). Stores over one backend share its locks.
+	Store(t *testing.T, keepPoints int, inj errorfs.Injector) replica.Store
+	// Crash is a power loss: whatever was not made durable is gone, and
+	// so are the locks of every process that held one.
+	Crash(t *testing.T)
+	// Scratch returns a fresh place to export epochs into.
+	Scratch(t *testing.T) string
+}
+
+// VM is the replica the suite writes.
+const VM = "web-1"
+
+// Run runs the conformance suite, with a fresh backend from newBackend for
+// each case.
+func Run(t *testing.T, newBackend func(t *testing.T) Backend) {
+	t.Run("EpochsReadBack", func(t *testing.T) { epochsReadBack(t, newBackend(t)) })
+	t.Run("CrashAtEveryOperation", func(t *testing.T) {
+		for _, keep := range []int{0, 2} {
+			t.Run(fmt.Sprintf("keep%d", keep), func(t *testing.T) { crashAtEveryOperation(t, newBackend, keep) })
+		}
+	})
+	t.Run("DiskFull", func(t *testing.T) { diskFull(t, newBackend) })
+	t.Run("Lock", func(t *testing.T) { lockExclusive(t, newBackend(t)) })
+	t.Run("RecoveryPoints", func(t *testing.T) { recoveryPoints(t, newBackend(t)) })
+	t.Run("TakeoverMark", func(t *testing.T) { takeoverMark(t, newBackend(t)) })
+	t.Run("ReleaseReacquire", func(t *testing.T) { releaseReacquire(t, newBackend) })
+}
+
+const (
+	diskSize = 64 << 10
+	diskBS   = 4096
+	ramSize  = 8 * wire.PageSize
+)
+
+// state is what a replica holds at an epoch.
+type state struct {
+	epoch     uint64
+	cut       time.Time
+	disk, ram []byte
+	dev       []byte
+}
+
+func initial() *state {
+	return &state{disk: make([]byte, diskSize), ram: make([]byte, ramSize)}
+}
+
+// epoch is one epoch as a sender sends it.
+type epoch struct {
+	begin  *wire.EpochBegin
+	items  []wire.Item
+	commit *wire.EpochCommit
+	after  *state
+}
+
+// next makes the epoch after s from rng: disk extents, a zero run, RAM
+// pages and device state.
+func next(s *state, rng *rand.Rand) *epoch {
+	n := &state{epoch: s.epoch + 1, cut: time.Unix(1_700_000_000+int64(s.epoch)*60, 0).UTC(),
+		disk: bytes.Clone(s.disk), ram: bytes.Clone(s.ram)}
+	fill := func(n int) []byte {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(rng.UintN(256))
+		}
+		return b
+	}
+	var items []wire.Item
+	for range 2 {
+		off := rng.UintN(diskSize/diskBS) * diskBS
+		d := fill(diskBS)
+		copy(n.disk[off:], d)
+		items = append(items, &wire.DiskExtent{Seq: uint64(len(items)), Target: 0, Offset: uint64(off), Data: d})
+	}
+	zoff := rng.UintN(diskSize/diskBS) * diskBS
+	clear(n.disk[zoff : zoff+diskBS])
+	items = append(items, &wire.ZeroRun{Seq: uint64(len(items)), Target: 0, Offset: uint64(zoff), Length: diskBS})
+	page := rng.UintN(ramSize / wire.PageSize)
+	p := fill(wire.PageSize)
+	copy(n.ram[page*wire.PageSize:], p)
+	items = append(items, &wire.MemRun{Seq: uint64(len(items)), Target: 1, Page: uint64(page), Data: p})
+	n.dev = fill(300 + rng.IntN(200))
+	items = append(items, &wire.DeviceState{Seq: uint64(len(items)), Offset: 0, Total: uint64(len(n.dev)), Data: n.dev})
+
+	b := &wire.EpochBegin{Epoch: n.epoch, Cut: n.cut, Plan: n.epoch, Items: uint64(len(items)), Targets: []wire.Target{
+		{ID: 0, Kind: wire.KindDisk, Name: "vda", Size: diskSize, BlockSize: diskBS},
+		{ID: 1, Kind: wire.KindRAM, Name: "pc.ram", Size: ramSize, BlockSize: wire.PageSize},
+	}}
+	dig := wire.NewEpochDigest(n.epoch)
+	for _, it := range items {
+		var dh uint64
+		if d := wire.DataOf(it); d != nil {
+			dh = xxhash.Sum64(d)
+			b.Bytes += uint64(len(d))
+		}
+		dig.Add(wire.Summarize(it, dh))
+	}
+	c := &wire.EpochCommit{Epoch: n.epoch, Items: uint64(len(items)), Digest: dig.Sum(), States: []wire.TargetDigest{
+		{Target: 0, Digest: table(n.disk, diskBS).Digest()},
+		{Target: 1, Digest: table(n.ram, wire.PageSize).Digest()},
+	}}
+	return &epoch{begin: b, items: items, commit: c, after: n}
+}
+
+func table(b []byte, bs int) *blockhash.Table {
+	t := blockhash.NewZero(int64(len(b)), bs)
+	for i := range t.Hashes {
+		t.Hashes[i] = blockhash.Hash(b[i*bs : min(len(b), (i+1)*bs)])
+	}
+	return t
+}
+
+// history is a run of epochs from one seed, the same for every backend.
+func history(n int) []*epoch {
+	rng := rand.New(rand.NewPCG(7, 11))
+	s := initial()
+	var out []*epoch
+	for range n {
+		e := next(s, rng)
+		out = append(out, e)
+		s = e.after
+	}
+	return out
+}
+
+func open(t *testing.T, s replica.Store, o replica.OpenOptions) replica.Handle {
+	t.Helper()
+	h, err := s.Open(t.Context(), VM, o)
+	if err != nil {
+		t.Fatalf("open %s: %v", s.Where(VM), err)
+	}
+	return h
+}
+
+// send stages and commits e in h.
+func send(h replica.Handle, e *epoch) error {
+	if err := h.Begin(e.begin); err != nil {
+		return err
+	}
+	for _, it := range e.items {
+		if err := h.Append(it); err != nil {
+			return err
+		}
+	}
+	if _, err := h.Sync(); err != nil {
+		return err
+	}
+	return h.Commit(e.commit)
+}
+
+// commit opens the replica, commits es in turn and closes it.
+func commit(t *testing.T, s replica.Store, es ...*epoch) {
+	t.Helper()
+	h := open(t, s, replica.OpenOptions{Holder: "the suite"})
+	defer h.Close()
+	for _, e := range es {
+		if err := send(h, e); err != nil {
+			t.Fatalf("epoch %d: %v", e.begin.Epoch, err)
+		}
+	}
+}
+
+// diff says how img differs from want, "" if not at all.
+func diff(img replica.Image, want *state) string {
+	m := img.Manifest()
+	if m.Epoch != want.epoch {
+		return fmt.Sprintf("epoch %d, want %d", m.Epoch, want.epoch)
+	}
+	if !m.Cut.Equal(want.cut) {
+		return fmt.Sprintf("cut %s, want %s", m.Cut, want.cut)
+	}
+	if want.epoch == 0 {
+		if len(m.Targets) != 0 || m.DeviceState != nil {
+			return "an empty replica lists targets"
+		}
+		return ""
+	}
+	for _, tc := range []struct {
+		e    *replica.TargetEntry
+		what string
+		want []byte
+		bs   int
+	}{{m.Disk("vda"), "disk vda", want.disk, diskBS}, {m.RAM("pc.ram"), "RAM pc.ram", want.ram, wire.PageSize}} {
+		if tc.e == nil {
+			return tc.what + " missing from the manifest"
+		}
+		f, err := img.OpenTarget(tc.e)
+		if err != nil {
+			return fmt.Sprintf("%s: %v", tc.what, err)
+		}
+		got := make([]byte, len(tc.want))
+		n, err := f.ReadAt(got, 0)
+		f.Close()
+		if n != len(got) {
+			return fmt.Sprintf("%s: read %d of %d bytes: %v", tc.what, n, len(got), err)
+		}
+		if !bytes.Equal(got, tc.want) {
+			return tc.what + " content differs"
+		}
+		if tc.e.Size != int64(len(tc.want)) || tc.e.Digest != table(tc.want, tc.bs).Digest() {
+			return fmt.Sprintf("%s: manifest says %d bytes digest %016x", tc.what, tc.e.Size, tc.e.Digest)
+		}
+	}
+	dev, err := img.DeviceState()
+	if err != nil {
+		return fmt.Sprintf("device state: %v", err)
+	}
+	if !bytes.Equal(dev, want.dev) {
+		return fmt.Sprintf("device state: %d bytes, want %d", len(dev), len(want.dev))
+	}
+	return ""
+}
+
+// check opens the replica and checks it holds exactly want.
+func check(t *testing.T, s replica.Store, want *state) {
+	t.Helper()
+	h := open(t, s, replica.OpenOptions{Holder: "the suite"})
+	defer h.Close()
+	if d := diffHandle(h, want); d != "" {
+		t.Fatal(d)
+	}
+}
+
+func diffHandle(h replica.Handle, want *state) string {
+	m := h.Manifest()
+	if p := h.Position(); p.Committed != m.Epoch || p.StateID != m.StateID {
+		return fmt.Sprintf("position %+v does not match the manifest (epoch %d)", p, m.Epoch)
+	}
+	if want.epoch > 0 {
+		if tab := h.Table(wire.KindDisk, "vda"); tab == nil || tab.Digest() != table(want.disk, diskBS).Digest() {
+			return "block table of disk vda differs from its content"
+		}
+		if tab := h.Table(wire.KindRAM, "pc.ram"); tab == nil || tab.Digest() != table(want.ram, wire.PageSize).Digest() {
+			return "block table of RAM pc.ram differs from its content"
+		}
+	}
+	img, err := h.Export(m.Epoch, "", nil)
+	if err != nil {
+		return fmt.Sprintf("export epoch %d: %v", m.Epoch, err)
+	}
+	return diff(img, want)
+}
+
+func epochsReadBack(t *testing.T, b Backend) {
+	es := history(3)
+	s := b.Store(t, 0, nil)
+	check(t, s, initial())
+	for _, e := range es {
+		commit(t, s, e)
+		check(t, s, e.after)
+	}
+	if m, err := s.Manifest(VM); err != nil || m.Epoch != 3 {
+		t.Fatalf("manifest read without the lock: %v, %v", m, err)
+	}
+	rep, err := s.Verify(VM)
+	if err != nil || !rep.OK() || rep.Epoch != 3 {
+		t.Fatalf("verify: %+v, %v", rep, err)
+	}
+	// A copy holds what the replica does, and stays when it moves on.
+	h := open(t, s, replica.OpenOptions{})
+	img, err := h.Export(3, b.Scratch(t), func(replica.TargetEntry) bool { return true })
+	h.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e4 := next(es[2].after, rand.New(rand.NewPCG(1, 2)))
+	commit(t, s, e4)
+	if d := diff(img, es[2].after); d != "" {
+		t.Fatalf("copy of epoch 3 after epoch 4 was committed: %s", d)
+	}
+}
+
+// crashAtEveryOperation fails each storage operation of epoch 3 in turn,
+// then loses power, and checks the replica holds exactly epoch 2 or 3, and
+// takes epochs again.
+func crashAtEveryOperation(t *testing.T, newBackend func(t *testing.T) Backend, keep int) {
+	es := history(4)
+	count := func() int {
+		b := newBackend(t)
+		commit(t, b.Store(t, keep, nil), es[:2]...)
+		c := &errorfs.Counter{}
+		commit(t, b.Store(t, keep, c), es[2])
+		return c.Count()
+	}
+	n := count()
+	step := 1
+	if testing.Short() {
+		step = max(1, n/40)
+	}
+	outcomes := map[uint64]int{}
+	for i := 0; i < n; i += step {
+		b := newBackend(t)
+		commit(t, b.Store(t, keep, nil), es[:2]...)
+		inj := errorfs.OnIndex(i, errorfs.ErrInjected)
+		if h, err := b.Store(t, keep, inj).Open(t.Context(), VM, replica.OpenOptions{}); err == nil {
+			send(h, es[2])
+			h.Close()
+		}
+		b.Crash(t)
+		s := b.Store(t, keep, nil)
+		h, err := s.Open(t.Context(), VM, replica.OpenOptions{})
+		if err != nil {
+			t.Fatalf("failing op %d, then power loss: the replica cannot be opened: %v", i, err)
+		}
+		at := h.Manifest().Epoch
+		var d string
+		switch at {
+		case 2, 3:
+			d = diffHandle(h, es[at-1].after)
+		default:
+			d = fmt.Sprintf("at epoch %d", at)
+		}
+		if d != "" {
+			h.Close()
+			t.Fatalf("failing op %d, then power loss: the replica is neither epoch 2 nor 3: %s", i, d)
+		}
+		outcomes[at]++
+		if keep > 0 && at == 3 {
+			img, err := h.Export(2, b.Scratch(t), nil)
+			if err != nil {
+				t.Fatalf("failing op %d: epoch 2 cannot be restored: %v", i, err)
+			}
+			if d := diff(img, es[1].after); d != "" {
+				t.Fatalf("failing op %d: restored epoch 2: %s", i, d)
+			}
+		}
+		for _, e := range es[at:] {
+			if err := send(h, e); err != nil {
+				t.Fatalf("failing op %d, then power loss: epoch %d afterwards: %v", i, e.begin.Epoch, err)
+			}
+		}
+		if d := diffHandle(h, es[3].after); d != "" {
+			t.Fatalf("failing op %d: after epoch 4: %s", i, d)
+		}
+		h.Close()
+	}
+	t.Logf("%d operations; recovered to epoch 2: %d times, to epoch 3: %d times", n, outcomes[2], outcomes[3])
+	if outcomes[2] == 0 || outcomes[3] == 0 {
+		t.Errorf("the failures never reached one of the outcomes: %v", outcomes)
+	}
+}
+
+// diskFull fills the disk at each write of epoch 3 in turn: the epoch
+// fails with a storage error naming the cause, and once space is freed
+// the replica is exactly epoch 2 or 3 and takes epochs again.
+func diskFull(t *testing.T, newBackend func(t *testing.T) Backend) {
+	es := history(4)
+	writes := errorfs.Ops(errorfs.OpWrite, errorfs.OpWriteAt, errorfs.OpAllocate, errorfs.OpTruncate)
+	b := newBackend(t)
+	commit(t, b.Store(t, 0, nil), es[:2]...)
+	c := &errorfs.Counter{}
+	commit(t, b.Store(t, 0, errorfs.When(writes, c)), es[2])
+	n := c.Count()
+	if n == 0 {
+		t.Fatal("an epoch wrote nothing")
+	}
+	for i := range n {
+		b := newBackend(t)
+		commit(t, b.Store(t, 0, nil), es[:2]...)
+		full := errorfs.FromIndex(i, syscall.ENOSPC)
+		h := open(t, b.Store(t, 0, errorfs.When(writes, full)), replica.OpenOptions{})
+		err := send(h, es[2])
+		h.Close()
+		if !full.Fired() {
+			t.Fatalf("write %d of %d never happened", i, n)
+		}
+		if err == nil {
+			t.Fatalf("write %d failed with ENOSPC, yet the epoch was committed without error", i)
+		}
+		if !errors.Is(err, replica.ErrStorage) || !errors.Is(err, syscall.ENOSPC) || !strings.Contains(err.Error(), "no space left") {
+			t.Fatalf("disk full at write %d: %v; want a storage error saying the disk is full", i, err)
+		}
+		s := b.Store(t, 0, nil)
+		h = open(t, s, replica.OpenOptions{})
+		at := h.Manifest().Epoch
+		if at != 2 && at != 3 {
+			t.Fatalf("disk full at write %d: the replica is at epoch %d", i, at)
+		}
+		if d := diffHandle(h, es[at-1].after); d != "" {
+			t.Fatalf("disk full at write %d: %s", i, d)
+		}
+		for _, e := range es[at:] {
+			if err := send(h, e); err != nil {
+				t.Fatalf("disk full at write %d, then space freed: epoch %d: %v", i, e.begin.Epoch, err)
+			}
+		}
+		h.Close()
+		check(t, s, es[3].after)
+	}
+}
+
+func lockExclusive(t *testing.T, b Backend) {
+	es := history(1)
+	s := b.Store(t, 0, nil)
+	commit(t, s, es...)
+	h1 := open(t, s, replica.OpenOptions{Holder: "the first writer"})
+	_, err := b.Store(t, 0, nil).Open(t.Context(), VM, replica.OpenOptions{Holder: "a second writer"})
+	if !errors.Is(err, replica.ErrLocked) || !strings.Contains(err.Error(), "the first writer") {
+		t.Fatalf("second open while held: %v; want ErrLocked naming the holder", err)
+	}
+	if err := s.WaitUnlocked(t.Context(), VM, 0); !errors.Is(err, replica.ErrLocked) {
+		t.Fatalf("WaitUnlocked while held: %v, want ErrLocked", err)
+	}
+	// A holder that lets go within the wait is waited for.
+	go func() { time.Sleep(50 * time.Millisecond); h1.Close() }()
+	h2, err := s.Open(t.Context(), VM, replica.OpenOptions{Holder: "a patient writer", LockWait: 10 * time.Second})
+	if err != nil {
+		t.Fatalf("open waiting for the holder to let go: %v", err)
+	}
+	if err := s.WaitUnlocked(t.Context(), VM, 0); !errors.Is(err, replica.ErrLocked) {
+		t.Fatalf("WaitUnlocked while held: %v, want ErrLocked", err)
+	}
+	h2.Close()
+	if err := s.WaitUnlocked(t.Context(), VM, 0); err != nil {
+		t.Fatalf("WaitUnlocked once free: %v", err)
+	}
+	// A holder that died (power loss) holds nothing.
+	dead := open(t, s, replica.OpenOptions{Holder: "a process about to die"})
+	b.Crash(t)
+	h3, err := b.Store(t, 0, nil).Open(t.Context(), VM, replica.OpenOptions{})
+	if err != nil {
+		t.Fatalf("open after the holder died: %v", err)
+	}
+	if d := diffHandle(h3, es[0].after); d != "" {
+		t.Fatal(d)
+	}
+	h3.Close()
+	dead.Close()
+}
+
+func recoveryPoints(t *testing.T, b Backend) {
+	es := history(4)
+	s := b.Store(t, 2, nil)
+	commit(t, s, es...)
+	pts, err := s.Points(VM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []uint64
+	for _, p := range pts {
+		got = append(got, p.Manifest.Epoch)
+	}
+	if fmt.Sprint(got) != "[2 3 4]" {
+		t.Fatalf("points %v, want [2 3 4] (two kept and the committed epoch)", got)
+	}
+	h := open(t, s, replica.OpenOptions{})
+	defer h.Close()
+	for _, e := range es[1:3] {
+		img, err := h.Export(e.after.epoch, b.Scratch(t), nil)
+		if err != nil {
+			t.Fatalf("export point %d: %v", e.after.epoch, err)
+		}
+		if d := diff(img, e.after); d != "" {
+			t.Fatalf("point %d: %s", e.after.epoch, d)
+		}
+	}
+	if _, err := h.Export(1, b.Scratch(t), nil); err == nil {
+		t.Fatal("exported epoch 1, which is not kept")
+	}
+	if d := diffHandle(h, es[3].after); d != "" {
+		t.Fatalf("the replica after exporting its points: %s", d)
+	}
+}
+
+func takeoverMark(t *testing.T, b Backend) {
+	es := history(2)
+	s := b.Store(t, 0, nil)
+	commit(t, s, es[0])
+	if m, err := s.TakenOver(VM); m != nil || err != nil {
+		t.Fatalf("mark before any takeover: %+v, %v", m, err)
+	}
+	h := open(t, s, replica.OpenOptions{Holder: "a takeover", AllowTakenOver: true})
+	at := time.Unix(1_800_000_000, 0).UTC()
+	if err := h.MarkTakenOver(replica.TakeoverMark{Epoch: 1, At: at, Reason: "failover runbook test"}); err != nil {
+		t.Fatal(err)
+	}
+	h.Close()
+	m, err := s.TakenOver(VM)
+	if err != nil || m == nil || m.Epoch != 1 || !m.At.Equal(at) || m.Reason != "failover runbook test" {
+		t.Fatalf("mark: %+v, %v", m, err)
+	}
+	_, err = s.Open(t.Context(), VM, replica.OpenOptions{Holder: "the receiver"})
+	if !errors.Is(err, replica.ErrTakenOver) || !strings.Contains(err.Error(), "failover runbook test") {
+		t.Fatalf("open of a taken-over replica for epochs: %v; want ErrTakenOver with the reason", err)
+	}
+	b.Crash(t)
+	s = b.Store(t, 0, nil)
+	if _, err := s.Open(t.Context(), VM, replica.OpenOptions{}); !errors.Is(err, replica.ErrTakenOver) {
+		t.Fatalf("the mark did not survive a power loss: %v", err)
+	}
+	h = open(t, s, replica.OpenOptions{AllowTakenOver: true})
+	defer h.Close()
+	if d := diffHandle(h, es[0].after); d != "" {
+		t.Fatal(d)
+	}
+}
+
+func releaseReacquire(t *testing.T, newBackend func(t *testing.T) Backend) {
+	es := history(2)
+	e := es[1]
+	for _, tc := range []struct {
+		name  string
+		other func(t *testing.T, s replica.Store) (keep replica.Handle)
+		want  error
+	}{
+		{"nobody came", func(*testing.T, replica.Store) replica.Handle { return nil }, nil},
+		{"a drill read it", func(t *testing.T, s replica.Store) replica.Handle {
+			h := open(t, s, replica.OpenOptions{Holder: "a drill", AllowTakenOver: true})
+			if p := h.Position(); p.StagedEpoch != 2 || p.StagedDurable != 2 {
+				t.Errorf("the other opener sees %+v, want epoch 2 staged with 2 items", p)
+			}
+			h.Close()
+			return nil
+		}, nil},
+		{"a failover took it over", func(t *testing.T, s replica.Store) replica.Handle {
+			h := open(t, s, replica.OpenOptions{Holder: "a failover", AllowTakenOver: true})
+			if err := h.MarkTakenOver(replica.TakeoverMark{Epoch: 1, Reason: "test"}); err != nil {
+				t.Fatal(err)
+			}
+			h.Close()
+			return nil
+		}, replica.ErrTakenOver},
+		{"someone still holds it", func(t *testing.T, s replica.Store) replica.Handle {
+			return open(t, s, replica.OpenOptions{Holder: "a failover", AllowTakenOver: true})
+		}, replica.ErrLocked},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newBackend(t)
+			s := b.Store(t, 0, nil)
+			commit(t, s, es[0])
+			h := open(t, s, replica.OpenOptions{Holder: "the receiver"})
+			defer h.Close()
+			if err := h.Begin(e.begin); err != nil {
+				t.Fatal(err)
+			}
+			for _, it := range e.items[:2] {
+				if err := h.Append(it); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := h.Release(); err != nil {
+				t.Fatal(err)
+			}
+			if !h.Released() {
+				t.Fatal("Released is false after Release")
+			}
+			if err := h.Append(e.items[2]); !errors.Is(err, replica.ErrBroken) {
+				t.Fatalf("append while released: %v, want ErrBroken", err)
+			}
+			if n, err := h.Sync(); n != 2 || err != nil {
+				t.Fatalf("sync while released: %d, %v; want the 2 items Release made durable", n, err)
+			}
+			keep := tc.other(t, s)
+			err := h.Reacquire(t.Context(), 50*time.Millisecond)
+			if !errors.Is(err, tc.want) || (err == nil) != (tc.want == nil) {
+				t.Fatalf("reacquire: %v, want %v", err, tc.want)
+			}
+			if keep != nil {
+				keep.Close()
+				return
+			}
+			if err != nil {
+				if err := h.Append(e.items[2]); err == nil {
+					t.Fatal("a replica that could not be taken back accepted an item")
+				}
+				return
+			}
+			for _, it := range e.items[2:] {
+				if err := h.Append(it); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := h.Commit(e.commit); err != nil {
+				t.Fatal(err)
+			}
+			if d := diffHandle(h, e.after); d != "" {
+				t.Fatal(d)
+			}
+		})
+	}
+}
