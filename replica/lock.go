@@ -68,27 +68,27 @@ func lockFailed(name string, err error) error {
 // changing anything; the error says what the holder is doing. The answer
 // may be stale as soon as it is returned; it is for checks that refuse
 // early, such as a failover's dry run.
-func CheckUnlocked(dir string) error {
+func CheckUnlocked(dir string) error { return checkUnlocked(vfs.Default, dir) }
+
+// checkUnlocked is CheckUnlocked for the replica in dir on fsys.
+func checkUnlocked(fsys vfs.FS, dir string) error {
 	name := path.Join(dir, "LOCK")
-	if err := vfs.CheckUnlocked(vfs.Default, name); err != nil {
+	if err := vfs.CheckUnlocked(fsys, name); err != nil {
 		return lockFailed(name, err)
 	}
 	return nil
 }
 
-// checkUnlocked is CheckUnlocked for the replica in dir on fsys: a
-// replica on another file system (tests) is locked in memory.
-func checkUnlocked(fsys vfs.FS, dir string) error {
-	if baseFS(fsys) == vfs.Default {
-		return CheckUnlocked(dir)
+// baseFS is the file system under any wrappers (errorfs in tests): copies
+// take the real file system's shortcuts only when they reach it.
+func baseFS(fsys vfs.FS) vfs.FS {
+	for {
+		u, ok := fsys.(interface{ Unwrap() vfs.FS })
+		if !ok {
+			return fsys
+		}
+		fsys = u.Unwrap()
 	}
-	name := dir + "/LOCK"
-	memLocksMu.Lock()
-	defer memLocksMu.Unlock()
-	if n, ok := memLocks[fmt.Sprintf("%p:%s", fsys, name)]; ok {
-		return lockedError(name, n)
-	}
-	return nil
 }
 
 // WaitUnlocked is CheckUnlocked, waiting up to wait (or until ctx ends)
