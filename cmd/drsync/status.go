@@ -16,7 +16,10 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/drsync/drsync/agent"
+	"github.com/drsync/drsync/internal/jsonfile"
 	"github.com/drsync/drsync/livecut"
+	"github.com/drsync/drsync/receiver/serve"
 	"github.com/drsync/drsync/replica"
 )
 
@@ -131,7 +134,7 @@ type vmStatusView struct {
 	// HotSetBytes is the RAM a receiver keeps pinned for a fast failover.
 	HotSetBytes *int64 `json:"hot_set_bytes,omitempty"`
 	// Flow is a sender's epoch length, goodput, dirty rate and plan.
-	Flow *flowStatus `json:"flow,omitempty"`
+	Flow *agent.FlowStatus `json:"flow,omitempty"`
 	// Guest is what is known of a live guest's pauses outside cuts.
 	Guest *guestView `json:"guest,omitempty"`
 }
@@ -145,9 +148,9 @@ type guestView struct {
 	Detail string    `json:"detail,omitempty"`
 	// GuardResumes counts guests the guard resumed after a sender died
 	// during a cut; LastGuard is its last intervention.
-	GuardResumes uint64      `json:"guard_resumes"`
-	LastGuard    *guardEvent `json:"last_guard,omitempty"`
-	LongPause    *longPause  `json:"long_pause,omitempty"`
+	GuardResumes uint64            `json:"guard_resumes"`
+	LastGuard    *agent.GuardEvent `json:"last_guard,omitempty"`
+	LongPause    *agent.LongPause  `json:"long_pause,omitempty"`
 }
 
 // A cut marker tells of a cut whose sender has not seen the guest run
@@ -162,9 +165,9 @@ const (
 
 // guestStatus gathers a live VM's pause reports: the sender's status, the
 // guard's record and a cut marker left unfinished.
-func guestStatus(cfg *SenderConfig, vm *VMConfig, st *senderStatus, now time.Time) (*guestView, error) {
+func guestStatus(cfg *SenderConfig, vm *VMConfig, st *agent.Status, now time.Time) (*guestView, error) {
 	dir := cfg.stateDir(vm.Name)
-	rec, err := readGuardRecord(dir)
+	rec, err := agent.ReadGuardRecord(dir)
 	g := &guestView{GuardResumes: rec.Resumes}
 	if n := len(rec.Events); n > 0 {
 		g.LastGuard = &rec.Events[n-1]
@@ -231,9 +234,9 @@ func senderStatuses(cfg *SenderConfig, now time.Time) ([]vmStatusView, []error) 
 	var problems []error
 	for _, vm := range cfg.VMs {
 		row := vmStatusView{VM: vm.Name, Role: "sender"}
-		var st senderStatus
-		path := filepath.Join(cfg.stateDir(vm.Name), senderStatusFile)
-		switch err := readJSON(path, &st); {
+		var st agent.Status
+		path := filepath.Join(cfg.stateDir(vm.Name), agent.StatusFile)
+		switch err := jsonfile.Read(path, &st); {
 		case errors.Is(err, fs.ErrNotExist):
 			// Nothing sent yet.
 			row.ConsecutiveFailures = new(int)
@@ -288,8 +291,8 @@ func receiverStatuses(cfg *ReceiverConfig, now time.Time) ([]vmStatusView, []err
 			row.setCut(m.Cut, now)
 			row.Updated = m.Applied.UTC()
 		}
-		var st receiverStatus
-		switch err := readJSON(filepath.Join(dir, receiverStatusFile), &st); {
+		var st serve.Status
+		switch err := jsonfile.Read(filepath.Join(dir, serve.StatusFile), &st); {
 		case errors.Is(err, fs.ErrNotExist):
 		case err != nil:
 			if row.LastError == "" {
@@ -416,4 +419,9 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n-3] + "..."
+}
+
+// secs converts seconds to a duration rounded for people.
+func secs(s float64) time.Duration {
+	return time.Duration(s * float64(time.Second)).Round(time.Millisecond)
 }
