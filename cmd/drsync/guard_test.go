@@ -63,7 +63,7 @@ func TestGuestStatus(t *testing.T) {
 			if tt.marker != "" {
 				os.WriteFile(filepath.Join(dir, "live", "cut-in-flight"), []byte(tt.marker), 0o600)
 			}
-			g, err := guestStatus(cfg, vm, &tt.st, now)
+			g, err := agent.GuestReport(dir, filepath.Join(dir, "live"), &tt.st, now)
 			if err != nil {
 				t.Fatal(err)
 			}
