@@ -5,13 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync"
 	"time"
-
-	"log/slog"
 
 	"github.com/drsync/drsync/livecut"
 	"github.com/drsync/drsync/metrics"

@@ -22,8 +22,9 @@ import (
 // The guest guard: a live VM's cut stops the guest between the end of
 // QEMU's migration and the sender's cont. A sender that dies in that gap
 // (SIGKILL, OOM, crash) would leave the protected guest paused until a
-// sender runs again. "drsync send" therefore starts itself again as a
-// hidden "guest-guard" process that outlives it: the guard reads its
+// sender runs again. The sender therefore starts a guard process
+// (StartGuard; drsync starts itself again as a hidden subcommand) that
+// outlives it: the guard (RunGuard) reads its
 // configuration from a pipe whose write end only the sender holds, and
 // when that pipe reaches EOF (the sender is gone, however it ended) it
 // resumes every guest a cut in flight left stopped (livecut.Guard), over
@@ -34,6 +35,9 @@ type guardConfig struct {
 	VMs []GuardVM `json:"vms"`
 }
 
+// GuardVM is a live VM the guard watches: its QMP socket, the live work
+// directory where a cut in flight leaves its marker, and the state
+// directory where the guard records what it did.
 type GuardVM struct {
 	Name     string `json:"name"`
 	QMP      string `json:"qmp"`

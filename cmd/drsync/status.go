@@ -150,9 +150,8 @@ func senderStatuses(cfg *SenderConfig, now time.Time) ([]vmStatusView, []error) 
 	var problems []error
 	for _, vm := range cfg.VMs {
 		row := vmStatusView{VM: vm.Name, Role: "sender"}
-		var st agent.Status
-		path := filepath.Join(cfg.stateDir(vm.Name), agent.StatusFile)
-		switch err := jsonfile.Read(path, &st); {
+		st, err := agent.ReadStatus(cfg.stateDir(vm.Name))
+		switch {
 		case errors.Is(err, fs.ErrNotExist):
 			// Nothing sent yet.
 			row.ConsecutiveFailures = new(int)
