@@ -6,8 +6,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/drsync/drsync/agent"
 	"github.com/drsync/drsync/diskmirror"
-	"github.com/drsync/drsync/epochctl"
 	"github.com/drsync/drsync/livecut"
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/stripe"
@@ -25,8 +25,8 @@ const (
 	defaultDiskFormat  = diskmirror.FormatAuto
 	minScheduleGap     = time.Second
 
-	modeContinuous = "continuous"
-	modeScheduled  = "scheduled"
+	modeContinuous = string(agent.Continuous)
+	modeScheduled  = string(agent.Scheduled)
 
 	compressionAuto = "auto"
 )
@@ -265,7 +265,7 @@ func (v *VMConfig) validate(file string, i int) error {
 		return bad("compression", "%q is not a level (want none, fast, default, better or auto)", v.Compression)
 	}
 	if v.adaptive() {
-		if _, err := v.pacingConfig(0); err != nil {
+		if _, err := v.pacing().Controller(0); err != nil {
 			return bad("rpo_target", "%v", err)
 		}
 	}
@@ -392,27 +392,13 @@ func (c *SenderConfig) vm(name string) (*VMConfig, bool) {
 	return nil, false
 }
 
-// interval is the time between epoch starts without adaptive epochs.
-func (v *VMConfig) interval() time.Duration {
-	if v.Mode == modeScheduled {
-		return v.Schedule.D()
-	}
-	return v.MinInterval.D()
-}
-
 // adaptive reports whether epoch lengths follow an RPO target.
 func (v *VMConfig) adaptive() bool { return v.RPOTarget != 0 }
 
-// pacingConfig is the epoch controller's configuration for this VM, with
-// cap its share of the bandwidth cap in bytes/s (0: none).
-func (v *VMConfig) pacingConfig(cap float64) (epochctl.Config, error) {
-	c := epochctl.Config{RPOTarget: v.RPOTarget.D(), MinInterval: v.MinInterval.D(), MaxInterval: v.MaxInterval.D(),
-		BandwidthCap: cap, StartLevel: epochctl.Level(v.compression)}
-	if v.Compression != compressionAuto {
-		c.Levels = []epochctl.Level{epochctl.Level(v.compression)}
-	}
-	err := c.Validate()
-	return c, err
+// pacing converts the VM's pacing keys to the agent's options.
+func (v *VMConfig) pacing() agent.Pacing {
+	return agent.Pacing{Mode: agent.Mode(v.Mode), MinInterval: v.MinInterval.D(), Schedule: v.Schedule.D(), RPOTarget: v.RPOTarget.D(),
+		MaxInterval: v.MaxInterval.D(), Compression: v.compression, AutoCompression: v.Compression == compressionAuto}
 }
 
 // stateDir is the VM's directory under [state] dir.

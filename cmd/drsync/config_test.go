@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"github.com/drsync/drsync/agent"
 	"os"
 	"path/filepath"
 	"strings"
@@ -297,11 +298,11 @@ func TestSenderConfigResolvesAndDefaults(t *testing.T) {
 	if got := cfg.transportOptions().IdleTimeout; got != 0 {
 		t.Errorf("idle timeout %s, want the transport default", got)
 	}
-	if got := cfg.VMs[0].interval(); got != 30*time.Second {
-		t.Errorf("continuous interval %s", got)
+	if got := cfg.VMs[0].pacing(); got.Mode != agent.Continuous || got.MinInterval != 30*time.Second {
+		t.Errorf("continuous pacing %+v", got)
 	}
-	if got := cfg.VMs[1].interval(); got != 15*time.Minute {
-		t.Errorf("scheduled interval %s", got)
+	if got := cfg.VMs[1].pacing(); got.Mode != agent.Scheduled || got.Schedule != 15*time.Minute {
+		t.Errorf("scheduled pacing %+v", got)
 	}
 	if cfg.VMs[0].compression != wire.CompressFast {
 		t.Errorf("compression %v", cfg.VMs[0].compression)
@@ -507,6 +508,27 @@ func TestAuthorize(t *testing.T) {
 		}
 		if err != nil && !errors.Is(err, receiver.ErrUnauthorized) {
 			t.Errorf("refusal %v does not wrap receiver.ErrUnauthorized", err)
+		}
+	}
+}
+
+func TestParseRate(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		want float64
+	}{
+		{"100Mbit/s", 12.5e6}, {"1Gbit/s", 125e6}, {"500 kbit/s", 62500}, {"12MiB/s", 12 << 20}, {"2.5Gbit/s", 312.5e6}, {"800B/s", 800},
+	} {
+		got, err := ParseRate(c.in)
+		if err != nil || float64(got) != c.want {
+			t.Errorf("ParseRate(%q) = %v, %v; want %v", c.in, float64(got), err, c.want)
+		}
+	}
+	for _, bad := range []string{"", "100", "100Mbps", "100MB/s", "-1Mbit/s", "0bit/s", "fast"} {
+		if _, err := ParseRate(bad); err == nil {
+			t.Errorf("ParseRate(%q) accepted", bad)
+		} else if !strings.Contains(err.Error(), "rate") {
+			t.Errorf("ParseRate(%q): %v does not say what is wrong", bad, err)
 		}
 	}
 }

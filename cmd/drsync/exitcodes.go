@@ -4,6 +4,9 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/drsync/drsync/agent"
+	"github.com/drsync/drsync/receiver/serve"
+
 	"github.com/drsync/drsync/livecut"
 	"github.com/drsync/drsync/qmp"
 	"github.com/drsync/drsync/receiver"
@@ -63,11 +66,7 @@ func (e *configError) Unwrap() error { return e.Err }
 // errMismatch marks a verify run that found problems in the replica.
 var errMismatch = errors.New("replica does not match its manifest")
 
-// errLockBusy marks a storage directory locked by another receiver.
-var errLockBusy = errors.New("storage directory in use")
-
-// exitCoder is an error that knows its exit code, such as the failures of
-// several VMs, which exitCode could not rank by unwrapping.
+// exitCoder is an error that knows its exit code.
 type exitCoder interface{ ExitCode() int }
 
 // exitCode maps an error to the process exit code. Order matters: the most
@@ -75,6 +74,14 @@ type exitCoder interface{ ExitCode() int }
 func exitCode(err error) int {
 	if err == nil {
 		return exitOK
+	}
+	// Several VMs failed: the worst of theirs, whatever order they failed in.
+	if es, ok := errors.AsType[agent.VMErrors](err); ok {
+		codes := make([]int, len(es))
+		for i, e := range es {
+			codes[i] = exitCode(e.Err)
+		}
+		return worstExit(codes...)
 	}
 	var ec exitCoder
 	if errors.As(err, &ec) {
@@ -105,7 +112,7 @@ func exitCode(err error) int {
 		errors.Is(err, sender.ErrUnusableSource):
 		// The VM is not what the configuration describes.
 		return exitUsage
-	case errors.Is(err, replica.ErrLocked), errors.Is(err, errLockBusy):
+	case errors.Is(err, replica.ErrLocked), errors.Is(err, serve.ErrLockBusy):
 		return exitBusy
 	case errors.Is(err, errMismatch), errors.Is(err, replica.ErrCorrupt):
 		return exitMismatch

@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/drsync/drsync/agent"
 	"io"
 	"testing"
 
 	"github.com/drsync/drsync/livecut"
 	"github.com/drsync/drsync/qmp"
 	"github.com/drsync/drsync/receiver"
+	"github.com/drsync/drsync/receiver/serve"
 	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/tlsid"
@@ -44,45 +46,22 @@ func TestExitCode(t *testing.T) {
 		{"disk node not found", wrap(fmt.Errorf("livecut: %w", livecut.ErrDiskNotFound)), exitUsage},
 		{"QMP socket missing", wrap(fmt.Errorf("livecut: %w", qmp.ErrNoSocket)), exitFailure},
 		{"VM went away", wrap(fmt.Errorf("livecut: %w", livecut.ErrVMGone)), exitFailure},
-		{"storage lock", fmt.Errorf("%w: held", errLockBusy), exitBusy},
+		{"storage lock", fmt.Errorf("%w: held", serve.ErrLockBusy), exitBusy},
 		{"mismatch", fmt.Errorf("%w: 2 problems", errMismatch), exitMismatch},
 		{"corrupt replica", fmt.Errorf("manifest: %w", replica.ErrCorrupt), exitMismatch},
-		{"several VMs: worst wins", vmErrors{
-			{vm: "a", err: &wire.Error{Code: wire.ErrBusy}},
-			{vm: "b", err: transport.ErrUntrustedPeer},
-			{vm: "c", err: errors.New("timeout")},
+		{"several VMs: worst wins", agent.VMErrors{
+			{VM: "a", Err: &wire.Error{Code: wire.ErrBusy}},
+			{VM: "b", Err: transport.ErrUntrustedPeer},
+			{VM: "c", Err: errors.New("timeout")},
 		}, exitRefused},
-		{"several VMs: busy over failure", vmErrors{
-			{vm: "a", err: errors.New("timeout")},
-			{vm: "b", err: &wire.Error{Code: wire.ErrBusy}},
+		{"several VMs: busy over failure", agent.VMErrors{
+			{VM: "a", Err: errors.New("timeout")},
+			{VM: "b", Err: &wire.Error{Code: wire.ErrBusy}},
 		}, exitBusy},
 	}
 	for _, tc := range tests {
 		if got := exitCode(tc.err); got != tc.want {
 			t.Errorf("%s: exitCode(%v) = %d, want %d", tc.name, tc.err, got, tc.want)
-		}
-	}
-}
-
-func TestRetryable(t *testing.T) {
-	tests := []struct {
-		err  error
-		want bool
-	}{
-		{errors.New("connection reset"), true},
-		{fmt.Errorf("x: %w", transport.ErrIdleTimeout), true},
-		{&wire.Error{Code: wire.ErrBusy}, true},
-		{&wire.Error{Code: wire.ErrStorage}, true},
-		{&wire.Error{Code: wire.ErrDigest}, true},
-		{fmt.Errorf("epoch 2: %w", &wire.Error{Code: wire.ErrUnauthorized}), false},
-		{&wire.Error{Code: wire.ErrVersion}, false},
-		{&wire.Error{Code: wire.ErrProtocol}, false},
-		{fmt.Errorf("dial: %w", transport.ErrUntrustedPeer), false},
-		{context.Canceled, false},
-	}
-	for _, tc := range tests {
-		if got := retryable(tc.err); got != tc.want {
-			t.Errorf("retryable(%v) = %v, want %v", tc.err, got, tc.want)
 		}
 	}
 }

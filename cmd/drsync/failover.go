@@ -121,7 +121,7 @@ then the VMs are stopped and the copies removed.`,
 		if drill && (err == nil || ctx.Err() == nil) {
 			// The receiver exports the outcome, so that a failed drill alerts;
 			// an interrupted one proves nothing either way.
-			if werr := writeDrillResults(vfs.Default, rb.Replicas, drillOutcomes(rb, log, err, e.now())); werr != nil {
+			if werr := runbook.WriteDrillResults(vfs.Default, rb.Replicas, runbook.DrillOutcomes(rb, log, err, e.now())); werr != nil {
 				fmt.Fprintf(e.stderr, "drsync failover: drill result not recorded: %v\n", werr)
 			}
 		}

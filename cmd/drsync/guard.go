@@ -1,87 +1,19 @@
 package main
 
 import (
-	"context"
-	"encoding/json"
-	"errors"
-	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"os"
-	"os/exec"
 	"os/signal"
-	"path/filepath"
-	"sync"
 	"syscall"
-	"time"
 
-	"github.com/drsync/drsync/livecut"
+	"github.com/drsync/drsync/agent"
 )
 
-// The guest guard: a live VM's cut stops the guest between the end of
-// QEMU's migration and the sender's cont. A sender that dies in that gap
-// (SIGKILL, OOM, crash) would leave the protected guest paused until a
-// sender runs again. "drsync send" therefore starts itself again as a
-// hidden "guest-guard" process that outlives it: the guard reads its
-// configuration from a pipe whose write end only the sender holds, and
-// when that pipe reaches EOF (the sender is gone, however it ended) it
-// resumes every guest a cut in flight left stopped (livecut.Guard), over
-// the QMP socket the dead sender freed.
+// guardCommandName is the hidden subcommand "drsync send" starts itself
+// again as, so that a guest a dead sender left paused is resumed (see
+// agent.StartGuard).
 const guardCommandName = "guest-guard"
-
-// guardConfig travels to the guard on its stdin.
-type guardConfig struct {
-	VMs []guardVM `json:"vms"`
-}
-
-type guardVM struct {
-	Name     string `json:"name"`
-	QMP      string `json:"qmp"`
-	WorkDir  string `json:"work_dir"`
-	StateDir string `json:"state_dir"`
-}
-
-// startGuard starts the guard for vms and returns the pipe's write end,
-// which the sender keeps open (and never writes again) until it exits.
-func startGuard(vms []guardVM, log *slog.Logger) (*os.File, error) {
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, fmt.Errorf("start the guest guard: %w", err)
-	}
-	r, w, err := os.Pipe()
-	if err != nil {
-		return nil, fmt.Errorf("start the guest guard: %w", err)
-	}
-	cmd := exec.Command(exe, guardCommandName)
-	cmd.Stdin = r
-	// Its logs go where the sender's go (the journal, a log file).
-	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-	// Its own process group: a terminal's Ctrl-C or a signal to the
-	// sender's group does not reach it. It must outlive the sender, so
-	// no parent-death signal either.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		r.Close()
-		w.Close()
-		return nil, fmt.Errorf("start the guest guard %s: %w", exe, err)
-	}
-	r.Close()
-	b, _ := json.Marshal(guardConfig{VMs: vms})
-	if _, err := w.Write(append(b, '\n')); err != nil {
-		w.Close()
-		cmd.Process.Kill()
-		cmd.Wait()
-		return nil, fmt.Errorf("start the guest guard: %w", err)
-	}
-	go func() {
-		// Reaps it; it exits early only if it failed.
-		if err := cmd.Wait(); err != nil {
-			log.Error("the guest guard exited: a sender killed during a cut would leave the guest paused until the next sender starts", "err", err)
-		}
-	}()
-	return w, nil
-}
 
 // runGuard is the hidden guest-guard command.
 func runGuard(e *env, stdin io.Reader) int {
@@ -90,98 +22,8 @@ func runGuard(e *env, stdin io.Reader) int {
 	// milliseconds, and exits by itself then.
 	signal.Ignore(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGPIPE, syscall.SIGTTOU)
 	log := slog.New(slog.NewTextHandler(e.stderr, nil)).With("pid", os.Getpid())
-	var cfg guardConfig
-	dec := json.NewDecoder(stdin)
-	if err := dec.Decode(&cfg); err != nil {
-		log.Error("guard: no configuration from the sender", "err", err)
-		return exitFailure
-	}
-	// The sender never writes again: the read returns when it is gone.
-	io.Copy(io.Discard, io.MultiReader(dec.Buffered(), stdin))
-	var wg sync.WaitGroup
-	failed := false
-	var mu sync.Mutex
-	for _, vm := range cfg.VMs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			l := log.With("vm", vm.Name)
-			rep, err := livecut.Guard(context.Background(), livecut.GuardOptions{QMPSocket: vm.QMP, WorkDir: vm.WorkDir, Logger: l})
-			if err != nil {
-				l.Error("guard: the guest may be left paused", "err", err)
-				mu.Lock()
-				failed = true
-				mu.Unlock()
-			}
-			if rep.Acted || err != nil {
-				if rerr := recordGuard(vm.StateDir, e.now, rep, err); rerr != nil {
-					l.Warn("guard: cannot record what it did", "err", rerr)
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if failed {
+	if err := agent.RunGuard(stdin, log, e.now); err != nil {
 		return exitFailure
 	}
 	return exitOK
-}
-
-// guardRecordFile, in <state dir>/<vm>/, keeps what the guard did.
-const guardRecordFile = "guard.json"
-
-// guardRecord is the guard's history of one VM, newest last.
-type guardRecord struct {
-	// Resumes counts guests the guard resumed since the state directory
-	// was created.
-	Resumes uint64       `json:"resumes"`
-	Events  []guardEvent `json:"events"`
-}
-
-// guardEvent is one run of the guard that found a cut in flight.
-type guardEvent struct {
-	At         time.Time `json:"at"`
-	Cut        uint64    `json:"cut"`
-	Resumed    bool      `json:"resumed"`
-	QEMUStatus string    `json:"qemu_status,omitempty"`
-	// PausedMS is about how long the guest was stopped, from the end of
-	// the cut's migration to the guard's cont.
-	PausedMS float64 `json:"paused_ms,omitempty"`
-	Reason   string  `json:"reason,omitempty"`
-	// Error says why the guard could not finish: the guest may still be
-	// paused.
-	Error string `json:"error,omitempty"`
-}
-
-const maxGuardEvents = 20
-
-func recordGuard(stateDir string, now func() time.Time, rep livecut.GuardReport, gerr error) error {
-	path := filepath.Join(stateDir, guardRecordFile)
-	var rec guardRecord
-	if err := readJSON(path, &rec); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		rec = guardRecord{}
-	}
-	ev := guardEvent{At: now().UTC(), Cut: rep.Gen, Resumed: rep.Resumed, QEMUStatus: rep.Status, Reason: rep.Reason}
-	if rep.Resumed {
-		rec.Resumes++
-		ev.PausedMS = ms(rep.Paused)
-	}
-	if gerr != nil {
-		ev.Error = gerr.Error()
-	}
-	rec.Events = append(rec.Events, ev)
-	if n := len(rec.Events); n > maxGuardEvents {
-		rec.Events = rec.Events[n-maxGuardEvents:]
-	}
-	return writeJSONAtomic(path, &rec)
-}
-
-// readGuardRecord returns the VM's guard record, empty if there is none.
-func readGuardRecord(stateDir string) (guardRecord, error) {
-	var rec guardRecord
-	err := readJSON(filepath.Join(stateDir, guardRecordFile), &rec)
-	if errors.Is(err, fs.ErrNotExist) {
-		err = nil
-	}
-	return rec, err
 }

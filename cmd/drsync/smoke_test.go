@@ -19,6 +19,9 @@ import (
 
 	"github.com/drsync/drsync/testkit/hosttools"
 
+	"github.com/drsync/drsync/agent"
+	"github.com/drsync/drsync/internal/jsonfile"
+	"github.com/drsync/drsync/receiver/serve"
 	"github.com/drsync/drsync/replica"
 )
 
@@ -177,7 +180,7 @@ vms = ["db-1"]
 	}
 
 	// A second receiver on the same storage is refused.
-	if code, _, stderr := drsync(t, "receive", "--config", rcvConf); code != exitBusy || !strings.Contains(stderr, receiverLockFile) {
+	if code, _, stderr := drsync(t, "receive", "--config", rcvConf); code != exitBusy || !strings.Contains(stderr, serve.LockFile) {
 		t.Fatalf("second receiver: exit %d: %s", code, stderr)
 	}
 
@@ -273,8 +276,8 @@ device_state = "images/web-1.dev"
 	if code, out, _ := drsync(t, "status", "--config", sndConf); code != exitOK || !strings.Contains(out, "web-1") {
 		t.Fatalf("status table: exit %d\n%s", code, out)
 	}
-	var rst receiverStatus
-	if err := readJSON(filepath.Join(repDir, receiverStatusFile), &rst); err != nil || rst.Epoch != 1 || rst.LastPeer == nil || rst.LastPeer.Fingerprint != fpSender {
+	var rst serve.Status
+	if err := jsonfile.Read(filepath.Join(repDir, serve.StatusFile), &rst); err != nil || rst.Epoch != 1 || rst.LastPeer == nil || rst.LastPeer.Fingerprint != fpSender {
 		t.Fatalf("receiver STATUS.json: %+v, %v", rst, err)
 	}
 
@@ -308,8 +311,8 @@ device_state = "images/web-1.dev"
 	if code, _, _ := drsync(t, "send", "--config", sndConf, "--once", "--vm", "web-1"); code != exitOK {
 		t.Fatalf("second send: exit %d", code)
 	}
-	var sst senderStatus
-	if err := readJSON(filepath.Join(dir, "state-site-a", "web-1", senderStatusFile), &sst); err != nil || sst.Epoch != 2 || sst.Epochs != 2 || sst.LastResult == nil || sst.LastResult.DataBytes > 256<<10 {
+	var sst agent.Status
+	if err := jsonfile.Read(filepath.Join(dir, "state-site-a", "web-1", agent.StatusFile), &sst); err != nil || sst.Epoch != 2 || sst.Epochs != 2 || sst.LastResult == nil || sst.LastResult.DataBytes > 256<<10 {
 		t.Fatalf("sender status after epoch 2: %+v (last %+v), %v", sst, sst.LastResult, err)
 	}
 	if code, out, _ := drsync(t, "verify", "--replica", repDir, "--json"); code != exitOK || !strings.Contains(out, `"ok": true`) || !strings.Contains(out, `"epoch": 2`) {
@@ -328,7 +331,7 @@ device_state = "images/web-1.dev"
 	deadline := time.Now().Add(10 * time.Second)
 	for sst.Epoch < 4 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond)
-		readJSON(filepath.Join(dir, "state-site-a", "web-1", senderStatusFile), &sst)
+		jsonfile.Read(filepath.Join(dir, "state-site-a", "web-1", agent.StatusFile), &sst)
 	}
 	stopSender()
 	select {

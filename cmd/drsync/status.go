@@ -10,14 +10,15 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
 	"github.com/BurntSushi/toml"
-	"github.com/drsync/drsync/livecut"
+	"github.com/drsync/drsync/agent"
+	"github.com/drsync/drsync/internal/jsonfile"
+	"github.com/drsync/drsync/receiver/serve"
 	"github.com/drsync/drsync/replica"
+	"github.com/drsync/drsync/runbook"
 	"github.com/drsync/drsync/vfs"
 )
 
@@ -128,96 +129,15 @@ type vmStatusView struct {
 	LastPeer            string    `json:"last_peer,omitempty"`
 	Updated             time.Time `json:"updated,omitzero"`
 	// GuestPause summarises the guest pauses of a live VM's recent epochs.
-	GuestPause *pauseSummary `json:"guest_pause,omitempty"`
+	GuestPause *agent.PauseSummary `json:"guest_pause,omitempty"`
 	// HotSetBytes is the RAM a receiver keeps pinned for a fast failover.
 	HotSetBytes *int64 `json:"hot_set_bytes,omitempty"`
 	// Flow is a sender's epoch length, goodput, dirty rate and plan.
-	Flow *flowStatus `json:"flow,omitempty"`
+	Flow *agent.FlowStatus `json:"flow,omitempty"`
 	// Guest is what is known of a live guest's pauses outside cuts.
-	Guest *guestView `json:"guest,omitempty"`
+	Guest *agent.Guest `json:"guest,omitempty"`
 	// Drill is a replica's last failover drill (drsync failover --drill).
-	Drill *drillResult `json:"drill,omitempty"`
-}
-
-// guestView tells of a live guest that is, or was, paused when it should
-// not have been.
-type guestView struct {
-	// Paused: the guest is, or may be, paused now; Detail says why.
-	Paused bool      `json:"paused"`
-	Since  time.Time `json:"since,omitzero"`
-	Detail string    `json:"detail,omitempty"`
-	// GuardResumes counts guests the guard resumed after a sender died
-	// during a cut; LastGuard is its last intervention.
-	GuardResumes uint64      `json:"guard_resumes"`
-	LastGuard    *guardEvent `json:"last_guard,omitempty"`
-	LongPause    *longPause  `json:"long_pause,omitempty"`
-}
-
-// A cut marker tells of a cut whose sender has not seen the guest run
-// again after it. Its sender gone, the guard resumes the guest within
-// milliseconds, so a marker older than deadCut means it could not; a live
-// sender's cut gives up after its timeout (1 min), so one older than
-// stuckCut is stuck.
-const (
-	deadCut  = 2 * time.Second
-	stuckCut = 90 * time.Second
-)
-
-// guestStatus gathers a live VM's pause reports: the sender's status, the
-// guard's record and a cut marker left unfinished.
-func guestStatus(cfg *SenderConfig, vm *VMConfig, st *senderStatus, now time.Time) (*guestView, error) {
-	dir := cfg.stateDir(vm.Name)
-	rec, err := readGuardRecord(dir)
-	g := &guestView{GuardResumes: rec.Resumes}
-	if n := len(rec.Events); n > 0 {
-		g.LastGuard = &rec.Events[n-1]
-		if g.LastGuard.Error != "" && g.LastGuard.At.After(st.Updated) {
-			g.Paused, g.Since = true, g.LastGuard.At
-			g.Detail = "a sender died during a cut and the guard could not resume the guest: " + g.LastGuard.Error
-		}
-	}
-	if began, pid, ok := livecut.CutInFlight(vm.liveOptions(dir, time.Now).WorkDir); ok {
-		// Signal 0 only checks that the process exists.
-		alive := pid > 0 && syscall.Kill(pid, 0) == nil
-		switch age := now.Sub(began); {
-		case !alive && age > deadCut:
-			g.Paused, g.Since = true, began
-			g.Detail = fmt.Sprintf("sender pid %d died during the cut begun at %s, and the guest guard did not resume the guest (start drsync send, or resume it with QMP cont)",
-				pid, began.UTC().Format(time.RFC3339))
-		case alive && age > stuckCut:
-			g.Paused, g.Since = true, began
-			g.Detail = fmt.Sprintf("the cut begun at %s by sender pid %d has not finished", began.UTC().Format(time.RFC3339), pid)
-		}
-	}
-	if p := st.GuestPaused; p != nil {
-		g.Paused, g.Since, g.Detail = true, p.Since, p.Detail
-	}
-	g.LongPause = st.LongPause
-	if !g.Paused && g.LastGuard == nil && g.LongPause == nil {
-		return nil, err
-	}
-	return g, err
-}
-
-// pauseSummary is the guest pause per epoch over the recent epochs.
-type pauseSummary struct {
-	LastMS   float64 `json:"last_ms"`
-	MedianMS float64 `json:"median_ms"`
-	MaxMS    float64 `json:"max_ms"`
-	Epochs   int     `json:"epochs"`
-}
-
-func summarizePauses(ms []float64) *pauseSummary {
-	if len(ms) == 0 {
-		return nil
-	}
-	s := slices.Clone(ms)
-	slices.Sort(s)
-	med := s[len(s)/2]
-	if len(s)%2 == 0 {
-		med = (s[len(s)/2-1] + s[len(s)/2]) / 2
-	}
-	return &pauseSummary{LastMS: ms[len(ms)-1], MedianMS: med, MaxMS: s[len(s)-1], Epochs: len(s)}
+	Drill *runbook.DrillResult `json:"drill,omitempty"`
 }
 
 func (v *vmStatusView) setCut(cut, now time.Time) {
@@ -234,9 +154,8 @@ func senderStatuses(cfg *SenderConfig, now time.Time) ([]vmStatusView, []error) 
 	var problems []error
 	for _, vm := range cfg.VMs {
 		row := vmStatusView{VM: vm.Name, Role: "sender"}
-		var st senderStatus
-		path := filepath.Join(cfg.stateDir(vm.Name), senderStatusFile)
-		switch err := readJSON(path, &st); {
+		st, err := agent.ReadStatus(cfg.stateDir(vm.Name))
+		switch {
 		case errors.Is(err, fs.ErrNotExist):
 			// Nothing sent yet.
 			row.ConsecutiveFailures = new(int)
@@ -250,11 +169,12 @@ func senderStatuses(cfg *SenderConfig, now time.Time) ([]vmStatusView, []error) 
 			row.LastError = st.LastError
 			row.LastErrorAt = st.LastErrorAt.UTC()
 			row.Updated = st.Updated
-			row.GuestPause = summarizePauses(st.RecentPausesMS)
+			row.GuestPause = agent.SummarizePauses(st.RecentPausesMS)
 			row.Flow = st.Flow
 		}
 		if vm.live() {
-			g, err := guestStatus(cfg, &vm, &st, now)
+			dir := cfg.stateDir(vm.Name)
+			g, err := agent.GuestReport(dir, vm.liveOptions(dir, time.Now).WorkDir, &st, now)
 			if err != nil {
 				problems = append(problems, fmt.Errorf("vm %s: %w", vm.Name, err))
 			}
@@ -291,8 +211,8 @@ func receiverStatuses(cfg *ReceiverConfig, now time.Time) ([]vmStatusView, []err
 			row.setCut(m.Cut, now)
 			row.Updated = m.Applied.UTC()
 		}
-		var st receiverStatus
-		switch err := readJSON(filepath.Join(dir, receiverStatusFile), &st); {
+		var st serve.Status
+		switch err := jsonfile.Read(filepath.Join(dir, serve.StatusFile), &st); {
 		case errors.Is(err, fs.ErrNotExist):
 		case err != nil:
 			if row.LastError == "" {
@@ -313,7 +233,7 @@ func receiverStatuses(cfg *ReceiverConfig, now time.Time) ([]vmStatusView, []err
 		}
 		row.BytesReceived = &st.BytesReceived
 		row.HotSetBytes = &st.HotSetBytes
-		switch d, err := readDrillResult(vfs.Default, filepath.Join(dir, drillResultFile)); {
+		switch d, err := runbook.ReadDrillResult(vfs.Default, filepath.Join(dir, runbook.DrillResultFile)); {
 		case errors.Is(err, fs.ErrNotExist):
 		case err != nil:
 			problems = append(problems, fmt.Errorf("vm %s: drill result: %w", vm, err))
@@ -389,19 +309,6 @@ func printStatusTable(w io.Writer, kind string, rows []vmStatusView) {
 	}
 }
 
-// drillCell is the LAST DRILL column: when and from which epoch the last
-// drill ran, and whether it passed ("FAILED" stands out).
-func drillCell(d *drillResult) string {
-	if d == nil {
-		return "never"
-	}
-	res := "ok"
-	if !d.OK {
-		res = "FAILED"
-	}
-	return fmt.Sprintf("%s epoch %d %s", res, d.Epoch, d.At.UTC().Format("2006-01-02 15:04"))
-}
-
 // printGuestNotes says loudly, under the table, that a protected guest is
 // (or was left) paused.
 func printGuestNotes(w io.Writer, r vmStatusView) {
@@ -440,4 +347,22 @@ func truncate(s string, n int) string {
 		return s
 	}
 	return s[:n-3] + "..."
+}
+
+// secs converts seconds to a duration rounded for people.
+func secs(s float64) time.Duration {
+	return time.Duration(s * float64(time.Second)).Round(time.Millisecond)
+}
+
+// drillCell is the LAST DRILL column: when and from which epoch the last
+// drill ran, and whether it passed ("FAILED" stands out).
+func drillCell(d *runbook.DrillResult) string {
+	if d == nil {
+		return "never"
+	}
+	res := "ok"
+	if !d.OK {
+		res = "FAILED"
+	}
+	return fmt.Sprintf("%s epoch %d %s", res, d.Epoch, d.At.UTC().Format("2006-01-02 15:04"))
 }

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/drsync/drsync/replica"
+	"github.com/drsync/drsync/runbook"
 	"github.com/drsync/drsync/statuspage"
 	"github.com/drsync/drsync/vfs"
 )
@@ -79,7 +80,7 @@ func receiverPageOf(cfg *ReceiverConfig, now time.Time) statuspage.Page {
 		if pts, err := replica.Points(vfs.Default, dir); err == nil {
 			v.Points = len(pts)
 		}
-		if d, err := readDrillResult(vfs.Default, filepath.Join(dir, drillResultFile)); err == nil {
+		if d, err := runbook.ReadDrillResult(vfs.Default, filepath.Join(dir, runbook.DrillResultFile)); err == nil {
 			v.Drill = &statuspage.Drill{Epoch: d.Epoch, At: d.At, OK: d.OK, Detail: d.Detail}
 		}
 		p.VMs = append(p.VMs, v)

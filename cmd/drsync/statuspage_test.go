@@ -12,7 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/drsync/drsync/agent"
+	"github.com/drsync/drsync/internal/jsonfile"
+	"github.com/drsync/drsync/receiver/serve"
 	"github.com/drsync/drsync/replica"
+	"github.com/drsync/drsync/runbook"
 	"github.com/drsync/drsync/statuspage"
 	"github.com/drsync/drsync/testkit/hosttools"
 	"github.com/drsync/drsync/vfs"
@@ -27,16 +31,16 @@ func TestSenderPageFromStatusFiles(t *testing.T) {
 		{Name: "db-1", QMP: filepath.Join(dir, "db-1.qmp")},
 		{Name: "new-1"},
 	}}
-	write := func(st senderStatus) {
-		if err := writeJSONAtomic(filepath.Join(cfg.stateDir(st.VM), senderStatusFile), &st); err != nil {
+	write := func(st agent.Status) {
+		if err := jsonfile.WriteAtomic(filepath.Join(cfg.stateDir(st.VM), agent.StatusFile), &st); err != nil {
 			t.Fatal(err)
 		}
 	}
-	write(senderStatus{VM: "web-1", Epoch: 40, Cut: now.Add(-30 * time.Second), RecentPausesMS: []float64{9, 14.5},
+	write(agent.Status{VM: "web-1", Epoch: 40, Cut: now.Add(-30 * time.Second), RecentPausesMS: []float64{9, 14.5},
 		LastError: "an old error", LastErrorAt: now.Add(-time.Hour), // history: epochs committed since
-		Flow: &flowStatus{GoodputBytesPerSecond: 2e6, RPOTargetSeconds: 120, BreachPredicted: true}})
-	write(senderStatus{VM: "db-1", Epoch: 7, Cut: now.Add(-10 * time.Minute), ConsecutiveFailures: 3, LastError: "guest is paused",
-		GuestPaused: &guestPaused{Since: now.Add(-9 * time.Minute), Detail: "guest is paused by someone else"}})
+		Flow: &agent.FlowStatus{GoodputBytesPerSecond: 2e6, RPOTargetSeconds: 120, BreachPredicted: true}})
+	write(agent.Status{VM: "db-1", Epoch: 7, Cut: now.Add(-10 * time.Minute), ConsecutiveFailures: 3, LastError: "guest is paused",
+		GuestPaused: &agent.GuestPaused{Since: now.Add(-9 * time.Minute), Detail: "guest is paused by someone else"}})
 
 	p := senderPageOf(cfg, now)
 	want := []statuspage.VM{
@@ -83,11 +87,11 @@ func TestReceiverPageFromReplicas(t *testing.T) {
 	}
 	db := cfg.replicaDir("db-1")
 	writeManifest(t, db, "db-1", 9, now.Add(-2*time.Minute))
-	if err := writeJSONAtomic(filepath.Join(db, receiverStatusFile), &receiverStatus{VM: "db-1", Epoch: 9, LastError: "stream reset"}); err != nil {
+	if err := jsonfile.WriteAtomic(filepath.Join(db, serve.StatusFile), &serve.Status{VM: "db-1", Epoch: 9, LastError: "stream reset"}); err != nil {
 		t.Fatal(err)
 	}
 	at := now.Add(-time.Hour)
-	if err := writeDrillResults(vfs.Default, dir, []drillResult{
+	if err := runbook.WriteDrillResults(vfs.Default, dir, []runbook.DrillResult{
 		{VM: "web-1", OK: true, At: at, Epoch: 4, Detail: "started from epoch 4; every check passed"},
 		{VM: "db-1", OK: false, At: at, Epoch: 8, Detail: "step db-1/check did not pass"},
 	}); err != nil {
@@ -141,7 +145,7 @@ vms = ["web-1", "db-1"]
 		}
 		writeManifest(t, filepath.Join(replicas, vm), vm, 12, time.Now().Add(-time.Minute).UTC())
 	}
-	if err := writeDrillResults(vfs.Default, replicas, []drillResult{{VM: "db-1", OK: false, At: time.Now().UTC(), Epoch: 11, Detail: "check failed"}}); err != nil {
+	if err := runbook.WriteDrillResults(vfs.Default, replicas, []runbook.DrillResult{{VM: "db-1", OK: false, At: time.Now().UTC(), Epoch: 11, Detail: "check failed"}}); err != nil {
 		t.Fatal(err)
 	}
 

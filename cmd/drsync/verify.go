@@ -14,6 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/drsync/drsync/agent"
 	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/vfs"
 )
@@ -107,7 +108,7 @@ func verifyReplica(ctx context.Context, dir string, wait time.Duration) (*replic
 		if left <= 0 {
 			return nil, fmt.Errorf("%w; the replica stayed in use for %s: retry later or raise --wait", err, wait)
 		}
-		if sleepCtx(ctx, min(lockPoll, left)) != nil {
+		if agent.SleepCtx(ctx, min(lockPoll, left)) != nil {
 			return nil, err
 		}
 	}

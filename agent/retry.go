@@ -1,4 +1,4 @@
-package main
+package agent
 
 import (
 	"context"
@@ -45,7 +45,7 @@ type retrier struct {
 }
 
 func newRetrier(next epochRunner, retries int) *retrier {
-	return &retrier{next: next, initial: backoffInitial, max: backoffMax, retries: retries, sleep: sleepCtx}
+	return &retrier{next: next, initial: backoffInitial, max: backoffMax, retries: retries, sleep: SleepCtx}
 }
 
 // RunEpoch implements epochRunner.
@@ -103,16 +103,4 @@ func retryable(err error) bool {
 		return false
 	}
 	return true
-}
-
-// sleepCtx waits d, or until ctx ends.
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

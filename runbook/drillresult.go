@@ -1,4 +1,4 @@
-package main
+package runbook
 
 import (
 	"encoding/json"
@@ -8,18 +8,16 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/drsync/drsync/metrics"
-	"github.com/drsync/drsync/runbook"
 	"github.com/drsync/drsync/vfs"
 )
 
-// drillResultFile, in <storage dir>/<vm>/, is the outcome of the VM's last
+// DrillResultFile, in <storage dir>/<vm>/, is the outcome of the VM's last
 // failover drill: "drsync failover --drill" writes it, the receiver exports
 // it as metrics, so that a drill that failed raises an alert on the DR site.
-const drillResultFile = "DRILL.json"
+const DrillResultFile = "DRILL.json"
 
-// drillResult is the content of drillResultFile.
-type drillResult struct {
+// DrillResult is the content of DrillResultFile.
+type DrillResult struct {
 	VM      string    `json:"vm"`
 	Runbook string    `json:"runbook"`
 	OK      bool      `json:"ok"`
@@ -31,14 +29,14 @@ type drillResult struct {
 	LastSuccess time.Time `json:"last_success,omitzero"`
 }
 
-// drillOutcomes says, per VM of a drill that ended with runErr, whether its
+// DrillOutcomes says, per VM of a drill that ended with runErr, whether its
 // part passed: its copy started and every one of its checks passed. A VM
 // the drill did not reach failed too: the drill did not show it can come up.
-func drillOutcomes(rb *runbook.Runbook, log *runbook.Log, runErr error, at time.Time) []drillResult {
+func DrillOutcomes(rb *Runbook, log *Log, runErr error, at time.Time) []DrillResult {
 	steps := rb.Steps()
-	var out []drillResult
+	var out []DrillResult
 	for _, v := range rb.VMs {
-		r := drillResult{VM: v.Name, Runbook: rb.Name, At: at.UTC(), OK: true}
+		r := DrillResult{VM: v.Name, Runbook: rb.Name, At: at.UTC(), OK: true}
 		for _, s := range steps {
 			if s.VM != v.Name {
 				continue
@@ -52,7 +50,7 @@ func drillOutcomes(rb *runbook.Runbook, log *runbook.Log, runErr error, at time.
 				}
 				break
 			}
-			if s.Kind == runbook.StepStart {
+			if s.Kind == StepStart {
 				r.Epoch = rec.Epoch
 			}
 		}
@@ -65,19 +63,19 @@ func drillOutcomes(rb *runbook.Runbook, log *runbook.Log, runErr error, at time.
 	return out
 }
 
-// writeDrillResults records each result in its VM's replica directory
+// WriteDrillResults records each result in its VM's replica directory
 // under dir, durably and atomically. A VM without a replica directory is
 // skipped: the drill must not create one.
-func writeDrillResults(fsys vfs.FS, dir string, results []drillResult) error {
+func WriteDrillResults(fsys vfs.FS, dir string, results []DrillResult) error {
 	var errs []error
 	for _, r := range results {
 		rdir := filepath.Join(dir, r.VM)
 		if _, err := fsys.Stat(rdir); err != nil {
 			continue
 		}
-		path := filepath.Join(rdir, drillResultFile)
+		path := filepath.Join(rdir, DrillResultFile)
 		if !r.OK {
-			if prev, err := readDrillResult(fsys, path); err == nil {
+			if prev, err := ReadDrillResult(fsys, path); err == nil {
 				r.LastSuccess = prev.LastSuccess
 			}
 		}
@@ -101,8 +99,9 @@ func writeFileDurable(fsys vfs.FS, path string, v any) error {
 	return nil
 }
 
-func readDrillResult(fsys vfs.FS, path string) (drillResult, error) {
-	var r drillResult
+// ReadDrillResult reads the drill result file at path.
+func ReadDrillResult(fsys vfs.FS, path string) (DrillResult, error) {
+	var r DrillResult
 	f, err := fsys.Open(path)
 	if err != nil {
 		return r, err
@@ -118,20 +117,20 @@ func readDrillResult(fsys vfs.FS, path string) (drillResult, error) {
 	return r, nil
 }
 
-// drillResults reads the drill result of every replica under dir, for the
-// receiver's metrics. Unreadable files are left out.
-func drillResults(fsys vfs.FS, dir string) map[string]metrics.Drill {
-	out := map[string]metrics.Drill{}
+// ReadDrillResults reads the drill result of every replica under dir, for
+// the receiver's metrics. Unreadable files are left out.
+func ReadDrillResults(fsys vfs.FS, dir string) map[string]DrillResult {
+	out := map[string]DrillResult{}
 	names, err := fsys.List(dir)
 	if err != nil {
 		return out
 	}
 	for _, vm := range names {
-		r, err := readDrillResult(fsys, filepath.Join(dir, vm, drillResultFile))
+		r, err := ReadDrillResult(fsys, filepath.Join(dir, vm, DrillResultFile))
 		if err != nil {
 			continue // no drill yet (fs.ErrNotExist), or not a replica
 		}
-		out[vm] = metrics.Drill{At: r.At, OK: r.OK, LastSuccess: r.LastSuccess}
+		out[vm] = r
 	}
 	return out
 }

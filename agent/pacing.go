@@ -1,4 +1,4 @@
-package main
+package agent
 
 import (
 	"time"
@@ -13,7 +13,7 @@ import (
 // status and metrics. It does no IO and reads no clock: the loop hands it
 // results and instants.
 type pacer struct {
-	vm      *VMConfig
+	pc      Pacing
 	ctl     *epochctl.Controller // nil: a fixed min_interval or a schedule
 	prevCut time.Time            // the cut of the previous committed epoch
 	first   time.Time            // start of the schedule grid
@@ -22,10 +22,10 @@ type pacer struct {
 
 // newPacer returns the VM's pacer; share is its part of the bandwidth cap
 // in bytes/s (0: no cap), prevCut the last committed cut known.
-func newPacer(v *VMConfig, share float64, prevCut time.Time) (*pacer, error) {
-	p := &pacer{vm: v, prevCut: prevCut}
-	if v.adaptive() {
-		cfg, err := v.pacingConfig(share)
+func newPacer(pc Pacing, share float64, prevCut time.Time) (*pacer, error) {
+	p := &pacer{pc: pc, prevCut: prevCut}
+	if pc.Adaptive() {
+		cfg, err := pc.Controller(share)
 		if err != nil {
 			return nil, err
 		}
@@ -40,14 +40,14 @@ func newPacer(v *VMConfig, share float64, prevCut time.Time) (*pacer, error) {
 type pace struct {
 	next  time.Time        // start the next epoch then (or at once if past)
 	level wire.Compression // for the next epoch
-	flow  flowStatus
+	flow  FlowStatus
 	// breachBegan and breachEnded report a change of the prediction.
 	breachBegan, breachEnded bool
 	reason                   string // the controller's one-line plan
 }
 
-// flowStatus is the replication flow of a VM, for status and metrics.
-type flowStatus struct {
+// FlowStatus is the replication flow of a VM, for status and metrics.
+type FlowStatus struct {
 	// EpochSeconds is the guest time the last epoch covered (its cut less
 	// the previous cut); 0 when unknown.
 	EpochSeconds float64 `json:"epoch_seconds,omitempty"`
@@ -84,7 +84,7 @@ func (p *pacer) committed(res *sender.Result, start, now time.Time) pace {
 	}
 	p.prevCut = res.Cut
 	changed := res.DataBytes + res.RefBytes
-	out := pace{level: res.Compression, flow: flowStatus{EpochSeconds: interval.Seconds(), Compression: res.Compression.String()}}
+	out := pace{level: res.Compression, flow: FlowStatus{EpochSeconds: interval.Seconds(), Compression: res.Compression.String()}}
 	if res.SendTime > 0 {
 		out.flow.GoodputBytesPerSecond = float64(res.WireBytes) / res.SendTime.Seconds()
 	}
@@ -125,7 +125,7 @@ func (p *pacer) inFlight(pr sender.Progress, at, now time.Time) (out pace, ok bo
 func (p *pacer) decided(d epochctl.Decision, out *pace) {
 	out.next, out.level, out.reason = d.NextCut, wire.Compression(d.Level), d.Reason
 	f := &out.flow
-	f.RPOTargetSeconds = p.vm.RPOTarget.D().Seconds()
+	f.RPOTargetSeconds = p.pc.RPOTarget.Seconds()
 	f.NextEpochSeconds = d.Interval.Seconds()
 	f.PredictedLagSeconds = min(d.PredictedLag, maxPredictedLag).Seconds()
 	f.BreachPredicted = d.Breach
@@ -143,7 +143,7 @@ const maxPredictedLag = 365 * 24 * time.Hour
 
 // planned sets the planning fields of f from g, which inFlight filled,
 // keeping what f says of the last committed epoch.
-func (f *flowStatus) planned(g flowStatus) {
+func (f *FlowStatus) planned(g FlowStatus) {
 	f.RPOTargetSeconds, f.NextEpochSeconds, f.PredictedLagSeconds = g.RPOTargetSeconds, g.NextEpochSeconds, g.PredictedLagSeconds
 	f.BreachPredicted, f.PlannedGoodputBps, f.LiveGoodputBps = g.BreachPredicted, g.PlannedGoodputBps, g.LiveGoodputBps
 	f.ModelDirtyBytesPerSec, f.Plan = g.ModelDirtyBytesPerSec, g.Plan
@@ -155,8 +155,8 @@ func (f *flowStatus) planned(g flowStatus) {
 // epoch. A slot missed because an epoch took longer than the interval is
 // not queued: the next epoch starts at once.
 func (p *pacer) fixedNext(start time.Time) time.Time {
-	iv := p.vm.interval()
-	if p.vm.Mode != modeScheduled {
+	iv := p.pc.interval()
+	if p.pc.Mode != Scheduled {
 		return start.Add(iv)
 	}
 	n := start.Sub(p.first)/iv + 1

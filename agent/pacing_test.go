@@ -1,4 +1,4 @@
-package main
+package agent
 
 import (
 	"strings"
@@ -14,7 +14,7 @@ func TestFixedPacing(t *testing.T) {
 	res := func(cut time.Time) *sender.Result {
 		return &sender.Result{Cut: cut, DataBytes: 10 << 20, WireBytes: 5 << 20, SendTime: time.Second, Compression: wire.CompressFast}
 	}
-	cont, err := newPacer(&VMConfig{Mode: modeContinuous, MinInterval: Duration(10 * time.Second)}, 0, time.Time{})
+	cont, err := newPacer(Pacing{Mode: Continuous, MinInterval: 10 * time.Second}, 0, time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,7 +30,7 @@ func TestFixedPacing(t *testing.T) {
 		t.Errorf("second epoch flow %+v: 20 s covered, 10 MiB changed", pc.flow)
 	}
 
-	sched, err := newPacer(&VMConfig{Mode: modeScheduled, Schedule: Duration(15 * time.Minute)}, 0, time.Time{})
+	sched, err := newPacer(Pacing{Mode: Scheduled, Schedule: 15 * time.Minute}, 0, time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,8 +51,8 @@ func TestFixedPacing(t *testing.T) {
 // target is out of reach, the breach is reported once when it begins and
 // once when it ends.
 func TestAdaptivePacing(t *testing.T) {
-	v := &VMConfig{Name: "web", Mode: modeContinuous, RPOTarget: Duration(time.Minute), Compression: "auto", QMP: "/run/web.qmp"}
-	if err := v.validate("test.toml", 0); err != nil {
+	v := Pacing{Mode: Continuous, RPOTarget: time.Minute, Compression: wire.CompressFast, AutoCompression: true}
+	if err := v.Validate(); err != nil {
 		t.Fatal(err)
 	}
 	p, err := newPacer(v, 0, time.Time{})
@@ -119,33 +119,12 @@ func mean(xs []float64) float64 {
 	return s / float64(len(xs))
 }
 
-func TestParseRate(t *testing.T) {
-	for _, c := range []struct {
-		in   string
-		want float64
-	}{
-		{"100Mbit/s", 12.5e6}, {"1Gbit/s", 125e6}, {"500 kbit/s", 62500}, {"12MiB/s", 12 << 20}, {"2.5Gbit/s", 312.5e6}, {"800B/s", 800},
-	} {
-		got, err := ParseRate(c.in)
-		if err != nil || float64(got) != c.want {
-			t.Errorf("ParseRate(%q) = %v, %v; want %v", c.in, float64(got), err, c.want)
-		}
-	}
-	for _, bad := range []string{"", "100", "100Mbps", "100MB/s", "-1Mbit/s", "0bit/s", "fast"} {
-		if _, err := ParseRate(bad); err == nil {
-			t.Errorf("ParseRate(%q) accepted", bad)
-		} else if !strings.Contains(err.Error(), "rate") {
-			t.Errorf("ParseRate(%q): %v does not say what is wrong", bad, err)
-		}
-	}
-}
-
 // In flight: the progress of an epoch on a link that slows raises the
 // breach once, before the commit, and the commit does not raise it again;
 // the pacer reads no clock, so the instants are made up.
 func TestPacingInFlight(t *testing.T) {
-	v := &VMConfig{Name: "web", Mode: modeContinuous, RPOTarget: Duration(time.Minute), MinInterval: Duration(20 * time.Second), Compression: "none", QMP: "/run/web.qmp"}
-	if err := v.validate("test.toml", 0); err != nil {
+	v := Pacing{Mode: Continuous, RPOTarget: time.Minute, MinInterval: 20 * time.Second, Compression: wire.CompressNone}
+	if err := v.Validate(); err != nil {
 		t.Fatal(err)
 	}
 	p, err := newPacer(v, 0, time.Time{})
@@ -192,7 +171,7 @@ func TestPacingInFlight(t *testing.T) {
 		t.Fatalf("commit: began %v, flow %+v", pc.breachBegan, pc.flow)
 	}
 	// Without adaptive epochs there is nothing to plan in flight.
-	fixed, err := newPacer(&VMConfig{Mode: modeContinuous, MinInterval: Duration(10 * time.Second)}, 0, time.Time{})
+	fixed, err := newPacer(Pacing{Mode: Continuous, MinInterval: 10 * time.Second}, 0, time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}

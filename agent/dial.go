@@ -1,0 +1,118 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/drsync/drsync/ratelimit"
+	"github.com/drsync/drsync/sender"
+	"github.com/drsync/drsync/stripe"
+	"github.com/drsync/drsync/transport"
+)
+
+// senderLinger is how long a sender's Close waits, after ending its stream,
+// for the receiver to close the connection. The receiver does so as soon as
+// it reads the end of the stream, so this normally lasts one round trip and
+// lets the receiver see a clean end rather than a lost connection.
+const senderLinger = time.Second
+
+// DialOptions configure the connection to the receiver.
+type DialOptions struct {
+	Address   string
+	TLS       *tls.Config // verified both ways
+	Transport transport.Options
+	// Connections > 1 stripes each stream over that many QUIC connections,
+	// each with its own congestion control (package stripe).
+	Connections int
+	// Cap, in bytes/s, caps what all the streams dialled write together
+	// (0: no cap).
+	Cap float64
+	Now func() time.Time
+}
+
+// Validate checks o.
+func (o *DialOptions) Validate() error {
+	if o.Address == "" {
+		return errors.New("no receiver address")
+	}
+	if o.TLS == nil {
+		return errors.New("no TLS configuration")
+	}
+	if o.Connections < 0 || o.Connections > stripe.MaxCount {
+		return fmt.Errorf("%d connections: want 1 to %d", o.Connections, stripe.MaxCount)
+	}
+	if o.Cap < 0 {
+		return fmt.Errorf("bandwidth cap %g: must not be negative", o.Cap)
+	}
+	return nil
+}
+
+// Dial returns the dialer of the receiver o describes: a QUIC connection
+// carrying one stream (closing the stream closes the connection), or
+// several striped, under one bandwidth cap for the whole link.
+func Dial(o DialOptions) (sender.Dialer, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	var d sender.Dialer = quicDialer(o.Address, o.TLS, o.Transport, o.Connections)
+	if o.Cap > 0 {
+		now := o.Now
+		if now == nil {
+			now = time.Now
+		}
+		lim, err := ratelimit.New(ratelimit.Options{Rate: o.Cap, Now: now, Sleep: SleepCtx})
+		if err != nil {
+			return nil, err
+		}
+		d = CappedDialer(d, lim)
+	}
+	return d, nil
+}
+
+// CappedDialer puts every connection d opens under lim.
+func CappedDialer(d sender.Dialer, lim *ratelimit.Limiter) sender.Dialer {
+	return sender.DialFunc(func(ctx context.Context) (io.ReadWriteCloser, error) {
+		rw, err := d.Dial(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return ratelimit.NewConn(rw, lim), nil
+	})
+}
+
+// quicDialer connects to the receiver at addr: a QUIC connection, verified
+// both ways by tlsConf, carrying one stream. Closing the stream closes the
+// connection. With connections > 1 the stream is striped over that many
+// QUIC connections, each with its own congestion control (package stripe).
+func quicDialer(addr string, tlsConf *tls.Config, opts transport.Options, connections int) sender.DialFunc {
+	one := quicDialOne(addr, tlsConf, opts)
+	if connections <= 1 {
+		return one
+	}
+	return func(ctx context.Context) (io.ReadWriteCloser, error) {
+		c, err := stripe.Dial(ctx, connections, one, stripe.Options{})
+		if err != nil {
+			return nil, fmt.Errorf("connect to %s over %d connections: %w", addr, connections, err)
+		}
+		return c, nil
+	}
+}
+
+func quicDialOne(addr string, tlsConf *tls.Config, opts transport.Options) sender.DialFunc {
+	return func(ctx context.Context) (io.ReadWriteCloser, error) {
+		conn, err := transport.Dial(ctx, addr, tlsConf, opts)
+		if err != nil {
+			return nil, err
+		}
+		s, err := conn.OpenStream(ctx)
+		if err != nil {
+			conn.Close(0, "")
+			return nil, fmt.Errorf("open stream to %s: %w", addr, err)
+		}
+		return transport.NewStreamConn(s, conn, senderLinger), nil
+	}
+}
