@@ -11,6 +11,7 @@ import (
 	"github.com/drsync/drsync/livecut"
 	"github.com/drsync/drsync/metrics"
 	"github.com/drsync/drsync/sender"
+	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -105,7 +106,7 @@ type VM struct {
 
 // Validate checks the VM's options.
 func (v *VM) Validate() error {
-	if err := wire.ValidVMName(v.Name); err != nil {
+	if err := vmspec.ValidVMName(v.Name); err != nil {
 		return err
 	}
 	if v.StateDir == "" {

@@ -10,6 +10,7 @@ import (
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/tlsid"
 	"github.com/drsync/drsync/transport"
+	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -95,7 +96,7 @@ func retryable(err error) bool {
 		errors.Is(err, transport.ErrUntrustedPeer),
 		errors.Is(err, tlsid.ErrUntrusted),
 		errors.Is(err, tlsid.ErrExpired),
-		errors.Is(err, wire.ErrInvalidName),
+		errors.Is(err, vmspec.ErrInvalidName),
 		errors.Is(err, qmp.ErrUnsupportedVersion),
 		errors.Is(err, livecut.ErrDiskNotFound),
 		errors.Is(err, livecut.ErrSwitchedBack),

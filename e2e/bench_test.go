@@ -15,6 +15,7 @@ import (
 	"github.com/drsync/drsync/tlsid"
 	"github.com/drsync/drsync/transport"
 	"github.com/drsync/drsync/vfs"
+	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -44,8 +45,8 @@ func guestLike(n int, seed uint64) []byte {
 
 func memSource(size int) *testkit.MemSource {
 	return &testkit.MemSource{Targets: []*testkit.MemTarget{
-		{Kind: wire.KindDisk, Name: "vda", BlockSize: 64 << 10, Data: guestLike(size*3/4, 1)},
-		{Kind: wire.KindRAM, Name: "pc.ram", BlockSize: 4096, Data: guestLike(size/4, 2)},
+		{Kind: vmspec.KindDisk, Name: "vda", BlockSize: 64 << 10, Data: guestLike(size*3/4, 1)},
+		{Kind: vmspec.KindRAM, Name: "pc.ram", BlockSize: 4096, Data: guestLike(size/4, 2)},
 	}}
 }
 

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/cespare/xxhash/v2"
+
 	"github.com/drsync/drsync/livecut"
 	"github.com/drsync/drsync/receiver"
 	"github.com/drsync/drsync/replica"
@@ -28,6 +29,7 @@ import (
 	"github.com/drsync/drsync/testkit/hosttools"
 	"github.com/drsync/drsync/udprelay"
 	"github.com/drsync/drsync/vfs"
+	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -71,7 +73,7 @@ func (w *witness) Snapshot(ctx context.Context) (*sender.Snapshot, error) {
 		w.disks[d.Name] = copyPath
 	}
 	for _, tg := range snap.Targets {
-		if tg.Kind == wire.KindRAM {
+		if tg.Kind == vmspec.KindRAM {
 			b := make([]byte, tg.Size)
 			tg.Reader.ReadAt(b, 0)
 			w.ram[tg.Name] = xxhash.Sum64(b)

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -14,7 +15,7 @@ func validJournal(t testing.TB) []byte {
 	buf.Write(header("vm1"))
 	enc := wire.NewEncoder(&buf, wire.EncoderOptions{})
 	for _, f := range []wire.Frame{
-		&wire.EpochBegin{Epoch: 1, Items: 2, Bytes: 4096, Targets: []wire.Target{{ID: 0, Kind: wire.KindDisk, Name: "vda", Size: 1 << 20, BlockSize: 4096}}},
+		&wire.EpochBegin{Epoch: 1, Items: 2, Bytes: 4096, Targets: []wire.Target{{ID: 0, Kind: vmspec.KindDisk, Name: "vda", Size: 1 << 20, BlockSize: 4096}}},
 		&wire.DiskExtent{Seq: 0, Target: 0, Offset: 0, Data: bytes.Repeat([]byte{7}, 4096)},
 		&wire.ZeroRun{Seq: 1, Target: 0, Offset: 4096, Length: 4096},
 		&wire.EpochCommit{Epoch: 1, Items: 2, Digest: 9},

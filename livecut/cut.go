@@ -17,7 +17,7 @@ import (
 	"github.com/drsync/drsync/qmp"
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/vfs"
-	"github.com/drsync/drsync/wire"
+	"github.com/drsync/drsync/vmspec"
 )
 
 // cut is one open snapshot: what exists in QEMU and on disk for it.
@@ -100,7 +100,7 @@ func (s *Source) snapshot(ctx context.Context, sess *qmp.Session) (snap *sender.
 		if sizes[i] <= 0 {
 			return nil, fmt.Errorf("livecut: disk %q: node %q reports size %d", d.Name, d.Node, sizes[i])
 		}
-		if c.prev != nil && c.prev.tables[sender.TableKey(wire.KindDisk, d.Name)] == nil {
+		if c.prev != nil && c.prev.tables[sender.TableKey(vmspec.KindDisk, d.Name)] == nil {
 			c.prev = nil // a disk the last cut did not have: no chain for it
 		}
 	}
@@ -258,7 +258,7 @@ func (s *Source) snapshot(ctx context.Context, sess *qmp.Session) (snap *sender.
 	for i, b := range c.flat.BlockList() {
 		nz := c.flat.NonZero(i)
 		snap.Targets = append(snap.Targets, sender.Target{
-			Kind: wire.KindRAM, Name: b.ID, Size: b.Length, BlockSize: wire.PageSize,
+			Kind: vmspec.KindRAM, Name: b.ID, Size: b.Length, BlockSize: vmspec.PageSize,
 			Reader:  bytes.NewReader(c.flat.Block(i)),
 			Extents: func(context.Context, int64, int64) ([]sender.Extent, error) { return ramExtents(nz), nil },
 		})
@@ -348,7 +348,7 @@ func (c *cut) freeze(ctx context.Context, sess *qmp.Session) error {
 // diskTarget serves a disk from its fleecing export: allocation from
 // base:allocation, and with a chain, unchanged ranges from the bitmap.
 func (c *cut) diskTarget(d Disk, im *diskmirror.NBDImage, bitmap string) sender.Target {
-	t := sender.Target{Kind: wire.KindDisk, Name: d.Name, Size: im.Size(), BlockSize: d.BlockSize,
+	t := sender.Target{Kind: vmspec.KindDisk, Name: d.Name, Size: im.Size(), BlockSize: d.BlockSize,
 		Reader: readerFunc(func(p []byte, off int64) (int, error) {
 			n, err := im.ReadAt(p, off)
 			if err != nil && err != io.EOF {
@@ -357,7 +357,7 @@ func (c *cut) diskTarget(d Disk, im *diskmirror.NBDImage, bitmap string) sender.
 			return n, err
 		})}
 	if c.prev != nil {
-		if prev := c.prev.tables[sender.TableKey(wire.KindDisk, d.Name)]; prev != nil && prev.Size == im.Size() && prev.BlockSize == d.BlockSize {
+		if prev := c.prev.tables[sender.TableKey(vmspec.KindDisk, d.Name)]; prev != nil && prev.Size == im.Size() && prev.BlockSize == d.BlockSize {
 			t.Prev = prev
 		}
 	}
@@ -408,7 +408,7 @@ func (c *cut) lost(d Disk, err error) error {
 func (c *cut) recordPlanned(tables map[string]*blockhash.Table) {
 	ci := &cutIndex{gen: c.gen, tables: map[string]*blockhash.Table{}}
 	for _, d := range c.s.o.Disks {
-		k := sender.TableKey(wire.KindDisk, d.Name)
+		k := sender.TableKey(vmspec.KindDisk, d.Name)
 		if t := tables[k]; t != nil {
 			ci.tables[k] = t.Clone()
 		}

@@ -18,7 +18,7 @@ import (
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/testkit/guest"
 	"github.com/drsync/drsync/testkit/hosttools"
-	"github.com/drsync/drsync/wire"
+	"github.com/drsync/drsync/vmspec"
 )
 
 func readAll(t *testing.T, tg sender.Target) []byte {
@@ -35,7 +35,7 @@ func diskTables(t *testing.T, snap *sender.Snapshot) map[string]*blockhash.Table
 	t.Helper()
 	tables := map[string]*blockhash.Table{}
 	for _, tg := range snap.Targets {
-		if tg.Kind == wire.KindDisk {
+		if tg.Kind == vmspec.KindDisk {
 			tables[sender.TableKey(tg.Kind, tg.Name)] = tableOf(readAll(t, tg), tg.BlockSize)
 		}
 	}
@@ -84,10 +84,10 @@ func TestCutsOfARunningGuest(t *testing.T) {
 		var disk sender.Target
 		var ram bool
 		for _, tg := range snap.Targets {
-			if tg.Kind == wire.KindDisk && tg.Name == "vda" {
+			if tg.Kind == vmspec.KindDisk && tg.Name == "vda" {
 				disk = tg
 			}
-			if tg.Kind == wire.KindRAM && tg.Name == "pc.ram" && tg.Size == 256<<20 {
+			if tg.Kind == vmspec.KindRAM && tg.Name == "pc.ram" && tg.Size == 256<<20 {
 				ram = true
 			}
 		}
@@ -257,7 +257,7 @@ func TestRestartCleansUpAndBreaksChainSafely(t *testing.T) {
 		t.Fatalf("cut after a killed sender: %v\n%s", err, logs.String())
 	}
 	for _, tg := range snap.Targets {
-		if tg.Kind == wire.KindDisk && tg.Prev != nil {
+		if tg.Kind == vmspec.KindDisk && tg.Prev != nil {
 			t.Errorf("disk %s trusts a bitmap chain that was broken", tg.Name)
 		}
 	}

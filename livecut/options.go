@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/drsync/drsync/vfs"
+	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -83,7 +84,7 @@ func (o *Options) Validate() error {
 	seenName, seenNode := map[string]bool{}, map[string]bool{}
 	for i := range o.Disks {
 		d := &o.Disks[i]
-		if err := wire.ValidTargetName(d.Name); err != nil {
+		if err := vmspec.ValidTargetName(d.Name); err != nil {
 			return fmt.Errorf("livecut: disk %d: %w", i, err)
 		}
 		if d.Node == "" {

@@ -13,6 +13,7 @@ import (
 	"github.com/drsync/drsync/receiver"
 	"github.com/drsync/drsync/testkit"
 	"github.com/drsync/drsync/vfs/memfs"
+	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -58,7 +59,7 @@ func TestBadFramesLeaveReplicaUntouched(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	targets := []wire.Target{{ID: 0, Kind: wire.KindDisk, Name: "vda", Size: 8<<20 + 512, BlockSize: 64 << 10}, {ID: 1, Kind: wire.KindRAM, Name: "pc.ram", Size: 4 << 20, BlockSize: 4096}}
+	targets := []wire.Target{{ID: 0, Kind: vmspec.KindDisk, Name: "vda", Size: 8<<20 + 512, BlockSize: 64 << 10}, {ID: 1, Kind: vmspec.KindRAM, Name: "pc.ram", Size: 4 << 20, BlockSize: 4096}}
 	begin := &wire.EpochBegin{Epoch: 2, Items: 2, Bytes: 65536, Targets: targets}
 	extent := &wire.DiskExtent{Seq: 0, Target: 0, Offset: 0, Data: make([]byte, 65536)}
 	for _, tc := range []struct {
@@ -173,7 +174,7 @@ func TestReconnectTakesOver(t *testing.T) {
 	if w.Position.Committed != 0 {
 		t.Fatalf("welcome %+v", w.Position)
 	}
-	enc.Encode(&wire.EpochBegin{Epoch: 1, Items: 5, Bytes: 5 * 65536, Targets: []wire.Target{{ID: 0, Kind: wire.KindDisk, Name: "vda", Size: 1 << 20, BlockSize: 65536}}})
+	enc.Encode(&wire.EpochBegin{Epoch: 1, Items: 5, Bytes: 5 * 65536, Targets: []wire.Target{{ID: 0, Kind: vmspec.KindDisk, Name: "vda", Size: 1 << 20, BlockSize: 65536}}})
 	bw.Flush()
 
 	// Another identity is refused while the VM is held.

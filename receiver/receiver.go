@@ -12,6 +12,7 @@ import (
 
 	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/vfs"
+	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -92,7 +93,7 @@ type ramWrites struct {
 func newRAMWrites(b *wire.EpochBegin) *ramWrites {
 	w := &ramWrites{kinds: map[uint16]wire.Target{}, pages: map[uint16][]PageRange{}}
 	for _, t := range b.Targets {
-		if t.Kind == wire.KindRAM {
+		if t.Kind == vmspec.KindRAM {
 			w.kinds[t.ID] = t
 		}
 	}
@@ -107,11 +108,11 @@ func (w *ramWrites) add(it wire.Item) {
 	var pr PageRange
 	switch it := it.(type) {
 	case *wire.MemRun:
-		target, pr = it.Target, PageRange{int64(it.Page), int64(len(it.Data) / wire.PageSize)}
+		target, pr = it.Target, PageRange{int64(it.Page), int64(len(it.Data) / vmspec.PageSize)}
 	case *wire.PageRef:
 		target, pr = it.Target, PageRange{int64(it.Page), int64(it.Count)}
 	case *wire.ZeroRun:
-		target, pr = it.Target, PageRange{int64(it.Offset / wire.PageSize), int64(it.Length / wire.PageSize)}
+		target, pr = it.Target, PageRange{int64(it.Offset / vmspec.PageSize), int64(it.Length / vmspec.PageSize)}
 	default:
 		return
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/drsync/drsync/testkit"
 	"github.com/drsync/drsync/vfs"
 	"github.com/drsync/drsync/vfs/memfs"
+	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -41,8 +42,8 @@ func newReceiver(t *testing.T, fsys vfs.FS, opts ...func(*receiver.Options)) *re
 }
 
 func newSource(rng *rand.Rand) *testkit.MemSource {
-	disk := &testkit.MemTarget{Kind: wire.KindDisk, Name: "vda", BlockSize: 64 << 10, Data: make([]byte, 8<<20+512)}
-	ram := &testkit.MemTarget{Kind: wire.KindRAM, Name: "pc.ram", BlockSize: 4096, Data: make([]byte, 4<<20)}
+	disk := &testkit.MemTarget{Kind: vmspec.KindDisk, Name: "vda", BlockSize: 64 << 10, Data: make([]byte, 8<<20+512)}
+	ram := &testkit.MemTarget{Kind: vmspec.KindRAM, Name: "pc.ram", BlockSize: 4096, Data: make([]byte, 4<<20)}
 	src := &testkit.MemSource{Targets: []*testkit.MemTarget{disk, ram}, DeviceState: []byte("device state 0")}
 	testkit.RandomWrites(rng, disk, 20, 200<<10)
 	testkit.RandomWrites(rng, ram, 50, 16<<10)
@@ -320,9 +321,9 @@ func TestDedupReferencesDiskPages(t *testing.T) {
 func TestDedupReferencesRAMPages(t *testing.T) {
 	rng := rand.New(rand.NewPCG(21, 22))
 	rfs := memfs.New()
-	disk := &testkit.MemTarget{Kind: wire.KindDisk, Name: "vda", BlockSize: 64 << 10, Data: make([]byte, 1<<20)}
-	ram0 := &testkit.MemTarget{Kind: wire.KindRAM, Name: "pc.ram", BlockSize: 4096, Data: make([]byte, 2<<20)}
-	ram1 := &testkit.MemTarget{Kind: wire.KindRAM, Name: "vga.vram", BlockSize: 4096, Data: make([]byte, 256<<10)}
+	disk := &testkit.MemTarget{Kind: vmspec.KindDisk, Name: "vda", BlockSize: 64 << 10, Data: make([]byte, 1<<20)}
+	ram0 := &testkit.MemTarget{Kind: vmspec.KindRAM, Name: "pc.ram", BlockSize: 4096, Data: make([]byte, 2<<20)}
+	ram1 := &testkit.MemTarget{Kind: vmspec.KindRAM, Name: "vga.vram", BlockSize: 4096, Data: make([]byte, 256<<10)}
 	src := &testkit.MemSource{Targets: []*testkit.MemTarget{disk, ram0, ram1}, DeviceState: []byte("dev")}
 	pool := make([][]byte, 12)
 	for i := range pool {
@@ -464,7 +465,7 @@ func TestSeededReplicaGetsOnlyDifferences(t *testing.T) {
 	src := newSource(rng)
 	old := bytes.Clone(src.Targets[0].Data)
 	if _, err := replica.Seed(rfs, "/replicas/web-1", "web-1", []replica.SeedTarget{
-		{Kind: wire.KindDisk, Name: "vda", Size: int64(len(old)), BlockSize: 64 << 10, Reader: bytes.NewReader(old)},
+		{Kind: vmspec.KindDisk, Name: "vda", Size: int64(len(old)), BlockSize: 64 << 10, Reader: bytes.NewReader(old)},
 	}, now); err != nil {
 		t.Fatal(err)
 	}

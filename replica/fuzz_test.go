@@ -8,6 +8,7 @@ import (
 
 	"github.com/drsync/drsync/vfs"
 	"github.com/drsync/drsync/vfs/memfs"
+	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -131,8 +132,8 @@ func seedJournal(t testing.TB, commit bool) []byte {
 		}
 	}
 	must(r.Begin(&wire.EpochBegin{Epoch: 1, Items: 4, Bytes: uint64(2*len(data) + 5), Targets: []wire.Target{
-		{ID: 0, Kind: wire.KindDisk, Name: "vda", Size: 65536, BlockSize: 8192},
-		{ID: 1, Kind: wire.KindRAM, Name: "pc.ram", Size: 32768, BlockSize: 4096}}}))
+		{ID: 0, Kind: vmspec.KindDisk, Name: "vda", Size: 65536, BlockSize: 8192},
+		{ID: 1, Kind: vmspec.KindRAM, Name: "pc.ram", Size: 32768, BlockSize: 4096}}}))
 	must(r.Append(&wire.DiskExtent{Seq: 0, Target: 0, Offset: 8192, Data: data}))
 	must(r.Append(&wire.MemRun{Seq: 1, Target: 1, Page: 2, Data: data}))
 	must(r.Append(&wire.PageRef{Seq: 2, Target: 1, Page: 5, Count: 1, Source: wire.RefDisk, SrcTarget: 0, SrcOffset: 8192}))

@@ -10,7 +10,9 @@ import (
 	"time"
 
 	"github.com/cespare/xxhash/v2"
+
 	"github.com/drsync/drsync/blockhash"
+	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -53,22 +55,22 @@ type DeviceStateInfo struct {
 	Hash uint64 `json:"hash"`
 }
 
-func kindName(k wire.TargetKind) string {
-	if k == wire.KindRAM {
+func kindName(k vmspec.TargetKind) string {
+	if k == vmspec.KindRAM {
 		return "ram"
 	}
 	return "disk"
 }
 
-func kindOf(s string) wire.TargetKind {
+func kindOf(s string) vmspec.TargetKind {
 	if s == "ram" {
-		return wire.KindRAM
+		return vmspec.KindRAM
 	}
-	return wire.KindDisk
+	return vmspec.KindDisk
 }
 
 // Find returns the entry for (kind, name), or nil.
-func (m *Manifest) Find(kind wire.TargetKind, name string) *TargetEntry {
+func (m *Manifest) Find(kind vmspec.TargetKind, name string) *TargetEntry {
 	for i := range m.Targets {
 		if m.Targets[i].Kind == kindName(kind) && m.Targets[i].Name == name {
 			return &m.Targets[i]
@@ -78,13 +80,13 @@ func (m *Manifest) Find(kind wire.TargetKind, name string) *TargetEntry {
 }
 
 // Disk returns the entry of the disk name, or nil.
-func (m *Manifest) Disk(name string) *TargetEntry { return m.Find(wire.KindDisk, name) }
+func (m *Manifest) Disk(name string) *TargetEntry { return m.Find(vmspec.KindDisk, name) }
 
 // RAM returns the entry of the RAM block name, or nil.
-func (m *Manifest) RAM(name string) *TargetEntry { return m.Find(wire.KindRAM, name) }
+func (m *Manifest) RAM(name string) *TargetEntry { return m.Find(vmspec.KindRAM, name) }
 
 // TargetKind is the entry's kind as the wire names it.
-func (t *TargetEntry) TargetKind() wire.TargetKind { return kindOf(t.Kind) }
+func (t *TargetEntry) TargetKind() vmspec.TargetKind { return kindOf(t.Kind) }
 
 // ComputeStateID derives the manifest's state identity from its targets.
 func (m *Manifest) ComputeStateID() uint64 {
@@ -139,7 +141,7 @@ func (m *Manifest) validate() error {
 	if m.Format != manifestFormat {
 		return fmt.Errorf("unsupported format %d", m.Format)
 	}
-	if err := wire.ValidVMName(m.VM); err != nil {
+	if err := vmspec.ValidVMName(m.VM); err != nil {
 		return err
 	}
 	if len(m.Targets) > wire.MaxTargets {
@@ -151,7 +153,7 @@ func (m *Manifest) validate() error {
 		if t.Kind != "disk" && t.Kind != "ram" {
 			return fmt.Errorf("target %q: kind %q", t.Name, t.Kind)
 		}
-		if err := wire.ValidTargetName(t.Name); err != nil {
+		if err := vmspec.ValidTargetName(t.Name); err != nil {
 			return err
 		}
 		if seen[t.Kind+"/"+t.Name] {

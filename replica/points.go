@@ -13,6 +13,7 @@ import (
 	"github.com/drsync/drsync/blockhash"
 	"github.com/drsync/drsync/journal"
 	"github.com/drsync/drsync/vfs"
+	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -79,7 +80,7 @@ func (r *Replica) capturePoint(st *stage, images map[uint16]vfs.File) error {
 		ti := index[kindName(t.Kind)+"/"+t.Name]
 		off, n := itemOffset(it), int64(it.Length)
 		if it.Type == wire.TypePageRef {
-			n *= wire.PageSize
+			n *= vmspec.PageSize
 		}
 		end := min(off+n, t.base.Size)
 		for pos := off; pos < end; pos += undoChunk {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/drsync/drsync/vfs"
 	"github.com/drsync/drsync/vfs/memfs"
+	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -79,7 +80,7 @@ func TestReleaseReacquire(t *testing.T) {
 				}
 			}
 			must(r.Begin(&wire.EpochBegin{Epoch: 1, Items: 3, Bytes: uint64(3 * len(data)), Targets: []wire.Target{
-				{ID: 0, Kind: wire.KindDisk, Name: "vda", Size: 65536, BlockSize: 8192}}}))
+				{ID: 0, Kind: vmspec.KindDisk, Name: "vda", Size: 65536, BlockSize: 8192}}}))
 			must(r.Append(item(0)))
 			must(r.Append(item(1)))
 			must(r.Release())

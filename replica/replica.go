@@ -14,9 +14,11 @@ import (
 	"time"
 
 	"github.com/cespare/xxhash/v2"
+
 	"github.com/drsync/drsync/blockhash"
 	"github.com/drsync/drsync/journal"
 	"github.com/drsync/drsync/vfs"
+	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -73,7 +75,7 @@ func (o *Options) Validate() error {
 	if o.Dir == "" {
 		return errors.New("replica: no directory")
 	}
-	if err := wire.ValidVMName(o.VM); err != nil {
+	if err := vmspec.ValidVMName(o.VM); err != nil {
 		return fmt.Errorf("replica: %w", err)
 	}
 	if o.Now == nil {
@@ -274,7 +276,7 @@ func (r *Replica) Reacquire(ctx context.Context, wait time.Duration) error {
 
 func (r *Replica) p(name string) string { return path.Join(r.o.Dir, name) }
 
-func key(kind wire.TargetKind, name string) string { return kindName(kind) + "/" + name }
+func key(kind vmspec.TargetKind, name string) string { return kindName(kind) + "/" + name }
 
 func (r *Replica) load() error {
 	b, err := readFile(r.o.FS, r.p(manifestName))
@@ -457,7 +459,7 @@ func (r *Replica) removeJournal() error {
 
 // Table returns the committed block table of a target, nil if there is
 // none. Do not modify it.
-func (r *Replica) Table(kind wire.TargetKind, name string) *blockhash.Table {
+func (r *Replica) Table(kind vmspec.TargetKind, name string) *blockhash.Table {
 	return r.tables[key(kind, name)]
 }
 
@@ -673,7 +675,7 @@ func (r *Replica) newTables(st *stage) (map[string]*blockhash.Table, error) {
 	if err := r.forRefs(st, func(it stagedItem, src []byte) error {
 		tab := byID[it.Target]
 		for i := uint64(0); i < it.Length; i++ {
-			tab.Hashes[it.Offset+i] = blockhash.Hash(src[i*wire.PageSize : (i+1)*wire.PageSize])
+			tab.Hashes[it.Offset+i] = blockhash.Hash(src[i*vmspec.PageSize : (i+1)*vmspec.PageSize])
 		}
 		return nil
 	}, r.endView(st, byID)); err != nil {
@@ -684,7 +686,7 @@ func (r *Replica) newTables(st *stage) (map[string]*blockhash.Table, error) {
 
 func itemOffset(it stagedItem) int64 {
 	if it.Type == wire.TypeMemRun || it.Type == wire.TypePageRef {
-		return int64(it.Offset) * wire.PageSize
+		return int64(it.Offset) * vmspec.PageSize
 	}
 	return int64(it.Offset)
 }
@@ -700,9 +702,9 @@ func (r *Replica) forRefs(st *stage, fn func(it stagedItem, src []byte) error, v
 		}
 		off := int64(it.SrcOffset)
 		if it.Source == wire.RefPage {
-			off *= wire.PageSize
+			off *= vmspec.PageSize
 		}
-		src, err := view(it.SrcTarget, off, int(it.Length)*wire.PageSize)
+		src, err := view(it.SrcTarget, off, int(it.Length)*vmspec.PageSize)
 		if err != nil {
 			return fmt.Errorf("epoch %d: PageRef %d source: %w", st.begin.Epoch, it.Seq, err)
 		}
@@ -793,7 +795,7 @@ func (r *Replica) reserve(st *stage) error {
 		}
 		n := int64(it.Length)
 		if it.Type == wire.TypePageRef {
-			n *= wire.PageSize
+			n *= vmspec.PageSize
 		}
 		if err := f.Allocate(itemOffset(it), n); err != nil {
 			return fmt.Errorf("epoch %d: reserve %d bytes in %s: %w (%w)", st.begin.Epoch, n, r.fileFor(st, it.Target), err, ErrStorage)
@@ -950,7 +952,7 @@ func (r *Replica) apply() error {
 			_, err := images[f.Target].WriteAt(f.Data, int64(f.Offset))
 			return err
 		case *wire.MemRun:
-			_, err := images[f.Target].WriteAt(f.Data, int64(f.Page)*wire.PageSize)
+			_, err := images[f.Target].WriteAt(f.Data, int64(f.Page)*vmspec.PageSize)
 			return err
 		case *wire.ZeroRun:
 			return images[f.Target].PunchHole(int64(f.Offset), int64(f.Length))

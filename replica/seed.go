@@ -12,12 +12,12 @@ import (
 
 	"github.com/drsync/drsync/blockhash"
 	"github.com/drsync/drsync/vfs"
-	"github.com/drsync/drsync/wire"
+	"github.com/drsync/drsync/vmspec"
 )
 
 // SeedTarget is an image a seeded replica starts from.
 type SeedTarget struct {
-	Kind      wire.TargetKind
+	Kind      vmspec.TargetKind
 	Name      string
 	Size      int64
 	BlockSize int
@@ -30,7 +30,7 @@ type SeedTarget struct {
 // then fetches its block tables and sends only the blocks that differ,
 // instead of everything. dir must not hold a replica yet.
 func Seed(fsys vfs.FS, dir, vm string, targets []SeedTarget, now func() time.Time) (*Manifest, error) {
-	if err := wire.ValidVMName(vm); err != nil {
+	if err := vmspec.ValidVMName(vm); err != nil {
 		return nil, err
 	}
 	if _, err := fsys.Stat(path.Join(dir, manifestName)); err == nil {
@@ -47,10 +47,10 @@ func Seed(fsys vfs.FS, dir, vm string, targets []SeedTarget, now func() time.Tim
 	}
 	defer unlock.Close()
 	m := &Manifest{Format: manifestFormat, VM: vm, Epoch: 1, Cut: now().UTC(), Applied: now().UTC()}
-	n := map[wire.TargetKind]int{}
+	n := map[vmspec.TargetKind]int{}
 	buf := make([]byte, 1<<20)
 	for _, t := range targets {
-		if err := wire.ValidTargetName(t.Name); err != nil {
+		if err := vmspec.ValidTargetName(t.Name); err != nil {
 			return nil, err
 		}
 		if t.Size <= 0 || t.BlockSize < 512 || (1<<20)%t.BlockSize != 0 {

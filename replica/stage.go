@@ -5,7 +5,9 @@ import (
 	"fmt"
 
 	"github.com/cespare/xxhash/v2"
+
 	"github.com/drsync/drsync/blockhash"
+	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -81,7 +83,7 @@ func newStage(base *Manifest, b *wire.EpochBegin, maxSize uint64) (*stage, error
 				return nil, protoErr("EpochBegin: target %s shrinks from %d to %d bytes; shrinking a replicated target is not supported", key, st.base.Size, t.Size)
 			}
 		}
-		if t.Kind == wire.KindRAM && t.BlockSize != wire.PageSize {
+		if t.Kind == vmspec.KindRAM && t.BlockSize != vmspec.PageSize {
 			return nil, protoErr("EpochBegin: RAM target %s block size %d", key, t.BlockSize)
 		}
 		s.targets[t.ID] = st
@@ -132,7 +134,7 @@ func (s *stage) resume(b *wire.EpochBegin) error {
 	return nil
 }
 
-func (s *stage) target(id uint16, kind wire.TargetKind, what string) (*stagedTarget, error) {
+func (s *stage) target(id uint16, kind vmspec.TargetKind, what string) (*stagedTarget, error) {
 	t, ok := s.targets[id]
 	if !ok {
 		return nil, protoErr("%s: unknown target %d", what, id)
@@ -181,7 +183,7 @@ func (s *stage) item(it wire.Item, off int64) error {
 	data := wire.DataOf(it)
 	switch f := it.(type) {
 	case *wire.DiskExtent:
-		t, err := s.target(f.Target, wire.KindDisk, "DiskExtent")
+		t, err := s.target(f.Target, vmspec.KindDisk, "DiskExtent")
 		if err != nil {
 			return err
 		}
@@ -190,14 +192,14 @@ func (s *stage) item(it wire.Item, off int64) error {
 		}
 		hashes = blockHashes(f.Data, int(t.BlockSize))
 	case *wire.MemRun:
-		t, err := s.target(f.Target, wire.KindRAM, "MemRun")
+		t, err := s.target(f.Target, vmspec.KindRAM, "MemRun")
 		if err != nil {
 			return err
 		}
-		if f.Page > t.Size/wire.PageSize {
+		if f.Page > t.Size/vmspec.PageSize {
 			return protoErr("MemRun: page %d outside target %s", f.Page, t.Name)
 		}
-		if err := checkRange("MemRun", t, f.Page*wire.PageSize, uint64(len(f.Data))); err != nil {
+		if err := checkRange("MemRun", t, f.Page*vmspec.PageSize, uint64(len(f.Data))); err != nil {
 			return err
 		}
 		hashes = blockHashes(f.Data, int(t.BlockSize))
@@ -210,39 +212,39 @@ func (s *stage) item(it wire.Item, off int64) error {
 			return err
 		}
 	case *wire.PageRef:
-		t, err := s.target(f.Target, wire.KindRAM, "PageRef")
+		t, err := s.target(f.Target, vmspec.KindRAM, "PageRef")
 		if err != nil {
 			return err
 		}
-		if f.Page > t.Size/wire.PageSize || uint64(f.Count) > t.Size/wire.PageSize {
+		if f.Page > t.Size/vmspec.PageSize || uint64(f.Count) > t.Size/vmspec.PageSize {
 			return protoErr("PageRef: pages [%d,+%d) outside target %s", f.Page, f.Count, t.Name)
 		}
-		if err := checkRange("PageRef", t, f.Page*wire.PageSize, uint64(f.Count)*wire.PageSize); err != nil {
+		if err := checkRange("PageRef", t, f.Page*vmspec.PageSize, uint64(f.Count)*vmspec.PageSize); err != nil {
 			return err
 		}
 		var src *stagedTarget
 		var srcOff uint64
 		switch f.Source {
 		case wire.RefDisk:
-			if src, err = s.target(f.SrcTarget, wire.KindDisk, "PageRef source"); err != nil {
+			if src, err = s.target(f.SrcTarget, vmspec.KindDisk, "PageRef source"); err != nil {
 				return err
 			}
 			srcOff = f.SrcOffset
-			if srcOff%wire.PageSize != 0 {
+			if srcOff%vmspec.PageSize != 0 {
 				return protoErr("PageRef: source offset %d not page aligned", srcOff)
 			}
 		case wire.RefPage:
-			if src, err = s.target(f.SrcTarget, wire.KindRAM, "PageRef source"); err != nil {
+			if src, err = s.target(f.SrcTarget, vmspec.KindRAM, "PageRef source"); err != nil {
 				return err
 			}
-			if f.SrcOffset > src.Size/wire.PageSize {
+			if f.SrcOffset > src.Size/vmspec.PageSize {
 				return protoErr("PageRef: source page %d outside target %s", f.SrcOffset, src.Name)
 			}
-			srcOff = f.SrcOffset * wire.PageSize
+			srcOff = f.SrcOffset * vmspec.PageSize
 		default:
 			return protoErr("PageRef: source kind %d", f.Source)
 		}
-		n := uint64(f.Count) * wire.PageSize
+		n := uint64(f.Count) * vmspec.PageSize
 		if srcOff >= src.Size || n > src.Size-srcOff {
 			return protoErr("PageRef: source range [%d,+%d) outside target %s", srcOff, n, src.Name)
 		}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -90,9 +91,9 @@ func runStageScript(t *testing.T, file string) {
 			for _, ts := range targets {
 				p := strings.Split(ts, ":")
 				id, _ := strconv.Atoi(p[0])
-				kind := wire.KindDisk
+				kind := vmspec.KindDisk
 				if p[1] == "ram" {
-					kind = wire.KindRAM
+					kind = vmspec.KindRAM
 				}
 				size, _ := strconv.ParseUint(p[3], 0, 64)
 				bs, _ := strconv.ParseUint(p[4], 0, 32)
@@ -106,7 +107,7 @@ func runStageScript(t *testing.T, file string) {
 		case "extent":
 			got = st.item(&wire.DiskExtent{Seq: num("seq"), Target: uint16(num("t")), Offset: num("off"), Data: data(num("len"))}, 0)
 		case "mem":
-			got = st.item(&wire.MemRun{Seq: num("seq"), Target: uint16(num("t")), Page: num("page"), Data: data(num("pages") * wire.PageSize)}, 0)
+			got = st.item(&wire.MemRun{Seq: num("seq"), Target: uint16(num("t")), Page: num("page"), Data: data(num("pages") * vmspec.PageSize)}, 0)
 		case "zero":
 			got = st.item(&wire.ZeroRun{Seq: num("seq"), Target: uint16(num("t")), Offset: num("off"), Length: num("len")}, 0)
 		case "ref":

@@ -14,6 +14,7 @@ import (
 
 	"github.com/drsync/drsync/blockhash"
 	"github.com/drsync/drsync/vfs"
+	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -66,7 +67,7 @@ type Handle interface {
 	// Position is the committed epoch and the staged durable count.
 	Position() wire.Position
 	// Table is a target's committed block table, nil if there is none.
-	Table(kind wire.TargetKind, name string) *blockhash.Table
+	Table(kind vmspec.TargetKind, name string) *blockhash.Table
 
 	// Begin, Append, Sync and Commit stage and commit an epoch (see
 	// Replica.Commit for what each guarantees).
@@ -223,7 +224,7 @@ func (s FileStore) VMs() ([]string, error) {
 	}
 	var out []string
 	for _, n := range names {
-		if wire.ValidVMName(n) == nil {
+		if vmspec.ValidVMName(n) == nil {
 			out = append(out, n)
 		}
 	}

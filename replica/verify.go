@@ -10,6 +10,7 @@ import (
 	"path"
 
 	"github.com/cespare/xxhash/v2"
+
 	"github.com/drsync/drsync/blockhash"
 	"github.com/drsync/drsync/journal"
 	"github.com/drsync/drsync/vfs"

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/drsync/drsync/wire"
+	"github.com/drsync/drsync/vmspec"
 )
 
 func (f *fakeEnv) Boot(_ context.Context, _ *Runbook, vm *VM) (Started, error) {
@@ -206,7 +206,7 @@ func TestWorkDirsNeverOverlap(t *testing.T) {
 	names := []string{"db-1", "drill", "drill.log", "run.log", "discarded", "copy", "point-2", "disk-disk0.qcow2", "state.mig", "qmp.sock", "_drill", "_discarded", ".drill"}
 	var valid []string
 	for _, n := range names {
-		if wire.ValidVMName(n) == nil {
+		if vmspec.ValidVMName(n) == nil {
 			valid = append(valid, n)
 		}
 	}

@@ -225,7 +225,7 @@ func (e QEMUEnv) Discard(ctx context.Context, rb *Runbook, vm *VM) (string, erro
 }
 
 // Work directories. A VM name starts with a letter or digit
-// (wire.ValidVMName), so "_drill" and "_discarded" are never a VM's work
+// (vmspec.ValidVMName), so "_drill" and "_discarded" are never a VM's work
 // directory nor inside one: a drill's teardown cannot remove a failover's
 // overlays, nor can a discarded set land where a VM runs.
 const (

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/drsync/drsync/takeover"
-	"github.com/drsync/drsync/wire"
+	"github.com/drsync/drsync/vmspec"
 )
 
 // Runbook is a validated recovery plan.
@@ -91,7 +91,7 @@ func (rb *Runbook) Validate() error {
 	vms := map[string]*VM{}
 	for i := range rb.VMs {
 		v := &rb.VMs[i]
-		if err := wire.ValidVMName(v.Name); err != nil {
+		if err := vmspec.ValidVMName(v.Name); err != nil {
 			return fmt.Errorf("runbook: vm %d: %w", i, err)
 		}
 		if vms[v.Name] != nil {

@@ -6,9 +6,9 @@ import (
 	"io"
 
 	"github.com/drsync/drsync/blockhash"
+	"github.com/drsync/drsync/vmspec"
 
 	"github.com/drsync/drsync/pagecache"
-	"github.com/drsync/drsync/wire"
 )
 
 // Dedup turns memory pages whose content a disk of the same snapshot
@@ -63,7 +63,7 @@ func NewDedup(maxEntries int) (*Dedup, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Dedup{idx: idx, indexed: map[string]bool{}, buf: make([]byte, wire.PageSize), ram: ram}, nil
+	return &Dedup{idx: idx, indexed: map[string]bool{}, buf: make([]byte, vmspec.PageSize), ram: ram}, nil
 }
 
 // targetIDs numbers target names for an index, stably across epochs.
@@ -95,10 +95,10 @@ func (d *Dedup) begin(snap *Snapshot, old []*blockhash.Table) {
 	d.byName = map[string]int{}
 	for i, t := range snap.Targets {
 		switch t.Kind {
-		case wire.KindDisk:
+		case vmspec.KindDisk:
 			d.byName[t.Name] = i
 			d.id(t.Name)
-		case wire.KindRAM:
+		case vmspec.KindRAM:
 			d.ramID(t.Name)
 		}
 	}
@@ -109,9 +109,9 @@ func (d *Dedup) begin(snap *Snapshot, old []*blockhash.Table) {
 	d.old = old
 	d.refd = make([][]uint64, len(snap.Targets))
 	for i, t := range snap.Targets {
-		if t.Kind == wire.KindRAM {
+		if t.Kind == vmspec.KindRAM {
 			d.ramByID[d.ramID(t.Name)] = i
-			d.refd[i] = make([]uint64, (t.Size/wire.PageSize+63)/64)
+			d.refd[i] = make([]uint64, (t.Size/vmspec.PageSize+63)/64)
 		}
 	}
 	d.curTgt, d.curOff = 0, 0
@@ -125,22 +125,22 @@ func (d *Dedup) planning(i int) { d.curTgt, d.curOff = i, 0 }
 func (d *Dedup) ramPage(i int, off int64, h uint64, zero, ref bool) {
 	id := d.ramID(d.snap.Targets[i].Name)
 	if zero {
-		d.ram.Zero(id, off, wire.PageSize)
+		d.ram.Zero(id, off, vmspec.PageSize)
 	} else {
 		d.ram.SetPage(id, off, h)
 	}
 	if ref {
-		p := off / wire.PageSize
+		p := off / vmspec.PageSize
 		d.refd[i][p/64] |= 1 << (p % 64)
 	}
-	d.curOff = off + wire.PageSize
+	d.curOff = off + vmspec.PageSize
 }
 
 // usableSource reports whether page off of RAM target i, holding content
 // of hash h in the snapshot, reads as that content on the replica when the
 // epoch's references are applied.
 func (d *Dedup) usableSource(i int, off int64, h uint64) bool {
-	p := off / wire.PageSize
+	p := off / vmspec.PageSize
 	if i < d.curTgt || i == d.curTgt && off < d.curOff {
 		// Planned: as data or unchanged, unless written by reference.
 		return d.refd[i][p/64]&(1<<(p%64)) == 0
@@ -163,7 +163,7 @@ func (d *Dedup) findRAM(i int, off int64, h uint64, page []byte) (target int, sr
 			continue
 		}
 		j := d.ramByID[loc.Target]
-		if j < 0 || j == i && loc.Off == off || loc.Off+wire.PageSize > d.snap.Targets[j].Size {
+		if j < 0 || j == i && loc.Off == off || loc.Off+vmspec.PageSize > d.snap.Targets[j].Size {
 			continue
 		}
 		if !d.usableSource(j, loc.Off, h) {

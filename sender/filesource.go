@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/drsync/drsync/diskmirror"
+	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -50,7 +51,7 @@ func (o *FileSourceOptions) Validate() error {
 	seen := map[string]bool{}
 	for i := range o.Disks {
 		d := &o.Disks[i]
-		if err := wire.ValidTargetName(d.Name); err != nil {
+		if err := vmspec.ValidTargetName(d.Name); err != nil {
 			return fmt.Errorf("file source: disk %d: %w", i, err)
 		}
 		if seen["disk/"+d.Name] {
@@ -73,7 +74,7 @@ func (o *FileSourceOptions) Validate() error {
 		}
 	}
 	for i, r := range o.RAM {
-		if err := wire.ValidTargetName(r.Name); err != nil {
+		if err := vmspec.ValidTargetName(r.Name); err != nil {
 			return fmt.Errorf("file source: RAM %d: %w", i, err)
 		}
 		if seen["ram/"+r.Name] {
@@ -115,14 +116,14 @@ func (s *FileSource) Snapshot(ctx context.Context) (*Snapshot, error) {
 		return errors.Join(errs...)
 	}
 	snap.Close = closeAll
-	add := func(kind wire.TargetKind, name, path, format string, bs int) error {
+	add := func(kind vmspec.TargetKind, name, path, format string, bs int) error {
 		im, err := diskmirror.Open(life, path, format, s.o.Qcow2)
 		if err != nil {
 			return fmt.Errorf("%s %s: %w", kindWord(kind), name, err)
 		}
 		images = append(images, im)
-		if kind == wire.KindRAM && im.Size()%wire.PageSize != 0 {
-			return fmt.Errorf("RAM %s: %s is %d bytes, not whole %d-byte pages: %w", name, path, im.Size(), wire.PageSize, ErrUnusableSource)
+		if kind == vmspec.KindRAM && im.Size()%vmspec.PageSize != 0 {
+			return fmt.Errorf("RAM %s: %s is %d bytes, not whole %d-byte pages: %w", name, path, im.Size(), vmspec.PageSize, ErrUnusableSource)
 		}
 		if im.Size() == 0 {
 			return fmt.Errorf("%s %s: %s is empty: %w", kindWord(kind), name, path, ErrUnusableSource)
@@ -144,13 +145,13 @@ func (s *FileSource) Snapshot(ctx context.Context) (*Snapshot, error) {
 		return nil
 	}
 	for _, d := range s.o.Disks {
-		if err := add(wire.KindDisk, d.Name, d.Path, d.Format, d.BlockSize); err != nil {
+		if err := add(vmspec.KindDisk, d.Name, d.Path, d.Format, d.BlockSize); err != nil {
 			closeAll()
 			return nil, err
 		}
 	}
 	for _, r := range s.o.RAM {
-		if err := add(wire.KindRAM, r.Name, r.Path, diskmirror.FormatRaw, wire.PageSize); err != nil {
+		if err := add(vmspec.KindRAM, r.Name, r.Path, diskmirror.FormatRaw, vmspec.PageSize); err != nil {
 			closeAll()
 			return nil, err
 		}

@@ -7,9 +7,11 @@ import (
 	"time"
 
 	"github.com/cespare/xxhash/v2"
+
 	"github.com/drsync/drsync/blockhash"
 	"github.com/drsync/drsync/sender/blockplan"
 	"github.com/drsync/drsync/sender/protocol"
+	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -75,10 +77,10 @@ func buildPlan(ctx context.Context, epoch uint64, snap *Snapshot, choice baseCho
 	// before any is scanned: a memory page may refer to a later one.
 	olds := make([]*blockhash.Table, len(snap.Targets))
 	for i, t := range snap.Targets {
-		if t.Kind == wire.KindRAM && (t.BlockSize != wire.PageSize || t.Size%wire.PageSize != 0) {
-			return nil, fmt.Errorf("plan epoch %d: RAM %s of %d bytes at block size %d: must be whole %d-byte pages", epoch, t.Name, t.Size, t.BlockSize, wire.PageSize)
+		if t.Kind == vmspec.KindRAM && (t.BlockSize != vmspec.PageSize || t.Size%vmspec.PageSize != 0) {
+			return nil, fmt.Errorf("plan epoch %d: RAM %s of %d bytes at block size %d: must be whole %d-byte pages", epoch, t.Name, t.Size, t.BlockSize, vmspec.PageSize)
 		}
-		if err := wire.ValidTargetName(t.Name); err != nil {
+		if err := vmspec.ValidTargetName(t.Name); err != nil {
 			return nil, fmt.Errorf("plan epoch %d: %w", epoch, err)
 		}
 		wt := wire.Target{ID: uint16(i), Kind: t.Kind, Name: t.Name, Size: uint64(t.Size), BlockSize: uint32(t.BlockSize)}
@@ -139,8 +141,8 @@ func buildPlan(ctx context.Context, epoch uint64, snap *Snapshot, choice baseCho
 	return p, nil
 }
 
-func kindWord(k wire.TargetKind) string {
-	if k == wire.KindRAM {
+func kindWord(k vmspec.TargetKind) string {
+	if k == vmspec.KindRAM {
 		return "RAM"
 	}
 	return "disk"
@@ -150,7 +152,7 @@ func kindWord(k wire.TargetKind) string {
 // offset into a disk, a page index into memory.
 func refSrcOffset(it PlanItem) uint64 {
 	if it.Source == wire.RefPage {
-		return uint64(it.SrcOff / wire.PageSize)
+		return uint64(it.SrcOff / vmspec.PageSize)
 	}
 	return uint64(it.SrcOff)
 }
@@ -158,10 +160,10 @@ func refSrcOffset(it PlanItem) uint64 {
 func (p *Plan) add(it PlanItem) {
 	s := wire.Summary{Seq: uint64(len(p.Items)), Type: it.Type, Target: it.Target, Offset: uint64(it.Off), Length: uint64(it.Len), DataHash: it.DataHash}
 	if it.Type == wire.TypeMemRun {
-		s.Offset /= wire.PageSize
+		s.Offset /= vmspec.PageSize
 	}
 	if it.Type == wire.TypePageRef {
-		s.Offset, s.Length, s.DataHash = uint64(it.Off/wire.PageSize), uint64(it.Len/wire.PageSize), 0
+		s.Offset, s.Length, s.DataHash = uint64(it.Off/vmspec.PageSize), uint64(it.Len/vmspec.PageSize), 0
 		s.Source, s.SrcTarget, s.SrcOffset = it.Source, it.SrcTarget, refSrcOffset(it)
 	}
 	if it.Type == wire.TypeDeviceState {
@@ -224,12 +226,12 @@ func (rb *runBuilder) block(off int64, data []byte, zero bool, hash uint64) {
 // ref adds a page that travels as a reference to a page of a disk (kind
 // RefDisk) or of memory (RefPage) at byte offset srcOff.
 func (rb *runBuilder) ref(off int64, hash uint64, kind wire.RefSource, src uint16, srcOff int64) {
-	blk := blockplan.Run{Type: wire.TypePageRef, Off: off, Len: wire.PageSize, Source: kind, SrcTarget: src, SrcOff: srcOff}
+	blk := blockplan.Run{Type: wire.TypePageRef, Off: off, Len: vmspec.PageSize, Source: kind, SrcTarget: src, SrcOff: srcOff}
 	if c := rb.cur; c != nil && blockplan.Extends(runOf(c), blk) {
-		c.Len += wire.PageSize
+		c.Len += vmspec.PageSize
 	} else {
 		rb.flush()
-		rb.cur = &PlanItem{Type: wire.TypePageRef, Target: rb.target, Off: off, Len: wire.PageSize, Source: kind, SrcTarget: src, SrcOff: srcOff}
+		rb.cur = &PlanItem{Type: wire.TypePageRef, Target: rb.target, Off: off, Len: vmspec.PageSize, Source: kind, SrcTarget: src, SrcOff: srcOff}
 	}
 	rb.cur.Hashes = append(rb.cur.Hashes, hash)
 }
@@ -245,7 +247,7 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 	}
 	next := blockhash.NewZero(t.Size, t.BlockSize)
 	typ := wire.TypeDiskExtent
-	if t.Kind == wire.KindRAM {
+	if t.Kind == vmspec.KindRAM {
 		typ = wire.TypeMemRun
 	}
 	rb := &runBuilder{p: p, target: id, typ: typ, h: xxhash.New()}
@@ -262,7 +264,7 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 	}
 	// The content index needs every disk read whole once; after that the
 	// blocks read for changes keep it current.
-	indexDisk := p.dd != nil && t.Kind == wire.KindDisk
+	indexDisk := p.dd != nil && t.Kind == vmspec.KindDisk
 	if indexDisk && p.dd.needsFullRead(t.Name) {
 		t.Prev = nil
 	}
@@ -346,7 +348,7 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 			}
 			// Memory pages feed the RAM index as they are planned; ref says
 			// the page is written by reference.
-			ramDedup := t.Kind == wire.KindRAM && p.dd != nil && len(blk) == wire.PageSize
+			ramDedup := t.Kind == vmspec.KindRAM && p.dd != nil && len(blk) == vmspec.PageSize
 			planned := func(ref bool) {
 				if ramDedup {
 					p.dd.ramPage(int(id), off+b, h, zero, ref)
@@ -378,7 +380,7 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 				rb.flush()
 				continue
 			}
-			if t.Kind == wire.KindRAM && zero {
+			if t.Kind == vmspec.KindRAM && zero {
 				p.RAMZeroPages++
 			}
 			switch kind {
@@ -395,7 +397,7 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 				continue
 			}
 			planned(false)
-			if t.Kind == wire.KindRAM && !zero {
+			if t.Kind == vmspec.KindRAM && !zero {
 				p.RAMDataPages++
 			}
 			if known[b/bs] == unchangedBlock && !zero {
@@ -470,11 +472,11 @@ func (p *Plan) Frame(snap *Snapshot, i int) (wire.Item, error) {
 			return nil, fmt.Errorf("read %s at %d: %w", t.Name, it.Off, err)
 		}
 		for j, want := range it.Hashes {
-			if blockhash.Hash(data[j*wire.PageSize:(j+1)*wire.PageSize]) != want {
-				return nil, fmt.Errorf("%s page at %d: %w", t.Name, it.Off+int64(j*wire.PageSize), ErrSourceChanged)
+			if blockhash.Hash(data[j*vmspec.PageSize:(j+1)*vmspec.PageSize]) != want {
+				return nil, fmt.Errorf("%s page at %d: %w", t.Name, it.Off+int64(j*vmspec.PageSize), ErrSourceChanged)
 			}
 		}
-		return &wire.PageRef{Seq: seq, Target: it.Target, Page: uint64(it.Off / wire.PageSize), Count: uint32(it.Len / wire.PageSize),
+		return &wire.PageRef{Seq: seq, Target: it.Target, Page: uint64(it.Off / vmspec.PageSize), Count: uint32(it.Len / vmspec.PageSize),
 			Source: it.Source, SrcTarget: it.SrcTarget, SrcOffset: refSrcOffset(it)}, nil
 	case wire.TypeDeviceState:
 		return &wire.DeviceState{Seq: seq, Offset: uint64(it.Off), Total: uint64(len(snap.DeviceState)), Data: it.dev}, nil
@@ -492,7 +494,7 @@ func (p *Plan) Frame(snap *Snapshot, i int) (wire.Item, error) {
 		}
 	}
 	if it.Type == wire.TypeMemRun {
-		return &wire.MemRun{Seq: seq, Target: it.Target, Page: uint64(it.Off) / wire.PageSize, Data: data}, nil
+		return &wire.MemRun{Seq: seq, Target: it.Target, Page: uint64(it.Off) / vmspec.PageSize, Data: data}, nil
 	}
 	return &wire.DiskExtent{Seq: seq, Target: it.Target, Offset: uint64(it.Off), Data: data}, nil
 }

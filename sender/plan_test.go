@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/drsync/drsync/blockhash"
+	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -20,7 +21,7 @@ func (m *mutableReader) ReadAt(p []byte, off int64) (int, error) {
 
 func snapOf(disk []byte, ext []Extent) (*Snapshot, *mutableReader) {
 	r := &mutableReader{b: disk}
-	t := Target{Kind: wire.KindDisk, Name: "vda", Size: int64(len(disk)), BlockSize: 4096, Reader: r}
+	t := Target{Kind: vmspec.KindDisk, Name: "vda", Size: int64(len(disk)), BlockSize: 4096, Reader: r}
 	if ext != nil {
 		t.Extents = func(context.Context, int64, int64) ([]Extent, error) { return ext, nil }
 	}
@@ -182,7 +183,7 @@ func TestPlanTrustsUnchangedExtents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	prev := p1.Next.Tables[TableKey(wire.KindDisk, "vda")]
+	prev := p1.Next.Tables[TableKey(vmspec.KindDisk, "vda")]
 
 	// Cut 2 changes blocks 4 and 20 (one zeroed); the bitmap says so.
 	v2 := bytes.Clone(v1)
@@ -243,7 +244,7 @@ func TestPlanTrustsUnchangedExtents(t *testing.T) {
 // but in this cut it does not (a change the index was not told of): the
 // memory page holding X must travel as data, not as a reference.
 func TestDedupNeverTrustsAStaleIndex(t *testing.T) {
-	const ps = wire.PageSize
+	const ps = vmspec.PageSize
 	x := bytes.Repeat([]byte{0xC3}, ps)
 	disk := make([]byte, 16*ps)
 	ram := make([]byte, 8*ps)
@@ -255,12 +256,12 @@ func TestDedupNeverTrustsAStaleIndex(t *testing.T) {
 	dd.update("vda", 5*ps, x)
 	dd.scanned("vda") // as if read whole earlier; the planner will not re-read it
 	snap := &Snapshot{Cut: time.Unix(1, 0), Close: func() error { return nil }, Targets: []Target{
-		{Kind: wire.KindDisk, Name: "vda", Size: int64(len(disk)), BlockSize: 4 * ps, Reader: bytes.NewReader(disk),
+		{Kind: vmspec.KindDisk, Name: "vda", Size: int64(len(disk)), BlockSize: 4 * ps, Reader: bytes.NewReader(disk),
 			Prev: blockhash.NewZero(int64(len(disk)), 4*ps),
 			Extents: func(context.Context, int64, int64) ([]Extent, error) {
 				return []Extent{{Off: 0, Len: int64(len(disk)), Unchanged: true}}, nil
 			}},
-		{Kind: wire.KindRAM, Name: "pc.ram", Size: int64(len(ram)), BlockSize: ps, Reader: bytes.NewReader(ram)},
+		{Kind: vmspec.KindRAM, Name: "pc.ram", Size: int64(len(ram)), BlockSize: ps, Reader: bytes.NewReader(ram)},
 	}}
 	p, err := buildPlan(context.Background(), 1, snap, baseFresh, nil, dd)
 	if err != nil {

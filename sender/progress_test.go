@@ -11,7 +11,7 @@ import (
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/testkit"
 	"github.com/drsync/drsync/vfs/memfs"
-	"github.com/drsync/drsync/wire"
+	"github.com/drsync/drsync/vmspec"
 )
 
 // TestProgressFollowsAcknowledgements sends an epoch of several MiB to a
@@ -21,7 +21,7 @@ import (
 // reader share the durable count safely.
 func TestProgressFollowsAcknowledgements(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	disk := &testkit.MemTarget{Kind: wire.KindDisk, Name: "vda", BlockSize: 64 << 10, Data: make([]byte, 8<<20)}
+	disk := &testkit.MemTarget{Kind: vmspec.KindDisk, Name: "vda", BlockSize: 64 << 10, Data: make([]byte, 8<<20)}
 	for i := range disk.Data {
 		disk.Data[i] = byte(rng.Uint32())
 	}

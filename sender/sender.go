@@ -12,6 +12,7 @@ import (
 
 	"github.com/drsync/drsync/blockhash"
 	"github.com/drsync/drsync/sender/protocol"
+	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -63,8 +64,8 @@ type Progress struct {
 // Validate reports what is wrong with o.
 func (o *Options) Validate() error {
 	switch {
-	case wire.ValidVMName(o.VM) != nil:
-		return fmt.Errorf("sender: %w", wire.ValidVMName(o.VM))
+	case vmspec.ValidVMName(o.VM) != nil:
+		return fmt.Errorf("sender: %w", vmspec.ValidVMName(o.VM))
 	case o.Source == nil:
 		return errors.New("sender: no source")
 	case o.Dialer == nil:
@@ -302,7 +303,7 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 		a.res = Result{Epoch: epoch, Cut: plan.Cut, Base: choice.String(), Items: len(plan.Items), DataBytes: plan.Bytes, Scanned: plan.Scanned,
 			Pause: snap.Pause, HypervisorDowntime: snap.HypervisorDowntime,
 			RAMDataPages: plan.RAMDataPages, RAMRefPages: plan.RAMRefPages, RAMZeroPages: plan.RAMZeroPages,
-			RAMDupPages: plan.RAMDupPages, RefBytes: uint64(plan.RAMRefPages) * wire.PageSize}
+			RAMDupPages: plan.RAMDupPages, RefBytes: uint64(plan.RAMRefPages) * vmspec.PageSize}
 		s.inflight = a
 	}
 	p := a.plan

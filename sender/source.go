@@ -8,7 +8,7 @@ import (
 
 	"github.com/drsync/drsync/blockhash"
 	"github.com/drsync/drsync/sender/protocol"
-	"github.com/drsync/drsync/wire"
+	"github.com/drsync/drsync/vmspec"
 )
 
 // ErrSnapshotLost marks a snapshot that can no longer be read (the VM
@@ -32,7 +32,7 @@ type Extent struct {
 
 // Target is one disk or RAM block of a snapshot, as the planner reads it.
 type Target struct {
-	Kind      wire.TargetKind
+	Kind      vmspec.TargetKind
 	Name      string
 	Size      int64
 	BlockSize int

@@ -12,8 +12,10 @@ import (
 	"sort"
 
 	"github.com/cespare/xxhash/v2"
+
 	"github.com/drsync/drsync/blockhash"
 	"github.com/drsync/drsync/vfs"
+	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -30,18 +32,18 @@ type Index struct {
 }
 
 // TableKey names a target's table.
-func TableKey(kind wire.TargetKind, name string) string {
-	if kind == wire.KindRAM {
+func TableKey(kind vmspec.TargetKind, name string) string {
+	if kind == vmspec.KindRAM {
 		return "ram/" + name
 	}
 	return "disk/" + name
 }
 
-func splitKey(k string) (wire.TargetKind, string) {
+func splitKey(k string) (vmspec.TargetKind, string) {
 	if len(k) > 4 && k[:4] == "ram/" {
-		return wire.KindRAM, k[4:]
+		return vmspec.KindRAM, k[4:]
 	}
-	return wire.KindDisk, k[5:]
+	return vmspec.KindDisk, k[5:]
 }
 
 // ComputeStateID derives the state identity the receiver's manifest will

@@ -18,7 +18,7 @@ import (
 	"github.com/drsync/drsync/testkit"
 	"github.com/drsync/drsync/vfs"
 	"github.com/drsync/drsync/vfs/errorfs"
-	"github.com/drsync/drsync/wire"
+	"github.com/drsync/drsync/vmspec"
 )
 
 // A takeover never reads a replica while a receiver applies an epoch to
@@ -45,8 +45,8 @@ func TestPrepareWaitsForApply(t *testing.T) {
 		t.Fatal(err)
 	}
 	rng := rand.New(rand.NewPCG(6, 1))
-	disk := &testkit.MemTarget{Kind: wire.KindDisk, Name: "vda", BlockSize: 64 << 10, Data: make([]byte, 8<<20)}
-	ram := &testkit.MemTarget{Kind: wire.KindRAM, Name: "pc.ram", BlockSize: 4096, Data: make([]byte, 4<<20)}
+	disk := &testkit.MemTarget{Kind: vmspec.KindDisk, Name: "vda", BlockSize: 64 << 10, Data: make([]byte, 8<<20)}
+	ram := &testkit.MemTarget{Kind: vmspec.KindRAM, Name: "pc.ram", BlockSize: 4096, Data: make([]byte, 4<<20)}
 	src := &testkit.MemSource{Targets: []*testkit.MemTarget{disk, ram}, DeviceState: []byte("not a migration stream")}
 	testkit.RandomWrites(rng, disk, 20, 200<<10)
 	snd, err := sender.New(sender.Options{VM: "app-1", Source: src, Dialer: testkit.PipeDialer(rcv, receiver.Peer{Fingerprint: "sha256:aa"}),

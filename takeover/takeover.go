@@ -20,7 +20,7 @@ import (
 	"github.com/drsync/drsync/qmp"
 	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/vfs"
-	"github.com/drsync/drsync/wire"
+	"github.com/drsync/drsync/vmspec"
 )
 
 var (
@@ -211,7 +211,7 @@ func Prepare(o Options) (*Plan, error) {
 		// What a VM needs: its RAM images, the disks it uses and the
 		// device state.
 		keep := func(t replica.TargetEntry) bool {
-			return t.TargetKind() == wire.KindRAM || t.TargetKind() == wire.KindDisk && slices.ContainsFunc(o.Disks, func(d Disk) bool { return d.Target == t.Name })
+			return t.TargetKind() == vmspec.KindRAM || t.TargetKind() == vmspec.KindDisk && slices.ContainsFunc(o.Disks, func(d Disk) bool { return d.Target == t.Name })
 		}
 		if img, err = r.Export(m.Epoch, filepath.Join(o.WorkDir, "copy"), keep); err != nil {
 			return nil, fmt.Errorf("takeover: copy the replica: %w", err)

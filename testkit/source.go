@@ -11,12 +11,12 @@ import (
 
 	"github.com/drsync/drsync/receiver"
 	"github.com/drsync/drsync/sender"
-	"github.com/drsync/drsync/wire"
+	"github.com/drsync/drsync/vmspec"
 )
 
 // MemTarget is an in-memory disk or RAM block.
 type MemTarget struct {
-	Kind      wire.TargetKind
+	Kind      vmspec.TargetKind
 	Name      string
 	BlockSize int
 	Data      []byte

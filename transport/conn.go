@@ -10,8 +10,9 @@ import (
 	"net"
 	"time"
 
-	"github.com/drsync/drsync/tlsid"
 	"github.com/quic-go/quic-go"
+
+	"github.com/drsync/drsync/tlsid"
 )
 
 // admitByte is written by the listener on its admission stream.

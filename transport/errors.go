@@ -9,8 +9,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/drsync/drsync/tlsid"
 	"github.com/quic-go/quic-go"
+
+	"github.com/drsync/drsync/tlsid"
 )
 
 // Marker errors, for errors.Is. The errors returned carry more detail.

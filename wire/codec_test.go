@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/drsync/drsync/vmspec"
 )
 
 // compressible returns n bytes that zstd shrinks a lot but that are not one
@@ -51,15 +53,15 @@ func sampleFrames(data func(int) []byte, big bool) []Frame {
 		}},
 		&EpochBegin{Epoch: 1},
 		&EpochBegin{Epoch: 42, Cut: cut, Plan: 99, Items: 1000, Bytes: 1 << 40, StartSeq: 17, Targets: []Target{
-			{ID: 0, Kind: KindDisk, Name: "vda", Size: 20 << 30, BlockSize: 64 << 10},
-			{ID: 1, Kind: KindRAM, Name: "pc.ram", Size: 4 << 30, BlockSize: PageSize},
-			{ID: 7, Kind: KindRAM, Name: "0000:00:02.0/vga.vram", Size: 16 << 20, BlockSize: PageSize},
-			{ID: 65535, Kind: KindRAM, Name: "/rom@etc/acpi/tables", Size: 128 << 10, BlockSize: PageSize},
+			{ID: 0, Kind: vmspec.KindDisk, Name: "vda", Size: 20 << 30, BlockSize: 64 << 10},
+			{ID: 1, Kind: vmspec.KindRAM, Name: "pc.ram", Size: 4 << 30, BlockSize: vmspec.PageSize},
+			{ID: 7, Kind: vmspec.KindRAM, Name: "0000:00:02.0/vga.vram", Size: 16 << 20, BlockSize: vmspec.PageSize},
+			{ID: 65535, Kind: vmspec.KindRAM, Name: "/rom@etc/acpi/tables", Size: 128 << 10, BlockSize: vmspec.PageSize},
 		}},
 		&DiskExtent{Seq: 0, Target: 0, Offset: 1 << 20, Data: data(64 << 10)},
 		&DiskExtent{Seq: 1, Target: 3, Offset: 512, Data: data(1)},
 		&DiskExtent{Seq: 2, Target: 3, Offset: 0, Data: data(4096)},
-		&MemRun{Seq: 3, Target: 1, Page: 12345, Data: data(3 * PageSize)},
+		&MemRun{Seq: 3, Target: 1, Page: 12345, Data: data(3 * vmspec.PageSize)},
 		&ZeroRun{Seq: 4, Target: 0, Offset: 1 << 30, Length: 1 << 21},
 		&PageRef{Seq: 5, Target: 1, Page: 7, Count: 3, Source: RefDisk, SrcTarget: 0, SrcOffset: 8192},
 		&PageRef{Seq: 6, Target: 1, Page: 9, Count: MaxRefsCount, Source: RefPage, SrcTarget: 1, SrcOffset: 100},
@@ -72,8 +74,8 @@ func sampleFrames(data func(int) []byte, big bool) []Frame {
 		&Error{Code: ErrBusy, Message: "another sender holds VM web-01 ✓"},
 		&Error{Code: ErrInternal},
 		&TableRequest{},
-		&Table{Kind: KindDisk, Name: "vda", Size: 1<<20 + 1, BlockSize: 64 << 10, First: 3, Hashes: []uint64{1, 2, math.MaxUint64, 0, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14}},
-		&Table{Kind: KindRAM, Name: "pc.ram", Size: 4096, BlockSize: 4096, Hashes: []uint64{42}},
+		&Table{Kind: vmspec.KindDisk, Name: "vda", Size: 1<<20 + 1, BlockSize: 64 << 10, First: 3, Hashes: []uint64{1, 2, math.MaxUint64, 0, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14}},
+		&Table{Kind: vmspec.KindRAM, Name: "pc.ram", Size: 4096, BlockSize: 4096, Hashes: []uint64{42}},
 		&TableEnd{Epoch: 9, StateID: 0xfeed},
 	}
 	if big {
@@ -198,7 +200,7 @@ func TestTimes(t *testing.T) {
 func TestEncoderStats(t *testing.T) {
 	ext := &DiskExtent{Seq: 1, Offset: 0, Data: compressible(1 << 20)}
 	zero := &ZeroRun{Seq: 2, Offset: 1 << 20, Length: 1 << 20}
-	rnd := &MemRun{Seq: 3, Target: 1, Page: 0, Data: random(16 * PageSize)}
+	rnd := &MemRun{Seq: 3, Target: 1, Page: 0, Data: random(16 * vmspec.PageSize)}
 
 	var buf bytes.Buffer
 	e := NewEncoder(&buf, EncoderOptions{})
@@ -212,7 +214,7 @@ func TestEncoderStats(t *testing.T) {
 	if s.Frames != 3 || s.RawBytes != wantRaw || s.WireBytes != wantRaw || s.WireBytes != uint64(buf.Len()) {
 		t.Errorf("uncompressed stats %+v, want 3 frames, %d raw = wire bytes", s.Counts, wantRaw)
 	}
-	if s.DataBytes != 1<<20+16*PageSize {
+	if s.DataBytes != 1<<20+16*vmspec.PageSize {
 		t.Errorf("DataBytes %d", s.DataBytes)
 	}
 
@@ -283,12 +285,12 @@ func TestInvalidFields(t *testing.T) {
 	targets := func(n int) []Target {
 		ts := make([]Target, n)
 		for i := range ts {
-			ts[i] = Target{ID: uint16(i), Kind: KindDisk, Name: "d", Size: 1, BlockSize: 512}
+			ts[i] = Target{ID: uint16(i), Kind: vmspec.KindDisk, Name: "d", Size: 1, BlockSize: 512}
 		}
 		return ts
 	}
 	tgt := func(mod func(*Target)) []Target {
-		ts := []Target{{ID: 1, Kind: KindDisk, Name: "vda", Size: 1 << 30, BlockSize: 4096}}
+		ts := []Target{{ID: 1, Kind: vmspec.KindDisk, Name: "vda", Size: 1 << 30, BlockSize: 4096}}
 		mod(&ts[0])
 		return ts
 	}
@@ -323,14 +325,14 @@ func TestInvalidFields(t *testing.T) {
 		{&EpochBegin{Epoch: 1, Targets: tgt(func(t *Target) { t.BlockSize = 256 })}, "block size 256 is not"},
 		{&EpochBegin{Epoch: 1, Targets: tgt(func(t *Target) { t.BlockSize = 3000 })}, "block size 3000 is not"},
 		{&EpochBegin{Epoch: 1, Targets: tgt(func(t *Target) { t.BlockSize = 8 << 20 })}, "block size 8388608 is not"},
-		{&EpochBegin{Epoch: 1, Targets: tgt(func(t *Target) { t.Kind = KindRAM; t.BlockSize = 512 })}, "RAM block size 512"},
+		{&EpochBegin{Epoch: 1, Targets: tgt(func(t *Target) { t.Kind = vmspec.KindRAM; t.BlockSize = 512 })}, "RAM block size 512"},
 		{&DiskExtent{}, "empty data"},
 		{&DiskExtent{Data: make([]byte, 5000000)}, "data length 5000000 exceeds 4194304"},
 		{&DiskExtent{Offset: math.MaxUint64 - 1, Data: []byte{1, 2}}, "overflows"},
 		{&MemRun{}, "empty data"},
 		{&MemRun{Data: make([]byte, 100)}, "not a multiple of the page size"},
-		{&MemRun{Data: make([]byte, MaxData+PageSize)}, "exceeds 4194304"},
-		{&MemRun{Page: math.MaxUint64 / PageSize, Data: make([]byte, PageSize)}, "overflows"},
+		{&MemRun{Data: make([]byte, MaxData+vmspec.PageSize)}, "exceeds 4194304"},
+		{&MemRun{Page: math.MaxUint64 / vmspec.PageSize, Data: make([]byte, vmspec.PageSize)}, "overflows"},
 		{&ZeroRun{Offset: 1}, "length 0"},
 		{&ZeroRun{Offset: math.MaxUint64, Length: 1}, "overflows"},
 		{&PageRef{Count: 0, Source: RefDisk}, "count 0 outside"},
@@ -338,8 +340,8 @@ func TestInvalidFields(t *testing.T) {
 		{&PageRef{Count: 1, Source: 0}, "source 0 is neither"},
 		{&PageRef{Count: 1, Source: 3}, "source 3 is neither"},
 		{&PageRef{Count: 1, Source: RefDisk, Page: math.MaxUint64}, "page 18446744073709551615 + 1 pages overflows"},
-		{&PageRef{Count: 2, Source: RefDisk, SrcOffset: math.MaxUint64 - PageSize}, "source offset"},
-		{&PageRef{Count: 2, Source: RefPage, SrcOffset: math.MaxUint64 / PageSize}, "source page"},
+		{&PageRef{Count: 2, Source: RefDisk, SrcOffset: math.MaxUint64 - vmspec.PageSize}, "source offset"},
+		{&PageRef{Count: 2, Source: RefPage, SrcOffset: math.MaxUint64 / vmspec.PageSize}, "source page"},
 		{&DeviceState{Offset: 10, Total: 5}, "offset 10 + data length 0 exceeds total 5"},
 		{&DeviceState{Offset: 0, Total: 5, Data: make([]byte, 6)}, "exceeds total 5"},
 		{&DeviceState{Offset: math.MaxUint64, Total: math.MaxUint64, Data: []byte{1}}, "exceeds total"},
@@ -348,10 +350,10 @@ func TestInvalidFields(t *testing.T) {
 		{&EpochCommit{Epoch: 1, States: states(MaxTargets + 1)}, "state count 257 exceeds 256"},
 		{&EpochCommit{Epoch: 1, States: []TargetDigest{{1, 1}, {1, 2}}}, "state 1: duplicate target 1"},
 		{&Error{Message: strings.Repeat("x", MaxMessage+1)}, "message length 4097 exceeds 4096"},
-		{&Table{Kind: KindDisk, Name: "vda", Size: 1 << 20, BlockSize: 65536, First: 15, Hashes: []uint64{1, 2}}, "outside 16 blocks"},
-		{&Table{Kind: KindDisk, Name: "vda", Size: 1 << 20, BlockSize: 65536}, "0 hashes"},
+		{&Table{Kind: vmspec.KindDisk, Name: "vda", Size: 1 << 20, BlockSize: 65536, First: 15, Hashes: []uint64{1, 2}}, "outside 16 blocks"},
+		{&Table{Kind: vmspec.KindDisk, Name: "vda", Size: 1 << 20, BlockSize: 65536}, "0 hashes"},
 		{&Table{Kind: 9, Name: "vda", Size: 1 << 20, BlockSize: 65536, Hashes: []uint64{1}}, "target kind 9"},
-		{&Table{Kind: KindDisk, Name: "../x y", Size: 1 << 20, BlockSize: 65536, Hashes: []uint64{1}}, "target name"},
+		{&Table{Kind: vmspec.KindDisk, Name: "../x y", Size: 1 << 20, BlockSize: 65536, Hashes: []uint64{1}}, "target name"},
 		{&Error{Message: "bad \xff byte"}, "not valid UTF-8"},
 	}
 	for _, c := range cases {

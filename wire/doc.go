@@ -56,8 +56,8 @@
 //	raw payload                    ≤ MaxPayload (8 MiB), also after decompression
 //	length in the header           ≤ MaxPayload + 4 if compressed, else ≤ MaxPayload
 //	data of one frame              ≤ MaxData (4 MiB)
-//	VM name                        1..MaxVMNameLen (64) bytes, see ValidVMName
-//	target name                    1..MaxNameLen (128) bytes, see ValidTargetName
+//	VM name                        1..vmspec.MaxVMNameLen (64) bytes, see vmspec.ValidVMName
+//	target name                    1..vmspec.MaxTargetNameLen (128) bytes, see vmspec.ValidTargetName
 //	targets in an epoch            ≤ MaxTargets (256)
 //	Error message                  ≤ MaxMessage (4096) bytes of UTF-8
 //	pages in a PageRef             1..MaxRefsCount (1 Mi)
@@ -180,9 +180,9 @@
 //   - EpochBegin: epoch ≥ 1; startSeq ≤ items; at most MaxTargets targets
 //     with distinct ids; each of kind Disk or RAM, with a valid name, size
 //     > 0, and a block size that is a power of two in [512, 4 MiB], equal to
-//     PageSize for RAM.
+//     vmspec.PageSize for RAM.
 //   - DiskExtent: 1..MaxData bytes of data; offset + length fits in u64.
-//   - MemRun: data a non-empty multiple of PageSize, at most MaxData; the
+//   - MemRun: data a non-empty multiple of vmspec.PageSize, at most MaxData; the
 //     byte offset of the run's end fits in u64.
 //   - ZeroRun: length > 0; offset + length fits in u64.
 //   - PageRef: count in 1..MaxRefsCount; source RefDisk or RefPage; the ends

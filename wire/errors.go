@@ -19,9 +19,6 @@ var ErrChecksum error = &markerError{"checksum mismatch"}
 // length, exceeds the bounds. It wraps ErrMalformed.
 var ErrTooLarge error = &markerError{"frame too large"}
 
-// ErrInvalidName marks the errors of ValidVMName and ValidTargetName.
-var ErrInvalidName = errors.New("invalid name")
-
 // markerError is a sentinel that is also an ErrMalformed.
 type markerError struct{ msg string }
 

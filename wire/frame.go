@@ -1,6 +1,10 @@
 package wire
 
-import "time"
+import (
+	"time"
+
+	"github.com/drsync/drsync/vmspec"
+)
 
 // Version is the protocol version this build speaks. The receiver answers a
 // Hello with the highest version both sides support, or an Error frame.
@@ -21,7 +25,6 @@ const (
 	MaxNameLen   = 128     // bytes of a VM, target or message string
 	MaxTargets   = 256     // disks + RAM blocks per VM
 	MaxMessage   = 4096    // bytes of an Error message
-	PageSize     = 4096    // guest page size; page runs and references are in these units
 	MaxRefsCount = 1 << 20 // pages covered by one PageRef
 )
 
@@ -100,7 +103,7 @@ type Item interface {
 type Hello struct {
 	MinVersion uint16
 	MaxVersion uint16
-	VM         string // see ValidVMName
+	VM         string // see vmspec.ValidVMName
 }
 
 // Position is the receiver's durable state for one VM.
@@ -119,19 +122,11 @@ type Welcome struct {
 	Position Position
 }
 
-// TargetKind says whether a target is a disk or a RAM block.
-type TargetKind uint8
-
-const (
-	KindDisk TargetKind = 1
-	KindRAM  TargetKind = 2
-)
-
 // Target describes one disk or RAM block of the VM in an epoch.
 type Target struct {
 	ID        uint16
-	Kind      TargetKind
-	Name      string // disk name ("vda") or RAM block id ("pc.ram"), see ValidTargetName
+	Kind      vmspec.TargetKind
+	Name      string // disk name ("vda") or RAM block id ("pc.ram"), see vmspec.ValidTargetName
 	Size      uint64 // bytes
 	BlockSize uint32 // granularity of change tracking; extents are whole blocks
 }
@@ -161,7 +156,7 @@ type MemRun struct {
 	Seq    uint64
 	Target uint16
 	Page   uint64 // index of the first page
-	Data   []byte // a multiple of PageSize
+	Data   []byte // a multiple of vmspec.PageSize
 }
 
 // ZeroRun says Length bytes at Offset of a target read as zeros.
@@ -254,7 +249,7 @@ type TableRequest struct{}
 // Table carries the hashes of blocks [First, First+len(Hashes)) of one
 // target of the replica.
 type Table struct {
-	Kind      TargetKind
+	Kind      vmspec.TargetKind
 	Name      string
 	Size      uint64
 	BlockSize uint32

@@ -6,6 +6,8 @@ import (
 	"io"
 	"reflect"
 	"testing"
+
+	"github.com/drsync/drsync/vmspec"
 )
 
 // fuzzLevels are the compressions each decoded frame is re-encoded with.
@@ -45,8 +47,8 @@ func FuzzDecodePayload(f *testing.F) {
 // fuzzData keeps seeds small, as the fuzzer's minimiser is quadratic in the
 // input length; a page run cannot be shorter than a page.
 func fuzzData(n int) []byte {
-	if n%PageSize == 0 {
-		return compressible(PageSize)
+	if n%vmspec.PageSize == 0 {
+		return compressible(vmspec.PageSize)
 	}
 	return compressible(min(n, 200))
 }

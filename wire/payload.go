@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"math"
 	"time"
+
+	"github.com/drsync/drsync/vmspec"
 )
 
 // helloMagic opens every Hello so that a peer speaking something else is
@@ -345,7 +347,7 @@ func parsePayload(t Type, p []byte) (Frame, error) {
 			for i := range eb.Targets {
 				eb.Targets[i] = Target{
 					ID:        r.u16("target id"),
-					Kind:      TargetKind(r.u8("target kind")),
+					Kind:      vmspec.TargetKind(r.u8("target kind")),
 					Name:      r.str8("target name"),
 					Size:      r.u64("target size"),
 					BlockSize: r.u32("target block size"),
@@ -425,7 +427,7 @@ func parsePayload(t Type, p []byte) (Frame, error) {
 	case TypeTableRequest:
 		f = &TableRequest{}
 	case TypeTable:
-		tb := &Table{Kind: TargetKind(r.u8("kind")), Name: r.str8("name"), Size: r.u64("size"), BlockSize: r.u32("block size"), First: r.u64("first block")}
+		tb := &Table{Kind: vmspec.TargetKind(r.u8("kind")), Name: r.str8("name"), Size: r.u64("size"), BlockSize: r.u32("block size"), First: r.u64("first block")}
 		n := r.u32("hash count")
 		if r.err == nil && (n > MaxTableHashes || uint64(n)*8 > uint64(len(r.p))) {
 			return nil, malformed(t, "hash count %d with %d bytes left (at most %d)", n, len(r.p), MaxTableHashes)

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"unicode/utf8"
+
+	"github.com/drsync/drsync/vmspec"
 )
 
 // Block sizes a target may declare.
@@ -87,7 +89,7 @@ func (f *Hello) validate() error {
 	if f.MinVersion > f.MaxVersion {
 		return malformed(TypeHello, "min version %d exceeds max version %d", f.MinVersion, f.MaxVersion)
 	}
-	if why := vmNameProblem(f.VM); why != "" {
+	if why := vmspec.VMNameProblem(f.VM); why != "" {
 		return malformed(TypeHello, "vm %q: %s", f.VM, why)
 	}
 	return nil
@@ -123,10 +125,10 @@ func (f *EpochBegin) validate() error {
 		if seen.add(tg.ID) {
 			return malformed(t, "target %d: duplicate id %d", i, tg.ID)
 		}
-		if why := targetNameProblem(tg.Name); why != "" {
+		if why := vmspec.TargetNameProblem(tg.Name); why != "" {
 			return malformed(t, "target %d (id %d): name %q: %s", i, tg.ID, tg.Name, why)
 		}
-		if tg.Kind != KindDisk && tg.Kind != KindRAM {
+		if tg.Kind != vmspec.KindDisk && tg.Kind != vmspec.KindRAM {
 			return malformed(t, "target %d (id %d): kind %d is neither disk nor RAM", i, tg.ID, tg.Kind)
 		}
 		if tg.Size == 0 {
@@ -137,8 +139,8 @@ func (f *EpochBegin) validate() error {
 			return malformed(t, "target %d (id %d): block size %d is not a power of two in [%d, %d]",
 				i, tg.ID, bs, MinBlockSize, MaxBlockSize)
 		}
-		if tg.Kind == KindRAM && bs != PageSize {
-			return malformed(t, "target %d (id %d): RAM block size %d is not the page size %d", i, tg.ID, bs, PageSize)
+		if tg.Kind == vmspec.KindRAM && bs != vmspec.PageSize {
+			return malformed(t, "target %d (id %d): RAM block size %d is not the page size %d", i, tg.ID, bs, vmspec.PageSize)
 		}
 	}
 	return nil
@@ -164,10 +166,10 @@ func (f *MemRun) validate() error {
 		return malformed(TypeMemRun, "empty data")
 	case n > MaxData:
 		return malformed(TypeMemRun, "data length %d exceeds %d", n, MaxData)
-	case n%PageSize != 0:
-		return malformed(TypeMemRun, "data length %d is not a multiple of the page size %d", n, PageSize)
-	case f.Page > math.MaxUint64/PageSize-uint64(n/PageSize):
-		return malformed(TypeMemRun, "page %d + %d pages overflows", f.Page, n/PageSize)
+	case n%vmspec.PageSize != 0:
+		return malformed(TypeMemRun, "data length %d is not a multiple of the page size %d", n, vmspec.PageSize)
+	case f.Page > math.MaxUint64/vmspec.PageSize-uint64(n/vmspec.PageSize):
+		return malformed(TypeMemRun, "page %d + %d pages overflows", f.Page, n/vmspec.PageSize)
 	}
 	return nil
 }
@@ -188,16 +190,16 @@ func (f *PageRef) validate() error {
 	if f.Count == 0 || f.Count > MaxRefsCount {
 		return malformed(t, "count %d outside [1, %d]", f.Count, MaxRefsCount)
 	}
-	if f.Page > math.MaxUint64/PageSize-n {
+	if f.Page > math.MaxUint64/vmspec.PageSize-n {
 		return malformed(t, "page %d + %d pages overflows", f.Page, n)
 	}
 	switch f.Source {
 	case RefDisk:
-		if f.SrcOffset > math.MaxUint64-n*PageSize {
+		if f.SrcOffset > math.MaxUint64-n*vmspec.PageSize {
 			return malformed(t, "source offset %d + %d pages overflows", f.SrcOffset, n)
 		}
 	case RefPage:
-		if f.SrcOffset > math.MaxUint64/PageSize-n {
+		if f.SrcOffset > math.MaxUint64/vmspec.PageSize-n {
 			return malformed(t, "source page %d + %d pages overflows", f.SrcOffset, n)
 		}
 	default:
@@ -256,10 +258,10 @@ func (s *idSet) add(id uint16) bool {
 
 func (f *Table) validate() error {
 	switch {
-	case f.Kind != KindDisk && f.Kind != KindRAM:
+	case f.Kind != vmspec.KindDisk && f.Kind != vmspec.KindRAM:
 		return malformed(TypeTable, "target kind %d", f.Kind)
-	case ValidTargetName(f.Name) != nil:
-		return malformed(TypeTable, "target name: %v", ValidTargetName(f.Name))
+	case vmspec.ValidTargetName(f.Name) != nil:
+		return malformed(TypeTable, "target name: %v", vmspec.ValidTargetName(f.Name))
 	case f.BlockSize < MinBlockSize || f.BlockSize > MaxBlockSize || f.BlockSize&(f.BlockSize-1) != 0:
 		return malformed(TypeTable, "block size %d", f.BlockSize)
 	case f.Size == 0:

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
 	"github.com/drsync/drsync/tlsid"
 	"github.com/drsync/drsync/transport"
 )

@@ -10,7 +10,7 @@ import (
 	"github.com/drsync/drsync/receiver"
 	"github.com/drsync/drsync/tlsid"
 	"github.com/drsync/drsync/transport"
-	"github.com/drsync/drsync/wire"
+	"github.com/drsync/drsync/vmspec"
 )
 
 // Receiver defaults and bounds. The acknowledgement interval bounds what a
@@ -151,7 +151,7 @@ func (c *ReceiverConfig) Validate() error {
 			return &configError{f, key + ": vms", errors.New("empty: list the VMs this sender may write")}
 		}
 		for _, vm := range s.VMs {
-			if err := wire.ValidVMName(vm); err != nil {
+			if err := vmspec.ValidVMName(vm); err != nil {
 				return &configError{f, key + ": vms", err}
 			}
 			// Two writers of one replica would overwrite each other's

@@ -13,6 +13,7 @@ import (
 	"github.com/drsync/drsync/stripe"
 	"github.com/drsync/drsync/tlsid"
 	"github.com/drsync/drsync/transport"
+	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -209,7 +210,7 @@ func (c *SenderConfig) Validate() error {
 
 func (v *VMConfig) validate(file string, i int) error {
 	key := fmt.Sprintf("vm[%d]", i)
-	if err := wire.ValidVMName(v.Name); err != nil {
+	if err := vmspec.ValidVMName(v.Name); err != nil {
 		return &configError{file, key + ".name", fmt.Errorf("%w (letters, digits, '.', '_' and '-'; it names the replica directory)", err)}
 	}
 	key = fmt.Sprintf("vm %q", v.Name)
@@ -323,7 +324,7 @@ func (v *VMConfig) validate(file string, i int) error {
 // list and that no other entry of its kind has it; it returns the key that
 // later messages about the entry use.
 func checkTargetName(kind string, j int, name string, seen map[string]bool, bad func(k, format string, a ...any) error) (string, error) {
-	if err := wire.ValidTargetName(name); err != nil {
+	if err := vmspec.ValidTargetName(name); err != nil {
 		return "", bad(fmt.Sprintf("%s[%d].name", kind, j), "%v", err)
 	}
 	k := fmt.Sprintf("%s %q", kind, name)

@@ -2,12 +2,13 @@ package main
 
 import (
 	"errors"
-	"github.com/drsync/drsync/agent"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/drsync/drsync/agent"
 
 	"github.com/drsync/drsync/receiver"
 	"github.com/drsync/drsync/wire"

@@ -4,9 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/drsync/drsync/agent"
 	"io"
 	"testing"
+
+	"github.com/drsync/drsync/agent"
 
 	"github.com/drsync/drsync/livecut"
 	"github.com/drsync/drsync/qmp"

@@ -3,13 +3,14 @@ package main
 import (
 	"bytes"
 	"fmt"
-	"github.com/drsync/drsync/agent"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/drsync/drsync/agent"
 )
 
 // TestGuestStatus: status says a live guest is paused when the sender

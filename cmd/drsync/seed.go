@@ -9,7 +9,7 @@ import (
 	"github.com/drsync/drsync/diskmirror"
 	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/vfs"
-	"github.com/drsync/drsync/wire"
+	"github.com/drsync/drsync/vmspec"
 )
 
 // diskFlags collects repeated --disk NAME=PATH.
@@ -46,7 +46,7 @@ The images are copied into the replica; the replica must not exist yet.`,
 		if configPath == "" || vm == "" || len(disks) == 0 {
 			return usagef("--config, --vm and at least one --disk are required")
 		}
-		if err := wire.ValidVMName(vm); err != nil {
+		if err := vmspec.ValidVMName(vm); err != nil {
 			return usagef("--vm: %v", err)
 		}
 		cfg, err := loadReceiverConfig(configPath)
@@ -64,7 +64,7 @@ The images are copied into the replica; the replica must not exist yet.`,
 				return fmt.Errorf("disk %s: %w", name, err)
 			}
 			defer im.Close()
-			targets = append(targets, replica.SeedTarget{Kind: wire.KindDisk, Name: name, Size: im.Size(), BlockSize: int(blockSize), Reader: im})
+			targets = append(targets, replica.SeedTarget{Kind: vmspec.KindDisk, Name: name, Size: im.Size(), BlockSize: int(blockSize), Reader: im})
 		}
 		m, err := replica.Seed(vfs.Default, cfg.replicaDir(vm), vm, targets, e.now)
 		if err != nil {

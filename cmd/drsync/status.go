@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+
 	"github.com/drsync/drsync/agent"
 	"github.com/drsync/drsync/internal/jsonfile"
 	"github.com/drsync/drsync/receiver/serve"

@@ -21,9 +21,11 @@ import (
 	"time"
 
 	"github.com/cespare/xxhash/v2"
+
 	"github.com/drsync/drsync/blockhash"
 	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/vfs/errorfs"
+	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -63,7 +65,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) Backend) {
 const (
 	diskSize = 64 << 10
 	diskBS   = 4096
-	ramSize  = 8 * wire.PageSize
+	ramSize  = 8 * vmspec.PageSize
 )
 
 // state is what a replica holds at an epoch.
@@ -108,16 +110,16 @@ func next(s *state, rng *rand.Rand) *epoch {
 	zoff := rng.UintN(diskSize/diskBS) * diskBS
 	clear(n.disk[zoff : zoff+diskBS])
 	items = append(items, &wire.ZeroRun{Seq: uint64(len(items)), Target: 0, Offset: uint64(zoff), Length: diskBS})
-	page := rng.UintN(ramSize / wire.PageSize)
-	p := fill(wire.PageSize)
-	copy(n.ram[page*wire.PageSize:], p)
+	page := rng.UintN(ramSize / vmspec.PageSize)
+	p := fill(vmspec.PageSize)
+	copy(n.ram[page*vmspec.PageSize:], p)
 	items = append(items, &wire.MemRun{Seq: uint64(len(items)), Target: 1, Page: uint64(page), Data: p})
 	n.dev = fill(300 + rng.IntN(200))
 	items = append(items, &wire.DeviceState{Seq: uint64(len(items)), Offset: 0, Total: uint64(len(n.dev)), Data: n.dev})
 
 	b := &wire.EpochBegin{Epoch: n.epoch, Cut: n.cut, Plan: n.epoch, Items: uint64(len(items)), Targets: []wire.Target{
-		{ID: 0, Kind: wire.KindDisk, Name: "vda", Size: diskSize, BlockSize: diskBS},
-		{ID: 1, Kind: wire.KindRAM, Name: "pc.ram", Size: ramSize, BlockSize: wire.PageSize},
+		{ID: 0, Kind: vmspec.KindDisk, Name: "vda", Size: diskSize, BlockSize: diskBS},
+		{ID: 1, Kind: vmspec.KindRAM, Name: "pc.ram", Size: ramSize, BlockSize: vmspec.PageSize},
 	}}
 	dig := wire.NewEpochDigest(n.epoch)
 	for _, it := range items {
@@ -130,7 +132,7 @@ func next(s *state, rng *rand.Rand) *epoch {
 	}
 	c := &wire.EpochCommit{Epoch: n.epoch, Items: uint64(len(items)), Digest: dig.Sum(), States: []wire.TargetDigest{
 		{Target: 0, Digest: table(n.disk, diskBS).Digest()},
-		{Target: 1, Digest: table(n.ram, wire.PageSize).Digest()},
+		{Target: 1, Digest: table(n.ram, vmspec.PageSize).Digest()},
 	}}
 	return &epoch{begin: b, items: items, commit: c, after: n}
 }
@@ -213,7 +215,7 @@ func diff(img replica.Image, want *state) string {
 		what string
 		want []byte
 		bs   int
-	}{{m.Disk("vda"), "disk vda", want.disk, diskBS}, {m.RAM("pc.ram"), "RAM pc.ram", want.ram, wire.PageSize}} {
+	}{{m.Disk("vda"), "disk vda", want.disk, diskBS}, {m.RAM("pc.ram"), "RAM pc.ram", want.ram, vmspec.PageSize}} {
 		if tc.e == nil {
 			return tc.what + " missing from the manifest"
 		}
@@ -260,10 +262,10 @@ func diffHandle(h replica.Handle, want *state) string {
 		return fmt.Sprintf("position %+v does not match the manifest (epoch %d)", p, m.Epoch)
 	}
 	if want.epoch > 0 {
-		if tab := h.Table(wire.KindDisk, "vda"); tab == nil || tab.Digest() != table(want.disk, diskBS).Digest() {
+		if tab := h.Table(vmspec.KindDisk, "vda"); tab == nil || tab.Digest() != table(want.disk, diskBS).Digest() {
 			return "block table of disk vda differs from its content"
 		}
-		if tab := h.Table(wire.KindRAM, "pc.ram"); tab == nil || tab.Digest() != table(want.ram, wire.PageSize).Digest() {
+		if tab := h.Table(vmspec.KindRAM, "pc.ram"); tab == nil || tab.Digest() != table(want.ram, vmspec.PageSize).Digest() {
 			return "block table of RAM pc.ram differs from its content"
 		}
 	}

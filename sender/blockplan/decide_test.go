@@ -3,6 +3,7 @@ package blockplan
 import (
 	"testing"
 
+	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -38,7 +39,7 @@ func TestDecide(t *testing.T) {
 }
 
 func TestExtends(t *testing.T) {
-	const page = wire.PageSize
+	const page = vmspec.PageSize
 	data := func(off, n int64) Run { return Run{Type: wire.TypeDiskExtent, Off: off, Len: n} }
 	zero := func(off, n int64) Run { return Run{Type: wire.TypeZeroRun, Off: off, Len: n} }
 	ref := func(off, n int64, src wire.RefSource, tgt uint16, srcOff int64) Run {

@@ -1,4 +1,4 @@
-package wire
+package vmspec
 
 import (
 	"errors"
@@ -57,9 +57,9 @@ func TestValidTargetName(t *testing.T) {
 		{"/rom@etc/acpi/tables", true},
 		{"..", true}, // never a path, so dots are harmless
 		{"!~", true},
-		{strings.Repeat("r", MaxNameLen), true},
+		{strings.Repeat("r", MaxTargetNameLen), true},
 		{"", false},
-		{strings.Repeat("r", MaxNameLen+1), false},
+		{strings.Repeat("r", MaxTargetNameLen+1), false},
 		{"pc ram", false},
 		{"pc\tram", false},
 		{"a\x00", false},

@@ -1,4 +1,4 @@
-package wire
+package vmspec
 
 import (
 	"fmt"
@@ -14,26 +14,26 @@ const MaxVMNameLen = 64
 // uses the name as a directory name, so it must never be able to escape or
 // alias a directory. The error wraps ErrInvalidName.
 func ValidVMName(s string) error {
-	if why := vmNameProblem(s); why != "" {
-		return fmt.Errorf("wire: VM name %q: %s: %w", s, why, ErrInvalidName)
+	if why := VMNameProblem(s); why != "" {
+		return fmt.Errorf("VM name %q: %s: %w", s, why, ErrInvalidName)
 	}
 	return nil
 }
 
 // ValidTargetName reports whether s may name a target (a disk or a RAM block
-// id): 1 to MaxNameLen bytes of printable ASCII other than space. QEMU RAM
+// id): 1 to MaxTargetNameLen bytes of printable ASCII other than space. QEMU RAM
 // block ids contain '/', '@' and ':', so the rules are loose; target names
 // are identifiers only and never used as paths. The error wraps
 // ErrInvalidName.
 func ValidTargetName(s string) error {
-	if why := targetNameProblem(s); why != "" {
-		return fmt.Errorf("wire: target name %q: %s: %w", s, why, ErrInvalidName)
+	if why := TargetNameProblem(s); why != "" {
+		return fmt.Errorf("target name %q: %s: %w", s, why, ErrInvalidName)
 	}
 	return nil
 }
 
-// vmNameProblem returns why s is not a valid VM name, or "".
-func vmNameProblem(s string) string {
+// VMNameProblem returns why s is not a valid VM name, or "".
+func VMNameProblem(s string) string {
 	switch {
 	case s == "":
 		return "empty"
@@ -53,13 +53,13 @@ func vmNameProblem(s string) string {
 	return ""
 }
 
-// targetNameProblem returns why s is not a valid target name, or "".
-func targetNameProblem(s string) string {
+// TargetNameProblem returns why s is not a valid target name, or "".
+func TargetNameProblem(s string) string {
 	if s == "" {
 		return "empty"
 	}
-	if len(s) > MaxNameLen {
-		return fmt.Sprintf("length %d exceeds %d", len(s), MaxNameLen)
+	if len(s) > MaxTargetNameLen {
+		return fmt.Sprintf("length %d exceeds %d", len(s), MaxTargetNameLen)
 	}
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; c < 0x21 || c > 0x7e {
