@@ -4,7 +4,7 @@
 // how often durable progress is acknowledged, and which connection may
 // write a VM (one at a time; a reconnecting sender takes over its own).
 //
-// The ordering rules are a pure state machine (session); what an epoch
+// The ordering rules are a pure state machine (package receiver/protocol); what an epoch
 // must satisfy is the replica package's staging logic; Handle is the IO
 // loop joining them over any io.ReadWriteCloser, so tests join a sender and
 // a receiver with a pipe.

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/drsync/drsync/receiver/protocol"
 	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/vfs"
 	"github.com/drsync/drsync/vmspec"
@@ -330,7 +331,7 @@ func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser)
 		}
 		return bw.Flush()
 	}
-	sess := newSession(r.o.AckBytes)
+	sess := protocol.New(r.o.AckBytes)
 	me := &holder{fingerprint: peer.Fingerprint, stop: func() { rw.Close() }, done: make(chan struct{})}
 	owned := false // this connection holds vm
 	var epochWire0, epochRaw0 uint64
@@ -374,18 +375,18 @@ func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser)
 			log.Warn("sender reported an error", "vm", vm, "code", pe.Code.String(), "message", pe.Message)
 			return nil
 		}
-		st, wantSync, err := sess.next(f)
+		st, wantSync, err := sess.Next(f)
 		if err != nil {
 			return err
 		}
-		if rep != nil && rep.Released() && (st == stepItem || st == stepCommit) {
+		if rep != nil && rep.Released() && (st == protocol.StepItem || st == protocol.StepCommit) {
 			if err := rep.Reacquire(ctx, reacquireWait); err != nil {
 				return fmt.Errorf("take back the replica of %s after its sender was silent: %w", vm, err)
 			}
 			log.Debug("sender back; replica taken back", "vm", vm)
 		}
 		switch st {
-		case stepHello:
+		case protocol.StepHello:
 			vm = f.(*wire.Hello).VM
 			if err := r.o.Authorize(peer, vm); err != nil {
 				log.Warn("refused", "vm", vm, "err", err)
@@ -409,14 +410,14 @@ func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser)
 			rep.Close()
 			rep = nil
 			log.Info("sender connected", "vm", vm, "committed", pos.Committed)
-			if err := send(&wire.Welcome{Version: sess.version, Position: pos}); err != nil {
+			if err := send(&wire.Welcome{Version: sess.Version(), Position: pos}); err != nil {
 				return nil
 			}
-		case stepTables:
+		case protocol.StepTables:
 			if err := r.sendTables(ctx, vm, send); err != nil {
 				return err
 			}
-		case stepBegin:
+		case protocol.StepBegin:
 			if rep, err = r.open(ctx, vm); err != nil {
 				return err
 			}
@@ -425,7 +426,7 @@ func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser)
 			}
 			writes = newRAMWrites(f.(*wire.EpochBegin))
 			epochWire0, epochRaw0 = dec.Stats().WireBytes, dec.Stats().RawBytes
-		case stepItem:
+		case protocol.StepItem:
 			it := f.(wire.Item)
 			if err := rep.Append(it); err != nil {
 				return err
@@ -436,11 +437,11 @@ func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser)
 				if err != nil {
 					return err
 				}
-				if err := send(&wire.Ack{Epoch: sess.epoch, Durable: n}); err != nil {
+				if err := send(&wire.Ack{Epoch: sess.Epoch(), Durable: n}); err != nil {
 					return nil
 				}
 			}
-		case stepCommit:
+		case protocol.StepCommit:
 			c := f.(*wire.EpochCommit)
 			if err := rep.Commit(c); err != nil {
 				return err

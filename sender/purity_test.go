@@ -6,12 +6,15 @@ import (
 	"testing"
 )
 
-// pure are the packages that hold decisions without IO. receiver's session
-// is not among them: it lives in package receiver, next to the IO.
+// pure are the packages that hold decisions without IO: both sides'
+// protocol sessions, the per-block decision and the epoch controller. (The
+// replica's staging machine and recovery rules are not yet among them: they
+// live in package replica, beside its files.)
 var pure = []string{
 	"github.com/drsync/drsync/sender/protocol",
 	"github.com/drsync/drsync/sender/blockplan",
 	"github.com/drsync/drsync/epochctl",
+	"github.com/drsync/drsync/receiver/protocol",
 }
 
 // TestPurePackagesDoNoIO checks, with go list -deps, that the pure

@@ -1,4 +1,4 @@
-package receiver
+package protocol
 
 import (
 	"strings"
@@ -15,23 +15,23 @@ func TestSessionOrder(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		frames []wire.Frame
-		steps  []step
+		steps  []Step
 		err    string // error expected at the last frame
 	}{
-		{"full epoch", []wire.Frame{hello, begin, item, item, commit}, []step{stepHello, stepBegin, stepItem, stepItem, stepCommit}, ""},
-		{"tables between epochs", []wire.Frame{hello, &wire.TableRequest{}, begin, commit, &wire.TableRequest{}}, []step{stepHello, stepTables, stepBegin, stepCommit, stepTables}, ""},
-		{"tables inside an epoch", []wire.Frame{hello, begin, &wire.TableRequest{}}, []step{stepHello, stepBegin}, "TableRequest inside epoch 1"},
-		{"two epochs", []wire.Frame{hello, begin, commit, begin, item, commit}, []step{stepHello, stepBegin, stepCommit, stepBegin, stepItem, stepCommit}, ""},
+		{"full epoch", []wire.Frame{hello, begin, item, item, commit}, []Step{StepHello, StepBegin, StepItem, StepItem, StepCommit}, ""},
+		{"tables between epochs", []wire.Frame{hello, &wire.TableRequest{}, begin, commit, &wire.TableRequest{}}, []Step{StepHello, StepTables, StepBegin, StepCommit, StepTables}, ""},
+		{"tables inside an epoch", []wire.Frame{hello, begin, &wire.TableRequest{}}, []Step{StepHello, StepBegin}, "TableRequest inside epoch 1"},
+		{"two epochs", []wire.Frame{hello, begin, commit, begin, item, commit}, []Step{StepHello, StepBegin, StepCommit, StepBegin, StepItem, StepCommit}, ""},
 		{"no hello", []wire.Frame{begin}, nil, "expected Hello, got EpochBegin"},
-		{"item before begin", []wire.Frame{hello, item}, []step{stepHello}, "expected EpochBegin, got DiskExtent"},
-		{"begin inside epoch", []wire.Frame{hello, begin, begin}, []step{stepHello, stepBegin}, "EpochBegin inside epoch 1"},
-		{"second hello", []wire.Frame{hello, hello}, []step{stepHello}, "expected EpochBegin, got Hello"},
-		{"ack from sender", []wire.Frame{hello, begin, &wire.Ack{}}, []step{stepHello, stepBegin}, "Ack inside epoch"},
+		{"item before begin", []wire.Frame{hello, item}, []Step{StepHello}, "expected EpochBegin, got DiskExtent"},
+		{"begin inside epoch", []wire.Frame{hello, begin, begin}, []Step{StepHello, StepBegin}, "EpochBegin inside epoch 1"},
+		{"second hello", []wire.Frame{hello, hello}, []Step{StepHello}, "expected EpochBegin, got Hello"},
+		{"ack from sender", []wire.Frame{hello, begin, &wire.Ack{}}, []Step{StepHello, StepBegin}, "Ack inside epoch"},
 		{"future version only", []wire.Frame{&wire.Hello{MinVersion: 2, MaxVersion: 3, VM: "vm"}}, nil, "sender speaks protocol 2..3"},
 	} {
-		s := newSession(1 << 20)
+		s := New(1 << 20)
 		for i, f := range tc.frames {
-			st, _, err := s.next(f)
+			st, _, err := s.Next(f)
 			last := i == len(tc.frames)-1
 			if err != nil {
 				if !last || tc.err == "" || !strings.Contains(err.Error(), tc.err) {
@@ -50,12 +50,12 @@ func TestSessionOrder(t *testing.T) {
 }
 
 func TestSessionAcksAfterAckBytes(t *testing.T) {
-	s := newSession(10 << 10)
-	s.next(&wire.Hello{MinVersion: 1, MaxVersion: 1, VM: "vm"})
-	s.next(&wire.EpochBegin{Epoch: 1})
+	s := New(10 << 10)
+	s.Next(&wire.Hello{MinVersion: 1, MaxVersion: 1, VM: "vm"})
+	s.Next(&wire.EpochBegin{Epoch: 1})
 	syncs := 0
 	for range 100 {
-		_, sync, err := s.next(&wire.DiskExtent{Data: make([]byte, 1024)})
+		_, sync, err := s.Next(&wire.DiskExtent{Data: make([]byte, 1024)})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,4 +1,4 @@
-package receiver
+package protocol
 
 import (
 	"fmt"
@@ -6,22 +6,22 @@ import (
 	"github.com/drsync/drsync/wire"
 )
 
-// step is what the driver must do with a frame the session accepted.
-type step int
+// Step is what the driver must do with a frame the session accepted.
+type Step int
 
 const (
-	stepHello  step = iota + 1 // authorize, open the replica, answer Welcome
-	stepBegin                  // replica.Begin
-	stepItem                   // replica.Append (and maybe sync + ack)
-	stepCommit                 // replica.Commit, then ack committed
-	stepTables                 // send the committed block tables
+	StepHello  Step = iota + 1 // authorize, open the replica, answer Welcome
+	StepBegin                  // replica.Begin
+	StepItem                   // replica.Append (and maybe sync + ack)
+	StepCommit                 // replica.Commit, then ack committed
+	StepTables                 // send the committed block tables
 )
 
-// session is the receiver's per-connection protocol state: which frames may
+// Session is the receiver's per-connection protocol state: which frames may
 // come next, the negotiated version, and when durable progress is
 // acknowledged. It does no IO; the epoch's own rules live in the replica's
 // staging logic.
-type session struct {
+type Session struct {
 	ackBytes uint64 // sync and acknowledge after this many bytes
 	state    int
 	version  uint16
@@ -36,7 +36,15 @@ const (
 	sInEpoch
 )
 
-func newSession(ackBytes uint64) *session { return &session{ackBytes: ackBytes} }
+// New starts a connection's session that acknowledges durable progress
+// every ackBytes appended.
+func New(ackBytes uint64) *Session { return &Session{ackBytes: ackBytes} }
+
+// Version is the protocol version negotiated at Hello.
+func (s *Session) Version() uint16 { return s.version }
+
+// Epoch is the epoch in flight (or the last one).
+func (s *Session) Epoch() uint64 { return s.epoch }
 
 // negotiate picks the highest version both sides speak.
 func negotiate(h *wire.Hello) (uint16, error) {
@@ -47,11 +55,11 @@ func negotiate(h *wire.Hello) (uint16, error) {
 	return v, nil
 }
 
-// next validates the order of f and says what to do with it. wantSync is
+// Next validates the order of f and says what to do with it. wantSync is
 // set when enough has been appended that progress should be made durable
 // and acknowledged.
-func (s *session) next(f wire.Frame) (st step, wantSync bool, err error) {
-	bad := func(format string, a ...any) (step, bool, error) {
+func (s *Session) Next(f wire.Frame) (st Step, wantSync bool, err error) {
+	bad := func(format string, a ...any) (Step, bool, error) {
 		return 0, false, &wire.Error{Code: wire.ErrProtocol, Message: fmt.Sprintf(format, a...)}
 	}
 	switch s.state {
@@ -65,29 +73,29 @@ func (s *session) next(f wire.Frame) (st step, wantSync bool, err error) {
 			return 0, false, err
 		}
 		s.version, s.vm, s.state = v, h.VM, sIdle
-		return stepHello, false, nil
+		return StepHello, false, nil
 	case sIdle:
 		if _, ok := f.(*wire.TableRequest); ok {
-			return stepTables, false, nil
+			return StepTables, false, nil
 		}
 		b, ok := f.(*wire.EpochBegin)
 		if !ok {
 			return bad("expected EpochBegin, got %s", f.Type())
 		}
 		s.epoch, s.pending, s.state = b.Epoch, 0, sInEpoch
-		return stepBegin, false, nil
+		return StepBegin, false, nil
 	case sInEpoch:
 		switch f := f.(type) {
 		case wire.Item:
 			s.pending += uint64(len(wire.DataOf(f))) + 64
 			if s.pending >= s.ackBytes {
 				s.pending = 0
-				return stepItem, true, nil
+				return StepItem, true, nil
 			}
-			return stepItem, false, nil
+			return StepItem, false, nil
 		case *wire.EpochCommit:
 			s.state = sIdle
-			return stepCommit, false, nil
+			return StepCommit, false, nil
 		}
 		return bad("%s inside epoch %d", f.Type(), s.epoch)
 	}
