@@ -18,7 +18,7 @@
 // here on the epoch is committed. Apply: images, tables and the
 // device-state file are written, synced, the manifest replaced atomically
 // and the journal removed. Apply is idempotent, so recovery after a crash
-// (decideRecovery) simply applies a committed journal again, keeps an
+// (package replica/recovery) simply applies a committed journal again, keeps an
 // uncommitted one for the sender to resume, and discards a stale one.
 //
 // Its users (the receiver, a takeover, a runbook) reach replicas through the

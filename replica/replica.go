@@ -17,6 +17,7 @@ import (
 
 	"github.com/drsync/drsync/blockhash"
 	"github.com/drsync/drsync/journal"
+	"github.com/drsync/drsync/replica/recovery"
 	"github.com/drsync/drsync/vfs"
 	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
@@ -338,10 +339,10 @@ func readFile(fsys vfs.FS, name string) ([]byte, error) {
 	return buf.Bytes(), err
 }
 
-// recover applies the journal recovery rule (see decideRecovery).
+// recover applies the journal recovery rule (see package replica/recovery).
 func (r *Replica) recover() error {
 	jpath := r.p(journalName)
-	facts := journalFacts{}
+	facts := recovery.JournalFacts{}
 	var st *stage
 	var stageErr error
 	validLen, tail, err := journal.Scan(r.o.FS, jpath, r.o.VM, func(off int64, f wire.Frame) error {
@@ -350,11 +351,11 @@ func (r *Replica) recover() error {
 		}
 		switch f := f.(type) {
 		case *wire.EpochBegin:
-			if facts.hasBegin {
+			if facts.HasBegin {
 				stageErr = protoErr("second EpochBegin at %d", off)
 				return nil
 			}
-			facts.hasBegin, facts.epoch = true, f.Epoch
+			facts.HasBegin, facts.Epoch = true, f.Epoch
 			if f.Epoch != r.man.Epoch+1 {
 				return errStopScan
 			}
@@ -366,7 +367,7 @@ func (r *Replica) recover() error {
 			}
 			if stageErr = st.checkCommit(f); stageErr == nil {
 				st.commit = f
-				facts.hasCommit = true
+				facts.HasCommit = true
 			}
 		case wire.Item:
 			if st == nil {
@@ -386,35 +387,35 @@ func (r *Replica) recover() error {
 		if errors.Is(err, journal.ErrCorrupt) {
 			// A header that never became durable: the journal was being
 			// created when the crash hit, so nothing was staged in it.
-			facts.exists = true
+			facts.Exists = true
 			r.log.Warn("journal header unreadable; discarding it", "err", err)
 			return r.removeJournal()
 		}
 		return fmt.Errorf("scan journal: %w (%w)", err, ErrStorage)
 	}
-	facts.exists = true
+	facts.Exists = true
 	if stageErr != nil {
 		// The journal only ever receives validated frames, so a frame that
 		// fails validation here was damaged on disk. What precedes it is
 		// intact; staged (uncommitted) data after it is simply re-sent.
 		r.log.Warn("journal frame failed validation; keeping the prefix before it", "err", stageErr)
-		facts.hasCommit = false
+		facts.HasCommit = false
 		if st != nil {
 			validLen = r.truncateStage(st)
 		}
 	}
-	action := decideRecovery(r.man.Epoch, facts)
-	r.log.Info("journal recovery", "action", action.String(), "journal_epoch", facts.epoch, "committed", r.man.Epoch, "torn_tail", tail != nil)
+	action := recovery.Decide(r.man.Epoch, facts)
+	r.log.Info("journal recovery", "action", action.String(), "journal_epoch", facts.Epoch, "committed", r.man.Epoch, "torn_tail", tail != nil)
 	switch action {
-	case recoverDiscard:
+	case recovery.Discard:
 		return r.removeJournal()
-	case recoverCorrupt:
-		return fmt.Errorf("journal holds epoch %d but the replica is at epoch %d: %w", facts.epoch, r.man.Epoch, ErrCorrupt)
-	case recoverReplay:
+	case recovery.Corrupt:
+		return fmt.Errorf("journal holds epoch %d but the replica is at epoch %d: %w", facts.Epoch, r.man.Epoch, ErrCorrupt)
+	case recovery.Replay:
 		r.st = st
 		r.unlock.note(r.who(fmt.Sprintf("applying epoch %d (an apply a crash interrupted)", st.begin.Epoch)))
 		return r.apply()
-	case recoverResume:
+	case recovery.Resume:
 		jw, err := journal.OpenAppend(r.o.FS, jpath, validLen)
 		if err != nil {
 			return fmt.Errorf("reopen journal: %w (%w)", err, ErrStorage)
