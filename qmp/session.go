@@ -185,6 +185,10 @@ func (s *Session) Execute(ctx context.Context, cmd string, args, reply any) erro
 	if err := s.Err(); err != nil {
 		return err
 	}
+	if err := ctx.Err(); err != nil {
+		// Not sent at all: an ended context must not race the reply.
+		return fmt.Errorf("qmp: %s: %w", cmd, err)
+	}
 	c := goqmp.Command{Execute: cmd}
 	if args != nil {
 		a, err := json.Marshal(args)
@@ -272,6 +276,21 @@ func (s *Session) Close() error {
 	return err
 }
 
+// Events is a queue of events from Subscribe. It is an interface so that
+// other monitors than Session (a fake, QMP passed through libvirt) can hand
+// out their own queues to the same callers.
+type Events interface {
+	// Next returns the next queued event, waiting for one if none is
+	// queued; once the connection has ended and the queue is empty, the
+	// error wraps ErrDisconnected.
+	Next(ctx context.Context) (Event, error)
+	// Wait returns the first queued or future event for which match is
+	// true, dropping the others.
+	Wait(ctx context.Context, match func(Event) bool) (Event, error)
+	// Close stops queueing.
+	Close()
+}
+
 // Subscription queues the events a Session receives after Subscribe,
 // optionally only those with the given names.
 type Subscription struct {
@@ -284,7 +303,7 @@ type Subscription struct {
 
 // Subscribe starts queueing events named names (all events if none).
 // Subscribe before running the command whose events you wait for.
-func (s *Session) Subscribe(names ...string) *Subscription {
+func (s *Session) Subscribe(names ...string) Events {
 	sub := &Subscription{s: s, notify: make(chan struct{}, 1)}
 	if len(names) > 0 {
 		sub.names = map[string]bool{}
@@ -341,8 +360,15 @@ func (sub *Subscription) Next(ctx context.Context) (Event, error) {
 // Wait returns the first queued or future event for which match is true,
 // dropping the others.
 func (sub *Subscription) Wait(ctx context.Context, match func(Event) bool) (Event, error) {
+	return WaitFor(ctx, sub, match)
+}
+
+// WaitFor implements Events.Wait for any queue with Next.
+func WaitFor(ctx context.Context, ev interface {
+	Next(context.Context) (Event, error)
+}, match func(Event) bool) (Event, error) {
 	for {
-		e, err := sub.Next(ctx)
+		e, err := ev.Next(ctx)
 		if err != nil {
 			return e, err
 		}
