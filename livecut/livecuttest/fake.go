@@ -185,6 +185,7 @@ func (f *Fake) exitLocked(reason string) {
 	}
 	f.exited = true
 	f.Status = "shutdown"
+	f.pendingCont = false // no guest left to resume
 	for _, c := range f.conns {
 		if reason == "killed" {
 			c.end(fmt.Errorf("qmp: QEMU at fake went away (exited or killed): %w", qmp.ErrDisconnected))
@@ -744,8 +745,8 @@ func (f *Fake) serveNBDLocked(id, name string, n *Node, bitmap string) error {
 		args = append(args, "--bitmap="+bitmap)
 	}
 	os.Remove(f.nbdPath)
+	// Its stderr is dropped: the readiness probe below makes it complain.
 	cmd := exec.Command("qemu-nbd", append(args, n.File)...)
-	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("fake: qemu-nbd: %v", err)
 	}
