@@ -40,7 +40,9 @@ func TestStartThroughMonitor(t *testing.T) {
 			f := livecuttest.New(t, nil)
 			f.Status, f.Faults = tc.status, tc.faults
 			p := &takeover.Plan{QMP: filepath.Join(dir, "qmp.sock"), Command: []string{"sleep", "60"},
-				Dial: func(ctx context.Context, socket string) (takeover.Monitor, error) { return f.Dial(ctx, socket, qmp.Options{}) }}
+				Dial: func(ctx context.Context, socket string) (takeover.Monitor, error) {
+					return f.Dial(ctx, socket, qmp.Options{})
+				}}
 			stop := listenWhileStarting(t, p.QMP)
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
