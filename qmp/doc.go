@@ -3,6 +3,10 @@
 // and hands asynchronous events (STOP, RESUME, MIGRATION, BLOCK_JOB_*,
 // SHUTDOWN) to subscribers without ever blocking command replies.
 //
+// Subscribe returns the Events interface, so that other monitors (a fake,
+// QMP through libvirt) can hand the same callers their own event queues.
+// Execute does not send a command whose context has already ended.
+//
 // It speaks QMP through github.com/digitalocean/go-qemu's socket monitor.
 // It owns nothing of what the commands mean: which commands cut an epoch,
 // and in which order, is the business of the package that drives the VM.
