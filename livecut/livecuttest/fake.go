@@ -11,7 +11,9 @@
 // 7.2 migration stream of the fake guest's RAM, then emits STOP and
 // MIGRATION completed; an NBD export serves the fleecing overlay through
 // qemu-nbd. Faults make chosen commands fail, the migration fail, or QEMU
-// exit or drop its connection at a chosen point.
+// exit or drop its connection at a chosen point. Expect makes it strict:
+// it replays a script of expected commands (name and argument check) with
+// their replies, errors and events, and fails the test on any other.
 package livecuttest
 
 import (
@@ -70,6 +72,35 @@ type Fault struct {
 	MigrationFails string
 }
 
+// Step is one command of a strict script (Fake.Expect): the command
+// expected next, and how QEMU answers it.
+type Step struct {
+	Cmd string
+	// Args, if set, checks the command's arguments (decoded JSON).
+	Args func(args map[string]any) error
+	// Reply, if set, is the command's return value instead of the model's
+	// answer; Error makes QEMU refuse the command instead.
+	Reply any
+	Error string
+	// Events follow the reply.
+	Events []qmp.Event
+}
+
+// ArgsHave is a Step.Args that wants these top-level arguments, compared
+// as JSON; others may be present too.
+func ArgsHave(want map[string]any) func(map[string]any) error {
+	return func(got map[string]any) error {
+		for k, w := range want {
+			wb, _ := json.Marshal(w)
+			gb, _ := json.Marshal(got[k])
+			if string(wb) != string(gb) {
+				return fmt.Errorf("argument %s is %s, want %s", k, gb, wb)
+			}
+		}
+		return nil
+	}
+}
+
 // Fake is a scripted QEMU. Its exported fields are its state; lock it
 // (Lock, Unlock) to change them while a monitor connection is open.
 type Fake struct {
@@ -91,6 +122,9 @@ type Fake struct {
 	// NoNBD answers block-export-add without serving the export (the
 	// side channel needs qemu-nbd).
 	NoNBD bool
+
+	script []Step // strict mode: the commands still expected
+	strict bool
 
 	mu      sync.Mutex
 	calls   map[string]int
@@ -123,6 +157,26 @@ func New(t testing.TB, disks map[string]int64) *Fake {
 	}
 	t.Cleanup(f.shutdown)
 	return f
+}
+
+// Expect makes the fake strict: every command from now on must be the
+// next of steps, or the test fails and QEMU refuses the command. Steps
+// without a Reply or Error are answered by the model.
+func (f *Fake) Expect(steps ...Step) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.script, f.strict = append(f.script, steps...), true
+}
+
+// Unmet lists the expected commands that did not come.
+func (f *Fake) Unmet() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for _, st := range f.script {
+		out = append(out, st.Cmd)
+	}
+	return out
 }
 
 func (f *Fake) Lock()   { f.mu.Lock() }
@@ -307,6 +361,46 @@ func (c *Conn) Execute(ctx context.Context, cmd string, args, reply any) error {
 		line += " " + string(raw)
 	}
 	f.traceLocked(line)
+	if f.strict {
+		var step Step
+		var bad error
+		switch {
+		case len(f.script) == 0:
+			bad = errors.New("no more commands expected")
+		case f.script[0].Cmd != cmd:
+			bad = fmt.Errorf("expected %s", f.script[0].Cmd)
+		case f.script[0].Args != nil:
+			bad = f.script[0].Args(a)
+		}
+		if bad == nil {
+			step, f.script = f.script[0], f.script[1:]
+		}
+		if bad != nil || step.Reply != nil || step.Error != "" {
+			if bad != nil && f.T != nil {
+				f.T.Errorf("livecuttest: unexpected command %s: %v", line, bad)
+			}
+			if bad == nil && step.Error != "" {
+				bad = errors.New(step.Error)
+			}
+			if bad != nil {
+				f.traceLocked("  error: " + bad.Error())
+				f.mu.Unlock()
+				return &qmp.CommandError{Command: cmd, Desc: bad.Error()}
+			}
+			for _, e := range step.Events {
+				f.emitLocked(e.Name, e.Data)
+			}
+			f.mu.Unlock()
+			return decodeReply(cmd, step.Reply, reply)
+		}
+		defer func() {
+			f.mu.Lock()
+			for _, e := range step.Events {
+				f.emitLocked(e.Name, e.Data)
+			}
+			f.mu.Unlock()
+		}()
+	}
 	fault := f.faultLocked(cmd)
 	if fault != nil && !fault.During {
 		switch {
@@ -345,6 +439,11 @@ func (c *Conn) Execute(ctx context.Context, cmd string, args, reply any) error {
 	if err != nil {
 		return &qmp.CommandError{Command: cmd, Desc: err.Error()}
 	}
+	return decodeReply(cmd, ret, reply)
+}
+
+// decodeReply hands ret to reply through JSON, as a QMP reply travels.
+func decodeReply(cmd string, ret, reply any) error {
 	if reply == nil {
 		return nil
 	}
