@@ -1,6 +1,7 @@
 package livecut_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -231,6 +232,12 @@ func (s *cutScript) run(line string) string {
 				l := fmt.Sprintf("ok: %s %s size=%d", kind, tg.Name, tg.Size)
 				if tg.Kind == wire.KindDisk {
 					l += fmt.Sprintf(" prev=%v", tg.Prev != nil)
+				} else {
+					// The fake's stream went through migstream's parser.
+					s.fake.Lock()
+					ram := slices.Clone(s.fake.RAM)
+					s.fake.Unlock()
+					l += fmt.Sprintf(" same-as-guest=%v", bytes.Equal(readAll(t, tg), ram))
 				}
 				add(l)
 			}
