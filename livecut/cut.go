@@ -14,7 +14,6 @@ import (
 	"github.com/drsync/drsync/blockhash"
 	"github.com/drsync/drsync/diskmirror"
 	"github.com/drsync/drsync/migstream"
-	"github.com/drsync/drsync/qmp"
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/vfs"
 	"github.com/drsync/drsync/vmspec"
@@ -69,7 +68,7 @@ func (s *Source) Snapshot(ctx context.Context) (*sender.Snapshot, error) {
 	return snap, err
 }
 
-func (s *Source) snapshot(ctx context.Context, sess *qmp.Session) (snap *sender.Snapshot, err error) {
+func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snapshot, err error) {
 	c := &cut{s: s, gen: s.nextGen(), prev: s.last}
 	defer func() {
 		if err != nil {
@@ -279,7 +278,7 @@ const PauseAlarm = time.Second
 // with cont, which must never resume a guest someone else paused (or the
 // source of the operator's own migration). A guest an earlier cut of
 // this process left stopped (its cont failed) is resumed first.
-func (s *Source) checkRunning(ctx context.Context, sess *qmp.Session) error {
+func (s *Source) checkRunning(ctx context.Context, sess Monitor) error {
 	var st struct{ Status string }
 	if err := sess.Execute(ctx, "query-status", nil, &st); err != nil {
 		return fmt.Errorf("livecut: %w", err)
@@ -310,7 +309,7 @@ func (s *Source) checkRunning(ctx context.Context, sess *qmp.Session) error {
 // freeze runs while the guest is stopped: fleecing nodes, then one
 // transaction that freezes the old bitmap, starts the new one and starts
 // copy-before-write, so all three see the same instant.
-func (c *cut) freeze(ctx context.Context, sess *qmp.Session) error {
+func (c *cut) freeze(ctx context.Context, sess Monitor) error {
 	s := c.s
 	for i, d := range s.o.Disks {
 		// Added only now: a node that exists before the migration completes
@@ -492,7 +491,7 @@ func (c *cut) close() error {
 	return nil
 }
 
-func (s *Source) cancelMigration(sess *qmp.Session) {
+func (s *Source) cancelMigration(sess Monitor) {
 	if sess.Err() != nil {
 		return
 	}

@@ -47,6 +47,20 @@
 // whose epoch field is the cut's generation and whose tables are the
 // disks' block tables at that cut.
 //
+// The monitor seam: livecut talks to QEMU only through Monitor, declared
+// here by its user with exactly what a cut needs (commands with arguments
+// and a reply, event subscriptions, the version, the connection's end),
+// and connects through Options.Dial (GuardOptions.Dial for Guard). The
+// default, DialQMP, is a plain QMP socket (*qmp.Session); QMP passed
+// through libvirt plugs in the same way. The interface lives here rather
+// than in a shared package because its users differ: takeover needs only
+// two of its methods and declares its own. What every implementation
+// shares is qmp's vocabulary (qmp.Event, qmp.Events, qmp.Version,
+// *qmp.CommandError, qmp.ErrDisconnected), which livecut branches on.
+// livecuttest holds a scripted QEMU behind this seam, with which
+// testdata/cut checks the command sequence of cuts and their failures,
+// and TestMonitor, the behaviours any implementation must have.
+//
 // livecut knows QMP commands and QEMU's block layer; it does not know the
 // wire protocol, replicas or how plans are made.
 package livecut

@@ -135,6 +135,8 @@ type GuardOptions struct {
 	// Settle bounds the wait for QEMU to leave a transient state (a
 	// migration ending) and for the QMP socket to accept us; 10 s if 0.
 	Settle time.Duration
+	// Dial connects to the VM's monitor; DialQMP if nil.
+	Dial DialFunc
 }
 
 // GuardReport says what Guard found and did.
@@ -163,6 +165,9 @@ func Guard(ctx context.Context, o GuardOptions) (GuardReport, error) {
 	if o.Settle <= 0 {
 		o.Settle = 10 * time.Second
 	}
+	if o.Dial == nil {
+		o.Dial = DialQMP
+	}
 	rep := GuardReport{At: time.Now()}
 	m, err := readCutMarker(vfs.Default, o.WorkDir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -178,9 +183,9 @@ func Guard(ctx context.Context, o GuardOptions) (GuardReport, error) {
 
 	ctx, cancel := context.WithTimeout(ctx, o.Settle)
 	defer cancel()
-	var sess *qmp.Session
+	var sess Monitor
 	for {
-		sess, err = qmp.Dial(ctx, o.QMPSocket, qmp.Options{GreetingTimeout: time.Second})
+		sess, err = o.Dial(ctx, o.QMPSocket, qmp.Options{GreetingTimeout: time.Second})
 		if err == nil {
 			break
 		}

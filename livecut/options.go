@@ -27,7 +27,10 @@ const DefaultBlockSize = 64 << 10
 // Options configure a Source.
 type Options struct {
 	QMPSocket string
-	Disks     []Disk
+	// Dial connects to the VM's monitor at QMPSocket; DialQMP (a plain
+	// QMP socket) if nil.
+	Dial  DialFunc
+	Disks []Disk
 	// WorkDir holds the migration socket, the NBD socket, the fleecing
 	// overlays and the state file. The overlays grow with what the guest
 	// writes while an epoch is read, so prefer a file system other than the
@@ -68,6 +71,9 @@ func (o *Options) Validate() error {
 	}
 	if o.FS == nil {
 		o.FS = vfs.Default
+	}
+	if o.Dial == nil {
+		o.Dial = DialQMP
 	}
 	if o.MaxBandwidth == 0 {
 		o.MaxBandwidth = 10 << 30

@@ -49,7 +49,7 @@ type Source struct {
 	o   Options
 	log *slog.Logger
 
-	sess    *qmp.Session
+	sess    Monitor
 	nbdSock string
 	gen     uint64
 	last    *cutIndex // the cut whose tables are known and whose bitmap records since
@@ -88,7 +88,7 @@ func SupportedVersion(v qmp.Version) error {
 
 // session returns a live QMP session, connecting and cleaning up first if
 // needed.
-func (s *Source) session(ctx context.Context) (*qmp.Session, error) {
+func (s *Source) session(ctx context.Context) (Monitor, error) {
 	if s.sess != nil && s.sess.Err() == nil {
 		return s.sess, nil
 	}
@@ -107,7 +107,7 @@ func (s *Source) session(ctx context.Context) (*qmp.Session, error) {
 	if s.o.AllowUntestedQEMU {
 		check = nil
 	}
-	sess, err := qmp.Dial(ctx, s.o.QMPSocket, qmp.Options{CheckVersion: check})
+	sess, err := s.o.Dial(ctx, s.o.QMPSocket, qmp.Options{CheckVersion: check})
 	if err != nil {
 		return nil, fmt.Errorf("livecut: %w", err)
 	}
@@ -124,7 +124,7 @@ func (s *Source) session(ctx context.Context) (*qmp.Session, error) {
 
 // prepare readies a new session: leftovers of a predecessor are removed,
 // the disks checked, migration and the NBD server set up.
-func (s *Source) prepare(ctx context.Context, sess *qmp.Session) error {
+func (s *Source) prepare(ctx context.Context, sess Monitor) error {
 	if !s.loaded {
 		s.last = s.loadState()
 		s.loaded = true
@@ -208,7 +208,7 @@ type blockNode struct {
 	} `json:"dirty-bitmaps"`
 }
 
-func (s *Source) nodes(ctx context.Context, sess *qmp.Session) ([]blockNode, error) {
+func (s *Source) nodes(ctx context.Context, sess Monitor) ([]blockNode, error) {
 	var nodes []blockNode
 	if err := sess.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err != nil {
 		return nil, err
@@ -216,7 +216,7 @@ func (s *Source) nodes(ctx context.Context, sess *qmp.Session) ([]blockNode, err
 	return nodes, nil
 }
 
-func (s *Source) observe(ctx context.Context, sess *qmp.Session) (observed, error) {
+func (s *Source) observe(ctx context.Context, sess Monitor) (observed, error) {
 	var o observed
 	var st struct{ Status string }
 	if err := sess.Execute(ctx, "query-status", nil, &st); err != nil {
@@ -267,7 +267,7 @@ func (s *Source) observe(ctx context.Context, sess *qmp.Session) (observed, erro
 }
 
 // run executes cleanup or teardown steps, all of them even if some fail.
-func (s *Source) run(ctx context.Context, sess *qmp.Session, steps []step) error {
+func (s *Source) run(ctx context.Context, sess Monitor, steps []step) error {
 	var errs []error
 	for _, st := range steps {
 		if st.Cmd == "" {
@@ -300,7 +300,7 @@ func (s *Source) run(ctx context.Context, sess *qmp.Session, steps []step) error
 
 // waitGone polls until a job or export no longer exists: both end
 // asynchronously, and the nodes under them cannot be deleted before.
-func (s *Source) waitGone(ctx context.Context, sess *qmp.Session, cmd, id string) error {
+func (s *Source) waitGone(ctx context.Context, sess Monitor, cmd, id string) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	for {
@@ -329,7 +329,7 @@ func (s *Source) waitGone(ctx context.Context, sess *qmp.Session, cmd, id string
 	}
 }
 
-func (s *Source) waitMigrationIdle(ctx context.Context, sess *qmp.Session) error {
+func (s *Source) waitMigrationIdle(ctx context.Context, sess Monitor) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	for {

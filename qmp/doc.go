@@ -3,8 +3,15 @@
 // and hands asynchronous events (STOP, RESUME, MIGRATION, BLOCK_JOB_*,
 // SHUTDOWN) to subscribers without ever blocking command replies.
 //
-// It speaks QMP through github.com/digitalocean/go-qemu's socket monitor.
-// It owns nothing of what the commands mean: which commands cut an epoch,
+// Subscribe returns the Events interface, so that other monitors (a fake,
+// QMP through libvirt) can hand the same callers their own event queues.
+// Execute does not send a command whose context has already ended.
+//
+// It speaks QMP itself over the unix socket: every command carries an id
+// that QEMU echoes, and one reader hands replies to their commands and
+// events to subscribers. However the connection ends (EOF, or a reset
+// when QEMU dies with input unread), Done closes at once; a session that
+// is idle then still learns that its VM is gone. It owns nothing of what the commands mean: which commands cut an epoch,
 // and in which order, is the business of the package that drives the VM.
 //
 // Errors callers branch on:
@@ -18,7 +25,4 @@
 //   - ErrDisconnected: the connection ended (QEMU exited or was killed).
 //   - *CommandError: QEMU refused a command; it carries QMP's error class
 //     and description.
-//
-// Replies are read line by line by go-qemu with a 64 KiB line limit, so
-// callers ask for compact answers (query-named-block-nodes with flat=true).
 package qmp

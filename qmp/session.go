@@ -8,11 +8,11 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
-
-	goqmp "github.com/digitalocean/go-qemu/qmp"
 )
 
 var (
@@ -62,17 +62,44 @@ type Options struct {
 }
 
 // Session is a connected QMP monitor. It is safe for concurrent use;
-// commands run one at a time.
+// QEMU runs commands one at a time, in the order they were sent.
 type Session struct {
-	mon    *goqmp.SocketMonitor
+	conn   net.Conn
 	socket string
 	ver    Version
 
+	writeMu sync.Mutex // one command on the wire at a time
+	nextID  atomic.Uint64
+
 	mu       sync.Mutex
+	pending  []*call // commands sent and not yet answered, oldest first
 	subs     map[*Subscription]struct{}
 	done     chan struct{}
 	shutdown string // reason of a SHUTDOWN event, if one came
 	closed   bool
+}
+
+// call is a command waiting for its reply.
+type call struct {
+	id string
+	ch chan message // buffered: the reader never waits for an abandoned call
+}
+
+// message is one QMP message from QEMU: a reply (return or error) or an
+// event.
+type message struct {
+	ID     string          `json:"id"`
+	Return json.RawMessage `json:"return"`
+	Error  *struct {
+		Class string `json:"class"`
+		Desc  string `json:"desc"`
+	} `json:"error"`
+	Event     string         `json:"event"`
+	Data      map[string]any `json:"data"`
+	Timestamp struct {
+		Seconds      int64 `json:"seconds"`
+		Microseconds int64 `json:"microseconds"`
+	} `json:"timestamp"`
 }
 
 // Dial connects to the QMP socket at path and negotiates capabilities.
@@ -88,15 +115,17 @@ func Dial(ctx context.Context, path string, o Options) (*Session, error) {
 	if d, ok := ctx.Deadline(); ok && time.Until(d) < timeout {
 		timeout = max(time.Until(d), time.Millisecond)
 	}
-	mon, err := goqmp.NewSocketMonitor("unix", path, timeout)
+	conn, err := net.DialTimeout("unix", path, timeout)
 	if err != nil {
 		if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) {
 			return nil, fmt.Errorf("qmp: nothing listens at %s (the VM is not running?): %w", path, ErrNoSocket)
 		}
 		return nil, fmt.Errorf("qmp: connect %s: %w", path, err)
 	}
+	dec := json.NewDecoder(conn)
+	var ver Version
 	connected := make(chan error, 1)
-	go func() { connected <- mon.Connect() }()
+	go func() { connected <- handshake(conn, dec, &ver) }()
 	t := time.NewTimer(timeout)
 	defer t.Stop()
 	select {
@@ -107,46 +136,96 @@ func Dial(ctx context.Context, path string, o Options) (*Session, error) {
 		err = ctx.Err()
 	}
 	if err != nil {
-		mon.Disconnect()
+		conn.Close()
 		return nil, fmt.Errorf("qmp: %s: %w", path, err)
 	}
-	s := &Session{mon: mon, socket: path, subs: map[*Subscription]struct{}{}, done: make(chan struct{})}
-	if v := mon.Version; v != nil {
-		s.ver = Version{Major: v.QEMU.Major, Minor: v.QEMU.Minor, Micro: v.QEMU.Micro, Package: v.Package}
-	}
+	s := &Session{conn: conn, socket: path, ver: ver, subs: map[*Subscription]struct{}{}, done: make(chan struct{})}
 	if o.CheckVersion != nil {
 		if err := o.CheckVersion(s.ver); err != nil {
-			mon.Disconnect()
+			conn.Close()
 			return nil, fmt.Errorf("qmp: QEMU %s at %s: %w: %w", s.ver, path, err, ErrUnsupportedVersion)
 		}
 	}
-	events, err := mon.Events(context.Background())
-	if err != nil {
-		mon.Disconnect()
-		return nil, fmt.Errorf("qmp: events: %w", err)
-	}
-	go s.pump(events)
+	go s.read(dec)
 	return s, nil
 }
 
-// pump hands events to subscribers. It must never block: go-qemu delivers
-// replies and events from one goroutine, so a stalled event stalls replies.
-func (s *Session) pump(events <-chan goqmp.Event) {
-	for e := range events {
-		ev := Event{Name: e.Event, Data: e.Data, At: time.Unix(e.Timestamp.Seconds, e.Timestamp.Microseconds*1000)}
-		s.mu.Lock()
-		if ev.Name == "SHUTDOWN" {
-			s.shutdown = ev.Str("reason")
-			if s.shutdown == "" {
-				s.shutdown = "shutdown"
-			}
+// handshake reads QEMU's greeting and leaves capabilities negotiation.
+func handshake(conn net.Conn, dec *json.Decoder, ver *Version) error {
+	var g struct {
+		QMP *struct {
+			Version struct {
+				QEMU struct {
+					Major, Minor, Micro int
+				} `json:"qemu"`
+				Package string `json:"package"`
+			} `json:"version"`
+		} `json:"QMP"`
+	}
+	if err := dec.Decode(&g); err != nil {
+		return fmt.Errorf("greeting: %w", err)
+	}
+	if g.QMP == nil {
+		return errors.New("greeting: not a QMP greeting")
+	}
+	v := g.QMP.Version
+	*ver = Version{Major: v.QEMU.Major, Minor: v.QEMU.Minor, Micro: v.QEMU.Micro, Package: v.Package}
+	if _, err := conn.Write([]byte(`{"execute":"qmp_capabilities"}`)); err != nil {
+		return fmt.Errorf("qmp_capabilities: %w", err)
+	}
+	for {
+		var m message
+		if err := dec.Decode(&m); err != nil {
+			return fmt.Errorf("qmp_capabilities: %w", err)
 		}
-		for sub := range s.subs {
-			sub.push(ev)
+		if m.Event != "" {
+			continue
+		}
+		if m.Error != nil {
+			return fmt.Errorf("qmp_capabilities: %s", m.Error.Desc)
+		}
+		return nil
+	}
+}
+
+// read hands replies to the commands waiting for them and events to
+// subscribers until the connection ends, however it ends (EOF, or a reset
+// when QEMU dies with input unread), and then closes done. It never blocks
+// on a reader: a stalled event would stall replies.
+func (s *Session) read(dec *json.Decoder) {
+	defer close(s.done)
+	for {
+		var m message
+		if err := dec.Decode(&m); err != nil {
+			return
+		}
+		s.mu.Lock()
+		if m.Event != "" {
+			ev := Event{Name: m.Event, Data: m.Data, At: time.Unix(m.Timestamp.Seconds, m.Timestamp.Microseconds*1000)}
+			if ev.Name == "SHUTDOWN" {
+				s.shutdown = ev.Str("reason")
+				if s.shutdown == "" {
+					s.shutdown = "shutdown"
+				}
+			}
+			for sub := range s.subs {
+				sub.push(ev)
+			}
+			s.mu.Unlock()
+			continue
+		}
+		// QEMU answers in order and echoes the command's id.
+		i := slices.IndexFunc(s.pending, func(c *call) bool { return c.id == m.ID })
+		if i < 0 && m.ID == "" && len(s.pending) > 0 {
+			i = 0
+		}
+		if i >= 0 {
+			c := s.pending[i]
+			s.pending = slices.Delete(s.pending, i, i+1)
+			c.ch <- m
 		}
 		s.mu.Unlock()
 	}
-	close(s.done)
 }
 
 // Version is the QEMU version from the greeting.
@@ -185,7 +264,15 @@ func (s *Session) Execute(ctx context.Context, cmd string, args, reply any) erro
 	if err := s.Err(); err != nil {
 		return err
 	}
-	c := goqmp.Command{Execute: cmd}
+	if err := ctx.Err(); err != nil {
+		// Not sent at all: an ended context must not race the reply.
+		return fmt.Errorf("qmp: %s: %w", cmd, err)
+	}
+	c := struct {
+		Execute   string          `json:"execute"`
+		Arguments json.RawMessage `json:"arguments,omitempty"`
+		ID        string          `json:"id"`
+	}{Execute: cmd, ID: fmt.Sprintf("drsync-%d", s.nextID.Add(1))}
 	if args != nil {
 		a, err := json.Marshal(args)
 		if err != nil {
@@ -193,60 +280,65 @@ func (s *Session) Execute(ctx context.Context, cmd string, args, reply any) erro
 		}
 		// A typed nil (a nil map) means no arguments: QEMU refuses null.
 		if string(a) != "null" {
-			c.Args = json.RawMessage(a)
+			c.Arguments = json.RawMessage(a)
 		}
 	}
 	req, err := json.Marshal(c)
 	if err != nil {
 		return fmt.Errorf("qmp: %s: encode: %w", cmd, err)
 	}
-	type result struct {
-		raw []byte
-		err error
+	cl := &call{id: c.ID, ch: make(chan message, 1)}
+	s.writeMu.Lock()
+	s.mu.Lock()
+	s.pending = append(s.pending, cl)
+	s.mu.Unlock()
+	// A QEMU that stops reading its monitor fills the socket: the write
+	// then ends with ctx, and the connection with it (a partial command
+	// leaves the stream unusable).
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() { s.conn.SetWriteDeadline(time.Unix(1, 0)); close(fired) })
+	_, werr := s.conn.Write(req)
+	if !stop() {
+		<-fired
+		s.conn.SetWriteDeadline(time.Time{})
 	}
-	ch := make(chan result, 1)
-	go func() {
-		raw, err := s.mon.Run(req)
-		ch <- result{raw, err}
-	}()
-	var r result
+	s.writeMu.Unlock()
+	if werr != nil && errors.Is(werr, os.ErrDeadlineExceeded) {
+		s.conn.Close()
+		return fmt.Errorf("qmp: %s: QEMU does not read its monitor: %w", cmd, ctx.Err())
+	}
+	if werr != nil {
+		// The connection ended. Let the reader drain first, so the error
+		// names a SHUTDOWN reason that arrived just before.
+		select {
+		case <-s.done:
+		case <-time.After(time.Second):
+		}
+		return fmt.Errorf("qmp: %s: %w", cmd, s.lostErr())
+	}
+	var m message
 	select {
-	case r = <-ch:
+	case m = <-cl.ch:
 	case <-ctx.Done():
 		return fmt.Errorf("qmp: %s: %w", cmd, ctx.Err())
 	case <-s.done:
-		return fmt.Errorf("qmp: %s: %w", cmd, s.lostErr())
-	}
-	if r.err != nil {
-		var se *json.SyntaxError
-		if errors.As(r.err, &se) || errors.Is(r.err, net.ErrClosed) || isEOFLike(r.err) {
-			// The connection ended. Let the event pump drain first, so the
-			// error names a SHUTDOWN reason that arrived just before.
-			select {
-			case <-s.done:
-			case <-time.After(time.Second):
-			}
+		// A reply read just before the end still counts.
+		select {
+		case m = <-cl.ch:
+		default:
 			return fmt.Errorf("qmp: %s: %w", cmd, s.lostErr())
 		}
-		return &CommandError{Command: cmd, Desc: r.err.Error()}
+	}
+	if m.Error != nil {
+		return &CommandError{Command: cmd, Desc: m.Error.Desc}
 	}
 	if reply == nil {
 		return nil
 	}
-	var resp struct {
-		Return json.RawMessage `json:"return"`
-	}
-	if err := json.Unmarshal(r.raw, &resp); err != nil {
-		return fmt.Errorf("qmp: %s: decode reply: %w", cmd, err)
-	}
-	if err := json.Unmarshal(resp.Return, reply); err != nil {
-		return fmt.Errorf("qmp: %s: decode reply %s: %w", cmd, truncate(resp.Return), err)
+	if err := json.Unmarshal(m.Return, reply); err != nil {
+		return fmt.Errorf("qmp: %s: decode reply %s: %w", cmd, truncate(m.Return), err)
 	}
 	return nil
-}
-
-func isEOFLike(err error) bool {
-	return err != nil && (err.Error() == "unexpected end of JSON input" || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE))
 }
 
 func truncate(b []byte) string {
@@ -265,11 +357,26 @@ func (s *Session) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
-	err := s.mon.Disconnect()
+	err := s.conn.Close()
 	if errors.Is(err, net.ErrClosed) {
 		err = nil
 	}
 	return err
+}
+
+// Events is a queue of events from Subscribe. It is an interface so that
+// other monitors than Session (a fake, QMP passed through libvirt) can hand
+// out their own queues to the same callers.
+type Events interface {
+	// Next returns the next queued event, waiting for one if none is
+	// queued; once the connection has ended and the queue is empty, the
+	// error wraps ErrDisconnected.
+	Next(ctx context.Context) (Event, error)
+	// Wait returns the first queued or future event for which match is
+	// true, dropping the others.
+	Wait(ctx context.Context, match func(Event) bool) (Event, error)
+	// Close stops queueing.
+	Close()
 }
 
 // Subscription queues the events a Session receives after Subscribe,
@@ -284,7 +391,7 @@ type Subscription struct {
 
 // Subscribe starts queueing events named names (all events if none).
 // Subscribe before running the command whose events you wait for.
-func (s *Session) Subscribe(names ...string) *Subscription {
+func (s *Session) Subscribe(names ...string) Events {
 	sub := &Subscription{s: s, notify: make(chan struct{}, 1)}
 	if len(names) > 0 {
 		sub.names = map[string]bool{}
@@ -341,8 +448,15 @@ func (sub *Subscription) Next(ctx context.Context) (Event, error) {
 // Wait returns the first queued or future event for which match is true,
 // dropping the others.
 func (sub *Subscription) Wait(ctx context.Context, match func(Event) bool) (Event, error) {
+	return WaitFor(ctx, sub, match)
+}
+
+// WaitFor implements Events.Wait for any queue with Next.
+func WaitFor(ctx context.Context, ev interface {
+	Next(context.Context) (Event, error)
+}, match func(Event) bool) (Event, error) {
 	for {
-		e, err := sub.Next(ctx)
+		e, err := ev.Next(ctx)
 		if err != nil {
 			return e, err
 		}

@@ -23,6 +23,11 @@
 // loads it and runs the guest within tens of milliseconds of starting,
 // whatever the guest's RAM size.
 //
+// Start waits for the guest through Monitor, the two QMP operations it
+// uses (commands, close), connected by Options.Dial: a plain QMP socket
+// (DialQMP) unless another monitor, such as QMP through libvirt, is
+// plugged in.
+//
 // takeover must not know how the replica was written, nor anything of the
 // runbook that decides which VMs come up in which order.
 package takeover

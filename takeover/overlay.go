@@ -166,7 +166,7 @@ func PrepareBoot(o Options) (*Plan, error) {
 	if main == nil {
 		return nil, fmt.Errorf("takeover: replica %s has no RAM block %q (the guest's memory size)", o.Replica, o.MainRAM)
 	}
-	p := &Plan{VM: m.VM, RAMSize: main.Size, QMP: filepath.Join(o.WorkDir, "qmp.sock"), Boot: true}
+	p := &Plan{VM: m.VM, RAMSize: main.Size, QMP: filepath.Join(o.WorkDir, "qmp.sock"), Boot: true, Dial: o.Dial}
 	args := append([]string{}, o.Args...)
 	args = append(args, "-m", fmt.Sprintf("%dM", main.Size>>20))
 	for _, d := range o.Disks {

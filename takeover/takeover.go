@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/drsync/drsync/migstream"
-	"github.com/drsync/drsync/qmp"
 	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/vfs"
 	"github.com/drsync/drsync/vmspec"
@@ -81,6 +80,8 @@ type Options struct {
 	// not be torn, or one that lets go shortly after its sender went
 	// silent. DefaultLockWait if 0.
 	LockWait time.Duration
+	// Dial connects Start to the new VM's monitor; DialQMP if nil.
+	Dial DialFunc
 }
 
 // DefaultLockWait is Options.LockWait when left zero: a receiver whose
@@ -154,6 +155,8 @@ type Plan struct {
 	// Boot: a cold boot from existing overlays (PrepareBoot), with no
 	// memory state; Epoch, Cut, RAMFile and Stream are then unset.
 	Boot bool
+	// Dial connects to QMP once QEMU listens (Options.Dial); DialQMP if nil.
+	Dial DialFunc
 }
 
 // Prepare checks the replica and writes what the VM needs: overlays and the
@@ -232,7 +235,7 @@ func Prepare(o Options) (*Plan, error) {
 		return nil, fmt.Errorf("takeover: device state of epoch %d: %w", m.Epoch, err)
 	}
 	p := &Plan{VM: m.VM, Epoch: m.Epoch, Cut: m.Cut, RAMFile: img.Location(main), RAMSize: main.Size,
-		Stream: filepath.Join(o.WorkDir, "state.mig"), QMP: filepath.Join(o.WorkDir, "qmp.sock")}
+		Stream: filepath.Join(o.WorkDir, "state.mig"), QMP: filepath.Join(o.WorkDir, "qmp.sock"), Dial: o.Dial}
 
 	// Every RAM block but the main one travels in the stream; blocks the
 	// replica lacks keep what the new QEMU initialised (ROMs from its own
@@ -411,7 +414,11 @@ func Start(ctx context.Context, p *Plan, stderr io.Writer) (*VM, error) {
 		return nil, err
 	}
 	// Poll tightly: the whole takeover takes tens of milliseconds.
-	var sess *qmp.Session
+	dial := p.Dial
+	if dial == nil {
+		dial = DialQMP
+	}
+	var sess Monitor
 	for sess == nil {
 		select {
 		case <-vm.exited:
@@ -422,7 +429,7 @@ func Start(ctx context.Context, p *Plan, stderr io.Writer) (*VM, error) {
 		}
 		if c, err := net.Dial("unix", p.QMP); err == nil {
 			c.Close()
-			s, err := qmp.Dial(ctx, p.QMP, qmp.Options{})
+			s, err := dial(ctx, p.QMP)
 			if err != nil {
 				return fail(fmt.Errorf("takeover: %w", err))
 			}

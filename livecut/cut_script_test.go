@@ -1,0 +1,407 @@
+package livecut_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/drsync/drsync/blockhash"
+	"github.com/drsync/drsync/livecut"
+	"github.com/drsync/drsync/livecut/livecuttest"
+	"github.com/drsync/drsync/qmp"
+	"github.com/drsync/drsync/sender"
+	"github.com/drsync/drsync/testkit/hosttools"
+	"github.com/drsync/drsync/vmspec"
+)
+
+// Data-driven tests of the cut sequence against livecuttest.Fake: each
+// file in testdata/cut is a script of commands, each followed by "----"
+// and its expected output up to a blank line: the QMP commands livecut
+// issued (with their arguments) and the events QEMU sent, in order, then
+// what the step returned. Lines starting with # are comments. Run with
+// -rewrite to regenerate the expected output (then read the diff).
+//
+//	vm [status=S] [migration=M]          a fake VM with disk0 (1 MiB) running
+//	source [final]                       a livecut.Source for disk vda = node disk0
+//	leftover export=ID@NODE node=N job=ID bitmap=NODE/NAME[:frozen] file=NAME
+//	                                     what a killed sender left behind
+//	fault cmd=C [nth=N] [error="desc"] [exit=reason|killed] [hangup] [during] [migration-fails="desc"]
+//	cut                                  Snapshot
+//	close [planned]                      the open snapshot's Close, after Planned if asked
+//	restart                              the sender dies (its QMP connection ends); a new Source
+//	qemu-restart                         QEMU exits and starts anew: same disk, no bitmaps
+//	exit reason                          QEMU exits (SHUTDOWN reason, or killed)
+//	source-close                         the Source's Close
+//	state                                the fake's state and the work directory
+//
+// Every step also checks that the guest is not left stopped by a cut
+// without a cont issued after its stop (unless the cut is final).
+
+var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of the testdata scripts")
+
+func TestCutScripts(t *testing.T) {
+	hosttools.Need(t, "qemu-img", "qemu-nbd")
+	files, err := filepath.Glob("testdata/cut/*.txt")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no scripts: %v", err)
+	}
+	for _, f := range files {
+		t.Run(strings.TrimSuffix(filepath.Base(f), ".txt"), func(t *testing.T) { runCutScript(t, f) })
+	}
+}
+
+func runCutScript(t *testing.T, path string) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	var out strings.Builder
+	s := &cutScript{t: t, work: filepath.Join(hosttools.ShortTempDir(t, "cut"), "w")}
+	t.Cleanup(s.cleanup)
+	for i := 0; i < len(lines); i++ {
+		line := lines[i]
+		if strings.TrimSpace(line) == "" || strings.HasPrefix(line, "#") {
+			out.WriteString(line + "\n")
+			continue
+		}
+		cmdLine := i + 1
+		if i+1 >= len(lines) || lines[i+1] != "----" {
+			t.Fatalf("%s:%d: %q is not followed by ----", path, cmdLine, line)
+		}
+		i += 2
+		var want []string
+		for ; i < len(lines) && lines[i] != ""; i++ {
+			want = append(want, lines[i])
+		}
+		i--
+		got := s.run(line)
+		if !*rewrite && got != strings.Join(want, "\n") {
+			t.Errorf("%s:%d: %s\ngot:\n%s\nwant:\n%s", path, cmdLine, line, got, strings.Join(want, "\n"))
+		}
+		fmt.Fprintf(&out, "%s\n----\n%s\n", line, got)
+	}
+	if *rewrite {
+		if err := os.WriteFile(path, []byte(out.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+type cutScript struct {
+	t     *testing.T
+	work  string
+	fake  *livecuttest.Fake
+	src   *livecut.Source
+	snap  *sender.Snapshot
+	final bool
+	// finalStop: a final cut stopped the guest, which stays stopped.
+	finalStop bool
+	old       []*livecut.Source // abandoned by a restart: never closed
+}
+
+func (s *cutScript) cleanup() {
+	if s.snap != nil {
+		s.snap.Close()
+	}
+	if s.src != nil {
+		s.src.Close()
+	}
+}
+
+// fields splits a line into words; a double-quoted value may hold spaces.
+func fields(line string) ([]string, error) {
+	var out []string
+	for line = strings.TrimSpace(line); line != ""; line = strings.TrimSpace(line) {
+		i := 0
+		for i < len(line) && line[i] != ' ' {
+			if line[i] == '"' {
+				q, err := strconv.QuotedPrefix(line[i:])
+				if err != nil {
+					return nil, err
+				}
+				i += len(q)
+				continue
+			}
+			i++
+		}
+		w := line[:i]
+		if k, v, ok := strings.Cut(w, "="); ok && strings.HasPrefix(v, `"`) {
+			u, err := strconv.Unquote(v)
+			if err != nil {
+				return nil, err
+			}
+			w = k + "=" + u
+		}
+		out = append(out, w)
+		line = line[i:]
+	}
+	return out, nil
+}
+
+func (s *cutScript) run(line string) string {
+	t := s.t
+	f, err := fields(line)
+	if err != nil {
+		t.Fatalf("%s: %v", line, err)
+	}
+	args := map[string]string{}
+	for _, w := range f[1:] {
+		k, v, _ := strings.Cut(w, "=")
+		args[k] = v
+	}
+	var out []string
+	add := func(l ...string) { out = append(out, l...) }
+	switch f[0] {
+	case "vm":
+		s.newVM()
+		if args["status"] != "" {
+			s.fake.Status = args["status"]
+		}
+		s.fake.Migration = args["migration"]
+		add("ok")
+		return strings.Join(out, "\n")
+	case "source":
+		_, s.final = args["final"]
+		s.newSource()
+		add("ok")
+		return strings.Join(out, "\n")
+	case "leftover":
+		s.fake.Lock()
+		for _, w := range f[1:] {
+			k, v, _ := strings.Cut(w, "=")
+			switch k {
+			case "export": // ID@NODE
+				id, node, _ := strings.Cut(v, "@")
+				s.fake.Exports[id] = node
+			case "job":
+				s.fake.Jobs = append(s.fake.Jobs, v)
+			case "node":
+				s.fake.Nodes = append(s.fake.Nodes, &livecuttest.Node{Name: v, Size: 1 << 20})
+			case "bitmap":
+				nb, frozen := strings.CutSuffix(v, ":frozen")
+				node, name, _ := strings.Cut(nb, "/")
+				n := s.fake.Node(node)
+				n.Bitmaps = append(n.Bitmaps, livecuttest.Bitmap{Name: name, Recording: !frozen})
+			case "file":
+				os.MkdirAll(s.work, 0o700)
+				if err := os.WriteFile(filepath.Join(s.work, v), []byte("left"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			default:
+				t.Fatalf("%s: unknown leftover %s", line, k)
+			}
+		}
+		s.fake.Unlock()
+		add("ok")
+		return strings.Join(out, "\n")
+	case "fault":
+		fl := livecuttest.Fault{Cmd: args["cmd"], Error: args["error"], Exit: args["exit"], MigrationFails: args["migration-fails"]}
+		_, fl.Hangup = args["hangup"]
+		_, fl.During = args["during"]
+		if args["nth"] != "" {
+			fl.Nth, _ = strconv.Atoi(args["nth"])
+		}
+		s.fake.Lock()
+		s.fake.Faults = append(s.fake.Faults, fl)
+		s.fake.Unlock()
+		add("ok")
+		return strings.Join(out, "\n")
+	case "cut":
+		snap, err := s.src.Snapshot(context.Background())
+		add(s.fake.Trace()...)
+		if err != nil {
+			add(s.errLines(err)...)
+		} else {
+			s.snap = snap
+			for _, tg := range snap.Targets {
+				kind := "ram"
+				if tg.Kind == vmspec.KindDisk {
+					kind = "disk"
+				}
+				l := fmt.Sprintf("ok: %s %s size=%d", kind, tg.Name, tg.Size)
+				if tg.Kind == vmspec.KindDisk {
+					l += fmt.Sprintf(" prev=%v", tg.Prev != nil)
+				} else {
+					// The fake's stream went through migstream's parser.
+					s.fake.Lock()
+					ram := slices.Clone(s.fake.RAM)
+					s.fake.Unlock()
+					l += fmt.Sprintf(" same-as-guest=%v", bytes.Equal(readAll(t, tg), ram))
+				}
+				add(l)
+			}
+		}
+	case "close":
+		if s.snap == nil {
+			t.Fatalf("%s: no open snapshot", line)
+		}
+		if _, ok := args["planned"]; ok {
+			tables := map[string]*blockhash.Table{}
+			for _, tg := range s.snap.Targets {
+				if tg.Kind == vmspec.KindDisk {
+					b := readAll(t, tg)
+					ext, err := tg.Extents(context.Background(), 0, tg.Size)
+					if err != nil {
+						t.Fatalf("%s: extents of %s: %v", line, tg.Name, err)
+					}
+					var es []string
+					for _, e := range ext {
+						x := fmt.Sprintf("%d+%d", e.Off, e.Len)
+						if e.Zero {
+							x += ",zero"
+						}
+						if e.Unchanged {
+							x += ",unchanged"
+						}
+						es = append(es, x)
+					}
+					add(fmt.Sprintf("extents %s: %s", tg.Name, strings.Join(es, " ")))
+					tables[sender.TableKey(tg.Kind, tg.Name)] = tableOf(b, tg.BlockSize)
+				}
+			}
+			s.snap.Planned(tables)
+		}
+		err := s.snap.Close()
+		s.snap = nil
+		add(s.fake.Trace()...)
+		add(s.result(err)...)
+	case "restart":
+		s.fake.DropClients()
+		s.old = append(s.old, s.src)
+		s.snap = nil
+		s.newSource()
+		add("ok")
+		return strings.Join(out, "\n")
+	case "qemu-restart":
+		s.fake.Exit("host-qmp-quit")
+		add(s.fake.Trace()...)
+		s.newVM()
+		add("ok")
+		return strings.Join(out, "\n")
+	case "exit":
+		s.fake.Exit(f[1])
+		add(s.fake.Trace()...)
+		add("ok")
+		return strings.Join(out, "\n")
+	case "source-close":
+		err := s.src.Close()
+		s.snap = nil
+		add(s.fake.Trace()...)
+		add(s.result(err)...)
+	case "state":
+		return strings.Join(s.state(), "\n")
+	default:
+		t.Fatalf("unknown command %q", line)
+	}
+	s.fake.Lock()
+	st := s.fake.Status
+	s.fake.Unlock()
+	add("guest: " + st)
+	if s.fake.PendingCont() {
+		// Only a final cut may leave its stop without a cont, for good.
+		s.finalStop = s.finalStop || s.final
+		if !s.finalStop {
+			t.Errorf("%s: the cut stopped the guest and issued no cont", line)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+func (s *cutScript) newVM() {
+	s.fake = livecuttest.New(s.t, map[string]int64{"disk0": 1 << 20})
+	s.fake.Replace = strings.NewReplacer(s.work, "$WORK")
+}
+
+func (s *cutScript) newSource() {
+	src, err := livecut.New(livecut.Options{
+		QMPSocket: "qmp.sock",
+		// Through the script's current fake, which qemu-restart replaces.
+		Dial: func(ctx context.Context, socket string, o qmp.Options) (livecut.Monitor, error) {
+			return s.fake.Dial(ctx, socket, o)
+		},
+		Disks:   []livecut.Disk{{Name: "vda", Node: "disk0"}},
+		WorkDir: s.work,
+		Now:     func() time.Time { return time.Unix(0, 100) },
+		Final:   s.final,
+		Logger:  slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.src = src
+}
+
+func (s *cutScript) result(err error) []string {
+	if err == nil {
+		return []string{"ok"}
+	}
+	return s.errLines(err)
+}
+
+// errLines shows an error and the markers callers branch on.
+func (s *cutScript) errLines(err error) []string {
+	msg := strings.ReplaceAll(err.Error(), s.work, "$WORK")
+	out := []string{"error: " + msg}
+	var is []string
+	for _, m := range []struct {
+		name string
+		err  error
+	}{
+		{"ErrVMGone", livecut.ErrVMGone}, {"ErrCutFailed", livecut.ErrCutFailed}, {"ErrGuestPaused", livecut.ErrGuestPaused},
+		{"ErrDiskNotFound", livecut.ErrDiskNotFound}, {"ErrSwitchedBack", livecut.ErrSwitchedBack},
+		{"qmp.ErrDisconnected", qmp.ErrDisconnected}, {"qmp.ErrNoSocket", qmp.ErrNoSocket}, {"sender.ErrSnapshotLost", sender.ErrSnapshotLost},
+	} {
+		if errors.Is(err, m.err) {
+			is = append(is, m.name)
+		}
+	}
+	var ce *qmp.CommandError
+	if errors.As(err, &ce) {
+		is = append(is, "*qmp.CommandError")
+	}
+	if len(is) > 0 {
+		out = append(out, "is: "+strings.Join(is, ", "))
+	}
+	return out
+}
+
+func (s *cutScript) state() []string {
+	f := s.fake
+	f.Lock()
+	defer f.Unlock()
+	out := []string{fmt.Sprintf("status=%s migration=%q", f.Status, f.Migration)}
+	for _, n := range f.Nodes {
+		l := "node " + n.Name
+		for _, b := range n.Bitmaps {
+			l += " bitmap=" + b.Name
+			if !b.Recording {
+				l += ":frozen"
+			}
+		}
+		out = append(out, l)
+	}
+	var ex []string
+	for id := range f.Exports {
+		ex = append(ex, id)
+	}
+	slices.Sort(ex)
+	out = append(out, fmt.Sprintf("exports=%v jobs=%v", ex, f.Jobs))
+	ents, _ := os.ReadDir(s.work)
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	out = append(out, fmt.Sprintf("files=%v", names))
+	return out
+}
