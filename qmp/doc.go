@@ -7,11 +7,15 @@
 // QMP through libvirt) can hand the same callers their own event queues.
 // Execute does not send a command whose context has already ended.
 //
-// It speaks QMP itself over the unix socket: every command carries an id
-// that QEMU echoes, and one reader hands replies to their commands and
-// events to subscribers. However the connection ends (EOF, or a reset
-// when QEMU dies with input unread), Done closes at once; a session that
-// is idle then still learns that its VM is gone. It owns nothing of what the commands mean: which commands cut an epoch,
+// It speaks QMP itself over the unix socket (line-delimited JSON): every
+// command carries an id that QEMU echoes, and one reader hands replies to
+// their commands and events to subscribers. However the connection ends
+// (EOF, or a reset when QEMU dies with input unread), Done closes at once,
+// so a session that is idle still learns that its VM is gone; go-qemu's
+// monitor, used before, kept such a reset for the next command and never
+// ended its event stream.
+//
+// It owns nothing of what the commands mean: which commands cut an epoch,
 // and in which order, is the business of the package that drives the VM.
 //
 // Errors callers branch on:
