@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
+	"sync/atomic"
 	"time"
 
 	"github.com/drsync/drsync/ratelimit"
@@ -31,7 +33,10 @@ type DialOptions struct {
 	// Cap, in bytes/s, caps what all the streams dialled write together
 	// (0: no cap).
 	Cap float64
-	Now func() time.Time
+	// Limit, if set, is the cap to dial under instead of Cap: one that
+	// can change while connections are open (Agent.Reload sets it).
+	Limit *Cap
+	Now   func() time.Time
 }
 
 // Validate checks o.
@@ -59,6 +64,9 @@ func Dial(o DialOptions) (sender.Dialer, error) {
 		return nil, err
 	}
 	var d sender.Dialer = quicDialer(o.Address, o.TLS, o.Transport, o.Connections)
+	if o.Limit != nil {
+		return o.Limit.Dialer(d), nil
+	}
 	if o.Cap > 0 {
 		now := o.Now
 		if now == nil {
@@ -72,6 +80,86 @@ func Dial(o DialOptions) (sender.Dialer, error) {
 	}
 	return d, nil
 }
+
+// Cap is the link's bandwidth cap, shared by every connection dialled
+// under it, which can change, or be lifted or set, while they are open.
+type Cap struct {
+	lim  *ratelimit.Limiter
+	rate atomic.Uint64 // math.Float64bits of bytes/s; 0: no cap
+}
+
+// unlimitedBurst is the limiter's burst when the cap starts lifted: the
+// default burst follows the first rate, and a later one keeps it.
+const unlimitedBurst = 256 << 10
+
+// NewCap returns a cap of rate bytes/s (0: none yet).
+func NewCap(rate float64, now func() time.Time) (*Cap, error) {
+	if rate < 0 || math.IsNaN(rate) || math.IsInf(rate, 0) {
+		return nil, fmt.Errorf("bandwidth cap %g bytes/s: must be a finite number, 0 or more", rate)
+	}
+	if now == nil {
+		now = time.Now
+	}
+	lo := ratelimit.Options{Rate: rate, Now: now, Sleep: SleepCtx}
+	if rate == 0 {
+		// The limiter needs a rate; it is not consulted until one is set.
+		lo.Rate, lo.Burst = 1<<20, unlimitedBurst
+	}
+	lim, err := ratelimit.New(lo)
+	if err != nil {
+		return nil, err
+	}
+	c := &Cap{lim: lim}
+	c.rate.Store(math.Float64bits(rate))
+	return c, nil
+}
+
+// Rate is the cap in bytes/s, 0 when there is none.
+func (c *Cap) Rate() float64 { return math.Float64frombits(c.rate.Load()) }
+
+// Set changes the cap to rate bytes/s (0: none) for every connection,
+// open or to come, from their next write on.
+func (c *Cap) Set(rate float64) error {
+	if rate < 0 || math.IsNaN(rate) || math.IsInf(rate, 0) {
+		return fmt.Errorf("bandwidth cap %g bytes/s: must be a finite number, 0 or more", rate)
+	}
+	if rate > 0 {
+		if err := c.lim.SetRate(rate); err != nil {
+			return err
+		}
+	}
+	c.rate.Store(math.Float64bits(rate))
+	return nil
+}
+
+// Dialer puts every connection d opens under c.
+func (c *Cap) Dialer(d sender.Dialer) sender.Dialer {
+	return sender.DialFunc(func(ctx context.Context) (io.ReadWriteCloser, error) {
+		rw, err := d.Dial(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return &capConn{ReadWriteCloser: rw, limited: ratelimit.NewConn(rw, c.lim), c: c}, nil
+	})
+}
+
+// capConn writes through the limiter while there is a cap, directly
+// otherwise.
+type capConn struct {
+	io.ReadWriteCloser
+	limited *ratelimit.Conn
+	c       *Cap
+}
+
+func (cc *capConn) Write(p []byte) (int, error) {
+	if cc.c.Rate() == 0 {
+		return cc.ReadWriteCloser.Write(p)
+	}
+	return cc.limited.Write(p)
+}
+
+// Close also ends a write waiting for the limiter.
+func (cc *capConn) Close() error { return cc.limited.Close() }
 
 // CappedDialer puts every connection d opens under lim.
 func CappedDialer(d sender.Dialer, lim *ratelimit.Limiter) sender.Dialer {
