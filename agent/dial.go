@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"sync/atomic"
 	"time"
 
@@ -139,37 +140,48 @@ func (c *Cap) Dialer(d sender.Dialer) sender.Dialer {
 		if err != nil {
 			return nil, err
 		}
-		return &capConn{ReadWriteCloser: rw, limited: ratelimit.NewConn(rw, c.lim), c: c}, nil
+		cctx, cancel := context.WithCancel(context.Background())
+		return &capConn{ReadWriteCloser: rw, c: c, ctx: cctx, cancel: cancel}, nil
 	})
 }
 
-// capConn writes through the limiter while there is a cap, directly
-// otherwise.
+// capChunk is the most a capConn writes per wait: no more than the least
+// burst of a limiter, so that a new cap applies within one such piece.
+const capChunk = 64 << 10
+
+// capConn writes through the cap's limiter while there is a cap, directly
+// otherwise, looking again at each piece of a write.
 type capConn struct {
 	io.ReadWriteCloser
-	limited *ratelimit.Conn
-	c       *Cap
+	c      *Cap
+	ctx    context.Context // ended by Close: ends a waiting write
+	cancel context.CancelFunc
 }
 
 func (cc *capConn) Write(p []byte) (int, error) {
-	if cc.c.Rate() == 0 {
-		return cc.ReadWriteCloser.Write(p)
+	var done int
+	for len(p) > 0 {
+		n := len(p)
+		if cc.c.Rate() > 0 {
+			n = min(n, capChunk)
+			if err := cc.c.lim.Wait(cc.ctx, n); err != nil {
+				return done, fmt.Errorf("rate limit: %w", net.ErrClosed)
+			}
+		}
+		m, err := cc.ReadWriteCloser.Write(p[:n])
+		done += m
+		if err != nil {
+			return done, err
+		}
+		p = p[n:]
 	}
-	return cc.limited.Write(p)
+	return done, nil
 }
 
-// Close also ends a write waiting for the limiter.
-func (cc *capConn) Close() error { return cc.limited.Close() }
-
-// CappedDialer puts every connection d opens under lim.
-func CappedDialer(d sender.Dialer, lim *ratelimit.Limiter) sender.Dialer {
-	return sender.DialFunc(func(ctx context.Context) (io.ReadWriteCloser, error) {
-		rw, err := d.Dial(ctx)
-		if err != nil {
-			return nil, err
-		}
-		return ratelimit.NewConn(rw, lim), nil
-	})
+// Close closes the connection and ends a waiting write.
+func (cc *capConn) Close() error {
+	cc.cancel()
+	return cc.ReadWriteCloser.Close()
 }
 
 // quicDialer connects to the receiver at addr: a QUIC connection, verified
@@ -203,4 +215,15 @@ func quicDialOne(addr string, tlsConf *tls.Config, opts transport.Options) sende
 		}
 		return transport.NewStreamConn(s, conn, senderLinger), nil
 	}
+}
+
+// CappedDialer puts every connection d opens under lim.
+func CappedDialer(d sender.Dialer, lim *ratelimit.Limiter) sender.Dialer {
+	return sender.DialFunc(func(ctx context.Context) (io.ReadWriteCloser, error) {
+		rw, err := d.Dial(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return ratelimit.NewConn(rw, lim), nil
+	})
 }
