@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"reflect"
 	"strings"
 	"syscall"
 	"time"
@@ -70,21 +71,9 @@ without running in two places. This QEMU then stays paused; stop it.`,
 		if err != nil {
 			return err
 		}
-		vms := make([]*VMConfig, 0, len(cfg.VMs))
-		if vmName != "" {
-			v, ok := cfg.vm(vmName)
-			if !ok {
-				var names []string
-				for _, v := range cfg.VMs {
-					names = append(names, v.Name)
-				}
-				return usagef("--vm %q: no such VM in %s (configured: %s)", vmName, configPath, strings.Join(names, ", "))
-			}
-			vms = append(vms, v)
-		} else {
-			for i := range cfg.VMs {
-				vms = append(vms, &cfg.VMs[i])
-			}
+		vms, err := cfg.selectVMs(vmName)
+		if err != nil {
+			return usagef("%v", err)
 		}
 		// The progress bar goes to a terminal: stderr when logs are shown
 		// there too (the bar then redraws around each log line), else stdout.
@@ -111,7 +100,7 @@ without running in two places. This QEMU then stays paused; stop it.`,
 				}
 			}
 		}
-		return send(ctx, e, cfg, vms, sendOptions{once: once, final: final, retries: retries, log: log, bar: bar})
+		return send(ctx, e, cfg, vms, sendOptions{once: once, final: final, retries: retries, log: log, bar: bar, vmName: vmName})
 	}
 	return c
 }
@@ -121,9 +110,9 @@ without running in two places. This QEMU then stays paused; stop it.`,
 // its death leaves the guest stopped.
 const faultEnv = "DRSYNC_FAULT"
 
-// guardPipe is the write end of the guest guard's pipe: it stays open,
-// and referenced, for the sender's whole life.
-var guardPipe *os.File
+// guardPipes are the write ends of the guest guards' pipes: they stay
+// open, and referenced, for the sender's whole life.
+var guardPipes []*os.File
 
 type sendOptions struct {
 	once    bool
@@ -131,6 +120,27 @@ type sendOptions struct {
 	retries int  // per epoch; negative: until success
 	log     *slog.Logger
 	bar     *progressBar // nil unless stderr is a terminal
+	vmName  string       // --vm: only this VM, also after a reload
+}
+
+// selectVMs returns the VMs of c to replicate: the one named, or all.
+func (c *SenderConfig) selectVMs(name string) ([]*VMConfig, error) {
+	vms := make([]*VMConfig, 0, len(c.VMs))
+	if name == "" {
+		for i := range c.VMs {
+			vms = append(vms, &c.VMs[i])
+		}
+		return vms, nil
+	}
+	v, ok := c.vm(name)
+	if !ok {
+		var names []string
+		for _, v := range c.VMs {
+			names = append(names, v.Name)
+		}
+		return nil, fmt.Errorf("--vm %q: no such VM in %s (configured: %s)", name, c.file, strings.Join(names, ", "))
+	}
+	return append(vms, v), nil
 }
 
 // send builds the agent's options from the configuration and runs it.
@@ -146,19 +156,31 @@ func send(ctx context.Context, e *env, cfg *SenderConfig, vms []*VMConfig, o sen
 	// One cap for all VMs: the link's. Each VM's epochs are planned with
 	// an equal share of it.
 	cp := float64(cfg.Receiver.BandwidthCap)
+	// A cap that a reload can change, lift or set, even when there is
+	// none yet.
+	limit, err := agent.NewCap(cp, e.now)
+	if err != nil {
+		return &configError{cfg.file, "receiver.bandwidth_cap", err}
+	}
 	dialer, err := agent.Dial(agent.DialOptions{Address: cfg.Receiver.Address, TLS: tlsid.ClientTLS(id, trust), Transport: cfg.transportOptions(),
-		Connections: cfg.Receiver.Connections, Cap: cp, Now: e.now})
+		Connections: cfg.Receiver.Connections, Cap: cp, Limit: limit, Now: e.now})
 	if err != nil {
 		return &configError{cfg.file, "receiver.bandwidth_cap", err}
 	}
 	ao := agent.Options{Dialer: dialer, Once: o.once, Final: o.final, Retries: o.retries, CapShare: cp / float64(len(vms)),
+		Cap: limit, BandwidthCap: cp,
 		Logger: o.log, Receiver: cfg.Receiver.Address, Fingerprint: id.Fingerprint, Now: e.now,
 		StartGuard: func(vms []agent.GuardVM) (err error) {
 			exe, err := os.Executable()
 			if err != nil {
 				return fmt.Errorf("start the guest guard: %w", err)
 			}
-			guardPipe, err = agent.StartGuard([]string{exe, guardCommandName}, vms, o.log)
+			// A reload guards the VMs it adds with a guard of their own;
+			// every pipe stays open for the sender's life.
+			p, err := agent.StartGuard([]string{exe, guardCommandName}, vms, o.log)
+			if err == nil {
+				guardPipes = append(guardPipes, p)
+			}
 			return err
 		}}
 	if o.bar != nil {
@@ -187,7 +209,75 @@ func send(ctx context.Context, e *env, cfg *SenderConfig, vms []*VMConfig, o sen
 	defer a.Close()
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+			}
+			if o.once {
+				o.log.Warn("SIGHUP ignored: drsync send --once reads its configuration once")
+				continue
+			}
+			next, err := reloadSend(e, cfg, ao, a, o)
+			if err != nil {
+				// Never fatal: the running configuration stays.
+				o.log.Error("reload refused; still running with the previous configuration", "err", err)
+				continue
+			}
+			cfg = next
+			o.log.Info("reload: configuration applied", "config", cfg.file)
+		}
+	}()
 	return a.Run(ctx)
+}
+
+// reloadSend reads the configuration file again and applies it to a, whose
+// options were base, as cur said. What only a restart can change is
+// refused: the receiver (but its bandwidth cap), the identity, the state
+// directory, the metrics endpoint.
+func reloadSend(e *env, cur *SenderConfig, base agent.Options, a *agent.Agent, o sendOptions) (*SenderConfig, error) {
+	o.log.Info("reload: reading the configuration again", "config", cur.file)
+	cfg, err := loadSenderConfig(cur.file)
+	if err != nil {
+		return nil, err
+	}
+	rc, cc := cfg.Receiver, cur.Receiver
+	rc.BandwidthCap, cc.BandwidthCap = 0, 0
+	switch {
+	case !reflect.DeepEqual(rc, cc):
+		return nil, fmt.Errorf("%s: [receiver] changed other than bandwidth_cap: %w", cfg.file, agent.ErrNeedsRestart)
+	case !reflect.DeepEqual(cfg.Identity, cur.Identity):
+		return nil, fmt.Errorf("%s: [identity] changed: %w", cfg.file, agent.ErrNeedsRestart)
+	case cfg.Metrics != cur.Metrics:
+		return nil, fmt.Errorf("%s: metrics changed: %w", cfg.file, agent.ErrNeedsRestart)
+	}
+	id, err := cfg.Identity.load(cfg.file)
+	if err != nil {
+		return nil, err
+	}
+	vms, err := cfg.selectVMs(o.vmName)
+	if err != nil {
+		return nil, err
+	}
+	cp := float64(cfg.Receiver.BandwidthCap)
+	ao := base
+	ao.VMs, ao.BandwidthCap, ao.CapShare, ao.Fingerprint = nil, cp, cp/float64(len(vms)), id.Fingerprint
+	for _, v := range vms {
+		av, err := cfg.agentVM(v, e.now)
+		if err != nil {
+			return nil, err
+		}
+		ao.VMs = append(ao.VMs, av)
+	}
+	if err := a.Reload(ao); err != nil {
+		return nil, err
+	}
+	return cfg, nil
 }
 
 // agentVM converts a VM's entry to the agent's options, checking first
