@@ -39,7 +39,12 @@ of them were committed (for cron and systemd timers).
 --final (with --once, live VMs only) is the last epoch of a planned
 switch-back: the guest is cut and not resumed, so once the epoch is
 committed the VM can start at the other site (drsync failover there)
-without running in two places. This QEMU then stays paused; stop it.`,
+without running in two places. This QEMU then stays paused; stop it.
+
+SIGHUP (systemctl reload) reads the configuration again and applies it
+without dropping an epoch in flight; one that does not load is logged and
+the running one kept. [receiver] (but bandwidth_cap), [identity] and
+metrics need a restart. --once ignores SIGHUP.`,
 		flags: func(set *flag.FlagSet) {
 			set.StringVar(&configPath, "config", "", "sender configuration file (required)")
 			set.BoolVar(&once, "once", false, "send one epoch per VM, then exit")
