@@ -34,10 +34,7 @@ type DialOptions struct {
 	// Cap, in bytes/s, caps what all the streams dialled write together
 	// (0: no cap).
 	Cap float64
-	// Limit, if set, is the cap to dial under instead of Cap: one that
-	// can change while connections are open (Agent.Reload sets it).
-	Limit *Cap
-	Now   func() time.Time
+	Now func() time.Time
 }
 
 // Validate checks o.
@@ -59,27 +56,17 @@ func (o *DialOptions) Validate() error {
 
 // Dial returns the dialer of the receiver o describes: a QUIC connection
 // carrying one stream (closing the stream closes the connection), or
-// several striped, under one bandwidth cap for the whole link.
-func Dial(o DialOptions) (sender.Dialer, error) {
+// several striped, under one bandwidth cap for the whole link, which
+// Options.Cap hands to Reload to change (even from or to none).
+func Dial(o DialOptions) (sender.Dialer, *Cap, error) {
 	if err := o.Validate(); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	var d sender.Dialer = quicDialer(o.Address, o.TLS, o.Transport, o.Connections)
-	if o.Limit != nil {
-		return o.Limit.Dialer(d), nil
+	c, err := NewCap(o.Cap, o.Now)
+	if err != nil {
+		return nil, nil, err
 	}
-	if o.Cap > 0 {
-		now := o.Now
-		if now == nil {
-			now = time.Now
-		}
-		lim, err := ratelimit.New(ratelimit.Options{Rate: o.Cap, Now: now, Sleep: SleepCtx})
-		if err != nil {
-			return nil, err
-		}
-		d = CappedDialer(d, lim)
-	}
-	return d, nil
+	return c.Dialer(quicDialer(o.Address, o.TLS, o.Transport, o.Connections)), c, nil
 }
 
 // Cap is the link's bandwidth cap, shared by every connection dialled

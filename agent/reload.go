@@ -1,9 +1,11 @@
 package agent
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"reflect"
 	"slices"
 )
@@ -101,6 +103,7 @@ func (a *Agent) Reload(o Options) error {
 	for _, name := range d.removed {
 		if l := a.loopOf(name); l != nil {
 			l.retire()
+			go a.reap(l)
 		}
 		log.Info(fmt.Sprintf("reload: vm %s removed: it stops after its epoch in flight", name))
 	}
@@ -154,7 +157,7 @@ func (a *Agent) startAfter(old *vmLoop, v VM, share float64) {
 	a.active++
 	go func() {
 		if old != nil {
-			<-old.exited
+			a.reap(old)
 		}
 		l, err := a.newVMLoop(v, share)
 		a.mu.Lock()
@@ -174,6 +177,19 @@ func (a *Agent) startAfter(old *vmLoop, v VM, share float64) {
 		}
 		a.settleLocked()
 	}()
+}
+
+// reap waits for l to end and, if it is still listed (it ended on its own
+// before a reload retired it), closes it and takes it off the list.
+func (a *Agent) reap(l *vmLoop) {
+	<-l.exited
+	a.mu.Lock()
+	listed := slices.Contains(a.loops, l)
+	a.loops = slices.DeleteFunc(a.loops, func(x *vmLoop) bool { return x == l })
+	a.mu.Unlock()
+	if listed {
+		l.close()
+	}
 }
 
 // loopOf is the loop of the VM named, retired or not; nil if none.
@@ -253,4 +269,33 @@ func capString(bps float64) string {
 		return "none"
 	}
 	return formatRate(bps)
+}
+
+// ReloadOn reloads a each time ask delivers, until ctx ends, with the
+// options load returns (the configuration read again). A load or a reload
+// that fails is logged and changes nothing: the running options stay.
+func (a *Agent) ReloadOn(ctx context.Context, ask <-chan os.Signal, load func() (Options, error)) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-ask:
+		}
+		a.mu.Lock()
+		log, once := a.o.Logger, a.o.Once
+		a.mu.Unlock()
+		if once {
+			log.Warn("reload ignored: sending one epoch per VM, the options are read once")
+			continue
+		}
+		o, err := load()
+		if err == nil {
+			err = a.Reload(o)
+		}
+		if err != nil {
+			log.Error("reload refused; still running with the previous configuration", "err", err)
+			continue
+		}
+		log.Info("reload: configuration applied")
+	}
 }

@@ -353,3 +353,47 @@ func TestCap(t *testing.T) {
 		t.Error("negative cap accepted")
 	}
 }
+
+// A VM changed otherwise than in pacing is replaced after its epoch in
+// flight: the new loop goes on from the committed epochs, in the same
+// state directory.
+func TestReloadReplacesChangedVM(t *testing.T) {
+	dir := t.TempDir()
+	r := newReloadRig(t, dir, 0, fileVM(t, dir, "web-1", 256<<10, 100*time.Millisecond))
+	stateDir := filepath.Join(dir, "state", "web-1")
+	r.waitFor(20*time.Second, "web-1 not replicated", func() bool {
+		st, err := ReadStatus(stateDir)
+		return err == nil && st.Epochs >= 2
+	})
+	r.a.mu.Lock()
+	old := r.a.loops[0]
+	r.a.mu.Unlock()
+	if err := r.reload(func(o *Options) { o.VMs[0].Dedup = !o.VMs[0].Dedup }); err != nil {
+		t.Fatal(err)
+	}
+	r.waitFor(20*time.Second, "the old loop did not end", func() bool {
+		select {
+		case <-old.exited:
+			return true
+		default:
+			return false
+		}
+	})
+	st, err := ReadStatus(stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.waitFor(20*time.Second, "the new loop committed nothing", func() bool {
+		r.a.mu.Lock()
+		defer r.a.mu.Unlock()
+		return len(r.a.loops) == 1 && r.a.loops[0] != old && r.a.loops[0].vm.Dedup == r.o.VMs[0].Dedup
+	})
+	r.waitFor(20*time.Second, "web-1's epochs did not go on", func() bool {
+		now, err := ReadStatus(stateDir)
+		e, whole := r.replica("web-1")
+		return err == nil && now.Epochs >= st.Epochs+2 && now.Epoch > st.Epoch && e == now.Epoch && whole
+	})
+	if !strings.Contains(r.logs.String(), "reload: vm web-1 changed") || !strings.Contains(r.logs.String(), "reload: vm web-1 started") {
+		t.Error("no log line for the replacement")
+	}
+}

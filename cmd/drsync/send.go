@@ -40,11 +40,7 @@ of them were committed (for cron and systemd timers).
 switch-back: the guest is cut and not resumed, so once the epoch is
 committed the VM can start at the other site (drsync failover there)
 without running in two places. This QEMU then stays paused; stop it.
-
-SIGHUP (systemctl reload) reads the configuration again and applies it
-without dropping an epoch in flight; one that does not load is logged and
-the running one kept. [receiver] (but bandwidth_cap), [identity] and
-metrics need a restart. --once ignores SIGHUP.`,
+SIGHUP reloads the configuration (see README); --once ignores it.`,
 		flags: func(set *flag.FlagSet) {
 			set.StringVar(&configPath, "config", "", "sender configuration file (required)")
 			set.BoolVar(&once, "once", false, "send one epoch per VM, then exit")
@@ -130,22 +126,18 @@ type sendOptions struct {
 
 // selectVMs returns the VMs of c to replicate: the one named, or all.
 func (c *SenderConfig) selectVMs(name string) ([]*VMConfig, error) {
-	vms := make([]*VMConfig, 0, len(c.VMs))
-	if name == "" {
-		for i := range c.VMs {
+	var vms []*VMConfig
+	var names []string
+	for i := range c.VMs {
+		if name == "" || c.VMs[i].Name == name {
 			vms = append(vms, &c.VMs[i])
 		}
-		return vms, nil
+		names = append(names, c.VMs[i].Name)
 	}
-	v, ok := c.vm(name)
-	if !ok {
-		var names []string
-		for _, v := range c.VMs {
-			names = append(names, v.Name)
-		}
+	if len(vms) == 0 {
 		return nil, fmt.Errorf("--vm %q: no such VM in %s (configured: %s)", name, c.file, strings.Join(names, ", "))
 	}
-	return append(vms, v), nil
+	return vms, nil
 }
 
 // send builds the agent's options from the configuration and runs it.
@@ -161,14 +153,8 @@ func send(ctx context.Context, e *env, cfg *SenderConfig, vms []*VMConfig, o sen
 	// One cap for all VMs: the link's. Each VM's epochs are planned with
 	// an equal share of it.
 	cp := float64(cfg.Receiver.BandwidthCap)
-	// A cap that a reload can change, lift or set, even when there is
-	// none yet.
-	limit, err := agent.NewCap(cp, e.now)
-	if err != nil {
-		return &configError{cfg.file, "receiver.bandwidth_cap", err}
-	}
-	dialer, err := agent.Dial(agent.DialOptions{Address: cfg.Receiver.Address, TLS: tlsid.ClientTLS(id, trust), Transport: cfg.transportOptions(),
-		Connections: cfg.Receiver.Connections, Cap: cp, Limit: limit, Now: e.now})
+	dialer, limit, err := agent.Dial(agent.DialOptions{Address: cfg.Receiver.Address, TLS: tlsid.ClientTLS(id, trust), Transport: cfg.transportOptions(),
+		Connections: cfg.Receiver.Connections, Cap: cp, Now: e.now})
 	if err != nil {
 		return &configError{cfg.file, "receiver.bandwidth_cap", err}
 	}
@@ -180,12 +166,9 @@ func send(ctx context.Context, e *env, cfg *SenderConfig, vms []*VMConfig, o sen
 			if err != nil {
 				return fmt.Errorf("start the guest guard: %w", err)
 			}
-			// A reload guards the VMs it adds with a guard of their own;
-			// every pipe stays open for the sender's life.
+			// One guard per call (a reload adds VMs): every pipe stays open.
 			p, err := agent.StartGuard([]string{exe, guardCommandName}, vms, o.log)
-			if err == nil {
-				guardPipes = append(guardPipes, p)
-			}
+			guardPipes = append(guardPipes, p) // nil if it failed
 			return err
 		}}
 	if o.bar != nil {
@@ -197,12 +180,8 @@ func send(ctx context.Context, e *env, cfg *SenderConfig, vms []*VMConfig, o sen
 			return err
 		}
 	}
-	for _, v := range vms {
-		av, err := cfg.agentVM(v, e.now)
-		if err != nil {
-			return err
-		}
-		ao.VMs = append(ao.VMs, av)
+	if ao.VMs, err = cfg.agentVMs(vms, e.now); err != nil {
+		return err
 	}
 	a, err := agent.New(ao)
 	if err != nil {
@@ -215,74 +194,44 @@ func send(ctx context.Context, e *env, cfg *SenderConfig, vms []*VMConfig, o sen
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
+	signal.Notify(hup, syscall.SIGHUP) // with --once: logged and ignored
 	defer signal.Stop(hup)
-	go func() {
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-hup:
-			}
-			if o.once {
-				o.log.Warn("SIGHUP ignored: drsync send --once reads its configuration once")
-				continue
-			}
-			next, err := reloadSend(e, cfg, ao, a, o)
-			if err != nil {
-				// Never fatal: the running configuration stays.
-				o.log.Error("reload refused; still running with the previous configuration", "err", err)
-				continue
-			}
-			cfg = next
-			o.log.Info("reload: configuration applied", "config", cfg.file)
-		}
-	}()
+	go a.ReloadOn(ctx, hup, func() (agent.Options, error) { return reloadOptions(e, cfg, ao, o.vmName) })
 	return a.Run(ctx)
 }
 
-// reloadSend reads the configuration file again and applies it to a, whose
-// options were base, as cur said. What only a restart can change is
-// refused: the receiver (but its bandwidth cap), the identity, the state
-// directory, the metrics endpoint.
-func reloadSend(e *env, cur *SenderConfig, base agent.Options, a *agent.Agent, o sendOptions) (*SenderConfig, error) {
-	o.log.Info("reload: reading the configuration again", "config", cur.file)
+// reloadOptions reads the configuration file again into base. The receiver
+// (but its bandwidth cap), the identity and metrics need a restart.
+func reloadOptions(e *env, cur *SenderConfig, base agent.Options, vmName string) (agent.Options, error) {
 	cfg, err := loadSenderConfig(cur.file)
 	if err != nil {
-		return nil, err
+		return base, err
 	}
-	rc, cc := cfg.Receiver, cur.Receiver
-	rc.BandwidthCap, cc.BandwidthCap = 0, 0
-	switch {
-	case !reflect.DeepEqual(rc, cc):
-		return nil, fmt.Errorf("%s: [receiver] changed other than bandwidth_cap: %w", cfg.file, agent.ErrNeedsRestart)
-	case !reflect.DeepEqual(cfg.Identity, cur.Identity):
-		return nil, fmt.Errorf("%s: [identity] changed: %w", cfg.file, agent.ErrNeedsRestart)
-	case cfg.Metrics != cur.Metrics:
-		return nil, fmt.Errorf("%s: metrics changed: %w", cfg.file, agent.ErrNeedsRestart)
+	fixed := func(c *SenderConfig) any { r := c.Receiver; r.BandwidthCap = 0; return []any{r, c.Identity, c.Metrics} }
+	if !reflect.DeepEqual(fixed(cfg), fixed(cur)) {
+		return base, fmt.Errorf("%s: [receiver] (but bandwidth_cap), [identity] or metrics changed: %w", cfg.file, agent.ErrNeedsRestart)
 	}
-	id, err := cfg.Identity.load(cfg.file)
+	vms, err := cfg.selectVMs(vmName)
 	if err != nil {
-		return nil, err
-	}
-	vms, err := cfg.selectVMs(o.vmName)
-	if err != nil {
-		return nil, err
+		return base, err
 	}
 	cp := float64(cfg.Receiver.BandwidthCap)
-	ao := base
-	ao.VMs, ao.BandwidthCap, ao.CapShare, ao.Fingerprint = nil, cp, cp/float64(len(vms)), id.Fingerprint
+	base.BandwidthCap, base.CapShare = cp, cp/float64(len(vms))
+	base.VMs, err = cfg.agentVMs(vms, e.now)
+	return base, err
+}
+
+// agentVMs converts the VMs' entries to the agent's options.
+func (c *SenderConfig) agentVMs(vms []*VMConfig, now func() time.Time) ([]agent.VM, error) {
+	out := make([]agent.VM, 0, len(vms))
 	for _, v := range vms {
-		av, err := cfg.agentVM(v, e.now)
+		av, err := c.agentVM(v, now)
 		if err != nil {
 			return nil, err
 		}
-		ao.VMs = append(ao.VMs, av)
+		out = append(out, av)
 	}
-	if err := a.Reload(ao); err != nil {
-		return nil, err
-	}
-	return cfg, nil
+	return out, nil
 }
 
 // agentVM converts a VM's entry to the agent's options, checking first
