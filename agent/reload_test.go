@@ -151,7 +151,7 @@ func (r *reloadRig) reload(mod func(o *Options)) error {
 // The cap changes while an epoch is sent, at once and to or from none,
 // and that epoch still commits whole.
 func TestReloadCapMidEpoch(t *testing.T) {
-	const size = 4 << 20
+	const size = 8 << 20 // half of it data: 16 s at the old cap
 	for _, tc := range []struct {
 		name     string
 		from, to float64
@@ -175,7 +175,7 @@ func TestReloadCapMidEpoch(t *testing.T) {
 				t.Fatalf("cap %g after the reload, want %g", got, tc.to)
 			}
 			// At the old rate what is left takes left/from seconds
-			// (about 14 s): the new one must show well before half that.
+			// (about 12 s): the new one must show well before half that.
 			oldRate := time.Duration(float64(left) / tc.from * float64(time.Second))
 			r.waitFor(oldRate/2, "the epoch in flight did not commit sooner at the new cap", func() bool {
 				e, ok := r.replica("web-1")
