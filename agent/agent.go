@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -20,8 +21,19 @@ import (
 
 // Agent replicates its VMs to the receiver, each in its own loop.
 type Agent struct {
-	o     Options
+	o  Options // as last applied: by New, then by each Reload
+	mu sync.Mutex
+	// loops are the VMs replicated now; a loop a reload retired leaves
+	// when it ends.
 	loops []*vmLoop
+	// pending are the VMs whose new loop waits for the old one's epoch in
+	// flight (a VM changed, or added back while its old loop ends).
+	pending map[string]bool
+	ctx     context.Context // Run's; nil before Run
+	active  int             // loops running or pending
+	allDone chan struct{}   // closed when active drops to 0 after Run began
+	ended   bool
+	errs    VMErrors
 }
 
 // New sets up every VM of o: its source, its sender, its pacing and its
@@ -32,18 +44,18 @@ func New(o Options) (*Agent, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
-	a := &Agent{o: o}
+	o.VMs = slices.Clone(o.VMs)
+	a := &Agent{o: o, pending: map[string]bool{}}
 	var guarded []GuardVM
-	for i := range o.VMs {
-		v := &o.VMs[i]
-		l, err := a.newVMLoop(v)
+	for _, v := range o.VMs {
+		l, err := a.newVMLoop(v, o.CapShare)
 		if err != nil {
 			a.Close()
 			return nil, err
 		}
 		a.loops = append(a.loops, l)
 		if v.Live != nil {
-			guarded = append(guarded, GuardVM{Name: v.Name, QMP: v.Live.QMPSocket, WorkDir: v.Live.WorkDir, StateDir: v.StateDir})
+			guarded = append(guarded, guardVM(v))
 		}
 	}
 	if len(guarded) > 0 && o.StartGuard != nil {
@@ -57,48 +69,111 @@ func New(o Options) (*Agent, error) {
 	return a, nil
 }
 
-// Close releases the senders and tears down the live sources.
-func (a *Agent) Close() {
-	for _, l := range a.loops {
-		l.snd.Close()
-		if l.source != nil {
-			if err := l.source.Close(); err != nil {
-				l.log.Warn("tearing down the live source", "err", err)
-			}
-		}
-	}
-	a.loops = nil
+func guardVM(v VM) GuardVM {
+	return GuardVM{Name: v.Name, QMP: v.Live.QMPSocket, WorkDir: v.Live.WorkDir, StateDir: v.StateDir}
 }
 
-// Run runs every VM's loop until ctx ends or, with Once, each VM's epoch
-// is committed or failed. The failures are VMErrors.
-func (a *Agent) Run(ctx context.Context) error {
-	o := a.o
-	o.Logger.Info("sending", "receiver", o.Receiver, "vms", len(a.loops), "once", o.Once, "fingerprint", o.Fingerprint)
-	errs := make([]error, len(a.loops))
-	var wg sync.WaitGroup
-	for i, l := range a.loops {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = l.run(ctx)
-		}()
+// Close releases the senders and tears down the live sources.
+func (a *Agent) Close() {
+	a.mu.Lock()
+	loops := a.loops
+	a.loops = nil
+	a.mu.Unlock()
+	for _, l := range loops {
+		l.close()
 	}
-	wg.Wait()
+}
+
+// close releases the loop's sender and tears down its live source.
+func (l *vmLoop) close() {
+	l.snd.Close()
+	if l.source != nil {
+		if err := l.source.Close(); err != nil {
+			l.log.Warn("tearing down the live source", "err", err)
+		}
+	}
+}
+
+// Run runs every VM's loop, and those reloads add, until ctx ends or,
+// with Once, each VM's epoch is committed or failed. The failures are
+// VMErrors.
+func (a *Agent) Run(ctx context.Context) error {
+	a.mu.Lock()
+	if a.ctx != nil {
+		a.mu.Unlock()
+		return errors.New("agent: Run called twice")
+	}
+	o := a.o
+	a.ctx, a.allDone = ctx, make(chan struct{})
+	o.Logger.Info("sending", "receiver", o.Receiver, "vms", len(a.loops), "once", o.Once, "fingerprint", o.Fingerprint)
+	for _, l := range a.loops {
+		a.startLocked(l)
+	}
+	a.settleLocked()
+	a.mu.Unlock()
+	<-a.allDone
 	if !o.Once {
 		// With Once the epoch summaries are the last words.
 		o.Logger.Info("stopped")
 	}
-	var failed VMErrors
-	for i, err := range errs {
-		if err != nil {
-			failed = append(failed, VMError{VM: a.loops[i].vm.Name, Err: err})
-		}
+	a.mu.Lock()
+	failed := slices.Clone(a.errs)
+	order := map[string]int{}
+	for i, v := range a.o.VMs {
+		order[v.Name] = i + 1
 	}
+	a.mu.Unlock()
 	if len(failed) > 0 {
+		// In the order of the VMs configured; those a reload removed last.
+		slices.SortStableFunc(failed, func(x, y VMError) int {
+			rank := func(n string) int {
+				if r := order[n]; r > 0 {
+					return r
+				}
+				return len(order) + 1
+			}
+			return rank(x.VM) - rank(y.VM)
+		})
 		return failed
 	}
 	return nil
+}
+
+// startLocked runs l in its own goroutine, under a.ctx.
+func (a *Agent) startLocked(l *vmLoop) {
+	a.active++
+	ctx, cancel := context.WithCancel(a.ctx)
+	l.ctl.mu.Lock()
+	l.ctl.cancel = cancel
+	l.ctl.mu.Unlock()
+	go func() {
+		err := l.run(ctx)
+		cancel()
+		retired := l.isRetired()
+		if retired {
+			// Removed or replaced by a reload: nothing else will close it.
+			l.close()
+		}
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if err != nil {
+			a.errs = append(a.errs, VMError{VM: l.vm.Name, Err: err})
+		}
+		if retired {
+			a.loops = slices.DeleteFunc(a.loops, func(x *vmLoop) bool { return x == l })
+		}
+		close(l.exited)
+		a.active--
+		a.settleLocked()
+	}()
+}
+
+// settleLocked ends Run once no loop runs or waits to.
+func (a *Agent) settleLocked() {
+	if a.active == 0 && !a.ended && a.allDone != nil {
+		a.ended = true
+		close(a.allDone)
+	}
 }
 
 // vmLoop replicates one VM.
@@ -122,6 +197,107 @@ type vmLoop struct {
 	live      *liveProgress
 	liveEvery time.Duration
 	liveSaved time.Time // when the status last took an in-flight plan
+
+	ctl    loopControl
+	exited chan struct{} // closed when run has returned
+}
+
+// loopControl is what a reload changes in a running loop; run takes it
+// between epochs only.
+type loopControl struct {
+	mu      sync.Mutex
+	inEpoch bool
+	retired bool        // stop after the epoch in flight
+	cancel  func()      // ends the loop's context: its sleep, its retries
+	next    *nextPacing // pacing to apply at the next decision
+}
+
+type nextPacing struct {
+	pc    Pacing
+	share float64
+}
+
+// begin marks an epoch started, unless the loop is retired.
+func (l *vmLoop) begin() bool {
+	l.ctl.mu.Lock()
+	defer l.ctl.mu.Unlock()
+	if l.ctl.retired {
+		return false
+	}
+	l.ctl.inEpoch = true
+	return true
+}
+
+// end marks the epoch over and reports whether the loop is retired.
+func (l *vmLoop) end() bool {
+	l.ctl.mu.Lock()
+	defer l.ctl.mu.Unlock()
+	l.ctl.inEpoch = false
+	return l.ctl.retired
+}
+
+// retire stops the loop after its epoch in flight commits, or at once if
+// it is between epochs.
+func (l *vmLoop) retire() {
+	l.ctl.mu.Lock()
+	defer l.ctl.mu.Unlock()
+	l.ctl.retired = true
+	if !l.ctl.inEpoch && l.ctl.cancel != nil {
+		l.ctl.cancel()
+	}
+}
+
+func (l *vmLoop) isRetired() bool {
+	l.ctl.mu.Lock()
+	defer l.ctl.mu.Unlock()
+	return l.ctl.retired
+}
+
+// setPacing has the loop pace with pc, and plan with share, from its next
+// decision on.
+func (l *vmLoop) setPacing(pc Pacing, share float64) {
+	l.ctl.mu.Lock()
+	defer l.ctl.mu.Unlock()
+	l.ctl.next = &nextPacing{pc, share}
+}
+
+// applyPacing takes the pacing a reload set, between epochs: an adaptive
+// controller keeps what it learnt.
+func (l *vmLoop) applyPacing() error {
+	l.ctl.mu.Lock()
+	n := l.ctl.next
+	l.ctl.next = nil
+	l.ctl.mu.Unlock()
+	if n == nil {
+		return nil
+	}
+	if n.pc.Adaptive() && l.pacer.ctl != nil {
+		cfg, err := n.pc.Controller(n.share)
+		if err == nil {
+			err = l.pacer.ctl.SetConfig(cfg)
+		}
+		if err != nil {
+			return err
+		}
+		l.pacer.pc = n.pc
+	} else {
+		p, err := newPacer(n.pc, n.share, l.pacer.prevCut)
+		if err != nil {
+			return err
+		}
+		p.first, p.breach = l.pacer.first, l.pacer.breach
+		if n.pc.Mode != l.vm.Pacing.Mode || n.pc.interval() != l.vm.Pacing.interval() {
+			p.first = time.Time{} // a new grid
+		}
+		l.pacer = p
+	}
+	if !n.pc.AutoCompression {
+		if err := l.snd.SetCompression(n.pc.Compression); err != nil {
+			return err
+		}
+	}
+	l.vm.Pacing = n.pc
+	return nil
 }
 
 // liveProgress is the latest progress the sender reported, and when; the
@@ -144,8 +320,9 @@ func (lp *liveProgress) get() (sender.Progress, time.Time) {
 	return lp.p, lp.at
 }
 
-func (a *Agent) newVMLoop(v *VM) (*vmLoop, error) {
+func (a *Agent) newVMLoop(vm VM, share float64) (*vmLoop, error) {
 	o := a.o
+	v := &vm
 	log := o.Logger.With("vm", v.Name)
 	dir := v.StateDir
 	var src sender.Source
@@ -182,18 +359,12 @@ func (a *Agent) newVMLoop(v *VM) (*vmLoop, error) {
 		Logger:      o.Logger,
 		Dedup:       v.Dedup,
 	}
-	var live *liveProgress
-	if v.Pacing.Adaptive() {
-		live = &liveProgress{}
-	}
-	if o.Progress != nil || live != nil {
-		so.Progress = func(p sender.Progress) {
-			if live != nil {
-				live.set(p, o.Now())
-			}
-			if o.Progress != nil {
-				o.Progress(v.Name, p)
-			}
+	// Always kept: a reload may make the pacing adaptive.
+	live := &liveProgress{}
+	so.Progress = func(p sender.Progress) {
+		live.set(p, o.Now())
+		if o.Progress != nil {
+			o.Progress(v.Name, p)
 		}
 	}
 	snd, err := sender.New(so)
@@ -204,7 +375,7 @@ func (a *Agent) newVMLoop(v *VM) (*vmLoop, error) {
 		return nil, fmt.Errorf("vm %s: %w", v.Name, err)
 	}
 	status := loadStatus(filepath.Join(dir, StatusFile), v.Name, o.Now, log)
-	pc, err := newPacer(v.Pacing, o.CapShare, status.st.Cut)
+	pc, err := newPacer(v.Pacing, share, status.st.Cut)
 	if err != nil {
 		snd.Close()
 		if closer != nil {
@@ -228,6 +399,7 @@ func (a *Agent) newVMLoop(v *VM) (*vmLoop, error) {
 
 		live:      live,
 		liveEvery: time.Second,
+		exited:    make(chan struct{}),
 	}
 	if v.Live != nil {
 		l.noteGuard(dir)
@@ -269,10 +441,15 @@ func (l *vmLoop) noteGuard(stateDir string) {
 // epoch the caller asked for was not sent.
 func (l *vmLoop) run(ctx context.Context) error {
 	for {
+		if !l.begin() {
+			l.log.Info("reload: replication of this VM stopped between epochs")
+			return nil
+		}
 		start := l.now()
 		stopWatch := l.watch(ctx)
 		res, err := l.runner.RunEpoch(ctx)
 		stopWatch()
+		retired := l.end()
 		if l.done != nil {
 			l.done(l.vm.Name)
 		}
@@ -290,8 +467,16 @@ func (l *vmLoop) run(ctx context.Context) error {
 			}
 			return err
 		}
+		if err := l.applyPacing(); err != nil {
+			// Reload validated it: this is a bug, not a configuration error.
+			l.log.Error("reload: the new pacing could not be applied; keeping the old", "err", err)
+		}
 		pc := l.pacer.committed(res, start, l.now())
 		l.committed(res, pc)
+		if retired {
+			l.log.Info("reload: replication of this VM stopped after its epoch in flight committed", "epoch", res.Epoch)
+			return nil
+		}
 		if l.once {
 			if l.final {
 				l.log.Warn("switch-back epoch committed: this VM stays paused here; start it at the other site (drsync failover there), then stop this QEMU", "epoch", res.Epoch)
@@ -316,7 +501,7 @@ func (l *vmLoop) run(ctx context.Context) error {
 // watch feeds the pacer the progress of the epoch being sent, every
 // liveEvery until the returned function is called (which waits for it).
 func (l *vmLoop) watch(ctx context.Context) (stop func()) {
-	if l.live == nil || l.pacer.ctl == nil {
+	if l.pacer.ctl == nil {
 		return func() {}
 	}
 	ctx, cancel := context.WithCancel(ctx)
@@ -416,6 +601,12 @@ func secs(s float64) time.Duration {
 
 // failed is the retrier's onFailure hook.
 func (l *vmLoop) failed(err error, wait time.Duration) {
+	l.ctl.mu.Lock()
+	if l.ctl.retired && wait > 0 && l.ctl.cancel != nil {
+		// A removed VM's failed epoch is not retried.
+		l.ctl.cancel()
+	}
+	l.ctl.mu.Unlock()
 	if l.done != nil {
 		l.done(l.vm.Name)
 	}

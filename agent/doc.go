@@ -7,6 +7,9 @@
 // QEMU guest through package livecut), the dialer stack (QUIC with mutual
 // TLS, the bandwidth cap, striping over several connections) and the guest
 // guard, the process that resumes a guest a dead sender left paused.
+// Reload applies new options to a running agent: the bandwidth cap at once
+// (Cap), pacing between epochs, VMs added, and VMs removed or replaced
+// after their epoch in flight.
 //
 // It is configured by typed Options, each with Validate, and reads the
 // clock only through Options.Now. It must not know the configuration file

@@ -134,8 +134,12 @@ type Options struct {
 	// CapShare is each VM's part of the bandwidth cap in bytes/s (0: none);
 	// adaptive epochs plan with it.
 	CapShare float64
-	Logger   *slog.Logger
-	Metrics  *metrics.Sender // nil: none
+	// Cap, if set, is the cap the Dialer writes under, and BandwidthCap
+	// its rate in bytes/s (0: none): Reload changes it.
+	Cap          *Cap
+	BandwidthCap float64
+	Logger       *slog.Logger
+	Metrics      *metrics.Sender // nil: none
 	// Receiver and Fingerprint (the sender's own) are logged at the start.
 	Receiver, Fingerprint string
 	Now                   func() time.Time
@@ -174,6 +178,9 @@ func (o *Options) Validate() error {
 		if o.Final && v.Live == nil {
 			return fmt.Errorf("vm %s: a final epoch needs a live VM", v.Name)
 		}
+	}
+	if o.BandwidthCap < 0 || o.CapShare < 0 {
+		return fmt.Errorf("bandwidth cap %g bytes/s (a VM's share %g): must not be negative", o.BandwidthCap, o.CapShare)
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)

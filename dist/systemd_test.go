@@ -84,8 +84,9 @@ func TestUnitsVerify(t *testing.T) {
 
 // TestUnitsCommandLines checks each unit's ExecStart against the binary:
 // the subcommand exists and takes those flags (parsed up to -h, which
-// stops before anything runs). No unit promises a reload, which drsync does
-// not implement (SIGHUP is not handled), and every service is hardened.
+// stops before anything runs). Only the sender daemon, which reads its
+// configuration again on SIGHUP, has a reload, and every service is
+// hardened.
 func TestUnitsCommandLines(t *testing.T) {
 	bin := testkit.Drsync(t)
 	for _, u := range unitFiles(t) {
@@ -97,8 +98,14 @@ func TestUnitsCommandLines(t *testing.T) {
 				execs = append(execs, d[1])
 			}
 		}
-		if _, ok := has["ExecReload"]; ok {
-			t.Errorf("%s: ExecReload, but drsync has no reload", u)
+		reload, ok := has["ExecReload"]
+		switch {
+		case strings.HasSuffix(u, "drsync-send.service"):
+			if reload != "/bin/kill -HUP $MAINPID" {
+				t.Errorf("%s: ExecReload=%q, want SIGHUP to the sender", u, reload)
+			}
+		case ok:
+			t.Errorf("%s: ExecReload, but only drsync send reloads", u)
 		}
 		if !strings.HasSuffix(u, ".service") {
 			continue

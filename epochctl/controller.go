@@ -53,6 +53,17 @@ func New(c Config) (*Controller, error) {
 	return &Controller{cfg: c}, nil
 }
 
+// SetConfig changes the configuration from the next decision on, keeping
+// what the observations so far taught (rates, curves, levels measured).
+func (c *Controller) SetConfig(cfg Config) error {
+	cfg.Levels = append([]Level(nil), cfg.Levels...)
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	c.cfg = cfg
+	return nil
+}
+
 // Config returns the configuration with its defaults filled in.
 func (c *Controller) Config() Config {
 	cfg := c.cfg

@@ -383,16 +383,6 @@ func (v *VMConfig) liveOptions(stateDir string, now func() time.Time) livecut.Op
 	return o
 }
 
-// vm returns the entry named name.
-func (c *SenderConfig) vm(name string) (*VMConfig, bool) {
-	for i := range c.VMs {
-		if c.VMs[i].Name == name {
-			return &c.VMs[i], true
-		}
-	}
-	return nil, false
-}
-
 // adaptive reports whether epoch lengths follow an RPO target.
 func (v *VMConfig) adaptive() bool { return v.RPOTarget != 0 }
 

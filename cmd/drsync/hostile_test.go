@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -19,8 +20,15 @@ import (
 // startReceiver runs `drsync receive` in-process on a port the kernel picks,
 // trusting fpSender for web-1, and returns its address. It stops when the
 // test ends.
-func startReceiver(t *testing.T, dir, fpSender string) net.Addr {
+func startReceiver(t *testing.T, dir, fpSender string, vms ...string) net.Addr {
 	t.Helper()
+	if len(vms) == 0 {
+		vms = []string{"web-1"}
+	}
+	quoted := make([]string, len(vms))
+	for i, v := range vms {
+		quoted[i] = strconv.Quote(v)
+	}
 	conf := filepath.Join(dir, "receiver.toml")
 	writeFile(t, conf, []byte(fmt.Sprintf(`
 listen = "127.0.0.1:0"
@@ -32,8 +40,8 @@ dir = "replicas"
 [[sender]]
 name = "site-a"
 fingerprint = %q
-vms = ["web-1"]
-`, fpSender)))
+vms = [%s]
+`, fpSender, strings.Join(quoted, ", "))))
 	ctx, cancel := context.WithCancel(context.Background())
 	addrs := make(chan net.Addr, 1)
 	done := make(chan int, 1)

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"reflect"
 	"strings"
 	"syscall"
 	"time"
@@ -38,7 +39,8 @@ of them were committed (for cron and systemd timers).
 --final (with --once, live VMs only) is the last epoch of a planned
 switch-back: the guest is cut and not resumed, so once the epoch is
 committed the VM can start at the other site (drsync failover there)
-without running in two places. This QEMU then stays paused; stop it.`,
+without running in two places. This QEMU then stays paused; stop it.
+SIGHUP reloads the configuration (see README); --once ignores it.`,
 		flags: func(set *flag.FlagSet) {
 			set.StringVar(&configPath, "config", "", "sender configuration file (required)")
 			set.BoolVar(&once, "once", false, "send one epoch per VM, then exit")
@@ -70,21 +72,9 @@ without running in two places. This QEMU then stays paused; stop it.`,
 		if err != nil {
 			return err
 		}
-		vms := make([]*VMConfig, 0, len(cfg.VMs))
-		if vmName != "" {
-			v, ok := cfg.vm(vmName)
-			if !ok {
-				var names []string
-				for _, v := range cfg.VMs {
-					names = append(names, v.Name)
-				}
-				return usagef("--vm %q: no such VM in %s (configured: %s)", vmName, configPath, strings.Join(names, ", "))
-			}
-			vms = append(vms, v)
-		} else {
-			for i := range cfg.VMs {
-				vms = append(vms, &cfg.VMs[i])
-			}
+		vms, err := cfg.selectVMs(vmName)
+		if err != nil {
+			return usagef("%v", err)
 		}
 		// The progress bar goes to a terminal: stderr when logs are shown
 		// there too (the bar then redraws around each log line), else stdout.
@@ -111,7 +101,7 @@ without running in two places. This QEMU then stays paused; stop it.`,
 				}
 			}
 		}
-		return send(ctx, e, cfg, vms, sendOptions{once: once, final: final, retries: retries, log: log, bar: bar})
+		return send(ctx, e, cfg, vms, sendOptions{once: once, final: final, retries: retries, log: log, bar: bar, vmName: vmName})
 	}
 	return c
 }
@@ -121,9 +111,9 @@ without running in two places. This QEMU then stays paused; stop it.`,
 // its death leaves the guest stopped.
 const faultEnv = "DRSYNC_FAULT"
 
-// guardPipe is the write end of the guest guard's pipe: it stays open,
-// and referenced, for the sender's whole life.
-var guardPipe *os.File
+// guardPipes are the write ends of the guest guards' pipes: they stay
+// open, and referenced, for the sender's whole life.
+var guardPipes []*os.File
 
 type sendOptions struct {
 	once    bool
@@ -131,6 +121,23 @@ type sendOptions struct {
 	retries int  // per epoch; negative: until success
 	log     *slog.Logger
 	bar     *progressBar // nil unless stderr is a terminal
+	vmName  string       // --vm: only this VM, also after a reload
+}
+
+// selectVMs returns the VMs of c to replicate: the one named, or all.
+func (c *SenderConfig) selectVMs(name string) ([]*VMConfig, error) {
+	var vms []*VMConfig
+	var names []string
+	for i := range c.VMs {
+		if name == "" || c.VMs[i].Name == name {
+			vms = append(vms, &c.VMs[i])
+		}
+		names = append(names, c.VMs[i].Name)
+	}
+	if len(vms) == 0 {
+		return nil, fmt.Errorf("--vm %q: no such VM in %s (configured: %s)", name, c.file, strings.Join(names, ", "))
+	}
+	return vms, nil
 }
 
 // send builds the agent's options from the configuration and runs it.
@@ -146,19 +153,22 @@ func send(ctx context.Context, e *env, cfg *SenderConfig, vms []*VMConfig, o sen
 	// One cap for all VMs: the link's. Each VM's epochs are planned with
 	// an equal share of it.
 	cp := float64(cfg.Receiver.BandwidthCap)
-	dialer, err := agent.Dial(agent.DialOptions{Address: cfg.Receiver.Address, TLS: tlsid.ClientTLS(id, trust), Transport: cfg.transportOptions(),
+	dialer, limit, err := agent.Dial(agent.DialOptions{Address: cfg.Receiver.Address, TLS: tlsid.ClientTLS(id, trust), Transport: cfg.transportOptions(),
 		Connections: cfg.Receiver.Connections, Cap: cp, Now: e.now})
 	if err != nil {
 		return &configError{cfg.file, "receiver.bandwidth_cap", err}
 	}
 	ao := agent.Options{Dialer: dialer, Once: o.once, Final: o.final, Retries: o.retries, CapShare: cp / float64(len(vms)),
+		Cap: limit, BandwidthCap: cp,
 		Logger: o.log, Receiver: cfg.Receiver.Address, Fingerprint: id.Fingerprint, Now: e.now,
 		StartGuard: func(vms []agent.GuardVM) (err error) {
 			exe, err := os.Executable()
 			if err != nil {
 				return fmt.Errorf("start the guest guard: %w", err)
 			}
-			guardPipe, err = agent.StartGuard([]string{exe, guardCommandName}, vms, o.log)
+			// One guard per call (a reload adds VMs): every pipe stays open.
+			p, err := agent.StartGuard([]string{exe, guardCommandName}, vms, o.log)
+			guardPipes = append(guardPipes, p) // nil if it failed
 			return err
 		}}
 	if o.bar != nil {
@@ -170,12 +180,8 @@ func send(ctx context.Context, e *env, cfg *SenderConfig, vms []*VMConfig, o sen
 			return err
 		}
 	}
-	for _, v := range vms {
-		av, err := cfg.agentVM(v, e.now)
-		if err != nil {
-			return err
-		}
-		ao.VMs = append(ao.VMs, av)
+	if ao.VMs, err = cfg.agentVMs(vms, e.now); err != nil {
+		return err
 	}
 	a, err := agent.New(ao)
 	if err != nil {
@@ -187,7 +193,45 @@ func send(ctx context.Context, e *env, cfg *SenderConfig, vms []*VMConfig, o sen
 	defer a.Close()
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP) // with --once: logged and ignored
+	defer signal.Stop(hup)
+	go a.ReloadOn(ctx, hup, func() (agent.Options, error) { return reloadOptions(e, cfg, ao, o.vmName) })
 	return a.Run(ctx)
+}
+
+// reloadOptions reads the configuration file again into base. The receiver
+// (but its bandwidth cap), the identity and metrics need a restart.
+func reloadOptions(e *env, cur *SenderConfig, base agent.Options, vmName string) (agent.Options, error) {
+	cfg, err := loadSenderConfig(cur.file)
+	if err != nil {
+		return base, err
+	}
+	fixed := func(c *SenderConfig) any { r := c.Receiver; r.BandwidthCap = 0; return []any{r, c.Identity, c.Metrics} }
+	if !reflect.DeepEqual(fixed(cfg), fixed(cur)) {
+		return base, fmt.Errorf("%s: [receiver] (but bandwidth_cap), [identity] or metrics changed: %w", cfg.file, agent.ErrNeedsRestart)
+	}
+	vms, err := cfg.selectVMs(vmName)
+	if err != nil {
+		return base, err
+	}
+	cp := float64(cfg.Receiver.BandwidthCap)
+	base.BandwidthCap, base.CapShare = cp, cp/float64(len(vms))
+	base.VMs, err = cfg.agentVMs(vms, e.now)
+	return base, err
+}
+
+// agentVMs converts the VMs' entries to the agent's options.
+func (c *SenderConfig) agentVMs(vms []*VMConfig, now func() time.Time) ([]agent.VM, error) {
+	out := make([]agent.VM, 0, len(vms))
+	for _, v := range vms {
+		av, err := c.agentVM(v, now)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, av)
+	}
+	return out, nil
 }
 
 // agentVM converts a VM's entry to the agent's options, checking first
