@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"log/slog"
 	"os"
@@ -16,6 +15,7 @@ import (
 	"time"
 
 	"github.com/drsync/drsync/blockhash"
+	"github.com/drsync/drsync/internal/datadriven"
 	"github.com/drsync/drsync/livecut"
 	"github.com/drsync/drsync/livecut/livecuttest"
 	"github.com/drsync/drsync/qmp"
@@ -47,55 +47,13 @@ import (
 // Every step also checks that the guest is not left stopped by a cut
 // without a cont issued after its stop (unless the cut is final).
 
-var rewrite = flag.Bool("rewrite", false, "rewrite the expected output of the testdata scripts")
-
 func TestCutScripts(t *testing.T) {
 	hosttools.Need(t, "qemu-img", "qemu-nbd")
-	files, err := filepath.Glob("testdata/cut/*.txt")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("no scripts: %v", err)
-	}
-	for _, f := range files {
-		t.Run(strings.TrimSuffix(filepath.Base(f), ".txt"), func(t *testing.T) { runCutScript(t, f) })
-	}
-}
-
-func runCutScript(t *testing.T, path string) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	var out strings.Builder
-	s := &cutScript{t: t, work: filepath.Join(hosttools.ShortTempDir(t, "cut"), "w")}
-	t.Cleanup(s.cleanup)
-	for i := 0; i < len(lines); i++ {
-		line := lines[i]
-		if strings.TrimSpace(line) == "" || strings.HasPrefix(line, "#") {
-			out.WriteString(line + "\n")
-			continue
-		}
-		cmdLine := i + 1
-		if i+1 >= len(lines) || lines[i+1] != "----" {
-			t.Fatalf("%s:%d: %q is not followed by ----", path, cmdLine, line)
-		}
-		i += 2
-		var want []string
-		for ; i < len(lines) && lines[i] != ""; i++ {
-			want = append(want, lines[i])
-		}
-		i--
-		got := s.run(line)
-		if !*rewrite && got != strings.Join(want, "\n") {
-			t.Errorf("%s:%d: %s\ngot:\n%s\nwant:\n%s", path, cmdLine, line, got, strings.Join(want, "\n"))
-		}
-		fmt.Fprintf(&out, "%s\n----\n%s\n", line, got)
-	}
-	if *rewrite {
-		if err := os.WriteFile(path, []byte(out.String()), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	datadriven.Walk(t, "testdata/cut/*.txt", func(t *testing.T, path string) {
+		s := &cutScript{t: t, work: filepath.Join(hosttools.ShortTempDir(t, "cut"), "w")}
+		t.Cleanup(s.cleanup)
+		datadriven.RunFile(t, path, s.run)
+	})
 }
 
 type cutScript struct {
