@@ -75,3 +75,27 @@ func TestValidTargetName(t *testing.T) {
 		}
 	}
 }
+
+func TestGroupCutValidate(t *testing.T) {
+	ok := GroupCut{Group: "shop", Cut: 3, Members: []string{"app", "db"}}
+	if err := ok.Validate("db"); err != nil {
+		t.Fatalf("valid tag refused: %v", err)
+	}
+	for _, tc := range []struct {
+		name string
+		g    GroupCut
+		vm   string
+	}{
+		{"bad group name", GroupCut{Group: "../x", Cut: 1, Members: []string{"db"}}, "db"},
+		{"cut zero", GroupCut{Group: "shop", Cut: 0, Members: []string{"db"}}, "db"},
+		{"no members", GroupCut{Group: "shop", Cut: 1}, "db"},
+		{"unsorted", GroupCut{Group: "shop", Cut: 1, Members: []string{"db", "app"}}, "db"},
+		{"duplicate", GroupCut{Group: "shop", Cut: 1, Members: []string{"db", "db"}}, "db"},
+		{"carrier not a member", GroupCut{Group: "shop", Cut: 1, Members: []string{"app"}}, "db"},
+		{"bad member name", GroupCut{Group: "shop", Cut: 1, Members: []string{"a/b", "db"}}, "db"},
+	} {
+		if err := tc.g.Validate(tc.vm); err == nil {
+			t.Errorf("%s: accepted", tc.name)
+		}
+	}
+}
