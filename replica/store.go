@@ -203,6 +203,18 @@ func (s FileStore) Verify(vm string) (*Report, error) {
 	return Verify(s.FS, s.Dir(vm), vm)
 }
 
+// Present reports whether vm's directory holds a replica at all (the
+// receiver creates LOCK when it first opens one, MANIFEST when it commits
+// the first epoch) and whether an epoch is staged in it, so that a reader
+// leaves no lock file in a directory that is not a replica.
+func (s FileStore) Present(vm string) (present, staged bool) {
+	has := func(name string) bool {
+		_, err := s.FS.Stat(path.Join(s.Dir(vm), name))
+		return !errors.Is(err, fs.ErrNotExist)
+	}
+	return has(manifestName) || has("LOCK"), has(journalName)
+}
+
 // VMs lists the replica directories under Root (see Store).
 func (s FileStore) VMs() ([]string, error) {
 	if s.one != "" {

@@ -90,7 +90,7 @@ vms = ["web-1"]
 	if err := os.MkdirAll(rdir, 0o750); err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, filepath.Join(rdir, replicaLockName), nil)
+	writeFile(t, filepath.Join(rdir, "LOCK"), nil)
 	cut := time.Now().Add(-time.Hour).UTC()
 	if err := jsonfile.WriteAtomic(filepath.Join(rdir, serve.StatusFile), &serve.Status{VM: "web-1", Epoch: 3, Cut: cut, Epochs: 3}); err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/drsync/drsync/agent"
+	"github.com/drsync/drsync/statusreport"
 )
 
 // TestGuestStatus: status says a live guest is paused when the sender
@@ -72,7 +73,7 @@ func TestGuestStatus(t *testing.T) {
 				t.Errorf("paused = %v, want %v (%+v)", paused, tt.wantPaused, g)
 			}
 			var out bytes.Buffer
-			printGuestNotes(&out, vmStatusView{VM: "web-1", Guest: g})
+			statusreport.WriteGuestNotes(&out, statusreport.Row{VM: "web-1", Guest: g})
 			if tt.wantNote == "" && out.Len() > 0 || !strings.Contains(out.String(), tt.wantNote) {
 				t.Errorf("notes:\n%s\nwant %q", out.String(), tt.wantNote)
 			}

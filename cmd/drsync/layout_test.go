@@ -7,8 +7,6 @@ import (
 	"regexp"
 	"strings"
 	"testing"
-
-	"github.com/drsync/drsync/agent"
 )
 
 // maxCommandLines bounds the non-test code of this command: flags, the
@@ -45,16 +43,5 @@ func TestCommandStaysThin(t *testing.T) {
 	t.Logf("%d lines of non-test code", lines)
 	if lines > maxCommandLines {
 		t.Errorf("%d lines of non-test code, budget %d: move logic to a library package", lines, maxCommandLines)
-	}
-}
-
-// The sender's status table flags a predicted RPO breach.
-func TestStatusTableBreach(t *testing.T) {
-	for _, breach := range []bool{false, true} {
-		var out bytes.Buffer
-		printStatusTable(&out, "sender", []vmStatusView{{VM: "web-1", Flow: &agent.FlowStatus{RPOTargetSeconds: 30, BreachPredicted: breach}}})
-		if got := strings.Contains(out.String(), "30s BREACH"); got != breach {
-			t.Errorf("breach predicted %v, table:\n%s", breach, out.String())
-		}
 	}
 }

@@ -53,7 +53,7 @@ func TestVerifyEmptyReplica(t *testing.T) {
 	if err := os.Mkdir(dir, 0o750); err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, filepath.Join(dir, replicaLockName), nil)
+	writeFile(t, filepath.Join(dir, "LOCK"), nil)
 	code, out, _ := drsync(t, "verify", "--replica", dir)
 	if code != exitOK || !strings.Contains(out, "epoch 0") || !strings.Contains(out, "nothing committed yet") {
 		t.Fatalf("verify of an empty replica: exit %d\n%s", code, out)

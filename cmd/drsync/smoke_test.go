@@ -223,7 +223,7 @@ device_state = "images/web-1.dev"
 	if code != exitOK || !strings.Contains(out, "Result: OK") {
 		t.Fatalf("verify: exit %d\n%s", code, out)
 	}
-	mb, err := os.ReadFile(filepath.Join(repDir, manifestFile))
+	mb, err := os.ReadFile(filepath.Join(repDir, "MANIFEST"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/runbook"
 	"github.com/drsync/drsync/statuspage"
+	"github.com/drsync/drsync/statusreport"
 	"github.com/drsync/drsync/testkit/hosttools"
 	"github.com/drsync/drsync/vfs"
 )
@@ -42,7 +43,7 @@ func TestSenderPageFromStatusFiles(t *testing.T) {
 	write(agent.Status{VM: "db-1", Epoch: 7, Cut: now.Add(-10 * time.Minute), ConsecutiveFailures: 3, LastError: "guest is paused",
 		GuestPaused: &agent.GuestPaused{Since: now.Add(-9 * time.Minute), Detail: "guest is paused by someone else"}})
 
-	p := senderPageOf(cfg, now)
+	p := statusreport.SenderPage(cfg.statusVMs(cfg.VMs), now)
 	want := []statuspage.VM{
 		{Name: "web-1", Epoch: 40, Cut: now.Add(-30 * time.Second), RPOTarget: 2 * time.Minute, BreachPredicted: true,
 			LastPause: 14500 * time.Microsecond, Goodput: 2e6},
@@ -69,7 +70,7 @@ func writeManifest(t *testing.T, dir, vm string, epoch uint64, cut time.Time) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, filepath.Join(dir, manifestFile), b)
+	writeFile(t, filepath.Join(dir, "MANIFEST"), b)
 }
 
 // The receiver's page carries what each replica holds: its committed
@@ -98,7 +99,7 @@ func TestReceiverPageFromReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	p := receiverPageOf(cfg, now)
+	p := cfg.statusSource().Page(now)
 	want := []statuspage.VM{ // in name order, as "drsync status" lists them
 		{Name: "db-1", Epoch: 9, Cut: now.Add(-2 * time.Minute), Points: 1, LastError: "stream reset",
 			Drill: &statuspage.Drill{Epoch: 8, At: at, OK: false, Detail: "step db-1/check did not pass"}},
