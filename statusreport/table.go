@@ -6,6 +6,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/drsync/drsync/internal/units"
 	"github.com/drsync/drsync/runbook"
 )
 
@@ -47,10 +48,10 @@ func WriteTable(w io.Writer, role string, rows []Row) {
 			if f := r.Flow; f != nil {
 				if f.EpochSeconds > 0 {
 					epoch = secs(f.EpochSeconds).Round(100 * time.Millisecond).String()
-					dirty = FormatRate(f.DirtyBytesPerSecond)
+					dirty = units.FormatRate(f.DirtyBytesPerSecond)
 				}
 				if f.GoodputBytesPerSecond > 0 {
-					goodput = FormatRate(f.GoodputBytesPerSecond)
+					goodput = units.FormatRate(f.GoodputBytesPerSecond)
 				}
 				if f.RPOTargetSeconds > 0 {
 					target = secs(f.RPOTargetSeconds).String() + " ok"
@@ -60,13 +61,13 @@ func WriteTable(w io.Writer, role string, rows []Row) {
 				}
 			}
 			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.VM, r.Epoch, cut, lag, target, epoch, goodput, dirty,
-				FormatBytes(deref(r.BytesSent)), pause, failures, lastErr)
+				units.FormatBytes(deref(r.BytesSent)), pause, failures, lastErr)
 		} else {
 			hot := "-"
 			if r.HotSetBytes != nil && *r.HotSetBytes > 0 {
-				hot = FormatBytes(uint64(*r.HotSetBytes))
+				hot = units.FormatBytes(uint64(*r.HotSetBytes))
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.VM, r.Epoch, cut, lag, FormatBytes(deref(r.BytesReceived)), hot, drillCell(r.Drill),
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.VM, r.Epoch, cut, lag, units.FormatBytes(deref(r.BytesReceived)), hot, drillCell(r.Drill),
 				orDash(truncate(r.LastPeer, 40)), lastErr)
 		}
 	}

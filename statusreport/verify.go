@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/drsync/drsync/agent"
+	"github.com/drsync/drsync/internal/units"
 	"github.com/drsync/drsync/replica"
 )
 
@@ -77,7 +78,7 @@ func WriteVerify(w io.Writer, where string, rep *replica.Report) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	for _, t := range rep.Targets {
 		if t.OK {
-			fmt.Fprintf(tw, "  %s %s\tOK\t%s, digest %016x\n", t.Kind, t.Name, FormatBytes(uint64(t.Size)), t.Digest)
+			fmt.Fprintf(tw, "  %s %s\tOK\t%s, digest %016x\n", t.Kind, t.Name, units.FormatBytes(uint64(t.Size)), t.Digest)
 			continue
 		}
 		detail := "see problems below"

@@ -1,25 +1,11 @@
 package main
 
 import (
-	"errors"
-	"fmt"
 	"path/filepath"
-	"slices"
-	"strings"
 
-	"github.com/drsync/drsync/receiver"
+	"github.com/drsync/drsync/receiver/serve"
 	"github.com/drsync/drsync/tlsid"
 	"github.com/drsync/drsync/transport"
-	"github.com/drsync/drsync/vmspec"
-)
-
-// Receiver defaults and bounds. The acknowledgement interval bounds what a
-// broken link makes the sender send again; below the minimum the replica
-// would spend its time in fsync.
-const (
-	defaultAckEvery = Size(receiver.DefaultAckBytes)
-	minAckEvery     = Size(64 << 10)
-	maxAckEvery     = Size(1 << 30)
 )
 
 // ReceiverConfig is the receiver's configuration file.
@@ -37,6 +23,7 @@ type ReceiverConfig struct {
 	Senders     []SenderEntry  `toml:"sender"`
 
 	file string
+	set  serve.Settings // validated, with defaults
 }
 
 // StorageConfig is the [storage] table.
@@ -59,8 +46,6 @@ func (s *StorageConfig) warm() bool { return s.WarmPages == nil || *s.WarmPages 
 
 // SenderEntry is one [[sender]]: a sender and the VMs it may write.
 type SenderEntry struct {
-	// Name is informational for a pinned sender; in CA mode (no
-	// fingerprint) it must equal the certificate's common name.
 	Name        string   `toml:"name"`
 	Fingerprint string   `toml:"fingerprint"`
 	VMs         []string `toml:"vms"`
@@ -74,106 +59,27 @@ func loadReceiverConfig(path string) (*ReceiverConfig, error) {
 		return nil, err
 	}
 	c.file = path
-	c.resolve(dir)
-	if err := c.Validate(); err != nil {
-		return nil, err
-	}
-	return &c, nil
-}
-
-func (c *ReceiverConfig) resolve(dir string) {
 	c.Identity.resolve(dir)
 	c.CA = resolvePath(dir, c.CA)
 	c.Storage.Dir = resolvePath(dir, c.Storage.Dir)
-}
-
-// Validate checks everything that can be checked without touching files,
-// and fills in defaults.
-func (c *ReceiverConfig) Validate() error {
-	f := c.file
-	if c.Listen == "" {
-		return &configError{f, "listen", errors.New("missing: the UDP host:port to listen on, e.g. \"0.0.0.0:7447\"")}
+	if err := c.Identity.validate(c.file); err != nil {
+		return nil, err
 	}
-	if err := checkHostPort(c.Listen, true); err != nil {
-		return &configError{f, "listen", err}
+	c.set = serve.Settings{Listen: c.Listen, AckBytes: uint64(c.AckEvery), IdleTimeout: c.IdleTimeout.D(), StorageDir: c.Storage.Dir,
+		KeepPoints: c.Storage.KeepPoints, Access: serve.Access{CA: c.CA != ""}}
+	for _, s := range c.Senders {
+		c.set.Access.Senders = append(c.set.Access.Senders, serve.Sender{Name: s.Name, Fingerprint: s.Fingerprint, VMs: s.VMs})
 	}
-	if c.AckEvery == 0 {
-		c.AckEvery = defaultAckEvery
+	if err := c.set.Validate(); err != nil {
+		return nil, configErr(c.file, err)
 	}
-	if c.AckEvery < minAckEvery || c.AckEvery > maxAckEvery {
-		return &configError{f, "ack_every", fmt.Errorf("%s is outside %s..%s", c.AckEvery, minAckEvery, maxAckEvery)}
-	}
-	if err := checkIdleTimeout(c.IdleTimeout); err != nil {
-		return &configError{f, "idle_timeout", err}
-	}
-	if err := c.Identity.validate(f); err != nil {
-		return err
-	}
-	if c.Storage.Dir == "" {
-		return &configError{f, "storage.dir", errors.New("missing: the directory holding the replicas")}
-	}
-	if k := c.Storage.KeepPoints; k < 0 || k > 1000 {
-		return &configError{f, "storage.keep_points", fmt.Errorf("%d: want 0 (none) to 1000", k)}
-	}
-	if len(c.Senders) == 0 {
-		return &configError{f, "sender", errors.New("no [[sender]] entries: every sender would be refused")}
-	}
-	names := map[string]bool{}
-	fps := map[string]string{}
-	writer := map[string]string{} // VM -> sender allowed to write it
-	for i := range c.Senders {
-		s := &c.Senders[i]
-		key := fmt.Sprintf("sender[%d]", i)
-		if s.Name == "" || strings.TrimSpace(s.Name) != s.Name || strings.ContainsFunc(s.Name, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-			return &configError{f, key + ".name", fmt.Errorf("%q: want a non-empty name without surrounding spaces or control characters", s.Name)}
-		}
-		if names[s.Name] {
-			return &configError{f, key + ".name", fmt.Errorf("sender %q is listed twice", s.Name)}
-		}
-		names[s.Name] = true
-		key = fmt.Sprintf("sender %q", s.Name)
-		if s.Fingerprint == "" {
-			if c.CA == "" {
-				return &configError{f, key + ": fingerprint", errors.New("missing: pin the sender's certificate (drsync keygen prints it), or set a top-level ca to admit it by common name")}
-			}
-		} else {
-			n, err := tlsid.ParseFingerprint(s.Fingerprint)
-			if err != nil {
-				return &configError{f, key + ": fingerprint", err}
-			}
-			if other, dup := fps[n]; dup {
-				return &configError{f, key + ": fingerprint", fmt.Errorf("same certificate as sender %q; each sender needs its own key pair", other)}
-			}
-			fps[n] = s.Name
-			s.Fingerprint = n
-		}
-		if len(s.VMs) == 0 {
-			return &configError{f, key + ": vms", errors.New("empty: list the VMs this sender may write")}
-		}
-		for _, vm := range s.VMs {
-			if err := vmspec.ValidVMName(vm); err != nil {
-				return &configError{f, key + ": vms", err}
-			}
-			// Two writers of one replica would overwrite each other's
-			// epochs and force full comparison passes on every switch.
-			if other, dup := writer[vm]; dup {
-				return &configError{f, key + ": vms", fmt.Errorf("VM %q is already writable by sender %q; a replica has a single writer", vm, other)}
-			}
-			writer[vm] = s.Name
-		}
-	}
-	return nil
+	return &c, nil
 }
 
 // trust is what the receiver's TLS layer admits: every pinned sender
 // certificate, plus certificates signed by the CA if one is configured.
 func (c *ReceiverConfig) trust() (tlsid.Trust, error) {
-	var t tlsid.Trust
-	for _, s := range c.Senders {
-		if s.Fingerprint != "" {
-			t.Fingerprints = append(t.Fingerprints, s.Fingerprint)
-		}
-	}
+	t := tlsid.Trust{Fingerprints: c.set.Access.Fingerprints()}
 	if c.CA != "" {
 		if err := t.LoadCAFile(c.CA); err != nil {
 			return t, &configError{c.file, "ca", err}
@@ -191,52 +97,6 @@ func (c *ReceiverConfig) transportOptions() transport.Options {
 }
 
 // vmNames lists every VM some sender may write, sorted.
-func (c *ReceiverConfig) vmNames() []string {
-	var vms []string
-	for _, s := range c.Senders {
-		vms = append(vms, s.VMs...)
-	}
-	slices.Sort(vms)
-	return slices.Compact(vms)
-}
+func (c *ReceiverConfig) vmNames() []string { return c.set.Access.VMs() }
 
 func (c *ReceiverConfig) replicaDir(vm string) string { return filepath.Join(c.Storage.Dir, vm) }
-
-// authorizer decides which VMs a connected sender may write.
-type authorizer struct {
-	byFingerprint map[string]*SenderEntry
-	// byName holds the CA-mode entries (those without a fingerprint).
-	byName map[string]*SenderEntry
-}
-
-func newAuthorizer(c *ReceiverConfig) *authorizer {
-	a := &authorizer{byFingerprint: map[string]*SenderEntry{}, byName: map[string]*SenderEntry{}}
-	for i := range c.Senders {
-		s := &c.Senders[i]
-		if s.Fingerprint != "" {
-			a.byFingerprint[s.Fingerprint] = s
-		} else if c.CA != "" {
-			a.byName[s.Name] = s
-		}
-	}
-	return a
-}
-
-// authorize implements receiver.Options.Authorize. A pinned certificate is
-// judged by its entry only, whatever name it carries. The common name is
-// looked at only for certificates that are not pinned: the TLS layer admits
-// exactly the pinned ones and those the CA signed, so such a certificate
-// was signed by the CA and its name can be believed.
-func (a *authorizer) authorize(p receiver.Peer, vm string) error {
-	e := a.byFingerprint[p.Fingerprint]
-	if e == nil {
-		e = a.byName[p.Name]
-	}
-	if e == nil {
-		return fmt.Errorf("%w: certificate %s (CN %q) matches no [[sender]] entry", receiver.ErrUnauthorized, p.Fingerprint, p.Name)
-	}
-	if !slices.Contains(e.VMs, vm) {
-		return fmt.Errorf("%w: sender %q may not write VM %q (allowed: %s)", receiver.ErrUnauthorized, e.Name, vm, strings.Join(e.VMs, ", "))
-	}
-	return nil
-}

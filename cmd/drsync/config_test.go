@@ -276,13 +276,13 @@ func TestSenderConfigResolvesAndDefaults(t *testing.T) {
 		{cfg.Identity.Cert, filepath.Join(dir, "keys/a.crt")},
 		{cfg.Identity.Key, filepath.Join(dir, "keys/a.key")},
 		{cfg.State.Dir, filepath.Join(dir, "state")},
-		{cfg.VMs[0].Disks[0].Path, filepath.Join(dir, "images/vda.raw")},
-		{cfg.VMs[0].RAM[0].Path, filepath.Join(dir, "images/ram")},
-		{cfg.VMs[0].DeviceState, "/abs/dev.state"}, // absolute paths stay
-		{cfg.VMs[0].Mode, modeContinuous},
-		{cfg.VMs[0].Compression, "fast"},
-		{cfg.VMs[0].Disks[0].Format, "auto"},
-		{cfg.VMs[1].Mode, modeScheduled}, // inferred from schedule
+		{cfg.vms[0].Disks[0].Path, filepath.Join(dir, "images/vda.raw")},
+		{cfg.vms[0].RAM[0].Path, filepath.Join(dir, "images/ram")},
+		{cfg.vms[0].DeviceState, "/abs/dev.state"}, // absolute paths stay
+		{string(cfg.vms[0].Mode), string(agent.Continuous)},
+		{cfg.vms[0].Compression, "fast"},
+		{cfg.vms[0].Disks[0].Format, "auto"},
+		{string(cfg.vms[1].Mode), string(agent.Scheduled)}, // inferred from schedule
 		{cfg.stateDir("web-1"), filepath.Join(dir, "state", "web-1")},
 	}
 	for _, c := range checks {
@@ -290,25 +290,25 @@ func TestSenderConfigResolvesAndDefaults(t *testing.T) {
 			t.Errorf("got %q, want %q", c.got, c.want)
 		}
 	}
-	if got := cfg.VMs[0].Disks[0].BlockSize; got != 128<<10 {
+	if got := cfg.vms[0].Disks[0].BlockSize; got != 128<<10 {
 		t.Errorf("block size %d", got)
 	}
-	if got := cfg.VMs[1].Disks[0].BlockSize; got != 64<<10 {
+	if got := cfg.vms[1].Disks[0].BlockSize; got != 64<<10 {
 		t.Errorf("default block size %d", got)
 	}
 	if got := cfg.transportOptions().IdleTimeout; got != 0 {
 		t.Errorf("idle timeout %s, want the transport default", got)
 	}
-	if got := cfg.VMs[0].pacing(); got.Mode != agent.Continuous || got.MinInterval != 30*time.Second {
+	if got := cfg.vms[0].Pacing(); got.Mode != agent.Continuous || got.MinInterval != 30*time.Second {
 		t.Errorf("continuous pacing %+v", got)
 	}
-	if got := cfg.VMs[1].pacing(); got.Mode != agent.Scheduled || got.Schedule != 15*time.Minute {
+	if got := cfg.vms[1].Pacing(); got.Mode != agent.Scheduled || got.Schedule != 15*time.Minute {
 		t.Errorf("scheduled pacing %+v", got)
 	}
-	if cfg.VMs[0].compression != wire.CompressFast {
-		t.Errorf("compression %v", cfg.VMs[0].compression)
+	if got := cfg.vms[0].Pacing().Compression; got != wire.CompressFast {
+		t.Errorf("compression %v", got)
 	}
-	o := cfg.VMs[0].fileSourceOptions(time.Now)
+	o := cfg.vms[0].FileOptions(time.Now)
 	if err := o.Validate(); err != nil {
 		t.Errorf("file source options: %v", err)
 	}
@@ -421,8 +421,8 @@ func TestReceiverConfigResolvesAndDefaults(t *testing.T) {
 			t.Errorf("got %q, want %q", c.got, c.want)
 		}
 	}
-	if cfg.AckEvery != 8<<20 {
-		t.Errorf("ack_every default %d", cfg.AckEvery)
+	if cfg.set.AckBytes != 8<<20 {
+		t.Errorf("ack_every default %d", cfg.set.AckBytes)
 	}
 	if got := strings.Join(cfg.vmNames(), ","); got != "db-1,web-1" {
 		t.Errorf("vm names %s", got)
@@ -434,7 +434,7 @@ func TestExampleConfigs(t *testing.T) {
 	if err != nil {
 		t.Fatalf("example sender config: %v", err)
 	}
-	if len(s.VMs) != 3 || s.VMs[1].Mode != modeScheduled || !s.VMs[2].live() || s.VMs[2].Disks[1].Node != "disk1" {
+	if len(s.VMs) != 3 || s.vms[1].Mode != agent.Scheduled || !s.vms[2].Live() || s.vms[2].Disks[1].Node != "disk1" {
 		t.Errorf("example sender config: %+v", s.VMs)
 	}
 	if _, err := loadReceiverConfig("../../testdata/configs/receiver.toml"); err != nil {
@@ -465,26 +465,12 @@ func TestConfigKindAmbiguous(t *testing.T) {
 	}
 }
 
-func TestParseSize(t *testing.T) {
-	good := map[string]Size{"0": 0, "4096": 4096, "512B": 512, "64KiB": 64 << 10, "64 KiB": 64 << 10, "8mib": 8 << 20, "1GiB": 1 << 30, "2TiB": 2 << 40}
-	for in, want := range good {
-		if got, err := ParseSize(in); err != nil || got != want {
-			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"", "KiB", "1.5MiB", "-1", "8MB", "8M", "8 furlongs", "99999999999999999999", "20000000TiB"} {
-		if _, err := ParseSize(in); err == nil {
-			t.Errorf("ParseSize(%q): no error", in)
-		}
-	}
-}
-
 func TestAuthorize(t *testing.T) {
 	cfg, err := loadReceiverConfig(writeConfig(t, "r.toml", "ca = \"ca.pem\"\n"+baseReceiver+"[[sender]]\nname = \"site-c\"\nvms = [\"mail-1\"]\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := newAuthorizer(cfg)
+	authorize := cfg.set.Access.Authorizer()
 	tests := []struct {
 		peer receiver.Peer
 		vm   string
@@ -503,33 +489,12 @@ func TestAuthorize(t *testing.T) {
 		{receiver.Peer{Fingerprint: fpB, Name: "nobody"}, "web-1", false},
 	}
 	for _, tc := range tests {
-		err := a.authorize(tc.peer, tc.vm)
+		err := authorize(tc.peer, tc.vm)
 		if (err == nil) != tc.ok {
 			t.Errorf("authorize(%+v, %s) = %v; want ok=%v", tc.peer, tc.vm, err, tc.ok)
 		}
 		if err != nil && !errors.Is(err, receiver.ErrUnauthorized) {
 			t.Errorf("refusal %v does not wrap receiver.ErrUnauthorized", err)
-		}
-	}
-}
-
-func TestParseRate(t *testing.T) {
-	for _, c := range []struct {
-		in   string
-		want float64
-	}{
-		{"100Mbit/s", 12.5e6}, {"1Gbit/s", 125e6}, {"500 kbit/s", 62500}, {"12MiB/s", 12 << 20}, {"2.5Gbit/s", 312.5e6}, {"800B/s", 800},
-	} {
-		got, err := ParseRate(c.in)
-		if err != nil || float64(got) != c.want {
-			t.Errorf("ParseRate(%q) = %v, %v; want %v", c.in, float64(got), err, c.want)
-		}
-	}
-	for _, bad := range []string{"", "100", "100Mbps", "100MB/s", "-1Mbit/s", "0bit/s", "fast"} {
-		if _, err := ParseRate(bad); err == nil {
-			t.Errorf("ParseRate(%q) accepted", bad)
-		} else if !strings.Contains(err.Error(), "rate") {
-			t.Errorf("ParseRate(%q): %v does not say what is wrong", bad, err)
 		}
 	}
 }

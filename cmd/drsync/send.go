@@ -96,7 +96,7 @@ SIGHUP reloads the configuration (see README); --once ignores it.`,
 		}
 		if final {
 			for _, v := range vms {
-				if !v.live() {
+				if !v.Live() {
 					return usagef("--final: vm %q is not a live VM (qmp); there is nothing to pause", v.Name)
 				}
 			}
@@ -125,14 +125,14 @@ type sendOptions struct {
 }
 
 // selectVMs returns the VMs of c to replicate: the one named, or all.
-func (c *SenderConfig) selectVMs(name string) ([]*VMConfig, error) {
-	var vms []*VMConfig
+func (c *SenderConfig) selectVMs(name string) ([]*agent.VMSettings, error) {
+	var vms []*agent.VMSettings
 	var names []string
-	for i := range c.VMs {
-		if name == "" || c.VMs[i].Name == name {
-			vms = append(vms, &c.VMs[i])
+	for i := range c.vms {
+		if name == "" || c.vms[i].Name == name {
+			vms = append(vms, &c.vms[i])
 		}
-		names = append(names, c.VMs[i].Name)
+		names = append(names, c.vms[i].Name)
 	}
 	if len(vms) == 0 {
 		return nil, fmt.Errorf("--vm %q: no such VM in %s (configured: %s)", name, c.file, strings.Join(names, ", "))
@@ -141,7 +141,7 @@ func (c *SenderConfig) selectVMs(name string) ([]*VMConfig, error) {
 }
 
 // send builds the agent's options from the configuration and runs it.
-func send(ctx context.Context, e *env, cfg *SenderConfig, vms []*VMConfig, o sendOptions) error {
+func send(ctx context.Context, e *env, cfg *SenderConfig, vms []*agent.VMSettings, o sendOptions) error {
 	id, err := cfg.Identity.load(cfg.file)
 	if err != nil {
 		return err
@@ -154,7 +154,7 @@ func send(ctx context.Context, e *env, cfg *SenderConfig, vms []*VMConfig, o sen
 	// an equal share of it.
 	cp := float64(cfg.Receiver.BandwidthCap)
 	dialer, limit, err := agent.Dial(agent.DialOptions{Address: cfg.Receiver.Address, TLS: tlsid.ClientTLS(id, trust), Transport: cfg.transportOptions(),
-		Connections: cfg.Receiver.Connections, Cap: cp, Now: e.now})
+		Connections: cfg.peer.Connections, Cap: cp, Now: e.now})
 	if err != nil {
 		return &configError{cfg.file, "receiver.bandwidth_cap", err}
 	}
@@ -222,7 +222,7 @@ func reloadOptions(e *env, cur *SenderConfig, base agent.Options, vmName string)
 }
 
 // agentVMs converts the VMs' entries to the agent's options.
-func (c *SenderConfig) agentVMs(vms []*VMConfig, now func() time.Time) ([]agent.VM, error) {
+func (c *SenderConfig) agentVMs(vms []*agent.VMSettings, now func() time.Time) ([]agent.VM, error) {
 	out := make([]agent.VM, 0, len(vms))
 	for _, v := range vms {
 		av, err := c.agentVM(v, now)
@@ -236,28 +236,20 @@ func (c *SenderConfig) agentVMs(vms []*VMConfig, now func() time.Time) ([]agent.
 
 // agentVM converts a VM's entry to the agent's options, checking first
 // that its images exist.
-func (c *SenderConfig) agentVM(v *VMConfig, now func() time.Time) (agent.VM, error) {
-	dir := c.stateDir(v.Name)
-	av := agent.VM{Name: v.Name, StateDir: dir, Pacing: v.pacing(), Dedup: v.dedup()}
-	if v.live() {
-		lo := v.liveOptions(dir, now)
-		if os.Getenv(faultEnv) == "kill-after-migration" {
-			lo.AfterMigration = func() { syscall.Kill(os.Getpid(), syscall.SIGKILL) }
-		}
-		av.Live = &lo
-		return av, nil
+func (c *SenderConfig) agentVM(v *agent.VMSettings, now func() time.Time) (agent.VM, error) {
+	av := v.Options(c.stateDir(v.Name), now)
+	if av.Live != nil && os.Getenv(faultEnv) == "kill-after-migration" {
+		av.Live.AfterMigration = func() { syscall.Kill(os.Getpid(), syscall.SIGKILL) }
 	}
-	if err := checkImages(c.file, v); err != nil {
-		return av, err
+	if av.Files != nil {
+		return av, checkImages(c.file, v)
 	}
-	fo := v.fileSourceOptions(now)
-	av.Files = &fo
 	return av, nil
 }
 
 // checkImages makes a missing or misnamed image a configuration error at
 // start, rather than a retried failure at the first epoch.
-func checkImages(file string, v *VMConfig) error {
+func checkImages(file string, v *agent.VMSettings) error {
 	check := func(key, path string) error {
 		st, err := os.Stat(path)
 		if err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/drsync/drsync/agent"
 	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/statusreport"
 	"github.com/drsync/drsync/vfs"
@@ -53,7 +54,7 @@ status files and the replicas' manifests.`,
 			if err != nil {
 				return err
 			}
-			rows, problems = statusreport.Sender(cfg.statusVMs(cfg.VMs), now)
+			rows, problems = statusreport.Sender(cfg.statusVMs(cfg.vms), now)
 		default:
 			cfg, err := loadReceiverConfig(configPath)
 			if err != nil {
@@ -101,13 +102,13 @@ func configKind(path string) (string, error) {
 }
 
 // statusVMs are vms as their status reads them.
-func (c *SenderConfig) statusVMs(vms []VMConfig) []statusreport.SenderVM {
+func (c *SenderConfig) statusVMs(vms []agent.VMSettings) []statusreport.SenderVM {
 	out := make([]statusreport.SenderVM, len(vms))
 	for i, v := range vms {
 		dir := c.stateDir(v.Name)
-		out[i] = statusreport.SenderVM{Name: v.Name, StateDir: dir, RPOTarget: v.RPOTarget.D()}
-		if v.live() {
-			out[i].WorkDir = v.liveOptions(dir, time.Now).WorkDir
+		out[i] = statusreport.SenderVM{Name: v.Name, StateDir: dir, RPOTarget: v.RPOTarget}
+		if v.Live() {
+			out[i].WorkDir = v.LiveOptions(dir, time.Now).WorkDir
 		}
 	}
 	return out

@@ -3,6 +3,7 @@ package main
 import (
 	"time"
 
+	"github.com/drsync/drsync/agent"
 	"github.com/drsync/drsync/statuspage"
 	"github.com/drsync/drsync/statusreport"
 )
@@ -16,8 +17,8 @@ import (
 const pageSampleEvery = 10 * time.Second
 
 // senderPage is the status page of a sender replicating vms.
-func senderPage(e *env, cfg *SenderConfig, vms []*VMConfig) *statuspage.Handler {
-	sel := make([]VMConfig, len(vms))
+func senderPage(e *env, cfg *SenderConfig, vms []*agent.VMSettings) *statuspage.Handler {
+	sel := make([]agent.VMSettings, len(vms))
 	for i, v := range vms {
 		sel[i] = *v
 	}

@@ -27,8 +27,8 @@ import (
 func TestSenderPageFromStatusFiles(t *testing.T) {
 	dir := t.TempDir()
 	now := time.Date(2026, 12, 4, 11, 0, 0, 0, time.UTC)
-	cfg := &SenderConfig{State: StateConfig{Dir: dir}, VMs: []VMConfig{
-		{Name: "web-1", RPOTarget: Duration(5 * time.Minute)},
+	cfg := &SenderConfig{State: StateConfig{Dir: dir}, vms: []agent.VMSettings{
+		{Name: "web-1", RPOTarget: 5 * time.Minute},
 		{Name: "db-1", QMP: filepath.Join(dir, "db-1.qmp")},
 		{Name: "new-1"},
 	}}
@@ -43,7 +43,7 @@ func TestSenderPageFromStatusFiles(t *testing.T) {
 	write(agent.Status{VM: "db-1", Epoch: 7, Cut: now.Add(-10 * time.Minute), ConsecutiveFailures: 3, LastError: "guest is paused",
 		GuestPaused: &agent.GuestPaused{Since: now.Add(-9 * time.Minute), Detail: "guest is paused by someone else"}})
 
-	p := statusreport.SenderPage(cfg.statusVMs(cfg.VMs), now)
+	p := statusreport.SenderPage(cfg.statusVMs(cfg.vms), now)
 	want := []statuspage.VM{
 		{Name: "web-1", Epoch: 40, Cut: now.Add(-30 * time.Second), RPOTarget: 2 * time.Minute, BreachPredicted: true,
 			LastPause: 14500 * time.Microsecond, Goodput: 2e6},
@@ -78,7 +78,8 @@ func writeManifest(t *testing.T, dir, vm string, epoch uint64, cut time.Time) {
 func TestReceiverPageFromReplicas(t *testing.T) {
 	dir := t.TempDir()
 	now := time.Date(2026, 12, 4, 11, 0, 0, 0, time.UTC)
-	cfg := &ReceiverConfig{Storage: StorageConfig{Dir: dir}, Senders: []SenderEntry{{Name: "a", VMs: []string{"web-1", "db-1", "new-1"}}}}
+	cfg := &ReceiverConfig{Storage: StorageConfig{Dir: dir},
+		set: serve.Settings{Access: serve.Access{Senders: []serve.Sender{{Name: "a", VMs: []string{"web-1", "db-1", "new-1"}}}}}}
 	web := cfg.replicaDir("web-1")
 	writeManifest(t, web, "web-1", 5, now.Add(-time.Minute))
 	for _, e := range []uint64{3, 4} { // two whole points below the committed epoch
