@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"time"
 
+	"github.com/drsync/drsync/internal/field"
 	"github.com/drsync/drsync/takeover"
 	"github.com/drsync/drsync/vmspec"
 )
@@ -79,11 +80,12 @@ type Check struct {
 	Timeout time.Duration
 }
 
-// Validate reports what is wrong with rb, naming the group, VM, hook or
-// check, and fills in defaults.
+// Validate reports what is wrong with rb and fills in defaults. Errors
+// are *field.Error naming the group, VM, hook or check as a runbook file
+// does ("vm \"db-1\": check[1].address").
 func (rb *Runbook) Validate() error {
 	if rb.Name == "" {
-		return errors.New("runbook: no name")
+		return field.Errorf("name", "missing: the runbook's name")
 	}
 	if rb.Replicas == "" || rb.WorkDir == "" {
 		return errors.New("runbook: needs the replica storage directory and a work directory")
@@ -92,17 +94,17 @@ func (rb *Runbook) Validate() error {
 	for i := range rb.VMs {
 		v := &rb.VMs[i]
 		if err := vmspec.ValidVMName(v.Name); err != nil {
-			return fmt.Errorf("runbook: vm %d: %w", i, err)
+			return field.Wrap(fmt.Sprintf("vm[%d].name", i), err)
 		}
 		if vms[v.Name] != nil {
-			return fmt.Errorf("runbook: vm %q is described twice", v.Name)
+			return field.Errorf(fmt.Sprintf("vm[%d].name", i), "vm %q is described twice", v.Name)
 		}
 		vms[v.Name] = v
 		if len(rb.Authorized) > 0 && !contains(rb.Authorized, v.Name) {
-			return fmt.Errorf("runbook: vm %q: this site holds no replica for it (the receiver does not authorize any sender for it)", v.Name)
+			return field.Errorf(vmKey(v.Name), "this site holds no replica for it (the receiver does not authorize any sender for it)")
 		}
 		if len(v.Disks) == 0 {
-			return fmt.Errorf("runbook: vm %q: no disks", v.Name)
+			return field.Errorf(vmKey(v.Name), "no disks")
 		}
 		for j := range v.Checks {
 			c := &v.Checks[j]
@@ -113,54 +115,54 @@ func (rb *Runbook) Validate() error {
 			case CheckRunning:
 			case CheckSerial:
 				if c.File == "" || c.Match == "" {
-					return fmt.Errorf("runbook: vm %q: check %d (serial) needs file and match", v.Name, j)
+					return field.Errorf(checkKey(v.Name, j), "a serial check needs file and match")
 				}
 				if _, err := regexp.Compile(c.Match); err != nil {
-					return fmt.Errorf("runbook: vm %q: check %d: match: %w", v.Name, j, err)
+					return field.Wrap(checkKey(v.Name, j)+".match", err)
 				}
 			case CheckTCP:
 				if c.Address == "" {
-					return fmt.Errorf("runbook: vm %q: check %d (tcp) needs an address", v.Name, j)
+					return field.Errorf(checkKey(v.Name, j)+".address", "a tcp check needs an address")
 				}
 			default:
-				return fmt.Errorf("runbook: vm %q: check %d: unknown kind %q (want running, serial or tcp)", v.Name, j, c.Kind)
+				return field.Errorf(checkKey(v.Name, j)+".kind", "unknown kind %q (want running, serial or tcp)", c.Kind)
 			}
 		}
 	}
 	placed := map[string]string{}
 	for gi, g := range rb.Groups {
 		if g.Name == "" {
-			return fmt.Errorf("runbook: group %d has no name", gi)
+			return field.Errorf(fmt.Sprintf("group[%d].name", gi), "missing")
 		}
 		if len(g.VMs) == 0 {
-			return fmt.Errorf("runbook: group %q has no VMs", g.Name)
+			return field.Errorf(fmt.Sprintf("group %q: vms", g.Name), "empty: list the VMs the group starts")
 		}
 		for _, name := range g.VMs {
 			if vms[name] == nil {
-				return fmt.Errorf("runbook: group %q names vm %q, which no [[vm]] describes", g.Name, name)
+				return field.Errorf(fmt.Sprintf("group %q: vms", g.Name), "group %q names vm %q, which no [[vm]] describes", g.Name, name)
 			}
 			if other, ok := placed[name]; ok {
-				return fmt.Errorf("runbook: vm %q is in groups %q and %q", name, other, g.Name)
+				return field.Errorf(fmt.Sprintf("group %q: vms", g.Name), "vm %q is in groups %q and %q", name, other, g.Name)
 			}
 			placed[name] = g.Name
 		}
 	}
 	for name := range vms {
 		if _, ok := placed[name]; !ok {
-			return fmt.Errorf("runbook: vm %q is in no group, so it would never start", name)
+			return field.Errorf("group", "vm %q is in no group, so it would never start", name)
 		}
 	}
 	seen := map[string]bool{}
 	for i := range rb.Hooks {
 		h := &rb.Hooks[i]
 		if h.Name == "" || len(h.Command) == 0 {
-			return fmt.Errorf("runbook: hook %d needs a name and a command", i)
+			return field.Errorf(fmt.Sprintf("hook[%d]", i), "a hook needs a name and a command")
 		}
 		if h.When != Before && h.When != After {
-			return fmt.Errorf("runbook: hook %q: when = %q (want before or after)", h.Name, h.When)
+			return field.Errorf(fmt.Sprintf("hook %q: when", h.Name), "when = %q (want before or after)", h.When)
 		}
 		if seen[h.Name] {
-			return fmt.Errorf("runbook: hook %q is defined twice", h.Name)
+			return field.Errorf(fmt.Sprintf("hook[%d].name", i), "hook %q is defined twice", h.Name)
 		}
 		seen[h.Name] = true
 		if h.Timeout <= 0 {
@@ -168,6 +170,26 @@ func (rb *Runbook) Validate() error {
 		}
 	}
 	return nil
+}
+
+func vmKey(vm string) string { return fmt.Sprintf("vm %q", vm) }
+
+func checkKey(vm string, j int) string { return fmt.Sprintf("vm %q: check[%d]", vm, j) }
+
+// QEMUArgs are a VM's machine options: the accelerator (default kvm), the
+// machine type and CPU count if set, then args.
+func QEMUArgs(accel, machine string, cpus int, args []string) []string {
+	if accel == "" {
+		accel = "kvm"
+	}
+	out := []string{"-accel", accel}
+	if machine != "" {
+		out = append(out, "-machine", machine)
+	}
+	if cpus > 0 {
+		out = append(out, "-smp", fmt.Sprint(cpus))
+	}
+	return append(out, args...)
 }
 
 func contains(list []string, s string) bool {

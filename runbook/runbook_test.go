@@ -48,7 +48,7 @@ func TestValidate(t *testing.T) {
 		{"unknown hook time", func(rb *Runbook) { rb.Hooks[0].When = "during" }, `when = "during"`},
 		{"hook without command", func(rb *Runbook) { rb.Hooks[0].Command = nil }, "needs a name and a command"},
 		{"VM not authorized here", func(rb *Runbook) { rb.Authorized = []string{"db-1", "app-1"} }, `vm "app-2": this site holds no replica`},
-		{"bad VM name", func(rb *Runbook) { rb.VMs[0].Name = "../etc" }, "vm 0"},
+		{"bad VM name", func(rb *Runbook) { rb.VMs[0].Name = "../etc" }, "vm[0].name"},
 		{"VM without disks", func(rb *Runbook) { rb.VMs[2].Disks = nil }, `vm "app-2": no disks`},
 	}
 	for _, tt := range tests {

@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"fmt"
 	"path/filepath"
 
 	"github.com/drsync/drsync/runbook"
@@ -101,20 +100,7 @@ func loadRunbook(path string) (*runbook.Runbook, string, error) {
 		rb.Groups = append(rb.Groups, runbook.Group{Name: g.Name, VMs: g.VMs})
 	}
 	for _, v := range c.VMs {
-		vm := runbook.VM{Name: v.Name, QEMU: v.QEMU, MainRAM: v.MainRAM}
-		accel := v.Accel
-		if accel == "" {
-			accel = "kvm"
-		}
-		vm.Args = append(vm.Args, "-accel", accel)
-		if v.Machine != "" {
-			vm.Args = append(vm.Args, "-machine", v.Machine)
-		}
-		if v.CPUs > 0 {
-			vm.Args = append(vm.Args, "-smp", fmt.Sprint(v.CPUs))
-		}
-		vm.Args = append(vm.Args, v.Args...)
-		vm.NICs = v.NICs
+		vm := runbook.VM{Name: v.Name, QEMU: v.QEMU, MainRAM: v.MainRAM, NICs: v.NICs, Args: runbook.QEMUArgs(v.Accel, v.Machine, v.CPUs, v.Args)}
 		for _, d := range v.Disks {
 			vm.Disks = append(vm.Disks, takeover.Disk{Target: d.Replica, Node: d.Node})
 		}
@@ -124,7 +110,7 @@ func loadRunbook(path string) (*runbook.Runbook, string, error) {
 		rb.VMs = append(rb.VMs, vm)
 	}
 	if err := rb.Validate(); err != nil {
-		return nil, "", &configError{path, "", err}
+		return nil, "", configErr(path, err)
 	}
 	return rb, logPath, nil
 }
