@@ -3,6 +3,8 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -321,4 +323,34 @@ func (v *VMSettings) Options(stateDir string, now func() time.Time) VM {
 		vm.Files = &fo
 	}
 	return vm
+}
+
+// CheckImages makes a missing or misnamed image of a validated image-file
+// VM a settings error at start, rather than a retried failure at the first
+// epoch.
+func (v *VMSettings) CheckImages() error {
+	check := func(key, path string) error {
+		st, err := os.Stat(path)
+		if err != nil {
+			return field.Wrap(fmt.Sprintf("vm %q: %s", v.Name, key), err)
+		}
+		if !st.Mode().IsRegular() && st.Mode()&fs.ModeDevice == 0 {
+			return field.Errorf(fmt.Sprintf("vm %q: %s", v.Name, key), "%s is neither a file nor a block device", path)
+		}
+		return nil
+	}
+	for _, d := range v.Disks {
+		if err := check(fmt.Sprintf("disk %q.path", d.Name), d.Path); err != nil {
+			return err
+		}
+	}
+	for _, r := range v.RAM {
+		if err := check(fmt.Sprintf("ram %q.path", r.Name), r.Path); err != nil {
+			return err
+		}
+	}
+	if v.DeviceState != "" {
+		return check("device_state", v.DeviceState)
+	}
+	return nil
 }

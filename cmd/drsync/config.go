@@ -103,6 +103,9 @@ func resolvePath(dir, p string) string {
 // configErr names, in file, the key a library's *field.Error points at
 // (the libraries name settings as these files do).
 func configErr(file string, err error) error {
+	if err == nil {
+		return nil
+	}
 	if fe, ok := errors.AsType[*field.Error](err); ok {
 		return &configError{file, fe.Path, fe.Err}
 	}

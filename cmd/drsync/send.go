@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -242,36 +241,7 @@ func (c *SenderConfig) agentVM(v *agent.VMSettings, now func() time.Time) (agent
 		av.Live.AfterMigration = func() { syscall.Kill(os.Getpid(), syscall.SIGKILL) }
 	}
 	if av.Files != nil {
-		return av, checkImages(c.file, v)
+		return av, configErr(c.file, v.CheckImages())
 	}
 	return av, nil
-}
-
-// checkImages makes a missing or misnamed image a configuration error at
-// start, rather than a retried failure at the first epoch.
-func checkImages(file string, v *agent.VMSettings) error {
-	check := func(key, path string) error {
-		st, err := os.Stat(path)
-		if err != nil {
-			return &configError{file, fmt.Sprintf("vm %q: %s", v.Name, key), err}
-		}
-		if !st.Mode().IsRegular() && st.Mode()&fs.ModeDevice == 0 {
-			return &configError{file, fmt.Sprintf("vm %q: %s", v.Name, key), fmt.Errorf("%s is neither a file nor a block device", path)}
-		}
-		return nil
-	}
-	for _, d := range v.Disks {
-		if err := check(fmt.Sprintf("disk %q.path", d.Name), d.Path); err != nil {
-			return err
-		}
-	}
-	for _, r := range v.RAM {
-		if err := check(fmt.Sprintf("ram %q.path", r.Name), r.Path); err != nil {
-			return err
-		}
-	}
-	if v.DeviceState != "" {
-		return check("device_state", v.DeviceState)
-	}
-	return nil
 }
