@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/drsync/drsync/internal/units"
 	"github.com/drsync/drsync/livecut"
 	"github.com/drsync/drsync/metrics"
 	"github.com/drsync/drsync/sender"
@@ -539,7 +540,7 @@ func (l *vmLoop) inFlight() {
 	switch {
 	case pc.breachBegan:
 		l.log.Warn("RPO target will be missed at the live goodput of the epoch being sent: the link cannot carry what the guest changes within the target (raise rpo_target or bandwidth, or reduce the guest's writes)",
-			"rpo_target", l.vm.Pacing.RPOTarget, "predicted_lag", secs(f.PredictedLagSeconds), "live_goodput", formatRate(f.LiveGoodputBps), "plan", pc.reason)
+			"rpo_target", l.vm.Pacing.RPOTarget, "predicted_lag", secs(f.PredictedLagSeconds), "live_goodput", units.FormatRate(f.LiveGoodputBps), "plan", pc.reason)
 	case pc.breachEnded:
 		l.log.Info("RPO target within reach again", "rpo_target", l.vm.Pacing.RPOTarget, "predicted_lag", secs(f.PredictedLagSeconds), "plan", pc.reason)
 	}
@@ -567,7 +568,7 @@ func (l *vmLoop) committed(res *sender.Result, pc pace) {
 		attrs = append(attrs, "ram_pages_data", res.RAMDataPages, "ram_pages_ref", res.RAMRefPages, "ram_pages_dup", res.RAMDupPages, "ram_pages_zero", res.RAMZeroPages)
 	}
 	f := pc.flow
-	attrs = append(attrs, "epoch_length", secs(f.EpochSeconds), "goodput", formatRate(f.GoodputBytesPerSecond), "dirty_rate", formatRate(f.DirtyBytesPerSecond), "compression", f.Compression)
+	attrs = append(attrs, "epoch_length", secs(f.EpochSeconds), "goodput", units.FormatRate(f.GoodputBytesPerSecond), "dirty_rate", units.FormatRate(f.DirtyBytesPerSecond), "compression", f.Compression)
 	if f.RPOTargetSeconds > 0 {
 		attrs = append(attrs, "next_epoch", secs(f.NextEpochSeconds), "predicted_lag", secs(f.PredictedLagSeconds), "next_compression", pc.level)
 	}
@@ -649,19 +650,4 @@ func (es VMErrors) Unwrap() []error {
 		out[i] = e
 	}
 	return out
-}
-
-// formatRate renders bytes/s in log lines as bits per second, as links
-// are rated.
-func formatRate(bps float64) string {
-	b := bps * 8
-	switch {
-	case b >= 1e9:
-		return fmt.Sprintf("%.3g Gbit/s", b/1e9)
-	case b >= 1e6:
-		return fmt.Sprintf("%.3g Mbit/s", b/1e6)
-	case b >= 1e3:
-		return fmt.Sprintf("%.3g kbit/s", b/1e3)
-	}
-	return fmt.Sprintf("%.0f bit/s", b)
 }

@@ -8,6 +8,8 @@ import (
 	"os"
 	"reflect"
 	"slices"
+
+	"github.com/drsync/drsync/internal/units"
 )
 
 // ErrNeedsRestart marks a reload that changes what only a restart can:
@@ -268,7 +270,7 @@ func capString(bps float64) string {
 	if bps == 0 {
 		return "none"
 	}
-	return formatRate(bps)
+	return units.FormatRate(bps)
 }
 
 // ReloadOn reloads a each time ask delivers, until ctx ends, with the
