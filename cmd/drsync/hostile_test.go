@@ -42,6 +42,15 @@ name = "site-a"
 fingerprint = %q
 vms = [%s]
 `, fpSender, strings.Join(quoted, ", "))))
+	addr, _ := runReceiver(t, conf)
+	return addr
+}
+
+// runReceiver runs "drsync receive --config conf" in this process until
+// the test ends or stop is called, and returns the address it listens on;
+// stop returns its exit code. Its log is shown if the test fails.
+func runReceiver(t *testing.T, conf string) (addr net.Addr, stop func() int) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	addrs := make(chan net.Addr, 1)
 	done := make(chan int, 1)
@@ -50,22 +59,36 @@ vms = [%s]
 		e := &env{stdout: &logs, stderr: &logs, now: time.Now, listening: func(a net.Addr) { addrs <- a }}
 		done <- runEnv(ctx, e, []string{"receive", "--config", conf, "--log-level", "debug"})
 	}()
-	t.Cleanup(func() {
+	code, stopped := -1, false
+	stop = func() int {
+		if stopped {
+			return code
+		}
+		stopped = true
 		cancel()
-		<-done
+		select {
+		case code = <-done:
+		case <-time.After(10 * time.Second):
+			t.Error("receiver did not stop")
+		}
+		return code
+	}
+	t.Cleanup(func() {
+		stop()
 		if t.Failed() {
 			t.Logf("receiver log:\n%s", logs.String())
 		}
 	})
 	select {
 	case a := <-addrs:
-		return a
-	case code := <-done:
+		return a, stop
+	case code = <-done:
+		stopped = true
 		t.Fatalf("receive exited with %d:\n%s", code, logs.String())
 	case <-time.After(10 * time.Second):
 		t.Fatal("receiver did not start listening")
 	}
-	return nil
+	return nil, stop
 }
 
 // TestErrorFrameReachesHalfClosedSender: a sender that ends its side of

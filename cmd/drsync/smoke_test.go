@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io/fs"
 	"math/rand/v2"
-	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -156,28 +155,7 @@ name = "site-c"
 fingerprint = %q
 vms = ["db-1"]
 `, fpSender, fpOther)))
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	addrs := make(chan net.Addr, 1)
-	rcvDone := make(chan int, 1)
-	var rcvErr hosttools.SyncBuffer
-	go func() {
-		e := &env{stdout: &rcvErr, stderr: &rcvErr, now: time.Now, listening: func(a net.Addr) { addrs <- a }}
-		rcvDone <- runEnv(ctx, e, []string{"receive", "--config", rcvConf, "--log-level", "debug"})
-	}()
-	defer func() {
-		if t.Failed() {
-			t.Logf("receiver log:\n%s", rcvErr.String())
-		}
-	}()
-	var addr net.Addr
-	select {
-	case addr = <-addrs:
-	case code := <-rcvDone:
-		t.Fatalf("receive exited with %d:\n%s", code, rcvErr.String())
-	case <-time.After(10 * time.Second):
-		t.Fatal("receiver did not start listening")
-	}
+	addr, stopReceiver := runReceiver(t, rcvConf)
 
 	// A second receiver on the same storage is refused.
 	if code, _, stderr := drsync(t, "receive", "--config", rcvConf); code != exitBusy || !strings.Contains(stderr, serve.LockFile) {
@@ -322,7 +300,7 @@ device_state = "images/web-1.dev"
 	// Continuous mode: epochs keep coming until the process is stopped.
 	contConf := filepath.Join(dir, "sender-continuous.toml")
 	writeFile(t, contConf, []byte(edit(t, readText(t, sndConf), `compression = "fast"`, `min_interval = "1s"`)))
-	sctx, stopSender := context.WithCancel(ctx)
+	sctx, stopSender := context.WithCancel(context.Background())
 	sendDone := make(chan int, 1)
 	var sendLog hosttools.SyncBuffer
 	go func() {
@@ -343,14 +321,8 @@ device_state = "images/web-1.dev"
 		t.Fatal("continuous send did not stop")
 	}
 
-	cancel()
-	select {
-	case code := <-rcvDone:
-		if code != exitOK {
-			t.Fatalf("receive stopped with exit %d", code)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("receiver did not stop")
+	if code := stopReceiver(); code != exitOK {
+		t.Fatalf("receive stopped with exit %d", code)
 	}
 
 	// While an epoch is applied the replica is locked: verify waits, then
