@@ -99,28 +99,9 @@ func WaitUnlocked(ctx context.Context, dir string, wait time.Duration) error {
 }
 
 func waitUnlocked(ctx context.Context, fsys vfs.FS, dir string, wait time.Duration) error {
-	deadline := time.Now().Add(wait)
-	for {
-		err := checkUnlocked(fsys, dir)
-		if !errors.Is(err, ErrLocked) || !time.Now().Before(deadline) {
-			return err
-		}
-		if sleepCtx(ctx, min(lockPoll, time.Until(deadline)+time.Millisecond)) != nil {
-			return err
-		}
+	name := path.Join(dir, "LOCK")
+	if err := vfs.WaitUnlocked(ctx, fsys, name, wait); err != nil {
+		return lockFailed(name, err)
 	}
-}
-
-// lockPoll is how often WaitUnlocked looks again.
-const lockPoll = 20 * time.Millisecond
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
+	return nil
 }

@@ -37,17 +37,32 @@ const lockPoll = 20 * time.Millisecond
 // wait while another holder has it. If wait passes or ctx ends first, it
 // returns the last refusal, which says what the holder is doing.
 func Lock(ctx context.Context, fsys FS, name, note string, wait time.Duration) (Locked, error) {
+	var l Locked
+	if err := whileLocked(ctx, wait, func() (err error) { l, err = fsys.Lock(name, note); return err }); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// WaitUnlocked is CheckUnlocked, trying again for up to wait while another
+// holder has the lock: it waits for the holder to let go without taking
+// the lock.
+func WaitUnlocked(ctx context.Context, fsys FS, name string, wait time.Duration) error {
+	return whileLocked(ctx, wait, func() error { return CheckUnlocked(fsys, name) })
+}
+
+// whileLocked calls try until it succeeds or fails other than by a
+// refusal, trying again for up to wait (or until ctx ends) while it is
+// refused; it returns try's last error.
+func whileLocked(ctx context.Context, wait time.Duration, try func() error) error {
 	deadline := time.Now().Add(wait)
 	for {
-		l, err := fsys.Lock(name, note)
-		if err == nil {
-			return l, nil
-		}
-		if !errors.Is(err, ErrLocked) || !time.Now().Before(deadline) {
-			return nil, err
+		err := try()
+		if err == nil || !errors.Is(err, ErrLocked) || !time.Now().Before(deadline) {
+			return err
 		}
 		if sleepCtx(ctx, min(lockPoll, time.Until(deadline)+time.Millisecond)) != nil {
-			return nil, err
+			return err
 		}
 	}
 }
