@@ -74,6 +74,25 @@ func (p *PeerSettings) Validate() error {
 	return nil
 }
 
+// ValidateVMs checks the VMs a sender protects (see VMSettings.Validate)
+// and that no VM is listed twice.
+func ValidateVMs(vms []VMSettings) error {
+	if len(vms) == 0 {
+		return field.Errorf("vm", "no [[vm]] entries: nothing to replicate")
+	}
+	seen := map[string]bool{}
+	for i := range vms {
+		if err := vms[i].Validate(i); err != nil {
+			return err
+		}
+		if seen[vms[i].Name] {
+			return field.Errorf(fmt.Sprintf("vm[%d].name", i), "VM %q is listed twice", vms[i].Name)
+		}
+		seen[vms[i].Name] = true
+	}
+	return nil
+}
+
 // VMSettings are one protected VM's settings as a sender's configuration
 // states them: which images or which running guest, and how its epochs
 // are paced. Validate checks them and fills in defaults; Options turns

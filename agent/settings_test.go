@@ -96,3 +96,32 @@ func TestPeerSettingsValidate(t *testing.T) {
 		})
 	}
 }
+
+func TestValidateVMs(t *testing.T) {
+	vm := func(name string) VMSettings {
+		return VMSettings{Name: name, Disks: []DiskSettings{{Name: "vda", Path: "/img/" + name}}}
+	}
+	for _, tc := range []struct {
+		name     string
+		vms      []VMSettings
+		wantPath string
+	}{
+		{"two VMs", []VMSettings{vm("web-1"), vm("db-1")}, ""},
+		{"none", nil, "vm"},
+		{"listed twice", []VMSettings{vm("web-1"), vm("web-1")}, "vm[1].name"},
+		{"second VM wrong", []VMSettings{vm("web-1"), {Name: "db-1"}}, `vm "db-1": disk`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := ValidateVMs(tc.vms)
+			if tc.wantPath == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if fe, ok := errors.AsType[*field.Error](err); !ok || fe.Path != tc.wantPath {
+				t.Errorf("error %v; want path %q", err, tc.wantPath)
+			}
+		})
+	}
+}

@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"fmt"
 	"path/filepath"
 
 	"github.com/drsync/drsync/agent"
@@ -105,11 +104,7 @@ func loadSenderConfig(path string) (*SenderConfig, error) {
 	if c.State.Dir == "" {
 		return nil, &configError{c.file, "state.dir", errors.New("missing: a directory where the sender records what each replica holds")}
 	}
-	if len(c.VMs) == 0 {
-		return nil, &configError{c.file, "vm", errors.New("no [[vm]] entries: nothing to replicate")}
-	}
-	seen := map[string]int{}
-	for i, v := range c.VMs {
+	for _, v := range c.VMs {
 		s := agent.VMSettings{Name: v.Name, Mode: agent.Mode(v.Mode), MinInterval: v.MinInterval.D(), RPOTarget: v.RPOTarget.D(),
 			MaxInterval: v.MaxInterval.D(), Schedule: v.Schedule.D(), Compression: v.Compression, DeviceState: resolvePath(dir, v.DeviceState),
 			QMP: resolvePath(dir, v.QMP), WorkDir: resolvePath(dir, v.WorkDir), AllowUntestedQEMU: v.AllowUntestedQEMU, Dedup: v.Dedup}
@@ -119,14 +114,10 @@ func loadSenderConfig(path string) (*SenderConfig, error) {
 		for _, r := range v.RAM {
 			s.RAM = append(s.RAM, sender.FileRAM{Name: r.Name, Path: resolvePath(dir, r.Path)})
 		}
-		if err := s.Validate(i); err != nil {
-			return nil, configErr(c.file, err)
-		}
-		if _, dup := seen[s.Name]; dup {
-			return nil, &configError{c.file, fmt.Sprintf("vm[%d].name", i), fmt.Errorf("VM %q is listed twice", s.Name)}
-		}
-		seen[s.Name] = i
 		c.vms = append(c.vms, s)
+	}
+	if err := agent.ValidateVMs(c.vms); err != nil {
+		return nil, configErr(c.file, err)
 	}
 	return &c, nil
 }
