@@ -35,6 +35,9 @@ type Manifest struct {
 	StateID     uint64           `json:"state_id"`
 	Targets     []TargetEntry    `json:"targets"`
 	DeviceState *DeviceStateInfo `json:"device_state,omitempty"`
+	// Group is the consistency-group tag of the epoch, nil for an epoch
+	// of the VM on its own.
+	Group *vmspec.GroupCut `json:"group,omitempty"`
 }
 
 // TargetEntry is one disk or RAM block of the replica.
@@ -146,6 +149,11 @@ func (m *Manifest) validate() error {
 	}
 	if len(m.Targets) > wire.MaxTargets {
 		return fmt.Errorf("%d targets", len(m.Targets))
+	}
+	if m.Group != nil {
+		if err := m.Group.Validate(m.VM); err != nil {
+			return err
+		}
 	}
 	seen := map[string]bool{}
 	files := map[string]bool{}

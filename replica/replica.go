@@ -991,7 +991,7 @@ func (r *Replica) apply() error {
 	if err := r.writeTables(st, tables); err != nil {
 		return err
 	}
-	next := &Manifest{Format: manifestFormat, VM: r.o.VM, Epoch: epoch, Cut: st.begin.Cut, Applied: r.o.Now().UTC()}
+	next := &Manifest{Format: manifestFormat, VM: r.o.VM, Epoch: epoch, Cut: st.begin.Cut, Applied: r.o.Now().UTC(), Group: st.begin.Group}
 	ids := make([]int, 0, len(st.targets))
 	for id := range st.targets {
 		ids = append(ids, int(id))
