@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"testing"
 
 	"github.com/drsync/drsync/replica"
+	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/testkit"
 	"github.com/drsync/drsync/vfs"
 	"github.com/drsync/drsync/vfs/errorfs"
@@ -119,4 +121,84 @@ func TestGroupTagSurvivesResume(t *testing.T) {
 		t.Errorf("no run resumed a staged epoch: the test does not cover the journal")
 	}
 	t.Logf("%d runs resumed a staged epoch", resumed)
+}
+
+// TestGroupPointRetained: with one recovery point kept, a member that
+// commits later epochs of its own still keeps the epoch of the group's
+// newest complete point (and all after it, which rolling back needs), so
+// the group stays restorable at that point; once a newer group point is
+// complete, the older one is pruned as usual.
+func TestGroupPointRetained(t *testing.T) {
+	rng := rand.New(rand.NewPCG(41, 42))
+	rfs := memfs.New()
+	rcv := newReceiver(t, rfs, keepPoints(1))
+	members := []string{"db", "web-1"}
+	cut := 0 // the tag the next snapshot of each VM carries, 0 for none
+	tag := func(int) *vmspec.GroupCut {
+		if cut == 0 {
+			return nil
+		}
+		return &vmspec.GroupCut{Group: "shop", Cut: uint64(cut), Members: members}
+	}
+	srcs := map[string]*testkit.MemSource{}
+	senders := map[string]*sender.Sender{}
+	for _, vm := range members {
+		srcs[vm] = newSource(rng)
+		srcs[vm].Group = tag
+		s, err := sender.New(sender.Options{VM: vm, Source: srcs[vm], Dialer: testkit.PipeDialer(rcv, alice), Store: sender.Store{FS: memfs.New(), Dir: "/state/" + vm}, Now: now})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		senders[vm] = s
+	}
+	states := map[string]map[uint64]map[string][]byte{"db": {}, "web-1": {}}
+	run := func(vm string, c int) uint64 {
+		t.Helper()
+		cut = c
+		states[vm][uint64(len(states[vm])+1)] = srcs[vm].SourceState()
+		res, err := senders[vm].RunEpoch(context.Background())
+		if err != nil {
+			t.Fatalf("%s: %v", vm, err)
+		}
+		mutate(rng, srcs[vm], int(res.Epoch))
+		t.Logf("%s: epoch %d, group cut %d", vm, res.Epoch, c)
+		return res.Epoch
+	}
+	epochs := func(vm string) []uint64 {
+		pts, err := replica.Points(rfs, "/replicas/"+vm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var eps []uint64
+		for _, p := range pts {
+			eps = append(eps, p.Manifest.Epoch)
+		}
+		return eps
+	}
+	run("db", 1)
+	run("web-1", 1) // group point 1: db 1, web-1 1
+	for range 3 {
+		run("web-1", 0) // web-1's own epochs
+	}
+	run("web-1", 2) // web-1 has cut 2, db not yet
+	run("web-1", 0)
+	if got, want := epochs("web-1"), []uint64{1, 2, 3, 4, 5, 6}; !slices.Equal(got, want) {
+		t.Fatalf("web-1 keeps %v, want %v (group point 1 needs epoch 1)", got, want)
+	}
+	to := "/restore-web-1"
+	if _, err := replica.Materialize(rfs, "/replicas/web-1", 1, to); err != nil {
+		t.Fatalf("group point 1 of web-1: %v", err)
+	}
+	if _, st, err := testkit.ReplicaState(rfs, to); err != nil || testkit.DiffStates(states["web-1"][1], st) != "" {
+		t.Fatalf("web-1 restored at group point 1 differs: %v", err)
+	}
+	run("db", 2) // group point 2 complete: db 2, web-1 5
+	run("web-1", 0)
+	if got, want := epochs("web-1"), []uint64{5, 6, 7}; !slices.Equal(got, want) {
+		t.Fatalf("web-1 keeps %v once group point 2 is complete, want %v", got, want)
+	}
+	if got, want := epochs("db"), []uint64{1, 2}; !slices.Equal(got, want) {
+		t.Fatalf("db keeps %v, want %v", got, want)
+	}
 }

@@ -8,8 +8,9 @@ import (
 
 // pure are the packages that hold decisions without IO: both sides'
 // protocol sessions, the per-block decision, the epoch controller, the
-// replica's recovery rule and the consistency-group points. (The replica's staging machine is not yet among
-// them: it lives in package replica, beside its files.)
+// replica's recovery rule and the consistency-group points. (The replica's
+// staging machine is not yet among them: it lives in package replica,
+// beside its files.)
 var pure = []string{
 	"github.com/drsync/drsync/sender/protocol",
 	"github.com/drsync/drsync/sender/blockplan",
