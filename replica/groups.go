@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"path"
 
 	"github.com/drsync/drsync/replica/grouppoint"
@@ -54,4 +55,21 @@ func (s FileStore) groupKeepFrom(vm string) (uint64, error) {
 		return 0, err
 	}
 	return grouppoint.KeepFrom(pts, max(s.KeepPoints, 1))[vm], nil
+}
+
+// AllGroupPoints is GroupPoints of each of vms, merged: the points of
+// every group any of them belongs to.
+func AllGroupPoints(fsys vfs.FS, root string, vms []string) (map[string][]grouppoint.Point, error) {
+	out := map[string][]grouppoint.Point{}
+	for _, vm := range vms {
+		if _, done := out[vm]; done {
+			continue
+		}
+		got, err := GroupPoints(fsys, root, vm)
+		if err != nil {
+			return nil, err
+		}
+		maps.Copy(out, got)
+	}
+	return out, nil
 }

@@ -15,9 +15,19 @@ import (
 	"github.com/drsync/drsync/vmspec"
 )
 
-// drsync failover --consistency-group --dry-run names the group point and
-// resumes each member from its epoch of it, though web-1 committed later
-// epochs of its own and db-1 an incomplete later cut.
+// drsync status, the status page and the metrics name a consistency
+// group's newest complete group point; drsync failover --consistency-group
+// --dry-run names it and resumes each member from its epoch of it, though
+// web-1 committed later epochs of its own and db-1 an incomplete later cut.
+func mustReceiverConfig(t *testing.T, path string) *ReceiverConfig {
+	t.Helper()
+	c, err := loadReceiverConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
 func TestFailoverConsistencyGroupDryRun(t *testing.T) {
 	dir := t.TempDir()
 	writeFile(t, filepath.Join(dir, "receiver.toml"), []byte(baseReceiver))
@@ -64,6 +74,17 @@ func TestFailoverConsistencyGroupDryRun(t *testing.T) {
 	run("web-1", 2) // group point 2: db-1 epoch 2, web-1 epoch 3
 	run("web-1", 0)
 	run("db-1", 3) // cut 3 is not complete
+	// status names the group point, which lags behind both members.
+	_, out, errs := drsync(t, "status", "--config", filepath.Join(dir, "receiver.toml"))
+	if !regexp.MustCompile(`(?m)^shop +cut 2 +1970-01-01T00:00:02Z +\S+ +db-1 epoch 2, web-1 epoch 3$`).MatchString(out) {
+		t.Errorf("status does not show the group point:\n%s%s", out, errs)
+	}
+	if page := receiverPageOf(mustReceiverConfig(t, filepath.Join(dir, "receiver.toml")), time.Now()); len(page.ConsistencyGroups) != 1 || page.ConsistencyGroups[0].Cut != 2 {
+		t.Errorf("status page groups %+v", page.ConsistencyGroups)
+	}
+	if got := groupPointsMetric(mustReceiverConfig(t, filepath.Join(dir, "receiver.toml")))(); got["shop"].Cut != 2 {
+		t.Errorf("metrics source %+v", got)
+	}
 	rb := filepath.Join(dir, "runbook.toml")
 	writeFile(t, rb, []byte(`
 name = "site-b"

@@ -59,6 +59,7 @@ status files and the replicas' manifests.`,
 		}
 		var rows []vmStatusView
 		var problems []error
+		var rcfg *ReceiverConfig
 		now := e.now()
 		switch kind {
 		case "sender":
@@ -73,6 +74,7 @@ status files and the replicas' manifests.`,
 				return err
 			}
 			rows, problems = receiverStatuses(cfg, now)
+			rcfg = cfg
 		}
 		if asJSON {
 			if rows == nil {
@@ -85,6 +87,9 @@ status files and the replicas' manifests.`,
 			}
 		} else {
 			printStatusTable(e.stdout, kind, rows)
+			if rcfg != nil {
+				problems = append(problems, printGroupStatus(e.stdout, rcfg, now))
+			}
 		}
 		return errors.Join(problems...)
 	}

@@ -85,5 +85,6 @@ func receiverPageOf(cfg *ReceiverConfig, now time.Time) statuspage.Page {
 		}
 		p.VMs = append(p.VMs, v)
 	}
+	p.ConsistencyGroups = pageGroupPoints(cfg)
 	return p
 }

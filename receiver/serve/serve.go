@@ -71,8 +71,11 @@ type Options struct {
 	// Drills, with Metrics, reads the outcome of each replica's last
 	// failover drill.
 	Drills func() map[string]metrics.Drill
-	Now    func() time.Time
-	Logger *slog.Logger
+	// GroupPoints, with Metrics, reads each consistency group's newest
+	// complete group point.
+	GroupPoints func() map[string]metrics.GroupPoint
+	Now         func() time.Time
+	Logger      *slog.Logger
 	// Fingerprint (the receiver's own) and Senders (how many are
 	// configured) are logged when listening starts.
 	Fingerprint string
@@ -136,6 +139,9 @@ func Open(o Options) (*Server, error) {
 		met.Storage(o.StorageDir)
 		if o.Drills != nil {
 			met.Drills(o.Drills)
+		}
+		if o.GroupPoints != nil {
+			met.GroupPoints(o.GroupPoints)
 		}
 		// The lag of each replica carries on from its status file.
 		s.status.mu.Lock()

@@ -150,3 +150,15 @@ func KeepFrom(points map[string][]Point, keep int) map[string]uint64 {
 	}
 	return out
 }
+
+// Newest returns each group's newest complete point, by group name; a
+// group with none is left out.
+func Newest(points map[string][]Point) []GroupPoint {
+	var out []GroupPoint
+	for _, g := range Groups(points) {
+		if gps := Complete(g, points); len(gps) > 0 {
+			out = append(out, gps[0])
+		}
+	}
+	return out
+}

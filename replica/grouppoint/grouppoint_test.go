@@ -152,3 +152,19 @@ func TestBeforeAndTime(t *testing.T) {
 		t.Error("non-member has an epoch")
 	}
 }
+
+func TestNewest(t *testing.T) {
+	other := []string{"x", "y"}
+	points := map[string][]Point{
+		"a": pts(ab, "1:1", "2:2", "3:3"),
+		"b": pts(ab, "1:1", "2:2"),
+		"x": pts(other, "1:5"), // y has not committed it: no complete point
+	}
+	for i := range points["x"] {
+		points["x"][i].Tag.Group = "h"
+	}
+	got := Newest(points)
+	if len(got) != 1 || got[0].Group != "g" || got[0].Cut != 2 {
+		t.Fatalf("newest %+v, want group g at cut 2 only", got)
+	}
+}
