@@ -71,17 +71,18 @@ type Options struct {
 	// Drills, with Metrics, reads the outcome of each replica's last
 	// failover drill.
 	Drills func() map[string]metrics.Drill
-	// GroupPoints, with Metrics, reads each consistency group's newest
-	// complete group point.
-	GroupPoints func() map[string]metrics.GroupPoint
-	Now         func() time.Time
-	Logger      *slog.Logger
+	Now    func() time.Time
+	Logger *slog.Logger
 	// Fingerprint (the receiver's own) and Senders (how many are
 	// configured) are logged when listening starts.
 	Fingerprint string
 	Senders     int
 	// Listening, if set, is told the bound address.
 	Listening func(net.Addr)
+
+	// GroupPoints, with Metrics, reads each consistency group's newest
+	// complete group point.
+	GroupPoints func() map[string]metrics.GroupPoint
 }
 
 // Validate checks o and fills in defaults.
