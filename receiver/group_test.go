@@ -39,7 +39,7 @@ func groupsOf(t *testing.T, fsys vfs.FS) map[uint64]*vmspec.GroupCut {
 	}
 	out := map[uint64]*vmspec.GroupCut{}
 	for _, p := range pts {
-		out[p.Manifest.Epoch] = p.Manifest.Group
+		out[p.Manifest.Epoch] = p.Manifest.Tag()
 	}
 	return out
 }

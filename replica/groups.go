@@ -37,8 +37,8 @@ func GroupPoints(fsys vfs.FS, root, vm string) (map[string][]grouppoint.Point, e
 		}
 		gp := make([]grouppoint.Point, len(pts))
 		for i, p := range pts {
-			gp[i] = grouppoint.Point{Epoch: p.Manifest.Epoch, Cut: p.Manifest.Cut, Tag: p.Manifest.Group}
-			if t := p.Manifest.Group; t != nil && m == vm {
+			gp[i] = grouppoint.Point{Epoch: p.Manifest.Epoch, Cut: p.Manifest.Cut, Tag: p.Manifest.Tag()}
+			if t := p.Manifest.Tag(); t != nil && m == vm {
 				todo = append(todo, t.Members...)
 			}
 		}

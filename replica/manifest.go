@@ -37,7 +37,45 @@ type Manifest struct {
 	DeviceState *DeviceStateInfo `json:"device_state,omitempty"`
 	// Group is the consistency-group tag of the epoch, nil for an epoch
 	// of the VM on its own.
-	Group *vmspec.GroupCut `json:"group,omitempty"`
+	Group *GroupTag `json:"group,omitempty"`
+}
+
+// GroupTag is a manifest's consistency-group tag. Its JSON names are the
+// manifest's own, so that the file format does not follow Go field names:
+//
+//	"group": {"group": "shop", "cut": 12, "members": ["app-1", "db"]}
+type GroupTag struct{ vmspec.GroupCut }
+
+type groupTagJSON struct {
+	Group   string   `json:"group"`
+	Cut     uint64   `json:"cut"`
+	Members []string `json:"members"`
+}
+
+// MarshalJSON implements json.Marshaler.
+func (g GroupTag) MarshalJSON() ([]byte, error) {
+	return json.Marshal(groupTagJSON{g.Group, g.Cut, g.Members})
+}
+
+// UnmarshalJSON implements json.Unmarshaler, refusing unknown fields as
+// the rest of the manifest does.
+func (g *GroupTag) UnmarshalJSON(b []byte) error {
+	var j groupTagJSON
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&j); err != nil {
+		return fmt.Errorf("group: %w", err)
+	}
+	g.GroupCut = vmspec.GroupCut{Group: j.Group, Cut: j.Cut, Members: j.Members}
+	return nil
+}
+
+// Tag is the epoch's group tag as the wire carries it, nil if none.
+func (m *Manifest) Tag() *vmspec.GroupCut {
+	if m.Group == nil {
+		return nil
+	}
+	return &m.Group.GroupCut
 }
 
 // TargetEntry is one disk or RAM block of the replica.

@@ -996,7 +996,10 @@ func (r *Replica) apply() error {
 	if err := r.writeTables(st, tables); err != nil {
 		return err
 	}
-	next := &Manifest{Format: manifestFormat, VM: r.o.VM, Epoch: epoch, Cut: st.begin.Cut, Applied: r.o.Now().UTC(), Group: st.begin.Group}
+	next := &Manifest{Format: manifestFormat, VM: r.o.VM, Epoch: epoch, Cut: st.begin.Cut, Applied: r.o.Now().UTC()}
+	if g := st.begin.Group; g != nil {
+		next.Group = &GroupTag{*g}
+	}
 	ids := make([]int, 0, len(st.targets))
 	for id := range st.targets {
 		ids = append(ids, int(id))
