@@ -9,8 +9,8 @@ import (
 )
 
 // PinConsistencyGroup makes the members of consistency group group resume
-// its newest complete group point (with Before set, the newest cut at or
-// before it), so that they all come back from the same instant even when
+// its newest complete group point (with Before set, the newest cut before
+// it), so that they all come back from the same instant even when
 // some committed later epochs of their own. pts are the replicas' points
 // by VM name (replica.GroupPoints). Every member must be a VM of the
 // runbook: failing over part of a group would break what the group is for.
@@ -29,7 +29,7 @@ func (rb *Runbook) PinConsistencyGroup(group string, pts map[string][]grouppoint
 	if !rb.Before.IsZero() {
 		var ok bool
 		if gp, ok = grouppoint.Before(gps, rb.Before); !ok {
-			return grouppoint.GroupPoint{}, fmt.Errorf("consistency group %s: no complete group point cut at or before %s (the oldest retained is cut %d at %s)",
+			return grouppoint.GroupPoint{}, fmt.Errorf("consistency group %s: no complete group point cut before %s (the oldest retained is cut %d at %s)",
 				group, rb.Before.UTC().Format("2006-01-02T15:04:05Z"), gps[len(gps)-1].Cut, gps[len(gps)-1].Time().UTC().Format("2006-01-02T15:04:05Z"))
 		}
 	}

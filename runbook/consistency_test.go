@@ -38,7 +38,7 @@ func TestPinConsistencyGroup(t *testing.T) {
 	}{
 		{name: "newest complete point", group: "shop", want: map[string]uint64{"db-1": 4, "app-1": 8}},
 		{name: "before a time", group: "shop", before: t0.Add(19 * time.Minute), want: map[string]uint64{"db-1": 3, "app-1": 5}},
-		{name: "before every point", group: "shop", before: t0.Add(9 * time.Minute), err: "no complete group point cut at or before 2026-01-01T00:09:00Z"},
+		{name: "before every point", group: "shop", before: t0.Add(9 * time.Minute), err: "no complete group point cut before 2026-01-01T00:09:00Z"},
 		{name: "unknown group", group: "other", err: "consistency group other: no complete group point"},
 		{name: "epoch number", group: "shop", epoch: 4, err: "pick the group point by time"},
 		{name: "member not in the runbook", group: "shop", drop: "app-1", err: "members app-1 are not in runbook"},

@@ -120,12 +120,12 @@ accel = "tcg"
 		}
 	}
 	// MemSource cuts snapshot n at n seconds after the Unix epoch.
-	_, out, _ = drsync(t, "failover", "--runbook", rb, "--dry-run", "--consistency-group", "shop", "--before", "1970-01-01T00:00:01Z")
+	_, out, _ = drsync(t, "failover", "--runbook", rb, "--dry-run", "--consistency-group", "shop", "--before", "1970-01-01T00:00:02Z")
 	if !regexp.MustCompile(`group point of cut 1 .*: db-1 epoch 1, web-1 epoch 1`).MatchString(out) {
 		t.Errorf("--before the second cut: %s", out)
 	}
-	code, _, errs = drsync(t, "failover", "--runbook", rb, "--dry-run", "--consistency-group", "shop", "--before", "1970-01-01T00:00:00Z")
-	if code == exitOK || !regexp.MustCompile(`no complete group point cut at or before 1970-01-01T00:00:00Z`).MatchString(errs) {
+	code, _, errs = drsync(t, "failover", "--runbook", rb, "--dry-run", "--consistency-group", "shop", "--before", "1970-01-01T00:00:01Z")
+	if code == exitOK || !regexp.MustCompile(`no complete group point cut before 1970-01-01T00:00:01Z`).MatchString(errs) {
 		t.Errorf("--before every point: exit %d, %s", code, errs)
 	}
 }

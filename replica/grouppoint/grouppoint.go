@@ -117,10 +117,11 @@ func Groups(points map[string][]Point) []string {
 }
 
 // Before returns the newest of gps (newest first, as Complete returns
-// them) whose Time is at or before t, and whether there is one.
+// them) whose Time is before t, as a single VM's --before picks, and
+// whether there is one.
 func Before(gps []GroupPoint, t time.Time) (GroupPoint, bool) {
 	for _, g := range gps {
-		if !g.Time().After(t) {
+		if g.Time().Before(t) {
 			return g, true
 		}
 	}

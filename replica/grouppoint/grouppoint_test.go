@@ -138,9 +138,10 @@ func TestBeforeAndTime(t *testing.T) {
 		aEpoch uint64
 	}{
 		{10 * time.Second, 3, true, 5},
-		{5 * time.Second, 3, true, 5},
-		{4 * time.Second, 2, true, 3},
-		{time.Second, 1, true, 1},
+		{6 * time.Second, 3, true, 5},
+		{5 * time.Second, 2, true, 3}, // strictly before
+		{2 * time.Second, 1, true, 1},
+		{time.Second, 0, false, 0},
 		{0, 0, false, 0},
 	} {
 		g, ok := Before(gps, t0.Add(tc.at))
