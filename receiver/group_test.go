@@ -3,11 +3,15 @@ package receiver_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"net"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 
+	"github.com/drsync/drsync/receiver"
 	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/testkit"
@@ -15,6 +19,7 @@ import (
 	"github.com/drsync/drsync/vfs/errorfs"
 	"github.com/drsync/drsync/vfs/memfs"
 	"github.com/drsync/drsync/vmspec"
+	"github.com/drsync/drsync/wire"
 )
 
 // tagEvery tags snapshot n with cut 10n of group "shop", except the
@@ -200,5 +205,63 @@ func TestGroupPointRetained(t *testing.T) {
 	}
 	if got, want := epochs("db"), []uint64{1, 2}; !slices.Equal(got, want) {
 		t.Fatalf("db keeps %v, want %v", got, want)
+	}
+}
+
+// v1Dialer connects to rcv as a sender that speaks protocol 1 only would:
+// it rewrites the Hello's version range, and passes every other frame on.
+func v1Dialer(rcv *receiver.Receiver) sender.Dialer {
+	return sender.DialFunc(func(ctx context.Context) (io.ReadWriteCloser, error) {
+		a, b := net.Pipe() // a: the sender's end
+		c, d := net.Pipe() // d: the receiver's end
+		go rcv.Handle(context.Background(), alice, d)
+		go func() {
+			defer c.Close()
+			dec, enc := wire.NewDecoder(b, wire.DecoderOptions{}), wire.NewEncoder(c, wire.EncoderOptions{})
+			for {
+				f, err := dec.Decode()
+				if err != nil {
+					return
+				}
+				if h, ok := f.(*wire.Hello); ok {
+					h.MaxVersion = 1
+				}
+				if enc.Encode(f) != nil {
+					return
+				}
+			}
+		}()
+		go func() { io.Copy(b, c); b.Close() }()
+		return a, nil
+	})
+}
+
+// TestGroupTagNeedsProtocol2: on a connection that negotiated protocol 1,
+// a tagged epoch is refused by the sender with an error naming the cause,
+// rather than sent without its tag; untagged epochs still go.
+func TestGroupTagNeedsProtocol2(t *testing.T) {
+	rng := rand.New(rand.NewPCG(51, 52))
+	rfs := memfs.New()
+	src := newSource(rng)
+	tagged := false
+	src.Group = func(n int) *vmspec.GroupCut {
+		if !tagged {
+			return nil
+		}
+		return tagEvery()(n)
+	}
+	s := newSender(t, src, v1Dialer(newReceiver(t, rfs)), memfs.New())
+	defer s.Close()
+	if _, err := s.RunEpoch(context.Background()); err != nil {
+		t.Fatalf("untagged epoch over protocol 1: %v", err)
+	}
+	tagged = true
+	mutate(rng, src, 1)
+	_, err := s.RunEpoch(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "receiver speaks protocol 1, group tags need 2") {
+		t.Fatalf("tagged epoch over protocol 1: %v", err)
+	}
+	if m := groupsOf(t, rfs); len(m) != 1 || m[1] != nil {
+		t.Fatalf("replica points %v, want epoch 1 untagged only", m)
 	}
 }
