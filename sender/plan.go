@@ -138,7 +138,7 @@ func buildPlan(ctx context.Context, epoch uint64, snap *Snapshot, choice baseCho
 		d.Add(s)
 	}
 	p.Digest = d.Sum()
-	p.ID = wire.PlanID(epoch, p.Targets, p.Sums)
+	p.ID = wire.GroupPlanID(wire.PlanID(epoch, p.Targets, p.Sums), p.Group)
 	return p, nil
 }
 

@@ -857,3 +857,20 @@ func TestReset(t *testing.T) {
 		t.Error("Encoder with invalid options encoded after Reset")
 	}
 }
+
+func TestGroupPlanID(t *testing.T) {
+	g := func(cut uint64, members ...string) *vmspec.GroupCut {
+		return &vmspec.GroupCut{Group: "g", Cut: cut, Members: members}
+	}
+	if GroupPlanID(42, nil) != 42 {
+		t.Error("an untagged plan changed its id")
+	}
+	ids := map[uint64]string{42: "untagged"}
+	for name, tag := range map[string]*vmspec.GroupCut{"cut 1": g(1, "a"), "cut 2": g(2, "a"), "members a b": g(1, "a", "b"), "members ab": g(1, "ab")} {
+		id := GroupPlanID(42, tag)
+		if other, dup := ids[id]; dup {
+			t.Errorf("%s and %s have one plan id", name, other)
+		}
+		ids[id] = name
+	}
+}
