@@ -3,7 +3,7 @@
 //
 // Directory layout:
 //
-//	MANIFEST            committed epoch, cut time, targets and digests (JSON + "xxh64 <hex>" trailer)
+//	MANIFEST            committed epoch, cut time, targets and digests, consistency-group tag if any (JSON + "xxh64 <hex>" trailer)
 //	LOCK                flock held while the replica is open (writing or verifying)
 //	journal             the staged epoch (package journal), absent when nothing is staged
 //	disk-N.img, ram-N.img   sparse raw images, one per target
@@ -33,6 +33,11 @@
 // import this one and could not be imported by it. Another store lives in
 // this package too, so that it shares the stage machine (stage.go) and the
 // recovery rule (recovery.go); replicatest is the suite every store passes.
+//
+// An epoch cut by a consistency group carries its tag (vmspec.GroupCut)
+// into the manifest, and so into each recovery point. Pruning points keeps
+// what the group's newest complete group points need (groups.go reads the
+// members' points; replica/grouppoint decides).
 //
 // Files are reached only through vfs.FS, which is how tests inject
 // failures and power loss at every step. The package must not know about

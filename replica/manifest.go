@@ -35,6 +35,47 @@ type Manifest struct {
 	StateID     uint64           `json:"state_id"`
 	Targets     []TargetEntry    `json:"targets"`
 	DeviceState *DeviceStateInfo `json:"device_state,omitempty"`
+	// Group is the consistency-group tag of the epoch, nil for an epoch
+	// of the VM on its own.
+	Group *GroupTag `json:"group,omitempty"`
+}
+
+// GroupTag is a manifest's consistency-group tag. Its JSON names are the
+// manifest's own, so that the file format does not follow Go field names:
+//
+//	"group": {"group": "shop", "cut": 12, "members": ["app-1", "db"]}
+type GroupTag struct{ vmspec.GroupCut }
+
+type groupTagJSON struct {
+	Group   string   `json:"group"`
+	Cut     uint64   `json:"cut"`
+	Members []string `json:"members"`
+}
+
+// MarshalJSON implements json.Marshaler.
+func (g GroupTag) MarshalJSON() ([]byte, error) {
+	return json.Marshal(groupTagJSON{g.Group, g.Cut, g.Members})
+}
+
+// UnmarshalJSON implements json.Unmarshaler, refusing unknown fields as
+// the rest of the manifest does.
+func (g *GroupTag) UnmarshalJSON(b []byte) error {
+	var j groupTagJSON
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&j); err != nil {
+		return fmt.Errorf("group: %w", err)
+	}
+	g.GroupCut = vmspec.GroupCut{Group: j.Group, Cut: j.Cut, Members: j.Members}
+	return nil
+}
+
+// Tag is the epoch's group tag as the wire carries it, nil if none.
+func (m *Manifest) Tag() *vmspec.GroupCut {
+	if m.Group == nil {
+		return nil
+	}
+	return &m.Group.GroupCut
 }
 
 // TargetEntry is one disk or RAM block of the replica.
@@ -146,6 +187,11 @@ func (m *Manifest) validate() error {
 	}
 	if len(m.Targets) > wire.MaxTargets {
 		return fmt.Errorf("%d targets", len(m.Targets))
+	}
+	if m.Group != nil {
+		if err := m.Group.Validate(m.VM); err != nil {
+			return err
+		}
 	}
 	seen := map[string]bool{}
 	files := map[string]bool{}

@@ -125,14 +125,23 @@ func (r *Replica) capturePoint(st *stage, images map[uint16]vfs.File) error {
 }
 
 // prunePoints removes points beyond KeepPoints, oldest first, and points
-// that the chain no longer reaches.
+// that the chain no longer reaches; but not the points from the epoch
+// GroupKeepFrom names on, which a consistency group's complete group
+// point needs (rolling back to it passes through every later point).
 func (r *Replica) prunePoints() {
 	pts, err := points(r.o.FS, r.o.Dir)
 	if err != nil {
 		r.log.Warn("list recovery points", "err", err)
 		return
 	}
-	for len(pts) > max(r.o.KeepPoints, 0) {
+	keepFrom := uint64(0)
+	if r.o.GroupKeepFrom != nil && len(pts) > max(r.o.KeepPoints, 0) {
+		if keepFrom, err = r.o.GroupKeepFrom(); err != nil {
+			r.log.Warn("recovery points kept: cannot tell which a consistency group needs", "err", err)
+			return
+		}
+	}
+	for len(pts) > max(r.o.KeepPoints, 0) && (keepFrom == 0 || pts[0] < keepFrom) {
 		if err := r.o.FS.RemoveAll(r.p(pointDir(pts[0]))); err != nil {
 			r.log.Warn("remove recovery point", "epoch", pts[0], "err", err)
 			return

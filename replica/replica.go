@@ -55,6 +55,11 @@ type Options struct {
 	// KeepPoints retains this many earlier epochs as recovery points (see
 	// points.go); 0 keeps none.
 	KeepPoints int
+	// GroupKeepFrom, if set, says from which epoch on the replica must
+	// keep its recovery points so that its consistency groups' newest
+	// complete group points stay restorable (0: no such epoch). An error
+	// means it cannot tell, and nothing is pruned.
+	GroupKeepFrom func() (uint64, error)
 	// Holder names the opener in the note a refused locker reads ("the
 	// receiver", "a failover"); "drsync" if empty.
 	Holder string
@@ -992,6 +997,9 @@ func (r *Replica) apply() error {
 		return err
 	}
 	next := &Manifest{Format: manifestFormat, VM: r.o.VM, Epoch: epoch, Cut: st.begin.Cut, Applied: r.o.Now().UTC()}
+	if g := st.begin.Group; g != nil {
+		next.Group = &GroupTag{*g}
+	}
 	ids := make([]int, 0, len(st.targets))
 	for id := range st.targets {
 		ids = append(ids, int(id))

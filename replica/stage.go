@@ -3,6 +3,7 @@ package replica
 import (
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/cespare/xxhash/v2"
 
@@ -123,6 +124,9 @@ func (s *stage) resume(b *wire.EpochBegin) error {
 	if b.StartSeq != uint64(len(s.items)) {
 		return protoErr("EpochBegin: resume at item %d, %d items are durable", b.StartSeq, len(s.items))
 	}
+	if !sameGroup(b.Group, s.begin.Group) {
+		return protoErr("EpochBegin: resume of epoch %d changes its group tag", b.Epoch)
+	}
 	if len(b.Targets) != len(s.begin.Targets) {
 		return protoErr("EpochBegin: resume changes the target list")
 	}
@@ -132,6 +136,13 @@ func (s *stage) resume(b *wire.EpochBegin) error {
 		}
 	}
 	return nil
+}
+
+func sameGroup(a, b *vmspec.GroupCut) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Group == b.Group && a.Cut == b.Cut && slices.Equal(a.Members, b.Members)
 }
 
 func (s *stage) target(id uint16, kind vmspec.TargetKind, what string) (*stagedTarget, error) {

@@ -166,8 +166,12 @@ func (s FileStore) Open(ctx context.Context, vm string, o OpenOptions) (Handle, 
 	if now == nil {
 		now = time.Now
 	}
-	r, err := Open(Options{FS: s.FS, Dir: s.Dir(vm), VM: vm, Now: now, Logger: s.Logger, MaxTargetSize: s.MaxTargetSize,
-		AllowTakenOver: o.AllowTakenOver, KeepPoints: s.KeepPoints, Holder: o.Holder, LockWait: o.LockWait, ctx: ctx})
+	ro := Options{FS: s.FS, Dir: s.Dir(vm), VM: vm, Now: now, Logger: s.Logger, MaxTargetSize: s.MaxTargetSize,
+		AllowTakenOver: o.AllowTakenOver, KeepPoints: s.KeepPoints, Holder: o.Holder, LockWait: o.LockWait, ctx: ctx}
+	if s.one == "" {
+		ro.GroupKeepFrom = func() (uint64, error) { return s.groupKeepFrom(vm) }
+	}
+	r, err := Open(ro)
 	if err != nil {
 		return nil, err
 	}

@@ -78,8 +78,8 @@ func (e QEMUEnv) Preflight(ctx context.Context, rb *Runbook, vm *VM) (Ready, err
 		return Ready{}, err
 	}
 	r := Ready{Epoch: m.Epoch, Cut: m.Cut}
-	if rb.Epoch != 0 || !rb.Before.IsZero() {
-		e, err := takeover.ResolvePointIn(store, name, rb.Epoch, rb.Before)
+	if epoch, before := rb.point(vm.Name); epoch != 0 || !before.IsZero() {
+		e, err := takeover.ResolvePointIn(store, name, epoch, before)
 		if err != nil {
 			return Ready{}, err
 		}
@@ -156,8 +156,8 @@ func takeoverOptions(rb *Runbook, vm *VM) takeover.Options {
 	o := takeover.Options{
 		Replica: store.Where(name), Store: store, VM: name, WorkDir: workDir(rb, vm),
 		QEMU: vm.QEMU, Args: vm.Args, Disks: vm.Disks, MainRAM: vm.MainRAM, Fence: fence(rb),
-		Epoch: rb.Epoch, Before: rb.Before,
 	}
+	o.Epoch, o.Before = rb.point(vm.Name)
 	if rb.Drill {
 		// Isolated: no NICs; and the replica is neither fenced nor used.
 		o.Fence, o.Copy = "", true

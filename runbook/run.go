@@ -108,7 +108,7 @@ func Run(ctx context.Context, rb *Runbook, log *Log, env Env, o Options) error {
 			p.Alive = env.Alive(ctx, Started{PID: rec.PID, QMP: rec.QMP, Epoch: rec.Epoch, Cut: rec.Cut})
 		}
 		var point uint64
-		if rb.Epoch != 0 || !rb.Before.IsZero() {
+		if e, before := rb.point(v.Name); e != 0 || !before.IsZero() {
 			point = r.Epoch
 		}
 		a, err := Decide(p, point, slices.Contains(o.DiscardDRWrites, v.Name))

@@ -30,6 +30,19 @@ type Runbook struct {
 	// newest epoch (see takeover.Options).
 	Epoch  uint64
 	Before time.Time
+	// Pinned, set by PinConsistencyGroup, is the epoch each member of a
+	// consistency group resumes (by VM name), overriding Epoch and Before
+	// for those VMs.
+	Pinned map[string]uint64
+}
+
+// point is the recovery point vm resumes: an epoch, or the newest cut
+// before a time, or (both zero) the newest epoch.
+func (rb *Runbook) point(vm string) (uint64, time.Time) {
+	if e, ok := rb.Pinned[vm]; ok {
+		return e, time.Time{}
+	}
+	return rb.Epoch, rb.Before
 }
 
 // When a hook runs.

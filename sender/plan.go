@@ -38,6 +38,7 @@ type PlanItem struct {
 type Plan struct {
 	Epoch   uint64
 	Cut     time.Time
+	Group   *vmspec.GroupCut // the snapshot's group tag, nil if none
 	Base    baseChoice
 	Targets []wire.Target
 	Items   []PlanItem
@@ -69,7 +70,7 @@ func BuildPlan(ctx context.Context, epoch uint64, snap *Snapshot, choice baseCho
 // buildPlan is BuildPlan with memory pages turned into references to disk
 // pages where dd finds them.
 func buildPlan(ctx context.Context, epoch uint64, snap *Snapshot, choice baseChoice, base *Index, dd *Dedup) (*Plan, error) {
-	p := &Plan{Epoch: epoch, Cut: snap.Cut, Base: choice, Next: &Index{Epoch: epoch, Tables: map[string]*blockhash.Table{}}, dd: dd}
+	p := &Plan{Epoch: epoch, Cut: snap.Cut, Group: snap.Group, Base: choice, Next: &Index{Epoch: epoch, Tables: map[string]*blockhash.Table{}}, dd: dd}
 	if len(snap.Targets) > wire.MaxTargets {
 		return nil, fmt.Errorf("plan epoch %d: %d targets, at most %d", epoch, len(snap.Targets), wire.MaxTargets)
 	}
@@ -137,7 +138,7 @@ func buildPlan(ctx context.Context, epoch uint64, snap *Snapshot, choice baseCho
 		d.Add(s)
 	}
 	p.Digest = d.Sum()
-	p.ID = wire.PlanID(epoch, p.Targets, p.Sums)
+	p.ID = wire.GroupPlanID(wire.PlanID(epoch, p.Targets, p.Sums), p.Group)
 	return p, nil
 }
 

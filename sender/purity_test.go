@@ -7,15 +7,17 @@ import (
 )
 
 // pure are the packages that hold decisions without IO: both sides'
-// protocol sessions, the per-block decision, the epoch controller and the
-// replica's recovery rule. (The replica's staging machine is not yet among
-// them: it lives in package replica, beside its files.)
+// protocol sessions, the per-block decision, the epoch controller, the
+// replica's recovery rule and the consistency-group points. (The replica's
+// staging machine is not yet among them: it lives in package replica,
+// beside its files.)
 var pure = []string{
 	"github.com/drsync/drsync/sender/protocol",
 	"github.com/drsync/drsync/sender/blockplan",
 	"github.com/drsync/drsync/epochctl",
 	"github.com/drsync/drsync/receiver/protocol",
 	"github.com/drsync/drsync/replica/recovery",
+	"github.com/drsync/drsync/replica/grouppoint",
 }
 
 // TestPurePackagesDoNoIO checks, with go list -deps, that the pure

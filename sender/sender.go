@@ -367,7 +367,10 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 		a.res.WireBytes += ss.enc.Stats().WireBytes - wire0
 		return nil, err
 	}
-	err = ss.enc.Encode(&wire.EpochBegin{Epoch: epoch, Cut: p.Cut, Plan: p.ID, Items: uint64(len(p.Items)), Bytes: p.Bytes, StartSeq: start, Targets: p.Targets})
+	if p.Group != nil && ss.proto.Version() < wire.VersionGroups {
+		return fail(fmt.Errorf("epoch %d: group %s: receiver speaks protocol %d, group tags need %d: upgrade the receiver", epoch, p.Group.Group, ss.proto.Version(), wire.VersionGroups))
+	}
+	err = ss.enc.Encode(&wire.EpochBegin{Epoch: epoch, Cut: p.Cut, Plan: p.ID, Items: uint64(len(p.Items)), Bytes: p.Bytes, StartSeq: start, Targets: p.Targets, Group: p.Group})
 	if err != nil {
 		return fail(fmt.Errorf("epoch %d: send: %w", epoch, err))
 	}

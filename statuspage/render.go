@@ -20,6 +20,11 @@ type view struct {
 	RefreshSeconds            int
 	Rows                      []rowView
 	Trouble                   []rowView // the rows with trouble, for the banner
+	Groups                    []groupView
+}
+
+type groupView struct {
+	Group, Cut, Time, Lag, Members string
 }
 
 type rowView struct {
@@ -65,6 +70,10 @@ func render(w io.Writer, p Page, hist map[string][]Sample, now time.Time, o Opti
 		if len(r.Trouble) > 0 {
 			v.Trouble = append(v.Trouble, r)
 		}
+	}
+	for _, g := range p.ConsistencyGroups {
+		v.Groups = append(v.Groups, groupView{Group: g.Group, Cut: strconv.FormatUint(g.Cut, 10), Time: clock(g.Time),
+			Lag: duration(max(now.Sub(g.Time), 0)), Members: strings.Join(g.Members, ", ")})
 	}
 	return pageTmpl.Execute(w, v)
 }
@@ -307,6 +316,17 @@ footer{padding:0 20px 16px;color:#6b7685;font-size:12px}
 {{- end}}
 </tbody>
 </table>
+{{- if .Groups}}
+<h2>Consistency groups</h2>
+<table id="groups">
+<thead><tr><th>Group</th><th>Newest complete group point</th><th>Cut at</th><th>RPO lag</th><th>Members resume</th></tr></thead>
+<tbody>
+{{- range .Groups}}
+<tr class="cgroup" id="cgroup-{{.Group}}"><td class="name">{{.Group}}</td><td class="num">cut {{.Cut}}</td><td class="num">{{.Time}}</td><td class="num lag">{{.Lag}}</td><td>{{.Members}}</td></tr>
+{{- end}}
+</tbody>
+</table>
+{{- end}}
 </main>
 <footer>Read-only. Times in UTC. Prometheus metrics at <a href="metrics">metrics</a>.</footer>
 </body>

@@ -60,5 +60,6 @@ func (r Receiver) Page(now time.Time) statuspage.Page {
 		}
 		p.VMs = append(p.VMs, v)
 	}
+	p.ConsistencyGroups = r.pageGroups()
 	return p
 }

@@ -30,6 +30,9 @@ type MemSource struct {
 	DeviceState []byte
 	Now         func() time.Time
 	Snapshots   int
+	// Group, if set, tags snapshot n (1, 2, ...) as a group cut would;
+	// it may return nil.
+	Group func(n int) *vmspec.GroupCut
 }
 
 // Snapshot implements sender.Source.
@@ -40,6 +43,9 @@ func (m *MemSource) Snapshot(ctx context.Context) (*sender.Snapshot, error) {
 	s := &sender.Snapshot{Cut: time.Unix(int64(m.Snapshots), 0).UTC(), DeviceState: bytes.Clone(m.DeviceState), Close: func() error { return nil }}
 	if m.Now != nil {
 		s.Cut = m.Now()
+	}
+	if m.Group != nil {
+		s.Group = m.Group(m.Snapshots)
 	}
 	for _, t := range m.Targets {
 		s.Targets = append(s.Targets, sender.Target{Kind: t.Kind, Name: t.Name, Size: int64(len(t.Data)), BlockSize: t.BlockSize, Reader: bytes.NewReader(bytes.Clone(t.Data))})

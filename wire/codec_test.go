@@ -58,6 +58,9 @@ func sampleFrames(data func(int) []byte, big bool) []Frame {
 			{ID: 7, Kind: vmspec.KindRAM, Name: "0000:00:02.0/vga.vram", Size: 16 << 20, BlockSize: vmspec.PageSize},
 			{ID: 65535, Kind: vmspec.KindRAM, Name: "/rom@etc/acpi/tables", Size: 128 << 10, BlockSize: vmspec.PageSize},
 		}},
+		&EpochBegin{Epoch: 7, Cut: cut, Items: 3, Group: &vmspec.GroupCut{Group: "shop", Cut: 12, Members: []string{"app-1", "db"}}},
+		&EpochBegin{Epoch: 8, Cut: cut, Targets: []Target{{ID: 0, Kind: vmspec.KindDisk, Name: "vda", Size: 1 << 20, BlockSize: 4096}},
+			Group: &vmspec.GroupCut{Group: "g", Cut: math.MaxUint64, Members: []string{"db"}}},
 		&DiskExtent{Seq: 0, Target: 0, Offset: 1 << 20, Data: data(64 << 10)},
 		&DiskExtent{Seq: 1, Target: 3, Offset: 512, Data: data(1)},
 		&DiskExtent{Seq: 2, Target: 3, Offset: 0, Data: data(4096)},
@@ -326,6 +329,12 @@ func TestInvalidFields(t *testing.T) {
 		{&EpochBegin{Epoch: 1, Targets: tgt(func(t *Target) { t.BlockSize = 3000 })}, "block size 3000 is not"},
 		{&EpochBegin{Epoch: 1, Targets: tgt(func(t *Target) { t.BlockSize = 8 << 20 })}, "block size 8388608 is not"},
 		{&EpochBegin{Epoch: 1, Targets: tgt(func(t *Target) { t.Kind = vmspec.KindRAM; t.BlockSize = 512 })}, "RAM block size 512"},
+		{&EpochBegin{Epoch: 1, Group: &vmspec.GroupCut{Group: "g", Cut: 1}}, `group "g": no members`},
+		{&EpochBegin{Epoch: 1, Group: &vmspec.GroupCut{Group: "g", Cut: 0, Members: []string{"a"}}}, "group g: cut 0"},
+		{&EpochBegin{Epoch: 1, Group: &vmspec.GroupCut{Group: "", Cut: 1, Members: []string{"a"}}}, "group name"},
+		{&EpochBegin{Epoch: 1, Group: &vmspec.GroupCut{Group: "g", Cut: 1, Members: []string{"b", "a"}}}, "not sorted and unique"},
+		{&EpochBegin{Epoch: 1, Group: &vmspec.GroupCut{Group: "g", Cut: 1, Members: []string{"a", "a"}}}, "not sorted and unique"},
+		{&EpochBegin{Epoch: 1, Group: &vmspec.GroupCut{Group: "g", Cut: 1, Members: []string{"a", "../x"}}}, "group g member"},
 		{&DiskExtent{}, "empty data"},
 		{&DiskExtent{Data: make([]byte, 5000000)}, "data length 5000000 exceeds 4194304"},
 		{&DiskExtent{Offset: math.MaxUint64 - 1, Data: []byte{1, 2}}, "overflows"},
@@ -412,6 +421,23 @@ type foreignFrame struct{}
 
 func (foreignFrame) Type() Type { return TypeAck }
 
+// TestGroupForCarrier: the receiver accepts a tag only on a member's
+// connection.
+func TestGroupForCarrier(t *testing.T) {
+	b := &EpochBegin{Epoch: 1, Group: &vmspec.GroupCut{Group: "g", Cut: 1, Members: []string{"a", "b"}}}
+	for _, c := range []struct {
+		vm, want string
+	}{{"a", ""}, {"b", ""}, {"c", "c carries the cut but is not a member"}} {
+		err := b.ValidateGroupFor(c.vm)
+		if c.want == "" && err != nil || c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want) || !errors.Is(err, ErrMalformed)) {
+			t.Errorf("%s: %v, want %q", c.vm, err, c.want)
+		}
+	}
+	if err := (&EpochBegin{Epoch: 1}).ValidateGroupFor("x"); err != nil {
+		t.Errorf("untagged: %v", err)
+	}
+}
+
 func TestDecodeMalformed(t *testing.T) {
 	ack := rawFrame(TypeAck, 0, rawPayload(&Ack{Epoch: 1, Durable: 2}))
 	mod := func(b []byte, f func([]byte)) []byte {
@@ -466,6 +492,9 @@ func TestDecodeMalformed(t *testing.T) {
 		{"committed 2", rawFrame(TypeAck, 0, append(rawPayload(&Ack{})[:16], 2)), ErrMalformed, "committed byte 2 is not 0 or 1", nil},
 		{"bytes32 overrun", rawFrame(TypeDiskExtent, 0, extent[:len(extent)-1]), ErrMalformed, "payload truncated in data: length 1000, 999 bytes left", nil},
 		{"str16 overrun", rawFrame(TypeError, 0, []byte{0, 1, 0, 5, 'a'}), ErrMalformed, "payload truncated in message", nil},
+		{"group members over max", rawFrame(TypeEpochBegin, 0, append(rawPayload(&EpochBegin{Epoch: 1}), 1, 'g', 0, 0, 0, 0, 0, 0, 0, 1, vmspec.MaxGroupMembers+1)), ErrMalformed, "group member count 65 exceeds 64", nil},
+		{"group truncated", rawFrame(TypeEpochBegin, 0, append(rawPayload(&EpochBegin{Epoch: 1}), 1, 'g', 0, 0)), ErrMalformed, "payload truncated in group cut", nil},
+		{"group member truncated", rawFrame(TypeEpochBegin, 0, append(rawPayload(&EpochBegin{Epoch: 1}), 1, 'g', 0, 0, 0, 0, 0, 0, 0, 1, 2, 1, 'a')), ErrMalformed, "payload truncated in group member", nil},
 		{"compressed no prefix", rawFrame(TypeDiskExtent, flagCompressed, []byte{0, 0, 1}), ErrMalformed, "no length prefix", nil},
 		{"compressed garbage", compressed(uint32(len(extent)), []byte("not zstd at all")), ErrMalformed, "decompressing", nil},
 		{"compressed empty", compressed(0, nil), ErrMalformed, "payload truncated in seq", nil},
@@ -515,7 +544,19 @@ func TestTruncated(t *testing.T) {
 			if enc[1]&flagCompressed != 0 {
 				continue
 			}
+			// An EpochBegin cut exactly before its optional group section is
+			// a whole untagged one (the header's length and CRC are what
+			// catch that cut on a real stream), so that length is skipped.
+			untagged := -1
+			if b, ok := f.(*EpochBegin); ok && b.Group != nil {
+				c := *b
+				c.Group = nil
+				untagged = HeaderSize + payloadSize(&c)
+			}
 			for n := HeaderSize; n < len(enc); n++ {
+				if n == untagged {
+					continue
+				}
 				_, err := NewDecoder(bytes.NewReader(rawFrame(f.Type(), 0, enc[HeaderSize:n])), DecoderOptions{}).Decode()
 				if !errors.Is(err, ErrMalformed) {
 					t.Fatalf("%v: payload cut to %d bytes: %v, want ErrMalformed", f.Type(), n-HeaderSize, err)
@@ -814,5 +855,22 @@ func TestReset(t *testing.T) {
 	bad.Reset(io.Discard)
 	if bad.Encode(&DiskExtent{Data: compressible(8192)}) == nil {
 		t.Error("Encoder with invalid options encoded after Reset")
+	}
+}
+
+func TestGroupPlanID(t *testing.T) {
+	g := func(cut uint64, members ...string) *vmspec.GroupCut {
+		return &vmspec.GroupCut{Group: "g", Cut: cut, Members: members}
+	}
+	if GroupPlanID(42, nil) != 42 {
+		t.Error("an untagged plan changed its id")
+	}
+	ids := map[uint64]string{42: "untagged"}
+	for name, tag := range map[string]*vmspec.GroupCut{"cut 1": g(1, "a"), "cut 2": g(2, "a"), "members a b": g(1, "a", "b"), "members ab": g(1, "ab")} {
+		id := GroupPlanID(42, tag)
+		if other, dup := ids[id]; dup {
+			t.Errorf("%s and %s have one plan id", name, other)
+		}
+		ids[id] = name
 	}
 }

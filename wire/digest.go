@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 
 	"github.com/cespare/xxhash/v2"
+
+	"github.com/drsync/drsync/vmspec"
 )
 
 // Summary is the fixed-size description of one epoch item: everything about
@@ -115,4 +117,23 @@ func PlanID(epoch uint64, targets []Target, items []Summary) uint64 {
 		h.Write(b)
 	}
 	return h.Sum64()
+}
+
+// GroupPlanID folds an epoch's consistency-group tag into its plan
+// identity: the same content cut at another group cut is another plan, so
+// that a sender never resumes an epoch staged under one tag with another
+// (the receiver would refuse the resume). An untagged plan keeps its id.
+func GroupPlanID(id uint64, g *vmspec.GroupCut) uint64 {
+	if g == nil {
+		return id
+	}
+	b := binary.BigEndian.AppendUint64(nil, id)
+	b = append(b, byte(len(g.Group)))
+	b = append(b, g.Group...)
+	b = binary.BigEndian.AppendUint64(b, g.Cut)
+	for _, m := range g.Members {
+		b = append(b, byte(len(m)))
+		b = append(b, m...)
+	}
+	return xxhash.Sum64(b)
 }

@@ -13,9 +13,11 @@
 // The sender opens with Hello, offering the range of versions
 // [min, max] it speaks. The receiver answers with Welcome carrying the
 // highest version in both ranges, or with an Error of code ErrVersion if the
-// ranges do not meet. This is version 1. In version 1 a frame type not listed
-// below is malformed; later versions may add types, which a peer only sends
-// after negotiating a version that has them.
+// ranges do not meet. This is version 2; version 1 is still spoken. A frame
+// type not listed below is malformed; later versions may add types, which a
+// peer only sends after negotiating a version that has them. Version 2 adds
+// the optional group section of EpochBegin: a sender sends it only on a
+// version 2 connection, and a receiver refuses it on a version 1 one.
 //
 // # Frame header
 //
@@ -105,6 +107,14 @@
 //	| id u16 | kind u8 | name str8 | size u64 | blockSize u32 |
 //	+--------+---------+-----------+----------+---------------+
 //
+// then, only for an epoch cut by a consistency group's coordinated cut
+// (version ≥ 2; present exactly when bytes follow the last target), the
+// group section, vmspec.GroupCut:
+//
+//	+------------+---------+-------------+-------------------------+
+//	| group str8 | cut u64 | nmembers u8 | nmembers × member str8  |
+//	+------------+---------+-------------+-------------------------+
+//
 // DiskExtent (4), whole blocks of a disk, and MemRun (5), whole pages of RAM:
 //
 //	+---------+------------+------------+---------------+
@@ -180,7 +190,10 @@
 //   - EpochBegin: epoch ≥ 1; startSeq ≤ items; at most MaxTargets targets
 //     with distinct ids; each of kind Disk or RAM, with a valid name, size
 //     > 0, and a block size that is a power of two in [512, 4 MiB], equal to
-//     vmspec.PageSize for RAM.
+//     vmspec.PageSize for RAM. A group section: a valid group name, cut ≥
+//     1, 1..vmspec.MaxGroupMembers members (checked before allocating),
+//     valid VM names, sorted and unique; that the VM of the connection is
+//     among them is checked by the receiver (EpochBegin.ValidateGroupFor).
 //   - DiskExtent: 1..MaxData bytes of data; offset + length fits in u64.
 //   - MemRun: data a non-empty multiple of vmspec.PageSize, at most MaxData; the
 //     byte offset of the run's end fits in u64.

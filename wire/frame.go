@@ -8,10 +8,15 @@ import (
 
 // Version is the protocol version this build speaks. The receiver answers a
 // Hello with the highest version both sides support, or an Error frame.
+// Version 2 adds the group section of EpochBegin (see VersionGroups).
 const (
-	Version    uint16 = 1
+	Version    uint16 = 2
 	MinVersion uint16 = 1
 )
+
+// VersionGroups is the first version whose EpochBegin may carry a
+// consistency-group tag. A sender does not send one on an older session.
+const VersionGroups uint16 = 2
 
 // ALPN is the TLS application protocol negotiated on every drsync QUIC
 // connection. A peer that does not offer it is not a drsync peer.
@@ -141,6 +146,9 @@ type EpochBegin struct {
 	Bytes    uint64 // payload bytes of all items (data, before compression)
 	StartSeq uint64
 	Targets  []Target
+	// Group tags an epoch cut by a consistency group's coordinated cut;
+	// nil for an epoch of a VM on its own.
+	Group *vmspec.GroupCut
 }
 
 // DiskExtent is disk data: whole blocks of a disk target.

@@ -19,6 +19,7 @@ const (
 	welcomeLen       = 2 + 6*8
 	epochBeginFixed  = 6*8 + 2
 	targetFixed      = 2 + 1 + 1 + 8 + 4
+	groupFixed       = 1 + 8 + 1 // group str8 length, cut, member count
 	extentFixed      = 8 + 2 + 8 + 4
 	zeroRunLen       = 8 + 2 + 8 + 8
 	pageRefLen       = 8 + 2 + 8 + 4 + 1 + 2 + 8
@@ -67,6 +68,14 @@ func appendPayload(b []byte, f Frame) (out, data []byte) {
 			b = appendStr8(b, t.Name)
 			b = be.AppendUint64(b, t.Size)
 			b = be.AppendUint32(b, t.BlockSize)
+		}
+		if g := f.Group; g != nil {
+			b = appendStr8(b, g.Group)
+			b = be.AppendUint64(b, g.Cut)
+			b = append(b, byte(len(g.Members)))
+			for _, m := range g.Members {
+				b = appendStr8(b, m)
+			}
 		}
 	case *DiskExtent:
 		b = be.AppendUint64(b, f.Seq)
@@ -149,6 +158,12 @@ func payloadSize(f Frame) int {
 		n := epochBeginFixed
 		for i := range f.Targets {
 			n += targetFixed + len(f.Targets[i].Name)
+		}
+		if g := f.Group; g != nil {
+			n += groupFixed + len(g.Group)
+			for _, m := range g.Members {
+				n += 1 + len(m)
+			}
 		}
 		return n
 	case *DiskExtent:
@@ -353,6 +368,23 @@ func parsePayload(t Type, p []byte) (Frame, error) {
 					BlockSize: r.u32("target block size"),
 				}
 			}
+		}
+		// The group section is optional: present exactly when bytes follow
+		// the targets.
+		if r.err == nil && len(r.p) > 0 {
+			g := &vmspec.GroupCut{Group: r.str8("group name"), Cut: r.u64("group cut")}
+			m := int(r.u8("group member count"))
+			if m > vmspec.MaxGroupMembers {
+				// Checked before allocating.
+				return nil, malformed(t, "group member count %d exceeds %d", m, vmspec.MaxGroupMembers)
+			}
+			if m > 0 && r.err == nil {
+				g.Members = make([]string, m)
+				for i := range g.Members {
+					g.Members[i] = r.str8("group member")
+				}
+			}
+			eb.Group = g
 		}
 		f = eb
 	case TypeDiskExtent:

@@ -143,6 +143,29 @@ func (f *EpochBegin) validate() error {
 			return malformed(t, "target %d (id %d): RAM block size %d is not the page size %d", i, tg.ID, bs, vmspec.PageSize)
 		}
 	}
+	if g := f.Group; g != nil {
+		// A frame alone does not say which VM carries it, so this checks
+		// the tag as carried by its first member; ValidateGroupFor checks
+		// the carrier once the connection's VM is known.
+		if len(g.Members) == 0 {
+			return malformed(t, "group %q: no members", g.Group)
+		}
+		if err := g.Validate(g.Members[0]); err != nil {
+			return malformed(t, "%v", err)
+		}
+	}
+	return nil
+}
+
+// ValidateGroupFor checks that f, received on vm's connection, carries no
+// group tag or one that names vm among its members.
+func (f *EpochBegin) ValidateGroupFor(vm string) error {
+	if f.Group == nil {
+		return nil
+	}
+	if err := f.Group.Validate(vm); err != nil {
+		return malformed(TypeEpochBegin, "%v", err)
+	}
 	return nil
 }
 

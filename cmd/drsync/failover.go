@@ -22,10 +22,11 @@ func failoverCommand() *command {
 	var hold time.Duration
 	var epoch uint64
 	var before string
+	var cgroup string
 	c := &command{
 		name:  "failover",
 		short: "bring VMs up at the DR site from their replicas, by a runbook",
-		args:  "--runbook FILE [--dry-run | --drill [--hold DURATION]] [--epoch N | --before TIME] [--discard-dr-writes VM[,VM...]]",
+		args:  "--runbook FILE [--dry-run | --drill [--hold DURATION]] [--epoch N | --before TIME] [--consistency-group NAME] [--discard-dr-writes VM[,VM...]]",
 		summary: `Run a failover runbook at the DR site: hooks before (fence the failed
 site), then the VMs group by group, each resumed from its replica's last
 committed epoch with its memory (no reboot) and checked healthy before the
@@ -61,6 +62,7 @@ then the VMs are stopped and the copies removed.`,
 			set.DurationVar(&hold, "hold", 0, "with --drill: keep the VMs up this long after their checks (or until interrupted)")
 			set.Uint64Var(&epoch, "epoch", 0, "resume this retained recovery point instead of the newest epoch")
 			set.StringVar(&before, "before", "", "resume the newest recovery point cut before TIME (RFC 3339, e.g. 2026-11-22T08:00:00Z)")
+			set.StringVar(&cgroup, "consistency-group", "", "resume the members of this consistency group from its newest complete group point (with --before: the newest cut before TIME)")
 			set.StringVar(&discard, "discard-dr-writes", "", "start these VMs (comma-separated) over from their replicas; what they wrote at the DR site is moved aside")
 		},
 	}
@@ -98,6 +100,11 @@ then the VMs are stopped and the copies removed.`,
 			rb.Before = t
 		}
 		rb.Epoch = epoch
+		if cgroup != "" {
+			if err := pinConsistencyGroup(e, rb, cgroup); err != nil {
+				return err
+			}
+		}
 		if drill {
 			// A drill starts afresh every time; its log is its own.
 			rb.Drill = true

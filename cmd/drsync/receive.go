@@ -90,6 +90,7 @@ func receive(ctx context.Context, e *env, cfg *ReceiverConfig, log *slog.Logger)
 			}
 			return out
 		}
+		o.GroupPoints = groupPointsMetric(cfg)
 	}
 	srv, err := serve.Open(o)
 	if err != nil {

@@ -47,6 +47,7 @@ status files and the replicas' manifests.`,
 		}
 		var rows []statusreport.Row
 		var problems []error
+		var rcfg *ReceiverConfig
 		now := e.now()
 		switch kind {
 		case "sender":
@@ -61,6 +62,7 @@ status files and the replicas' manifests.`,
 				return err
 			}
 			rows, problems = cfg.statusSource().Rows(now)
+			rcfg = cfg
 		}
 		if asJSON {
 			if rows == nil {
@@ -71,6 +73,11 @@ status files and the replicas' manifests.`,
 			}
 		} else {
 			statusreport.WriteTable(e.stdout, kind, rows)
+			if rcfg != nil {
+				gps, err := rcfg.statusSource().GroupPoints()
+				statusreport.WriteGroupTable(e.stdout, gps, now)
+				problems = append(problems, err)
+			}
 		}
 		return errors.Join(problems...)
 	}

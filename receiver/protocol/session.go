@@ -82,6 +82,12 @@ func (s *Session) Next(f wire.Frame) (st Step, wantSync bool, err error) {
 		if !ok {
 			return bad("expected EpochBegin, got %s", f.Type())
 		}
+		if b.Group != nil && s.version < wire.VersionGroups {
+			return bad("epoch %d carries a group tag on a protocol %d connection (needs %d)", b.Epoch, s.version, wire.VersionGroups)
+		}
+		if err := b.ValidateGroupFor(s.vm); err != nil {
+			return bad("epoch %d: %v", b.Epoch, err)
+		}
 		s.epoch, s.pending, s.state = b.Epoch, 0, sInEpoch
 		return StepBegin, false, nil
 	case sInEpoch:

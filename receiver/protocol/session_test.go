@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -12,6 +13,10 @@ func TestSessionOrder(t *testing.T) {
 	begin := &wire.EpochBegin{Epoch: 1}
 	item := &wire.DiskExtent{Data: make([]byte, 1000)}
 	commit := &wire.EpochCommit{Epoch: 1}
+	hello2 := &wire.Hello{MinVersion: 1, MaxVersion: wire.VersionGroups, VM: "vm"}
+	tagged := func(member string) *wire.EpochBegin {
+		return &wire.EpochBegin{Epoch: 1, Group: &vmspec.GroupCut{Group: "g", Cut: 1, Members: []string{member}}}
+	}
 	for _, tc := range []struct {
 		name   string
 		frames []wire.Frame
@@ -27,7 +32,10 @@ func TestSessionOrder(t *testing.T) {
 		{"begin inside epoch", []wire.Frame{hello, begin, begin}, []Step{StepHello, StepBegin}, "EpochBegin inside epoch 1"},
 		{"second hello", []wire.Frame{hello, hello}, []Step{StepHello}, "expected EpochBegin, got Hello"},
 		{"ack from sender", []wire.Frame{hello, begin, &wire.Ack{}}, []Step{StepHello, StepBegin}, "Ack inside epoch"},
-		{"future version only", []wire.Frame{&wire.Hello{MinVersion: 2, MaxVersion: 3, VM: "vm"}}, nil, "sender speaks protocol 2..3"},
+		{"future version only", []wire.Frame{&wire.Hello{MinVersion: 3, MaxVersion: 4, VM: "vm"}}, nil, "sender speaks protocol 3..4"},
+		{"group tag", []wire.Frame{hello2, tagged("vm")}, []Step{StepHello, StepBegin}, ""},
+		{"group tag on version 1", []wire.Frame{hello, tagged("vm")}, []Step{StepHello}, "group tag on a protocol 1 connection"},
+		{"group tag of another vm", []wire.Frame{hello2, tagged("other")}, []Step{StepHello}, "vm carries the cut but is not a member"},
 	} {
 		s := New(1 << 20)
 		for i, f := range tc.frames {

@@ -79,6 +79,10 @@ type Options struct {
 	Senders     int
 	// Listening, if set, is told the bound address.
 	Listening func(net.Addr)
+
+	// GroupPoints, with Metrics, reads each consistency group's newest
+	// complete group point.
+	GroupPoints func() map[string]metrics.GroupPoint
 }
 
 // Validate checks o and fills in defaults.
@@ -136,6 +140,9 @@ func Open(o Options) (*Server, error) {
 		met.Storage(o.StorageDir)
 		if o.Drills != nil {
 			met.Drills(o.Drills)
+		}
+		if o.GroupPoints != nil {
+			met.GroupPoints(o.GroupPoints)
 		}
 		// The lag of each replica carries on from its status file.
 		s.status.mu.Lock()

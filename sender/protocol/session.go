@@ -74,9 +74,10 @@ type Action struct {
 
 // Session is the sender's protocol state on one connection.
 type Session struct {
-	vm    string
-	state State
-	pos   wire.Position
+	vm      string
+	state   State
+	pos     wire.Position
+	version uint16 // negotiated at Welcome
 
 	// The epoch in progress.
 	plan    Plan
@@ -87,6 +88,9 @@ type Session struct {
 
 // New returns the session of a connection that replicates vm.
 func New(vm string) *Session { return &Session{vm: vm} }
+
+// Version is the protocol version the receiver chose at Welcome.
+func (s *Session) Version() uint16 { return s.version }
 
 // State reports where the session stands.
 func (s *Session) State() State { return s.state }
@@ -113,7 +117,7 @@ func (s *Session) Handshake(f wire.Frame) error {
 		if f.Version < wire.MinVersion || f.Version > wire.Version {
 			return s.fail(fmt.Errorf("handshake: receiver chose protocol %d, this sender speaks %d..%d: %w", f.Version, wire.MinVersion, wire.Version, wire.ErrMalformed))
 		}
-		s.pos, s.state = f.Position, Idle
+		s.pos, s.version, s.state = f.Position, f.Version, Idle
 		return nil
 	case *wire.Error:
 		return s.fail(fmt.Errorf("handshake: %w", f))
