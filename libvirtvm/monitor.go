@@ -23,12 +23,12 @@ var ErrNoDomain = errors.New("no such libvirt domain")
 // libvirt's lifecycle events. It implements livecut.Monitor and follows
 // qmp's conventions. It is safe for concurrent use.
 type Monitor struct {
-	conn   *libvirt.Libvirt
-	life   *libvirt.Libvirt // lifecycle events only (see open)
-	dom    libvirt.Domain
-	uri    string
-	ver    qmp.Version
-	stop   context.CancelFunc // ends the event streams
+	conn *libvirt.Libvirt
+	life *libvirt.Libvirt // lifecycle events only (see open)
+	dom  libvirt.Domain
+	uri  string
+	ver  qmp.Version
+	stop context.CancelFunc // ends the event streams
 
 	mu       sync.Mutex
 	subs     map[*subscription]struct{}
