@@ -76,3 +76,55 @@ func TestDialErrors(t *testing.T) {
 		t.Errorf("refused version: %v", err)
 	}
 }
+
+// TestDisks finds a domain's disks and their block nodes; a CD-ROM is
+// left out.
+func TestDisks(t *testing.T) {
+	hosttools.Libvirtd(t)
+	hosttools.Need(t, "qemu-img")
+	dir := hosttools.ShortTempDir(t, "lvdisk")
+	img := filepath.Join(dir, "a.qcow2")
+	hosttools.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", img, "16M")
+	iso := filepath.Join(dir, "b.raw")
+	hosttools.Run(t, "qemu-img", "create", "-q", "-f", "raw", iso, "1M")
+	name := fmt.Sprintf("drsync-test-%d-%d", os.Getpid(), seq.Add(1))
+	xml := filepath.Join(dir, "domain.xml")
+	if err := os.WriteFile(xml, []byte(`<domain type='qemu'><name>`+name+`</name>
+<memory unit='MiB'>32</memory><os><type arch='x86_64' machine='pc'>hvm</type></os>
+<devices><emulator>/usr/bin/qemu-system-x86_64</emulator>
+<disk type='file' device='disk'><driver name='qemu' type='qcow2'/><source file='`+img+`'/><target dev='vda' bus='virtio'/></disk>
+<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='`+iso+`'/><target dev='hdc' bus='ide'/><readonly/></disk>
+</devices></domain>`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hosttools.Virsh(t, "create", xml)
+	t.Cleanup(func() { exec.Command("virsh", "-c", hosttools.LibvirtURI, "destroy", name).Run() })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	m, err := libvirtvm.Dial(ctx, hosttools.LibvirtURI, name, qmp.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	disks, err := m.Disks(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(disks) != 1 || disks[0].Target != "vda" || disks[0].Source != img || disks[0].Node == "" || disks[0].ReadOnly {
+		t.Fatalf("disks: %+v", disks)
+	}
+	// The node is the one the guest writes through: a qcow2 format node.
+	var nodes []struct {
+		NodeName string `json:"node-name"`
+		Drv      string `json:"drv"`
+	}
+	if err := m.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		if n.NodeName == disks[0].Node && n.Drv != "qcow2" {
+			t.Errorf("node %s is %s, want qcow2", n.NodeName, n.Drv)
+		}
+	}
+	t.Logf("disks: %+v", disks)
+}
