@@ -89,6 +89,7 @@ type VMConfig struct {
 	// memory and disks at one instant through this monitor socket, and the
 	// disks are named by QEMU block node instead of path.
 	QMP string `toml:"qmp"`
+	LibvirtVMConfig
 	// WorkDir holds a live VM's fleecing overlays and sockets; default
 	// <state dir>/<vm>/live.
 	WorkDir           string `toml:"work_dir"`
@@ -104,7 +105,7 @@ type VMConfig struct {
 func (v *VMConfig) dedup() bool { return v.Dedup == nil || *v.Dedup }
 
 // live reports whether the VM is a running QEMU guest.
-func (v *VMConfig) live() bool { return v.QMP != "" }
+func (v *VMConfig) live() bool { return v.QMP != "" || v.libvirtDomain() }
 
 // DiskConfig is one [[vm.disk]] entry.
 type DiskConfig struct {
@@ -270,6 +271,9 @@ func (v *VMConfig) validate(file string, i int) error {
 			return bad("rpo_target", "%v", err)
 		}
 	}
+	if err := v.validateLibvirt(bad); err != nil {
+		return err
+	}
 	if v.live() {
 		return v.validateLive(bad)
 	}
@@ -354,10 +358,10 @@ func (v *VMConfig) validateLive(bad func(k, format string, a ...any) error) erro
 		if d.Path != "" || d.Format != "" {
 			return bad(k+".path", "a live VM's disk is named by its QEMU block node (node = \"disk0\"), not by path or format")
 		}
-		if d.Node == "" {
+		if d.Node == "" && !v.libvirtDomain() {
 			return bad(k+".node", "missing: the QEMU block node the guest writes through (query-named-block-nodes lists them)")
 		}
-		if nodes[d.Node] {
+		if d.Node != "" && nodes[d.Node] {
 			return bad(k+".node", "node %q is listed twice", d.Node)
 		}
 		nodes[d.Node] = true
@@ -380,6 +384,7 @@ func (v *VMConfig) liveOptions(stateDir string, now func() time.Time) livecut.Op
 	for _, d := range v.Disks {
 		o.Disks = append(o.Disks, livecut.Disk{Name: d.Name, Node: d.Node, BlockSize: int(d.BlockSize)})
 	}
+	v.libvirtLiveOptions(&o)
 	return o
 }
 
