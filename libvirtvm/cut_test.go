@@ -21,36 +21,6 @@ import (
 	"github.com/drsync/drsync/vmspec"
 )
 
-// CleanView fails the test if libvirt's view of the domain shows anything
-// of drsync's: a disk other than the domain's own, a block job, a
-// checkpoint.
-func CleanView(t *testing.T, name string, disks map[string]string) {
-	t.Helper()
-	out := hosttools.Virsh(t, "domblklist", name)
-	var n int
-	for _, l := range strings.Split(out, "\n")[2:] {
-		f := strings.Fields(l)
-		if len(f) == 0 {
-			continue
-		}
-		n++
-		if len(f) != 2 || disks[f[0]] != f[1] {
-			t.Errorf("domblklist: unexpected line %q\n%s", l, out)
-		}
-	}
-	if n != len(disks) {
-		t.Errorf("domblklist: %d disks, want %d\n%s", n, len(disks), out)
-	}
-	for dev := range disks {
-		if out := hosttools.Virsh(t, "blockjob", name, dev); !strings.Contains(out, "No current block job") {
-			t.Errorf("blockjob %s: %s", dev, out)
-		}
-	}
-	if out := strings.TrimSpace(hosttools.Virsh(t, "checkpoint-list", name, "--name")); out != "" {
-		t.Errorf("checkpoint-list: %s", out)
-	}
-}
-
 // TestCutsOfADomain cuts the test guest, run as a libvirt domain, three
 // times through libvirt: each disk view holds a consistent record ring,
 // the second and third cuts read what the bitmaps mark dirty, and after
@@ -60,8 +30,7 @@ func TestCutsOfADomain(t *testing.T) {
 		t.Skip("boots a guest")
 	}
 	d := guest.ProtectedDomain(t, 128, map[string]string{"rate": "50"})
-	disks := map[string]string{"vda": filepath.Join(d.Dir, "vda.raw"), "vdb": filepath.Join(d.Dir, "vdb.qcow2")}
-	CleanView(t, d.Name, disks)
+	d.CheckCleanView(t, 0)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	m, err := libvirtvm.Dial(ctx, hosttools.LibvirtURI, d.Name, qmp.Options{})
@@ -132,7 +101,7 @@ func TestCutsOfADomain(t *testing.T) {
 		if err := snap.Close(); err != nil {
 			t.Fatalf("cut %d: close: %v", n, err)
 		}
-		CleanView(t, d.Name, disks)
+		d.CheckCleanView(t, 1)
 		if st := strings.TrimSpace(hosttools.Virsh(t, "domstate", d.Name)); st != "running" {
 			t.Errorf("cut %d: domain %s", n, st)
 		}

@@ -105,3 +105,45 @@ func tail(s string, n int) string {
 	l := strings.Split(s, "\n")
 	return strings.Join(l[max(0, len(l)-n):], "\n")
 }
+
+// CheckCleanView fails the test if the domain shows anything of drsync's
+// beyond what an idle sender keeps: libvirt's view (virsh domblklist,
+// blockjob, checkpoint-list) must be the domain's own disks and nothing
+// else, and QEMU's must hold no drsync node, job or export and at most
+// bitmaps per disk (the one recording changes since the last cut).
+func (d *Domain) CheckCleanView(t testing.TB, bitmaps int) {
+	t.Helper()
+	disks := map[string]string{"vda": filepath.Join(d.Dir, "vda.raw"), "vdb": filepath.Join(d.Dir, "vdb.qcow2")}
+	out := hosttools.Virsh(t, "domblklist", d.Name)
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 2+len(disks) {
+		t.Errorf("domblklist: want the domain's %d disks:\n%s", len(disks), out)
+	}
+	for _, l := range lines[min(2, len(lines)):] {
+		if f := strings.Fields(l); len(f) != 2 || disks[f[0]] != f[1] {
+			t.Errorf("domblklist: unexpected line %q\n%s", l, out)
+		}
+	}
+	for dev := range disks {
+		if out := hosttools.Virsh(t, "blockjob", d.Name, dev); !strings.Contains(out, "No current block job") {
+			t.Errorf("blockjob %s: %s", dev, out)
+		}
+	}
+	if out := strings.TrimSpace(hosttools.Virsh(t, "checkpoint-list", d.Name, "--name")); out != "" {
+		t.Errorf("checkpoint-list: %s", out)
+	}
+	// QEMU's own view, which QMP passed through libvirt could change
+	// behind libvirt's back.
+	qmp := func(cmd string) string {
+		return hosttools.Virsh(t, "qemu-monitor-command", d.Name, `{"execute":"`+cmd+`"}`)
+	}
+	if out := qmp("query-named-block-nodes"); strings.Contains(out, `"node-name":"drsync-`) {
+		t.Errorf("QEMU still holds drsync block nodes: %.500s", out)
+	}
+	if out := qmp("query-block-jobs"); !strings.Contains(out, `"return":[]`) {
+		t.Errorf("QEMU still runs block jobs: %s", out)
+	}
+	if out := qmp("query-block"); strings.Count(out, `"name":"drsync-`) > bitmaps*len(disks) {
+		t.Errorf("QEMU holds more than %d drsync bitmaps per disk: %.800s", bitmaps, out)
+	}
+}
