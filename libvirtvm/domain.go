@@ -63,8 +63,9 @@ type domainXML struct {
 	Disks []struct {
 		Device string `xml:"device,attr"`
 		Source struct {
-			File string `xml:"file,attr"`
-			Dev  string `xml:"dev,attr"`
+			File  string `xml:"file,attr"`
+			Dev   string `xml:"dev,attr"`
+			Index string `xml:"index,attr"`
 		} `xml:"source"`
 		Target struct {
 			Dev string `xml:"dev,attr"`
@@ -85,10 +86,15 @@ type blockInfo struct {
 	} `json:"inserted"`
 }
 
-// Disks lists the running domain's disks with their QEMU block nodes:
-// the live domain XML names each disk's device alias, and QEMU's
-// query-block maps the device to the node the guest writes through.
-// CD-ROMs, floppies and empty drives are left out.
+// Disks lists the running domain's disks with their QEMU block nodes.
+// libvirt (with -blockdev, since 5.10) names a disk's format node
+// libvirt-<source index>-format, its protocol node libvirt-<index>-storage
+// for a format-less source; the live XML gives the index. Without an
+// index, QEMU's query-block maps the device (by its alias) to its top
+// node. That top node is not used when libvirt's name exists: while a
+// backup job runs (a killed sender's leftover) it is the job's
+// copy-before-write filter, not the disk. CD-ROMs, floppies and empty
+// drives are left out.
 func (m *Monitor) Disks(ctx context.Context) ([]Disk, error) {
 	x, err := m.conn.DomainGetXMLDesc(m.dom, 0)
 	if err != nil {
@@ -102,6 +108,17 @@ func (m *Monitor) Disks(ctx context.Context) ([]Disk, error) {
 	if err := m.Execute(ctx, "query-block", nil, &blocks); err != nil {
 		return nil, err
 	}
+	var named []struct {
+		NodeName string `json:"node-name"`
+	}
+	if err := m.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &named); err != nil {
+		return nil, err
+	}
+	nodes := map[string]bool{}
+	for _, n := range named {
+		nodes[n.NodeName] = true
+	}
+	exists := func(n string) bool { return nodes[n] }
 	var out []Disk
 	for _, dk := range d.Disks {
 		if dk.Device != "" && dk.Device != "disk" {
@@ -114,6 +131,16 @@ func (m *Monitor) Disks(ctx context.Context) ([]Disk, error) {
 		if src == "" || dk.Alias.Name == "" {
 			continue
 		}
+		if i := dk.Source.Index; i != "" {
+			node := "libvirt-" + i + "-format"
+			if !exists(node) {
+				node = "libvirt-" + i + "-storage"
+			}
+			if exists(node) {
+				out = append(out, Disk{Target: dk.Target.Dev, Source: src, Node: node, ReadOnly: dk.ReadOnly != nil})
+				continue
+			}
+		}
 		// qdev is the device's QOM path: /machine/peripheral/<alias>/...
 		i := slices.IndexFunc(blocks, func(b blockInfo) bool {
 			p := "/machine/peripheral/" + dk.Alias.Name
@@ -122,7 +149,11 @@ func (m *Monitor) Disks(ctx context.Context) ([]Disk, error) {
 		if i < 0 {
 			return nil, fmt.Errorf("libvirt: domain %q: disk %s (%s): QEMU lists no block device for it", m.dom.Name, dk.Target.Dev, dk.Alias.Name)
 		}
-		out = append(out, Disk{Target: dk.Target.Dev, Source: src, Node: blocks[i].Inserted.NodeName, ReadOnly: dk.ReadOnly != nil})
+		node := blocks[i].Inserted.NodeName
+		if strings.HasPrefix(node, "#") {
+			return nil, fmt.Errorf("libvirt: domain %q: disk %s: its top node %s has no name of libvirt's (a block job's filter?); name the node in [[vm.disk]]", m.dom.Name, dk.Target.Dev, node)
+		}
+		out = append(out, Disk{Target: dk.Target.Dev, Source: src, Node: node, ReadOnly: dk.ReadOnly != nil})
 	}
 	return out, nil
 }

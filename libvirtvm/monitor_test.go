@@ -127,4 +127,27 @@ func TestDisks(t *testing.T) {
 		}
 	}
 	t.Logf("disks: %+v", disks)
+
+	// A backup job (what a killed sender leaves) puts a copy-before-write
+	// filter on top of the disk; the disk's node is still the format node.
+	overlay := filepath.Join(dir, "fleece.qcow2")
+	hosttools.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", overlay, "16M")
+	for _, c := range []struct {
+		cmd  string
+		args map[string]any
+	}{
+		{"blockdev-add", map[string]any{"driver": "qcow2", "node-name": "drsync-test-fleece", "file": map[string]any{"driver": "file", "filename": overlay}, "backing": disks[0].Node}},
+		{"blockdev-backup", map[string]any{"device": disks[0].Node, "target": "drsync-test-fleece", "sync": "none", "job-id": "drsync-test-job"}},
+	} {
+		if err := m.Execute(ctx, c.cmd, c.args, nil); err != nil {
+			t.Fatalf("%s: %v", c.cmd, err)
+		}
+	}
+	again, err := m.Disks(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(again) != 1 || again[0].Node != disks[0].Node {
+		t.Fatalf("disks with a backup job running: %+v, want node %s", again, disks[0].Node)
+	}
 }
