@@ -1,0 +1,76 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/drsync/drsync/testkit"
+	"github.com/drsync/drsync/testkit/guest"
+	"github.com/drsync/drsync/testkit/hosttools"
+)
+
+// TestLibvirtDomain protects the test guest, run as a libvirt domain, by
+// domain name: disks and block nodes come from the domain. Several epochs
+// commit; a sender SIGKILLed in the middle of epochs is restarted; after
+// each run libvirt's view of the domain (virsh domblklist, blockjob,
+// checkpoint-list) and QEMU's show nothing of drsync's; every committed
+// epoch verifies and holds a consistent record ring; the guest runs on.
+func TestLibvirtDomain(t *testing.T) {
+	start := time.Now()
+	d := guest.ProtectedDomain(t, 128, map[string]string{"rate": "50"})
+	t.Logf("domain %s runs the workload (%v)", d.Name, time.Since(start).Round(time.Millisecond))
+	spec := vmSpec{name: "guest-1", extra: fmt.Sprintf("libvirt = %q\ndomain = %q\nmin_interval = \"1s\"", hosttools.LibvirtURI, d.Name)}
+	p := newPair(t, []vmSpec{spec})
+	p.startReceiver()
+
+	out := testkit.MustRun(t, "send", "--once", "--config", p.sendCfg)
+	prev := p.checkReplicaRecords("guest-1")
+	t.Logf("first epoch %d committed; replica records %d..%d", p.manifest("guest-1").Epoch, prev.First, prev.Last)
+	if testing.Verbose() {
+		t.Logf("sender:\n%s", out)
+	}
+	for _, tg := range p.manifest("guest-1").Targets {
+		t.Logf("replica target %s %s", tg.Kind, tg.Name)
+	}
+	p.replicaFile("guest-1", "disk", "vdb") // both disks found from the domain
+	d.CheckCleanView(t, 1)
+
+	for round := 1; round <= 3; round++ {
+		snd := testkit.Start(t, p.path(fmt.Sprintf("sender-%d.log", round)), "send", "--config", p.sendCfg, "--log-level", "debug")
+		// Two cuts, then a kill just after the third: its snapshot is
+		// open in QEMU and being read.
+		deadline := time.Now().Add(3 * time.Minute)
+		for strings.Count(snd.Log(), "msg=cut ") < 3 {
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: no third cut:\n%s", round, snd.Log())
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		before := p.manifest("guest-1").Epoch
+		snd.Kill()
+		t.Logf("round %d: sender SIGKILLed with epoch %d committed", round, before)
+		p.verify("guest-1")
+		out := testkit.MustRun(t, "send", "--once", "--config", p.sendCfg)
+		if strings.Contains(out, "removing what an earlier sender left") {
+			t.Logf("round %d: the restarted sender removed leftovers of the killed one", round)
+		}
+		d.CheckCleanView(t, 1)
+		recs := p.checkReplicaRecords("guest-1")
+		after := p.manifest("guest-1").Epoch
+		if after <= before || recs.Last < prev.Last {
+			t.Fatalf("round %d: epoch %d -> %d, records %d -> %d", round, before, after, prev.Last, recs.Last)
+		}
+		t.Logf("round %d: restarted sender committed epoch %d; replica records %d..%d", round, after, recs.First, recs.Last)
+		prev = recs
+	}
+	if st := strings.TrimSpace(hosttools.Virsh(t, "domstate", d.Name)); st != "running" {
+		t.Errorf("domain %s after the test", st)
+	}
+	n := len(d.Ticks())
+	if _, err := d.WaitTicks(n+10, 30*time.Second); err != nil {
+		t.Fatalf("the guest no longer runs: %v", err)
+	}
+	t.Logf("the guest runs on (%d ticks); total %v", len(d.Ticks()), time.Since(start).Round(time.Second))
+}
