@@ -72,5 +72,30 @@ func TestLibvirtDomain(t *testing.T) {
 	if _, err := d.WaitTicks(n+10, 30*time.Second); err != nil {
 		t.Fatalf("the guest no longer runs: %v", err)
 	}
-	t.Logf("the guest runs on (%d ticks); total %v", len(d.Ticks()), time.Since(start).Round(time.Second))
+	t.Logf("the guest runs on (%d ticks)", len(d.Ticks()))
+
+	// libvirt stops the domain under a running sender: the sender's status
+	// names the domain and what happened, and the replica stays whole.
+	snd := testkit.Start(t, p.path("sender-end.log"), "send", "--config", p.sendCfg)
+	if !snd.WaitLog("epoch committed", 90*time.Second) {
+		t.Fatalf("no epoch before the domain stops:\n%s", snd.Log())
+	}
+	hosttools.Virsh(t, "destroy", d.Name)
+	t.Logf("domain destroyed under the sender")
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		msg, _ := p.senderStatus("guest-1")["last_error"].(string)
+		if strings.Contains(msg, d.Name) && (strings.Contains(msg, "destroyed") || strings.Contains(msg, "not running") ||
+			strings.Contains(msg, "no such libvirt domain")) { // a transient domain is gone once stopped {
+			t.Logf("sender status: %s", msg)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status does not say the domain stopped: %q\n%s", msg, snd.Log())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	snd.Kill()
+	p.verify("guest-1")
+	t.Logf("total %v", time.Since(start).Round(time.Second))
 }
