@@ -1,11 +1,16 @@
 package e2e
 
 import (
+	"context"
 	"fmt"
+	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/drsync/drsync/libvirtvm"
+	"github.com/drsync/drsync/qmp"
 	"github.com/drsync/drsync/testkit"
 	"github.com/drsync/drsync/testkit/guest"
 	"github.com/drsync/drsync/testkit/hosttools"
@@ -98,4 +103,60 @@ func TestLibvirtDomain(t *testing.T) {
 	snd.Kill()
 	p.verify("guest-1")
 	t.Logf("total %v", time.Since(start).Round(time.Second))
+}
+
+// TestLibvirtGuestGuard SIGKILLs the sender right after a cut's migration,
+// while its domain is stopped: the guest guard resumes the domain through
+// libvirt, and libvirt shows it running again.
+func TestLibvirtGuestGuard(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots a guest")
+	}
+	d := guest.ProtectedDomain(t, 128, nil)
+	spec := vmSpec{name: "guest-1", extra: fmt.Sprintf("libvirt = %q\ndomain = %q", hosttools.LibvirtURI, d.Name)}
+	p := newPair(t, []vmSpec{spec})
+	p.startReceiver()
+	testkit.MustRun(t, "send", "--once", "--config", p.sendCfg)
+	t.Logf("first epoch committed")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	watch, err := libvirtvm.Dial(ctx, hosttools.LibvirtURI, d.Name, qmp.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watch.Close()
+	events := watch.Subscribe("STOP", "RESUME")
+	defer events.Close()
+	next := func(name string) (qmp.Event, error) {
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		return events.Wait(ctx, func(e qmp.Event) bool { return e.Name == name })
+	}
+	killed := func(c *exec.Cmd) error {
+		c.Env = append(os.Environ(), "DRSYNC_FAULT=kill-after-migration")
+		return nil
+	}
+	for round := 1; round <= 3; round++ {
+		snd := testkit.StartWrapped(t, p.path(fmt.Sprintf("sender-killed-%d.log", round)), killed, "send", "--once", "--config", p.sendCfg)
+		if code, err := snd.Wait(2 * time.Minute); err != nil || code != -1 {
+			t.Fatalf("round %d: the sender was not killed at its cut (exit %d, %v):\n%s", round, code, err, snd.Log())
+		}
+		stop, err := next("STOP")
+		if err != nil {
+			t.Fatalf("round %d: no STOP from the cut: %v", round, err)
+		}
+		resume, err := next("RESUME")
+		if err != nil {
+			t.Fatalf("round %d: the domain was not resumed within 10 s of the sender's death (%s): %v\n%s", round,
+				strings.TrimSpace(hosttools.Virsh(t, "domstate", "--reason", d.Name)), err, snd.Log())
+		}
+		t.Logf("round %d: guest paused %v; resumed by the guard through libvirt", round, resume.At.Sub(stop.At).Round(time.Millisecond))
+		if st := strings.TrimSpace(hosttools.Virsh(t, "domstate", d.Name)); st != "running" {
+			t.Errorf("round %d: libvirt shows the domain %s", round, st)
+		}
+	}
+	testkit.MustRun(t, "send", "--once", "--config", p.sendCfg)
+	d.CheckCleanView(t, 1)
+	p.checkReplicaRecords("guest-1")
 }
