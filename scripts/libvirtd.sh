@@ -49,7 +49,7 @@ start() {
 	unshare --mount --propagation private sh -c '
 		mount --bind "$1/qemu.conf" /etc/libvirt/qemu.conf &&
 		exec libvirtd --daemon --config "$1/libvirtd.conf" --pid-file "$2"' \
-		sh "$run" "$pidfile"
+		sh "$run" "$pidfile" 9>&-   # the daemon must not hold the script's lock
 	wait_up
 }
 
@@ -65,7 +65,11 @@ wait_up() {
 }
 
 stop() {
-	[[ -s $pidfile ]] || return 0
+	[[ -d $run ]] || return 0
+	[[ -s $pidfile ]] || {
+		rm -rf "$run"
+		return 0
+	}
 	local pid
 	pid=$(cat "$pidfile")
 	if kill -0 "$pid" 2>/dev/null; then
@@ -78,9 +82,11 @@ stop() {
 	rm -rf "$run"
 }
 
+# Test binaries of several packages may start or stop it at once.
+exec 9>/run/drsync-libvirtd.lock
 case ${1:-} in
-start) start ;;
-stop) stop ;;
+start) flock 9 && start ;;
+stop) flock 9 && stop ;;
 status) answers ;;
 *)
 	echo "usage: $0 start|stop|status" >&2
