@@ -82,36 +82,48 @@ func (v *VMConfig) resolveLibvirtDisks(o *livecut.Options) error {
 	if err != nil {
 		return fmt.Errorf("vm %q: %w", v.Name, err)
 	}
-	o.Disks = nil
+	disks, err := v.selectDisks(found)
+	if err != nil {
+		return fmt.Errorf("vm %q: %w", v.Name, err)
+	}
+	o.Disks = disks
+	return nil
+}
+
+// selectDisks chooses the disks to protect among those the domain has:
+// the listed ones (their nodes found unless given), or else every
+// writable disk but the excluded ones.
+func (v *VMConfig) selectDisks(found []libvirtvm.Disk) ([]livecut.Disk, error) {
+	var out []livecut.Disk
 	if len(v.Disks) > 0 {
 		for _, d := range v.Disks {
 			i := slices.IndexFunc(found, func(f libvirtvm.Disk) bool { return f.Target == d.Name })
 			if i < 0 {
-				return fmt.Errorf("vm %q: domain %q has no disk %q (it has %s)", v.Name, v.Domain, d.Name, targets(found))
+				return nil, fmt.Errorf("domain %q has no disk %q (it has %s)", v.Domain, d.Name, targets(found))
 			}
 			node := d.Node
 			if node == "" {
 				node = found[i].Node
 			}
-			o.Disks = append(o.Disks, livecut.Disk{Name: d.Name, Node: node, BlockSize: int(d.BlockSize)})
+			out = append(out, livecut.Disk{Name: d.Name, Node: node, BlockSize: int(d.BlockSize)})
 		}
-		return nil
+		return out, nil
+	}
+	for _, x := range v.ExcludeDisks {
+		if !slices.ContainsFunc(found, func(f libvirtvm.Disk) bool { return f.Target == x }) {
+			return nil, fmt.Errorf("exclude_disks: domain %q has no disk %q (it has %s)", v.Domain, x, targets(found))
+		}
 	}
 	for _, f := range found {
 		if slices.Contains(v.ExcludeDisks, f.Target) || f.ReadOnly {
 			continue
 		}
-		o.Disks = append(o.Disks, livecut.Disk{Name: f.Target, Node: f.Node})
+		out = append(out, livecut.Disk{Name: f.Target, Node: f.Node})
 	}
-	for _, x := range v.ExcludeDisks {
-		if !slices.ContainsFunc(found, func(f libvirtvm.Disk) bool { return f.Target == x }) {
-			return fmt.Errorf("vm %q: exclude_disks: domain %q has no disk %q (it has %s)", v.Name, v.Domain, x, targets(found))
-		}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("domain %q has no writable disk left to protect", v.Domain)
 	}
-	if len(o.Disks) == 0 {
-		return fmt.Errorf("vm %q: domain %q has no writable disk left to protect", v.Name, v.Domain)
-	}
-	return nil
+	return out, nil
 }
 
 func targets(ds []libvirtvm.Disk) string {
