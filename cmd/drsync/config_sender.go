@@ -8,6 +8,7 @@ import (
 
 	"github.com/drsync/drsync/agent"
 	"github.com/drsync/drsync/diskmirror"
+	"github.com/drsync/drsync/libvirtvm"
 	"github.com/drsync/drsync/livecut"
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/stripe"
@@ -89,7 +90,8 @@ type VMConfig struct {
 	// memory and disks at one instant through this monitor socket, and the
 	// disks are named by QEMU block node instead of path.
 	QMP string `toml:"qmp"`
-	LibvirtVMConfig
+	// Or a libvirt domain: libvirt = "qemu:///system", domain = "...".
+	libvirtvm.Config
 	// WorkDir holds a live VM's fleecing overlays and sockets; default
 	// <state dir>/<vm>/live.
 	WorkDir           string `toml:"work_dir"`
@@ -105,7 +107,7 @@ type VMConfig struct {
 func (v *VMConfig) dedup() bool { return v.Dedup == nil || *v.Dedup }
 
 // live reports whether the VM is a running QEMU guest.
-func (v *VMConfig) live() bool { return v.QMP != "" || v.libvirtDomain() }
+func (v *VMConfig) live() bool { return v.QMP != "" || v.Config.Enabled() }
 
 // DiskConfig is one [[vm.disk]] entry.
 type DiskConfig struct {
@@ -271,8 +273,8 @@ func (v *VMConfig) validate(file string, i int) error {
 			return bad("rpo_target", "%v", err)
 		}
 	}
-	if err := v.validateLibvirt(bad); err != nil {
-		return err
+	if k, err := v.Config.Check(v.QMP, len(v.Disks)); err != nil {
+		return bad(k, "%v", err)
 	}
 	if v.live() {
 		return v.validateLive(bad)
@@ -358,7 +360,7 @@ func (v *VMConfig) validateLive(bad func(k, format string, a ...any) error) erro
 		if d.Path != "" || d.Format != "" {
 			return bad(k+".path", "a live VM's disk is named by its QEMU block node (node = \"disk0\"), not by path or format")
 		}
-		if d.Node == "" && !v.libvirtDomain() {
+		if d.Node == "" && !v.Config.Enabled() {
 			return bad(k+".node", "missing: the QEMU block node the guest writes through (query-named-block-nodes lists them)")
 		}
 		if d.Node != "" && nodes[d.Node] {
@@ -384,7 +386,7 @@ func (v *VMConfig) liveOptions(stateDir string, now func() time.Time) livecut.Op
 	for _, d := range v.Disks {
 		o.Disks = append(o.Disks, livecut.Disk{Name: d.Name, Node: d.Node, BlockSize: int(d.BlockSize)})
 	}
-	v.libvirtLiveOptions(&o)
+	v.Config.Apply(&o)
 	return o
 }
 

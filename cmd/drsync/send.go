@@ -241,8 +241,8 @@ func (c *SenderConfig) agentVM(v *VMConfig, now func() time.Time) (agent.VM, err
 	av := agent.VM{Name: v.Name, StateDir: dir, Pacing: v.pacing(), Dedup: v.dedup()}
 	if v.live() {
 		lo := v.liveOptions(dir, now)
-		if err := v.resolveLibvirtDisks(&lo); err != nil {
-			return av, err
+		if err := v.Config.ResolveDisks(&lo); err != nil {
+			return av, fmt.Errorf("vm %q: %w", v.Name, err)
 		}
 		if os.Getenv(faultEnv) == "kill-after-migration" {
 			lo.AfterMigration = func() { syscall.Kill(os.Getpid(), syscall.SIGKILL) }
