@@ -40,6 +40,7 @@ build:
 # the package is installed when the command is missing.
 DEPS := qemu-img:qemu-utils qemu-nbd:qemu-utils qemu-system-x86_64:qemu-system-x86 \
 	busybox:busybox-static ip:iproute2 rsync:rsync promtool:prometheus chromium:chromium
+DEPS += virsh:libvirt-clients libvirtd:libvirt-daemon-system
 
 deps:
 	@set -e; missing=""; for d in $(DEPS); do \

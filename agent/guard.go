@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/drsync/drsync/internal/jsonfile"
+	"github.com/drsync/drsync/libvirtvm"
 	"github.com/drsync/drsync/livecut"
 )
 
@@ -107,7 +108,7 @@ func RunGuard(stdin io.Reader, log *slog.Logger, now func() time.Time) error {
 		go func() {
 			defer wg.Done()
 			l := log.With("vm", vm.Name)
-			rep, err := livecut.Guard(context.Background(), livecut.GuardOptions{QMPSocket: vm.QMP, WorkDir: vm.WorkDir, Logger: l})
+			rep, err := livecut.Guard(context.Background(), livecut.GuardOptions{QMPSocket: vm.QMP, Dial: libvirtvm.DialMonitor, WorkDir: vm.WorkDir, Logger: l})
 			if err != nil {
 				l.Error("guard: the guest may be left paused", "err", err)
 				mu.Lock()

@@ -11,6 +11,7 @@ import (
 	"github.com/drsync/drsync/diskmirror"
 	"github.com/drsync/drsync/internal/field"
 	"github.com/drsync/drsync/internal/units"
+	"github.com/drsync/drsync/libvirtvm"
 	"github.com/drsync/drsync/livecut"
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/stripe"
@@ -109,7 +110,10 @@ type VMSettings struct {
 	Disks       []DiskSettings
 	RAM         []sender.FileRAM
 	// QMP, when set, makes this a running QEMU guest (package livecut).
-	QMP               string
+	QMP string
+	// Libvirt, when enabled, makes this a running libvirt domain whose
+	// monitor is reached through libvirt instead of a QMP socket.
+	Libvirt           libvirtvm.Config
 	WorkDir           string // a live VM's; "": <state dir>/live
 	AllowUntestedQEMU bool
 	Dedup             *bool // nil: true
@@ -125,7 +129,7 @@ type DiskSettings struct {
 }
 
 // Live reports whether the VM is a running QEMU guest.
-func (v *VMSettings) Live() bool { return v.QMP != "" }
+func (v *VMSettings) Live() bool { return v.QMP != "" || v.Libvirt.Enabled() }
 
 // Validate checks v and fills in defaults. Errors are *field.Error naming
 // the setting: "vm[i].name" for a bad name, else relative to the VM.
@@ -142,6 +146,9 @@ func (v *VMSettings) Validate(i int) error {
 func (v *VMSettings) validate() error {
 	if err := v.validatePacing(); err != nil {
 		return err
+	}
+	if k, err := v.Libvirt.Check(v.QMP, len(v.Disks)); err != nil {
+		return field.Wrap(k, err)
 	}
 	if v.Live() {
 		return v.validateLive()
@@ -262,9 +269,9 @@ func (v *VMSettings) validateLive() error {
 		switch {
 		case d.Path != "" || d.Format != "":
 			return field.Errorf(k+".path", "a live VM's disk is named by its QEMU block node (node = \"disk0\"), not by path or format")
-		case d.Node == "":
+		case d.Node == "" && !v.Libvirt.Enabled():
 			return field.Errorf(k+".node", "missing: the QEMU block node the guest writes through (query-named-block-nodes lists them)")
-		case nodes[d.Node]:
+		case d.Node != "" && nodes[d.Node]:
 			return field.Errorf(k+".node", "node %q is listed twice", d.Node)
 		}
 		nodes[d.Node] = true
@@ -319,6 +326,7 @@ func (v *VMSettings) LiveOptions(stateDir string, now func() time.Time) livecut.
 	for _, d := range v.Disks {
 		o.Disks = append(o.Disks, livecut.Disk{Name: d.Name, Node: d.Node, BlockSize: int(d.BlockSize)})
 	}
+	v.Libvirt.Apply(&o)
 	return o
 }
 

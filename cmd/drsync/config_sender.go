@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 
 	"github.com/drsync/drsync/agent"
+	"github.com/drsync/drsync/libvirtvm"
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/tlsid"
 	"github.com/drsync/drsync/transport"
@@ -62,6 +63,7 @@ type VMConfig struct {
 	Disks             []DiskConfig `toml:"disk"`
 	RAM               []RAMConfig  `toml:"ram"`
 	QMP               string       `toml:"qmp"`
+	libvirtvm.Config               // or a libvirt domain: libvirt, domain, exclude_disks
 	WorkDir           string       `toml:"work_dir"`
 	AllowUntestedQEMU bool         `toml:"allow_untested_qemu"`
 	Dedup             *bool        `toml:"dedup"`
@@ -107,7 +109,8 @@ func loadSenderConfig(path string) (*SenderConfig, error) {
 	for _, v := range c.VMs {
 		s := agent.VMSettings{Name: v.Name, Mode: agent.Mode(v.Mode), MinInterval: v.MinInterval.D(), RPOTarget: v.RPOTarget.D(),
 			MaxInterval: v.MaxInterval.D(), Schedule: v.Schedule.D(), Compression: v.Compression, DeviceState: resolvePath(dir, v.DeviceState),
-			QMP: resolvePath(dir, v.QMP), WorkDir: resolvePath(dir, v.WorkDir), AllowUntestedQEMU: v.AllowUntestedQEMU, Dedup: v.Dedup}
+			QMP: resolvePath(dir, v.QMP), WorkDir: resolvePath(dir, v.WorkDir), AllowUntestedQEMU: v.AllowUntestedQEMU, Dedup: v.Dedup,
+			Libvirt: v.Config}
 		for _, d := range v.Disks {
 			s.Disks = append(s.Disks, agent.DiskSettings{Name: d.Name, Path: resolvePath(dir, d.Path), Node: d.Node, Format: d.Format, BlockSize: uint64(d.BlockSize)})
 		}

@@ -1,0 +1,31 @@
+// Package libvirtvm reaches the QEMU of a libvirt-managed domain through
+// libvirt's own RPC protocol (github.com/digitalocean/go-libvirt), so that
+// drsync can protect a domain by name instead of needing a QMP socket of
+// its own on QEMU's command line.
+//
+// Monitor is a livecut.Monitor over libvirt: QMP commands are passed
+// through virDomainQemuMonitorCommand, QEMU's events come from
+// virConnectDomainQemuMonitorEventRegister, and the domain's end (stopped,
+// destroyed, migrated away, undefined) from libvirt's lifecycle events,
+// which close Done as a QEMU that exits closes a QMP socket. Errors follow
+// qmp's conventions: QEMU's refusal is a *qmp.CommandError, a domain that
+// is gone wraps qmp.ErrDisconnected, a domain that is defined but not
+// running is qmp.ErrNoSocket, and one libvirt does not know is ErrNoDomain.
+//
+// Two details of go-libvirt shape the code: it routes events by callback
+// ID alone while libvirt numbers lifecycle and QEMU monitor callbacks
+// separately, so a Monitor holds two connections (commands and QEMU
+// events on one, lifecycle events on the other); and it drops QEMU events
+// whose data is null (STOP, RESUME), which the connection mends before
+// go-libvirt decodes them (see fixDialer). Nor can go-libvirt pass file
+// descriptors (virDomainQemuMonitorCommandWithFiles needs SCM_RIGHTS on
+// the libvirt socket), so QEMU writes a cut's migration stream into a unix
+// socket drsync listens on, which QEMU's user must be able to reach.
+//
+// Libvirt marks a domain whose monitor is used directly as tainted
+// ("custom-monitor"); that is a note in its log, not a change of how
+// libvirt manages the domain.
+//
+// libvirtvm knows libvirt and QMP's conventions; it does not know what
+// the commands do (livecut's business), the wire protocol or replicas.
+package libvirtvm
