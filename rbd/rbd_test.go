@@ -77,6 +77,11 @@ func image(t *testing.T, p rbd.Pool, size uint64) (string, rbd.Image) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
+		snaps, _ := im.Snaps()
+		for _, s := range snaps {
+			im.UnprotectSnap(s.Name)
+			im.RemoveSnap(s.Name)
+		}
 		im.Close()
 		if err := p.RemoveImage(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			t.Errorf("remove %s: %v", name, err)
@@ -283,6 +288,9 @@ func TestExclusiveLock(t *testing.T) {
 // lock is taken over once the dead client's watch expires, and the dead
 // client is blocklisted.
 func TestDeadHolderLockIsBroken(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for a dead client's watch to expire")
+	}
 	p, c := pool(t)
 	name, im := image(t, p, 1<<20)
 	cmd := exec.Command(os.Args[0])
@@ -331,6 +339,9 @@ func TestDeadHolderLockIsBroken(t *testing.T) {
 // ErrNoSpace (EDQUOT) rather than hanging, and succeeds once the quota
 // is lifted.
 func TestPoolQuotaIsNoSpace(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes until the monitors see the quota")
+	}
 	c := testkit.CephCluster(t)
 	const qp = "drsync-quota"
 	c.Admin(t, "osd", "pool", "create", qp, "8", "8")
@@ -394,4 +405,44 @@ func TestConfigValidate(t *testing.T) {
 			t.Errorf("client %q: %v", tc.client, err)
 		}
 	}
+}
+
+// TestQEMUOpensSnapshotAndClone: QEMU's own rbd driver, as the cephx user
+// the cluster gives the receiver, reads a snapshot and writes a clone of it
+// without touching the snapshot.
+func TestQEMUOpensSnapshotAndClone(t *testing.T) {
+	p, c := pool(t)
+	name, im := image(t, p, 4<<20)
+	if _, err := im.WriteAt(bytes.Repeat([]byte{0x5a}, 64<<10), 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []func() error{im.Flush, func() error { return im.CreateSnap("e1") }, func() error { return im.ProtectSnap("e1") }} {
+		if err := f(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := rbd.Config{ConfFile: c.Conf, Client: c.Client}
+	if err := p.Clone(name, "e1", name+"-drill"); err != nil {
+		t.Fatal(err)
+	}
+	defer p.RemoveImage(name + "-drill")
+	qemuIO := func(file string, cmds ...string) string {
+		args := []string{"-f", "raw"}
+		if strings.Contains(file, "@") {
+			args = append(args, "-r")
+		}
+		for _, c := range cmds {
+			args = append(args, "-c", c)
+		}
+		out, err := exec.Command("qemu-io", append(args, file)...).CombinedOutput()
+		if err != nil || strings.Contains(string(out), "fail") || strings.Contains(string(out), "error") {
+			t.Fatalf("qemu-io %s %v: %v\n%s", file, cmds, err, out)
+		}
+		return string(out)
+	}
+	snap := rbd.QEMUFile(cfg, c.Pool, name, "e1")
+	qemuIO(snap, "read -P 0x5a 1M 64k", "read -P 0 0 1M")
+	drill := rbd.QEMUFile(cfg, c.Pool, name+"-drill", "")
+	qemuIO(drill, "read -P 0x5a 1M 64k", "write -P 0x77 1M 4k", "read -P 0x77 1M 4k")
+	qemuIO(snap, "read -P 0x5a 1M 64k")
 }
