@@ -3,8 +3,10 @@
 # (BlueStore on a sparse file), cephx on, pools of size 1, everything
 # under one directory and bound to 127.0.0.1 on ports picked free.
 #
-#   ceph-cluster.sh start DIR   create and start a cluster in DIR (empty or absent),
-#                               with a pool "rbd" and a client "client.drsync"
+#   ceph-cluster.sh start DIR [PID]  create and start a cluster in DIR (empty or
+#                               absent), with a pool "rbd" and a client "client.drsync";
+#                               with PID, stop it and remove DIR when that process
+#                               ends (a test binary killed before it could stop it)
 #   ceph-cluster.sh env DIR     print CEPH_CONF=... CEPH_CLIENT=... CEPH_POOL=... lines
 #   ceph-cluster.sh stop DIR    stop the daemons and remove DIR
 #
@@ -12,7 +14,7 @@
 # small, the OSD's file is sparse (OSD_SIZE, default 8 GiB).
 set -euo pipefail
 
-cmd=${1:-}; dir=${2:-}
+cmd=${1:-}; dir=${2:-}; owner=${3:-}
 [ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start|stop|env DIR" >&2; exit 2; }
 OSD_SIZE=${OSD_SIZE:-$((8 << 30))}
 POOL=${POOL:-rbd}
@@ -135,6 +137,10 @@ CONF
 	local deadline=$(( $(date +%s) + 180 ))
 	while [ "$(date +%s)" -lt "$deadline" ]; do
 		if ceph_ pg stat 2>/dev/null | grep -Eq '^([0-9]+) pgs: \1 active\+clean;'; then
+			if [ -n "$owner" ]; then
+				setsid bash -c 'while kill -0 "$1" 2>/dev/null && [ -d "$2" ]; do sleep 1; done; exec "$0" stop "$2"' \
+					"$(readlink -f "$0")" "$owner" "$dir" </dev/null >/dev/null 2>&1 &
+			fi
 			echo "ceph cluster in $dir up in $(awk "BEGIN{printf \"%.1f\", $(date +%s.%N) - $t0}")s (mon 127.0.0.1:$port)" >&2
 			return 0
 		fi

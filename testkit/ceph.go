@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -37,7 +38,8 @@ func cephScript() string {
 
 // CephCluster returns the test binary's Ceph cluster, starting it on first
 // use (about 15 s); the package's TestMain must call Main, which stops it
-// and removes its data when the tests end. DRSYNC_CEPH_DIR names a running
+// and removes its data when the tests end (or the script does, if the test
+// binary is killed first). DRSYNC_CEPH_DIR names a running
 // cluster to use instead, which is then left running.
 func CephCluster(t testing.TB) *Ceph {
 	t.Helper()
@@ -56,7 +58,7 @@ func CephCluster(t testing.TB) *Ceph {
 			return
 		}
 		t0 := time.Now()
-		out, err := exec.Command(cephScript(), "start", dir).CombinedOutput()
+		out, err := exec.Command(cephScript(), "start", dir, strconv.Itoa(os.Getpid())).CombinedOutput()
 		if err != nil {
 			os.RemoveAll(dir)
 			cephErr = fmt.Errorf("start a Ceph cluster: %v\n%s", err, out)
