@@ -36,15 +36,19 @@ build:
 # for the WAN emulator's namespaces; rsync, a baseline of the WAN benchmark;
 # prometheus for promtool, which checks the alerting rules (its server is
 # stopped and disabled: only the tool is wanted); chromium, in which a
-# headless test renders the status page. Each entry is command:package;
+# headless test renders the status page; Ceph (its daemons and the headers
+# of librados and librbd) for the RBD store's tests. Each entry is
+# command:package (or /path:package for a file);
 # the package is installed when the command is missing.
 DEPS := qemu-img:qemu-utils qemu-nbd:qemu-utils qemu-system-x86_64:qemu-system-x86 \
-	busybox:busybox-static ip:iproute2 rsync:rsync promtool:prometheus chromium:chromium
+	busybox:busybox-static ip:iproute2 rsync:rsync promtool:prometheus chromium:chromium \
+	ceph-mon:ceph-mon ceph-mgr:ceph-mgr ceph-osd:ceph-osd ceph:ceph-common rbd:ceph-common \
+	/usr/include/rbd/librbd.h:librbd-dev /usr/include/rados/librados.h:librados-dev
 DEPS += virsh:libvirt-clients libvirtd:libvirt-daemon-system
 
 deps:
 	@set -e; missing=""; for d in $(DEPS); do \
-		command -v $${d%%:*} >/dev/null || case " $$missing " in *" $${d##*:} "*) ;; *) missing="$$missing $${d##*:}";; esac; \
+		{ case $${d%%:*} in /*) [ -e "$${d%%:*}" ];; *) command -v $${d%%:*} >/dev/null;; esac; } || case " $$missing " in *" $${d##*:} "*) ;; *) missing="$$missing $${d##*:}";; esac; \
 	done; \
 	[ -n "$$missing" ] || exit 0; \
 	SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -61,6 +65,9 @@ deps:
 		fi; \
 	done
 
+# The tests build and test the Ceph RBD store too (package rbd); they start
+# a single-node cluster of their own (scripts/ceph-cluster.sh).
+test: export GOFLAGS += -tags=ceph
 test: deps
 	$(GO) vet ./...
 	@set -o pipefail; log=$$(mktemp); e2elog=$$(mktemp); tmp=$$(mktemp -d); \

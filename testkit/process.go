@@ -27,13 +27,14 @@ var (
 )
 
 // Main runs a package's tests and then removes the drsync binary that
-// Drsync built for them. A package whose tests call Drsync (or Run, MustRun,
+// Drsync built for them and stops the Ceph cluster CephCluster started. A package whose tests call Drsync (or Run, MustRun,
 // Start) calls it from its TestMain:
 //
 //	func TestMain(m *testing.M) { testkit.Main(m) }
 func Main(m *testing.M) {
 	mainRuns = true
 	code := m.Run()
+	stopCeph()
 	if buildDir != "" {
 		os.RemoveAll(buildDir)
 	}
