@@ -22,6 +22,13 @@
 // the libvirt socket), so QEMU writes a cut's migration stream into a unix
 // socket drsync listens on, which QEMU's user must be able to reach.
 //
+// Config is what a sender's [[vm]] entry says of a domain (URI, name or
+// UUID, disks left out): Check validates it, Apply points livecut at the
+// domain (a monitor address, "libvirt:<uri>#<domain>", that travels where
+// a QMP socket path does, so the guest guard reaches the domain too), and
+// ResolveDisks finds the disks and their block nodes in the running
+// domain (Disks: libvirt's node names from the live XML's source index).
+//
 // Libvirt marks a domain whose monitor is used directly as tainted
 // ("custom-monitor"); that is a note in its log, not a change of how
 // libvirt manages the domain.

@@ -61,6 +61,20 @@ func TestDialErrors(t *testing.T) {
 	if _, err := libvirtvm.Dial(ctx, hosttools.LibvirtURI, "drsync-no-such-domain", qmp.Options{}); !errors.Is(err, libvirtvm.ErrNoDomain) {
 		t.Errorf("unknown domain: %v", err)
 	}
+	// Defined but shut off: like a QEMU whose socket nobody listens on.
+	dir := hosttools.ShortTempDir(t, "lvdef")
+	off := fmt.Sprintf("drsync-test-%d-%d", os.Getpid(), seq.Add(1))
+	xml := filepath.Join(dir, "domain.xml")
+	if err := os.WriteFile(xml, []byte(`<domain type='qemu'><name>`+off+`</name>
+<memory unit='MiB'>32</memory><os><type arch='x86_64' machine='pc'>hvm</type></os></domain>`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	hosttools.Virsh(t, "define", xml)
+	t.Cleanup(func() { exec.Command("virsh", "-c", hosttools.LibvirtURI, "undefine", off).Run() })
+	if _, err := libvirtvm.Dial(ctx, hosttools.LibvirtURI, off, qmp.Options{}); !errors.Is(err, qmp.ErrNoSocket) || !strings.Contains(err.Error(), "not running") {
+		t.Errorf("shut-off domain: %v", err)
+	}
+
 	name := probeDomain(t)
 	uuid := strings.TrimSpace(hosttools.Virsh(t, "domuuid", name))
 	m, err := libvirtvm.Dial(ctx, hosttools.LibvirtURI, uuid, qmp.Options{})
