@@ -14,10 +14,11 @@ import (
 // maxCommandLines bounds the non-test code of this command: flags, the
 // configuration file, output and exit codes. The protection agent, the
 // receiver's serving loop and their logic live in libraries. It is a
-// ratchet at today's size (the status page's sources and the drill column
-// came after the move); the aim is under 2,000, which needs the TOML
-// validation (about 1,100 lines) to become the libraries' Validate.
-const maxCommandLines = 3050
+// ratchet at today's size (the status page's sources, the drill column and
+// the consistency-group flag and hooks came after the move); the aim is
+// under 2,000, which needs the TOML validation (about 1,100 lines) to
+// become the libraries' Validate.
+const maxCommandLines = 3056
 
 // TestCommandStaysThin: the command holds no loop, retry or pacing logic,
 // and its size stays within budget.

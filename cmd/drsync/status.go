@@ -19,6 +19,7 @@ import (
 	"github.com/drsync/drsync/internal/jsonfile"
 	"github.com/drsync/drsync/receiver/serve"
 	"github.com/drsync/drsync/replica"
+	"github.com/drsync/drsync/replica/grouppoint"
 	"github.com/drsync/drsync/runbook"
 	"github.com/drsync/drsync/vfs"
 )
@@ -59,7 +60,7 @@ status files and the replicas' manifests.`,
 		}
 		var rows []vmStatusView
 		var problems []error
-		var rcfg *ReceiverConfig
+		var groups []grouppoint.GroupPoint // a receiver's consistency groups
 		now := e.now()
 		switch kind {
 		case "sender":
@@ -74,7 +75,8 @@ status files and the replicas' manifests.`,
 				return err
 			}
 			rows, problems = receiverStatuses(cfg, now)
-			rcfg = cfg
+			groups, err = replica.NewestGroupPoints(vfs.Default, cfg.Storage.Dir, cfg.vmNames())
+			problems = append(problems, err)
 		}
 		if asJSON {
 			if rows == nil {
@@ -87,9 +89,7 @@ status files and the replicas' manifests.`,
 			}
 		} else {
 			printStatusTable(e.stdout, kind, rows)
-			if rcfg != nil {
-				problems = append(problems, printGroupStatus(e.stdout, rcfg, now))
-			}
+			grouppoint.WriteTable(e.stdout, groups, now)
 		}
 		return errors.Join(problems...)
 	}

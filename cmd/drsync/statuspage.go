@@ -85,6 +85,6 @@ func receiverPageOf(cfg *ReceiverConfig, now time.Time) statuspage.Page {
 		}
 		p.VMs = append(p.VMs, v)
 	}
-	p.ConsistencyGroups = pageGroupPoints(cfg)
+	p.ConsistencyGroups, _ = replica.NewestGroupPoints(vfs.Default, cfg.Storage.Dir, cfg.vmNames())
 	return p
 }
