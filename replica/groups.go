@@ -73,3 +73,13 @@ func AllGroupPoints(fsys vfs.FS, root string, vms []string) (map[string][]groupp
 	}
 	return out, nil
 }
+
+// NewestGroupPoints is each consistency group's newest complete group
+// point among vms' replicas under root (grouppoint.Newest).
+func NewestGroupPoints(fsys vfs.FS, root string, vms []string) ([]grouppoint.GroupPoint, error) {
+	pts, err := AllGroupPoints(fsys, root, vms)
+	if err != nil {
+		return nil, fmt.Errorf("consistency groups: %w", err)
+	}
+	return grouppoint.Newest(pts), nil
+}

@@ -2,10 +2,14 @@ package runbook
 
 import (
 	"fmt"
+	"io"
 	"slices"
 	"strings"
+	"time"
 
+	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/replica/grouppoint"
+	"github.com/drsync/drsync/vfs"
 )
 
 // PinConsistencyGroup makes the members of consistency group group resume
@@ -47,4 +51,29 @@ func (rb *Runbook) PinConsistencyGroup(group string, pts map[string][]grouppoint
 		rb.Pinned[m.VM] = m.Epoch
 	}
 	return gp, nil
+}
+
+// PinConsistencyGroupIn is PinConsistencyGroup with the points read from
+// the runbook's replicas, and the chosen point written to out; nothing
+// when group is empty.
+func (rb *Runbook) PinConsistencyGroupIn(fsys vfs.FS, group string, out io.Writer, now time.Time) error {
+	if group == "" {
+		return nil
+	}
+	var vms []string
+	for _, v := range rb.VMs {
+		vms = append(vms, v.Name)
+	}
+	pts, err := replica.AllGroupPoints(fsys, rb.Replicas, vms)
+	if err != nil {
+		return fmt.Errorf("consistency group %s: %w", group, err)
+	}
+	gp, err := rb.PinConsistencyGroup(group, pts)
+	if err != nil {
+		return err
+	}
+	at := gp.Time()
+	_, err = fmt.Fprintf(out, "consistency group %s: group point of cut %d at %s (%s old): %s\n",
+		group, gp.Cut, at.UTC().Format(time.RFC3339), now.Sub(at).Round(time.Second), gp.MemberEpochs())
+	return err
 }

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/drsync/drsync/replica/grouppoint"
 )
 
 // TestPageConsistencyGroups: a receiver's page lists each consistency
@@ -13,7 +15,8 @@ func TestPageConsistencyGroups(t *testing.T) {
 	clk := &fixedClock{t0}
 	src := SourceFunc(func(now time.Time) Page {
 		p := twoVMs(now)
-		p.ConsistencyGroups = []GroupPoint{{Group: "shop", Cut: 17, Time: t0.Add(-3 * time.Minute), Members: []string{"db-1 epoch 77", "web-1 epoch 1230"}}}
+		p.ConsistencyGroups = []grouppoint.GroupPoint{{Group: "shop", Cut: 17, Members: []grouppoint.Member{
+			{VM: "db-1", Epoch: 77, Cut: t0.Add(-3 * time.Minute)}, {VM: "web-1", Epoch: 1230, Cut: t0.Add(-3*time.Minute + time.Millisecond)}}}}
 		return p
 	})
 	_, page := get(t, New(src, Options{Now: clk.now}), "/")

@@ -3,6 +3,8 @@ package statuspage
 import (
 	"fmt"
 	"time"
+
+	"github.com/drsync/drsync/replica/grouppoint"
 )
 
 // Source tells the page what to show. It is called at each request and at
@@ -21,18 +23,10 @@ func (f SourceFunc) Snapshot(now time.Time) Page { return f(now) }
 type Page struct {
 	Role string // "sender" or "receiver", for the title
 	VMs  []VM
-	// ConsistencyGroups are the newest complete group points, by group
-	// (a receiver's); none on a sender's page.
-	ConsistencyGroups []GroupPoint
-}
-
-// GroupPoint is a consistency group's newest complete group point: the
-// cut all its members committed, what a failover of the group resumes.
-type GroupPoint struct {
-	Group   string
-	Cut     uint64
-	Time    time.Time // its RPO lag is now minus Time
-	Members []string  // "vm epoch N", one per member
+	// ConsistencyGroups are each group's newest complete group point (a
+	// receiver's; none on a sender's page): what a failover of the group
+	// resumes, its RPO lag now minus its Time.
+	ConsistencyGroups []grouppoint.GroupPoint
 }
 
 // VM is one VM's row. Zero values mean unknown or not applicable (a

@@ -72,8 +72,8 @@ func render(w io.Writer, p Page, hist map[string][]Sample, now time.Time, o Opti
 		}
 	}
 	for _, g := range p.ConsistencyGroups {
-		v.Groups = append(v.Groups, groupView{Group: g.Group, Cut: strconv.FormatUint(g.Cut, 10), Time: clock(g.Time),
-			Lag: duration(max(now.Sub(g.Time), 0)), Members: strings.Join(g.Members, ", ")})
+		v.Groups = append(v.Groups, groupView{Group: g.Group, Cut: strconv.FormatUint(g.Cut, 10), Time: clock(g.Time()),
+			Lag: duration(max(now.Sub(g.Time()), 0)), Members: g.MemberEpochs()})
 	}
 	return pageTmpl.Execute(w, v)
 }

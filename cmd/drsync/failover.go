@@ -21,8 +21,7 @@ func failoverCommand() *command {
 	var discard string
 	var hold time.Duration
 	var epoch uint64
-	var before string
-	var cgroup string
+	var before, cgroup string
 	c := &command{
 		name:  "failover",
 		short: "bring VMs up at the DR site from their replicas, by a runbook",
@@ -62,7 +61,7 @@ then the VMs are stopped and the copies removed.`,
 			set.DurationVar(&hold, "hold", 0, "with --drill: keep the VMs up this long after their checks (or until interrupted)")
 			set.Uint64Var(&epoch, "epoch", 0, "resume this retained recovery point instead of the newest epoch")
 			set.StringVar(&before, "before", "", "resume the newest recovery point cut before TIME (RFC 3339, e.g. 2026-11-22T08:00:00Z)")
-			set.StringVar(&cgroup, "consistency-group", "", "resume the members of this consistency group from its newest complete group point (with --before: the newest cut before TIME)")
+			set.StringVar(&cgroup, "consistency-group", "", "resume this consistency group's members from its newest complete group point (with --before: the newest cut before TIME)")
 			set.StringVar(&discard, "discard-dr-writes", "", "start these VMs (comma-separated) over from their replicas; what they wrote at the DR site is moved aside")
 		},
 	}
@@ -100,10 +99,8 @@ then the VMs are stopped and the copies removed.`,
 			rb.Before = t
 		}
 		rb.Epoch = epoch
-		if cgroup != "" {
-			if err := pinConsistencyGroup(e, rb, cgroup); err != nil {
-				return err
-			}
+		if err := rb.PinConsistencyGroupIn(vfs.Default, cgroup, e.stdout, e.now()); err != nil {
+			return err
 		}
 		if drill {
 			// A drill starts afresh every time; its log is its own.

@@ -90,7 +90,6 @@ func receive(ctx context.Context, e *env, cfg *ReceiverConfig, log *slog.Logger)
 			}
 			return out
 		}
-		o.GroupPoints = groupPointsMetric(cfg)
 	}
 	srv, err := serve.Open(o)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/drsync/drsync/agent"
 	"github.com/drsync/drsync/replica"
+	"github.com/drsync/drsync/replica/grouppoint"
 	"github.com/drsync/drsync/statusreport"
 	"github.com/drsync/drsync/vfs"
 )
@@ -47,7 +48,7 @@ status files and the replicas' manifests.`,
 		}
 		var rows []statusreport.Row
 		var problems []error
-		var rcfg *ReceiverConfig
+		var groups []grouppoint.GroupPoint // a receiver's consistency groups
 		now := e.now()
 		switch kind {
 		case "sender":
@@ -62,7 +63,8 @@ status files and the replicas' manifests.`,
 				return err
 			}
 			rows, problems = cfg.statusSource().Rows(now)
-			rcfg = cfg
+			groups, err = replica.NewestGroupPoints(vfs.Default, cfg.Storage.Dir, cfg.vmNames())
+			problems = append(problems, err)
 		}
 		if asJSON {
 			if rows == nil {
@@ -73,11 +75,7 @@ status files and the replicas' manifests.`,
 			}
 		} else {
 			statusreport.WriteTable(e.stdout, kind, rows)
-			if rcfg != nil {
-				gps, err := rcfg.statusSource().GroupPoints()
-				statusreport.WriteGroupTable(e.stdout, gps, now)
-				problems = append(problems, err)
-			}
+			grouppoint.WriteTable(e.stdout, groups, now)
 		}
 		return errors.Join(problems...)
 	}

@@ -79,10 +79,6 @@ type Options struct {
 	Senders     int
 	// Listening, if set, is told the bound address.
 	Listening func(net.Addr)
-
-	// GroupPoints, with Metrics, reads each consistency group's newest
-	// complete group point.
-	GroupPoints func() map[string]metrics.GroupPoint
 }
 
 // Validate checks o and fills in defaults.
@@ -141,9 +137,7 @@ func Open(o Options) (*Server, error) {
 		if o.Drills != nil {
 			met.Drills(o.Drills)
 		}
-		if o.GroupPoints != nil {
-			met.GroupPoints(o.GroupPoints)
-		}
+		met.GroupPoints(groupPoints(o.StorageDir, o.VMs))
 		// The lag of each replica carries on from its status file.
 		s.status.mu.Lock()
 		for _, vm := range o.VMs {

@@ -9,6 +9,9 @@
 // brings every member back from the same instant, even when some members
 // have committed later epochs of their own.
 //
+// It also words a group point for operators (MemberEpochs, WriteTable), so
+// that the status command, the status page and the runbook say it alike.
+//
 // The package owns these decisions and nothing else: it does no IO and
 // must not know replica files, stores, status rendering or the runbook.
 // Callers read the points (replica.Points) and act on the answer.

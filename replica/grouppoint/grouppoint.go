@@ -2,7 +2,11 @@ package grouppoint
 
 import (
 	"cmp"
+	"fmt"
+	"io"
 	"slices"
+	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/drsync/drsync/vmspec"
@@ -162,4 +166,29 @@ func Newest(points map[string][]Point) []GroupPoint {
 		}
 	}
 	return out
+}
+
+// MemberEpochs says which epoch each member resumes for g:
+// "db epoch 4, web-1 epoch 9".
+func (g *GroupPoint) MemberEpochs() string {
+	ms := make([]string, len(g.Members))
+	for i, m := range g.Members {
+		ms[i] = fmt.Sprintf("%s epoch %d", m.VM, m.Epoch)
+	}
+	return strings.Join(ms, ", ")
+}
+
+// WriteTable writes gps, newest complete points, as the table drsync
+// status prints under its VMs; nothing when there are none.
+func WriteTable(w io.Writer, gps []GroupPoint, now time.Time) error {
+	if len(gps) == 0 {
+		return nil
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "\nCONSISTENCY GROUP\tGROUP POINT\tCUT\tRPO LAG\tMEMBERS RESUME")
+	for _, g := range gps {
+		at := g.Time()
+		fmt.Fprintf(tw, "%s\tcut %d\t%s\t%s\t%s\n", g.Group, g.Cut, at.UTC().Format(time.RFC3339), now.Sub(at).Round(time.Second), g.MemberEpochs())
+	}
+	return tw.Flush()
 }
