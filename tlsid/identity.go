@@ -16,6 +16,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/drsync/drsync/vfs"
 )
 
 // Validity of generated certificates. NotBefore is backdated so that a peer
@@ -116,29 +118,15 @@ func WriteIdentity(dir, name string) (Identity, error) {
 	return parseIdentity(certPEM, keyPEM, certFile)
 }
 
-// writeNew creates path exclusively (O_EXCL closes the race with the
-// existence check above) with the given mode, regardless of umask.
+// writeNew creates path with the given mode, durably (a key must survive
+// the power loss that follows keygen), and never over an existing file.
 func writeNew(path string, data []byte, mode fs.FileMode) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, mode)
+	err := vfs.CreateFileDurable(vfs.Default, path, data, mode)
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("write identity: %s already exists; refusing to overwrite an existing identity", path)
+	}
 	if err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("write identity: %s already exists; refusing to overwrite an existing identity", path)
-		}
-		return fmt.Errorf("write identity: %w", err)
-	}
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		os.Remove(path)
-		return fmt.Errorf("write identity: %w", err)
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		os.Remove(path)
-		return fmt.Errorf("write identity: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(path)
-		return fmt.Errorf("write identity: %w", err)
+		return fmt.Errorf("write identity %s: %w", path, err)
 	}
 	return nil
 }

@@ -1,8 +1,10 @@
 package vfs
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
 )
@@ -31,7 +33,34 @@ func WriteFileAtomic(fsys FS, name string, data []byte, perm os.FileMode) error 
 	return replaceFile(fsys, name, data, perm, false)
 }
 
+// CreateFileDurable creates name holding data with mode perm, durably,
+// and refuses (an error wrapping fs.ErrExist) when name exists: it is for
+// files that must never be replaced, such as a private key. As with
+// WriteFileDurable, after power loss at any step name is either absent
+// or holds all of data. The existence check and the rename are not one
+// operation, so creators of one name must not run concurrently.
+func CreateFileDurable(fsys FS, name string, data []byte, perm os.FileMode) error {
+	return writeFile(fsys, name, data, perm, true, true)
+}
+
 func replaceFile(fsys FS, name string, data []byte, perm os.FileMode, durable bool) error {
+	return writeFile(fsys, name, data, perm, durable, false)
+}
+
+func writeFile(fsys FS, name string, data []byte, perm os.FileMode, durable, exclusive bool) error {
+	exists := func() error {
+		if _, err := fsys.Stat(name); err == nil {
+			return fmt.Errorf("%s already exists: %w", name, fs.ErrExist)
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("check for an existing file: %w", err)
+		}
+		return nil
+	}
+	if exclusive {
+		if err := exists(); err != nil {
+			return err
+		}
+	}
 	tmp := name + ".tmp"
 	f, err := fsys.Create(tmp)
 	if err != nil {
@@ -40,6 +69,12 @@ func replaceFile(fsys FS, name string, data []byte, perm os.FileMode, durable bo
 	step, err := fill(f, data, perm, durable)
 	if cerr := f.Close(); err == nil && cerr != nil {
 		step, err = "close temporary file", cerr
+	}
+	if err == nil && exclusive {
+		if err = exists(); err != nil {
+			fsys.Remove(tmp)
+			return err
+		}
 	}
 	if err == nil {
 		step, err = "rename temporary file", fsys.Rename(tmp, name)
@@ -59,11 +94,12 @@ func replaceFile(fsys FS, name string, data []byte, perm os.FileMode, durable bo
 // fill writes the new contents into the temporary file f and returns the
 // step that failed.
 func fill(f File, data []byte, perm os.FileMode, durable bool) (string, error) {
-	if _, err := f.Write(data); err != nil {
-		return "write temporary file", err
-	}
+	// The mode first: a secret never sits in a file others may read.
 	if err := f.Chmod(perm); err != nil {
 		return "set mode of temporary file", err
+	}
+	if _, err := f.Write(data); err != nil {
+		return "write temporary file", err
 	}
 	if durable {
 		if err := f.Sync(); err != nil {

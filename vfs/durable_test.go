@@ -189,3 +189,32 @@ func TestMkdirAllDurableCrash(t *testing.T) {
 		t.Errorf("without durable directories, /a/b/c/f still holds %q after power loss", got)
 	}
 }
+
+// TestCreateFileDurable: an existing file is refused and left alone; a
+// new one survives power loss at any operation whole or not at all, and
+// whole once the call succeeded.
+func TestCreateFileDurable(t *testing.T) {
+	m := setup(t)
+	if err := vfs.CreateFileDurable(m, "/d/f", []byte(newData), 0o600); !errors.Is(err, fs.ErrExist) {
+		t.Fatalf("creating over an existing file: %v, want fs.ErrExist", err)
+	}
+	if got := contents(t, m, "/d/f"); got != oldData {
+		t.Fatalf("the refused create changed the file: %q", got)
+	}
+	create := func(fsys vfs.FS) error { return vfs.CreateFileDurable(fsys, "/d/new", []byte(newData), 0o600) }
+	n := len(ops(t, create))
+	for i := 0; i <= n; i++ {
+		t.Run(fmt.Sprint("stop", i), func(t *testing.T) {
+			m := setup(t)
+			idx := errorfs.FromIndex(i, nil)
+			err := create(errorfs.Wrap(m, idx))
+			got := contents(t, m.Crash(), "/d/new")
+			switch {
+			case got != "<missing>" && got != newData:
+				t.Errorf("after power loss /d/new holds %q", got)
+			case err == nil && got != newData:
+				t.Errorf("CreateFileDurable returned nil, but after power loss /d/new holds %q", got)
+			}
+		})
+	}
+}
