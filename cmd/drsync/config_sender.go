@@ -40,6 +40,7 @@ type SenderConfig struct {
 	Receiver ReceiverPeerConfig `toml:"receiver"`
 	State    StateConfig        `toml:"state"`
 	VMs      []VMConfig         `toml:"vm"`
+	Groups   []GroupConfig      `toml:"group"`
 
 	file string // where it was loaded from, for messages
 }
@@ -205,7 +206,7 @@ func (c *SenderConfig) Validate() error {
 		}
 		seen[v.Name] = true
 	}
-	return nil
+	return c.validateGroups()
 }
 
 func (v *VMConfig) validate(file string, i int) error {
