@@ -16,6 +16,7 @@ var pure = []string{
 	"github.com/drsync/drsync/epochctl",
 	"github.com/drsync/drsync/receiver/protocol",
 	"github.com/drsync/drsync/replica/recovery",
+	"github.com/drsync/drsync/groupcut",
 }
 
 // TestPurePackagesDoNoIO checks, with go list -deps, that the pure
