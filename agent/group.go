@@ -1,0 +1,208 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/drsync/drsync/groupcut"
+	"github.com/drsync/drsync/sender"
+	"github.com/drsync/drsync/vmspec"
+)
+
+// GroupSteps is one VM's cut in progress for its consistency group, as
+// the capture path takes it in steps (livecut.GroupCut with the full
+// migration capture; any capture path that can hold a guest stopped with
+// its cut taken fits).
+type GroupSteps interface {
+	WaitConverged(ctx context.Context) error
+	Stop(ctx context.Context) error
+	Resume(ctx context.Context, tag *vmspec.GroupCut) (*sender.Snapshot, error)
+	Abort() error
+}
+
+// GroupMember starts a member's cut: the capture begins while the guest
+// runs.
+type GroupMember func(ctx context.Context) (GroupSteps, error)
+
+// GroupCutResult is one group cut run on this host.
+type GroupCutResult struct {
+	groupcut.Result
+	// Snapshots are the members' cuts, tagged, for a committed cut; the
+	// caller sends (and closes) each.
+	Snapshots map[string]*sender.Snapshot
+	Warnings  []string
+}
+
+// ErrGroupCutAborted marks a group cut that ended without a group point.
+var ErrGroupCutAborted = errors.New("group cut aborted")
+
+// CutGroup runs one cut of a group whose members are all on this host
+// through the group cut's state machine (package groupcut): every member
+// prepares while running, all stop, each takes its cut, and all resume
+// once every one holds its cut. A member that fails or hangs aborts the
+// cut (ErrGroupCutAborted): every guest resumes, no snapshot is kept.
+// Each member's steps run in their own goroutine, one after the other.
+func CutGroup(ctx context.Context, o groupcut.Options, l *groupcut.Leader, members map[string]GroupMember, now func() time.Time, log *slog.Logger) (*GroupCutResult, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	type report struct {
+		member string
+		msg    groupcut.Msg
+		snap   *sender.Snapshot
+	}
+	reports := make(chan report, 4*len(members))
+	type worker struct {
+		m       *groupcut.Member
+		actions chan groupcut.Action
+	}
+	workers := map[string]*worker{}
+	busy := 0 // actions handed out and not yet reported
+	res := &GroupCutResult{Snapshots: map[string]*sender.Snapshot{}}
+	var tag *vmspec.GroupCut
+	for _, name := range o.Members {
+		start := members[name]
+		if start == nil {
+			return nil, fmt.Errorf("group %s: member %s has no source on this host", o.Name, name)
+		}
+		w := &worker{m: groupcut.NewMember(o, name), actions: make(chan groupcut.Action, 16)}
+		workers[name] = w
+		go func() {
+			var steps GroupSteps
+			for a := range w.actions {
+				r := report{member: name, msg: groupcut.Msg{Cut: a.Cut, Member: name}}
+				fail := func(err error) { r.msg.Kind, r.msg.Reason = groupcut.Failed, err.Error() }
+				switch a.Kind {
+				case groupcut.Prepare:
+					actx, cancel := context.WithTimeout(ctx, o.PrepareTimeout)
+					var err error
+					if steps, err = start(actx); err != nil {
+						fail(err)
+					} else if err := steps.WaitConverged(actx); err != nil {
+						fail(err)
+					} else {
+						r.msg.Kind = groupcut.Converged
+					}
+					cancel()
+				case groupcut.Stop:
+					actx, cancel := context.WithTimeout(ctx, o.StepTimeout)
+					if err := steps.Stop(actx); err != nil {
+						fail(err)
+					} else {
+						r.msg.Kind = groupcut.Held
+					}
+					cancel()
+				case groupcut.Resume:
+					snap, err := steps.Resume(context.WithoutCancel(ctx), tag)
+					if err != nil {
+						fail(err)
+					} else {
+						r.msg.Kind, r.snap = groupcut.Resumed, snap
+					}
+					steps = nil
+				case groupcut.Abort:
+					r.msg.Kind = groupcut.Aborted
+					if steps != nil {
+						if err := steps.Abort(); err != nil {
+							log.Warn("aborting a member's group cut", "vm", name, "err", err)
+						}
+					}
+					steps = nil
+				}
+				reports <- r
+			}
+		}()
+	}
+	defer func() {
+		for _, w := range workers {
+			close(w.actions)
+		}
+	}()
+	var toMembers []groupcut.Msg
+	leaderOut := func(out groupcut.Output) {
+		toMembers = append(toMembers, out.Send...)
+		if out.Warn != "" {
+			res.Warnings = append(res.Warnings, out.Warn)
+			log.Warn("group cut", "group", o.Name, "warning", out.Warn)
+		}
+		if out.Done != nil {
+			res.Result = *out.Done
+			if out.Done.Committed {
+				t := out.Done.Tag
+				tag = &t
+			}
+		}
+	}
+	var toLeader []groupcut.Msg
+	memberOut := func(w *worker, out groupcut.MemberOutput) {
+		for _, a := range out.Do {
+			busy++
+			w.actions <- a
+		}
+		toLeader = append(toLeader, out.Send...)
+	}
+	out, err := l.Start(now())
+	if err != nil {
+		return nil, err
+	}
+	leaderOut(out)
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		// Messages travel in memory on one host: deliver until quiet.
+		for len(toMembers)+len(toLeader) > 0 {
+			msgs := toMembers
+			toMembers = nil
+			for _, m := range msgs {
+				memberOut(workers[m.Member], workers[m.Member].m.Receive(now(), m))
+			}
+			msgs = toLeader
+			toLeader = nil
+			for _, m := range msgs {
+				leaderOut(l.Receive(now(), m))
+			}
+		}
+		if !l.Busy() && busy == 0 {
+			break
+		}
+		next := l.Deadline()
+		for _, w := range workers {
+			if d := w.m.Deadline(); !d.IsZero() && (next.IsZero() || d.Before(next)) {
+				next = d
+			}
+		}
+		wait := time.Hour
+		if !next.IsZero() {
+			wait = max(next.Sub(now()), 0) + time.Millisecond
+		}
+		timer.Reset(wait)
+		select {
+		case r := <-reports:
+			busy--
+			if r.snap != nil {
+				res.Snapshots[r.member] = r.snap
+			}
+			memberOut(workers[r.member], workers[r.member].m.Local(now(), r.msg))
+		case <-timer.C:
+			leaderOut(l.Tick(now()))
+			for _, w := range workers {
+				memberOut(w, w.m.Tick(now()))
+			}
+		}
+	}
+	if !res.Committed || len(res.Snapshots) != len(o.Members) {
+		for _, s := range res.Snapshots {
+			s.Close()
+		}
+		res.Snapshots = nil
+		reason := res.Reason
+		if reason == "" {
+			reason = fmt.Sprintf("members dropped their part: %v", res.Warnings)
+		}
+		return res, fmt.Errorf("group %s cut %d: %s: %w", o.Name, res.Tag.Cut, reason, ErrGroupCutAborted)
+	}
+	return res, nil
+}
