@@ -34,6 +34,7 @@ type Agent struct {
 	allDone chan struct{}   // closed when active drops to 0 after Run began
 	ended   bool
 	errs    VMErrors
+	groups  map[string]*groupRun // by member VM
 }
 
 // New sets up every VM of o: its source, its sender, its pacing and its
@@ -45,7 +46,13 @@ func New(o Options) (*Agent, error) {
 		return nil, err
 	}
 	o.VMs = slices.Clone(o.VMs)
-	a := &Agent{o: o, pending: map[string]bool{}}
+	a := &Agent{o: o, pending: map[string]bool{}, groups: map[string]*groupRun{}}
+	for _, g := range o.Groups {
+		run := newGroupRun(g, o.Now, o.Sleep, o.Logger)
+		for _, m := range g.Local {
+			a.groups[m] = run
+		}
+	}
 	var guarded []GuardVM
 	for _, v := range o.VMs {
 		l, err := a.newVMLoop(v, o.CapShare)
@@ -336,6 +343,10 @@ func (a *Agent) newVMLoop(vm VM, share float64) (*vmLoop, error) {
 			return nil, &SetupError{v.Name, err}
 		}
 		src, closer = ls, ls
+		if g := a.groups[v.Name]; g != nil {
+			g.members[v.Name] = groupMember(ls)
+			src = g.source(v.Name)
+		}
 	} else {
 		fs, err := sender.NewFileSource(*v.Files)
 		if err != nil {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/drsync/drsync/groupcut"
+	"github.com/drsync/drsync/livecut"
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/vmspec"
 )
@@ -205,4 +206,52 @@ func CutGroup(ctx context.Context, o groupcut.Options, l *groupcut.Leader, membe
 		return res, fmt.Errorf("group %s cut %d: %s: %w", o.Name, res.Tag.Cut, reason, ErrGroupCutAborted)
 	}
 	return res, nil
+}
+
+// groupMember takes a live VM's cuts in steps for its group.
+func groupMember(ls *livecut.Source) GroupMember {
+	return func(ctx context.Context) (GroupSteps, error) {
+		g, err := ls.PrepareGroupCut(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return g, nil
+	}
+}
+
+// validateGroups checks that each group's local members are live VMs of
+// o, each in one group. A group spanning hosts needs the leader and
+// follower channel, which this agent does not run.
+func (o *Options) validateGroups() error {
+	vms := map[string]*VM{}
+	for i := range o.VMs {
+		vms[o.VMs[i].Name] = &o.VMs[i]
+	}
+	in := map[string]string{}
+	for i := range o.Groups {
+		g := &o.Groups[i]
+		if err := g.Validate(); err != nil {
+			return err
+		}
+		if g.Role() != groupcut.Alone {
+			return fmt.Errorf("group %s: members on other hosts (%s): a group's VMs must all be protected by this sender for now", g.Name, g.Role())
+		}
+		if o.Final {
+			return fmt.Errorf("group %s: a switch-back's final epoch is cut per VM, not by group", g.Name)
+		}
+		for _, m := range g.Local {
+			v := vms[m]
+			if v == nil {
+				return fmt.Errorf("group %s: member %s is not a VM of this sender", g.Name, m)
+			}
+			if v.Live == nil {
+				return fmt.Errorf("group %s: member %s is not a running guest (live)", g.Name, m)
+			}
+			if other, ok := in[m]; ok {
+				return fmt.Errorf("vm %s is in groups %s and %s: a VM belongs to at most one group", m, other, g.Name)
+			}
+			in[m] = g.Name
+		}
+	}
+	return nil
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -125,5 +126,83 @@ func TestCutGroup(t *testing.T) {
 				g.mu.Unlock()
 			}
 		})
+	}
+}
+
+// flaky fails its first Stop, then behaves.
+type flaky struct {
+	fakeGuest
+	stops int
+}
+
+func (f *flaky) Stop(ctx context.Context) error {
+	f.stops++
+	if f.stops == 1 {
+		f.running = true // QEMU resumed it after the failed completion
+		return errors.New("migration failed")
+	}
+	return f.fakeGuest.Stop(ctx)
+}
+
+// TestGroupSourceJoinsEpochs: each member's sender asks its source for a
+// snapshot on its own; the group cuts once all have asked, retries a cut
+// a member failed, and every member gets the same tag.
+func TestGroupSourceJoinsEpochs(t *testing.T) {
+	o := groupcut.Options{Name: "g", Members: []string{"a", "b", "c"}, Local: []string{"a", "b", "c"}, RPO: time.Minute, StepTimeout: time.Second}
+	if err := o.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	var slept []time.Duration
+	var mu sync.Mutex
+	var offset time.Duration // the fake clock runs ahead of the real one by what was slept
+	now := func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return time.Now().Add(offset)
+	}
+	sleep := func(ctx context.Context, d time.Duration) error {
+		mu.Lock()
+		slept, offset = append(slept, d), offset+d
+		mu.Unlock()
+		return nil
+	}
+	g := newGroupRun(o, now, sleep, slog.New(slog.DiscardHandler))
+	guests := map[string]GroupSteps{"a": &fakeGuest{running: true}, "b": &flaky{fakeGuest: fakeGuest{running: true}}, "c": &fakeGuest{running: true}}
+	for m, s := range guests {
+		g.members[m] = func(context.Context) (GroupSteps, error) { return s, nil }
+	}
+	first := g.leader.Cut()
+	type got struct {
+		vm   string
+		snap *sender.Snapshot
+		err  error
+	}
+	out := make(chan got, 3)
+	for _, m := range o.Members {
+		go func() {
+			time.Sleep(time.Duration(len(m)) * 10 * time.Millisecond)
+			s, err := g.source(m).Snapshot(context.Background())
+			out <- got{m, s, err}
+		}()
+	}
+	var cut uint64
+	for range o.Members {
+		r := <-out
+		if r.err != nil {
+			t.Fatalf("%s: %v", r.vm, r.err)
+		}
+		if r.snap.Group == nil || r.snap.Group.Validate(r.vm) != nil {
+			t.Fatalf("%s: tag %+v", r.vm, r.snap.Group)
+		}
+		if cut != 0 && r.snap.Group.Cut != cut {
+			t.Errorf("%s: cut %d, another member got %d", r.vm, r.snap.Group.Cut, cut)
+		}
+		cut = r.snap.Group.Cut
+	}
+	if cut != first+2 {
+		t.Errorf("cut %d; want %d (the first attempt aborted, the retry committed)", cut, first+2)
+	}
+	if len(slept) != 1 || slept[0] <= 0 || slept[0] > o.RetryAfter {
+		t.Errorf("waits before retrying: %v (want one, up to %v)", slept, o.RetryAfter)
 	}
 }

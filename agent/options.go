@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/drsync/drsync/epochctl"
+	"github.com/drsync/drsync/groupcut"
 	"github.com/drsync/drsync/livecut"
 	"github.com/drsync/drsync/metrics"
 	"github.com/drsync/drsync/sender"
@@ -152,6 +153,9 @@ type Options struct {
 	// StartGuard, if set, is called before the first cut with the live VMs
 	// the guest guard must watch (see StartGuard).
 	StartGuard func(vms []GuardVM) error
+	// Groups are the consistency groups whose members are among VMs (live
+	// VMs, each in at most one group): their epochs are cut together.
+	Groups []groupcut.Options
 }
 
 // Validate checks o and fills in defaults.
@@ -178,6 +182,9 @@ func (o *Options) Validate() error {
 		if o.Final && v.Live == nil {
 			return fmt.Errorf("vm %s: a final epoch needs a live VM", v.Name)
 		}
+	}
+	if err := o.validateGroups(); err != nil {
+		return err
 	}
 	if o.BandwidthCap < 0 || o.CapShare < 0 {
 		return fmt.Errorf("bandwidth cap %g bytes/s (a VM's share %g): must not be negative", o.BandwidthCap, o.CapShare)

@@ -87,3 +87,28 @@ func (c *SenderConfig) validateGroups() error {
 	}
 	return nil
 }
+
+// groupOptions are the validated groups whose members are among vms
+// (drsync send --vm NAME sends one VM on its own: its group cuts without
+// it would never complete, so it is cut alone, like a VM of no group),
+// for the agent. Final (switch-back) epochs are cut per VM.
+func (c *SenderConfig) groupOptions(vms []*VMConfig, final bool) []groupcut.Options {
+	if final {
+		return nil
+	}
+	sel := map[string]bool{}
+	for _, v := range vms {
+		sel[v.Name] = true
+	}
+	var gs []groupcut.Options
+	for _, g := range c.Groups {
+		all := true
+		for _, m := range g.opts.Local {
+			all = all && sel[m]
+		}
+		if all {
+			gs = append(gs, g.opts)
+		}
+	}
+	return gs
+}

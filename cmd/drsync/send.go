@@ -183,6 +183,7 @@ func send(ctx context.Context, e *env, cfg *SenderConfig, vms []*VMConfig, o sen
 	if ao.VMs, err = cfg.agentVMs(vms, e.now); err != nil {
 		return err
 	}
+	ao.Groups = cfg.groupOptions(vms, o.final)
 	a, err := agent.New(ao)
 	if err != nil {
 		if se, ok := errors.AsType[*agent.SetupError](err); ok {
