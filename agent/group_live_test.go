@@ -2,10 +2,12 @@ package agent_test
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
+	"syscall"
 	"testing"
 	"time"
 
@@ -30,9 +32,11 @@ func TestGroupCutOfTwoGuests(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	names := []string{"vm-a", "vm-b"}
 	srcs := map[string]*livecut.Source{}
+	vms := map[string]*guest.VM{}
 	for _, n := range names {
 		t.Logf("booting %s", n)
 		vm, dir := guest.Protected(t, 256, map[string]string{"rate": "20"})
+		vms[n] = vm
 		src, err := livecut.New(livecut.Options{QMPSocket: vm.QMPSocket, WorkDir: filepath.Join(dir, "work"), Now: time.Now,
 			Disks: []livecut.Disk{{Name: "vda", Node: "disk0"}, {Name: "vdb", Node: "disk1"}}, Logger: log})
 		if err != nil {
@@ -108,5 +112,61 @@ func TestGroupCutOfTwoGuests(t *testing.T) {
 		med(single).Round(100*time.Microsecond), slices.Max(single).Round(100*time.Microsecond), med(group).Round(100*time.Microsecond), slices.Max(group).Round(100*time.Microsecond))
 	if med(group) > med(single)+time.Second {
 		t.Errorf("group pause median %v is far beyond the single-VM pause %v", med(group), med(single))
+	}
+
+	// A member that hangs: vm-b's QEMU is SIGSTOPped, so its monitor does
+	// not answer. The cut aborts at the prepare timeout, vm-a (whose
+	// migration had converged, guest running) drops its cut and runs on;
+	// once vm-b is back the next group cut succeeds.
+	hung := o
+	hung.PrepareTimeout, hung.StepTimeout, hung.RetryAfter = 3*time.Second, time.Second, 100*time.Millisecond
+	l = groupcut.NewLeader(hung, l.Cut())
+	t.Logf("SIGSTOP vm-b's QEMU (pid %d)", vms["vm-b"].Pid)
+	if err := syscall.Kill(vms["vm-b"].Pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Kill(vms["vm-b"].Pid, syscall.SIGCONT)
+	type result struct {
+		res *agent.GroupCutResult
+		err error
+		at  time.Time
+	}
+	done := make(chan result, 1)
+	start := time.Now()
+	go func() {
+		res, err := agent.CutGroup(ctx, hung, l, members, time.Now, log)
+		done <- result{res, err, time.Now()}
+	}()
+	// vm-a must run on once the cut is aborted (3 s): its ticks advance.
+	time.Sleep(hung.PrepareTimeout + 500*time.Millisecond)
+	n := len(vms["vm-a"].Ticks())
+	if _, err := vms["vm-a"].WaitTicks(n+3, 20*time.Second); err != nil {
+		t.Errorf("vm-a does not run after the aborted cut: %v", err)
+	} else {
+		t.Logf("vm-a runs on %v after the cut began (prepare timeout %v)", time.Since(start).Round(time.Millisecond), hung.PrepareTimeout)
+	}
+	t.Logf("SIGCONT vm-b")
+	syscall.Kill(vms["vm-b"].Pid, syscall.SIGCONT)
+	r := <-done
+	if !errors.Is(r.err, agent.ErrGroupCutAborted) {
+		t.Fatalf("cut with a hung member: %v; want an aborted cut", r.err)
+	}
+	t.Logf("the cut with the hung member aborted: %v (CutGroup returned %v after start, once vm-b answered again)", r.res.Reason, r.at.Sub(start).Round(time.Millisecond))
+	var res *agent.GroupCutResult
+	var err error
+	for try := 0; try < 3; try++ {
+		// vm-b's monitor may still hold the answers it owed while stopped.
+		if res, err = agent.CutGroup(ctx, hung, l, members, time.Now, log); err == nil {
+			break
+		}
+		t.Logf("group cut after vm-b came back, try %d: %v", try+1, err)
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("group cut after vm-b came back: %v", err)
+	}
+	for _, n := range names {
+		t.Logf("group cut %d after the hang: %s pause %v", res.Tag.Cut, n, res.Snapshots[n].Pause.Round(100*time.Microsecond))
+		res.Snapshots[n].Close()
 	}
 }
