@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/drsync/drsync/groupcut"
@@ -40,6 +41,76 @@ type GroupCutResult struct {
 // ErrGroupCutAborted marks a group cut that ended without a group point.
 var ErrGroupCutAborted = errors.New("group cut aborted")
 
+// Remote carries a group cut's messages to and from members on other
+// hosts (a leader's followers).
+type Remote interface {
+	Has(member string) bool
+	Send(m groupcut.Msg)       // best effort: a lost message is a silent member
+	Recv() <-chan groupcut.Msg // the members' answers
+}
+
+// memberReport is what a member's own step reports.
+type memberReport struct {
+	member string
+	msg    groupcut.Msg
+	snap   *sender.Snapshot
+}
+
+// runMemberSteps runs member name's actions one after the other on its
+// VM, reporting each to reports; tag gives the committed cut's tag when a
+// Resume runs. It ends when actions is closed.
+func runMemberSteps(ctx context.Context, o groupcut.Options, name string, start GroupMember, actions <-chan groupcut.Action, reports chan<- memberReport, tag func() *vmspec.GroupCut, log *slog.Logger) {
+	var steps GroupSteps
+	for a := range actions {
+		r := memberReport{member: name, msg: groupcut.Msg{Cut: a.Cut, Member: name}}
+		fail := func(err error) { r.msg.Kind, r.msg.Reason = groupcut.Failed, err.Error() }
+		switch a.Kind {
+		case groupcut.Prepare:
+			actx, cancel := context.WithTimeout(ctx, o.PrepareTimeout)
+			var err error
+			if steps, err = start(actx); err != nil {
+				fail(err)
+			} else if err := steps.WaitConverged(actx); err != nil {
+				fail(err)
+			} else {
+				r.msg.Kind = groupcut.Converged
+			}
+			cancel()
+		case groupcut.Stop:
+			actx, cancel := context.WithTimeout(ctx, o.StepTimeout)
+			if steps == nil {
+				fail(errors.New("stop without a prepared cut"))
+			} else if err := steps.Stop(actx); err != nil {
+				fail(err)
+			} else {
+				r.msg.Kind = groupcut.Held
+			}
+			cancel()
+		case groupcut.Resume:
+			if steps == nil {
+				fail(errors.New("resume without a held cut"))
+				break
+			}
+			snap, err := steps.Resume(context.WithoutCancel(ctx), tag())
+			if err != nil {
+				fail(err)
+			} else {
+				r.msg.Kind, r.snap = groupcut.Resumed, snap
+			}
+			steps = nil
+		case groupcut.Abort:
+			r.msg.Kind = groupcut.Aborted
+			if steps != nil {
+				if err := steps.Abort(); err != nil {
+					log.Warn("aborting a member's group cut", "vm", name, "err", err)
+				}
+			}
+			steps = nil
+		}
+		reports <- r
+	}
+}
+
 // CutGroup runs one cut of a group whose members are all on this host
 // through the group cut's state machine (package groupcut): every member
 // prepares while running, all stop, each takes its cut, and all resume
@@ -47,15 +118,16 @@ var ErrGroupCutAborted = errors.New("group cut aborted")
 // cut (ErrGroupCutAborted): every guest resumes, no snapshot is kept.
 // Each member's steps run in their own goroutine, one after the other.
 func CutGroup(ctx context.Context, o groupcut.Options, l *groupcut.Leader, members map[string]GroupMember, now func() time.Time, log *slog.Logger) (*GroupCutResult, error) {
+	return LeadGroupCut(ctx, o, l, members, nil, now, log)
+}
+
+// LeadGroupCut is CutGroup with members on other hosts too, reached
+// through remote; Snapshots then holds only the local members' cuts.
+func LeadGroupCut(ctx context.Context, o groupcut.Options, l *groupcut.Leader, members map[string]GroupMember, remote Remote, now func() time.Time, log *slog.Logger) (*GroupCutResult, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	type report struct {
-		member string
-		msg    groupcut.Msg
-		snap   *sender.Snapshot
-	}
-	reports := make(chan report, 4*len(members))
+	reports := make(chan memberReport, 4*len(o.Members))
 	type worker struct {
 		m       *groupcut.Member
 		actions chan groupcut.Action
@@ -63,65 +135,30 @@ func CutGroup(ctx context.Context, o groupcut.Options, l *groupcut.Leader, membe
 	workers := map[string]*worker{}
 	busy := 0 // actions handed out and not yet reported
 	res := &GroupCutResult{Snapshots: map[string]*sender.Snapshot{}}
+	var tagMu sync.Mutex
 	var tag *vmspec.GroupCut
+	getTag := func() *vmspec.GroupCut { tagMu.Lock(); defer tagMu.Unlock(); return tag }
 	for _, name := range o.Members {
 		start := members[name]
 		if start == nil {
-			return nil, fmt.Errorf("group %s: member %s has no source on this host", o.Name, name)
+			if remote != nil && remote.Has(name) {
+				continue
+			}
+			return nil, fmt.Errorf("group %s: member %s has no source on this host and no follower: %w", o.Name, name, ErrGroupCutAborted)
 		}
 		w := &worker{m: groupcut.NewMember(o, name), actions: make(chan groupcut.Action, 16)}
 		workers[name] = w
-		go func() {
-			var steps GroupSteps
-			for a := range w.actions {
-				r := report{member: name, msg: groupcut.Msg{Cut: a.Cut, Member: name}}
-				fail := func(err error) { r.msg.Kind, r.msg.Reason = groupcut.Failed, err.Error() }
-				switch a.Kind {
-				case groupcut.Prepare:
-					actx, cancel := context.WithTimeout(ctx, o.PrepareTimeout)
-					var err error
-					if steps, err = start(actx); err != nil {
-						fail(err)
-					} else if err := steps.WaitConverged(actx); err != nil {
-						fail(err)
-					} else {
-						r.msg.Kind = groupcut.Converged
-					}
-					cancel()
-				case groupcut.Stop:
-					actx, cancel := context.WithTimeout(ctx, o.StepTimeout)
-					if err := steps.Stop(actx); err != nil {
-						fail(err)
-					} else {
-						r.msg.Kind = groupcut.Held
-					}
-					cancel()
-				case groupcut.Resume:
-					snap, err := steps.Resume(context.WithoutCancel(ctx), tag)
-					if err != nil {
-						fail(err)
-					} else {
-						r.msg.Kind, r.snap = groupcut.Resumed, snap
-					}
-					steps = nil
-				case groupcut.Abort:
-					r.msg.Kind = groupcut.Aborted
-					if steps != nil {
-						if err := steps.Abort(); err != nil {
-							log.Warn("aborting a member's group cut", "vm", name, "err", err)
-						}
-					}
-					steps = nil
-				}
-				reports <- r
-			}
-		}()
+		go runMemberSteps(ctx, o, name, start, w.actions, reports, getTag, log)
 	}
 	defer func() {
 		for _, w := range workers {
 			close(w.actions)
 		}
 	}()
+	var recv <-chan groupcut.Msg
+	if remote != nil {
+		recv = remote.Recv()
+	}
 	var toMembers []groupcut.Msg
 	leaderOut := func(out groupcut.Output) {
 		toMembers = append(toMembers, out.Send...)
@@ -133,7 +170,9 @@ func CutGroup(ctx context.Context, o groupcut.Options, l *groupcut.Leader, membe
 			res.Result = *out.Done
 			if out.Done.Committed {
 				t := out.Done.Tag
+				tagMu.Lock()
 				tag = &t
+				tagMu.Unlock()
 			}
 		}
 	}
@@ -153,12 +192,16 @@ func CutGroup(ctx context.Context, o groupcut.Options, l *groupcut.Leader, membe
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
-		// Messages travel in memory on one host: deliver until quiet.
+		// Local messages travel in memory: deliver until quiet.
 		for len(toMembers)+len(toLeader) > 0 {
 			msgs := toMembers
 			toMembers = nil
 			for _, m := range msgs {
-				memberOut(workers[m.Member], workers[m.Member].m.Receive(now(), m))
+				if w := workers[m.Member]; w != nil {
+					memberOut(w, w.m.Receive(now(), m))
+				} else if remote != nil {
+					remote.Send(m)
+				}
 			}
 			msgs = toLeader
 			toLeader = nil
@@ -187,6 +230,8 @@ func CutGroup(ctx context.Context, o groupcut.Options, l *groupcut.Leader, membe
 				res.Snapshots[r.member] = r.snap
 			}
 			memberOut(workers[r.member], workers[r.member].m.Local(now(), r.msg))
+		case m := <-recv:
+			leaderOut(l.Receive(now(), m))
 		case <-timer.C:
 			leaderOut(l.Tick(now()))
 			for _, w := range workers {
@@ -194,7 +239,7 @@ func CutGroup(ctx context.Context, o groupcut.Options, l *groupcut.Leader, membe
 			}
 		}
 	}
-	if !res.Committed || len(res.Snapshots) != len(o.Members) {
+	if !res.Committed || len(res.Snapshots) != len(workers) {
 		for _, s := range res.Snapshots {
 			s.Close()
 		}
