@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync"
 	"time"
@@ -11,6 +12,8 @@ import (
 	"github.com/drsync/drsync/groupcut"
 	"github.com/drsync/drsync/livecut"
 	"github.com/drsync/drsync/sender"
+	"github.com/drsync/drsync/tlsid"
+	"github.com/drsync/drsync/transport"
 	"github.com/drsync/drsync/vmspec"
 )
 
@@ -278,8 +281,8 @@ func (o *Options) validateGroups() error {
 		if err := g.Validate(); err != nil {
 			return err
 		}
-		if g.Role() != groupcut.Alone {
-			return fmt.Errorf("group %s: members on other hosts (%s): a group's VMs must all be protected by this sender for now", g.Name, g.Role())
+		if g.Role() != groupcut.Alone && o.GroupIdentity == nil {
+			return fmt.Errorf("group %s: members on other hosts: no identity to talk to the group's other senders", g.Name)
 		}
 		if o.Final {
 			return fmt.Errorf("group %s: a switch-back's final epoch is cut per VM, not by group", g.Name)
@@ -299,4 +302,61 @@ func (o *Options) validateGroups() error {
 		}
 	}
 	return nil
+}
+
+// setupGroups prepares each group's coordination: a group led here (with
+// followers, a listener for them), or followed. The returned function
+// starts following, once the members' sources are set up.
+func (a *Agent) setupGroups() (start func(), err error) {
+	o := a.o
+	ctx, cancel := context.WithCancel(context.Background())
+	var closers []func()
+	a.groupStop = func() {
+		cancel()
+		for _, c := range closers {
+			c()
+		}
+	}
+	var follows []*groupFollow
+	for _, g := range o.Groups {
+		switch g.Role() {
+		case groupcut.Following:
+			f := newGroupFollow(g, o.Now, o.Sleep, o.Logger)
+			for _, m := range g.Local {
+				a.follows[m] = f
+			}
+			follows = append(follows, f)
+			continue
+		}
+		run := newGroupRun(g, o.Now, o.Sleep, o.Logger)
+		if g.Role() == groupcut.Leading {
+			ln, err := transport.Listen(g.Listen, tlsid.ServerTLS(*o.GroupIdentity, tlsid.Trust{Fingerprints: g.Peers}), o.GroupTransport)
+			if err != nil {
+				a.groupStop()
+				return nil, &SetupError{g.Local[0], fmt.Errorf("group %s: listen for its followers on %s: %w", g.Name, g.Listen, err)}
+			}
+			closers = append(closers, func() { ln.Close() })
+			run.remote = NewFollowers(ctx, g, ln, o.Logger)
+		}
+		for _, m := range g.Local {
+			a.groups[m] = run
+		}
+	}
+	return func() {
+		for _, f := range follows {
+			tlsConf := tlsid.ClientTLS(*o.GroupIdentity, tlsid.Trust{Fingerprints: f.o.Peers})
+			go f.run(ctx, func(ctx context.Context) (io.ReadWriter, func(), error) {
+				c, err := transport.Dial(ctx, f.o.Leader, tlsConf, o.GroupTransport)
+				if err != nil {
+					return nil, nil, err
+				}
+				s, err := c.OpenStream(ctx)
+				if err != nil {
+					c.Close(0, "no stream")
+					return nil, nil, err
+				}
+				return s, func() { c.Close(0, "follower done") }, nil
+			})
+		}
+	}, nil
 }

@@ -183,3 +183,72 @@ func TestGroupAcrossHosts(t *testing.T) {
 		t.Logf("follower ended: %v", err)
 	}
 }
+
+// TestGroupSendersAcrossHosts: the senders of two hosts each take their
+// member's epoch from the same group cut: the leader's sender asks first,
+// the follower's sender 200 ms later (its previous epoch still being
+// sent), and the cut waits for it rather than leaving it out.
+func TestGroupSendersAcrossHosts(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	lid, _ := tlsid.WriteIdentity(t.TempDir(), "leader")
+	fid, _ := tlsid.WriteIdentity(t.TempDir(), "follower")
+	ln, err := transport.Listen("127.0.0.1:0", tlsid.ServerTLS(lid, tlsid.Trust{Fingerprints: []string{fid.Fingerprint}}), transport.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	base := groupcut.Options{Name: "g", Members: []string{"a", "b"}, RPO: time.Minute, PrepareTimeout: 3 * time.Second, StepTimeout: time.Second, RetryAfter: 50 * time.Millisecond}
+	ol, of := base, base
+	ol.Local, ol.Listen, ol.Peers = []string{"a"}, ln.Addr().String(), []string{fid.Fingerprint}
+	of.Local, of.Leader, of.Peers = []string{"b"}, ln.Addr().String(), []string{lid.Fingerprint}
+	for _, o := range []*groupcut.Options{&ol, &of} {
+		if err := o.Validate(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	log := slog.New(slog.DiscardHandler)
+	lead := newGroupRun(ol, time.Now, SleepCtx, log)
+	lead.remote = NewFollowers(ctx, ol, ln, log)
+	a, b := &fakeGuest{running: true}, &fakeGuest{running: true}
+	lead.members["a"] = func(context.Context) (GroupSteps, error) { return a, nil }
+	f := newGroupFollow(of, time.Now, SleepCtx, log)
+	f.members["b"] = f.member("b", func(context.Context) (GroupSteps, error) { return b, nil })
+	go f.run(ctx, func(ctx context.Context) (io.ReadWriter, func(), error) {
+		c, err := transport.Dial(ctx, of.Leader, tlsid.ClientTLS(fid, tlsid.Trust{Fingerprints: of.Peers}), transport.Options{})
+		if err != nil {
+			return nil, nil, err
+		}
+		s, err := c.OpenStream(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		return s, func() { c.Close(0, "done") }, nil
+	})
+	for deadline := time.Now().Add(5 * time.Second); !lead.remote.Has("b"); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the follower never joined")
+		}
+	}
+	for round := 1; round <= 2; round++ {
+		type got struct {
+			snap *sender.Snapshot
+			err  error
+		}
+		ga, gb := make(chan got, 1), make(chan got, 1)
+		go func() { s, err := lead.source("a").Snapshot(ctx); ga <- got{s, err} }()
+		go func() {
+			time.Sleep(200 * time.Millisecond)
+			s, err := followSource{f, "b"}.Snapshot(ctx)
+			gb <- got{s, err}
+		}()
+		ra, rb := <-ga, <-gb
+		if ra.err != nil || rb.err != nil {
+			t.Fatalf("round %d: leader's sender %v, follower's sender %v", round, ra.err, rb.err)
+		}
+		if ra.snap.Group == nil || rb.snap.Group == nil || ra.snap.Group.Cut != rb.snap.Group.Cut || rb.snap.Group.Validate("b") != nil {
+			t.Fatalf("round %d: tags %+v and %+v", round, ra.snap.Group, rb.snap.Group)
+		}
+		t.Logf("round %d: both senders got cut %d", round, ra.snap.Group.Cut)
+	}
+}

@@ -12,6 +12,8 @@ import (
 	"github.com/drsync/drsync/livecut"
 	"github.com/drsync/drsync/metrics"
 	"github.com/drsync/drsync/sender"
+	"github.com/drsync/drsync/tlsid"
+	"github.com/drsync/drsync/transport"
 	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
@@ -156,6 +158,11 @@ type Options struct {
 	// Groups are the consistency groups whose members are among VMs (live
 	// VMs, each in at most one group): their epochs are cut together.
 	Groups []groupcut.Options
+	// GroupIdentity is this sender's key pair towards the other senders
+	// of its groups that span hosts (leader or follower); GroupTransport
+	// their connections' settings (defaults if zero).
+	GroupIdentity  *tlsid.Identity
+	GroupTransport transport.Options
 }
 
 // Validate checks o and fills in defaults.

@@ -27,6 +27,8 @@ var ErrConfig = errors.New("invalid group configuration")
 // spells it.
 type OptionError struct {
 	Group, Key string
+	Index      int    // the group's position in a list (ValidateGroups)
+	VM         string // set when the VM's own setting is wrong, not the group's
 	Err        error
 }
 
@@ -136,6 +138,14 @@ func (o *Options) Validate() error {
 		return bad("peers", "missing: the fingerprints of the other senders of the group (drsync keygen prints them)")
 	case !remote && len(o.Peers) > 0:
 		return bad("peers", "every VM of the group is protected here: no peers to pin")
+	}
+	o.Peers = slices.Clone(o.Peers)
+	for i, p := range o.Peers {
+		fp, err := parseFingerprint(p)
+		if err != nil {
+			return bad(fmt.Sprintf("peers[%d]", i), "%v", err)
+		}
+		o.Peers[i] = fp
 	}
 	if o.PrepareTimeout == 0 {
 		o.PrepareTimeout = DefaultPrepareTimeout

@@ -99,7 +99,7 @@ func TestSenderConfigGroupOptions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := c.Groups[0].opts
+	o := c.groups[0]
 	if o.Name != "shop" || strings.Join(o.Members, ",") != "app-1,db-1" || strings.Join(o.Local, ",") != "app-1,db-1" || o.RPO != time.Minute || o.Role() != groupcut.Alone || o.StepTimeout != groupcut.DefaultStepTimeout {
 		t.Errorf("options %+v", o)
 	}
@@ -110,7 +110,7 @@ func TestExampleGroupConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("example group config: %v", err)
 	}
-	if o := c.Groups[0].opts; o.Role() != groupcut.Leading || len(o.Local) != 2 || len(o.Members) != 3 {
+	if o := c.groups[0]; o.Role() != groupcut.Leading || len(o.Local) != 2 || len(o.Members) != 3 {
 		t.Errorf("example group config: %+v", o)
 	}
 }

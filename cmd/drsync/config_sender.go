@@ -8,6 +8,7 @@ import (
 
 	"github.com/drsync/drsync/agent"
 	"github.com/drsync/drsync/diskmirror"
+	"github.com/drsync/drsync/groupcut"
 	"github.com/drsync/drsync/livecut"
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/stripe"
@@ -41,6 +42,7 @@ type SenderConfig struct {
 	State    StateConfig        `toml:"state"`
 	VMs      []VMConfig         `toml:"vm"`
 	Groups   []GroupConfig      `toml:"group"`
+	groups   []groupcut.Options // validated Groups (config_group.go)
 
 	file string // where it was loaded from, for messages
 }

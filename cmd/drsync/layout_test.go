@@ -16,8 +16,10 @@ import (
 // receiver's serving loop and their logic live in libraries. It is a
 // ratchet at today's size (the status page's sources and the drill column
 // came after the move); the aim is under 2,000, which needs the TOML
-// validation (about 1,100 lines) to become the libraries' Validate.
-const maxCommandLines = 3050
+// validation (about 1,100 lines) to become the libraries' Validate. The
+// [[group]] table (config_group.go: the TOML struct and the mapping of
+// groupcut's errors to keys, its checks in groupcut) added 50.
+const maxCommandLines = 3100
 
 // TestCommandStaysThin: the command holds no loop, retry or pacing logic,
 // and its size stays within budget.
