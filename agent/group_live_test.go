@@ -54,7 +54,8 @@ func TestGroupCutOfTwoGuests(t *testing.T) {
 				t.Fatalf("single cut of %s: %v", n, err)
 			}
 			single = append(single, snap.Pause)
-			t.Logf("single cut %d of %s: pause %v", r+1, n, snap.Pause.Round(100*time.Microsecond))
+			st := srcs[n].LastCut()
+			t.Logf("single cut %d of %s: pause %v (stop→migration completed %v, then freeze and cont %v)", r+1, n, snap.Pause.Round(100*time.Microsecond), (st.Pause - st.Freeze).Round(100*time.Microsecond), st.Freeze.Round(100*time.Microsecond))
 			if err := snap.Close(); err != nil {
 				t.Fatal(err)
 			}
@@ -94,7 +95,9 @@ func TestGroupCutOfTwoGuests(t *testing.T) {
 			if resume := s.Cut.Add(s.Pause); firstResume.IsZero() || resume.Before(firstResume) {
 				firstResume = resume
 			}
-			t.Logf("group cut %d of %s: pause %v (stopped at %s)", r+1, n, s.Pause.Round(100*time.Microsecond), s.Cut.Format("15:04:05.000000"))
+			st := srcs[n].LastCut()
+			t.Logf("group cut %d of %s: pause %v (stop→migration completed %v, then freeze, wait for the others and cont %v; stopped at %s)", r+1, n, s.Pause.Round(100*time.Microsecond),
+				(st.Pause - st.Freeze).Round(100*time.Microsecond), st.Freeze.Round(100*time.Microsecond), s.Cut.Format("15:04:05.000000"))
 		}
 		if !lastStop.Before(firstResume) {
 			t.Errorf("group cut %d: no instant with both guests stopped: last stop %s, first resume %s", r+1, lastStop.Format("15:04:05.000000"), firstResume.Format("15:04:05.000000"))
