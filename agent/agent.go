@@ -35,6 +35,10 @@ type Agent struct {
 	allDone chan struct{}   // closed when active drops to 0 after Run began
 	ended   bool
 	errs    VMErrors
+	groups  map[string]*groupRun    // by member VM
+	follows map[string]*groupFollow // by member VM, groups led elsewhere
+	// groupStop ends the groups' listeners and followers (Close).
+	groupStop func()
 }
 
 // New sets up every VM of o: its source, its sender, its pacing and its
@@ -46,7 +50,11 @@ func New(o Options) (*Agent, error) {
 		return nil, err
 	}
 	o.VMs = slices.Clone(o.VMs)
-	a := &Agent{o: o, pending: map[string]bool{}}
+	a := &Agent{o: o, pending: map[string]bool{}, groups: map[string]*groupRun{}, follows: map[string]*groupFollow{}, groupStop: func() {}}
+	follows, err := a.setupGroups()
+	if err != nil {
+		return nil, err
+	}
 	var guarded []GuardVM
 	for _, v := range o.VMs {
 		l, err := a.newVMLoop(v, o.CapShare)
@@ -59,6 +67,7 @@ func New(o Options) (*Agent, error) {
 			guarded = append(guarded, guardVM(v))
 		}
 	}
+	follows()
 	if len(guarded) > 0 && o.StartGuard != nil {
 		// Before the first cut: from then on a dead sender must never
 		// leave a guest paused.
@@ -76,6 +85,7 @@ func guardVM(v VM) GuardVM {
 
 // Close releases the senders and tears down the live sources.
 func (a *Agent) Close() {
+	a.groupStop()
 	a.mu.Lock()
 	loops := a.loops
 	a.loops = nil
@@ -337,6 +347,13 @@ func (a *Agent) newVMLoop(vm VM, share float64) (*vmLoop, error) {
 			return nil, &SetupError{v.Name, err}
 		}
 		src, closer = ls, ls
+		if g := a.groups[v.Name]; g != nil {
+			g.members[v.Name] = groupMember(ls)
+			src = g.source(v.Name)
+		} else if f := a.follows[v.Name]; f != nil {
+			f.members[v.Name] = f.member(v.Name, groupMember(ls))
+			src = followSource{f, v.Name}
+		}
 	} else {
 		fs, err := sender.NewFileSource(*v.Files)
 		if err != nil {

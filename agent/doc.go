@@ -7,6 +7,10 @@
 // QEMU guest through package livecut), the dialer stack (QUIC with mutual
 // TLS, the bandwidth cap, striping over several connections) and the guest
 // guard, the process that resumes a guest a dead sender left paused.
+// A consistency group's members on this host (Options.Groups) take their
+// snapshots from one group cut (group.go, groupsource.go), driven by
+// package groupcut's state machines; grouppeer.go carries a group's cut
+// between a leader and followers on other hosts (its lines drawn there).
 // Reload applies new options to a running agent: the bandwidth cap at once
 // (Cap), pacing between epochs, VMs added, and VMs removed or replaced
 // after their epoch in flight.

@@ -8,9 +8,12 @@ import (
 	"time"
 
 	"github.com/drsync/drsync/epochctl"
+	"github.com/drsync/drsync/groupcut"
 	"github.com/drsync/drsync/livecut"
 	"github.com/drsync/drsync/metrics"
 	"github.com/drsync/drsync/sender"
+	"github.com/drsync/drsync/tlsid"
+	"github.com/drsync/drsync/transport"
 	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
@@ -152,6 +155,14 @@ type Options struct {
 	// StartGuard, if set, is called before the first cut with the live VMs
 	// the guest guard must watch (see StartGuard).
 	StartGuard func(vms []GuardVM) error
+	// Groups are the consistency groups whose members are among VMs (live
+	// VMs, each in at most one group): their epochs are cut together.
+	Groups []groupcut.Options
+	// GroupIdentity is this sender's key pair towards the other senders
+	// of its groups that span hosts (leader or follower); GroupTransport
+	// their connections' settings (defaults if zero).
+	GroupIdentity  *tlsid.Identity
+	GroupTransport transport.Options
 }
 
 // Validate checks o and fills in defaults.
@@ -178,6 +189,9 @@ func (o *Options) Validate() error {
 		if o.Final && v.Live == nil {
 			return fmt.Errorf("vm %s: a final epoch needs a live VM", v.Name)
 		}
+	}
+	if err := o.validateGroups(); err != nil {
+		return err
 	}
 	if o.BandwidthCap < 0 || o.CapShare < 0 {
 		return fmt.Errorf("bandwidth cap %g bytes/s (a VM's share %g): must not be negative", o.BandwidthCap, o.CapShare)

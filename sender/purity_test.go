@@ -18,6 +18,7 @@ var pure = []string{
 	"github.com/drsync/drsync/receiver/protocol",
 	"github.com/drsync/drsync/replica/recovery",
 	"github.com/drsync/drsync/replica/grouppoint",
+	"github.com/drsync/drsync/groupcut",
 }
 
 // TestPurePackagesDoNoIO checks, with go list -deps, that the pure

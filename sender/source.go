@@ -57,8 +57,8 @@ type Snapshot struct {
 	// HypervisorDowntime the part of it the hypervisor itself reports;
 	// zero for sources that never stop a guest.
 	Pause, HypervisorDowntime time.Duration
-	// Group is set when the snapshot was cut by a consistency group's
-	// coordinated cut; the receiver records it with the epoch.
+	// Group, if set, says this snapshot was cut by a consistency group's
+	// coordinated cut: every member was paused at one instant.
 	Group *vmspec.GroupCut
 	// Planned, if set, is called once the snapshot's block tables are
 	// known (keyed by TableKey), so a source that tracks changes between

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 
 	"github.com/drsync/drsync/agent"
+	"github.com/drsync/drsync/groupcut"
 	"github.com/drsync/drsync/libvirtvm"
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/tlsid"
@@ -19,6 +20,8 @@ type SenderConfig struct {
 	Receiver ReceiverPeerConfig `toml:"receiver"`
 	State    StateConfig        `toml:"state"`
 	VMs      []VMConfig         `toml:"vm"`
+	Groups   []GroupConfig      `toml:"group"`
+	groups   []groupcut.Options // validated Groups (config_group.go)
 
 	file string             // where it was loaded from, for messages
 	vms  []agent.VMSettings // VMs, validated, with defaults
@@ -121,6 +124,9 @@ func loadSenderConfig(path string) (*SenderConfig, error) {
 	}
 	if err := agent.ValidateVMs(c.vms); err != nil {
 		return nil, configErr(c.file, err)
+	}
+	if err := c.validateGroups(); err != nil {
+		return nil, err
 	}
 	return &c, nil
 }

@@ -10,11 +10,13 @@ import (
 	"os"
 	"os/signal"
 	"reflect"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/drsync/drsync/agent"
+	"github.com/drsync/drsync/groupcut"
 	"github.com/drsync/drsync/metrics"
 	"github.com/drsync/drsync/tlsid"
 )
@@ -182,6 +184,8 @@ func send(ctx context.Context, e *env, cfg *SenderConfig, vms []*agent.VMSetting
 	if ao.VMs, err = cfg.agentVMs(vms, e.now); err != nil {
 		return err
 	}
+	ao.Groups = groupcut.Select(cfg.groups, func(vm string) bool { return slices.ContainsFunc(vms, func(v *agent.VMSettings) bool { return v.Name == vm }) }, o.final)
+	ao.GroupIdentity = &id
 	a, err := agent.New(ao)
 	if err != nil {
 		if se, ok := errors.AsType[*agent.SetupError](err); ok {

@@ -1,0 +1,227 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/drsync/drsync/groupcut"
+	"github.com/drsync/drsync/sender"
+)
+
+// groupRun joins the epochs of a group's members on this host: each
+// member's sender asks its source for a snapshot when its epoch begins;
+// once every member has asked, one group cut serves them all, each
+// snapshot tagged with the same cut. A member whose epoch is still being
+// sent holds the group's next cut back, so the group cuts as often as its
+// slowest member sends. An aborted cut is retried (after the group's
+// RetryAfter) while the members wait.
+type groupRun struct {
+	o       groupcut.Options
+	leader  *groupcut.Leader
+	members map[string]GroupMember
+	now     func() time.Time
+	sleep   func(ctx context.Context, d time.Duration) error
+	log     *slog.Logger
+	remote  Remote // a leader's followers; nil when every member is here
+
+	mu      sync.Mutex
+	waiting map[string]chan groupSnap
+	running bool
+}
+
+type groupSnap struct {
+	snap *sender.Snapshot
+	err  error
+}
+
+func newGroupRun(o groupcut.Options, now func() time.Time, sleep func(context.Context, time.Duration) error, log *slog.Logger) *groupRun {
+	// Cut numbers keep increasing across restarts as long as the clock
+	// does: a restarted leader starts above any number it used before.
+	return &groupRun{o: o, leader: groupcut.NewLeader(o, uint64(now().UnixMilli())), members: map[string]GroupMember{},
+		now: now, sleep: sleep, log: log.With("group", o.Name), waiting: map[string]chan groupSnap{}}
+}
+
+// source is member vm's sender.Source.
+func (g *groupRun) source(vm string) sender.Source { return groupSource{g, vm} }
+
+type groupSource struct {
+	g  *groupRun
+	vm string
+}
+
+func (s groupSource) Snapshot(ctx context.Context) (*sender.Snapshot, error) {
+	return s.g.snapshot(ctx, s.vm)
+}
+
+func (g *groupRun) snapshot(ctx context.Context, vm string) (*sender.Snapshot, error) {
+	ch := make(chan groupSnap, 1)
+	g.mu.Lock()
+	g.waiting[vm] = ch
+	var batch map[string]chan groupSnap
+	if !g.running && len(g.waiting) == len(g.o.Local) {
+		batch, g.waiting, g.running = g.waiting, map[string]chan groupSnap{}, true
+	}
+	g.mu.Unlock()
+	if batch != nil {
+		go g.cut(ctx, batch)
+	}
+	select {
+	case r := <-ch:
+		return r.snap, r.err
+	case <-ctx.Done():
+		g.mu.Lock()
+		if g.waiting[vm] == ch {
+			delete(g.waiting, vm)
+			g.mu.Unlock()
+		} else {
+			g.mu.Unlock()
+			// Taken by a cut in progress: its snapshot is released when
+			// it comes.
+			go func() {
+				if r := <-ch; r.snap != nil {
+					r.snap.Close()
+				}
+			}()
+		}
+		return nil, ctx.Err()
+	}
+}
+
+// cut runs group cuts until one commits (or ctx ends) and hands each
+// waiting member its snapshot.
+func (g *groupRun) cut(ctx context.Context, batch map[string]chan groupSnap) {
+	defer func() {
+		g.mu.Lock()
+		g.running = false
+		g.mu.Unlock()
+	}()
+	for {
+		if wait := g.leader.RetryAt().Sub(g.now()); wait > 0 {
+			if err := g.sleep(ctx, wait); err != nil {
+				break
+			}
+		}
+		res, err := LeadGroupCut(ctx, g.o, g.leader, g.members, g.remote, g.now, g.log)
+		if err == nil {
+			g.log.Info("group cut", "cut", res.Tag.Cut, "members", len(res.Snapshots))
+			for vm, ch := range batch {
+				ch <- groupSnap{snap: res.Snapshots[vm]}
+			}
+			return
+		}
+		if errors.Is(err, groupcut.ErrBusy) && ctx.Err() == nil {
+			continue // its retry time has not come yet
+		}
+		if ctx.Err() != nil || !errors.Is(err, ErrGroupCutAborted) {
+			for _, ch := range batch {
+				ch <- groupSnap{err: fmt.Errorf("group %s: %w", g.o.Name, err)}
+			}
+			return
+		}
+		g.log.Warn("group cut aborted; every guest runs; retrying", "err", err, "retry_after", g.o.RetryAfter)
+	}
+	for _, ch := range batch {
+		ch <- groupSnap{err: fmt.Errorf("group %s: %w", g.o.Name, ctx.Err())}
+	}
+}
+
+// groupFollow is a follower's side of a group spanning hosts: it follows
+// the leader (reconnecting when the link fails) and hands each committed
+// cut to the member's sender, which waits for it in Snapshot. A member
+// prepares a cut only once its sender waits: a sender still sending its
+// previous epoch makes the leader's cut wait, then abort at its prepare
+// timeout, and the group retries.
+type groupFollow struct {
+	o       groupcut.Options
+	log     *slog.Logger
+	now     func() time.Time
+	sleep   func(ctx context.Context, d time.Duration) error
+	members map[string]GroupMember
+
+	mu      sync.Mutex
+	waiting map[string]chan groupSnap
+}
+
+func newGroupFollow(o groupcut.Options, now func() time.Time, sleep func(context.Context, time.Duration) error, log *slog.Logger) *groupFollow {
+	return &groupFollow{o: o, log: log.With("group", o.Name), now: now, sleep: sleep, members: map[string]GroupMember{}, waiting: map[string]chan groupSnap{}}
+}
+
+type followSource struct {
+	g  *groupFollow
+	vm string
+}
+
+func (s followSource) Snapshot(ctx context.Context) (*sender.Snapshot, error) {
+	ch := make(chan groupSnap, 1)
+	s.g.mu.Lock()
+	s.g.waiting[s.vm] = ch
+	s.g.mu.Unlock()
+	select {
+	case r := <-ch:
+		return r.snap, r.err
+	case <-ctx.Done():
+		s.g.mu.Lock()
+		if s.g.waiting[s.vm] == ch {
+			delete(s.g.waiting, s.vm)
+		}
+		s.g.mu.Unlock()
+		return nil, ctx.Err()
+	}
+}
+
+// member wraps a member's cut so that it starts only once its sender
+// waits for a snapshot.
+func (g *groupFollow) member(vm string, start GroupMember) GroupMember {
+	return func(ctx context.Context) (GroupSteps, error) {
+		for {
+			g.mu.Lock()
+			ready := g.waiting[vm] != nil
+			g.mu.Unlock()
+			if ready {
+				return start(ctx)
+			}
+			select {
+			case <-ctx.Done():
+				return nil, fmt.Errorf("vm %s: its sender is still busy with the previous epoch: %w", vm, ctx.Err())
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}
+}
+
+// deliver hands a committed cut to the member's waiting sender.
+func (g *groupFollow) deliver(vm string, snap *sender.Snapshot) {
+	g.mu.Lock()
+	ch := g.waiting[vm]
+	delete(g.waiting, vm)
+	g.mu.Unlock()
+	if ch == nil {
+		snap.Close()
+		return
+	}
+	ch <- groupSnap{snap: snap}
+}
+
+// run follows the leader until ctx ends; dial opens the stream to it.
+func (g *groupFollow) run(ctx context.Context, dial func(ctx context.Context) (io.ReadWriter, func(), error)) {
+	for ctx.Err() == nil {
+		s, closeConn, err := dial(ctx)
+		if err == nil {
+			g.log.Info("following the group's leader", "leader", g.o.Leader)
+			err = FollowGroup(ctx, g.o, s, g.members, g.deliver, g.now, g.log)
+			closeConn()
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		g.log.Warn("the group's leader is unreachable; retrying", "leader", g.o.Leader, "err", err, "retry_after", g.o.RetryAfter)
+		if g.sleep(ctx, g.o.RetryAfter) != nil {
+			return
+		}
+	}
+}

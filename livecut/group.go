@@ -1,0 +1,344 @@
+package livecut
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/drsync/drsync/qmp"
+	"github.com/drsync/drsync/sender"
+	"github.com/drsync/drsync/vmspec"
+)
+
+// A cut for a consistency group is taken in steps, so that every member
+// is stopped at one instant and the pauses overlap:
+//
+//	PrepareGroupCut   overlays, capture socket, cut mark; migrate with a
+//	                  downtime limit of 1 ms
+//	WaitConverged     until the first full pass is within 8 MiB of its
+//	                  end; then the migration is throttled to 1 MiB/s, so
+//	                  it cannot complete (and stop the guest) by itself
+//	                  while the other members converge
+//	Stop              stop (QMP), bandwidth and downtime limit restored:
+//	                  the migration sends the rest and completes (QEMU
+//	                  notices the restored bandwidth at the end of its
+//	                  100 ms rate-limit window at the latest);
+//	                  then the same freeze as a single cut (fleecing nodes,
+//	                  bitmap transaction). The guest stays stopped. Its
+//	                  device state records it paused (QEMU stores the run
+//	                  state at completion), so a takeover of this epoch
+//	                  resumes it with cont, as it does a final cut's.
+//	Resume            cont, exports: the snapshot, tagged with the group cut
+//	Abort             at any step: the migration cancelled or the guest
+//	                  resumed, everything torn down; the guest runs
+//
+// The cut-in-flight mark covers the steps as it covers a single cut: a
+// sender that dies while holding the guest stopped leaves it to the guard.
+
+// Downtime limits (ms) of a group cut: holdDowntime keeps the migration
+// iterating while the guest runs; QEMU's default lets it complete.
+const (
+	holdDowntime    = 1
+	defaultDowntime = 300
+	// holdBandwidth (B/s) keeps a converged migration from completing on
+	// its own while the other members converge: the threshold QEMU
+	// completes below is the measured bandwidth times the downtime limit.
+	holdBandwidth = 1 << 20
+	// convergedRemaining: the first pass is this close to its end. What is
+	// left is sent after the stop, at full bandwidth (about 1 GB/s here).
+	convergedRemaining = 8 << 20
+)
+
+// GroupCut is one cut of this VM in progress for a consistency group.
+type GroupCut struct {
+	s         *Source
+	c         *cut
+	sess      Monitor
+	cap       *capture
+	sub       qmp.Events
+	sizes     []int64
+	migStart  time.Time
+	stopAt    time.Time
+	completed time.Time
+	stopped   bool // the migration completed: the guest waits for cont
+	done      bool
+	cancel    context.CancelFunc
+	ctx       context.Context
+}
+
+// PrepareGroupCut starts a cut whose stop the caller decides: the
+// migration starts and iterates while the guest runs.
+func (s *Source) PrepareGroupCut(ctx context.Context) (g *GroupCut, err error) {
+	if s.open != nil {
+		return nil, errors.New("livecut: the previous snapshot is still open; QEMU allows one cut in flight")
+	}
+	sess, err := s.session(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c := &cut{s: s, gen: s.nextGen(), prev: s.last}
+	s.open = c
+	g = &GroupCut{s: s, c: c, sess: sess}
+	g.ctx, g.cancel = context.WithTimeout(context.WithoutCancel(ctx), s.o.CutTimeout)
+	defer func() {
+		if err != nil {
+			g.Abort()
+			g = nil
+		}
+	}()
+	if err := s.checkRunning(ctx, sess); err != nil {
+		return g, err
+	}
+	nodes, err := s.nodes(ctx, sess)
+	if err != nil {
+		return g, fmt.Errorf("livecut: %w", err)
+	}
+	g.sizes = make([]int64, len(s.o.Disks))
+	for i, d := range s.o.Disks {
+		for _, n := range nodes {
+			if n.NodeName == d.Node {
+				g.sizes[i] = n.Image.VirtualSize
+			}
+		}
+		if g.sizes[i] <= 0 {
+			return g, fmt.Errorf("livecut: disk %q: node %q is gone from the VM or empty: %w", d.Name, d.Node, ErrDiskNotFound)
+		}
+		if c.prev != nil && c.prev.tables[sender.TableKey(vmspec.KindDisk, d.Name)] == nil {
+			c.prev = nil
+		}
+	}
+	for i := range s.o.Disks {
+		f := filepath.Join(s.o.WorkDir, overlayFile(c.gen, i))
+		if err := s.createOverlay(ctx, f, g.sizes[i]); err != nil {
+			return g, fmt.Errorf("livecut: %w", err)
+		}
+		c.files = append(c.files, f)
+	}
+	if g.cap, err = startCapture(filepath.Join(s.o.WorkDir, "mig.sock")); err != nil {
+		return g, fmt.Errorf("livecut: %w", err)
+	}
+	if err := s.markCut(c.gen); err != nil {
+		return g, fmt.Errorf("livecut: %w", err)
+	}
+	if err := sess.Execute(ctx, "migrate-set-parameters", map[string]any{"downtime-limit": holdDowntime}, nil); err != nil {
+		return g, fmt.Errorf("livecut: %w", err)
+	}
+	g.sub = sess.Subscribe("STOP", "MIGRATION", "SHUTDOWN")
+	g.migStart = time.Now()
+	if err := sess.Execute(ctx, "migrate", map[string]any{"uri": "unix:" + g.cap.path}, nil); err != nil {
+		return g, fmt.Errorf("livecut: %w", err)
+	}
+	return g, nil
+}
+
+// WaitConverged returns once the migration's first full pass is nearly
+// done: only the end of that pass and what the guest dirtied since are
+// left to send. From then on the migration crawls (holdBandwidth), so it
+// cannot complete, and stop the guest, by itself before Stop: QEMU
+// completes once what is left fits in the downtime limit at the measured
+// bandwidth, which a guest that dirties little reaches even with a limit
+// of 1 ms.
+func (g *GroupCut) WaitConverged(ctx context.Context) error {
+	for {
+		var mig struct {
+			Status    string `json:"status"`
+			ErrorDesc string `json:"error-desc"`
+			RAM       struct {
+				Remaining      int64 `json:"remaining"`
+				DirtySyncCount int64 `json:"dirty-sync-count"`
+			} `json:"ram"`
+		}
+		if err := g.sess.Execute(ctx, "query-migrate", nil, &mig); err != nil {
+			return fmt.Errorf("livecut: %w", err)
+		}
+		switch mig.Status {
+		case "completed", "pre-switchover", "device":
+			return nil // converged by itself: the guest is stopped already
+		case "failed", "cancelled":
+			return fmt.Errorf("livecut: migration %s: %s: %w", mig.Status, mig.ErrorDesc, ErrCutFailed)
+		}
+		if mig.Status == "active" && (mig.RAM.DirtySyncCount >= 2 || (mig.RAM.DirtySyncCount == 1 && mig.RAM.Remaining < convergedRemaining)) {
+			if err := g.sess.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": holdBandwidth}, nil); err != nil {
+				return fmt.Errorf("livecut: %w", err)
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("livecut: waiting for the migration to converge: %w", ctx.Err())
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
+
+// Stop stops the guest at the end of the migration and takes the cut;
+// the guest stays stopped until Resume or Abort.
+func (g *GroupCut) Stop(ctx context.Context) error {
+	sess := g.sess
+	// Stopped by us, now, rather than at whatever iteration QEMU would
+	// pick: the members of a group stop within a QMP round trip of each
+	// other. With the guest stopped nothing more is dirtied, so the
+	// migration sends the rest and completes at once.
+	if err := sess.Execute(ctx, "stop", nil, nil); err != nil {
+		return fmt.Errorf("livecut: %w", err)
+	}
+	if err := sess.Execute(ctx, "migrate-set-parameters", map[string]any{"downtime-limit": defaultDowntime, "max-bandwidth": g.s.o.MaxBandwidth}, nil); err != nil {
+		return fmt.Errorf("livecut: %w", err)
+	}
+	for {
+		e, err := g.sub.Next(ctx)
+		if err != nil {
+			return fmt.Errorf("livecut: waiting for the migration to complete: %w", err)
+		}
+		if e.Name == "SHUTDOWN" {
+			return fmt.Errorf("livecut: the VM shut down (%s) during the cut: %w", e.Str("reason"), ErrVMGone)
+		}
+		if e.Name == "STOP" {
+			g.stopAt = e.At
+			continue
+		}
+		st := e.Str("status")
+		if st == "completed" {
+			g.completed, g.stopped = time.Now(), true
+			break
+		}
+		if st == "failed" || st == "cancelled" {
+			return fmt.Errorf("livecut: migration %s: %w", st, ErrCutFailed)
+		}
+	}
+	if err := g.c.freeze(ctx, sess); err != nil {
+		return fmt.Errorf("livecut: %w: %w", err, ErrCutFailed)
+	}
+	return nil
+}
+
+// Resume lets the guest run again and returns the cut as a snapshot
+// carrying tag.
+func (g *GroupCut) Resume(ctx context.Context, tag *vmspec.GroupCut) (snap *sender.Snapshot, err error) {
+	s, c, sess := g.s, g.c, g.sess
+	if !g.stopped {
+		return nil, errors.New("livecut: group cut resumed before it stopped")
+	}
+	defer func() {
+		if err != nil {
+			g.Abort()
+		}
+	}()
+	if err := sess.Execute(context.WithoutCancel(ctx), "cont", nil, nil); err != nil {
+		return nil, fmt.Errorf("livecut: resume the guest: %w", err)
+	}
+	resumed := time.Now()
+	g.stopped = false
+	s.unmarkCut()
+	var mig struct {
+		Downtime int64 `json:"downtime"`
+	}
+	if err := sess.Execute(ctx, "query-migrate", nil, &mig); err != nil {
+		return nil, fmt.Errorf("livecut: %w", err)
+	}
+	res, err := g.cap.wait(g.ctx)
+	c.flat = g.cap.flat
+	g.cap = nil
+	if err != nil {
+		return nil, fmt.Errorf("livecut: %w", err)
+	}
+	stats := CutStats{Freeze: resumed.Sub(g.completed), Downtime: time.Duration(mig.Downtime) * time.Millisecond, Capture: time.Since(g.migStart), StreamBytes: res.Stats.StreamBytes}
+	if !g.stopAt.IsZero() {
+		stats.Pause = resumed.Sub(g.stopAt)
+	}
+	bitmap := ""
+	if c.prev != nil {
+		bitmap = bitmapName(c.prev.gen)
+	}
+	snap = &sender.Snapshot{Cut: g.stopAt, DeviceState: res.Skeleton, Pause: stats.Pause, HypervisorDowntime: stats.Downtime, Group: tag}
+	if snap.Cut.IsZero() {
+		snap.Cut = s.o.Now()
+	}
+	for i, d := range s.o.Disks {
+		exp := exportName(c.gen, i)
+		args := map[string]any{"type": "nbd", "id": exp, "node-name": c.nodes[i], "name": exp, "writable": false}
+		if bitmap != "" {
+			args["bitmaps"] = []map[string]any{{"node": d.Node, "name": bitmap}}
+		}
+		if err := sess.Execute(ctx, "block-export-add", args, nil); err != nil {
+			return nil, fmt.Errorf("livecut: export disk %q: %w", d.Name, err)
+		}
+		c.exports = append(c.exports, exp)
+		im, err := openExport(ctx, s.nbdSock, exp, bitmap)
+		if err != nil {
+			return nil, fmt.Errorf("livecut: disk %q: %w", d.Name, err)
+		}
+		c.images = append(c.images, im)
+		if im.Size() != g.sizes[i] {
+			return nil, fmt.Errorf("livecut: disk %q: export is %d bytes, the node %d", d.Name, im.Size(), g.sizes[i])
+		}
+		snap.Targets = append(snap.Targets, c.diskTarget(d, im, bitmap))
+	}
+	for i, b := range c.flat.BlockList() {
+		nz := c.flat.NonZero(i)
+		snap.Targets = append(snap.Targets, sender.Target{
+			Kind: vmspec.KindRAM, Name: b.ID, Size: b.Length, BlockSize: vmspec.PageSize,
+			Reader:  bytes.NewReader(c.flat.Block(i)),
+			Extents: func(context.Context, int64, int64) ([]sender.Extent, error) { return ramExtents(nz), nil },
+		})
+	}
+	stats.NBDSocket, stats.Exports = s.nbdSock, c.exports
+	s.lastStats = stats
+	snap.Planned = c.recordPlanned
+	snap.Close = c.close
+	g.done = true
+	g.cancel()
+	if g.sub != nil {
+		g.sub.Close()
+	}
+	return snap, nil
+}
+
+// Abort drops the cut: a migration in flight is cancelled (QEMU resumes
+// a guest it stopped), a guest stopped at the cut resumes, and what the
+// cut made is torn down. It may be called at any step, and again.
+func (g *GroupCut) Abort() error {
+	if g.done {
+		return nil
+	}
+	g.done = true
+	defer g.cancel()
+	s, sess := g.s, g.sess
+	var errs []error
+	if sess.Err() == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if !g.stopped {
+			s.cancelMigration(sess)
+		}
+		var st struct{ Status string }
+		if err := sess.Execute(ctx, "query-status", nil, &st); err != nil {
+			errs = append(errs, err)
+		} else if st.Status == "postmigrate" || st.Status == "finish-migrate" || g.stopped {
+			if err := sess.Execute(ctx, "cont", nil, nil); err != nil {
+				errs = append(errs, fmt.Errorf("resume the guest: %w", err))
+			}
+		}
+		if err := sess.Execute(ctx, "migrate-set-parameters", map[string]any{"downtime-limit": defaultDowntime, "max-bandwidth": s.o.MaxBandwidth}, nil); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	g.stopped = false
+	if len(errs) == 0 {
+		s.unmarkCut()
+	}
+	if g.sub != nil {
+		g.sub.Close()
+	}
+	if g.cap != nil {
+		g.cap.abort()
+	}
+	errs = append(errs, g.c.close())
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("livecut: abort group cut %d: %w", g.c.gen, err)
+	}
+	return nil
+}
