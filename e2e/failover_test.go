@@ -43,7 +43,7 @@ vms = ["guest-1"]
 name = "guest-1"
 accel = "tcg"
 args = ["-display", "none", "-no-reboot", "-nodefaults", "-serial", "file:%s",
-        "-kernel", %q, "-initrd", %q, "-append", "console=ttyS0 panic=-1 quiet",
+        "-kernel", %q, "-initrd", %q, "-append", "console=ttyS0 panic=-1 quiet no_timer_check",
         "-device", "virtio-blk-pci,drive=disk0,id=vblk0", "-device", "virtio-blk-pci,drive=disk1,id=vblk1"]
   [[vm.disk]]
   replica = "vda"

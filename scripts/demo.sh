@@ -141,7 +141,7 @@ vms = ["app-1"]
 name = "app-1"
 accel = "tcg"
 args = ["-display", "none", "-no-reboot", "-nodefaults", "-serial", "file:$DEMO/dr-serial.log",
-        "-kernel", "$KERNEL", "-initrd", "$INITRD", "-append", "console=ttyS0 panic=-1 quiet",
+        "-kernel", "$KERNEL", "-initrd", "$INITRD", "-append", "console=ttyS0 panic=-1 quiet no_timer_check",
         "-device", "virtio-blk-pci,drive=disk0,id=vblk0", "-device", "virtio-blk-pci,drive=disk1,id=vblk1"]
   [[vm.disk]]
   replica = "vda"

@@ -162,6 +162,6 @@ func replicateGuestWith(t testing.TB, memMiB, epochs int, onCommit func(receiver
 // drArgs are the test guest's machine options at the DR site.
 func drArgs(kernel, initrd, serial string) []string {
 	return []string{"-accel", "tcg", "-display", "none", "-no-reboot", "-nodefaults", "-serial", "file:" + serial,
-		"-kernel", kernel, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet",
+		"-kernel", kernel, "-initrd", initrd, "-append", "console=ttyS0 panic=-1 quiet no_timer_check",
 		"-device", "virtio-blk-pci,drive=disk0,id=vblk0", "-device", "virtio-blk-pci,drive=disk1,id=vblk1"}
 }

@@ -86,12 +86,14 @@ esc() { printf '%s' "${1//,/,,}"; }
 serialopt=stdio
 [ "$serial" = stdio ] || serialopt=file:$serial
 
+# no_timer_check: under TCG on a loaded host the kernel's IO-APIC timer
+# check can miss its ticks and panic the boot ("timer doesn't work").
 args=(
 	-accel tcg -m "$mem" -display none -no-reboot -nodefaults
 	-serial "$serialopt"
 	-qmp "unix:$(esc "$qmp"),server=on,wait=off"
 	-kernel "$kernel" -initrd "$initrd"
-	-append "console=ttyS0 panic=-1 quiet${params[*]:+ ${params[*]}}"
+	-append "console=ttyS0 panic=-1 quiet no_timer_check${params[*]:+ ${params[*]}}"
 )
 for i in "${!disks[@]}"; do
 	d=${disks[$i]}

@@ -37,7 +37,7 @@ func ProtectedDomain(t testing.TB, memMiB int, args map[string]string) *Domain {
 	raw, qcow := filepath.Join(dir, "vda.raw"), filepath.Join(dir, "vdb.qcow2")
 	hosttools.Run(t, "qemu-img", "create", "-q", "-f", "raw", raw, "64M")
 	hosttools.Run(t, "qemu-img", "create", "-q", "-f", "qcow2", qcow, "32M")
-	cmdline := "console=ttyS0 panic=-1 quiet"
+	cmdline := "console=ttyS0 panic=-1 quiet no_timer_check"
 	keys := make([]string, 0, len(args))
 	for k := range args {
 		keys = append(keys, k)
