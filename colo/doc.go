@@ -71,9 +71,12 @@
 //     colo_receive_check_message with expected message 6, the call right
 //     after colo_notify_compares_event in colo_do_checkpoint_transaction
 //     (inlined into migrate_start_colo_process): waiting for
-//     vmstate-loaded while holding the big QEMU lock, which QEMU's source
+//     vmstate-loaded while holding the big QEMU lock, which the source
 //     never does on purpose there (every lock in the transaction is paired
-//     with an unlock before the live state is sent);
+//     with an unlock before the live state is sent; read in upstream
+//     migration/colo.c of a later release, as the v7.2.0 tree could not be
+//     fetched here, and matched against the disassembly of Debian's binary:
+//     the same calls in the same order);
 //   - once "loaded" arrives that thread calls qemu_mutex_lock_iothread for
 //     vm_start; it never returns (the monitor stays dead after "loaded"):
 //     the VM is lost.
