@@ -103,3 +103,43 @@ func TestCheckpointed(t *testing.T) {
 		})
 	}
 }
+
+// FuzzCheckpointed feeds a COLO first pass and checkpoint parts, split
+// where the input says, and checks the parser never panics, never reads
+// past the end of the first pass it reports, and fails only with
+// *FormatError or a handler/reader error.
+func FuzzCheckpointed(f *testing.F) {
+	var full sb
+	full.header().raw(coloCmd(migCmdEnableCOLO, 0)).start(2).memSize(false, blkRAM, blkVRAM).
+		page("pc.ram", 0, pageOf(1)).eos().footer(2).
+		end(2).zero(blkVRAM.ID, 0, 0).eos().footer(2).device()
+	var cp sb
+	cp.end(2).zero("", PageSize, 0).page("pc.ram", 2*PageSize, pageOf(3)).eos().footer(2).u8(secEOF)
+	f.Add(full.bytes(), cp.bytes())
+	f.Add(full.bytes()[:len(full.Bytes())-1], cp.bytes())
+	f.Add(full.bytes(), cp.bytes()[:20])
+	f.Fuzz(func(t *testing.T, first, part []byte) {
+		c := NewCheckpointed(&segments{segs: [][]byte{first, part, part}}, newRecorder(), Options{MaxDeviceState: 1 << 20})
+		defer c.Close()
+		res, err := c.Full()
+		if err != nil {
+			var fe *FormatError
+			if !errors.As(err, &fe) {
+				t.Fatalf("Full: %v is not a *FormatError", err)
+			}
+			return
+		}
+		if res.Stats.StreamBytes != int64(len(first)) {
+			t.Fatalf("first pass of %d bytes reported as %d", len(first), res.Stats.StreamBytes)
+		}
+		for range 2 {
+			if _, err := c.Checkpoint(); err != nil {
+				var fe *FormatError
+				if !errors.As(err, &fe) {
+					t.Fatalf("Checkpoint: %v is not a *FormatError", err)
+				}
+				return
+			}
+		}
+	})
+}
