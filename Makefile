@@ -17,7 +17,7 @@ FUZZ_TARGETS := \
 	./journal:FuzzScan ./replica:FuzzRecover ./replica:FuzzParseManifest \
 	./blockhash:FuzzRead ./sender:FuzzUnmarshalIndex \
 	./nbd:FuzzParseStructuredChunk ./nbd:FuzzParseBlockStatusChunk ./nbd:FuzzParseOptionReply ./nbd:FuzzParseGreeting \
-	./migstream:FuzzParse ./migstream:FuzzParseSkeleton ./pagecache:FuzzIndex ./epochctl:FuzzController \
+	./migstream:FuzzParse ./migstream:FuzzParseSkeleton ./migstream:FuzzCheckpointed ./pagecache:FuzzIndex ./epochctl:FuzzController \
 	./stripe:FuzzParseHello ./stripe:FuzzChunks
 
 SHELL := /bin/bash

@@ -80,6 +80,24 @@
 // RAM START. Parse rejects COMMAND sections as unsupported, so the field
 // never appears in an accepted stream.
 //
+// # COLO streams
+//
+// Checkpointed reads a stream of a source with the x-colo capability,
+// which does not end after its first pass. The first pass carries one
+// COMMAND section before RAM START, ENABLE_COLO:
+//
+//	| 0x08 | cmd be16 = 8 | len be16 = 0 |
+//
+// and its device tail ends with the VMDESCRIPTION, after which the source
+// sends nothing until the receiving side answers. Each checkpoint's RAM
+// part (QEMU's qemu_savevm_live_state) is then
+//
+//	| 0x03 END | sid | RAM records | EOS | 0x7E | sid | 0x00 EOF |
+//
+// with CONTINUE carried over from the previous part. The COLO messages
+// and device buffers between parts are the caller's to read (Reader).
+// Parse still rejects COMMAND sections, so a skeleton never holds one.
+//
 // # Skeleton layout
 //
 // A skeleton is itself a stream that QEMU 7.2 loads with -incoming when

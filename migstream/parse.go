@@ -154,6 +154,9 @@ type parser struct {
 
 	// skeleton makes page records and PART sections errors (ParseSkeleton).
 	skeleton bool
+	// colo accepts the ENABLE_COLO command (Checkpointed); coloEnabled
+	// says it was seen.
+	colo, coloEnabled bool
 
 	started, ended bool
 	index          map[string]int // block id -> index in sk.Blocks
@@ -354,7 +357,7 @@ func (p *parser) section() error {
 	case secFull:
 		return unsupported(off, "device section (FULL) before RAM END")
 	case secCommand:
-		return unsupported(off, "COMMAND section (postcopy, return path or COLO)")
+		return p.command(off)
 	case secEOF:
 		return malformed(off, "end of sections (EOF) before RAM END")
 	}
