@@ -18,7 +18,7 @@ import (
 //
 //	PrepareGroupCut   overlays, capture socket, cut mark; migrate with a
 //	                  downtime limit of 1 ms
-//	WaitConverged     until the first full pass is within 8 MiB of its
+//	WaitConverged     until the first full pass is within 3 MiB of its
 //	                  end; then drsync stops reading the stream, so QEMU's
 //	                  migration thread blocks in its write and cannot
 //	                  complete (and stop the guest) by itself while the
@@ -44,11 +44,15 @@ const (
 	holdDowntime    = 1
 	defaultDowntime = 300
 	// convergedRemaining: the first pass is this close to its end when the
-	// stream is held. What is left is sent after the stop, at full speed.
+	// stream is held. What is left, and what the guest dirtied during the
+	// pass, is sent after the stop, at full speed: the less, the shorter
+	// the pause. Less would often miss the end of the pass between two
+	// polls (about 1.5 MiB go by in one on a loaded host), and a guest
+	// that dirties little may then complete, and stop, on its own.
 	// The hold is not a bandwidth limit: QEMU applies a new max-bandwidth
 	// only at the end of its 100 ms rate-limit window, so a migration
 	// throttled until the stop would add up to 100 ms to the pause.
-	convergedRemaining = 8 << 20
+	convergedRemaining = 3 << 20
 )
 
 // GroupCut is one cut of this VM in progress for a consistency group.
