@@ -45,22 +45,9 @@ func TestGroupCutOfTwoGuests(t *testing.T) {
 		t.Cleanup(func() { src.Close() })
 		srcs[n] = src
 	}
-	const rounds = 3
+	// Single and group cuts alternate, so both see the same load.
+	const rounds = 5
 	var single, group []time.Duration
-	for r := 0; r < rounds; r++ {
-		for _, n := range names {
-			snap, err := srcs[n].Snapshot(ctx)
-			if err != nil {
-				t.Fatalf("single cut of %s: %v", n, err)
-			}
-			single = append(single, snap.Pause)
-			st := srcs[n].LastCut()
-			t.Logf("single cut %d of %s: pause %v (stop→migration completed %v, then freeze and cont %v)", r+1, n, snap.Pause.Round(100*time.Microsecond), (st.Pause - st.Freeze).Round(100*time.Microsecond), st.Freeze.Round(100*time.Microsecond))
-			if err := snap.Close(); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
 	o := groupcut.Options{Name: "pair", Members: names, Local: names, RPO: time.Minute, StepTimeout: 5 * time.Second}
 	if err := o.Validate(); err != nil {
 		t.Fatal(err)
@@ -78,6 +65,18 @@ func TestGroupCutOfTwoGuests(t *testing.T) {
 		}
 	}
 	for r := 0; r < rounds; r++ {
+		for _, n := range names {
+			snap, err := srcs[n].Snapshot(ctx)
+			if err != nil {
+				t.Fatalf("single cut of %s: %v", n, err)
+			}
+			single = append(single, snap.Pause)
+			st := srcs[n].LastCut()
+			t.Logf("single cut %d of %s: pause %v (stop→migration completed %v, then freeze and cont %v)", r+1, n, snap.Pause.Round(100*time.Microsecond), (st.Pause - st.Freeze).Round(100*time.Microsecond), st.Freeze.Round(100*time.Microsecond))
+			if err := snap.Close(); err != nil {
+				t.Fatal(err)
+			}
+		}
 		res, err := agent.CutGroup(ctx, o, l, members, time.Now, log)
 		if err != nil {
 			t.Fatalf("group cut %d: %v", r+1, err)

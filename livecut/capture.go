@@ -26,6 +26,48 @@ type capture struct {
 	res   *migstream.Result
 	err   error
 	parse time.Duration
+
+	// held, while open, makes the reader stop reading: QEMU's migration
+	// thread blocks in its write, so the migration can neither progress
+	// nor complete (and stop the guest) on its own. Closing it lets the
+	// stream flow at once, unlike a bandwidth limit, which QEMU applies at
+	// its next 100 ms rate-limit window.
+	held chan struct{}
+}
+
+// hold stops reading the stream until release.
+func (c *capture) hold() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.held == nil {
+		c.held = make(chan struct{})
+	}
+}
+
+// release lets the stream flow again; it may be called when not held.
+func (c *capture) release() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.held != nil {
+		close(c.held)
+		c.held = nil
+	}
+}
+
+// gatedReader reads the stream while the capture is not held.
+type gatedReader struct {
+	c    *capture
+	conn net.Conn
+}
+
+func (r gatedReader) Read(p []byte) (int, error) {
+	r.c.mu.Lock()
+	held := r.c.held
+	r.c.mu.Unlock()
+	if held != nil {
+		<-held
+	}
+	return r.conn.Read(p)
 }
 
 func startCapture(path string) (*capture, error) {
@@ -51,7 +93,7 @@ func (c *capture) run() {
 	c.conn = conn
 	c.mu.Unlock()
 	start := time.Now()
-	res, err := migstream.Parse(conn, c.flat, migstream.Options{})
+	res, err := migstream.Parse(gatedReader{c, conn}, c.flat, migstream.Options{})
 	conn.Close()
 	if err != nil {
 		err = fmt.Errorf("parse the migration stream: %w", err)
@@ -69,6 +111,7 @@ func (c *capture) finish(res *migstream.Result, err error, d time.Duration) {
 // complete (the migration failed).
 func (c *capture) abort() {
 	c.ln.Close()
+	c.release()
 	c.mu.Lock()
 	if c.conn != nil {
 		c.conn.Close()

@@ -139,6 +139,12 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 			s.unmarkCut()
 		}
 	}()
+	// Set for every cut: the downtime limit decides when QEMU completes,
+	// and a group cut of this VM lowers it while it holds the migration.
+	if err := sess.Execute(cctx, "migrate-set-parameters", s.migrationParams(), nil); err != nil {
+		cap.abort()
+		return nil, fmt.Errorf("livecut: %w", err)
+	}
 	sub := sess.Subscribe("STOP", "MIGRATION", "SHUTDOWN")
 	defer sub.Close()
 	migStart := time.Now()

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -31,7 +32,8 @@ import (
 // what the step returned. Lines starting with # are comments. Run with
 // -rewrite to regenerate the expected output (then read the diff).
 //
-//	vm [status=S] [migration=M]          a fake VM with disk0 (1 MiB) running
+//	vm [status=S] [migration=M] [downtime-limit=MS]
+//	                                     a fake VM with disk0 (1 MiB) running
 //	source [final]                       a livecut.Source for disk vda = node disk0
 //	leftover export=ID@NODE node=N job=ID bitmap=NODE/NAME[:frozen] file=NAME
 //	                                     what a killed sender left behind
@@ -43,6 +45,7 @@ import (
 //	exit reason                          QEMU exits (SHUTDOWN reason, or killed)
 //	source-close                         the Source's Close
 //	state                                the fake's state and the work directory
+//	params                               the migration parameters now and at the last migrate
 //
 // Every step also checks that the guest is not left stopped by a cut
 // without a cont issued after its stop (unless the cut is final).
@@ -127,6 +130,13 @@ func (s *cutScript) run(line string) string {
 			s.fake.Status = args["status"]
 		}
 		s.fake.Migration = args["migration"]
+		if v := args["downtime-limit"]; v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				t.Fatalf("downtime-limit=%q: %v", v, err)
+			}
+			s.fake.Params["downtime-limit"] = n
+		}
 		add("ok")
 		return strings.Join(out, "\n")
 	case "source":
@@ -259,6 +269,21 @@ func (s *cutScript) run(line string) string {
 		add(s.result(err)...)
 	case "state":
 		return strings.Join(s.state(), "\n")
+	case "params":
+		s.fake.Lock()
+		defer s.fake.Unlock()
+		show := func(m map[string]any) string {
+			var kv []string
+			for _, k := range slices.Sorted(maps.Keys(m)) {
+				v := m[k]
+				if f, ok := v.(float64); ok {
+					v = int64(f) // as JSON carried it
+				}
+				kv = append(kv, fmt.Sprintf("%s=%v", k, v))
+			}
+			return strings.Join(kv, " ")
+		}
+		return "now: " + show(s.fake.Params) + "\nlast migrate: " + show(s.fake.Migrated)
 	default:
 		t.Fatalf("unknown command %q", line)
 	}

@@ -18,19 +18,19 @@ import (
 //
 //	PrepareGroupCut   overlays, capture socket, cut mark; migrate with a
 //	                  downtime limit of 1 ms
-//	WaitConverged     until the first full pass is within 8 MiB of its
-//	                  end; then the migration is throttled to 1 MiB/s, so
-//	                  it cannot complete (and stop the guest) by itself
-//	                  while the other members converge
-//	Stop              stop (QMP), bandwidth and downtime limit restored:
-//	                  the migration sends the rest and completes (QEMU
-//	                  notices the restored bandwidth at the end of its
-//	                  100 ms rate-limit window at the latest);
-//	                  then the same freeze as a single cut (fleecing nodes,
-//	                  bitmap transaction). The guest stays stopped. Its
-//	                  device state records it paused (QEMU stores the run
-//	                  state at completion), so a takeover of this epoch
-//	                  resumes it with cont, as it does a final cut's.
+//	WaitConverged     until the first full pass is within 3 MiB of its
+//	                  end; then drsync stops reading the stream, so QEMU's
+//	                  migration thread blocks in its write and cannot
+//	                  complete (and stop the guest) by itself while the
+//	                  other members converge
+//	Stop              stop (QMP), the stream read again at once, downtime
+//	                  limit restored: the migration sends the rest and
+//	                  completes; then the same freeze as a single cut
+//	                  (fleecing nodes, bitmap transaction). The guest stays
+//	                  stopped. Its device state records it paused (QEMU
+//	                  stores the run state at completion), so a takeover
+//	                  of this epoch resumes it with cont, as it does a
+//	                  final cut's.
 //	Resume            cont, exports: the snapshot, tagged with the group cut
 //	Abort             at any step: the migration cancelled or the guest
 //	                  resumed, everything torn down; the guest runs
@@ -43,13 +43,16 @@ import (
 const (
 	holdDowntime    = 1
 	defaultDowntime = 300
-	// holdBandwidth (B/s) keeps a converged migration from completing on
-	// its own while the other members converge: the threshold QEMU
-	// completes below is the measured bandwidth times the downtime limit.
-	holdBandwidth = 1 << 20
-	// convergedRemaining: the first pass is this close to its end. What is
-	// left is sent after the stop, at full bandwidth (about 1 GB/s here).
-	convergedRemaining = 8 << 20
+	// convergedRemaining: the first pass is this close to its end when the
+	// stream is held. What is left, and what the guest dirtied during the
+	// pass, is sent after the stop, at full speed: the less, the shorter
+	// the pause. Less would often miss the end of the pass between two
+	// polls (about 1.5 MiB go by in one on a loaded host), and a guest
+	// that dirties little may then complete, and stop, on its own.
+	// The hold is not a bandwidth limit: QEMU applies a new max-bandwidth
+	// only at the end of its 100 ms rate-limit window, so a migration
+	// throttled until the stop would add up to 100 ms to the pause.
+	convergedRemaining = 3 << 20
 )
 
 // GroupCut is one cut of this VM in progress for a consistency group.
@@ -136,11 +139,11 @@ func (s *Source) PrepareGroupCut(ctx context.Context) (g *GroupCut, err error) {
 
 // WaitConverged returns once the migration's first full pass is nearly
 // done: only the end of that pass and what the guest dirtied since are
-// left to send. From then on the migration crawls (holdBandwidth), so it
-// cannot complete, and stop the guest, by itself before Stop: QEMU
-// completes once what is left fits in the downtime limit at the measured
-// bandwidth, which a guest that dirties little reaches even with a limit
-// of 1 ms.
+// left to send. From then on the stream is held (not read), so the
+// migration cannot complete, and stop the guest, by itself before Stop:
+// QEMU completes once what is left fits in the downtime limit at the
+// measured bandwidth, which a guest that dirties little reaches even with
+// a limit of 1 ms.
 func (g *GroupCut) WaitConverged(ctx context.Context) error {
 	for {
 		var mig struct {
@@ -161,9 +164,7 @@ func (g *GroupCut) WaitConverged(ctx context.Context) error {
 			return fmt.Errorf("livecut: migration %s: %s: %w", mig.Status, mig.ErrorDesc, ErrCutFailed)
 		}
 		if mig.Status == "active" && (mig.RAM.DirtySyncCount >= 2 || (mig.RAM.DirtySyncCount == 1 && mig.RAM.Remaining < convergedRemaining)) {
-			if err := g.sess.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": holdBandwidth}, nil); err != nil {
-				return fmt.Errorf("livecut: %w", err)
-			}
+			g.cap.hold()
 			return nil
 		}
 		select {
@@ -182,10 +183,14 @@ func (g *GroupCut) Stop(ctx context.Context) error {
 	// pick: the members of a group stop within a QMP round trip of each
 	// other. With the guest stopped nothing more is dirtied, so the
 	// migration sends the rest and completes at once.
-	if err := sess.Execute(ctx, "stop", nil, nil); err != nil {
+	err := sess.Execute(ctx, "stop", nil, nil)
+	// Released even if stop failed: Abort cancels a migration that is
+	// writing, and a held one cannot be.
+	g.cap.release()
+	if err != nil {
 		return fmt.Errorf("livecut: %w", err)
 	}
-	if err := sess.Execute(ctx, "migrate-set-parameters", map[string]any{"downtime-limit": defaultDowntime, "max-bandwidth": g.s.o.MaxBandwidth}, nil); err != nil {
+	if err := sess.Execute(ctx, "migrate-set-parameters", map[string]any{"downtime-limit": defaultDowntime}, nil); err != nil {
 		return fmt.Errorf("livecut: %w", err)
 	}
 	for {
@@ -307,6 +312,9 @@ func (g *GroupCut) Abort() error {
 	g.done = true
 	defer g.cancel()
 	s, sess := g.s, g.sess
+	if g.cap != nil {
+		g.cap.release() // a held migration could not be cancelled
+	}
 	var errs []error
 	if sess.Err() == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -322,7 +330,7 @@ func (g *GroupCut) Abort() error {
 				errs = append(errs, fmt.Errorf("resume the guest: %w", err))
 			}
 		}
-		if err := sess.Execute(ctx, "migrate-set-parameters", map[string]any{"downtime-limit": defaultDowntime, "max-bandwidth": s.o.MaxBandwidth}, nil); err != nil {
+		if err := sess.Execute(ctx, "migrate-set-parameters", s.migrationParams(), nil); err != nil {
 			errs = append(errs, err)
 		}
 	}

@@ -173,7 +173,8 @@ func (s *Source) prepare(ctx context.Context, sess Monitor) error {
 	if err := sess.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": []map[string]any{{"capability": "events", "state": true}}}, nil); err != nil {
 		return fmt.Errorf("livecut: %w", err)
 	}
-	if err := sess.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": s.o.MaxBandwidth}, nil); err != nil {
+	// Restored: a sender killed during a group cut leaves its hold limit.
+	if err := sess.Execute(ctx, "migrate-set-parameters", s.migrationParams(), nil); err != nil {
 		return fmt.Errorf("livecut: %w", err)
 	}
 	os.Remove(s.nbdSock)
@@ -433,3 +434,9 @@ func openExport(ctx context.Context, sock, export, bitmap string) (*diskmirror.N
 }
 
 var _ sender.Source = (*Source)(nil)
+
+// migrationParams are the migration parameters a cut relies on: QEMU
+// keeps them across senders, so they are set rather than assumed.
+func (s *Source) migrationParams() map[string]any {
+	return map[string]any{"downtime-limit": defaultDowntime, "max-bandwidth": s.o.MaxBandwidth}
+}

@@ -21,6 +21,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
@@ -119,6 +120,11 @@ type Fake struct {
 	// $WORK, say).
 	Replace *strings.Replacer
 	Faults  []Fault
+	// Params are the migration parameters (migrate-set-parameters), as
+	// QEMU keeps them across migrations and senders; Migrated are those in
+	// effect at the last migrate.
+	Params   map[string]any
+	Migrated map[string]any
 	// NoNBD answers block-export-add without serving the export (the
 	// side channel needs qemu-nbd).
 	NoNBD bool
@@ -143,7 +149,8 @@ type Fake struct {
 // 64 KiB of RAM.
 func New(t testing.TB, disks map[string]int64) *Fake {
 	f := &Fake{T: t, Status: "running", Exports: map[string]string{}, RAM: make([]byte, 16*migstream.PageSize),
-		calls: map[string]int{}, nbd: map[string]*exec.Cmd{}}
+		Params: map[string]any{"downtime-limit": 300, "max-bandwidth": 134217728},
+		calls:  map[string]int{}, nbd: map[string]*exec.Cmd{}}
 	for i := range f.RAM {
 		f.RAM[i] = byte(i / migstream.PageSize * 7)
 	}
@@ -545,7 +552,10 @@ func (f *Fake) handleLocked(c *Conn, cmd string, a map[string]any, fault *Fault)
 			out = append(out, map[string]any{"node-name": n.Name, "drv": "qcow2", "image": map[string]any{"virtual-size": n.Size}, "dirty-bitmaps": bms})
 		}
 		return orEmpty(out), nil, nil
-	case "migrate-set-capabilities", "migrate-set-parameters":
+	case "migrate-set-parameters":
+		maps.Copy(f.Params, a)
+		return ok, nil, nil
+	case "migrate-set-capabilities":
 		return ok, nil, nil
 	case "nbd-server-start":
 		if f.nbdPath != "" {
@@ -593,6 +603,7 @@ func (f *Fake) handleLocked(c *Conn, cmd string, a map[string]any, fault *Fault)
 			return nil, nil, fmt.Errorf("the fake migrates to unix sockets only, not %q", uri)
 		}
 		f.Migration, f.MigrationError = "setup", ""
+		f.Migrated = maps.Clone(f.Params)
 		f.emitLocked("MIGRATION", map[string]any{"status": "setup"})
 		ram := slices.Clone(f.RAM)
 		return ok, func() { f.migrate(path, ram, fault) }, nil
