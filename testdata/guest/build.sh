@@ -3,7 +3,7 @@
 #
 #   vmlinuz     the kernel of the Debian package linux-image-amd64 depends on
 #   initrd.gz   static busybox, /init (testdata/guest/init), the virtio block
-#               modules and the workload (testkit/guest/workload)
+#               and network modules and the workload (testkit/guest/workload)
 #
 # Usage: testdata/guest/build.sh   (from any directory; GO=path picks the go tool)
 #
@@ -19,7 +19,7 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
 out=$here/build
 go=${GO:-go}
-modules=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk)
+modules=(virtio_ring virtio virtio_pci_legacy_dev virtio_pci_modern_dev virtio_pci virtio_blk failover net_failover virtio_net)
 
 say() { echo "guest-build: $*"; }
 die() { echo "guest-build: error: $*" >&2; exit 1; }
@@ -96,7 +96,12 @@ if [ -f "$kdir/vmlinuz" ] && [ -f "$out/vmlinuz" ] && [ -f "$out/initrd.gz" ] &&
 	exit 0
 fi
 
-if [ ! -f "$kdir/vmlinuz" ]; then
+# A kernel unpacked by an older build may lack a module added since.
+unpacked=1
+for f in vmlinuz "${modules[@]/%/.ko}"; do
+	[ -f "$kdir/$f" ] || unpacked=
+done
+if [ -z "$unpacked" ]; then
 	say "downloading $kpkg $kver"
 	if ! (cd "$tmp" && apt-get download -qq "$kpkg=$kver" >"$tmp/apt.log" 2>&1); then
 		# The mirror may have moved on to a newer kernel: refresh and re-resolve.

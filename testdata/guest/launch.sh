@@ -18,7 +18,9 @@
 #                 ($SERIAL, default $TMPDIR/drsync-guest/serial.log)
 #   -a KEY=VALUE  adds drsync.KEY=VALUE to the kernel command line; repeat
 #                 as needed. Keys: rate (records/s, 20), dirty_mib (32),
-#                 dirty_rate_kib (2048), read (0), tick_ms (50), count_ms (10)
+#                 dirty_rate_kib (2048), read (0), tick_ms (50), count_ms (10),
+#                 and for guest-to-guest messages msg (send or recv), ip
+#                 (eth0's address/prefix) and peer (the receiver's address)
 #   -k KERNEL     kernel ($KERNEL) and
 #   -i INITRD     initramfs ($INITRD); by default build.sh runs (it is
 #                 cached) and its outputs are used

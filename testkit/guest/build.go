@@ -7,7 +7,8 @@
 // writes numbered, checksummed records (package record) to its first disk
 // with O_DIRECT|O_DSYNC and keeps dirtying memory. Build builds it (cached),
 // Launch boots it with QEMU and collects its console lines with host
-// timestamps, VerifyRecords checks that a disk image holds one consistent
+// timestamps (two guests joined by NIC can message each other, see
+// MessageArgs), VerifyRecords checks that a disk image holds one consistent
 // ring of records, and MaxGap measures how long the guest stopped ticking.
 //
 // Guests run with TCG (KVM guests hang on the test hosts) and boot in about

@@ -33,7 +33,8 @@ type Options struct {
 	// drsync.KEY=VALUE (a "drsync." prefix on KEY is optional): rate
 	// (records/s, 20), dirty_mib (32), dirty_rate_kib (2048), read (0),
 	// tick_ms (50), count_ms (10), cache (a device such as /dev/vdb to keep
-	// in the page cache; none).
+	// in the page cache; none), and for guest-to-guest messages msg,
+	// ip and peer (see MessageArgs and NIC).
 	Args map[string]string
 	// ExtraQEMUArgs go after all the others, e.g. "-S", "-incoming",
 	// "defer", or a memory-backend-file object with -machine memory-backend.

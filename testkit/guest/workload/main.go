@@ -20,12 +20,17 @@
 //   - with cache=<device> it reads that whole device with buffered reads
 //     once, then again every 10 s, so the page cache holds its content
 //     (the FDM case: memory pages that equal disk blocks). "CACHED <pass>
-//     <bytes>" follows each pass.
+//     <bytes>" follows each pass;
+//   - with msg=send or msg=recv (see msg.go) the records are messages to or
+//     from a peer guest instead: the sender writes record n before it sends
+//     message n over UDP, the receiver writes record n when message n
+//     arrives. TICK's seq is then the last message recorded.
 //
 // Parameters come from drsync.KEY=VALUE words on the kernel command line
 // (and, for experiments, from the same words as arguments):
 // drsync.rate, drsync.dirty_mib, drsync.dirty_rate_kib, drsync.read,
-// drsync.tick_ms, drsync.count_ms, drsync.disk (/dev/vda) and drsync.cache.
+// drsync.tick_ms, drsync.count_ms, drsync.disk (/dev/vda), drsync.cache,
+// and for messaging drsync.msg, drsync.ip and drsync.peer.
 //
 // Console lines, in order: "PARAMS ...", then "DISK <path> size=<bytes>
 // slots=<n>" or "NODISK <error>", then "START" on an empty ring or
@@ -60,6 +65,9 @@ type params struct {
 	countMs      int
 	disk         string
 	cache        string // a device to keep in the page cache
+	msg          string // "", "send" or "recv"
+	ip           string // this guest's eth0 address with prefix, for msg
+	peer         string // the receiving guest's address, for msg=send
 }
 
 var (
@@ -91,8 +99,13 @@ func main() {
 			say("WARN %v", err)
 		}
 	}
-	say("PARAMS rate=%g dirty_mib=%d dirty_rate_kib=%d read=%t tick_ms=%d count_ms=%d disk=%s cache=%s",
-		p.rate, p.dirtyMiB, p.dirtyRateKiB, p.read, p.tickMs, p.countMs, p.disk, p.cache)
+	if p.msg == "" {
+		say("PARAMS rate=%g dirty_mib=%d dirty_rate_kib=%d read=%t tick_ms=%d count_ms=%d disk=%s cache=%s",
+			p.rate, p.dirtyMiB, p.dirtyRateKiB, p.read, p.tickMs, p.countMs, p.disk, p.cache)
+	} else {
+		say("PARAMS rate=%g dirty_mib=%d dirty_rate_kib=%d read=%t tick_ms=%d count_ms=%d disk=%s cache=%s msg=%s ip=%s peer=%s",
+			p.rate, p.dirtyMiB, p.dirtyRateKiB, p.read, p.tickMs, p.countMs, p.disk, p.cache, p.msg, p.ip, p.peer)
+	}
 
 	disk, size, slots := openDisk(p.disk)
 	if disk != nil {
@@ -111,7 +124,15 @@ func main() {
 	}
 
 	go count(time.Duration(p.countMs) * time.Millisecond)
-	if disk != nil && p.rate > 0 {
+	switch {
+	case p.msg != "":
+		if disk == nil {
+			fatal("msg=%s needs a disk", p.msg)
+		}
+		if err := startMessaging(p, disk, slots); err != nil {
+			fatal("msg: %v", err)
+		}
+	case disk != nil && p.rate > 0:
 		go writeRecords(disk, slots, time.Duration(float64(time.Second)/p.rate))
 	}
 	if p.dirtyMiB > 0 && p.dirtyRateKiB > 0 {
@@ -168,6 +189,16 @@ func (p *params) set(word string) error {
 		p.disk = val
 	case "cache":
 		p.cache = val
+	case "msg":
+		if val != "send" && val != "recv" {
+			err = fmt.Errorf("want send or recv")
+		} else {
+			p.msg = val
+		}
+	case "ip":
+		p.ip = val
+	case "peer":
+		p.peer = val
 	default:
 		return fmt.Errorf("unknown parameter %s", word)
 	}
