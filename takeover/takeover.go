@@ -211,10 +211,10 @@ func Prepare(o Options) (*Plan, error) {
 			return nil, fmt.Errorf("takeover: recovery point %d has no device state: %w", pick, ErrNoMemory)
 		}
 	} else if o.Copy {
-		// What a VM needs: its RAM images, the disks it uses and the
-		// device state.
+		// What a VM needs: its RAM images, the disks it uses, its
+		// definition (blobs) and the device state.
 		keep := func(t replica.TargetEntry) bool {
-			return t.TargetKind() == vmspec.KindRAM || t.TargetKind() == vmspec.KindDisk && slices.ContainsFunc(o.Disks, func(d Disk) bool { return d.Target == t.Name })
+			return t.TargetKind() == vmspec.KindRAM || t.TargetKind() == vmspec.KindBlob || t.TargetKind() == vmspec.KindDisk && slices.ContainsFunc(o.Disks, func(d Disk) bool { return d.Target == t.Name })
 		}
 		if img, err = r.Export(m.Epoch, filepath.Join(o.WorkDir, "copy"), keep); err != nil {
 			return nil, fmt.Errorf("takeover: copy the replica: %w", err)
