@@ -336,7 +336,7 @@ func (a *Agent) newVMLoop(vm VM, share float64) (*vmLoop, error) {
 		if err != nil {
 			return nil, &SetupError{v.Name, err}
 		}
-		src, closer = ls, ls
+		src, closer = v.Libvirt.WithDefinition(ls), ls
 	} else {
 		fs, err := sender.NewFileSource(*v.Files)
 		if err != nil {
