@@ -194,7 +194,7 @@ func (m *Manifest) validate() error {
 	seen := map[string]bool{}
 	files := map[string]bool{}
 	for _, t := range m.Targets {
-		if t.Kind != "disk" && t.Kind != "ram" {
+		if kindOf(t.Kind).String() != t.Kind { // disk, ram or blob
 			return fmt.Errorf("target %q: kind %q", t.Name, t.Kind)
 		}
 		if err := vmspec.ValidTargetName(t.Name); err != nil {
