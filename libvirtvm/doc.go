@@ -29,6 +29,14 @@
 // ResolveDisks finds the disks and their block nodes in the running
 // domain (Disks: libvirt's node names from the live XML's source index).
 //
+// Definition is the domain's definition as it travels with each epoch:
+// libvirt's migratable, secure XML (the live configuration the device
+// state belongs to), cleared by Sanitize of what names the protected host.
+// Config.WithDefinition adds it to each snapshot as the blob target
+// vmspec.BlobDomainXML: a target kind rather than a new item type, so it
+// rides what disks have (block tables, unchanged blocks not sent, zero
+// runs, recovery points, resume) and no frame layout changes.
+//
 // Libvirt marks a domain whose monitor is used directly as tainted
 // ("custom-monitor"); that is a note in its log, not a change of how
 // libvirt manages the domain.
