@@ -130,3 +130,24 @@ func domainName(x []byte) (string, error) {
 	}
 	return "", fmt.Errorf("%w: no <name>", ErrDomainXML)
 }
+
+// Destroy stops domain at uri at once; a domain that does not run (or no
+// longer exists) is no error. A transient domain is gone afterwards.
+func Destroy(ctx context.Context, uri, domain string) error {
+	l, err := Connect(ctx, uri)
+	if err != nil {
+		return err
+	}
+	defer l.Disconnect()
+	dom, err := l.DomainLookupByName(domain)
+	if isCode(err, libvirt.ErrNoDomain) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("libvirt: %s: look up domain %q: %w", uri, domain, err)
+	}
+	if err := l.DomainDestroy(dom); err != nil && !isCode(err, libvirt.ErrNoDomain) && !isCode(err, libvirt.ErrOperationInvalid) {
+		return fmt.Errorf("libvirt: %s: destroy domain %q: %w", uri, domain, err)
+	}
+	return nil
+}
