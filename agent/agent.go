@@ -346,7 +346,9 @@ func (a *Agent) newVMLoop(vm VM, share float64) (*vmLoop, error) {
 		if err != nil {
 			return nil, &SetupError{v.Name, err}
 		}
-		src, closer = ls, ls
+		// A libvirt domain's snapshots carry its definition; a group
+		// member's cut goes through the group (without it, for now).
+		src, closer = v.Libvirt.WithDefinition(ls), ls
 		if g := a.groups[v.Name]; g != nil {
 			g.members[v.Name] = groupMember(ls)
 			src = g.source(v.Name)

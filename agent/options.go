@@ -9,6 +9,7 @@ import (
 
 	"github.com/drsync/drsync/epochctl"
 	"github.com/drsync/drsync/groupcut"
+	"github.com/drsync/drsync/libvirtvm"
 	"github.com/drsync/drsync/livecut"
 	"github.com/drsync/drsync/metrics"
 	"github.com/drsync/drsync/sender"
@@ -105,6 +106,9 @@ type VM struct {
 	// Exactly one of Live (a running QEMU guest) and Files (image files).
 	Live  *livecut.Options
 	Files *sender.FileSourceOptions
+	// Libvirt, for a live libvirt domain, makes each snapshot carry the
+	// domain's definition.
+	Libvirt libvirtvm.Config
 }
 
 // Validate checks the VM's options.

@@ -344,7 +344,7 @@ func (v *VMSettings) Options(stateDir string, now func() time.Time) VM {
 	vm := VM{Name: v.Name, StateDir: stateDir, Pacing: v.Pacing(), Dedup: v.Dedup == nil || *v.Dedup}
 	if v.Live() {
 		lo := v.LiveOptions(stateDir, now)
-		vm.Live = &lo
+		vm.Live, vm.Libvirt = &lo, v.Libvirt
 	} else {
 		fo := v.FileOptions(now)
 		vm.Files = &fo

@@ -24,7 +24,8 @@ import (
 // TestCutsOfADomain cuts the test guest, run as a libvirt domain, three
 // times through libvirt: each disk view holds a consistent record ring,
 // the second and third cuts read what the bitmaps mark dirty, and after
-// each cut libvirt's view of the domain is as before.
+// each cut libvirt's view of the domain is as before. Each snapshot
+// carries the domain's definition, sanitized of this host's paths.
 func TestCutsOfADomain(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a guest")
@@ -46,7 +47,7 @@ func TestCutsOfADomain(t *testing.T) {
 	for _, f := range found {
 		ld = append(ld, livecut.Disk{Name: f.Target, Node: f.Node})
 	}
-	src, err := livecut.New(livecut.Options{
+	ls, err := livecut.New(livecut.Options{
 		QMPSocket: libvirtvm.Address(hosttools.LibvirtURI, d.Name), Dial: libvirtvm.DialMonitor,
 		WorkDir: filepath.Join(d.Dir, "work"), Now: time.Now, Disks: ld,
 		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})),
@@ -54,17 +55,36 @@ func TestCutsOfADomain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer src.Close()
+	defer ls.Close()
+	src := libvirtvm.Config{Libvirt: hosttools.LibvirtURI, Domain: d.Name}.WithDefinition(ls)
 	for n := 1; n <= 3; n++ {
 		snap, err := src.Snapshot(ctx)
 		if err != nil {
 			t.Fatalf("cut %d: %v", n, err)
 		}
-		st := src.LastCut()
+		st := ls.LastCut()
 		t.Logf("cut %d: pause %v, capture %v, stream %d bytes", n, st.Pause, st.Capture, st.StreamBytes)
 		tables := map[string]*blockhash.Table{}
 		var unchanged int64
+		defs := 0
 		for _, tg := range snap.Targets {
+			if tg.Kind == vmspec.KindBlob && tg.Name == vmspec.BlobDomainXML {
+				defs++
+				b := make([]byte, tg.Size)
+				if _, err := tg.Reader.ReadAt(b, 0); err != nil && err != io.EOF {
+					t.Fatal(err)
+				}
+				x, err := vmspec.DecodeBlob(b)
+				if err != nil {
+					t.Fatalf("cut %d: definition: %v", n, err)
+				}
+				if !bytes.Contains(x, []byte("<name>"+d.Name+"</name>")) || bytes.Contains(x, []byte(d.Dir)) || bytes.Contains(x, []byte("seclabel")) {
+					t.Errorf("cut %d: definition is not the domain's, sanitized:\n%s", n, x)
+				}
+				if n == 1 {
+					t.Logf("definition (%d bytes):\n%s", len(x), x)
+				}
+			}
 			if tg.Kind != vmspec.KindDisk {
 				continue
 			}
@@ -93,6 +113,9 @@ func TestCutsOfADomain(t *testing.T) {
 				tb.Hashes[i] = blockhash.Hash(b[i*tg.BlockSize : min((i+1)*tg.BlockSize, len(b))])
 			}
 			tables[sender.TableKey(tg.Kind, tg.Name)] = tb
+		}
+		if defs != 1 {
+			t.Errorf("cut %d: %d definitions in the snapshot, want 1", n, defs)
 		}
 		if n > 1 && unchanged == 0 {
 			t.Errorf("cut %d: no change tracking through libvirt", n)

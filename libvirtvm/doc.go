@@ -29,6 +29,26 @@
 // ResolveDisks finds the disks and their block nodes in the running
 // domain (Disks: libvirt's node names from the live XML's source index).
 //
+// Definition is the domain's definition as it travels with each epoch:
+// libvirt's migratable, secure XML (the live configuration the device
+// state belongs to), cleared by Sanitize of what names the protected host.
+// Config.WithDefinition adds it to each snapshot as the blob target
+// vmspec.BlobDomainXML: a target kind rather than a new item type, so it
+// rides what disks have (block tables, unchanged blocks not sent, zero
+// runs, recovery points, resume) and no frame layout changes.
+//
+// At the DR site, ForDR makes a replicated definition the domain to run
+// (disks on the takeover's overlays, networks mapped or, for a drill,
+// none, character devices in the work directory), and the guest resumes
+// through virDomainRestore from a libvirt save image (WriteSaveHeader,
+// layout in saveimage.go): libvirt's own way of starting a domain from a
+// migration stream, so the domain is libvirt's from its first instant, not
+// tainted, with no pass-through of QEMU options. Its cost: libvirt gives
+// QEMU its own memory backend, so the replica's RAM cannot be mapped as it
+// is for a bare QEMU; every page travels in the stream (a save image as
+// large as the guest's RAM, written and then loaded: about a second per
+// 200 MB here, against tens of milliseconds for a mapped RAM image).
+//
 // Libvirt marks a domain whose monitor is used directly as tainted
 // ("custom-monitor"); that is a note in its log, not a change of how
 // libvirt manages the domain.

@@ -80,7 +80,7 @@ func (m *Manifest) Tag() *vmspec.GroupCut {
 
 // TargetEntry is one disk or RAM block of the replica.
 type TargetEntry struct {
-	Kind      string `json:"kind"` // "disk" or "ram"
+	Kind      string `json:"kind"` // "disk", "ram" or "blob"
 	Name      string `json:"name"`
 	Size      int64  `json:"size"`
 	BlockSize int    `json:"block_size"`
@@ -96,16 +96,14 @@ type DeviceStateInfo struct {
 	Hash uint64 `json:"hash"`
 }
 
-func kindName(k vmspec.TargetKind) string {
-	if k == vmspec.KindRAM {
-		return "ram"
-	}
-	return "disk"
-}
+func kindName(k vmspec.TargetKind) string { return k.String() }
 
 func kindOf(s string) vmspec.TargetKind {
-	if s == "ram" {
+	switch s {
+	case "ram":
 		return vmspec.KindRAM
+	case "blob":
+		return vmspec.KindBlob
 	}
 	return vmspec.KindDisk
 }
@@ -196,7 +194,7 @@ func (m *Manifest) validate() error {
 	seen := map[string]bool{}
 	files := map[string]bool{}
 	for _, t := range m.Targets {
-		if t.Kind != "disk" && t.Kind != "ram" {
+		if kindOf(t.Kind).String() != t.Kind { // disk, ram or blob
 			return fmt.Errorf("target %q: kind %q", t.Name, t.Kind)
 		}
 		if err := vmspec.ValidTargetName(t.Name); err != nil {

@@ -194,7 +194,13 @@ func (s *stage) item(it wire.Item, off int64) error {
 	data := wire.DataOf(it)
 	switch f := it.(type) {
 	case *wire.DiskExtent:
-		t, err := s.target(f.Target, vmspec.KindDisk, "DiskExtent")
+		// A blob's data travels as a disk's does (it is never a page's
+		// source, though: PageRef names disks only).
+		kind := vmspec.KindDisk
+		if t, ok := s.targets[f.Target]; ok && t.Kind == vmspec.KindBlob {
+			kind = vmspec.KindBlob
+		}
+		t, err := s.target(f.Target, kind, "DiskExtent")
 		if err != nil {
 			return err
 		}

@@ -91,10 +91,7 @@ func runStageScript(t *testing.T, file string) {
 			for _, ts := range targets {
 				p := strings.Split(ts, ":")
 				id, _ := strconv.Atoi(p[0])
-				kind := vmspec.KindDisk
-				if p[1] == "ram" {
-					kind = vmspec.KindRAM
-				}
+				kind := kindOf(p[1])
 				size, _ := strconv.ParseUint(p[3], 0, 64)
 				bs, _ := strconv.ParseUint(p[4], 0, 32)
 				b.Targets = append(b.Targets, wire.Target{ID: uint16(id), Kind: kind, Name: p[2], Size: size, BlockSize: uint32(bs)})

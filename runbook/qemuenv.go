@@ -15,10 +15,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/drsync/drsync/libvirtvm"
 	"github.com/drsync/drsync/qmp"
 	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/takeover"
 	"github.com/drsync/drsync/vfs"
+	"github.com/drsync/drsync/vmspec"
 )
 
 // QEMUEnv is the real Env: replicas on the local file system, VMs started
@@ -63,6 +65,9 @@ func (e QEMUEnv) Preflight(ctx context.Context, rb *Runbook, vm *VM) (Ready, err
 	}
 	if m.RAM(main) == nil {
 		return Ready{}, fmt.Errorf("replica %s has no RAM block %q", dir, main)
+	}
+	if vm.Libvirt.Enabled() && m.Find(vmspec.KindBlob, vmspec.BlobDomainXML) == nil {
+		return Ready{}, fmt.Errorf("replica %s (epoch %d) holds no libvirt domain definition: its sender protects it as a QEMU of its own, not as a libvirt domain", dir, m.Epoch)
 	}
 	for _, d := range vm.Disks {
 		if m.Disk(d.Target) == nil {
@@ -178,6 +183,9 @@ func (e QEMUEnv) Start(ctx context.Context, rb *Runbook, vm *VM) (Started, error
 			return Started{}, err
 		}
 	}
+	if vm.Libvirt.Enabled() {
+		return e.startLibvirt(ctx, rb, vm, t0)
+	}
 	plan, err := takeover.Prepare(takeoverOptions(rb, vm))
 	if err != nil {
 		return Started{}, err
@@ -194,6 +202,9 @@ func (e QEMUEnv) Start(ctx context.Context, rb *Runbook, vm *VM) (Started, error
 func (e QEMUEnv) Boot(ctx context.Context, rb *Runbook, vm *VM) (Started, error) {
 	if rb.Drill {
 		return Started{}, errors.New("a drill does not boot from a failover's overlays")
+	}
+	if vm.Libvirt.Enabled() {
+		return Started{}, fmt.Errorf("libvirt domain %s wrote to its overlays at the DR site and is defined there: start it with libvirt (virsh start), or %s %s to start over from the replica", vm.Libvirt.domain(rb, vm), DiscardFlag, vm.Name)
 	}
 	t0 := time.Now()
 	plan, err := takeover.PrepareBoot(takeoverOptions(rb, vm))
@@ -246,6 +257,12 @@ func discardDir(rb *Runbook, vm *VM, now time.Time) string {
 
 // Stop kills a drill's VM and removes its copy of the replica.
 func (e QEMUEnv) Stop(ctx context.Context, rb *Runbook, vm *VM, s Started) error {
+	if uri, name, ok := libvirtvm.ParseAddress(s.QMP); ok {
+		// A drill's domain is transient: destroyed, it is gone.
+		if err := libvirtvm.Destroy(ctx, uri, name); err != nil {
+			return err
+		}
+	}
 	if s.PID > 0 {
 		syscall.Kill(s.PID, syscall.SIGKILL)
 		for deadline := time.Now().Add(10 * time.Second); syscall.Kill(s.PID, 0) == nil && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
@@ -256,7 +273,7 @@ func (e QEMUEnv) Stop(ctx context.Context, rb *Runbook, vm *VM, s Started) error
 
 // Alive reports whether s's QEMU still runs the guest.
 func (e QEMUEnv) Alive(ctx context.Context, s Started) bool {
-	if s.PID <= 0 || syscall.Kill(s.PID, 0) != nil {
+	if _, _, ok := libvirtvm.ParseAddress(s.QMP); !ok && (s.PID <= 0 || syscall.Kill(s.PID, 0) != nil) {
 		return false
 	}
 	st, err := status(ctx, s.QMP)
@@ -266,7 +283,7 @@ func (e QEMUEnv) Alive(ctx context.Context, s Started) bool {
 func status(ctx context.Context, sock string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	sess, err := qmp.Dial(ctx, sock, qmp.Options{})
+	sess, err := libvirtvm.DialMonitor(ctx, sock, qmp.Options{}) // a QMP socket or a libvirt domain
 	if err != nil {
 		return "", err
 	}

@@ -75,6 +75,7 @@ type VM struct {
 	Disks   []takeover.Disk
 	MainRAM string
 	Checks  []Check
+	Libvirt Libvirt // a libvirt domain at the DR site
 }
 
 // Check kinds.

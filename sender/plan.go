@@ -146,7 +146,7 @@ func kindWord(k vmspec.TargetKind) string {
 	if k == vmspec.KindRAM {
 		return "RAM"
 	}
-	return "disk"
+	return k.String()
 }
 
 // refSrcOffset is a reference's source as the wire carries it: a byte

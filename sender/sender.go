@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -369,6 +370,9 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 	}
 	if p.Group != nil && ss.proto.Version() < wire.VersionGroups {
 		return fail(fmt.Errorf("epoch %d: group %s: receiver speaks protocol %d, group tags need %d: upgrade the receiver", epoch, p.Group.Group, ss.proto.Version(), wire.VersionGroups))
+	}
+	if ss.proto.Version() < wire.VersionBlobs && slices.ContainsFunc(p.Targets, func(t wire.Target) bool { return t.Kind == vmspec.KindBlob }) {
+		return fail(fmt.Errorf("epoch %d: receiver speaks protocol %d, blob targets (a libvirt domain's definition) need %d: upgrade the receiver", epoch, ss.proto.Version(), wire.VersionBlobs))
 	}
 	err = ss.enc.Encode(&wire.EpochBegin{Epoch: epoch, Cut: p.Cut, Plan: p.ID, Items: uint64(len(p.Items)), Bytes: p.Bytes, StartSeq: start, Targets: p.Targets, Group: p.Group})
 	if err != nil {

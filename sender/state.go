@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"path"
 	"sort"
+	"strings"
 
 	"github.com/cespare/xxhash/v2"
 
@@ -33,15 +34,15 @@ type Index struct {
 
 // TableKey names a target's table.
 func TableKey(kind vmspec.TargetKind, name string) string {
-	if kind == vmspec.KindRAM {
-		return "ram/" + name
-	}
-	return "disk/" + name
+	return kind.String() + "/" + name
 }
 
 func splitKey(k string) (vmspec.TargetKind, string) {
-	if len(k) > 4 && k[:4] == "ram/" {
+	switch {
+	case strings.HasPrefix(k, "ram/"):
 		return vmspec.KindRAM, k[4:]
+	case strings.HasPrefix(k, "blob/"):
+		return vmspec.KindBlob, k[5:]
 	}
 	return vmspec.KindDisk, k[5:]
 }

@@ -28,6 +28,12 @@
 // (DialQMP) unless another monitor, such as QMP through libvirt, is
 // plugged in.
 //
+// A hypervisor that gives QEMU memory of its own (libvirt's restore)
+// cannot map the replica's RAM file: Options.FullStream then puts every
+// page in the stream. Plan.Definition is the VM's replicated definition
+// (a libvirt domain's, vmspec.BlobDomainXML), for whoever defines the VM
+// at the DR site.
+//
 // takeover must not know how the replica was written, nor anything of the
 // runbook that decides which VMs come up in which order.
 package takeover

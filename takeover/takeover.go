@@ -82,6 +82,11 @@ type Options struct {
 	LockWait time.Duration
 	// Dial connects Start to the new VM's monitor; DialQMP if nil.
 	Dial DialFunc
+	// FullStream puts the main RAM block's pages in the state stream too,
+	// for a hypervisor that gives QEMU memory of its own instead of
+	// mapping the replica's file (libvirt's restore): the stream is then
+	// as large as the guest's RAM.
+	FullStream bool
 }
 
 // DefaultLockWait is Options.LockWait when left zero: a receiver whose
@@ -155,6 +160,9 @@ type Plan struct {
 	// Boot: a cold boot from existing overlays (PrepareBoot), with no
 	// memory state; Epoch, Cut, RAMFile and Stream are then unset.
 	Boot bool
+	// Definition is the VM's definition replicated with the epoch (a
+	// libvirt domain's sanitized XML), nil if the replica has none.
+	Definition []byte
 	// Dial connects to QMP once QEMU listens (Options.Dial); DialQMP if nil.
 	Dial DialFunc
 }
@@ -211,16 +219,22 @@ func Prepare(o Options) (*Plan, error) {
 			return nil, fmt.Errorf("takeover: recovery point %d has no device state: %w", pick, ErrNoMemory)
 		}
 	} else if o.Copy {
-		// What a VM needs: its RAM images, the disks it uses and the
-		// device state.
+		// What a VM needs: its RAM images, the disks it uses, its
+		// definition (blobs) and the device state.
 		keep := func(t replica.TargetEntry) bool {
-			return t.TargetKind() == vmspec.KindRAM || t.TargetKind() == vmspec.KindDisk && slices.ContainsFunc(o.Disks, func(d Disk) bool { return d.Target == t.Name })
+			return t.TargetKind() == vmspec.KindRAM || t.TargetKind() == vmspec.KindBlob || t.TargetKind() == vmspec.KindDisk && slices.ContainsFunc(o.Disks, func(d Disk) bool { return d.Target == t.Name })
 		}
 		if img, err = r.Export(m.Epoch, filepath.Join(o.WorkDir, "copy"), keep); err != nil {
 			return nil, fmt.Errorf("takeover: copy the replica: %w", err)
 		}
 	} else if img, err = r.Export(m.Epoch, "", nil); err != nil {
 		return nil, fmt.Errorf("takeover: replica %s: %w", o.Replica, err)
+	}
+	var def []byte
+	if t := m.Find(vmspec.KindBlob, vmspec.BlobDomainXML); t != nil {
+		if def, err = readBlob(img, t); err != nil {
+			return nil, fmt.Errorf("takeover: replica %s: the domain definition: %w", o.Replica, err)
+		}
 	}
 	main := m.RAM(o.MainRAM)
 	if main == nil {
@@ -235,7 +249,7 @@ func Prepare(o Options) (*Plan, error) {
 		return nil, fmt.Errorf("takeover: device state of epoch %d: %w", m.Epoch, err)
 	}
 	p := &Plan{VM: m.VM, Epoch: m.Epoch, Cut: m.Cut, RAMFile: img.Location(main), RAMSize: main.Size,
-		Stream: filepath.Join(o.WorkDir, "state.mig"), QMP: filepath.Join(o.WorkDir, "qmp.sock"), Dial: o.Dial}
+		Stream: filepath.Join(o.WorkDir, "state.mig"), QMP: filepath.Join(o.WorkDir, "qmp.sock"), Dial: o.Dial, Definition: def}
 
 	// Every RAM block but the main one travels in the stream; blocks the
 	// replica lacks keep what the new QEMU initialised (ROMs from its own
@@ -254,7 +268,9 @@ func Prepare(o Options) (*Plan, error) {
 				return nil, fmt.Errorf("takeover: RAM block %s is %d bytes in the device state, %d in the replica", blk.ID, blk.Length, main.Size)
 			}
 			mainFound = true
-			continue
+			if !o.FullStream {
+				continue
+			}
 		}
 		t := m.RAM(blk.ID)
 		if t == nil || t.Size != blk.Length {
@@ -348,6 +364,24 @@ func pickPoint(dir string, points func() ([]replica.Point, error), epoch uint64,
 		return 0, fmt.Errorf("takeover: replica %s keeps no %s; it has %s", o.Replica, want, strings.Join(have, ", "))
 	}
 	return pick, nil
+}
+
+// readBlob reads the content of blob target t of img.
+func readBlob(img replica.Image, t *replica.TargetEntry) ([]byte, error) {
+	f, err := img.OpenTarget(t)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b := make([]byte, t.Size)
+	if _, err := f.ReadAt(b, 0); err != nil && err != io.EOF {
+		return nil, err
+	}
+	c, err := vmspec.DecodeBlob(b)
+	if err != nil {
+		return nil, err
+	}
+	return bytes.Clone(c), nil
 }
 
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }

@@ -58,11 +58,7 @@ func (m *MemSource) SourceState() map[string][]byte {
 	defer m.mu.Unlock()
 	out := map[string][]byte{}
 	for _, t := range m.Targets {
-		k := "disk/" + t.Name
-		if t.Kind == 2 {
-			k = "ram/" + t.Name
-		}
-		out[k] = bytes.Clone(t.Data)
+		out[t.Kind.String()+"/"+t.Name] = bytes.Clone(t.Data)
 	}
 	if m.DeviceState != nil {
 		out["devstate"] = bytes.Clone(m.DeviceState)

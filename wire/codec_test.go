@@ -79,6 +79,7 @@ func sampleFrames(data func(int) []byte, big bool) []Frame {
 		&TableRequest{},
 		&Table{Kind: vmspec.KindDisk, Name: "vda", Size: 1<<20 + 1, BlockSize: 64 << 10, First: 3, Hashes: []uint64{1, 2, math.MaxUint64, 0, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14}},
 		&Table{Kind: vmspec.KindRAM, Name: "pc.ram", Size: 4096, BlockSize: 4096, Hashes: []uint64{42}},
+		&Table{Kind: vmspec.KindBlob, Name: vmspec.BlobDomainXML, Size: vmspec.BlobSize, BlockSize: vmspec.BlobBlockSize, First: 255, Hashes: []uint64{7}},
 		&TableEnd{Epoch: 9, StateID: 0xfeed},
 	}
 	if big {
@@ -319,7 +320,7 @@ func TestInvalidFields(t *testing.T) {
 		{&EpochBegin{Epoch: 1, Targets: targets(MaxTargets + 1)}, "target count 257 exceeds 256"},
 		{&EpochBegin{Epoch: 1, Targets: append(targets(2), targets(1)...)}, "target 2: duplicate id 0"},
 		{&EpochBegin{Epoch: 1, Targets: tgt(func(t *Target) { t.Kind = 0 })}, "kind 0 is neither"},
-		{&EpochBegin{Epoch: 1, Targets: tgt(func(t *Target) { t.Kind = 3 })}, "kind 3 is neither"},
+		{&EpochBegin{Epoch: 1, Targets: tgt(func(t *Target) { t.Kind = 4 })}, "kind 4 is neither"},
 		{&EpochBegin{Epoch: 1, Targets: tgt(func(t *Target) { t.Name = "" })}, `name "": empty`},
 		{&EpochBegin{Epoch: 1, Targets: tgt(func(t *Target) { t.Name = "a b" })}, "not printable"},
 		{&EpochBegin{Epoch: 1, Targets: tgt(func(t *Target) { t.Name = strings.Repeat("x", MaxNameLen+1) })}, "length 129 exceeds 128"},

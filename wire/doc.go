@@ -13,11 +13,15 @@
 // The sender opens with Hello, offering the range of versions
 // [min, max] it speaks. The receiver answers with Welcome carrying the
 // highest version in both ranges, or with an Error of code ErrVersion if the
-// ranges do not meet. This is version 2; version 1 is still spoken. A frame
+// ranges do not meet. This is version 3; versions 1 and 2 are still spoken. A frame
 // type not listed below is malformed; later versions may add types, which a
 // peer only sends after negotiating a version that has them. Version 2 adds
 // the optional group section of EpochBegin: a sender sends it only on a
 // version 2 connection, and a receiver refuses it on a version 1 one.
+// Version 3 adds target kind 3, a blob (vmspec.KindBlob: a small document
+// such as a libvirt domain's definition, carried by DiskExtent and ZeroRun
+// as a disk's data is); a sender names one only on a version 3 connection,
+// and a receiver refuses an EpochBegin naming one on an older one.
 //
 // # Frame header
 //
@@ -106,6 +110,8 @@
 //	+--------+---------+-----------+----------+---------------+
 //	| id u16 | kind u8 | name str8 | size u64 | blockSize u32 |
 //	+--------+---------+-----------+----------+---------------+
+//
+// kind is 1 for a disk, 2 for a RAM block, 3 for a blob (version ≥ 3).
 //
 // then, only for an epoch cut by a consistency group's coordinated cut
 // (version ≥ 2; present exactly when bytes follow the last target), the

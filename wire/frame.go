@@ -8,15 +8,21 @@ import (
 
 // Version is the protocol version this build speaks. The receiver answers a
 // Hello with the highest version both sides support, or an Error frame.
-// Version 2 adds the group section of EpochBegin (see VersionGroups).
+// Version 2 adds the group section of EpochBegin (see VersionGroups),
+// version 3 blob targets (see VersionBlobs).
 const (
-	Version    uint16 = 2
+	Version    uint16 = 3
 	MinVersion uint16 = 1
 )
 
 // VersionGroups is the first version whose EpochBegin may carry a
 // consistency-group tag. A sender does not send one on an older session.
 const VersionGroups uint16 = 2
+
+// VersionBlobs is the first version whose EpochBegin and Table frames may
+// name a target of kind vmspec.KindBlob. A sender does not send one on an
+// older session, whose receiver would refuse the frame as malformed.
+const VersionBlobs uint16 = 3
 
 // ALPN is the TLS application protocol negotiated on every drsync QUIC
 // connection. A peer that does not offer it is not a drsync peer.

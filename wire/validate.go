@@ -128,8 +128,8 @@ func (f *EpochBegin) validate() error {
 		if why := vmspec.TargetNameProblem(tg.Name); why != "" {
 			return malformed(t, "target %d (id %d): name %q: %s", i, tg.ID, tg.Name, why)
 		}
-		if tg.Kind != vmspec.KindDisk && tg.Kind != vmspec.KindRAM {
-			return malformed(t, "target %d (id %d): kind %d is neither disk nor RAM", i, tg.ID, tg.Kind)
+		if !tg.Kind.Valid() {
+			return malformed(t, "target %d (id %d): kind %d is neither disk, RAM nor blob", i, tg.ID, tg.Kind)
 		}
 		if tg.Size == 0 {
 			return malformed(t, "target %d (id %d): size 0", i, tg.ID)
@@ -281,7 +281,7 @@ func (s *idSet) add(id uint16) bool {
 
 func (f *Table) validate() error {
 	switch {
-	case f.Kind != vmspec.KindDisk && f.Kind != vmspec.KindRAM:
+	case !f.Kind.Valid():
 		return malformed(TypeTable, "target kind %d", f.Kind)
 	case vmspec.ValidTargetName(f.Name) != nil:
 		return malformed(TypeTable, "target name: %v", vmspec.ValidTargetName(f.Name))

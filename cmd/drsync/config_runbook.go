@@ -48,10 +48,11 @@ type RunbookVM struct {
 	NICs []string `toml:"nics"`
 	// Args are the other QEMU options: devices in the same order as at
 	// the protected site, firmware, kernel, serial console.
-	Args    []string           `toml:"args"`
-	MainRAM string             `toml:"main_ram"`
-	Disks   []RunbookDisk      `toml:"disk"`
-	Checks  []RunbookCheckConf `toml:"check"`
+	Args            []string           `toml:"args"`
+	MainRAM         string             `toml:"main_ram"`
+	Disks           []RunbookDisk      `toml:"disk"`
+	Checks          []RunbookCheckConf `toml:"check"`
+	runbook.Libvirt                    // or a libvirt domain: libvirt, domain, [vm.network]
 }
 
 // RunbookDisk maps a replica disk to the VM's block node.
@@ -100,7 +101,7 @@ func loadRunbook(path string) (*runbook.Runbook, string, error) {
 		rb.Groups = append(rb.Groups, runbook.Group{Name: g.Name, VMs: g.VMs})
 	}
 	for _, v := range c.VMs {
-		vm := runbook.VM{Name: v.Name, QEMU: v.QEMU, MainRAM: v.MainRAM, NICs: v.NICs, Args: runbook.QEMUArgs(v.Accel, v.Machine, v.CPUs, v.Args)}
+		vm := runbook.VM{Name: v.Name, QEMU: v.QEMU, MainRAM: v.MainRAM, NICs: v.NICs, Args: runbook.QEMUArgs(v.Accel, v.Machine, v.CPUs, v.Args), Libvirt: v.Libvirt}
 		for _, d := range v.Disks {
 			vm.Disks = append(vm.Disks, takeover.Disk{Target: d.Replica, Node: d.Node})
 		}

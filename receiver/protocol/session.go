@@ -2,7 +2,9 @@ package protocol
 
 import (
 	"fmt"
+	"slices"
 
+	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -84,6 +86,9 @@ func (s *Session) Next(f wire.Frame) (st Step, wantSync bool, err error) {
 		}
 		if b.Group != nil && s.version < wire.VersionGroups {
 			return bad("epoch %d carries a group tag on a protocol %d connection (needs %d)", b.Epoch, s.version, wire.VersionGroups)
+		}
+		if s.version < wire.VersionBlobs && slices.ContainsFunc(b.Targets, func(t wire.Target) bool { return t.Kind == vmspec.KindBlob }) {
+			return bad("epoch %d carries a blob target on a protocol %d connection (needs %d)", b.Epoch, s.version, wire.VersionBlobs)
 		}
 		if err := b.ValidateGroupFor(s.vm); err != nil {
 			return bad("epoch %d: %v", b.Epoch, err)

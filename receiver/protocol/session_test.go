@@ -17,6 +17,8 @@ func TestSessionOrder(t *testing.T) {
 	tagged := func(member string) *wire.EpochBegin {
 		return &wire.EpochBegin{Epoch: 1, Group: &vmspec.GroupCut{Group: "g", Cut: 1, Members: []string{member}}}
 	}
+	hello3 := &wire.Hello{MinVersion: 1, MaxVersion: wire.VersionBlobs, VM: "vm"}
+	blob := &wire.EpochBegin{Epoch: 1, Targets: []wire.Target{{Kind: vmspec.KindBlob, Name: vmspec.BlobDomainXML, Size: vmspec.BlobSize, BlockSize: vmspec.BlobBlockSize}}}
 	for _, tc := range []struct {
 		name   string
 		frames []wire.Frame
@@ -32,7 +34,9 @@ func TestSessionOrder(t *testing.T) {
 		{"begin inside epoch", []wire.Frame{hello, begin, begin}, []Step{StepHello, StepBegin}, "EpochBegin inside epoch 1"},
 		{"second hello", []wire.Frame{hello, hello}, []Step{StepHello}, "expected EpochBegin, got Hello"},
 		{"ack from sender", []wire.Frame{hello, begin, &wire.Ack{}}, []Step{StepHello, StepBegin}, "Ack inside epoch"},
-		{"future version only", []wire.Frame{&wire.Hello{MinVersion: 3, MaxVersion: 4, VM: "vm"}}, nil, "sender speaks protocol 3..4"},
+		{"future version only", []wire.Frame{&wire.Hello{MinVersion: 4, MaxVersion: 5, VM: "vm"}}, nil, "sender speaks protocol 4..5"},
+		{"blob target", []wire.Frame{hello3, blob}, []Step{StepHello, StepBegin}, ""},
+		{"blob target on version 2", []wire.Frame{hello2, blob}, []Step{StepHello}, "blob target on a protocol 2 connection"},
 		{"group tag", []wire.Frame{hello2, tagged("vm")}, []Step{StepHello, StepBegin}, ""},
 		{"group tag on version 1", []wire.Frame{hello, tagged("vm")}, []Step{StepHello}, "group tag on a protocol 1 connection"},
 		{"group tag of another vm", []wire.Frame{hello2, tagged("other")}, []Step{StepHello}, "vm carries the cut but is not a member"},
