@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -150,5 +151,51 @@ func TestValidateGroupsMemberPacing(t *testing.T) {
 				t.Fatalf("err = %v, want an error: %v", err, tc.wantErr)
 			}
 		})
+	}
+}
+
+// absent is a leader's view of followers none of which is connected.
+type absent struct{}
+
+func (absent) Has(string) bool           { return false }
+func (absent) Send(groupcut.Msg)         {}
+func (absent) Recv() <-chan groupcut.Msg { return nil }
+
+// TestGroupRunWaitsForAbsentFollower: a cut that cannot start because a
+// follower is not connected is retried every RetryAfter, not in a loop
+// that spins (and floods the log) until the follower is back.
+func TestGroupRunWaitsForAbsentFollower(t *testing.T) {
+	o := groupcut.Options{Name: "g", Members: []string{"a", "b"}, Local: []string{"a"}, RPO: time.Minute, StepTimeout: time.Second,
+		Listen: "127.0.0.1:1", Peers: []string{"sha256:" + strings.Repeat("ab", 32)}}
+	if err := o.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var mu sync.Mutex
+	var slept []time.Duration
+	sleep := func(ctx context.Context, d time.Duration) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if slept = append(slept, d); len(slept) == 3 {
+			cancel()
+		}
+		return ctx.Err()
+	}
+	g := newGroupRun(o, time.Now, sleep, slog.New(slog.DiscardHandler))
+	g.remote = absent{}
+	g.members["a"] = func(context.Context) (GroupSteps, error) { return &fakeGuest{running: true}, nil }
+	if _, err := g.source("a").Snapshot(ctx); err == nil {
+		t.Fatal("a snapshot without the follower")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(slept) < 3 {
+		t.Fatalf("waits between attempts: %v; want at least 3 (the test's timeout ended a loop that does not wait)", slept)
+	}
+	for _, d := range slept {
+		if d != o.RetryAfter {
+			t.Errorf("waited %v between attempts, want RetryAfter %v", d, o.RetryAfter)
+		}
 	}
 }

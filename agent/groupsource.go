@@ -198,6 +198,13 @@ func (g *groupRun) cut(ctx context.Context, batch map[string]chan groupSnap) {
 			return
 		}
 		g.log.Warn("group cut aborted; every guest runs; retrying", "err", err, "retry_after", g.o.RetryAfter)
+		if !g.leader.RetryAt().After(g.now()) {
+			// It did not even start (a follower is not connected): the
+			// leader set no retry time, so wait here rather than spin.
+			if g.sleep(ctx, g.o.RetryAfter) != nil {
+				break
+			}
+		}
 	}
 	for _, ch := range batch {
 		ch <- groupSnap{err: fmt.Errorf("group %s: %w", g.o.Name, ctx.Err())}
