@@ -203,6 +203,12 @@ type vmLoop struct {
 	sleep   func(ctx context.Context, d time.Duration) error
 	source  io.Closer // a live source to tear down at the end, if any
 
+	// A member of a consistency group is paced by its group: it asks for
+	// its next snapshot at once, and group (nil on a follower, whose
+	// leader paces) plans the cut.
+	grouped bool
+	group   *groupRun
+
 	// With adaptive epochs, the progress of the epoch being sent feeds the
 	// pacer every liveEvery, so that the prediction follows the transfer.
 	live      *liveProgress
@@ -338,6 +344,8 @@ func (a *Agent) newVMLoop(vm VM, share float64) (*vmLoop, error) {
 	dir := v.StateDir
 	var src sender.Source
 	var closer io.Closer
+	var grp *groupRun
+	var grouped bool
 	if v.Live != nil {
 		lo := *v.Live
 		lo.Logger = log
@@ -350,9 +358,11 @@ func (a *Agent) newVMLoop(vm VM, share float64) (*vmLoop, error) {
 		// member's cut goes through the group (without it, for now).
 		src, closer = v.Libvirt.WithDefinition(ls), ls
 		if g := a.groups[v.Name]; g != nil {
+			grp, grouped = g, true
 			g.members[v.Name] = groupMember(ls)
 			src = g.source(v.Name)
 		} else if f := a.follows[v.Name]; f != nil {
+			grouped = true
 			f.members[v.Name] = f.member(v.Name, groupMember(ls))
 			src = followSource{f, v.Name}
 		}
@@ -416,6 +426,8 @@ func (a *Agent) newVMLoop(vm VM, share float64) (*vmLoop, error) {
 		now:     o.Now,
 		sleep:   o.Sleep,
 		source:  closer,
+		grouped: grouped,
+		group:   grp,
 
 		live:      live,
 		liveEvery: time.Second,
@@ -492,6 +504,12 @@ func (l *vmLoop) run(ctx context.Context) error {
 			l.log.Error("reload: the new pacing could not be applied; keeping the old", "err", err)
 		}
 		pc := l.pacer.committed(res, start, l.now())
+		if l.grouped {
+			if l.group != nil {
+				l.group.committed(l.vm.Name, res, l.now())
+			}
+			pc.next = time.Time{} // the group plans when it cuts
+		}
 		l.committed(res, pc)
 		if retired {
 			l.log.Info("reload: replication of this VM stopped after its epoch in flight committed", "epoch", res.Epoch)

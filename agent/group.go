@@ -295,6 +295,10 @@ func (o *Options) validateGroups() error {
 			if v.Live == nil {
 				return fmt.Errorf("group %s: member %s is not a running guest (live)", g.Name, m)
 			}
+			if v.Pacing.Mode == Scheduled || v.Pacing.Adaptive() {
+				// Its cuts are the group's: two plans cannot both hold.
+				return fmt.Errorf("group %s: member %s has its own schedule or rpo_target: the group's rpo paces its cuts; leave them out", g.Name, m)
+			}
 			if other, ok := in[m]; ok {
 				return fmt.Errorf("vm %s is in groups %s and %s: a VM belongs to at most one group", m, other, g.Name)
 			}

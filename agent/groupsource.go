@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/drsync/drsync/epochctl"
 	"github.com/drsync/drsync/groupcut"
 	"github.com/drsync/drsync/sender"
 )
@@ -20,6 +21,11 @@ import (
 // sent holds the group's next cut back, so the group cuts as often as its
 // slowest member sends. An aborted cut is retried (after the group's
 // RetryAfter) while the members wait.
+//
+// The group's rpo paces it: once every local member has committed its
+// part of a group cut, one controller (epochctl.Group) plans the next cut
+// from their summed epochs, and the cut waits for that instant; members
+// ask for their next snapshot as soon as they have committed.
 type groupRun struct {
 	o       groupcut.Options
 	leader  *groupcut.Leader
@@ -32,6 +38,12 @@ type groupRun struct {
 	mu      sync.Mutex
 	waiting map[string]chan groupSnap
 	running bool
+
+	plan    *epochctl.Group                 // created with the first group epoch committed
+	parts   map[string]epochctl.Observation // members' parts of the latest group epoch
+	prevCut map[string]time.Time            // each member's previous committed cut
+	next    time.Time                       // the planned next cut; zero: at once
+	reason  string                          // the plan's one line
 }
 
 type groupSnap struct {
@@ -43,7 +55,61 @@ func newGroupRun(o groupcut.Options, now func() time.Time, sleep func(context.Co
 	// Cut numbers keep increasing across restarts as long as the clock
 	// does: a restarted leader starts above any number it used before.
 	return &groupRun{o: o, leader: groupcut.NewLeader(o, uint64(now().UnixMilli())), members: map[string]GroupMember{},
-		now: now, sleep: sleep, log: log.With("group", o.Name), waiting: map[string]chan groupSnap{}}
+		now: now, sleep: sleep, log: log.With("group", o.Name), waiting: map[string]chan groupSnap{},
+		parts: map[string]epochctl.Observation{}, prevCut: map[string]time.Time{}}
+}
+
+// committed takes member vm's committed epoch of a group cut, acknowledged
+// at now. When every local member has committed its part, the group's
+// controller observes their sum and plans the next cut.
+func (g *groupRun) committed(vm string, res *sender.Result, now time.Time) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var interval time.Duration
+	if p := g.prevCut[vm]; !p.IsZero() && res.Cut.After(p) {
+		interval = res.Cut.Sub(p)
+	}
+	g.prevCut[vm] = res.Cut
+	level := epochctl.Level(res.Compression)
+	g.parts[vm] = epochctl.Observation{
+		Cut: res.Cut, Committed: now, Interval: interval,
+		ChangedBytes: int64(res.DataBytes + res.RefBytes), DedupedBytes: int64(res.RefBytes), WireBytes: int64(res.WireBytes),
+		SendTime: res.SendTime, CPUTime: res.CompressTime, Level: level,
+	}
+	if len(g.parts) < len(g.o.Local) {
+		return
+	}
+	parts := make([]epochctl.Observation, 0, len(g.parts))
+	for _, m := range g.o.Local {
+		parts = append(parts, g.parts[m])
+	}
+	g.parts = map[string]epochctl.Observation{}
+	if g.plan == nil {
+		// The members' compression is their own: the group plans at it.
+		if !level.Valid() {
+			level = epochctl.LevelNone
+		}
+		p, err := epochctl.NewGroup(epochctl.Config{RPOTarget: g.o.RPO, StartLevel: level, Levels: []epochctl.Level{level}})
+		if err != nil {
+			g.log.Error("group pacing: no controller for the group's rpo; cutting as soon as every member is ready", "err", err)
+			return
+		}
+		g.plan = p
+	}
+	g.plan.Observe(parts)
+	d := g.plan.Decide(now)
+	g.next, g.reason = d.NextCut, d.Reason
+	if d.Breach {
+		g.log.Warn("group rpo breach predicted", "plan", d.Reason)
+	}
+	g.log.Debug("group pacing", "next_cut", d.NextCut, "interval", d.Interval, "plan", d.Reason)
+}
+
+// nextCut is when the group's next cut is planned (zero: at once).
+func (g *groupRun) nextCut() time.Time {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.next
 }
 
 // source is member vm's sender.Source.
@@ -100,6 +166,14 @@ func (g *groupRun) cut(ctx context.Context, batch map[string]chan groupSnap) {
 		g.running = false
 		g.mu.Unlock()
 	}()
+	if wait := g.nextCut().Sub(g.now()); wait > 0 {
+		if err := g.sleep(ctx, wait); err != nil {
+			for _, ch := range batch {
+				ch <- groupSnap{err: fmt.Errorf("group %s: %w", g.o.Name, err)}
+			}
+			return
+		}
+	}
 	for {
 		if wait := g.leader.RetryAt().Sub(g.now()); wait > 0 {
 			if err := g.sleep(ctx, wait); err != nil {
@@ -124,6 +198,13 @@ func (g *groupRun) cut(ctx context.Context, batch map[string]chan groupSnap) {
 			return
 		}
 		g.log.Warn("group cut aborted; every guest runs; retrying", "err", err, "retry_after", g.o.RetryAfter)
+		if !g.leader.RetryAt().After(g.now()) {
+			// It did not even start (a follower is not connected): the
+			// leader set no retry time, so wait here rather than spin.
+			if g.sleep(ctx, g.o.RetryAfter) != nil {
+				break
+			}
+		}
 	}
 	for _, ch := range batch {
 		ch <- groupSnap{err: fmt.Errorf("group %s: %w", g.o.Name, ctx.Err())}

@@ -207,4 +207,8 @@
 //
 // Predict evaluates the model at any interval and level, for status pages
 // and what-if questions.
+//
+// A consistency group is planned as one VM (Group): its members' epochs are
+// summed into one observation (Combine), since their bytes share one link
+// and the group's recovery point is its oldest member's.
 package epochctl

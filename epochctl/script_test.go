@@ -21,7 +21,12 @@ import (
 //	        (level=#N gives a raw level number)
 //	progress at=20s cut=17s sent=40MB left=60MB wire=20MB send=2s level=fast
 //	decide now=17s [verbose]
+//	member cut=10s commit=17s interval=10s changed=100MB ... (as observe)
+//	group [repeat=N]
 //
+// member holds one member's epoch of a consistency group; group combines
+// the members held so far into one observation (Combine), prints it and
+// observes it, N times with every member one interval later.
 // observe with repeat=N observes N epochs, each one interval after the
 // one before. decide prints the decision; verbose adds the estimates and
 // the plan of every level.
@@ -34,7 +39,8 @@ func TestScripts(t *testing.T) {
 }
 
 type scriptState struct {
-	ctl *Controller
+	ctl     *Controller
+	members []Observation // a group epoch's members, until group
 }
 
 // args splits "k=v k2=v2 flag" into a map.
@@ -117,6 +123,13 @@ func (s *scriptState) run(t *testing.T, line string) string {
 		}
 		return l
 	}
+	observation := func() Observation {
+		return Observation{
+			Cut: at("cut"), Committed: at("commit"), Interval: dur("interval"),
+			ChangedBytes: int64(bytes("changed")), DedupedBytes: int64(bytes("dedup")), WireBytes: int64(bytes("wire")),
+			SendTime: dur("send"), CPUTime: dur("cpu"), Level: level("level"),
+		}
+	}
 	check := func() {
 		if len(errs) > 0 {
 			t.Fatalf("%s: %s", line, strings.Join(errs, "; "))
@@ -146,12 +159,36 @@ func (s *scriptState) run(t *testing.T, line string) string {
 		}
 		s.ctl = ctl
 		return "ok"
-	case "observe":
-		o := Observation{
-			Cut: at("cut"), Committed: at("commit"), Interval: dur("interval"),
-			ChangedBytes: int64(bytes("changed")), DedupedBytes: int64(bytes("dedup")), WireBytes: int64(bytes("wire")),
-			SendTime: dur("send"), CPUTime: dur("cpu"), Level: level("level"),
+	case "member":
+		s.members = append(s.members, observation())
+		check()
+		return "ok"
+	case "group":
+		n := 1
+		if a["repeat"] != "" {
+			n, _ = strconv.Atoi(a["repeat"])
 		}
+		g := &Group{ctl: s.ctl}
+		var b strings.Builder
+		for i := range n {
+			o := Combine(s.members)
+			if i == 0 {
+				fmt.Fprintf(&b, "group: cut=%s commit=%s interval=%s changed=%.1fMB wire=%.1fMB send=%s level=%s",
+					rel(o.Cut), rel(o.Committed), o.Interval, float64(o.ChangedBytes)/1e6, float64(o.WireBytes)/1e6, o.SendTime, o.Level)
+			}
+			g.Observe(s.members)
+			for j := range s.members {
+				m := &s.members[j]
+				m.Cut, m.Committed = m.Cut.Add(m.Interval), m.Committed.Add(m.Interval)
+			}
+		}
+		if n > 1 {
+			fmt.Fprintf(&b, "\nok: %d group epochs", n)
+		}
+		s.members = nil
+		return b.String()
+	case "observe":
+		o := observation()
 		n := 1
 		if a["repeat"] != "" {
 			n, _ = strconv.Atoi(a["repeat"])

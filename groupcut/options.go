@@ -47,8 +47,9 @@ type Options struct {
 	// protected by followers (when this sender leads) or by the leader
 	// and other followers.
 	Local []string
-	// RPO is the group's recovery point target: the group cuts at least
-	// this often, whatever its members' own settings.
+	// RPO is the group's recovery point target: the group's cuts are
+	// planned (epochctl.Group) to keep its oldest member's lag below it,
+	// whatever its members' own intervals.
 	RPO time.Duration
 	// Listen (leader of a group spanning hosts) is the host:port the
 	// followers connect to; Leader (follower) is the leader's host:port.
