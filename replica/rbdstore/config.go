@@ -58,7 +58,8 @@ func Open(c Config, keepPoints int, log *slog.Logger) (s *Store, close func(), e
 		conn.Close()
 		return nil, nil, fmt.Errorf("open pool %s: %w", c.Pool, err)
 	}
-	s = &Store{Pool: p, Prefix: c.Prefix, Now: time.Now, Logger: log, KeepPoints: keepPoints}
+	s = &Store{Pool: p, Prefix: c.Prefix, Now: time.Now, Logger: log, KeepPoints: keepPoints,
+		Cluster: rbd.Config{ConfFile: c.CephConf, Client: c.Client}}
 	return s, func() { p.Close(); conn.Close() }, nil
 }
 

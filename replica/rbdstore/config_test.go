@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/drsync/drsync/internal/field"
+	"github.com/drsync/drsync/rbd"
+	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/wire"
 )
 
@@ -68,5 +70,27 @@ func TestJournalObjects(t *testing.T) {
 	}
 	if c, i := splitLoc(loc(3, 17)); c != 3 || i != 17 {
 		t.Fatalf("loc round trip: %d %d", c, i)
+	}
+}
+
+type namedPool struct{ rbd.Pool }
+
+func (namedPool) Name() string { return "drsync" }
+
+// TestLocation: QEMU opens a replica's images by rbd: names carrying the
+// cluster's user and ceph.conf.
+func TestLocation(t *testing.T) {
+	c := rbd.Config{ConfFile: "/etc/ceph/ceph.conf", Client: "drsync"}
+	te := &replica.TargetEntry{File: "disk-0"}
+	for _, tc := range []struct {
+		img  *image
+		want string
+	}{
+		{&image{pool: namedPool{}, cluster: c, base: "web-1"}, "rbd:drsync/web-1.disk-0:id=drsync:conf=/etc/ceph/ceph.conf"},
+		{&image{pool: namedPool{}, base: "web-1", snap: "e7"}, "rbd:drsync/web-1.disk-0@e7"},
+	} {
+		if got := tc.img.Location(te); got != tc.want {
+			t.Errorf("Location = %q, want %q", got, tc.want)
+		}
 	}
 }

@@ -20,7 +20,7 @@ func (h *handle) Export(epoch uint64, scratch string, keep func(replica.TargetEn
 		return nil, errReleased
 	}
 	if epoch == h.man.Epoch && keep == nil {
-		return &image{pool: h.s.Pool, base: h.s.base(h.vm), m: h.man}, nil
+		return &image{pool: h.s.Pool, cluster: h.s.Cluster, base: h.s.base(h.vm), m: h.man}, nil
 	}
 	if scratch == "" {
 		return nil, fmt.Errorf("export of epoch %d needs a scratch name", epoch)
@@ -60,7 +60,7 @@ func (h *handle) Export(epoch uint64, scratch string, keep func(replica.TargetEn
 			return nil, fmt.Errorf("copy %s: %w", t.File, err)
 		}
 	}
-	return &image{pool: h.s.Pool, base: scratch, m: m}, nil
+	return &image{pool: h.s.Pool, cluster: h.s.Cluster, base: scratch, m: m}, nil
 }
 
 // copyImage copies from@snap into a fresh image to, skipping zeros so the
@@ -105,21 +105,19 @@ func copyImage(p rbd.Pool, from, snap, to string, size uint64) error {
 // image is an epoch held as RBD images whose names start with base, read
 // at snap ("" for their head).
 type image struct {
-	pool rbd.Pool
-	base string
-	snap string
-	m    *replica.Manifest
+	pool    rbd.Pool
+	cluster rbd.Config
+	base    string
+	snap    string
+	m       *replica.Manifest
 }
 
 func (d *image) Manifest() *replica.Manifest { return d.m }
 
-// Location is the name QEMU's rbd driver opens: rbd:pool/image[@snap].
+// Location is the name QEMU's rbd driver opens:
+// rbd:pool/image[@snap][:id=user][:conf=path].
 func (d *image) Location(t *replica.TargetEntry) string {
-	loc := "rbd:" + d.pool.Name() + "/" + d.base + "." + t.File
-	if d.snap != "" {
-		loc += "@" + d.snap
-	}
-	return loc
+	return rbd.QEMUFile(d.cluster, d.pool.Name(), d.base+"."+t.File, d.snap)
 }
 
 func (d *image) OpenTarget(t *replica.TargetEntry) (replica.ReaderAtCloser, error) {

@@ -30,6 +30,9 @@ type Store struct {
 	Logger        *slog.Logger
 	KeepPoints    int
 	MaxTargetSize uint64
+	// Cluster is how QEMU reaches the cluster (its user and ceph.conf),
+	// for the rbd: file names of Image.Location.
+	Cluster rbd.Config
 }
 
 const (
