@@ -670,39 +670,60 @@ func (h *handle) fileNames(targets map[uint16]replica.StagedTarget) map[uint16]s
 }
 
 // prune removes the recovery points beyond KeepPoints, and the device
-// state of the epoch before if no kept point needs it. Failures are
-// logged: a point left behind costs space, never correctness.
+// state of the epoch before if no kept point needs it. A point leaves
+// Points (its manifest object) before its device state and snapshots go,
+// so a crash midway never lists a point that cannot be restored; a
+// device state is only removed when every kept point could be read.
+// Failures are logged: what is left behind costs space, never a point.
 func (h *handle) prune(old *replica.Manifest) {
 	cur := h.man
 	var keepFrom uint64
 	if uint64(h.s.KeepPoints) < cur.Epoch {
 		keepFrom = cur.Epoch - uint64(h.s.KeepPoints)
 	}
+	kept := func(e uint64) bool { return e == cur.Epoch || (h.s.KeepPoints > 0 && e >= keepFrom) }
 	eps, err := h.s.snapEpochsAny(h.vm, cur)
 	if err != nil {
 		h.log.Warn("list recovery points", "err", err)
 		return
 	}
 	devKept := map[string]bool{}
-	if cur.DeviceState != nil {
-		devKept[cur.DeviceState.File] = true
+	for _, m := range []*replica.Manifest{cur, old} {
+		if m.DeviceState != nil && kept(m.Epoch) {
+			devKept[m.DeviceState.File] = true
+		}
 	}
+	sure := true
 	for _, e := range eps {
-		if e >= keepFrom && e < cur.Epoch {
-			if m, err := h.s.pointManifest(h.vm, e); err == nil && m.DeviceState != nil {
-				devKept[m.DeviceState.File] = true
+		if !kept(e) || e == cur.Epoch {
+			continue
+		}
+		m, err := h.s.pointManifest(h.vm, e)
+		switch {
+		case err == nil && m.DeviceState != nil:
+			devKept[m.DeviceState.File] = true
+		case err != nil && !notExist(err):
+			sure = false
+		}
+	}
+	dropDev := func(d *replica.DeviceStateInfo) {
+		if d != nil && sure && !devKept[d.File] {
+			if err := h.s.Pool.RemoveObject(h.obj(d.File)); err != nil && !notExist(err) {
+				h.log.Warn("remove device state", "file", d.File, "err", err)
 			}
 		}
 	}
 	for _, e := range eps {
-		if e >= keepFrom && h.s.KeepPoints > 0 {
+		if kept(e) {
 			continue
 		}
-		if e == cur.Epoch && h.s.KeepPoints > 0 {
+		m, err := h.s.pointManifest(h.vm, e)
+		if err := h.s.Pool.RemoveObject(h.obj(pointName(e))); err != nil && !notExist(err) {
+			h.log.Warn("remove recovery point", "epoch", e, "err", err)
 			continue
 		}
-		if m, err := h.s.pointManifest(h.vm, e); err == nil && m.DeviceState != nil && !devKept[m.DeviceState.File] {
-			h.s.Pool.RemoveObject(h.obj(m.DeviceState.File))
+		if err == nil {
+			dropDev(m.DeviceState)
 		}
 		for _, t := range cur.Targets {
 			im, err := h.s.Pool.OpenImage(h.obj(t.File), "")
@@ -714,11 +735,8 @@ func (h *handle) prune(old *replica.Manifest) {
 			}
 			im.Close()
 		}
-		h.s.Pool.RemoveObject(h.obj(pointName(e)))
 	}
-	if d := old.DeviceState; d != nil && !devKept[d.File] {
-		h.s.Pool.RemoveObject(h.obj(d.File))
-	}
+	dropDev(old.DeviceState)
 }
 
 // snapEpochsAny lists the epochs any image of m has a snapshot of.
