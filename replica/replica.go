@@ -652,42 +652,7 @@ func (r *Replica) discardStaged() {
 
 // newTables computes every target's block table as of the end of st.
 func (r *Replica) newTables(st *stage) (map[string]*blockhash.Table, error) {
-	out := map[string]*blockhash.Table{}
-	byID := map[uint16]*blockhash.Table{}
-	for id, t := range st.targets {
-		k := key(t.Kind, t.Name)
-		var tab *blockhash.Table
-		if old := r.tables[k]; old != nil {
-			tab = old.Clone()
-			tab.Resize(int64(t.Size))
-		} else {
-			tab = blockhash.NewZero(int64(t.Size), int(t.BlockSize))
-		}
-		out[k], byID[id] = tab, tab
-	}
-	for _, it := range st.items {
-		tab := byID[it.Target]
-		switch it.Type {
-		case wire.TypeDiskExtent, wire.TypeMemRun:
-			first := itemOffset(it) / int64(tab.BlockSize)
-			copy(tab.Hashes[first:], it.hashes)
-		case wire.TypeZeroRun:
-			first := int64(it.Offset) / int64(tab.BlockSize)
-			for i := first; i < blockhash.Blocks(int64(it.Offset+it.Length), tab.BlockSize); i++ {
-				tab.Hashes[i] = blockhash.ZeroHash(tab.BlockLen(i))
-			}
-		}
-	}
-	if err := r.forRefs(st, func(it stagedItem, src []byte) error {
-		tab := byID[it.Target]
-		for i := uint64(0); i < it.Length; i++ {
-			tab.Hashes[it.Offset+i] = blockhash.Hash(src[i*vmspec.PageSize : (i+1)*vmspec.PageSize])
-		}
-		return nil
-	}, r.endView(st, byID)); err != nil {
-		return nil, err
-	}
-	return out, nil
+	return st.tablesAfter(r.tables, r.endView(st, nil))
 }
 
 func itemOffset(it stagedItem) int64 {
@@ -702,23 +667,7 @@ type viewFunc func(target uint16, off int64, n int) ([]byte, error)
 
 // forRefs calls fn for each PageRef in order with its source bytes.
 func (r *Replica) forRefs(st *stage, fn func(it stagedItem, src []byte) error, view viewFunc) error {
-	for _, it := range st.items {
-		if it.Type != wire.TypePageRef {
-			continue
-		}
-		off := int64(it.SrcOffset)
-		if it.Source == wire.RefPage {
-			off *= vmspec.PageSize
-		}
-		src, err := view(it.SrcTarget, off, int(it.Length)*vmspec.PageSize)
-		if err != nil {
-			return fmt.Errorf("epoch %d: PageRef %d source: %w", st.begin.Epoch, it.Seq, err)
-		}
-		if err := fn(it, src); err != nil {
-			return err
-		}
-	}
-	return nil
+	return st.forRefs(fn, view)
 }
 
 // endView reads targets as they are at the end of the staged epoch's data

@@ -39,6 +39,7 @@ type StorageConfig struct {
 	// points a failover can resume (--epoch, --before). Each costs the
 	// data its next epoch overwrote.
 	KeepPoints int `toml:"keep_points"`
+	serve.Backend
 }
 
 // warm reports whether hot pages are kept pinned (the default).
@@ -66,7 +67,7 @@ func loadReceiverConfig(path string) (*ReceiverConfig, error) {
 		return nil, err
 	}
 	c.set = serve.Settings{Listen: c.Listen, AckBytes: uint64(c.AckEvery), IdleTimeout: c.IdleTimeout.D(), StorageDir: c.Storage.Dir,
-		KeepPoints: c.Storage.KeepPoints, Access: serve.Access{CA: c.CA != ""}}
+		KeepPoints: c.Storage.KeepPoints, Backend: c.Storage.Backend, Access: serve.Access{CA: c.CA != ""}}
 	for _, s := range c.Senders {
 		c.set.Access.Senders = append(c.set.Access.Senders, serve.Sender{Name: s.Name, Fingerprint: s.Fingerprint, VMs: s.VMs})
 	}

@@ -78,7 +78,7 @@ func receive(ctx context.Context, e *env, cfg *ReceiverConfig, log *slog.Logger)
 		log.Warn("refused a connection: certificate not trusted; pin its fingerprint in a [[sender]] entry if it is legitimate", "remote", remote, "err", err)
 	}
 	o := serve.Options{Listen: cfg.Listen, TLS: tlsid.ServerTLS(id, trust), Transport: topts, StorageDir: cfg.Storage.Dir,
-		Authorize: cfg.set.Access.Authorizer(), AckBytes: cfg.set.AckBytes, KeepPoints: cfg.Storage.KeepPoints,
+		Authorize: cfg.set.Access.Authorizer(), AckBytes: cfg.set.AckBytes, KeepPoints: cfg.Storage.KeepPoints, Backend: cfg.set.Backend,
 		WarmPages: cfg.Storage.warm(), WarmMaxBytes: int64(cfg.Storage.WarmMax), VMs: cfg.vmNames(),
 		Now: e.now, Logger: log, Fingerprint: id.Fingerprint, Senders: len(cfg.Senders), Listening: e.listening}
 	if cfg.Metrics != "" {

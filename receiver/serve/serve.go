@@ -21,6 +21,7 @@ import (
 	"github.com/drsync/drsync/internal/jsonfile"
 	"github.com/drsync/drsync/metrics"
 	"github.com/drsync/drsync/receiver"
+	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/stripe"
 	"github.com/drsync/drsync/tlsid"
 	"github.com/drsync/drsync/transport"
@@ -53,8 +54,13 @@ type Options struct {
 	Listen    string
 	TLS       *tls.Config
 	Transport transport.Options
-	// StorageDir holds one replica directory per VM.
+	// StorageDir holds one replica directory per VM, or with Store only
+	// the receiver's lock and status files.
 	StorageDir string
+	// Store keeps the replicas; if nil, Open opens the one Backend names
+	// (files under StorageDir by default).
+	Store   replica.Store
+	Backend Backend
 	// Authorize, AckBytes and KeepPoints are the receiver's (package
 	// receiver).
 	Authorize  func(p receiver.Peer, vm string) error
@@ -116,9 +122,10 @@ func (e *ListenError) Unwrap() error { return e.Err }
 // Server is the receiver's daemon: it holds the storage lock from Open
 // to Close.
 type Server struct {
-	o      Options
-	unlock func()
-	status *statusWriter
+	o          Options
+	unlock     func()
+	closeStore func()
+	status     *statusWriter
 }
 
 // Open locks the storage directory and loads what the status files say,
@@ -131,7 +138,14 @@ func Open(o Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{o: o, unlock: unlock, status: &statusWriter{dir: o.StorageDir, log: o.Logger, now: o.Now, byVM: map[string]*Status{}}}
+	closeStore := func() {}
+	if o.Store == nil {
+		if o.Store, closeStore, err = o.Backend.openStore(o.KeepPoints, o.Logger); err != nil {
+			unlock()
+			return nil, err
+		}
+	}
+	s := &Server{o: o, unlock: unlock, closeStore: closeStore, status: &statusWriter{dir: o.StorageDir, log: o.Logger, now: o.Now, byVM: map[string]*Status{}}}
 	if met := o.Metrics; met != nil {
 		met.Storage(o.StorageDir)
 		if o.Drills != nil {
@@ -151,7 +165,7 @@ func Open(o Options) (*Server, error) {
 }
 
 // Close releases the storage lock.
-func (s *Server) Close() { s.unlock() }
+func (s *Server) Close() { s.closeStore(); s.unlock() }
 
 // Run finishes whatever a crash left half-applied, then serves senders
 // until ctx ends. Each replica is left at a committed epoch.
@@ -178,6 +192,7 @@ func (s *Server) Run(ctx context.Context) error {
 	rcv, err := receiver.New(receiver.Options{
 		Root:       o.StorageDir,
 		FS:         vfs.Default,
+		Store:      o.Store,
 		Authorize:  o.Authorize,
 		AckBytes:   o.AckBytes,
 		Now:        o.Now,

@@ -34,6 +34,7 @@ type Settings struct {
 	IdleTimeout time.Duration
 	StorageDir  string
 	KeepPoints  int
+	Backend     Backend
 	Access      Access
 }
 
@@ -59,6 +60,9 @@ func (s *Settings) Validate() error {
 	}
 	if k := s.KeepPoints; k < 0 || k > MaxKeepPoints {
 		return field.Errorf("storage.keep_points", "%d: want 0 (none) to %d", k, MaxKeepPoints)
+	}
+	if err := s.Backend.Validate(); err != nil {
+		return err
 	}
 	return s.Access.Validate()
 }

@@ -43,6 +43,14 @@ type Backend interface {
 	Scratch(t *testing.T) string
 }
 
+// Sampler is a Backend whose every crash case is slow (a network store):
+// it says how many of an epoch's n operations a crash case fails, spread
+// evenly and always including the last one. Other backends fail every one
+// (one in n/40 with -short).
+type Sampler interface {
+	CrashPoints(n int, short bool) int
+}
+
 // VM is the replica the suite writes.
 const VM = "web-1"
 
@@ -318,12 +326,20 @@ func crashAtEveryOperation(t *testing.T, newBackend func(t *testing.T) Backend, 
 		return c.Count()
 	}
 	n := count()
-	step := 1
+	points := n
 	if testing.Short() {
-		step = max(1, n/40)
+		points = min(n, 40)
 	}
+	if sm, ok := newBackend(t).(Sampler); ok {
+		points = max(1, min(n, sm.CrashPoints(n, testing.Short())))
+	}
+	var ops []int // the operations failed, evenly spread, the last included
+	for k := range points {
+		ops = append(ops, (n-1)-k*(n-1)/max(1, points-1))
+	}
+	t.Logf("failing %d of the %d operations of epoch 3", len(ops), n)
 	outcomes := map[uint64]int{}
-	for i := 0; i < n; i += step {
+	for _, i := range ops {
 		b := newBackend(t)
 		commit(t, b.Store(t, keep, nil), es[:2]...)
 		inj := errorfs.OnIndex(i, errorfs.ErrInjected)
