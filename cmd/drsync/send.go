@@ -184,7 +184,9 @@ func send(ctx context.Context, e *env, cfg *SenderConfig, vms []*agent.VMSetting
 	if ao.VMs, err = cfg.agentVMs(vms, e.now); err != nil {
 		return err
 	}
-	ao.Groups = groupcut.Select(cfg.groups, func(vm string) bool { return slices.ContainsFunc(vms, func(v *agent.VMSettings) bool { return v.Name == vm }) }, o.final)
+	ao.Groups = groupcut.Select(cfg.groups, func(vm string) bool {
+		return slices.ContainsFunc(vms, func(v *agent.VMSettings) bool { return v.Name == vm })
+	}, o.final)
 	ao.GroupIdentity = &id
 	a, err := agent.New(ao)
 	if err != nil {
