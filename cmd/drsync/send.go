@@ -243,11 +243,9 @@ func (c *SenderConfig) agentVMs(vms []*agent.VMSettings, now func() time.Time) (
 // that its images exist.
 func (c *SenderConfig) agentVM(v *agent.VMSettings, now func() time.Time) (agent.VM, error) {
 	av := v.Options(c.stateDir(v.Name), now)
-	if av.Live != nil {
-		// A domain's disks and their nodes are found in the running domain.
-		if err := v.Libvirt.ResolveDisks(av.Live); err != nil {
-			return av, fmt.Errorf("vm %q: %w", v.Name, err)
-		}
+	// A domain's disks and their nodes are found in the running domain.
+	if err := v.Libvirt.ResolveDisks(av.Live); av.Live != nil && err != nil {
+		return av, fmt.Errorf("vm %q: %w", v.Name, err)
 	}
 	if av.Live != nil && os.Getenv(faultEnv) == "kill-after-migration" {
 		av.Live.AfterMigration = func() { syscall.Kill(os.Getpid(), syscall.SIGKILL) }
