@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/drsync/drsync/sender"
+	"github.com/drsync/drsync/statusreport"
 )
 
 // progressRedraw limits how often the bar is redrawn: the sender reports
@@ -85,7 +86,8 @@ func (b *progressBar) redraw() {
 	}
 	var parts []string
 	for _, vm := range sortedKeys(b.vms) {
-		parts = append(parts, b.vms[vm].render(vm, len(b.vms) == 1, b.drawn))
+		st := b.vms[vm]
+		parts = append(parts, statusreport.ProgressSegment(vm, st.p, st.start, b.drawn, len(b.vms) == 1))
 	}
 	line := strings.Join(parts, " | ")
 	pad := ""
@@ -94,28 +96,4 @@ func (b *progressBar) redraw() {
 	}
 	fmt.Fprintf(b.w, "\r%s%s", line, pad)
 	b.shown = len(line)
-}
-
-// render is one VM's segment: "web-1 [=====>    ]  45%  120.3/266.0 MB  35.2 MB/s";
-// the graphic is left out when several VMs share the line.
-func (s *barState) render(vm string, graphic bool, now time.Time) string {
-	const width = 24
-	frac := 1.0
-	if s.p.AllBytes > 0 {
-		// Clamped: a display must never be what stops a sender, whatever
-		// the counts it is handed say.
-		frac = min(1, max(0, float64(s.p.SentBytes)/float64(s.p.AllBytes)))
-	}
-	rate := 0.0
-	if el := now.Sub(s.start).Seconds(); el > 0 {
-		rate = float64(s.p.SentBytes) / el / 1e6
-	}
-	var sb strings.Builder
-	sb.WriteString(vm)
-	if graphic {
-		filled := int(frac * width)
-		sb.WriteString(" [" + strings.Repeat("=", filled) + strings.Repeat(" ", width-filled) + "]")
-	}
-	fmt.Fprintf(&sb, " %3.0f%% %.1f/%.1f MB %.1f MB/s", 100*frac, float64(s.p.SentBytes)/1e6, float64(s.p.AllBytes)/1e6, rate)
-	return sb.String()
 }
