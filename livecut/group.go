@@ -183,10 +183,12 @@ func (g *GroupCut) Stop(ctx context.Context) error {
 	// pick: the members of a group stop within a QMP round trip of each
 	// other. With the guest stopped nothing more is dirtied, so the
 	// migration sends the rest and completes at once.
-	err := sess.Execute(ctx, "stop", nil, nil)
-	// Released even if stop failed: Abort cancels a migration that is
-	// writing, and a held one cannot be.
+	//
+	// The stream is released first: a migration that decided to complete
+	// by itself writes its last part holding QEMU's big lock, and if that
+	// write were held, QEMU could not even answer the stop.
 	g.cap.release()
+	err := sess.Execute(ctx, "stop", nil, nil)
 	if err != nil {
 		return fmt.Errorf("livecut: %w", err)
 	}
