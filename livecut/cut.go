@@ -232,11 +232,25 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 		s.log.Warn("the guest was paused for longer than expected by the cut", "pause", stats.Pause.Round(time.Millisecond), "freeze", stats.Freeze.Round(time.Millisecond), "expected_below", PauseAlarm)
 	}
 
+	snap = &sender.Snapshot{Cut: stopAt, DeviceState: res.Skeleton, Pause: stats.Pause, HypervisorDowntime: stats.Downtime}
+	bitmap, err := c.exportTargets(ctx, sess, snap, sizes, stats)
+	if err != nil {
+		return nil, err
+	}
+	s.log.Debug("cut", "gen", c.gen, "pause", stats.Pause, "downtime", stats.Downtime, "capture", stats.Capture, "stream_bytes", stats.StreamBytes, "chain", bitmap != "")
+	return snap, nil
+}
+
+// exportTargets completes snap, a cut taken with the guest stopped: each
+// disk is exported over NBD (with the previous cut's bitmap, if the chain
+// holds) and checked against its node's size, each RAM block read from
+// the parsed stream. It returns the bitmap used ("" for a full read).
+func (c *cut) exportTargets(ctx context.Context, sess Monitor, snap *sender.Snapshot, sizes []int64, stats CutStats) (string, error) {
+	s := c.s
 	bitmap := ""
 	if c.prev != nil {
 		bitmap = bitmapName(c.prev.gen)
 	}
-	snap = &sender.Snapshot{Cut: stopAt, DeviceState: res.Skeleton, Pause: stats.Pause, HypervisorDowntime: stats.Downtime}
 	if snap.Cut.IsZero() {
 		snap.Cut = s.o.Now()
 	}
@@ -247,16 +261,16 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 			args["bitmaps"] = []map[string]any{{"node": d.Node, "name": bitmap}}
 		}
 		if err := sess.Execute(ctx, "block-export-add", args, nil); err != nil {
-			return nil, fmt.Errorf("livecut: export disk %q: %w", d.Name, err)
+			return "", fmt.Errorf("livecut: export disk %q: %w", d.Name, err)
 		}
 		c.exports = append(c.exports, exp)
 		im, err := openExport(ctx, s.nbdSock, exp, bitmap)
 		if err != nil {
-			return nil, fmt.Errorf("livecut: disk %q: %w", d.Name, err)
+			return "", fmt.Errorf("livecut: disk %q: %w", d.Name, err)
 		}
 		c.images = append(c.images, im)
 		if im.Size() != sizes[i] {
-			return nil, fmt.Errorf("livecut: disk %q: export is %d bytes, the node %d", d.Name, im.Size(), sizes[i])
+			return "", fmt.Errorf("livecut: disk %q: export is %d bytes, the node %d", d.Name, im.Size(), sizes[i])
 		}
 		snap.Targets = append(snap.Targets, c.diskTarget(d, im, bitmap))
 	}
@@ -272,8 +286,7 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 	s.lastStats = stats
 	snap.Planned = c.recordPlanned
 	snap.Close = c.close
-	s.log.Debug("cut", "gen", c.gen, "pause", stats.Pause, "downtime", stats.Downtime, "capture", stats.Capture, "stream_bytes", stats.StreamBytes, "chain", bitmap != "")
-	return snap, nil
+	return bitmap, nil
 }
 
 // PauseAlarm is the guest pause per cut beyond which the sender reports

@@ -1,7 +1,6 @@
 package livecut
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -256,46 +255,10 @@ func (g *GroupCut) Resume(ctx context.Context, tag *vmspec.GroupCut) (snap *send
 	if !g.stopAt.IsZero() {
 		stats.Pause = resumed.Sub(g.stopAt)
 	}
-	bitmap := ""
-	if c.prev != nil {
-		bitmap = bitmapName(c.prev.gen)
-	}
 	snap = &sender.Snapshot{Cut: g.stopAt, DeviceState: res.Skeleton, Pause: stats.Pause, HypervisorDowntime: stats.Downtime, Group: tag}
-	if snap.Cut.IsZero() {
-		snap.Cut = s.o.Now()
+	if _, err := c.exportTargets(ctx, sess, snap, g.sizes, stats); err != nil {
+		return nil, err
 	}
-	for i, d := range s.o.Disks {
-		exp := exportName(c.gen, i)
-		args := map[string]any{"type": "nbd", "id": exp, "node-name": c.nodes[i], "name": exp, "writable": false}
-		if bitmap != "" {
-			args["bitmaps"] = []map[string]any{{"node": d.Node, "name": bitmap}}
-		}
-		if err := sess.Execute(ctx, "block-export-add", args, nil); err != nil {
-			return nil, fmt.Errorf("livecut: export disk %q: %w", d.Name, err)
-		}
-		c.exports = append(c.exports, exp)
-		im, err := openExport(ctx, s.nbdSock, exp, bitmap)
-		if err != nil {
-			return nil, fmt.Errorf("livecut: disk %q: %w", d.Name, err)
-		}
-		c.images = append(c.images, im)
-		if im.Size() != g.sizes[i] {
-			return nil, fmt.Errorf("livecut: disk %q: export is %d bytes, the node %d", d.Name, im.Size(), g.sizes[i])
-		}
-		snap.Targets = append(snap.Targets, c.diskTarget(d, im, bitmap))
-	}
-	for i, b := range c.flat.BlockList() {
-		nz := c.flat.NonZero(i)
-		snap.Targets = append(snap.Targets, sender.Target{
-			Kind: vmspec.KindRAM, Name: b.ID, Size: b.Length, BlockSize: vmspec.PageSize,
-			Reader:  bytes.NewReader(c.flat.Block(i)),
-			Extents: func(context.Context, int64, int64) ([]sender.Extent, error) { return ramExtents(nz), nil },
-		})
-	}
-	stats.NBDSocket, stats.Exports = s.nbdSock, c.exports
-	s.lastStats = stats
-	snap.Planned = c.recordPlanned
-	snap.Close = c.close
 	g.done = true
 	g.cancel()
 	if g.sub != nil {
