@@ -208,6 +208,7 @@ type vmLoop struct {
 	// leader paces) plans the cut.
 	grouped bool
 	group   *groupRun
+	follow  *groupFollow // a follower's group: it reports the epochs to the leader
 
 	// With adaptive epochs, the progress of the epoch being sent feeds the
 	// pacer every liveEvery, so that the prediction follows the transfer.
@@ -345,6 +346,7 @@ func (a *Agent) newVMLoop(vm VM, share float64) (*vmLoop, error) {
 	var src sender.Source
 	var closer io.Closer
 	var grp *groupRun
+	var follow *groupFollow
 	var grouped bool
 	if v.Live != nil {
 		lo := *v.Live
@@ -362,7 +364,7 @@ func (a *Agent) newVMLoop(vm VM, share float64) (*vmLoop, error) {
 			g.members[v.Name] = groupMember(ls)
 			src = g.source(v.Name)
 		} else if f := a.follows[v.Name]; f != nil {
-			grouped = true
+			grouped, follow = true, f
 			f.members[v.Name] = f.member(v.Name, groupMember(ls))
 			src = followSource{f, v.Name}
 		}
@@ -428,6 +430,7 @@ func (a *Agent) newVMLoop(vm VM, share float64) (*vmLoop, error) {
 		source:  closer,
 		grouped: grouped,
 		group:   grp,
+		follow:  follow,
 
 		live:      live,
 		liveEvery: time.Second,
@@ -507,6 +510,8 @@ func (l *vmLoop) run(ctx context.Context) error {
 		if l.grouped {
 			if l.group != nil {
 				l.group.committed(l.vm.Name, res, l.now())
+			} else if l.follow != nil {
+				l.follow.committed(l.vm.Name, res, l.now())
 			}
 			pc.next = time.Time{} // the group plans when it cuts
 		}

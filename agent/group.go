@@ -340,7 +340,9 @@ func (a *Agent) setupGroups() (start func(), err error) {
 				return nil, &SetupError{g.Local[0], fmt.Errorf("group %s: listen for its followers on %s: %w", g.Name, g.Listen, err)}
 			}
 			closers = append(closers, func() { ln.Close() })
-			run.remote = NewFollowers(ctx, g, ln, o.Logger)
+			fl := NewFollowers(ctx, g, ln, o.Logger)
+			fl.setEpochSink(run.remoteCommitted)
+			run.remote = fl
 		}
 		for _, m := range g.Local {
 			a.groups[m] = run

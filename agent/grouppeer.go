@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/drsync/drsync/epochctl"
 	"github.com/drsync/drsync/groupcut"
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/transport"
@@ -27,6 +28,19 @@ import (
 //	follower → leader  {"group":"shop","kind":"held","cut":7,"member":"web-1"}
 //	                   {"...","kind":"failed","reason":"..."}
 //
+// Version 2 adds the members' epochs, so that the leader paces the group
+// on every member's bytes, not only its own members': the follower's
+// hello says "version":2; a leader that speaks it answers with
+// {"group":"shop","version":2} before anything else, and only then does
+// the follower report each committed epoch of a group cut:
+//
+//	follower → leader  {"group":"shop","kind":"epoch","cut":7,"member":"web-1","epoch":{...}}
+//
+// A version 1 follower (no version in its hello) still takes part in the
+// cuts; the leader warns that its members' bytes do not pace the group.
+// A version 1 leader sends no answer, so a version 2 follower never
+// reports to it.
+//
 // kind is a groupcut.Kind's name. The cut's tag (members sorted) is known
 // to both sides from the configuration, so the messages carry only its
 // number. A lost or late message is a silent member: the leader aborts
@@ -34,13 +48,52 @@ import (
 
 const maxPeerLine = 4 << 10
 
+// groupProtocol is the version of the group protocol this side speaks.
+const groupProtocol = 2
+
+// helloVersion is the version a follower's hello states (tests make it
+// an older follower's).
+var helloVersion = groupProtocol
+
+// epochKind is the kind of a version 2 follower's epoch report.
+const epochKind = "epoch"
+
 type peerLine struct {
-	Group  string   `json:"group"`
-	Hello  []string `json:"hello,omitempty"`
-	Kind   string   `json:"kind,omitempty"`
-	Cut    uint64   `json:"cut,omitempty"`
-	Member string   `json:"member,omitempty"`
-	Reason string   `json:"reason,omitempty"`
+	Group   string     `json:"group"`
+	Version int        `json:"version,omitempty"` // hello and the leader's answer; absent: 1
+	Hello   []string   `json:"hello,omitempty"`
+	Epoch   *peerEpoch `json:"epoch,omitempty"`
+	Kind    string     `json:"kind,omitempty"`
+	Cut     uint64     `json:"cut,omitempty"`
+	Member  string     `json:"member,omitempty"`
+	Reason  string     `json:"reason,omitempty"`
+}
+
+// peerEpoch is a member's committed epoch of a group cut, as the leader's
+// controller takes it (epochctl.Observation). Instants travel as the time
+// from the cut to the commit: the hosts' clocks need not agree, so the
+// leader places the commit at the report's arrival.
+type peerEpoch struct {
+	CutToCommitNS int64 `json:"cut_to_commit_ns"`
+	IntervalNS    int64 `json:"interval_ns,omitempty"`
+	ChangedBytes  int64 `json:"changed_bytes"`
+	DedupedBytes  int64 `json:"deduped_bytes,omitempty"`
+	WireBytes     int64 `json:"wire_bytes"`
+	SendNS        int64 `json:"send_ns"`
+	CPUNS         int64 `json:"cpu_ns,omitempty"`
+	Level         int   `json:"level"`
+}
+
+func epochOf(o epochctl.Observation) *peerEpoch {
+	return &peerEpoch{CutToCommitNS: int64(o.Committed.Sub(o.Cut)), IntervalNS: int64(o.Interval), ChangedBytes: o.ChangedBytes,
+		DedupedBytes: o.DedupedBytes, WireBytes: o.WireBytes, SendNS: int64(o.SendTime), CPUNS: int64(o.CPUTime), Level: int(o.Level)}
+}
+
+// observation is e as received at now, on the leader's clock.
+func (e *peerEpoch) observation(now time.Time) epochctl.Observation {
+	return epochctl.Observation{Cut: now.Add(-time.Duration(max(e.CutToCommitNS, 0))), Committed: now, Interval: time.Duration(max(e.IntervalNS, 0)),
+		ChangedBytes: e.ChangedBytes, DedupedBytes: e.DedupedBytes, WireBytes: e.WireBytes,
+		SendTime: time.Duration(max(e.SendNS, 0)), CPUTime: time.Duration(max(e.CPUNS, 0)), Level: epochctl.Level(e.Level)}
 }
 
 func writeLine(w io.Writer, l peerLine) error {
@@ -69,6 +122,14 @@ func (l peerLine) msg() (groupcut.Msg, error) {
 	return groupcut.Msg{Kind: k, Cut: l.Cut, Member: l.Member, Reason: l.Reason}, nil
 }
 
+// MemberEpoch is a member's committed epoch of group cut Cut, as a
+// follower reports it to its leader.
+type MemberEpoch struct {
+	Member string
+	Cut    uint64
+	epochctl.Observation
+}
+
 // Followers is the leader's side of a group spanning hosts: it accepts
 // the followers and carries the group cut's messages to their members
 // (a Remote for LeadGroupCut).
@@ -79,11 +140,33 @@ type Followers struct {
 
 	mu    sync.Mutex
 	conns map[string]*followerConn // by member
+	sink  epochSink
+}
+
+// epochSink is what a leader's followers hand their members' committed
+// epochs to (the group's pacing).
+type epochSink func(member string, cut uint64, e *peerEpoch)
+
+// setEpochSink makes the followers' epoch reports go to sink.
+func (f *Followers) setEpochSink(sink epochSink) {
+	f.mu.Lock()
+	f.sink = sink
+	f.mu.Unlock()
+}
+
+// Reports reports whether member's follower is connected and reports its
+// epochs (speaks version 2).
+func (f *Followers) Reports(member string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fc := f.conns[member]
+	return fc != nil && fc.version >= 2
 }
 
 type followerConn struct {
-	mu sync.Mutex
-	s  transport.Stream
+	mu      sync.Mutex
+	s       transport.Stream
+	version int // the group protocol both sides speak
 }
 
 // NewFollowers serves the followers of group o on ln until ctx ends. The
@@ -125,11 +208,22 @@ func (f *Followers) serve(ctx context.Context, c *transport.Conn) error {
 	if hello.Group != f.o.Name || len(hello.Hello) == 0 {
 		return fmt.Errorf("follower %s says it follows group %q with %v; this leader leads %q", c.Peer().CommonName, hello.Group, hello.Hello, f.o.Name)
 	}
-	fc := &followerConn{s: s}
+	fc := &followerConn{s: s, version: min(max(hello.Version, 1), groupProtocol)}
 	for _, m := range hello.Hello {
 		if _, ok := slices.BinarySearch(f.o.Members, m); !ok || slices.Contains(f.o.Local, m) {
 			return fmt.Errorf("follower %s claims VM %q, not one of the group's members on other hosts", c.Peer().CommonName, m)
 		}
+	}
+	if fc.version >= 2 {
+		// Before any cut's message: the follower reports its epochs only
+		// once it has read this.
+		s.SetWriteDeadline(time.Now().Add(f.o.StepTimeout))
+		if err := writeLine(s, peerLine{Group: f.o.Name, Version: fc.version}); err != nil {
+			return fmt.Errorf("answer to the hello of follower %s: %w", c.Peer().CommonName, err)
+		}
+	} else {
+		f.log.Warn("group follower speaks group protocol 1: its members take part in the cuts, but their epochs do not pace the group; upgrade it",
+			"peer", c.Peer().CommonName, "members", hello.Hello)
 	}
 	f.mu.Lock()
 	for _, m := range hello.Hello {
@@ -150,6 +244,18 @@ func (f *Followers) serve(ctx context.Context, c *transport.Conn) error {
 		var l peerLine
 		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
 			return fmt.Errorf("message: %w", err)
+		}
+		if l.Kind == epochKind {
+			if l.Epoch == nil || fc.version < 2 || !slices.Contains(hello.Hello, l.Member) {
+				return fmt.Errorf("epoch report %q from a follower of %v speaking group protocol %d", sc.Text(), hello.Hello, fc.version)
+			}
+			f.mu.Lock()
+			sink := f.sink
+			f.mu.Unlock()
+			if sink != nil {
+				sink(l.Member, l.Cut, l.Epoch)
+			}
+			continue
 		}
 		m, err := l.msg()
 		if err != nil || !slices.Contains(hello.Hello, m.Member) {
@@ -198,24 +304,33 @@ func (f *Followers) Recv() <-chan groupcut.Msg { return f.recv }
 // committed cut goes to snapshot (which sends and closes it). A member
 // held stopped resumes by itself when the leader falls silent, also once
 // the stream is gone: FollowGroup returns only when no member holds a
-// guest stopped.
-func FollowGroup(ctx context.Context, o groupcut.Options, s io.ReadWriter, members map[string]GroupMember, snapshot func(vm string, snap *sender.Snapshot), now func() time.Time, log *slog.Logger) error {
+// guest stopped. The members' committed epochs that arrive on epochs are
+// reported to a leader that takes them (version 2), dropped otherwise.
+func FollowGroup(ctx context.Context, o groupcut.Options, s io.ReadWriter, members map[string]GroupMember, snapshot func(vm string, snap *sender.Snapshot), epochs <-chan MemberEpoch, now func() time.Time, log *slog.Logger) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if err := writeLine(s, peerLine{Group: o.Name, Hello: o.Local}); err != nil {
+	if err := writeLine(s, peerLine{Group: o.Name, Version: helloVersion, Hello: o.Local}); err != nil {
 		return fmt.Errorf("group %s: hello: %w", o.Name, err)
 	}
 	in := make(chan groupcut.Msg, 64)
 	readErr := make(chan error, 1)
+	leaderVersion := make(chan int, 1)
 	go func() {
 		sc := newLineScanner(s)
+		first := true
 		for sc.Scan() {
 			var l peerLine
 			if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
 				readErr <- fmt.Errorf("message from the leader: %w", err)
 				return
 			}
+			if first && l.Version > 0 && l.Kind == "" && l.Group == o.Name {
+				leaderVersion <- l.Version // it takes our epochs
+				first = false
+				continue
+			}
+			first = false
 			m, err := l.msg()
 			if err != nil || l.Group != o.Name {
 				readErr <- fmt.Errorf("message %q from the leader: %v", sc.Text(), err)
@@ -279,6 +394,7 @@ func FollowGroup(ctx context.Context, o groupcut.Options, s io.ReadWriter, membe
 		out = append(out, mo.Send...)
 	}
 	var failed error
+	reporting := false // the leader takes epoch reports
 	done := ctx.Done()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -317,6 +433,14 @@ func FollowGroup(ctx context.Context, o groupcut.Options, s io.ReadWriter, membe
 		case m := <-in:
 			if mm := machines[m.Member]; mm != nil {
 				do(m.Member, mm.Receive(now(), m))
+			}
+		case v := <-leaderVersion:
+			reporting = v >= 2
+		case e := <-epochs:
+			if reporting && failed == nil && slices.Contains(o.Local, e.Member) {
+				if err := writeLine(s, peerLine{Group: o.Name, Kind: epochKind, Cut: e.Cut, Member: e.Member, Epoch: epochOf(e.Observation)}); err != nil {
+					failed = fmt.Errorf("group %s: write to the leader: %w", o.Name, err)
+				}
 			}
 		case err := <-readErr:
 			failed = fmt.Errorf("group %s: the leader's stream: %w", o.Name, err)

@@ -106,7 +106,7 @@ func TestGroupAcrossHosts(t *testing.T) {
 	followed := make(chan error, 1)
 	go func() {
 		followed <- FollowGroup(fctx, of, fs, map[string]GroupMember{"b": func(context.Context) (GroupSteps, error) { return b, nil }},
-			func(vm string, s *sender.Snapshot) { mu.Lock(); got[s.Group.Cut] = s; mu.Unlock() }, time.Now, nil)
+			func(vm string, s *sender.Snapshot) { mu.Lock(); got[s.Group.Cut] = s; mu.Unlock() }, nil, time.Now, nil)
 	}()
 	for deadline := time.Now().Add(5 * time.Second); !followers.Has("b"); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {

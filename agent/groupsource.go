@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -39,11 +40,21 @@ type groupRun struct {
 	waiting map[string]chan groupSnap
 	running bool
 
-	plan    *epochctl.Group                 // created with the first group epoch committed
-	parts   map[string]epochctl.Observation // members' parts of the latest group epoch
-	prevCut map[string]time.Time            // each member's previous committed cut
-	next    time.Time                       // the planned next cut; zero: at once
-	reason  string                          // the plan's one line
+	plan     *epochctl.Group                            // created with the first group epoch committed
+	parts    map[uint64]map[string]epochctl.Observation // members' parts of group epochs not yet planned from, by cut
+	prevCut  map[string]time.Time                       // each local member's previous committed cut
+	cutOf    map[string]uint64                          // the group cut each local member's snapshot came from
+	lastCut  uint64                                     // the newest committed group cut
+	planned  uint64                                     // the group cut the plan was made from
+	replan   chan struct{}                              // closed when a plan is made
+	next     time.Time                                  // the planned next cut; zero: at once
+	interval time.Duration                              // the plan's epoch length
+	reason   string                                     // the plan's one line
+}
+
+// reporter is a Remote whose members on other hosts report their epochs.
+type reporter interface {
+	Reports(member string) bool
 }
 
 type groupSnap struct {
@@ -56,34 +67,85 @@ func newGroupRun(o groupcut.Options, now func() time.Time, sleep func(context.Co
 	// does: a restarted leader starts above any number it used before.
 	return &groupRun{o: o, leader: groupcut.NewLeader(o, uint64(now().UnixMilli())), members: map[string]GroupMember{},
 		now: now, sleep: sleep, log: log.With("group", o.Name), waiting: map[string]chan groupSnap{},
-		parts: map[string]epochctl.Observation{}, prevCut: map[string]time.Time{}}
+		parts: map[uint64]map[string]epochctl.Observation{}, prevCut: map[string]time.Time{}, cutOf: map[string]uint64{}, replan: make(chan struct{})}
 }
 
-// committed takes member vm's committed epoch of a group cut, acknowledged
-// at now. When every local member has committed its part, the group's
-// controller observes their sum and plans the next cut.
+// observation is a member's committed epoch res, acknowledged at now, as
+// the group's controller takes it; prev is the member's previous cut.
+func observation(res *sender.Result, prev, now time.Time) epochctl.Observation {
+	var interval time.Duration
+	if !prev.IsZero() && res.Cut.After(prev) {
+		interval = res.Cut.Sub(prev)
+	}
+	return epochctl.Observation{
+		Cut: res.Cut, Committed: now, Interval: interval,
+		ChangedBytes: int64(res.DataBytes + res.RefBytes), DedupedBytes: int64(res.RefBytes), WireBytes: int64(res.WireBytes),
+		SendTime: res.SendTime, CPUTime: res.CompressTime, Level: epochctl.Level(res.Compression),
+	}
+}
+
+// committed takes local member vm's committed epoch of a group cut,
+// acknowledged at now.
 func (g *groupRun) committed(vm string, res *sender.Result, now time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	var interval time.Duration
-	if p := g.prevCut[vm]; !p.IsZero() && res.Cut.After(p) {
-		interval = res.Cut.Sub(p)
-	}
+	obs := observation(res, g.prevCut[vm], now)
 	g.prevCut[vm] = res.Cut
-	level := epochctl.Level(res.Compression)
-	g.parts[vm] = epochctl.Observation{
-		Cut: res.Cut, Committed: now, Interval: interval,
-		ChangedBytes: int64(res.DataBytes + res.RefBytes), DedupedBytes: int64(res.RefBytes), WireBytes: int64(res.WireBytes),
-		SendTime: res.SendTime, CPUTime: res.CompressTime, Level: level,
-	}
-	if len(g.parts) < len(g.o.Local) {
+	g.addPart(vm, g.cutOf[vm], obs, now)
+}
+
+// remoteCommitted takes a follower's report of its member's committed
+// epoch of group cut cut, arrived now.
+func (g *groupRun) remoteCommitted(vm string, cut uint64, e *peerEpoch) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if !slices.Contains(g.o.Members, vm) || slices.Contains(g.o.Local, vm) {
 		return
 	}
-	parts := make([]epochctl.Observation, 0, len(g.parts))
-	for _, m := range g.o.Local {
-		parts = append(parts, g.parts[m])
+	now := g.now()
+	g.addPart(vm, cut, e.observation(now), now)
+}
+
+// expected are the members whose epochs the plan waits for: the local
+// ones and those on followers that report them. A follower that does not
+// (protocol 1, or away) leaves its members' bytes out of the plan.
+func (g *groupRun) expected() []string {
+	out := slices.Clone(g.o.Local)
+	r, _ := g.remote.(reporter)
+	for _, m := range g.o.Members {
+		if r != nil && !slices.Contains(g.o.Local, m) && r.Reports(m) {
+			out = append(out, m)
+		}
 	}
-	g.parts = map[string]epochctl.Observation{}
+	return out
+}
+
+// addPart records member vm's part of group cut cut. Once every expected
+// member's part of it is in, the group's controller observes their sum
+// and plans the next cut. Called with g.mu held.
+func (g *groupRun) addPart(vm string, cut uint64, obs epochctl.Observation, now time.Time) {
+	if cut < g.planned {
+		return // a part of a cut planned from already
+	}
+	if g.parts[cut] == nil {
+		g.parts[cut] = map[string]epochctl.Observation{}
+	}
+	g.parts[cut][vm] = obs
+	var parts []epochctl.Observation
+	for _, m := range g.expected() {
+		p, ok := g.parts[cut][m]
+		if !ok {
+			return
+		}
+		parts = append(parts, p)
+	}
+	for c := range g.parts {
+		if c <= cut {
+			delete(g.parts, c)
+		}
+	}
+	g.planned = cut
+	level := parts[0].Level
 	if g.plan == nil {
 		// The members' compression is their own: the group plans at it.
 		if !level.Valid() {
@@ -98,7 +160,9 @@ func (g *groupRun) committed(vm string, res *sender.Result, now time.Time) {
 	}
 	g.plan.Observe(parts)
 	d := g.plan.Decide(now)
-	g.next, g.reason = d.NextCut, d.Reason
+	g.next, g.interval, g.reason = d.NextCut, d.Interval, d.Reason
+	close(g.replan)
+	g.replan = make(chan struct{})
 	if d.Breach {
 		g.log.Warn("group rpo breach predicted", "plan", d.Reason)
 	}
@@ -110,6 +174,32 @@ func (g *groupRun) nextCut() time.Time {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.next
+}
+
+// waitPlan waits, at most bound, for the plan from the newest committed
+// cut while some of its parts are still to come from followers: their
+// members ask for the next cut only once they have committed, so the
+// wait is mostly free, and the cut then goes by every member's bytes.
+func (g *groupRun) waitPlan(ctx context.Context, bound time.Duration) {
+	timer := time.NewTimer(bound)
+	defer timer.Stop()
+	for {
+		g.mu.Lock()
+		if g.planned >= g.lastCut || len(g.expected()) == len(g.o.Local) {
+			g.mu.Unlock()
+			return
+		}
+		ch := g.replan
+		g.mu.Unlock()
+		select {
+		case <-ch:
+		case <-timer.C:
+			g.log.Warn("group pacing: a follower's epoch report did not come; planning without it", "cut", g.lastCut)
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // source is member vm's sender.Source.
@@ -166,6 +256,7 @@ func (g *groupRun) cut(ctx context.Context, batch map[string]chan groupSnap) {
 		g.running = false
 		g.mu.Unlock()
 	}()
+	g.waitPlan(ctx, g.o.PrepareTimeout)
 	if wait := g.nextCut().Sub(g.now()); wait > 0 {
 		if err := g.sleep(ctx, wait); err != nil {
 			for _, ch := range batch {
@@ -183,6 +274,12 @@ func (g *groupRun) cut(ctx context.Context, batch map[string]chan groupSnap) {
 		res, err := LeadGroupCut(ctx, g.o, g.leader, g.members, g.remote, g.now, g.log)
 		if err == nil {
 			g.log.Info("group cut", "cut", res.Tag.Cut, "members", len(res.Snapshots))
+			g.mu.Lock()
+			g.lastCut = res.Tag.Cut
+			for vm := range batch {
+				g.cutOf[vm] = res.Tag.Cut
+			}
+			g.mu.Unlock()
 			for vm, ch := range batch {
 				ch <- groupSnap{snap: res.Snapshots[vm]}
 			}
@@ -224,12 +321,33 @@ type groupFollow struct {
 	sleep   func(ctx context.Context, d time.Duration) error
 	members map[string]GroupMember
 
+	epochs chan MemberEpoch // committed epochs, for the leader's pacing
+
 	mu      sync.Mutex
 	waiting map[string]chan groupSnap
+	cutOf   map[string]uint64    // the group cut each member's snapshot came from
+	prevCut map[string]time.Time // each member's previous committed cut
 }
 
 func newGroupFollow(o groupcut.Options, now func() time.Time, sleep func(context.Context, time.Duration) error, log *slog.Logger) *groupFollow {
-	return &groupFollow{o: o, log: log.With("group", o.Name), now: now, sleep: sleep, members: map[string]GroupMember{}, waiting: map[string]chan groupSnap{}}
+	return &groupFollow{o: o, log: log.With("group", o.Name), now: now, sleep: sleep, members: map[string]GroupMember{}, waiting: map[string]chan groupSnap{},
+		epochs: make(chan MemberEpoch, 16), cutOf: map[string]uint64{}, prevCut: map[string]time.Time{}}
+}
+
+// committed reports member vm's committed epoch, acknowledged at now, to
+// the leader, whose controller paces the group on every member's bytes.
+// A report that finds no room (the leader's link is down) is dropped: the
+// leader then plans without it.
+func (g *groupFollow) committed(vm string, res *sender.Result, now time.Time) {
+	g.mu.Lock()
+	e := MemberEpoch{Member: vm, Cut: g.cutOf[vm], Observation: observation(res, g.prevCut[vm], now)}
+	g.prevCut[vm] = res.Cut
+	g.mu.Unlock()
+	select {
+	case g.epochs <- e:
+	default:
+		g.log.Warn("group pacing: an epoch report to the leader is dropped", "vm", vm, "cut", e.Cut)
+	}
 }
 
 type followSource struct {
@@ -280,6 +398,9 @@ func (g *groupFollow) deliver(vm string, snap *sender.Snapshot) {
 	g.mu.Lock()
 	ch := g.waiting[vm]
 	delete(g.waiting, vm)
+	if ch != nil && snap.Group != nil {
+		g.cutOf[vm] = snap.Group.Cut
+	}
 	g.mu.Unlock()
 	if ch == nil {
 		snap.Close()
@@ -294,7 +415,7 @@ func (g *groupFollow) run(ctx context.Context, dial func(ctx context.Context) (i
 		s, closeConn, err := dial(ctx)
 		if err == nil {
 			g.log.Info("following the group's leader", "leader", g.o.Leader)
-			err = FollowGroup(ctx, g.o, s, g.members, g.deliver, g.now, g.log)
+			err = FollowGroup(ctx, g.o, s, g.members, g.deliver, g.epochs, g.now, g.log)
 			closeConn()
 		}
 		if ctx.Err() != nil {
