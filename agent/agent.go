@@ -338,6 +338,25 @@ func (lp *liveProgress) get() (sender.Progress, time.Time) {
 	return lp.p, lp.at
 }
 
+// liveSource is live VM v's sender.Source, cutting through ls: its own
+// cuts, or its group's (led here, grp, or followed, follow). A libvirt
+// domain's snapshots carry its definition either way, read just after
+// the cut, so that a group point's replica holds the machine its memory
+// belongs to as a single cut's does.
+func (a *Agent) liveSource(v *VM, ls *livecut.Source) (src sender.Source, grp *groupRun, follow *groupFollow) {
+	src = ls
+	if g := a.groups[v.Name]; g != nil {
+		grp = g
+		g.members[v.Name] = groupMember(ls)
+		src = g.source(v.Name)
+	} else if f := a.follows[v.Name]; f != nil {
+		follow = f
+		f.members[v.Name] = f.member(v.Name, groupMember(ls))
+		src = followSource{f, v.Name}
+	}
+	return v.Libvirt.WithDefinition(src), grp, follow
+}
+
 func (a *Agent) newVMLoop(vm VM, share float64) (*vmLoop, error) {
 	o := a.o
 	v := &vm
@@ -356,18 +375,9 @@ func (a *Agent) newVMLoop(vm VM, share float64) (*vmLoop, error) {
 		if err != nil {
 			return nil, &SetupError{v.Name, err}
 		}
-		// A libvirt domain's snapshots carry its definition; a group
-		// member's cut goes through the group (without it, for now).
-		src, closer = v.Libvirt.WithDefinition(ls), ls
-		if g := a.groups[v.Name]; g != nil {
-			grp, grouped = g, true
-			g.members[v.Name] = groupMember(ls)
-			src = g.source(v.Name)
-		} else if f := a.follows[v.Name]; f != nil {
-			grouped, follow = true, f
-			f.members[v.Name] = f.member(v.Name, groupMember(ls))
-			src = followSource{f, v.Name}
-		}
+		closer = ls
+		src, grp, follow = a.liveSource(v, ls)
+		grouped = grp != nil || follow != nil
 	} else {
 		fs, err := sender.NewFileSource(*v.Files)
 		if err != nil {
