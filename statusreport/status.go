@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/drsync/drsync/agent"
+	"github.com/drsync/drsync/groupcut"
 	"github.com/drsync/drsync/internal/jsonfile"
 	"github.com/drsync/drsync/receiver/serve"
 	"github.com/drsync/drsync/replica"
@@ -40,6 +41,8 @@ type Row struct {
 	Guest *agent.Guest `json:"guest,omitempty"`
 	// Drill is a replica's last failover drill (drsync failover --drill).
 	Drill *runbook.DrillResult `json:"drill,omitempty"`
+	// Group is the VM's consistency group, if it is in one.
+	Group *Group `json:"group,omitempty"`
 }
 
 func (v *Row) setCut(cut, now time.Time) {
@@ -61,6 +64,8 @@ type SenderVM struct {
 	WorkDir string
 	// RPOTarget is the configured target (0: none), for the status page.
 	RPOTarget time.Duration
+	// Group is the consistency group the VM is in, if any.
+	Group *groupcut.Options
 }
 
 // Sender builds the rows of a sender's VMs at now. A row says what could
@@ -98,6 +103,7 @@ func Sender(vms []SenderVM, now time.Time) ([]Row, []error) {
 		row.BytesSent = &st.BytesSent
 		rows = append(rows, row)
 	}
+	addSenderGroups(rows, vms, now)
 	return rows, problems
 }
 

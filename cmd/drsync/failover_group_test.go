@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"path/filepath"
 	"regexp"
 	"testing"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/drsync/drsync/receiver"
 	"github.com/drsync/drsync/sender"
+	"github.com/drsync/drsync/statusreport"
 	"github.com/drsync/drsync/testkit"
 	"github.com/drsync/drsync/vfs"
 	"github.com/drsync/drsync/vfs/memfs"
@@ -78,6 +80,17 @@ func TestFailoverConsistencyGroupDryRun(t *testing.T) {
 	_, out, errs := drsync(t, "status", "--config", filepath.Join(dir, "receiver.toml"))
 	if !regexp.MustCompile(`(?m)^shop +cut 2 +1970-01-01T00:00:02Z +\S+ +db-1 epoch 2, web-1 epoch 3$`).MatchString(out) {
 		t.Errorf("status does not show the group point:\n%s%s", out, errs)
+	}
+	// status --json carries it in each member's row, with the VM's epoch.
+	_, out, _ = drsync(t, "status", "--config", filepath.Join(dir, "receiver.toml"), "--json")
+	var rows []statusreport.Row
+	if err := json.Unmarshal([]byte(out), &rows); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, out)
+	}
+	for _, r := range rows {
+		if g := r.Group; g == nil || g.Name != "shop" || g.Cut != 2 || g.Epoch != map[string]uint64{"db-1": 2, "web-1": 3}[r.VM] || g.RPOLagSeconds == nil {
+			t.Errorf("status --json: %s's group %+v", r.VM, g)
+		}
 	}
 	if page := mustReceiverConfig(t, filepath.Join(dir, "receiver.toml")).statusSource().Page(time.Now()); len(page.ConsistencyGroups) != 1 || page.ConsistencyGroups[0].Cut != 2 {
 		t.Errorf("status page groups %+v", page.ConsistencyGroups)

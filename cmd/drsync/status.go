@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io/fs"
+	"slices"
 	"time"
 
 	"github.com/BurntSushi/toml"
@@ -65,6 +66,7 @@ status files and the replicas' manifests.`,
 			rows, problems = cfg.statusSource().Rows(now)
 			groups, err = replica.NewestGroupPoints(vfs.Default, cfg.Storage.Dir, cfg.vmNames())
 			problems = append(problems, err)
+			statusreport.AddGroupPoints(rows, groups, now)
 		}
 		if asJSON {
 			if rows == nil {
@@ -112,6 +114,11 @@ func (c *SenderConfig) statusVMs(vms []agent.VMSettings) []statusreport.SenderVM
 	for i, v := range vms {
 		dir := c.stateDir(v.Name)
 		out[i] = statusreport.SenderVM{Name: v.Name, StateDir: dir, RPOTarget: v.RPOTarget}
+		for j, g := range c.groups {
+			if slices.Contains(g.Members, v.Name) {
+				out[i].Group = &c.groups[j]
+			}
+		}
 		if v.Live() {
 			out[i].WorkDir = v.LiveOptions(dir, time.Now).WorkDir
 		}
