@@ -10,7 +10,9 @@
 // A consistency group's members on this host (Options.Groups) take their
 // snapshots from one group cut (group.go, groupsource.go), driven by
 // package groupcut's state machines; grouppeer.go carries a group's cut
-// between a leader and followers on other hosts (its lines drawn there).
+// between a leader and followers on other hosts (its lines drawn there),
+// and since protocol 2 the followers' committed epochs, so that the
+// leader paces the group on every member's bytes.
 // Reload applies new options to a running agent: the bandwidth cap at once
 // (Cap), pacing between epochs, VMs added, and VMs removed or replaced
 // after their epoch in flight.

@@ -23,10 +23,11 @@ import (
 // slowest member sends. An aborted cut is retried (after the group's
 // RetryAfter) while the members wait.
 //
-// The group's rpo paces it: once every local member has committed its
-// part of a group cut, one controller (epochctl.Group) plans the next cut
-// from their summed epochs, and the cut waits for that instant; members
-// ask for their next snapshot as soon as they have committed.
+// The group's rpo paces it: once every member has committed its part of
+// a group cut (the local ones, and those of followers that report their
+// epochs), one controller (epochctl.Group) plans the next cut from their
+// summed epochs, and the cut waits for that instant; members ask for
+// their next snapshot as soon as they have committed.
 type groupRun struct {
 	o       groupcut.Options
 	leader  *groupcut.Leader
