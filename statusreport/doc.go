@@ -1,7 +1,7 @@
 // Package statusreport builds and renders what "drsync status", "drsync
 // verify" and the status page beside the metrics show: per VM the committed
-// epoch, RPO lag, bytes, last error, guest pauses and last drill, and a
-// replica's verify report.
+// epoch, RPO lag, bytes, last error, guest pauses, last drill and
+// consistency group (groups.go), and a replica's verify report.
 //
 // It owns the report rows (their JSON form is part of the command's
 // output), the tables and notes printed for people, and the conversion of
