@@ -2,9 +2,9 @@ package grouppoint
 
 import (
 	"cmp"
-	"maps"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strings"
 	"text/tabwriter"
