@@ -37,13 +37,6 @@ const (
 // sent, and both DR guests continue from the cut with their memory (their
 // counters, and the messages, go on from there).
 func TestGroupNetKilledSender(t *testing.T) {
-	// A DR guest resumed after a failover of two VMs cut by one sender
-	// process sometimes panics in its kernel: one memory image is not
-	// consistent. Until the cause is found, these tests run only when
-	// asked, and no guarantee names them.
-	if os.Getenv("DRSYNC_E2E_TWO_GUEST_FAILOVER") == "" {
-		t.Skip("set DRSYNC_E2E_TWO_GUEST_FAILOVER=1 to run: a DR guest of a two-VM failover sometimes panics after its resume (open defect)")
-	}
 	for run := 1; run <= 3; run++ {
 		t.Run(fmt.Sprintf("kill%d", run), func(t *testing.T) { groupNetRun(t, 1) })
 	}
@@ -54,13 +47,6 @@ func TestGroupNetKilledSender(t *testing.T) {
 // group's cuts and a follower, own state directories); both are SIGKILLed
 // at once, as when the site dies.
 func TestGroupNetKilledSenders(t *testing.T) {
-	// A DR guest resumed after a failover of two VMs cut by one sender
-	// process sometimes panics in its kernel: one memory image is not
-	// consistent. Until the cause is found, these tests run only when
-	// asked, and no guarantee names them.
-	if os.Getenv("DRSYNC_E2E_TWO_GUEST_FAILOVER") == "" {
-		t.Skip("set DRSYNC_E2E_TWO_GUEST_FAILOVER=1 to run: a DR guest of a two-VM failover sometimes panics after its resume (open defect)")
-	}
 	for run := 1; run <= 3; run++ {
 		t.Run(fmt.Sprintf("kill%d", run), func(t *testing.T) { groupNetRun(t, 2) })
 	}

@@ -65,6 +65,15 @@ func newPair(t testing.TB, vms []vmSpec, opts ...string) *pair {
 	p.fpA = fingerprint(t, filepath.Join(p.dir, "keys", "site-a"))
 	p.fpB = fingerprint(t, filepath.Join(p.dir, "keys", "site-b"))
 	p.replicas = filepath.Join(p.dir, "replicas")
+	if keep := os.Getenv("DRSYNC_E2E_KEEP_FAILED"); keep != "" {
+		t.Cleanup(func() {
+			if t.Failed() {
+				to := filepath.Join(keep, fmt.Sprintf("%s-%d", strings.ReplaceAll(t.Name(), "/", "_"), time.Now().Unix()))
+				out, err := exec.Command("cp", "-a", "--sparse=always", p.dir, to).CombinedOutput()
+				t.Logf("kept %s in %s: %v %s", p.dir, to, err, out)
+			}
+		})
+	}
 	names := make([]string, len(vms))
 	for i, v := range vms {
 		names[i] = fmt.Sprintf("%q", v.name)

@@ -18,6 +18,8 @@ type observed struct {
 	Files   []string // names in the work directory
 	// CutInFlight: the cut marker exists, so a predecessor died during a cut.
 	CutInFlight bool
+	// CutStopped: and its mark says it stopped the guest itself.
+	CutStopped bool
 }
 
 type observedBitmap struct {
@@ -46,10 +48,12 @@ func planCleanup(o observed, disks []string, keep string) (steps []step, keepOK 
 	if slices.Contains(migrationActive, o.Migration) {
 		steps = append(steps, step{Cmd: "migrate_cancel"})
 	}
-	if resumeAfterKilledCut(o) {
+	if resumeAfterKilledCut(o) || o.CutInFlight && o.CutStopped && o.Status == "paused" {
 		// Stopped by our cut's migration, whose cont never came. Without
 		// the cut marker a completed migration may be the operator's, and
-		// its source must stay stopped.
+		// its source must stay stopped. A cut that stopped the guest
+		// itself marked so: its guest is resumed whatever became of the
+		// migration (cancelled just above if it still ran).
 		steps = append(steps, step{Cmd: "cont"})
 	}
 	for _, id := range o.Exports {

@@ -129,7 +129,7 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 	}
 	// From here until the guest runs again, a sender that dies leaves the
 	// mark, and its guard (or the next sender) resumes the guest.
-	if err := s.markCut(c.gen); err != nil {
+	if err := s.markCutStopped(c.gen, s.stoppedPass); err != nil {
 		cap.abort()
 		return nil, fmt.Errorf("livecut: %w", err)
 	}
@@ -148,6 +148,26 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 	sub := sess.Subscribe("STOP", "MIGRATION", "SHUTDOWN")
 	defer sub.Close()
 	migStart := time.Now()
+	// A stopped pass: the guest stops first, so no write can slip past
+	// the migration's dirty logging (NeedsStoppedPass). Until the cut's
+	// cont, a failure must resume it.
+	weStopped := false
+	defer func() {
+		if weStopped {
+			if err := sess.Execute(context.WithoutCancel(ctx), "cont", nil, nil); err != nil {
+				// The mark stays: the guard, or the next cut, resumes it.
+				s.log.Error("could not resume the guest after a failed cut", "err", err)
+				marked = false
+			}
+		}
+	}()
+	if s.stoppedPass {
+		if err := sess.Execute(cctx, "stop", nil, nil); err != nil {
+			cap.abort()
+			return nil, fmt.Errorf("livecut: stop the guest for the cut: %w", err)
+		}
+		weStopped = true
+	}
 	if err := sess.Execute(cctx, "migrate", map[string]any{"uri": "unix:" + cap.path}, nil); err != nil {
 		cap.abort()
 		return nil, fmt.Errorf("livecut: %w", err)
@@ -191,6 +211,7 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 	}
 	// The guest is stopped. Whatever happens now, it must run again, but
 	// for a final cut.
+	weStopped = false
 	frozenErr := c.freeze(cctx, sess)
 	var contErr error
 	if !s.o.Final {
@@ -309,8 +330,8 @@ func (s *Source) checkRunning(ctx context.Context, sess Monitor) error {
 	if err := sess.Execute(ctx, "query-migrate", nil, &mig); err != nil {
 		return fmt.Errorf("livecut: %w", err)
 	}
-	_, err := s.o.FS.Stat(path.Join(s.o.WorkDir, cutMarkerFile))
-	if resumeAfterKilledCut(observed{Status: st.Status, Migration: mig.Status, CutInFlight: err == nil}) && !s.o.Final {
+	m, err := readCutMarker(s.o.FS, s.o.WorkDir)
+	if resumeAfterKilledCut(observed{Status: st.Status, Migration: mig.Status, CutInFlight: err == nil, CutStopped: err == nil && m.Stopped}) && !s.o.Final {
 		s.log.Warn("resuming the guest an earlier cut left paused")
 		if err := sess.Execute(ctx, "cont", nil, nil); err != nil {
 			return fmt.Errorf("livecut: resume the guest an earlier cut left paused: %w", err)

@@ -66,6 +66,7 @@ type GroupCut struct {
 	stopAt    time.Time
 	completed time.Time
 	stopped   bool // the migration completed: the guest waits for cont
+	weStopped bool // stop issued: until cont, an abort must resume the guest
 	done      bool
 	cancel    context.CancelFunc
 	ctx       context.Context
@@ -125,10 +126,13 @@ func (s *Source) PrepareGroupCut(ctx context.Context) (g *GroupCut, err error) {
 	if err := s.markCut(c.gen); err != nil {
 		return g, fmt.Errorf("livecut: %w", err)
 	}
+	g.sub = sess.Subscribe("STOP", "MIGRATION", "SHUTDOWN")
+	if s.stoppedPass {
+		return g, nil // the migration starts once Stop has stopped the guest
+	}
 	if err := sess.Execute(ctx, "migrate-set-parameters", map[string]any{"downtime-limit": holdDowntime}, nil); err != nil {
 		return g, fmt.Errorf("livecut: %w", err)
 	}
-	g.sub = sess.Subscribe("STOP", "MIGRATION", "SHUTDOWN")
 	g.migStart = time.Now()
 	if err := sess.Execute(ctx, "migrate", map[string]any{"uri": "unix:" + g.cap.path}, nil); err != nil {
 		return g, fmt.Errorf("livecut: %w", err)
@@ -144,6 +148,9 @@ func (s *Source) PrepareGroupCut(ctx context.Context) (g *GroupCut, err error) {
 // measured bandwidth, which a guest that dirties little reaches even with
 // a limit of 1 ms.
 func (g *GroupCut) WaitConverged(ctx context.Context) error {
+	if g.s.stoppedPass {
+		return nil // nothing runs before the stop
+	}
 	for {
 		var mig struct {
 			Status    string `json:"status"`
@@ -187,11 +194,22 @@ func (g *GroupCut) Stop(ctx context.Context) error {
 	// by itself writes its last part holding QEMU's big lock, and if that
 	// write were held, QEMU could not even answer the stop.
 	g.cap.release()
+	// Marked first: a sender dying between this stop and the migration's
+	// completion leaves a paused guest that only the mark shows is ours.
+	if err := g.s.markCutStopped(g.c.gen, true); err != nil {
+		return fmt.Errorf("livecut: %w", err)
+	}
 	err := sess.Execute(ctx, "stop", nil, nil)
 	if err != nil {
 		return fmt.Errorf("livecut: %w", err)
 	}
-	if err := sess.Execute(ctx, "migrate-set-parameters", map[string]any{"downtime-limit": defaultDowntime}, nil); err != nil {
+	g.weStopped = true
+	if g.s.stoppedPass {
+		g.migStart = time.Now()
+		if err := sess.Execute(ctx, "migrate", map[string]any{"uri": "unix:" + g.cap.path}, nil); err != nil {
+			return fmt.Errorf("livecut: %w", err)
+		}
+	} else if err := sess.Execute(ctx, "migrate-set-parameters", map[string]any{"downtime-limit": defaultDowntime}, nil); err != nil {
 		return fmt.Errorf("livecut: %w", err)
 	}
 	for {
@@ -237,7 +255,7 @@ func (g *GroupCut) Resume(ctx context.Context, tag *vmspec.GroupCut) (snap *send
 		return nil, fmt.Errorf("livecut: resume the guest: %w", err)
 	}
 	resumed := time.Now()
-	g.stopped = false
+	g.stopped, g.weStopped = false, false
 	s.unmarkCut()
 	var mig struct {
 		Downtime int64 `json:"downtime"`
@@ -290,7 +308,7 @@ func (g *GroupCut) Abort() error {
 		var st struct{ Status string }
 		if err := sess.Execute(ctx, "query-status", nil, &st); err != nil {
 			errs = append(errs, err)
-		} else if st.Status == "postmigrate" || st.Status == "finish-migrate" || g.stopped {
+		} else if st.Status == "postmigrate" || st.Status == "finish-migrate" || g.stopped || g.weStopped && st.Status == "paused" {
 			if err := sess.Execute(ctx, "cont", nil, nil); err != nil {
 				errs = append(errs, fmt.Errorf("resume the guest: %w", err))
 			}
@@ -299,7 +317,7 @@ func (g *GroupCut) Abort() error {
 			errs = append(errs, err)
 		}
 	}
-	g.stopped = false
+	g.stopped, g.weStopped = false, false
 	if len(errs) == 0 {
 		s.unmarkCut()
 	}

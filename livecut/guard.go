@@ -28,12 +28,21 @@ type cutMarker struct {
 	Gen   uint64    `json:"gen"`
 	Began time.Time `json:"began"` // just before migrate
 	Pid   int       `json:"pid"`   // the sender's
+	// Stopped: the cut stopped the guest itself (a stopped pass, or a
+	// group cut's stop) before its migration completed.
+	Stopped bool `json:"stopped,omitempty"`
 }
 
 // markCut records a cut in flight. It is not synced: it must outlive the
 // sender process, not the host (a power loss takes QEMU with it).
-func (s *Source) markCut(gen uint64) error {
-	b, _ := json.Marshal(cutMarker{Gen: gen, Began: s.o.Now().UTC(), Pid: os.Getpid()})
+func (s *Source) markCut(gen uint64) error { return s.markCutStopped(gen, false) }
+
+// markCutStopped records a cut in flight, saying whether it stops the
+// guest itself before its migration completes: a sender dying in between
+// leaves it paused with no completed migration, which only this mark tells
+// from an operator's pause.
+func (s *Source) markCutStopped(gen uint64, stopped bool) error {
+	b, _ := json.Marshal(cutMarker{Gen: gen, Began: s.o.Now().UTC(), Pid: os.Getpid(), Stopped: stopped})
 	if err := vfs.WriteFileAtomic(s.o.FS, path.Join(s.o.WorkDir, cutMarkerFile), b, 0o600); err != nil {
 		return fmt.Errorf("mark the cut in flight: %w", err)
 	}
@@ -76,6 +85,7 @@ func CutInFlight(workDir string) (began time.Time, pid int, ok bool) {
 type guardFacts struct {
 	SenderAlive bool   // the sender process still runs
 	CutInFlight bool   // the cut marker exists
+	Stopped     bool   // and says the cut stopped the guest itself
 	Final       bool   // a final cut (switch-back) paused the guest for good
 	Status      string // query-status
 	Migration   string // query-migrate status, "" if none ran
@@ -114,6 +124,8 @@ func guardDecide(f guardFacts) (guardAction, string) {
 		return guardNone, "the guest runs"
 	case f.Status == "postmigrate" && f.Migration == "completed":
 		return guardResume, "stopped by the cut's migration, whose sender died before cont"
+	case f.Stopped && f.Status == "paused":
+		return guardResume, "stopped by the cut, whose sender died before its migration completed"
 	}
 	// paused (by the operator, or before the cut's migration completed),
 	// a failed migration of a stopped guest, shutdown, panics: not ours.
@@ -123,7 +135,7 @@ func guardDecide(f guardFacts) (guardAction, string) {
 // resumeAfterKilledCut is guardDecide for a restarted sender's cleanup: the
 // predecessor is gone.
 func resumeAfterKilledCut(o observed) bool {
-	a, _ := guardDecide(guardFacts{CutInFlight: o.CutInFlight, Status: o.Status, Migration: o.Migration})
+	a, _ := guardDecide(guardFacts{CutInFlight: o.CutInFlight, Stopped: o.CutStopped, Status: o.Status, Migration: o.Migration})
 	return a == guardResume
 }
 
@@ -216,7 +228,7 @@ func Guard(ctx context.Context, o GuardOptions) (GuardReport, error) {
 			return rep, fmt.Errorf("livecut: guard: %w", err)
 		}
 		rep.Status = st.Status
-		act, why := guardDecide(guardFacts{CutInFlight: true, Final: final, Status: st.Status, Migration: mig.Status})
+		act, why := guardDecide(guardFacts{CutInFlight: true, Stopped: m.Stopped, Final: final, Status: st.Status, Migration: mig.Status})
 		rep.Reason = why
 		switch act {
 		case guardWait:

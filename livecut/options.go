@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/drsync/drsync/qmp"
+
 	"github.com/drsync/drsync/vfs"
 	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
@@ -52,6 +54,13 @@ type Options struct {
 	// guest is not resumed after the cut and stays paused for good, so
 	// the VM can start at the other site without running in two places.
 	Final bool
+	// Pass chooses how a cut copies guest RAM: PassLive (the guest runs
+	// while the migration's first passes go by, and stops only for the
+	// last), PassStopped (the guest stops before the migration starts),
+	// or PassAuto, the default: stopped where QEMU's live pass can miss
+	// guest writes (TCG before QEMU 9.0, see NeedsStoppedPass), live
+	// otherwise.
+	Pass Pass
 	// AfterMigration, if set, is called when QEMU reports a cut's
 	// migration complete, while the guest is stopped: a fault point for
 	// tests of a sender dying at the worst moment.
@@ -87,6 +96,11 @@ func (o *Options) Validate() error {
 	if o.QemuImg == "" {
 		o.QemuImg = "qemu-img"
 	}
+	switch o.Pass {
+	case PassAuto, PassLive, PassStopped:
+	default:
+		return fmt.Errorf("livecut: pass %q: want %q, %q or %q", o.Pass, PassAuto, PassLive, PassStopped)
+	}
 	seenName, seenNode := map[string]bool{}, map[string]bool{}
 	for i := range o.Disks {
 		d := &o.Disks[i]
@@ -113,4 +127,25 @@ func (o *Options) Validate() error {
 		}
 	}
 	return nil
+}
+
+// Pass is how a cut copies guest RAM (Options.Pass).
+type Pass string
+
+const (
+	PassAuto    Pass = ""
+	PassLive    Pass = "live"
+	PassStopped Pass = "stopped"
+)
+
+// NeedsStoppedPass says whether a live migration pass of QEMU version v
+// can miss guest writes: under TCG (kvm false) before QEMU 9.0, clearing
+// the migration's dirty bits leaves the vCPU's TLB entries marked dirty,
+// so later stores through them are not logged and the pages they change
+// are not sent again ("physmem: Fix migration dirty bitmap coherency
+// with TCG memory access", QEMU 9.0). A resumed replica then holds a
+// stale page now and then, which its kernel may trip over. KVM logs
+// dirty pages in the kernel and is not affected.
+func NeedsStoppedPass(v qmp.Version, kvm bool) bool {
+	return !kvm && v.Major < 9
 }

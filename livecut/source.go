@@ -57,6 +57,10 @@ type Source struct {
 	loaded  bool
 
 	lastStats CutStats
+	// stoppedPass: cuts stop the guest before migrating (Options.Pass),
+	// decided when the session starts.
+	stoppedPass bool
+	passLogged  bool
 }
 
 // cutIndex is a cut's generation and its disks' block tables.
@@ -173,6 +177,9 @@ func (s *Source) prepare(ctx context.Context, sess Monitor) error {
 	if err := sess.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": []map[string]any{{"capability": "events", "state": true}}}, nil); err != nil {
 		return fmt.Errorf("livecut: %w", err)
 	}
+	if err := s.choosePass(ctx, sess); err != nil {
+		return err
+	}
 	// Restored: a sender killed during a group cut leaves its hold limit.
 	if err := sess.Execute(ctx, "migrate-set-parameters", s.migrationParams(), nil); err != nil {
 		return fmt.Errorf("livecut: %w", err)
@@ -263,6 +270,11 @@ func (s *Source) observe(ctx context.Context, sess Monitor) (observed, error) {
 	for _, e := range entries {
 		o.Files = append(o.Files, e.Name())
 		o.CutInFlight = o.CutInFlight || e.Name() == cutMarkerFile
+	}
+	if o.CutInFlight {
+		if m, err := readCutMarker(s.o.FS, s.o.WorkDir); err == nil {
+			o.CutStopped = m.Stopped
+		}
 	}
 	return o, nil
 }
@@ -439,4 +451,31 @@ var _ sender.Source = (*Source)(nil)
 // keeps them across senders, so they are set rather than assumed.
 func (s *Source) migrationParams() map[string]any {
 	return map[string]any{"downtime-limit": defaultDowntime, "max-bandwidth": s.o.MaxBandwidth}
+}
+
+// choosePass decides whether this session's cuts stop the guest before
+// migrating (Options.Pass): for PassAuto, when QEMU runs the guest under
+// TCG with a version whose live pass can miss writes.
+func (s *Source) choosePass(ctx context.Context, sess Monitor) error {
+	switch s.o.Pass {
+	case PassLive:
+		s.stoppedPass = false
+		return nil
+	case PassStopped:
+		s.stoppedPass = true
+		return nil
+	}
+	var kvm struct {
+		Enabled bool `json:"enabled"`
+	}
+	if err := sess.Execute(ctx, "query-kvm", nil, &kvm); err != nil {
+		return fmt.Errorf("livecut: %w", err)
+	}
+	s.stoppedPass = NeedsStoppedPass(sess.Version(), kvm.Enabled)
+	if s.stoppedPass && !s.passLogged {
+		s.passLogged = true
+		s.log.Warn("the guest runs under TCG on QEMU "+sess.Version().String()+", whose live migration can miss guest writes; each cut stops the guest for its whole RAM pass (longer pauses)",
+			"fix", "QEMU 9.0 or KVM")
+	}
+	return nil
 }

@@ -134,9 +134,17 @@ func TestGroupTagSurvivesResume(t *testing.T) {
 // the group stays restorable at that point; once a newer group point is
 // complete, the older one is pruned as usual.
 func TestGroupPointRetained(t *testing.T) {
+	// keep_points 0 (the default) keeps no point of a VM's own, yet a
+	// member that committed a later cut still keeps the group point's.
+	for _, keep := range []int{0, 1} {
+		t.Run(fmt.Sprintf("keep_points=%d", keep), func(t *testing.T) { testGroupPointRetained(t, keep) })
+	}
+}
+
+func testGroupPointRetained(t *testing.T, keep int) {
 	rng := rand.New(rand.NewPCG(41, 42))
 	rfs := memfs.New()
-	rcv := newReceiver(t, rfs, keepPoints(1))
+	rcv := newReceiver(t, rfs, keepPoints(keep))
 	members := []string{"db", "web-1"}
 	cut := 0 // the tag the next snapshot of each VM carries, 0 for none
 	tag := func(int) *vmspec.GroupCut {
@@ -203,7 +211,7 @@ func TestGroupPointRetained(t *testing.T) {
 	if got, want := epochs("web-1"), []uint64{5, 6, 7}; !slices.Equal(got, want) {
 		t.Fatalf("web-1 keeps %v once group point 2 is complete, want %v", got, want)
 	}
-	if got, want := epochs("db"), []uint64{1, 2}; !slices.Equal(got, want) {
+	if got, want := epochs("db"), []uint64{2 - uint64(keep), 2}[1-keep:]; !slices.Equal(got, want) {
 		t.Fatalf("db keeps %v, want %v", got, want)
 	}
 }

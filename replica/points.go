@@ -17,8 +17,9 @@ import (
 	"github.com/drsync/drsync/wire"
 )
 
-// Recovery points. With Options.KeepPoints > 0, applying epoch E+1 first
-// saves what it overwrites of epoch E, so the replica can be rolled back
+// Recovery points. With Options.KeepPoints > 0, or for a consistency
+// group's member whose group may need E (keepsPoint), applying epoch E+1
+// first saves what it overwrites of epoch E, so the replica can be rolled back
 // to E (after corruption was replicated, say):
 //
 //	points/<E>/MANIFEST       epoch E's manifest
@@ -45,7 +46,7 @@ const undoChunk = 1 << 20
 // capturePoint saves what st overwrites of the committed epoch.
 func (r *Replica) capturePoint(st *stage, images map[uint16]vfs.File) error {
 	prev := r.man
-	if r.o.KeepPoints <= 0 || prev == nil || prev.Epoch == 0 {
+	if prev == nil || prev.Epoch == 0 || !r.keepsPoint(prev) {
 		return nil
 	}
 	dir := r.p(pointDir(prev.Epoch))
@@ -122,6 +123,26 @@ func (r *Replica) capturePoint(st *stage, images map[uint16]vfs.File) error {
 		return wrap("finish", err)
 	}
 	return nil
+}
+
+// keepsPoint says whether applying the epoch after prev saves prev as a
+// recovery point: always with KeepPoints > 0; with none, still for a
+// consistency group's member whose group may need prev, or an epoch
+// before it, later (a member can commit the next cut before another
+// member commits this one). prunePoints then keeps only what the group
+// needs.
+func (r *Replica) keepsPoint(prev *Manifest) bool {
+	if r.o.KeepPoints > 0 {
+		return true
+	}
+	if r.o.GroupKeepFrom == nil {
+		return false
+	}
+	if prev.Tag() != nil {
+		return true
+	}
+	pts, err := points(r.o.FS, r.o.Dir)
+	return err != nil || len(pts) > 0 // a point kept for the group is chained to
 }
 
 // prunePoints removes points beyond KeepPoints, oldest first, and points

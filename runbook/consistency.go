@@ -1,14 +1,17 @@
 package runbook
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"path"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/replica/grouppoint"
+	"github.com/drsync/drsync/takeover"
 	"github.com/drsync/drsync/vfs"
 )
 
@@ -63,6 +66,28 @@ func (rb *Runbook) PinConsistencyGroupIn(fsys vfs.FS, group string, out io.Write
 	var vms []string
 	for _, v := range rb.VMs {
 		vms = append(vms, v.Name)
+	}
+	// The points are read while every member's replica is locked: a
+	// receiver still applying an epoch (its sender died just after
+	// sending the commit) is waited for, so the group point chosen is not
+	// one that epoch's pruning removes a moment later.
+	var held []replica.Handle
+	defer func() {
+		for _, h := range held {
+			h.Close()
+		}
+	}()
+	for _, vm := range slices.Sorted(slices.Values(vms)) {
+		dir := path.Join(rb.Replicas, vm)
+		if _, err := fsys.Stat(path.Join(dir, "MANIFEST")); err != nil {
+			continue // no replica yet: the group has no point with it
+		}
+		h, err := replica.DirStore(fsys, dir).Open(context.Background(), "", replica.OpenOptions{
+			AllowTakenOver: true, Holder: "a failover choosing its consistency group's point", LockWait: takeover.DefaultLockWait})
+		if err != nil {
+			return fmt.Errorf("consistency group %s: replica of %s: %w", group, vm, err)
+		}
+		held = append(held, h)
 	}
 	pts, err := replica.AllGroupPoints(fsys, rb.Replicas, vms)
 	if err != nil {

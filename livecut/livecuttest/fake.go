@@ -128,6 +128,8 @@ type Fake struct {
 	// NoNBD answers block-export-add without serving the export (the
 	// side channel needs qemu-nbd).
 	NoNBD bool
+	// TCG says the guest runs under TCG: query-kvm answers KVM disabled.
+	TCG bool
 
 	script []Step // strict mode: the commands still expected
 	strict bool
@@ -576,9 +578,12 @@ func (f *Fake) handleLocked(c *Conn, cmd string, a map[string]any, fault *Fault)
 		f.stopNBDLocked("")
 		f.nbdPath = ""
 		return ok, nil, nil
+	case "query-kvm":
+		return map[string]any{"enabled": !f.TCG, "present": true}, nil, nil
 	case "stop":
 		if f.Status == "running" {
 			f.Status = "paused"
+			f.pendingCont = true
 			f.emitLocked("STOP", nil)
 		}
 		return ok, nil, nil
@@ -606,7 +611,8 @@ func (f *Fake) handleLocked(c *Conn, cmd string, a map[string]any, fault *Fault)
 		f.Migrated = maps.Clone(f.Params)
 		f.emitLocked("MIGRATION", map[string]any{"status": "setup"})
 		ram := slices.Clone(f.RAM)
-		return ok, func() { f.migrate(path, ram, fault) }, nil
+		wasRunning := f.Status == "running"
+		return ok, func() { f.migrate(path, ram, fault, wasRunning) }, nil
 	case "migrate_cancel":
 		if slices.Contains(migrationActive, f.Migration) {
 			f.Migration = "cancelled"
@@ -745,7 +751,7 @@ func (f *Fake) transactionLocked(a map[string]any) (any, func(), error) {
 
 // migrate plays QEMU's side of a migration to a unix socket: the stream,
 // the guest stopped for the last pass, MIGRATION completed.
-func (f *Fake) migrate(path string, ram []byte, fault *Fault) {
+func (f *Fake) migrate(path string, ram []byte, fault *Fault, wasRunning bool) {
 	f.mu.Lock()
 	f.Migration = "active"
 	f.emitLocked("MIGRATION", map[string]any{"status": "active"})
@@ -768,8 +774,13 @@ func (f *Fake) migrate(path string, ram []byte, fault *Fault) {
 		defer f.mu.Unlock()
 		f.Migration, f.MigrationError = "failed", desc
 		if f.Status == "postmigrate" || f.Status == "finish-migrate" {
-			f.Status = "running"
-			f.emitLocked("RESUME", nil)
+			// QEMU resumes only a guest the migration stopped.
+			if wasRunning {
+				f.Status = "running"
+				f.emitLocked("RESUME", nil)
+			} else {
+				f.Status = "paused"
+			}
 		}
 		f.emitLocked("MIGRATION", map[string]any{"status": "failed"})
 	}
@@ -785,7 +796,10 @@ func (f *Fake) migrate(path string, ram []byte, fault *Fault) {
 	defer conn.Close()
 	f.mu.Lock()
 	f.Status = "finish-migrate"
-	f.emitLocked("STOP", nil)
+	if wasRunning {
+		// A guest already stopped is not stopped again: no event.
+		f.emitLocked("STOP", nil)
+	}
 	f.pendingCont = true
 	f.mu.Unlock()
 	blocks := []migstream.Block{{ID: "pc.ram", Length: int64(len(ram))}}

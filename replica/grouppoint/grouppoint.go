@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -143,17 +144,65 @@ func KeepFrom(points map[string][]Point, keep int) map[string]uint64 {
 	if keep <= 0 {
 		return out
 	}
+	lower := func(vm string, epoch uint64) {
+		if e, ok := out[vm]; !ok || epoch < e {
+			out[vm] = epoch
+		}
+	}
 	for _, g := range Groups(points) {
 		gps := Complete(g, points)
 		for _, gp := range gps[:min(keep, len(gps))] {
 			for _, m := range gp.Members {
-				if e, ok := out[m.VM]; !ok || m.Epoch < e {
-					out[m.VM] = m.Epoch
-				}
+				lower(m.VM, m.Epoch)
+			}
+		}
+		// A group with no complete point yet keeps what its oldest cut
+		// that can still complete needs: without it, a member committing
+		// twice before another commits once would lose the group's first
+		// point. Once a point is complete, what it keeps covers later cuts.
+		if len(gps) == 0 {
+			for vm, e := range pendingFrom(g, points) {
+				lower(vm, e)
 			}
 		}
 	}
 	return out
+}
+
+// pendingFrom returns, for the oldest cut of group that is not complete
+// but still can be (every member listed either holds it or has not cut
+// past it), each member's epoch of that cut.
+func pendingFrom(group string, points map[string][]Point) map[string]uint64 {
+	newest := map[string]uint64{}           // member → newest cut it holds
+	byCut := map[uint64]map[string]uint64{} // cut → member → epoch
+	members := map[uint64][]string{}
+	for vm, pts := range points {
+		for _, p := range pts {
+			t := p.Tag
+			if t == nil || t.Group != group || !slices.Contains(t.Members, vm) {
+				continue
+			}
+			newest[vm] = max(newest[vm], t.Cut)
+			if byCut[t.Cut] == nil {
+				byCut[t.Cut] = map[string]uint64{}
+				members[t.Cut] = t.Members
+			}
+			byCut[t.Cut][vm] = p.Epoch
+		}
+	}
+	cuts := slices.Sorted(maps.Keys(byCut))
+	for _, c := range cuts {
+		alive := true
+		for _, m := range members[c] {
+			if _, has := byCut[c][m]; !has && newest[m] > c {
+				alive = false // m went past c without it
+			}
+		}
+		if alive {
+			return byCut[c]
+		}
+	}
+	return nil
 }
 
 // Newest returns each group's newest complete point, by group name; a

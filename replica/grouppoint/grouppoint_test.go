@@ -123,6 +123,27 @@ func TestKeepFrom(t *testing.T) {
 	}
 }
 
+// TestKeepFromBeforeAnyCompletePoint: while no cut of a group is complete,
+// the oldest cut that can still complete is kept; a cut some member went
+// past without it cannot.
+func TestKeepFromBeforeAnyCompletePoint(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		a, b []string
+		want map[string]uint64
+	}{
+		{"b has nothing yet", []string{"1:1"}, nil, map[string]uint64{"a": 1}},
+		{"a ahead of b", []string{"1:1", "2:-", "3:2"}, nil, map[string]uint64{"a": 1}},
+		{"b went past cuts 1 and 2", []string{"1:1", "2:2"}, []string{"1:3"}, map[string]uint64{"b": 1}},
+		{"cut 2 complete", []string{"1:1", "2:2"}, []string{"1:2"}, map[string]uint64{"a": 2, "b": 1}},
+	} {
+		points := map[string][]Point{"a": pts(ab, tc.a...), "b": pts(ab, tc.b...)}
+		if got := KeepFrom(points, 1); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
 func TestBeforeAndTime(t *testing.T) {
 	gps := Complete("g", map[string][]Point{
 		"a": pts(ab, "1:1", "3:2", "5:3"),
