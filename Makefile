@@ -18,7 +18,7 @@ FUZZ_TARGETS := \
 	./blockhash:FuzzRead ./sender:FuzzUnmarshalIndex \
 	./nbd:FuzzParseStructuredChunk ./nbd:FuzzParseBlockStatusChunk ./nbd:FuzzParseOptionReply ./nbd:FuzzParseGreeting \
 	./migstream:FuzzParse ./migstream:FuzzParseSkeleton ./migstream:FuzzCheckpointed ./pagecache:FuzzIndex ./epochctl:FuzzController \
-	./stripe:FuzzParseHello ./stripe:FuzzChunks
+	./stripe:FuzzParseHello ./stripe:FuzzChunks ./dirtylog:FuzzParseMaps
 
 SHELL := /bin/bash
 
