@@ -56,7 +56,11 @@ func Track(pid int, regions []Region) (*Tracker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("track %d: %w", pid, err)
 	}
-	uffd, err := injectRegister(pid, regions)
+	inject := injectRegister
+	if isChild(pid) {
+		inject = registerVia
+	}
+	uffd, err := inject(pid, regions)
 	if err != nil {
 		pagemap.Close()
 		return nil, fmt.Errorf("track %d: %w", pid, err)

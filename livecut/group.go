@@ -128,6 +128,9 @@ func (s *Source) PrepareGroupCut(ctx context.Context) (g *GroupCut, err error) {
 	if err := sess.Execute(ctx, "migrate-set-parameters", map[string]any{"downtime-limit": holdDowntime}, nil); err != nil {
 		return g, fmt.Errorf("livecut: %w", err)
 	}
+	if err := s.setIgnoreShared(ctx, sess, false); err != nil { // group cuts migrate all of RAM
+		return g, fmt.Errorf("livecut: %w", err)
+	}
 	g.sub = sess.Subscribe("STOP", "MIGRATION", "SHUTDOWN")
 	g.migStart = time.Now()
 	if err := sess.Execute(ctx, "migrate", map[string]any{"uri": "unix:" + g.cap.path}, nil); err != nil {

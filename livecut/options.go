@@ -52,6 +52,17 @@ type Options struct {
 	// guest is not resumed after the cut and stays paused for good, so
 	// the VM can start at the other site without running in two places.
 	Final bool
+	// SharedRAM names the guest RAM block that lives in a shared memory
+	// backend (the backend's id: "ram0" for -object
+	// memory-backend-memfd,id=ram0,share=on -machine memory-backend=ram0),
+	// and TrackRAM starts following the guest's writes to it (see
+	// dirtylog.TrackGuest). With both, the first cut migrates all of RAM
+	// and arms the tracking while the guest is stopped; every later cut
+	// migrates only device state (x-ignore-shared) and copies the pages
+	// written since the cut before, guest stopped. Without them, or when
+	// tracking fails, cuts migrate all of RAM.
+	SharedRAM string
+	TrackRAM  func() (RAMTracker, error)
 	// AfterMigration, if set, is called when QEMU reports a cut's
 	// migration complete, while the guest is stopped: a fault point for
 	// tests of a sender dying at the worst moment.
@@ -86,6 +97,9 @@ func (o *Options) Validate() error {
 	}
 	if o.QemuImg == "" {
 		o.QemuImg = "qemu-img"
+	}
+	if (o.TrackRAM == nil) != (o.SharedRAM == "") {
+		return errors.New("livecut: tracking guest RAM needs both the shared RAM block's name and a tracker")
 	}
 	seenName, seenNode := map[string]bool{}, map[string]bool{}
 	for i := range o.Disks {

@@ -57,6 +57,9 @@ type Source struct {
 	loaded  bool
 
 	lastStats CutStats
+
+	ram      *ramTrack // the tracked RAM path, once started
+	trackOff bool      // tracking is unsupported here: never try again
 }
 
 // cutIndex is a cut's generation and its disks' block tables.
@@ -171,6 +174,10 @@ func (s *Source) prepare(ctx context.Context, sess Monitor) error {
 		s.removeState()
 	}
 	if err := sess.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": []map[string]any{{"capability": "events", "state": true}}}, nil); err != nil {
+		return fmt.Errorf("livecut: %w", err)
+	}
+	// A sender killed during a tracked cut leaves x-ignore-shared on.
+	if err := s.setIgnoreShared(ctx, sess, false); err != nil {
 		return fmt.Errorf("livecut: %w", err)
 	}
 	// Restored: a sender killed during a group cut leaves its hold limit.
@@ -355,6 +362,10 @@ func (s *Source) Close() error {
 	var err error
 	if s.open != nil {
 		err = s.open.close()
+	}
+	if s.ram != nil {
+		err = errors.Join(err, s.ram.tr.Close())
+		s.ram = nil
 	}
 	if s.sess != nil {
 		if s.sess.Err() == nil {
