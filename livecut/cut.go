@@ -330,6 +330,14 @@ func (c *cut) exportTargets(ctx context.Context, sess Monitor, snap *sender.Snap
 		// is missing from the stream, and the replica must not get zeros.
 		return "", fmt.Errorf("livecut: the migration left out shared guest RAM (x-ignore-shared is on in QEMU): %w", ErrCutFailed)
 	}
+	if c.tracked {
+		// The replica keeps device state as a cut without the capability
+		// would have it: a takeover loads it like any other, RAM mapped
+		// from the replica.
+		if snap.DeviceState, err = sk.WithoutIgnoreShared().MarshalBinary(); err != nil {
+			return "", fmt.Errorf("livecut: device state: %w", err)
+		}
+	}
 	for i, b := range c.flat.BlockList() {
 		if c.tracked && b.ID == s.o.SharedRAM {
 			if s.ram == nil || int64(len(s.ram.image)) != b.Length {

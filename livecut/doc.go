@@ -76,8 +76,11 @@
 // on) and the next cut is full again; x-ignore-shared is turned off after
 // each tracked cut, by a new session, and before a group cut, and a cut
 // whose stream left shared RAM out without tracking is refused, so
-// replicas never get zeros for RAM. CutStats.RAMPath says which path a
-// cut took ("full", "tracked").
+// replicas never get zeros for RAM. A tracked cut's device state is kept
+// as a cut without x-ignore-shared would have it
+// (migstream.Skeleton.WithoutIgnoreShared), so a takeover loads it like
+// any other. CutStats.RAMPath says which path a cut took ("full",
+// "tracked").
 //
 // livecut knows QMP commands and QEMU's block layer; it does not know the
 // wire protocol, replicas or how plans are made.
