@@ -53,8 +53,8 @@ func (s *Source) trackedCut() bool {
 	if s.ram == nil {
 		tr, err := s.o.TrackRAM()
 		if err != nil {
-			if errors.Is(err, dirtylog.ErrUnsupported) {
-				s.trackOff = true
+			if errors.Is(err, dirtylog.ErrUnsupported) || errors.Is(err, dirtylog.ErrNoSharedRAM) {
+				s.trackOff = true // asking again cannot help
 			}
 			s.log.Warn("cannot track the guest's RAM writes; cuts migrate all of RAM", "err", err)
 			return false
