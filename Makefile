@@ -18,7 +18,7 @@ FUZZ_TARGETS := \
 	./blockhash:FuzzRead ./sender:FuzzUnmarshalIndex \
 	./nbd:FuzzParseStructuredChunk ./nbd:FuzzParseBlockStatusChunk ./nbd:FuzzParseOptionReply ./nbd:FuzzParseGreeting \
 	./migstream:FuzzParse ./migstream:FuzzParseSkeleton ./migstream:FuzzCheckpointed ./pagecache:FuzzIndex ./epochctl:FuzzController \
-	./stripe:FuzzParseHello ./stripe:FuzzChunks
+	./stripe:FuzzParseHello ./stripe:FuzzChunks ./dirtylog:FuzzParseMaps
 
 SHELL := /bin/bash
 
@@ -107,6 +107,7 @@ fuzz:
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./sender ./e2e ./migstream
 	$(GO) test -run '^$$' -bench BenchmarkLiveEpoch -benchtime 8x ./livecut
+	$(GO) test -run '^$$' -bench BenchmarkTrackedEpoch -benchtime 5x ./livecut
 	$(GO) test -run '^$$' -bench BenchmarkLossyWAN -benchtime 1x ./transport
 
 # drsync against QEMU's own migration (precopy + xbzrle; multifd + zstd;

@@ -9,9 +9,11 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/drsync/drsync/blockhash"
+	"github.com/drsync/drsync/dirtylog"
 	"github.com/drsync/drsync/diskmirror"
 	"github.com/drsync/drsync/migstream"
 	"github.com/drsync/drsync/sender"
@@ -33,6 +35,15 @@ type cut struct {
 	flat    *migstream.Flat
 	planned *cutIndex
 	closed  bool
+
+	// The tracked RAM path (ramtrack.go): tracked says this cut migrated
+	// device state only and dirty holds the ranges written since ramPrev,
+	// the cut whose image it updated; ramTable is the planner's table of
+	// the tracked block once known.
+	tracked  bool
+	dirty    []dirtylog.Range
+	ramPrev  uint64
+	ramTable *blockhash.Table
 }
 
 // CutStats describes the capture of one cut.
@@ -43,6 +54,12 @@ type CutStats struct {
 	// complete: fleecing nodes, the transaction and cont.
 	Freeze      time.Duration
 	StreamBytes int64
+	// RAMPath says how the guest's RAM was captured: RAMFull (in the
+	// migration stream) or RAMTracked (device state only, and the
+	// DirtyPages written since the last cut copied in Scan).
+	RAMPath    string
+	DirtyPages int
+	Scan       time.Duration // scan and copy of written pages, guest stopped
 	// NBDSocket and Exports (one per disk, in order) name the point-in-time
 	// views while the cut is open, for tools that want to read them too.
 	NBDSocket string
@@ -114,6 +131,7 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 
 	cctx, cancel := context.WithTimeout(ctx, s.o.CutTimeout)
 	defer cancel()
+	c.tracked = s.trackedCut()
 	cap, err := startCapture(filepath.Join(s.o.WorkDir, "mig.sock"))
 	if err != nil {
 		return nil, fmt.Errorf("livecut: %w", err)
@@ -142,6 +160,10 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 	// Set for every cut: the downtime limit decides when QEMU completes,
 	// and a group cut of this VM lowers it while it holds the migration.
 	if err := sess.Execute(cctx, "migrate-set-parameters", s.migrationParams(), nil); err != nil {
+		cap.abort()
+		return nil, fmt.Errorf("livecut: %w", err)
+	}
+	if err := s.setIgnoreShared(cctx, sess, c.tracked); err != nil {
 		cap.abort()
 		return nil, fmt.Errorf("livecut: %w", err)
 	}
@@ -212,6 +234,10 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 	// The guest is stopped. Whatever happens now, it must run again, but
 	// for a final cut.
 	weStopped = false
+	var scanTime time.Duration
+	c.ramPrev = c.s.ramGen()
+	c.dirty, scanTime, err = s.scanStopped(c.tracked, c.gen)
+	scanErr := err
 	frozenErr := c.freeze(cctx, sess)
 	var contErr error
 	if !s.o.Final {
@@ -229,6 +255,20 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 		cap.abort()
 		return nil, fmt.Errorf("livecut: resume the guest: %w", contErr)
 	}
+	if c.tracked {
+		// Left on, it would make an operator's own migration leave the
+		// guest's RAM behind.
+		if err := s.setIgnoreShared(ctx, sess, false); err != nil {
+			s.log.Warn("could not turn x-ignore-shared off after a tracked cut", "err", err)
+		}
+	}
+	if scanErr != nil {
+		s.dropTracking(scanErr)
+		if c.tracked {
+			cap.abort()
+			return nil, fmt.Errorf("livecut: %w: %w", scanErr, ErrCutFailed)
+		}
+	}
 	if frozenErr != nil {
 		cap.abort()
 		return nil, fmt.Errorf("livecut: %w: %w", frozenErr, ErrCutFailed)
@@ -245,7 +285,14 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 	if err != nil {
 		return nil, fmt.Errorf("livecut: %w", err)
 	}
-	stats := CutStats{Freeze: resumed.Sub(completedAt), Downtime: time.Duration(mig.Downtime) * time.Millisecond, Capture: time.Since(migStart), StreamBytes: res.Stats.StreamBytes}
+	if !c.tracked {
+		c.fillImage()
+	}
+	stats := CutStats{Freeze: resumed.Sub(completedAt), Downtime: time.Duration(mig.Downtime) * time.Millisecond, Capture: time.Since(migStart), StreamBytes: res.Stats.StreamBytes,
+		RAMPath: RAMFull, Scan: scanTime}
+	if c.tracked {
+		stats.RAMPath, stats.DirtyPages = RAMTracked, dirtylog.Pages(c.dirty)
+	}
 	if !stopAt.IsZero() {
 		stats.Pause = resumed.Sub(stopAt)
 	}
@@ -295,13 +342,40 @@ func (c *cut) exportTargets(ctx context.Context, sess Monitor, snap *sender.Snap
 		}
 		snap.Targets = append(snap.Targets, c.diskTarget(d, im, bitmap))
 	}
+	sk, err := migstream.ParseSkeleton(snap.DeviceState)
+	if err != nil {
+		return "", fmt.Errorf("livecut: device state: %w", err)
+	}
+	if sk.IgnoreShared() && !c.tracked {
+		// Someone else turned x-ignore-shared on: RAM in shared backends
+		// is missing from the stream, and the replica must not get zeros.
+		return "", fmt.Errorf("livecut: the migration left out shared guest RAM (x-ignore-shared is on in QEMU): %w", ErrCutFailed)
+	}
+	if c.tracked {
+		// The replica keeps device state as a cut without the capability
+		// would have it: a takeover loads it like any other, RAM mapped
+		// from the replica.
+		if snap.DeviceState, err = sk.WithoutIgnoreShared().MarshalBinary(); err != nil {
+			return "", fmt.Errorf("livecut: device state: %w", err)
+		}
+	}
 	for i, b := range c.flat.BlockList() {
+		if c.tracked && b.ID == s.o.SharedRAM {
+			if s.ram == nil || int64(len(s.ram.image)) != b.Length {
+				return "", fmt.Errorf("livecut: tracked RAM block %q is %d bytes in the stream: %w", b.ID, b.Length, ErrCutFailed)
+			}
+			snap.Targets = append(snap.Targets, s.ramTarget(b.ID, c.gen, c.dirty, c.ramPrev))
+			continue
+		}
 		nz := c.flat.NonZero(i)
 		snap.Targets = append(snap.Targets, sender.Target{
 			Kind: vmspec.KindRAM, Name: b.ID, Size: b.Length, BlockSize: vmspec.PageSize,
 			Reader:  bytes.NewReader(c.flat.Block(i)),
 			Extents: func(context.Context, int64, int64) ([]sender.Extent, error) { return ramExtents(nz), nil },
 		})
+	}
+	if c.tracked && !slices.ContainsFunc(snap.Targets, func(t sender.Target) bool { return t.Kind == vmspec.KindRAM && t.Name == s.o.SharedRAM }) {
+		return "", fmt.Errorf("livecut: the migration stream has no RAM block %q: %w", s.o.SharedRAM, ErrCutFailed)
 	}
 	stats.NBDSocket, stats.Exports = s.nbdSock, c.exports
 	s.lastStats = stats
@@ -452,6 +526,11 @@ func (c *cut) recordPlanned(tables map[string]*blockhash.Table) {
 			ci.tables[k] = t.Clone()
 		}
 	}
+	if s := c.s; s.ram != nil && s.ram.imageGen == c.gen {
+		if t := tables[sender.TableKey(vmspec.KindRAM, s.o.SharedRAM)]; t != nil {
+			c.ramTable = t.Clone()
+		}
+	}
 	c.planned = ci
 }
 
@@ -507,6 +586,9 @@ func (c *cut) close() error {
 	}
 	if c.flat != nil {
 		errs = append(errs, c.flat.Close())
+	}
+	if c.ramTable != nil && s.ram != nil && s.ram.imageGen == c.gen {
+		s.ram.table, s.ram.tableGen = c.ramTable, c.gen
 	}
 	switch {
 	case c.planned != nil && c.bitmap && alive:

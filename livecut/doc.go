@@ -61,6 +61,27 @@
 // testdata/cut checks the command sequence of cuts and their failures,
 // and TestMonitor, the behaviours any implementation must have.
 //
+// Tracked RAM (Options.SharedRAM, Options.TrackRAM; ramtrack.go): with
+// guest RAM in a shared memory backend, the first cut migrates all of RAM
+// and, guest stopped, arms a RAMTracker (dirtylog: write-protect-async
+// userfaultfd inside QEMU); the cut keeps the block's image. Each later cut
+// sets x-ignore-shared, so its migration carries device state only, and,
+// guest stopped, scans the pages written since the last scan and copies
+// them from QEMU's RAM into the image: the pause grows with the written
+// pages, not with RAM. The RAM target is that image, the written ranges to
+// read and every other page unchanged from the planner's table of the
+// previous image (so the sender hashes only written pages); without that
+// table (the previous cut was never planned) the whole image is read. A
+// failed scan or copy drops the tracking (the cut fails; the guest runs
+// on) and the next cut is full again; x-ignore-shared is turned off after
+// each tracked cut, by a new session, and before a group cut, and a cut
+// whose stream left shared RAM out without tracking is refused, so
+// replicas never get zeros for RAM. A tracked cut's device state is kept
+// as a cut without x-ignore-shared would have it
+// (migstream.Skeleton.WithoutIgnoreShared), so a takeover loads it like
+// any other. CutStats.RAMPath says which path a cut took ("full",
+// "tracked").
+//
 // livecut knows QMP commands and QEMU's block layer; it does not know the
 // wire protocol, replicas or how plans are made.
 package livecut

@@ -126,6 +126,9 @@ func (s *Source) PrepareGroupCut(ctx context.Context) (g *GroupCut, err error) {
 	if err := s.markCut(c.gen); err != nil {
 		return g, fmt.Errorf("livecut: %w", err)
 	}
+	if err := s.setIgnoreShared(ctx, sess, false); err != nil { // group cuts migrate all of RAM
+		return g, fmt.Errorf("livecut: %w", err)
+	}
 	g.sub = sess.Subscribe("STOP", "MIGRATION", "SHUTDOWN")
 	if s.stoppedPass {
 		return g, nil // the migration starts once Stop has stopped the guest

@@ -61,6 +61,17 @@ type Options struct {
 	// guest writes (TCG before QEMU 9.0, see NeedsStoppedPass), live
 	// otherwise.
 	Pass Pass
+	// SharedRAM names the guest RAM block that lives in a shared memory
+	// backend (the backend's id: "ram0" for -object
+	// memory-backend-memfd,id=ram0,share=on -machine memory-backend=ram0),
+	// and TrackRAM starts following the guest's writes to it (see
+	// dirtylog.TrackGuest). With both, the first cut migrates all of RAM
+	// and arms the tracking while the guest is stopped; every later cut
+	// migrates only device state (x-ignore-shared) and copies the pages
+	// written since the cut before, guest stopped. Without them, or when
+	// tracking fails, cuts migrate all of RAM.
+	SharedRAM string
+	TrackRAM  func() (RAMTracker, error)
 	// AfterMigration, if set, is called when QEMU reports a cut's
 	// migration complete, while the guest is stopped: a fault point for
 	// tests of a sender dying at the worst moment.
@@ -100,6 +111,9 @@ func (o *Options) Validate() error {
 	case PassAuto, PassLive, PassStopped:
 	default:
 		return fmt.Errorf("livecut: pass %q: want %q, %q or %q", o.Pass, PassAuto, PassLive, PassStopped)
+	}
+	if (o.TrackRAM == nil) != (o.SharedRAM == "") {
+		return errors.New("livecut: tracking guest RAM needs both the shared RAM block's name and a tracker")
 	}
 	seenName, seenNode := map[string]bool{}, map[string]bool{}
 	for i := range o.Disks {

@@ -61,6 +61,9 @@ type Source struct {
 	// decided when the session starts.
 	stoppedPass bool
 	passLogged  bool
+
+	ram      *ramTrack // the tracked RAM path, once started
+	trackOff bool      // tracking is unsupported here: never try again
 }
 
 // cutIndex is a cut's generation and its disks' block tables.
@@ -179,6 +182,10 @@ func (s *Source) prepare(ctx context.Context, sess Monitor) error {
 	}
 	if err := s.choosePass(ctx, sess); err != nil {
 		return err
+	}
+	// A sender killed during a tracked cut leaves x-ignore-shared on.
+	if err := s.setIgnoreShared(ctx, sess, false); err != nil {
+		return fmt.Errorf("livecut: %w", err)
 	}
 	// Restored: a sender killed during a group cut leaves its hold limit.
 	if err := sess.Execute(ctx, "migrate-set-parameters", s.migrationParams(), nil); err != nil {
@@ -367,6 +374,10 @@ func (s *Source) Close() error {
 	var err error
 	if s.open != nil {
 		err = s.open.close()
+	}
+	if s.ram != nil {
+		err = errors.Join(err, s.ram.tr.Close())
+		s.ram = nil
 	}
 	if s.sess != nil {
 		if s.sess.Err() == nil {

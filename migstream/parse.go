@@ -263,6 +263,7 @@ func (p *parser) header() error {
 // version, then the fields of that subsection.
 func (p *parser) subsection(seen map[string]bool) error {
 	r := &p.r
+	start := len(r.rec)
 	if _, err := r.take(1, "subsection marker"); err != nil {
 		return err
 	}
@@ -317,6 +318,7 @@ func (p *parser) subsection(seen map[string]bool) error {
 		p.sk.Capabilities = append(p.sk.Capabilities, string(c))
 		p.sk.ignoreShared = true
 	}
+	p.sk.capsSpan = [2]int{start, len(r.rec)}
 	return nil
 }
 

@@ -361,6 +361,25 @@ func TestConfigurationSubsections(t *testing.T) {
 	if !bytes.Equal(res.Skeleton[:cfgLen], s.Bytes()[:cfgLen]) {
 		t.Error("configuration not kept verbatim")
 	}
+
+	// Without x-ignore-shared it is the skeleton of the same stream cut
+	// without the capability.
+	plain, err := sk.WithoutIgnoreShared().MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2 := (&sb{}).header().sub(subUUID, 1).raw(uuid)
+	s2.start(2).memSize(false, blkRAM, blkVRAM).page(blkVRAM.ID, 0, pageOf(1)).eos().footer(2).end(2).eos().footer(2).device()
+	res2, err := Parse(bytes.NewReader(s2.bytes()), nil, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(plain, res2.Skeleton) {
+		t.Error("the skeleton without x-ignore-shared differs from one cut without it")
+	}
+	if sk2, err := ParseSkeleton(plain); err != nil || sk2.IgnoreShared() || !bytes.Equal(sk2.UUID, uuid) {
+		t.Errorf("the skeleton without x-ignore-shared: %v", err)
+	}
 }
 
 // TestEmptyBlockList: MEM_SIZE 0 announces no blocks; QEMU accepts such

@@ -26,6 +26,7 @@ type Skeleton struct {
 	RAM          SectionHeader
 
 	ignoreShared bool   // block list entries carry a GPA
+	capsSpan     [2]int // the capabilities subsection in header, if any
 	header       []byte // magic, version and CONFIGURATION section, verbatim
 	device       []byte // everything after the RAM END footer, verbatim
 	vmdesc       int    // offset of the VMDESCRIPTION JSON in device
@@ -34,6 +35,26 @@ type Skeleton struct {
 // IgnoreShared reports whether the source had the x-ignore-shared
 // capability, which adds a GPA to every block list entry.
 func (s *Skeleton) IgnoreShared() bool { return s.ignoreShared }
+
+// WithoutIgnoreShared returns the skeleton as a source without the
+// x-ignore-shared capability would have sent it: no capabilities
+// subsection in the configuration, no GPAs in the block list. The device
+// state is the same either way; a destination then loads it without the
+// capability, with RAM from elsewhere (-mem-path).
+func (s *Skeleton) WithoutIgnoreShared() *Skeleton {
+	c := *s
+	if !s.ignoreShared {
+		return &c
+	}
+	c.header = slices.Concat(s.header[:s.capsSpan[0]], s.header[s.capsSpan[1]:])
+	c.capsSpan = [2]int{}
+	c.ignoreShared, c.Capabilities = false, nil
+	c.Blocks = slices.Clone(s.Blocks)
+	for i := range c.Blocks {
+		c.Blocks[i].GPA, c.Blocks[i].HasGPA = 0, false
+	}
+	return &c
+}
 
 // DeviceState is the verbatim device tail: FULL sections, EOF marker and
 // VMDESCRIPTION. The caller must not modify it.

@@ -57,7 +57,8 @@ type Options struct {
 	Args  []string
 	Disks []Disk
 	// MainRAM is the RAM block mapped from the replica's file; "pc.ram"
-	// if empty.
+	// if empty. Any other name is a memory backend's id (a guest protected
+	// with RAM in a shared backend): QEMU gets a file backend of that id.
 	MainRAM string
 	// Fence, if set, marks the replica taken over (with this reason)
 	// before anything starts, so the receiver refuses further epochs that
@@ -291,7 +292,7 @@ func Prepare(o Options) (*Plan, error) {
 	}
 
 	args := append([]string{}, o.Args...)
-	args = append(args, "-m", fmt.Sprintf("%dM", main.Size>>20), "-mem-path", p.RAMFile)
+	args = append(args, ramArgs(o.MainRAM, main.Size, p.RAMFile)...)
 	for _, d := range o.Disks {
 		t := m.Disk(d.Target)
 		if t == nil {
@@ -530,4 +531,19 @@ func (l *limited) Write(p []byte) (int, error) {
 		l.b.Write(p[:min(len(p), room)])
 	}
 	return len(p), nil
+}
+
+// ramArgs map the replica's RAM file privately as the guest's memory. A
+// guest whose RAM was a memory backend (its block named by the backend's
+// id, as RAM tracking needs) gets a file backend of that id.
+func ramArgs(block string, size int64, file string) []string {
+	args := []string{"-m", fmt.Sprintf("%dM", size>>20)}
+	if block == "pc.ram" {
+		args = append(args, "-mem-path", file)
+	} else {
+		args = append(args,
+			"-object", fmt.Sprintf("memory-backend-file,id=%s,size=%d,mem-path=%s,share=off", block, size, strings.ReplaceAll(file, ",", ",,")),
+			"-machine", "memory-backend="+block)
+	}
+	return args
 }
