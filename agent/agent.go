@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/drsync/drsync/internal/units"
+	"github.com/drsync/drsync/libvirtvm"
 	"github.com/drsync/drsync/livecut"
 	"github.com/drsync/drsync/metrics"
 	"github.com/drsync/drsync/sender"
@@ -97,6 +98,9 @@ func (a *Agent) Close() {
 
 // close releases the loop's sender and tears down its live source.
 func (l *vmLoop) close() {
+	if l.domain != nil {
+		l.domain.Close()
+	}
 	l.snd.Close()
 	if l.source != nil {
 		if err := l.source.Close(); err != nil {
@@ -202,6 +206,8 @@ type vmLoop struct {
 	now     func() time.Time
 	sleep   func(ctx context.Context, d time.Duration) error
 	source  io.Closer // a live source to tear down at the end, if any
+	// domain follows a libvirt domain's lifecycle (nil otherwise).
+	domain domainWatch
 
 	// A member of a consistency group is paced by its group: it asks for
 	// its next snapshot at once, and group (nil on a follower, whose
@@ -436,7 +442,16 @@ func (a *Agent) newVMLoop(vm VM, share float64) (*vmLoop, error) {
 	if v.Live != nil {
 		l.noteGuard(dir)
 	}
-	r := newRetrier(snd, o.Retries)
+	var runner epochRunner = snd
+	if v.Live != nil && v.Libvirt.Enabled() && !grouped {
+		// Epochs wait while libvirt has the domain shut off or migrating
+		// away. (A group member's cut goes through its group.)
+		status.st.Domain = nil
+		w := libvirtvm.Watch(v.Libvirt.Libvirt, v.Libvirt.Domain, libvirtvm.WatchOptions{Now: o.Now, Logger: log, Notify: l.domainChanged})
+		l.domain = w
+		runner = &domainGate{next: snd, w: w, once: o.Once, grace: 3 * time.Second, interrupted: l.domainInterrupted}
+	}
+	r := newRetrier(runner, o.Retries)
 	r.sleep = o.Sleep
 	r.onFailure = l.failed
 	l.runner = r
