@@ -132,6 +132,9 @@ func (l *vmLoop) domainChanged(d lifecycle.Decision) {
 		l.log.Info("libvirt: "+msg, "state", d.State.Phase.String())
 	}
 	l.status.domain(domainStatus(d.State))
+	if l.metrics != nil {
+		l.metrics.DomainState(l.vm.Name, d.State.Phase.String(), d.State.Holding())
+	}
 }
 
 // domainInterrupted is the gate's notification of an epoch the domain's
