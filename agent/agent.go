@@ -230,6 +230,7 @@ type vmLoop struct {
 type loopControl struct {
 	mu      sync.Mutex
 	inEpoch bool
+	waiting bool        // in an epoch, but waiting for a libvirt domain
 	retired bool        // stop after the epoch in flight
 	cancel  func()      // ends the loop's context: its sleep, its retries
 	next    *nextPacing // pacing to apply at the next decision
@@ -265,9 +266,27 @@ func (l *vmLoop) retire() {
 	l.ctl.mu.Lock()
 	defer l.ctl.mu.Unlock()
 	l.ctl.retired = true
-	if !l.ctl.inEpoch && l.ctl.cancel != nil {
+	// A loop waiting for its libvirt domain has no epoch in flight.
+	if (!l.ctl.inEpoch || l.ctl.waiting) && l.ctl.cancel != nil {
 		l.ctl.cancel()
 	}
+}
+
+// waitDomain marks the loop waiting for its libvirt domain, with no
+// epoch in flight: a loop retired already stops now.
+func (l *vmLoop) waitDomain() {
+	l.ctl.mu.Lock()
+	defer l.ctl.mu.Unlock()
+	l.ctl.waiting = true
+	if l.ctl.retired && l.ctl.cancel != nil {
+		l.ctl.cancel()
+	}
+}
+
+func (l *vmLoop) domainBack() {
+	l.ctl.mu.Lock()
+	defer l.ctl.mu.Unlock()
+	l.ctl.waiting = false
 }
 
 func (l *vmLoop) isRetired() bool {
@@ -449,7 +468,8 @@ func (a *Agent) newVMLoop(vm VM, share float64) (*vmLoop, error) {
 		status.st.Domain = nil
 		w := libvirtvm.Watch(v.Libvirt.Libvirt, v.Libvirt.Domain, libvirtvm.WatchOptions{Now: o.Now, Logger: log, Notify: l.domainChanged})
 		l.domain = w
-		runner = &domainGate{next: snd, w: w, once: o.Once, grace: 3 * time.Second, interrupted: l.domainInterrupted}
+		runner = &domainGate{next: snd, w: w, once: o.Once, grace: 3 * time.Second, interrupted: l.domainInterrupted,
+			waiting: l.waitDomain, resumed: l.domainBack}
 	}
 	r := newRetrier(runner, o.Retries)
 	r.sleep = o.Sleep

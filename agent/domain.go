@@ -43,6 +43,10 @@ type domainGate struct {
 	grace time.Duration
 	// interrupted is told of an epoch broken by the domain's lifecycle.
 	interrupted func(err error, st lifecycle.State)
+	// waiting and resumed, if set, are told when the gate begins and ends
+	// a wait for the domain: no epoch is in flight then, so a reload may
+	// stop the loop at once.
+	waiting, resumed func()
 }
 
 func (g *domainGate) RunEpoch(ctx context.Context) (*sender.Result, error) {
@@ -52,10 +56,18 @@ func (g *domainGate) RunEpoch(ctx context.Context) (*sender.Result, error) {
 			if g.once {
 				return nil, fmt.Errorf("%s: %w", g.w.State().Describe(), ErrDomainNotRunning)
 			}
+			if g.waiting != nil {
+				g.waiting()
+			}
 			select {
 			case <-ctx.Done():
-				return nil, ctx.Err()
 			case <-changed:
+			}
+			if g.resumed != nil {
+				g.resumed()
+			}
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
 			}
 			continue
 		}

@@ -244,3 +244,56 @@ func TestDomainGateMigratedAway(t *testing.T) {
 		t.Errorf("after the domain came back: %v, %d epochs", err, r.count())
 	}
 }
+
+// TestRetireWhileWaitingForDomain: a reload that removes a VM whose loop
+// waits for its shut-off domain stops the loop at once (no epoch is in
+// flight), whether it comes before or during the wait.
+func TestRetireWhileWaitingForDomain(t *testing.T) {
+	for _, before := range []bool{false, true} {
+		t.Run(fmt.Sprintf("retired before the wait %v", before), func(t *testing.T) {
+			l := &vmLoop{}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			l.ctl.cancel = cancel
+			d := newScriptedDomain()
+			d.feed(evDestroyed)
+			r := &domainRunner{}
+			g := &domainGate{next: r, w: d, waiting: l.waitDomain, resumed: l.domainBack}
+			if !l.begin() {
+				t.Fatal("not begun")
+			}
+			if before {
+				l.retire()
+			}
+			done := make(chan error, 1)
+			go func() {
+				_, err := g.RunEpoch(ctx)
+				done <- err
+			}()
+			if !before {
+				deadline := time.Now().Add(10 * time.Second)
+				for {
+					l.ctl.mu.Lock()
+					w := l.ctl.waiting
+					l.ctl.mu.Unlock()
+					if w {
+						break
+					}
+					if time.Now().After(deadline) {
+						t.Fatal("the gate never waited")
+					}
+					time.Sleep(time.Millisecond)
+				}
+				l.retire()
+			}
+			select {
+			case err := <-done:
+				if !errors.Is(err, context.Canceled) || r.count() != 0 {
+					t.Errorf("gate returned %v after %d epochs; want it stopped, none run", err, r.count())
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("a retired loop still waits for its domain")
+			}
+		})
+	}
+}
