@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	libvirt "github.com/digitalocean/go-libvirt"
 	"github.com/drsync/drsync/libvirtvm"
 	"github.com/drsync/drsync/libvirtvm/lifecycle"
 	"github.com/drsync/drsync/livecut"
@@ -108,10 +109,15 @@ func (g *domainGate) heldAfter(ctx context.Context, err error, changed <-chan st
 	}
 }
 
-// domainGone reports whether err says the domain's QEMU went away.
+// domainGone reports whether err may come from the domain's QEMU going
+// away: a lost monitor, a lost snapshot, or libvirt refusing a command
+// (QEMU killed under a pass-through command is "Unable to read from
+// monitor", whose lifecycle event follows).
 func domainGone(err error) bool {
+	var le libvirt.Error
 	return errors.Is(err, qmp.ErrDisconnected) || errors.Is(err, qmp.ErrNoSocket) ||
-		errors.Is(err, livecut.ErrVMGone) || errors.Is(err, libvirtvm.ErrNoDomain)
+		errors.Is(err, livecut.ErrVMGone) || errors.Is(err, sender.ErrSnapshotLost) ||
+		errors.Is(err, libvirtvm.ErrNoDomain) || errors.As(err, &le)
 }
 
 // DomainStatus is a libvirt domain's lifecycle as the sender last saw it.

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	libvirt "github.com/digitalocean/go-libvirt"
 	"github.com/drsync/drsync/libvirtvm/lifecycle"
 	"github.com/drsync/drsync/qmp"
 	"github.com/drsync/drsync/sender"
@@ -133,6 +134,9 @@ func TestDomainGate(t *testing.T) {
 		{name: "destroyed during the epoch", during: []lifecycle.Event{evDestroyed}, fail: disconnected, later: []lifecycle.Event{evStarted},
 			wantHold: "destroyed", wantEpochs: 2},
 		{name: "the stop event trails the failure", during: []lifecycle.Event{evDestroyed}, lateEvent: 300 * time.Millisecond, fail: disconnected,
+			later: []lifecycle.Event{evStarted}, wantHold: "destroyed", wantEpochs: 2},
+		{name: "libvirt's refusal as QEMU dies, then the event", during: []lifecycle.Event{evDestroyed}, lateEvent: 50 * time.Millisecond,
+			fail:  fmt.Errorf("livecut: migrate: %w", libvirt.Error{Code: uint32(libvirt.ErrInternalError), Message: "Unable to read from monitor: Connection reset by peer"}),
 			later: []lifecycle.Event{evStarted}, wantHold: "destroyed", wantEpochs: 2},
 		{name: "a failure of its own is returned", fail: errors.New("link down"), wantEpochs: 1},
 	}

@@ -132,6 +132,11 @@ func TestLibvirtDomainLifecycle(t *testing.T) {
 	if _, err := snd.Wait(time.Minute); err != nil {
 		t.Fatalf("sender did not stop: %v", err)
 	}
+	// The receiver too: a stopped receiver has applied what it committed.
+	p.rcv.Signal(syscall.SIGTERM)
+	if _, err := p.rcv.Wait(2 * time.Minute); err != nil {
+		t.Fatalf("receiver did not stop: %v", err)
+	}
 	p.verify("guest-1")
 	d.CheckCleanView(t, 1)
 	t.Logf("total %v", time.Since(start).Round(time.Second))
