@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/drsync/drsync/internal/units"
+	"github.com/drsync/drsync/libvirtvm"
 	"github.com/drsync/drsync/livecut"
 	"github.com/drsync/drsync/metrics"
 	"github.com/drsync/drsync/sender"
@@ -97,6 +98,9 @@ func (a *Agent) Close() {
 
 // close releases the loop's sender and tears down its live source.
 func (l *vmLoop) close() {
+	if l.domain != nil {
+		l.domain.Close()
+	}
 	l.snd.Close()
 	if l.source != nil {
 		if err := l.source.Close(); err != nil {
@@ -202,6 +206,8 @@ type vmLoop struct {
 	now     func() time.Time
 	sleep   func(ctx context.Context, d time.Duration) error
 	source  io.Closer // a live source to tear down at the end, if any
+	// domain follows a libvirt domain's lifecycle (nil otherwise).
+	domain domainWatch
 
 	// A member of a consistency group is paced by its group: it asks for
 	// its next snapshot at once, and group (nil on a follower, whose
@@ -225,6 +231,7 @@ type vmLoop struct {
 type loopControl struct {
 	mu      sync.Mutex
 	inEpoch bool
+	waiting bool        // in an epoch, but waiting for a libvirt domain
 	retired bool        // stop after the epoch in flight
 	cancel  func()      // ends the loop's context: its sleep, its retries
 	next    *nextPacing // pacing to apply at the next decision
@@ -260,9 +267,27 @@ func (l *vmLoop) retire() {
 	l.ctl.mu.Lock()
 	defer l.ctl.mu.Unlock()
 	l.ctl.retired = true
-	if !l.ctl.inEpoch && l.ctl.cancel != nil {
+	// A loop waiting for its libvirt domain has no epoch in flight.
+	if (!l.ctl.inEpoch || l.ctl.waiting) && l.ctl.cancel != nil {
 		l.ctl.cancel()
 	}
+}
+
+// waitDomain marks the loop waiting for its libvirt domain, with no
+// epoch in flight: a loop retired already stops now.
+func (l *vmLoop) waitDomain() {
+	l.ctl.mu.Lock()
+	defer l.ctl.mu.Unlock()
+	l.ctl.waiting = true
+	if l.ctl.retired && l.ctl.cancel != nil {
+		l.ctl.cancel()
+	}
+}
+
+func (l *vmLoop) domainBack() {
+	l.ctl.mu.Lock()
+	defer l.ctl.mu.Unlock()
+	l.ctl.waiting = false
 }
 
 func (l *vmLoop) isRetired() bool {
@@ -449,7 +474,17 @@ func (a *Agent) newVMLoop(vm VM, share float64) (*vmLoop, error) {
 	if v.Live != nil {
 		l.noteGuard(dir)
 	}
-	r := newRetrier(snd, o.Retries)
+	var runner epochRunner = snd
+	if v.Live != nil && v.Libvirt.Enabled() && !grouped {
+		// Epochs wait while libvirt has the domain shut off or migrating
+		// away. (A group member's cut goes through its group.)
+		status.st.Domain = nil
+		w := libvirtvm.Watch(v.Libvirt.Libvirt, v.Libvirt.Domain, libvirtvm.WatchOptions{Now: o.Now, Logger: log, Notify: l.domainChanged})
+		l.domain = w
+		runner = &domainGate{next: snd, w: w, once: o.Once, grace: 3 * time.Second, interrupted: l.domainInterrupted,
+			waiting: l.waitDomain, resumed: l.domainBack}
+	}
+	r := newRetrier(runner, o.Retries)
 	r.sleep = o.Sleep
 	r.onFailure = l.failed
 	l.runner = r

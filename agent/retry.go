@@ -100,6 +100,7 @@ func retryable(err error) bool {
 		errors.Is(err, qmp.ErrUnsupportedVersion),
 		errors.Is(err, livecut.ErrDiskNotFound),
 		errors.Is(err, livecut.ErrSwitchedBack),
+		errors.Is(err, ErrDomainNotRunning),
 		errors.Is(err, sender.ErrUnusableSource):
 		return false
 	}

@@ -55,6 +55,9 @@ type Status struct {
 	// LongPause is the last cut that paused the guest for longer than
 	// expected (livecut.PauseAlarm).
 	LongPause *LongPause `json:"long_pause,omitempty"`
+	// Domain is a libvirt domain's lifecycle: running, or why protection
+	// waits (shut off, migrating away, migrated to another host).
+	Domain *DomainStatus `json:"domain,omitempty"`
 }
 
 type GuestPaused struct {
@@ -181,6 +184,14 @@ func (r *statusRecorder) failure(err error) {
 		r.st.GuestPaused.Detail = err.Error()
 	}
 	r.save(now)
+}
+
+// domain records a libvirt domain's lifecycle state.
+func (r *statusRecorder) domain(d *DomainStatus) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.st.Domain = d
+	r.save(r.now().UTC())
 }
 
 // save writes the status; a failure to do so is logged, never fatal.

@@ -22,6 +22,15 @@
 // the libvirt socket), so QEMU writes a cut's migration stream into a unix
 // socket drsync listens on, which QEMU's user must be able to reach.
 //
+// Watcher follows a protected domain's lifecycle for as long as the
+// sender runs, across the ends of its QEMU: libvirt's lifecycle,
+// migration-iteration and job-completed events for the domain's name (a
+// connection of its own, re-made when libvirtd restarts), plus the
+// domain's state and job asked for at each (re)connection, before each
+// cut (Check) and while a migration is quiet. It feeds them to package
+// lifecycle, whose decision (protect, wait, resync, stop cutting) the
+// agent acts on; until libvirt answers, the posture is to protect.
+//
 // Config is what a sender's [[vm]] entry says of a domain (URI, name or
 // UUID, disks left out): Check validates it, Apply points livecut at the
 // domain (a monitor address, "libvirt:<uri>#<domain>", that travels where

@@ -57,6 +57,7 @@ type Sender struct {
 	paused   *prometheus.GaugeVec
 	long     *prometheus.CounterVec
 	guarded  *prometheus.CounterVec
+	domain   *prometheus.GaugeVec
 
 	mu      sync.Mutex
 	lastCut map[string]time.Time
@@ -84,10 +85,12 @@ func NewSender(now func() time.Time) *Sender {
 		long: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drsync_sender_guest_long_pauses_total", Help: "Cuts that paused the guest for longer than expected (1 s)."}, []string{"vm"}),
 		guarded: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "drsync_sender_guest_guard_resumes_total",
 			Help: "Guests the guard resumed after a sender died during a cut, since the state directory was created."}, []string{"vm"}),
+		domain: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "drsync_sender_domain_held",
+			Help: "A libvirt domain's lifecycle state (running, shut-off, migrating, migrated; one series per VM): 1 while protection waits for the domain, 0 while it is protected."}, []string{"vm", "state"}),
 		lastCut: map[string]time.Time{},
 		resumes: map[string]uint64{},
 	}
-	s.reg.MustRegister(s.lag, s.interval, s.epochs, s.failures, s.bytes, s.pages, s.pause, s.goodput, s.dirty, s.plan, s.paused, s.long, s.guarded)
+	s.reg.MustRegister(s.lag, s.interval, s.epochs, s.failures, s.bytes, s.pages, s.pause, s.goodput, s.dirty, s.plan, s.paused, s.long, s.guarded, s.domain)
 	return s
 }
 
@@ -160,6 +163,17 @@ func (s *Sender) GuestPaused(vm string, paused bool) {
 		v = 1
 	}
 	s.paused.WithLabelValues(vm).Set(v)
+}
+
+// DomainState records a libvirt domain's lifecycle state, and whether
+// protection waits for it.
+func (s *Sender) DomainState(vm, state string, held bool) {
+	v := 0.0
+	if held {
+		v = 1
+	}
+	s.domain.DeletePartialMatch(prometheus.Labels{"vm": vm})
+	s.domain.WithLabelValues(vm, state).Set(v)
 }
 
 // LongPause records a cut that paused the guest for longer than expected.

@@ -34,6 +34,8 @@ func TestSenderMetrics(t *testing.T) {
 	s.Committed("web-1", Epoch{Cut: time.Unix(995, 0), Duration: time.Second, ChangedBytes: 50, WireBytes: 40, Resent: 4, Pause: 8 * time.Millisecond, RAMZero: 1})
 	s.Failed("web-1")
 	s.GuestPaused("web-1", true)
+	s.DomainState("web-1", "running", false)
+	s.DomainState("web-1", "shut-off", true)
 	s.LongPause("web-1")
 	s.GuardResumes("web-1", 3)
 	s.GuardResumes("web-1", 2) // an older record: never goes back
@@ -52,10 +54,14 @@ func TestSenderMetrics(t *testing.T) {
 		`drsync_sender_guest_paused{vm="web-1"} 1`,
 		`drsync_sender_guest_long_pauses_total{vm="web-1"} 1`,
 		`drsync_sender_guest_guard_resumes_total{vm="web-1"} 3`,
+		`drsync_sender_domain_held{state="shut-off",vm="web-1"} 1`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("missing %s in:\n%s", want, out)
 		}
+	}
+	if strings.Contains(out, `state="running"`) {
+		t.Errorf("a domain's former state is still exported:\n%s", out)
 	}
 	now = now.Add(10 * time.Second) // the lag grows between epochs
 	if out := scrape(t, s.Handler()); !strings.Contains(out, `drsync_sender_rpo_lag_seconds{vm="web-1"} 15`) {

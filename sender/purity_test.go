@@ -17,6 +17,7 @@ var pure = []string{
 	"github.com/drsync/drsync/epochctl",
 	"github.com/drsync/drsync/receiver/protocol",
 	"github.com/drsync/drsync/replica/recovery",
+	"github.com/drsync/drsync/libvirtvm/lifecycle",
 	"github.com/drsync/drsync/replica/grouppoint",
 	"github.com/drsync/drsync/groupcut",
 }

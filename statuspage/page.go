@@ -59,6 +59,9 @@ type VM struct {
 	// it should run; PausedSince is when that was first noticed.
 	GuestPaused string
 	PausedSince time.Time
+	// DomainHeld, when set, says why protection of a libvirt domain
+	// waits (shut off, migrating away, migrated to another host).
+	DomainHeld string
 }
 
 // Drill is the outcome of a VM's last failover drill.
@@ -81,6 +84,9 @@ func (v *VM) Lag(now time.Time) (lag time.Duration, ok bool) {
 // for a healthy VM.
 func (v *VM) Trouble(now time.Time) []string {
 	var out []string
+	if v.DomainHeld != "" {
+		out = append(out, v.DomainHeld)
+	}
 	if v.GuestPaused != "" {
 		s := "guest paused"
 		if !v.PausedSince.IsZero() {

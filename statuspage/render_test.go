@@ -242,6 +242,8 @@ func TestTrouble(t *testing.T) {
 		{"error without a count", VM{LastError: "stream reset"}, []string{"failing: stream reset"}},
 		{"guest paused", VM{GuestPaused: "paused by someone else", PausedSince: now.Add(-time.Minute)},
 			[]string{"guest paused since 2026-12-04 10:59:00 UTC: paused by someone else"}},
+		{"domain held", VM{DomainHeld: "domain migrating (outgoing) since 10:59:00 UTC; protection paused"},
+			[]string{"domain migrating (outgoing) since 10:59:00 UTC; protection paused"}},
 		{"failed drill", VM{Drill: &Drill{At: now.Add(-time.Hour), Detail: "no boot"}},
 			[]string{"last failover drill FAILED at 2026-12-04 10:00:00 UTC: no boot"}},
 		{"several, most urgent first", VM{GuestPaused: "x", Failures: 1, Drill: &Drill{At: now}},

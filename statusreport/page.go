@@ -34,6 +34,9 @@ func SenderPage(vms []SenderVM, now time.Time) statuspage.Page {
 				v.RPOTarget = time.Duration(f.RPOTargetSeconds * float64(time.Second))
 			}
 		}
+		if d := r.Domain; d != nil && d.Held {
+			v.DomainHeld = d.Detail
+		}
 		if g := r.Guest; g != nil && g.Paused {
 			v.GuestPaused, v.PausedSince = g.Detail, g.Since
 			if v.GuestPaused == "" {

@@ -39,6 +39,8 @@ type Row struct {
 	Flow *agent.FlowStatus `json:"flow,omitempty"`
 	// Guest is what is known of a live guest's pauses outside cuts.
 	Guest *agent.Guest `json:"guest,omitempty"`
+	// Domain is a libvirt domain's lifecycle as its sender saw it last.
+	Domain *agent.DomainStatus `json:"domain,omitempty"`
 	// Drill is a replica's last failover drill (drsync failover --drill).
 	Drill *runbook.DrillResult `json:"drill,omitempty"`
 	// Group is the VM's consistency group, if it is in one.
@@ -92,6 +94,7 @@ func Sender(vms []SenderVM, now time.Time) ([]Row, []error) {
 			row.Updated = st.Updated
 			row.GuestPause = agent.SummarizePauses(st.RecentPausesMS)
 			row.Flow = st.Flow
+			row.Domain = st.Domain
 		}
 		if vm.WorkDir != "" {
 			g, err := agent.GuestReport(vm.StateDir, vm.WorkDir, &st, now)

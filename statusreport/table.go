@@ -80,6 +80,9 @@ func WriteTable(w io.Writer, role string, rows []Row) {
 // WriteGuestNotes says loudly, under the table, that a protected guest is
 // (or was left) paused.
 func WriteGuestNotes(w io.Writer, r Row) {
+	if d := r.Domain; d != nil && d.Held {
+		fmt.Fprintf(w, "%s: %s\n", r.VM, d.Detail)
+	}
 	g := r.Guest
 	if g == nil {
 		return

@@ -18,3 +18,34 @@ func TestStatusTableBreach(t *testing.T) {
 		}
 	}
 }
+
+// The table says why protection of a libvirt domain waits, and nothing
+// of a domain that runs.
+func TestStatusTableDomain(t *testing.T) {
+	tests := []struct {
+		name string
+		d    *agent.DomainStatus
+		want string
+	}{
+		{"shut off", &agent.DomainStatus{State: "shut-off", Held: true, Detail: "domain shut down at 16:42:03 UTC; waiting for it to start"},
+			"web-1: domain shut down at 16:42:03 UTC; waiting for it to start"},
+		{"migrating", &agent.DomainStatus{State: "migrating", Held: true, Detail: "domain migrating (outgoing) since 16:42:03 UTC; protection paused"},
+			"web-1: domain migrating (outgoing) since 16:42:03 UTC; protection paused"},
+		{"running", &agent.DomainStatus{State: "running", Detail: "domain running"}, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			WriteTable(&out, "sender", []Row{{VM: "web-1", Domain: tc.d}})
+			if tc.want == "" {
+				if strings.Contains(out.String(), "web-1: ") {
+					t.Errorf("a running domain gets a note:\n%s", out.String())
+				}
+				return
+			}
+			if !strings.Contains(out.String(), tc.want) {
+				t.Errorf("table does not say %q:\n%s", tc.want, out.String())
+			}
+		})
+	}
+}
