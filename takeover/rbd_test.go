@@ -150,7 +150,7 @@ func TestTakeoverFromRBD(t *testing.T) {
 	}
 	ticks(serial, 5)
 	during := poolState(t, store, prefix)
-	vm.Stop()
+	qmpQuit(vm)
 	if err := plan.Discard(); err != nil {
 		t.Fatal(err)
 	}
@@ -198,7 +198,7 @@ func TestTakeoverFromRBD(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() {
-		vm.Stop()
+		qmpQuit(vm)
 		if err := plan.Discard(); err != nil {
 			t.Error(err)
 		}
