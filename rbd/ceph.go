@@ -378,6 +378,13 @@ func (m *image) Snaps() ([]Snap, error) {
 				out = append(out, Snap{ID: uint64(infos[i].id), Name: C.GoString(infos[i].name), Size: uint64(infos[i].size)})
 			}
 			C.rbd_snap_list_end(&infos[0])
+			for i := range out {
+				var prot C.int
+				if ret := withName(out[i].Name, func(cn *C.char) C.int { return C.rbd_snap_is_protected(im, cn, &prot) }); ret < 0 {
+					return ret
+				}
+				out[i].Protected = prot != 0
+			}
 			return 0
 		}
 	})

@@ -85,6 +85,9 @@ type Snap struct {
 	ID   uint64
 	Name string
 	Size uint64
+	// Protected: clones may be made of it, and it cannot be removed
+	// until it is unprotected (which its clones prevent).
+	Protected bool
 }
 
 // Locker is a holder of an advisory lock.

@@ -63,6 +63,9 @@ func (rb *Runbook) PinConsistencyGroupIn(fsys vfs.FS, group string, out io.Write
 	if group == "" {
 		return nil
 	}
+	if rb.RBD != nil {
+		return fmt.Errorf("consistency group %s: the replicas are in Ceph pool %s, whose group points a failover does not read yet; fail the members over with --epoch", group, rb.RBD.Pool)
+	}
 	var vms []string
 	for _, v := range rb.VMs {
 		vms = append(vms, v.Name)

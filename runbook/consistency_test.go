@@ -71,7 +71,7 @@ func TestPinConsistencyGroup(t *testing.T) {
 				if got, b := rb.point(vm); got != e || !b.IsZero() {
 					t.Errorf("%s resumes %d %v, want epoch %d", vm, got, b, e)
 				}
-				if o := takeoverOptions(rb, rb.vm(vm)); o.Epoch != e || !o.Before.IsZero() {
+				if o, _, _ := takeoverOptions(rb, rb.vm(vm)); o.Epoch != e || !o.Before.IsZero() {
 					t.Errorf("%s takeover options epoch %d before %v, want %d", vm, o.Epoch, o.Before, e)
 				}
 			}

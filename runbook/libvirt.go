@@ -45,7 +45,11 @@ func (l Libvirt) domain(rb *Runbook, vm *VM) string {
 }
 
 func (e QEMUEnv) startLibvirt(ctx context.Context, rb *Runbook, vm *VM, t0 time.Time) (Started, error) {
-	o := takeoverOptions(rb, vm)
+	o, done, err := takeoverOptions(rb, vm)
+	if err != nil {
+		return Started{}, err
+	}
+	defer done()
 	o.FullStream = true
 	o.Disks = append([]takeover.Disk{}, o.Disks...)
 	for i := range o.Disks {

@@ -18,6 +18,7 @@ import (
 	"github.com/drsync/drsync/libvirtvm"
 	"github.com/drsync/drsync/qmp"
 	"github.com/drsync/drsync/replica"
+	"github.com/drsync/drsync/replica/rbdstore"
 	"github.com/drsync/drsync/takeover"
 	"github.com/drsync/drsync/vfs"
 	"github.com/drsync/drsync/vmspec"
@@ -44,8 +45,15 @@ func fence(rb *Runbook) string { return "failover runbook " + rb.Name }
 // device state and the VM's disks, not being written right now, not taken
 // over by something else; and that QEMU is there.
 func (e QEMUEnv) Preflight(ctx context.Context, rb *Runbook, vm *VM) (Ready, error) {
-	store, name := replicaOf(rb, vm)
+	store, name, done, err := replicaOf(rb, vm)
+	if err != nil {
+		return Ready{}, err
+	}
+	defer done()
 	dir := store.Where(name)
+	if vm.Libvirt.Enabled() && rb.RBD != nil {
+		return Ready{}, fmt.Errorf("replica %s is in Ceph: a libvirt domain is not taken over from RBD (its disks would have to be the pool's clones); run it as a QEMU of its own", dir)
+	}
 	m, err := store.Manifest(name)
 	if errors.Is(err, os.ErrNotExist) {
 		return Ready{}, fmt.Errorf("no replica at %s (nothing was ever replicated for this VM here)", dir)
@@ -151,14 +159,27 @@ func (e QEMUEnv) Hook(ctx context.Context, rb *Runbook, h *Hook) error {
 
 // replicaOf is where vm's replica is kept, and its name there: the
 // directory named after it under the runbook's replica root, holding
-// whatever VM its manifest names.
-func replicaOf(rb *Runbook, vm *VM) (replica.Store, string) {
-	return replica.DirStore(vfs.Default, filepath.Join(rb.Replicas, vm.Name)), ""
+// whatever VM its manifest names; or, on Ceph, the VM's replica in the
+// pool, reached through a connection that done closes.
+func replicaOf(rb *Runbook, vm *VM) (store replica.Store, name string, done func(), err error) {
+	if rb.RBD != nil {
+		s, closeFn, err := rbdstore.Open(*rb.RBD, rb.KeepPoints, nil)
+		if err != nil {
+			return nil, "", nil, fmt.Errorf("replicas in Ceph pool %s: %w", rb.RBD.Pool, err)
+		}
+		return s, vm.Name, closeFn, nil
+	}
+	return replica.DirStore(vfs.Default, filepath.Join(rb.Replicas, vm.Name)), "", func() {}, nil
 }
 
-func takeoverOptions(rb *Runbook, vm *VM) takeover.Options {
-	store, name := replicaOf(rb, vm)
-	o := takeover.Options{
+// takeoverOptions are vm's takeover in rb; done closes the store they
+// name once the takeover is over.
+func takeoverOptions(rb *Runbook, vm *VM) (o takeover.Options, done func(), err error) {
+	store, name, done, err := replicaOf(rb, vm)
+	if err != nil {
+		return o, nil, err
+	}
+	o = takeover.Options{
 		Replica: store.Where(name), Store: store, VM: name, WorkDir: workDir(rb, vm),
 		QEMU: vm.QEMU, Args: vm.Args, Disks: vm.Disks, MainRAM: vm.MainRAM, Fence: fence(rb),
 	}
@@ -169,7 +190,7 @@ func takeoverOptions(rb *Runbook, vm *VM) takeover.Options {
 	} else {
 		o.Args = append(append([]string{}, vm.Args...), vm.NICs...)
 	}
-	return o
+	return o, done, nil
 }
 
 // Start brings vm up from its replica's committed epoch, fencing the
@@ -186,12 +207,24 @@ func (e QEMUEnv) Start(ctx context.Context, rb *Runbook, vm *VM) (Started, error
 	if vm.Libvirt.Enabled() {
 		return e.startLibvirt(ctx, rb, vm, t0)
 	}
-	plan, err := takeover.Prepare(takeoverOptions(rb, vm))
+	o, done, err := takeoverOptions(rb, vm)
+	if err != nil {
+		return Started{}, err
+	}
+	defer done()
+	plan, err := takeover.Prepare(o)
 	if err != nil {
 		return Started{}, err
 	}
 	q, err := takeover.Start(ctx, plan, e.out())
 	if err != nil {
+		if plan.Discard != nil && errors.Is(err, takeover.ErrLoad) {
+			// QEMU never ran the guest: its clones hold nothing of its
+			// own, and a run again makes them afresh.
+			if derr := plan.Discard(); derr != nil {
+				err = errors.Join(err, fmt.Errorf("remove its clones: %w", derr))
+			}
+		}
 		return Started{}, err
 	}
 	return Started{PID: q.Cmd.Process.Pid, QMP: plan.QMP, Epoch: plan.Epoch, Cut: plan.Cut, Took: q.Running.Sub(t0)}, nil
@@ -207,7 +240,12 @@ func (e QEMUEnv) Boot(ctx context.Context, rb *Runbook, vm *VM) (Started, error)
 		return Started{}, fmt.Errorf("libvirt domain %s wrote to its overlays at the DR site and is defined there: start it with libvirt (virsh start), or %s %s to start over from the replica", vm.Libvirt.domain(rb, vm), DiscardFlag, vm.Name)
 	}
 	t0 := time.Now()
-	plan, err := takeover.PrepareBoot(takeoverOptions(rb, vm))
+	o, done, err := takeoverOptions(rb, vm)
+	if err != nil {
+		return Started{}, err
+	}
+	defer done()
+	plan, err := takeover.PrepareBoot(o)
 	if err != nil {
 		return Started{}, err
 	}
@@ -264,11 +302,40 @@ func (e QEMUEnv) Stop(ctx context.Context, rb *Runbook, vm *VM, s Started) error
 		}
 	}
 	if s.PID > 0 {
+		if rb.RBD != nil {
+			// QEMU quitting closes its RBD images; a killed one's watch
+			// keeps them from removal until it expires (30 s).
+			quit(ctx, s.QMP)
+			for deadline := time.Now().Add(5 * time.Second); syscall.Kill(s.PID, 0) == nil && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			}
+		}
 		syscall.Kill(s.PID, syscall.SIGKILL)
 		for deadline := time.Now().Add(10 * time.Second); syscall.Kill(s.PID, 0) == nil && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
 		}
 	}
+	if rb.RBD != nil {
+		store, name, done, err := replicaOf(rb, vm)
+		if err != nil {
+			return err
+		}
+		defer done()
+		if rm, ok := store.(replica.CloneRemover); ok {
+			if err := rm.RemoveClones(name, takeover.CloneDrill); err != nil {
+				return fmt.Errorf("remove the drill's clones: %w", err)
+			}
+		}
+	}
 	return os.RemoveAll(workDir(rb, vm))
+}
+
+// quit asks the QEMU at sock to quit, briefly.
+func quit(ctx context.Context, sock string) {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if sess, err := qmp.Dial(ctx, sock, qmp.Options{}); err == nil {
+		sess.Execute(ctx, "quit", nil, nil)
+		sess.Close()
+	}
 }
 
 // Alive reports whether s's QEMU still runs the guest.

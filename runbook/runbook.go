@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/drsync/drsync/internal/field"
+	"github.com/drsync/drsync/replica/rbdstore"
 	"github.com/drsync/drsync/takeover"
 	"github.com/drsync/drsync/vmspec"
 )
@@ -15,7 +16,15 @@ import (
 type Runbook struct {
 	Name     string
 	Replicas string // the receiver's storage directory
-	WorkDir  string // per-VM work directories
+	// RBD, if set, is the Ceph pool the receiver keeps the replicas in
+	// (its [storage] backend = "rbd"); Replicas then holds only its lock,
+	// status files and drill results. The VMs run on clones of the
+	// replica's images in the pool.
+	RBD *rbdstore.Config
+	// KeepPoints is the receiver's keep_points: a store the runbook opens
+	// must prune recovery points by the same rule as the receiver.
+	KeepPoints int
+	WorkDir    string // per-VM work directories
 	// Authorized, if set, lists the VMs the DR site's receiver holds
 	// replicas for; a runbook naming another VM is refused.
 	Authorized []string
@@ -103,6 +112,11 @@ func (rb *Runbook) Validate() error {
 	}
 	if rb.Replicas == "" || rb.WorkDir == "" {
 		return errors.New("runbook: needs the replica storage directory and a work directory")
+	}
+	if rb.RBD != nil {
+		if err := rb.RBD.Validate(); err != nil {
+			return field.Under("storage", ".", err)
+		}
 	}
 	vms := map[string]*VM{}
 	for i := range rb.VMs {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/drsync/drsync/replica/rbdstore"
 	"github.com/drsync/drsync/takeover"
 )
 
@@ -50,6 +51,9 @@ func TestValidate(t *testing.T) {
 		{"VM not authorized here", func(rb *Runbook) { rb.Authorized = []string{"db-1", "app-1"} }, `vm "app-2": this site holds no replica`},
 		{"bad VM name", func(rb *Runbook) { rb.VMs[0].Name = "../etc" }, "vm[0].name"},
 		{"VM without disks", func(rb *Runbook) { rb.VMs[2].Disks = nil }, `vm "app-2": no disks`},
+		{"replicas in Ceph", func(rb *Runbook) { rb.RBD = &rbdstore.Config{Pool: "dr", Client: "drsync"} }, ""},
+		{"Ceph without a pool", func(rb *Runbook) { rb.RBD = &rbdstore.Config{Client: "drsync"} }, "storage.pool: missing"},
+		{"Ceph user with prefix", func(rb *Runbook) { rb.RBD = &rbdstore.Config{Pool: "dr", Client: "client.drsync"} }, "storage.client"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -15,6 +15,14 @@
 //	disks         a qcow2 overlay per replica disk, backed by the replica's
 //	              raw image, so the running VM never changes the replica
 //
+// A replica in a store that clones (replica.Cloner: Ceph RBD) is not a
+// set of local files: the VM's disks are copy-on-write clones of the
+// chosen epoch made in the store, which QEMU opens by name (-drive
+// file=rbd:...) and writes, and the main RAM block is read from the store
+// into a file of the work directory first, which is then mapped as above.
+// A failover's clones (CloneFailover) are the VM's disks from then on and
+// never replaced; a drill's (CloneDrill) are removed by Plan.Discard.
+//
 // Overlays a VM wrote to are never replaced (ErrOverlaysWritten): after a
 // failover they are the VM's data. PrepareBoot boots a VM cold from them,
 // MoveAside puts them away intact.

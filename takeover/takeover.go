@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"os"
 	"os/exec"
@@ -166,7 +167,19 @@ type Plan struct {
 	Definition []byte
 	// Dial connects to QMP once QEMU listens (Options.Dial); DialQMP if nil.
 	Dial DialFunc
+	// Discard, if set, removes the clones Prepare made in the replica's
+	// store (Overlays then names them), for a plan whose QEMU never ran
+	// the guest (Start failed with ErrLoad) or a drill's teardown.
+	Discard func() error
 }
+
+// The names of a takeover's clones in a store that clones (see
+// replica.Cloner): a failover's, which are the VM's disks from then on,
+// and a drill's, which the drill removes.
+const (
+	CloneFailover = "failover"
+	CloneDrill    = "drill"
+)
 
 // Prepare checks the replica and writes what the VM needs: overlays and the
 // state stream. It takes the replica's lock while it reads, waiting up to
@@ -208,10 +221,13 @@ func Prepare(o Options) (*Plan, error) {
 		return nil, fmt.Errorf("takeover: %w", err)
 	}
 	// The images are read in place, from a rebuilt recovery point, or
-	// from a copy.
+	// from a copy; or, in a store that clones, the VM runs on clones.
 	var img replica.Image
+	cl, cloned := r.(replica.Cloner)
 	if pick, err := pickPoint(o.Replica, func() ([]replica.Point, error) { return store.Points(vm) }, o.Epoch, o.Before, m.Epoch); err != nil {
 		return nil, err
+	} else if rm, ok := store.(replica.CloneRemover); cloned && ok {
+		return prepareClones(o, cl, rm, vm, pick)
 	} else if pick != m.Epoch {
 		if img, err = r.Export(pick, filepath.Join(o.WorkDir, fmt.Sprintf("point-%d", pick)), nil); err != nil {
 			return nil, fmt.Errorf("takeover: recovery point %d: %w", pick, err)
@@ -231,7 +247,48 @@ func Prepare(o Options) (*Plan, error) {
 	} else if img, err = r.Export(m.Epoch, "", nil); err != nil {
 		return nil, fmt.Errorf("takeover: replica %s: %w", o.Replica, err)
 	}
+	return prepareFrom(o, img, m, false)
+}
+
+// prepareClones plans a VM on clones of epoch pick, made by the store
+// (see replica.Cloner), and removes them again if the plan fails.
+func prepareClones(o Options, cl replica.Cloner, rm replica.CloneRemover, vm string, pick uint64) (*Plan, error) {
+	co := replica.CloneOptions{Epoch: pick, Name: CloneFailover, Keep: func(t replica.TargetEntry) bool {
+		return t.TargetKind() == vmspec.KindDisk && slices.ContainsFunc(o.Disks, func(d Disk) bool { return d.Target == t.Name })
+	}}
+	if o.Copy {
+		// A drill's clones are disposable; a failover's may hold what its
+		// VM wrote.
+		co.Name, co.Replace = CloneDrill, true
+	}
+	img, err := cl.Clone(co)
+	if errors.Is(err, fs.ErrExist) {
+		return nil, fmt.Errorf("takeover: replica %s: %w (%w)", o.Replica, err, ErrOverlaysWritten)
+	} else if err != nil {
+		return nil, fmt.Errorf("takeover: replica %s: clone epoch %d: %w", o.Replica, pick, err)
+	}
+	discard := func() error { return rm.RemoveClones(vm, co.Name) }
+	p, err := prepareFrom(o, img, img.Manifest(), true)
+	if err != nil {
+		if rerr := discard(); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("takeover: remove the clones made: %w", rerr))
+		}
+		return nil, err
+	}
+	p.Discard = discard
+	return p, nil
+}
+
+// prepareFrom writes the state stream and the disks' overlays of img
+// (the epoch m) and plans QEMU's command; with cloned, img's disks are
+// clones QEMU writes to by name, and the main RAM block is read into a
+// file of the work directory, which QEMU maps.
+func prepareFrom(o Options, img replica.Image, m *replica.Manifest, cloned bool) (*Plan, error) {
+	if m.DeviceState == nil {
+		return nil, fmt.Errorf("takeover: epoch %d of replica %s has no device state: %w", m.Epoch, o.Replica, ErrNoMemory)
+	}
 	var def []byte
+	var err error
 	if t := m.Find(vmspec.KindBlob, vmspec.BlobDomainXML); t != nil {
 		if def, err = readBlob(img, t); err != nil {
 			return nil, fmt.Errorf("takeover: replica %s: the domain definition: %w", o.Replica, err)
@@ -290,6 +347,12 @@ func Prepare(o Options) (*Plan, error) {
 	if err := writeStream(p.Stream, sk, ram); err != nil {
 		return nil, fmt.Errorf("takeover: %w", err)
 	}
+	if cloned && !o.FullStream {
+		p.RAMFile = filepath.Join(o.WorkDir, "ram.img")
+		if err := copyRAM(p.RAMFile, func() (replica.ReaderAtCloser, error) { return img.OpenTarget(main) }, main.Size); err != nil {
+			return nil, fmt.Errorf("takeover: RAM block %s: %w", main.Name, err)
+		}
+	}
 
 	args := append([]string{}, o.Args...)
 	args = append(args, ramArgs(o.MainRAM, main.Size, p.RAMFile)...)
@@ -297,6 +360,13 @@ func Prepare(o Options) (*Plan, error) {
 		t := m.Disk(d.Target)
 		if t == nil {
 			return nil, fmt.Errorf("takeover: the replica of %s has no disk %q", m.VM, d.Target)
+		}
+		if cloned {
+			// The clone is the VM's disk: QEMU's own driver writes it.
+			name := img.Location(t)
+			p.Overlays = append(p.Overlays, name)
+			args = append(args, "-drive", fmt.Sprintf("file=%s,format=raw,if=none,id=%s,cache=writeback", strings.ReplaceAll(name, ",", ",,"), d.Node))
+			continue
 		}
 		ov := OverlayPath(o.WorkDir, d)
 		os.Remove(ov) // unwritten: checked above

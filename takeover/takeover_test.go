@@ -10,6 +10,7 @@ import (
 
 	"github.com/drsync/drsync/livecut"
 	"github.com/drsync/drsync/receiver"
+	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/takeover"
 	"github.com/drsync/drsync/testkit"
@@ -129,10 +130,16 @@ func replicateGuest(t testing.TB, memMiB, epochs int) replicated {
 
 // replicateGuestWith is replicateGuest with a commit hook on the receiver.
 func replicateGuestWith(t testing.TB, memMiB, epochs int, onCommit func(receiver.EpochStats)) replicated {
+	return replicateGuestInto(t, memMiB, epochs, onCommit, nil)
+}
+
+// replicateGuestInto is replicateGuestWith into store (nil: files under
+// dir/replicas).
+func replicateGuestInto(t testing.TB, memMiB, epochs int, onCommit func(receiver.EpochStats), store replica.Store) replicated {
 	t.Helper()
 	src, dir := guest.Protected(t, memMiB, nil)
 	kernel, initrd := guest.Build(t)
-	rcv, err := receiver.New(receiver.Options{Root: filepath.Join(dir, "replicas"), FS: vfs.Default, Now: time.Now,
+	rcv, err := receiver.New(receiver.Options{Root: filepath.Join(dir, "replicas"), FS: vfs.Default, Now: time.Now, Store: store,
 		Authorize: func(receiver.Peer, string) error { return nil }, OnCommit: onCommit})
 	if err != nil {
 		t.Fatal(err)

@@ -52,3 +52,19 @@ func TestReceiverConfigRBD(t *testing.T) {
 		})
 	}
 }
+
+// TestRunbookOnRBDReceiver: a runbook whose receiver keeps its replicas in
+// Ceph opens them there, with the receiver's pool, user, ceph.conf and
+// keep_points.
+func TestRunbookOnRBDReceiver(t *testing.T) {
+	rc := writeConfig(t, "receiver.toml", edit(t, baseReceiver, `dir = "replicas"`,
+		"dir = \"replicas\"\nkeep_points = 3\nbackend = \"rbd\"\npool = \"dr\"\nceph_conf = \"/etc/ceph/dr.conf\"\nclient = \"drsync\""))
+	path := writeConfig(t, "runbook.toml", "name = \"site-b\"\nreceiver_config = \""+rc+"\"\nwork_dir = \"w\"\n")
+	rb, _, err := loadRunbook(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rb.RBD == nil || rb.RBD.Pool != "dr" || rb.RBD.Client != "drsync" || rb.RBD.CephConf != "/etc/ceph/dr.conf" || rb.KeepPoints != 3 {
+		t.Fatalf("runbook storage: %+v keep %d", rb.RBD, rb.KeepPoints)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"path/filepath"
 
+	"github.com/drsync/drsync/replica/rbdstore"
 	"github.com/drsync/drsync/runbook"
 	"github.com/drsync/drsync/takeover"
 )
@@ -89,7 +90,10 @@ func loadRunbook(path string) (*runbook.Runbook, string, error) {
 	if c.WorkDir == "" {
 		return nil, "", &configError{path, "work_dir", errors.New("missing: a directory for the VMs' disk overlays and sockets")}
 	}
-	rb := &runbook.Runbook{Name: c.Name, Replicas: rc.Storage.Dir, WorkDir: resolvePath(dir, c.WorkDir), Authorized: rc.vmNames()}
+	rb := &runbook.Runbook{Name: c.Name, Replicas: rc.Storage.Dir, WorkDir: resolvePath(dir, c.WorkDir), Authorized: rc.vmNames(), KeepPoints: rc.Storage.KeepPoints}
+	if b := rc.Storage.Backend; b.Kind == "rbd" { // the receiver's replicas are in Ceph
+		rb.RBD = &rbdstore.Config{Pool: b.Pool, CephConf: b.CephConf, Client: b.Client}
+	}
 	logPath := resolvePath(dir, c.Log)
 	if logPath == "" {
 		logPath = filepath.Join(rb.WorkDir, "run.log")

@@ -110,6 +110,9 @@ type image struct {
 	base    string
 	snap    string
 	m       *replica.Manifest
+	// clones are the targets cloned for a VM to write (Handle.Clone): by
+	// file, the clone's image name.
+	clones map[string]string
 }
 
 func (d *image) Manifest() *replica.Manifest { return d.m }
@@ -117,6 +120,9 @@ func (d *image) Manifest() *replica.Manifest { return d.m }
 // Location is the name QEMU's rbd driver opens:
 // rbd:pool/image[@snap][:id=user][:conf=path].
 func (d *image) Location(t *replica.TargetEntry) string {
+	if c, ok := d.clones[t.File]; ok {
+		return rbd.QEMUFile(d.cluster, d.pool.Name(), c, "")
+	}
 	return rbd.QEMUFile(d.cluster, d.pool.Name(), d.base+"."+t.File, d.snap)
 }
 
