@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/drsync/drsync/receiver"
+	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/testkit"
 	"github.com/drsync/drsync/vfs"
@@ -79,7 +80,8 @@ func TestFailoverConsistencyGroupDryRun(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^shop +cut 2 +1970-01-01T00:00:02Z +\S+ +db-1 epoch 2, web-1 epoch 3$`).MatchString(out) {
 		t.Errorf("status does not show the group point:\n%s%s", out, errs)
 	}
-	if page := mustReceiverConfig(t, filepath.Join(dir, "receiver.toml")).statusSource().Page(time.Now()); len(page.ConsistencyGroups) != 1 || page.ConsistencyGroups[0].Cut != 2 {
+	rcfg := mustReceiverConfig(t, filepath.Join(dir, "receiver.toml"))
+	if page := rcfg.statusSource(replica.FileStore{FS: vfs.Default, Root: rcfg.Storage.Dir}).Page(time.Now()); len(page.ConsistencyGroups) != 1 || page.ConsistencyGroups[0].Cut != 2 {
 		t.Errorf("status page groups %+v", page.ConsistencyGroups)
 	}
 	rb := filepath.Join(dir, "runbook.toml")

@@ -62,7 +62,12 @@ status files and the replicas' manifests.`,
 			if err != nil {
 				return err
 			}
-			rows, problems = cfg.statusSource().Rows(now)
+			store, closeStore, err := cfg.Storage.OpenStore(cfg.Storage.Dir, nil)
+			if err != nil {
+				return err
+			}
+			defer closeStore()
+			rows, problems = cfg.statusSource(store).Rows(now)
 			groups, err = replica.NewestGroupPoints(vfs.Default, cfg.Storage.Dir, cfg.vmNames())
 			problems = append(problems, err)
 		}
@@ -120,6 +125,6 @@ func (c *SenderConfig) statusVMs(vms []agent.VMSettings) []statusreport.SenderVM
 }
 
 // statusSource is the receiver's replicas as its status reads them.
-func (c *ReceiverConfig) statusSource() statusreport.Receiver {
-	return statusreport.Receiver{Store: replica.FileStore{FS: vfs.Default, Root: c.Storage.Dir}, Dir: c.Storage.Dir, VMs: c.vmNames()}
+func (c *ReceiverConfig) statusSource(store replica.Store) statusreport.Receiver {
+	return statusreport.Receiver{Store: store, Dir: c.Storage.Dir, VMs: c.vmNames()}
 }
