@@ -2,7 +2,8 @@
 #
 #   make demo    protect a real running guest: live epochs over loopback QUIC into a replica
 #   make test    everything CI runs: vet, unit, crash, fuzz (bounded) and end-to-end tests
-#   make bench   benchmarks: sender pipeline, loopback transfer, stream parsing, live guest epochs
+#   make bench   benchmarks: sender pipeline, loopback transfer, stream parsing, live guest epochs,
+#                applying an epoch into the RBD store vs the file store (starts a Ceph test cluster)
 #   make bench-wan  drsync vs QEMU migration and rsync over emulated WAN links (one table)
 #   make fuzz    longer fuzzing of every decoder (FUZZTIME per target)
 
@@ -109,6 +110,7 @@ bench: deps
 	$(GO) test -run '^$$' -bench BenchmarkLiveEpoch -benchtime 8x ./livecut
 	$(GO) test -run '^$$' -bench BenchmarkTrackedEpoch -benchtime 5x ./livecut
 	$(GO) test -run '^$$' -bench BenchmarkLossyWAN -benchtime 1x ./transport
+	$(GO) test -tags ceph -run '^$$' -bench BenchmarkStoreApply -benchtime 3x ./replica/rbdstore
 
 # drsync against QEMU's own migration (precopy + xbzrle; multifd + zstd;
 # disks by drive-mirror to NBD) and rsync, over emulated WAN links: one

@@ -3,6 +3,7 @@ package groupcut
 import (
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -75,6 +76,17 @@ func Select(groups []Options, selected func(vm string) bool, final bool) []Optio
 		}
 	}
 	return r
+}
+
+// Of returns the group vm is a member of, nil if none (a VM is in one
+// group at most: ValidateGroups).
+func Of(groups []Options, vm string) *Options {
+	for i := range groups {
+		if slices.Contains(groups[i].Members, vm) {
+			return &groups[i]
+		}
+	}
+	return nil
 }
 
 // parseFingerprint checks a pinned peer's "sha256:<64 hex digits>" and

@@ -130,8 +130,11 @@ CONF
 	quiet ceph_ osd pool create "$POOL" 8 8
 	quiet ceph_ osd pool set "$POOL" size 1 --yes-i-really-mean-it
 	quiet ceph_ osd pool application enable "$POOL" rbd
-	# The receiver's user: what README asks of a production cluster.
-	ceph_ auth get-or-create "client.$CLIENT" mon 'profile rbd' osd "profile rbd pool=$POOL" mgr "profile rbd pool=$POOL" \
+	# The receiver's user, with what README asks of a production cluster
+	# and no more: mon 'profile rbd' (the maps, and blocklisting a dead
+	# lock holder), osd 'profile rbd' on the pool. No mgr caps: drsync
+	# uses no mgr-side rbd feature.
+	ceph_ auth get-or-create "client.$CLIENT" mon 'profile rbd' osd "profile rbd pool=$POOL" \
 		-o "$dir/client.$CLIENT.keyring"
 	# Wait until the OSD is up and the pool's placement groups are active.
 	local deadline=$(( $(date +%s) + 180 ))

@@ -8,6 +8,7 @@ import (
 	"io"
 	"io/fs"
 	"path/filepath"
+	"slices"
 	"text/tabwriter"
 	"time"
 
@@ -23,26 +24,26 @@ const lockPoll = 250 * time.Millisecond
 // ErrNotReplica is a directory that holds no replica.
 var ErrNotReplica = errors.New("not a replica directory")
 
-// Verify checks the replica in store (a replica.DirStore: the VM is the one
-// its manifest names), retrying for up to wait while it is locked. A
+// Verify checks vm's replica in store, retrying for up to wait while it is
+// locked; for a replica.DirStore vm is "" (the VM its manifest names). A
 // replica where nothing is committed yet is trivially exactly its epoch 0.
-func Verify(ctx context.Context, store replica.FileStore, wait time.Duration) (*replica.Report, error) {
-	where := store.Where("")
-	// Checked first so that verify never leaves a lock file in a directory
-	// that is not a replica.
-	if present, _ := store.Present(""); !present {
-		return nil, fmt.Errorf("%s is %w (no MANIFEST, no LOCK); give <storage dir>/<vm>", where, ErrNotReplica)
+func Verify(ctx context.Context, store replica.Store, vm string, wait time.Duration) (*replica.Report, error) {
+	where := store.Where(vm)
+	// Checked first so that verify never leaves a lock behind where there
+	// is no replica (a lock file in a directory, a lock image in a pool).
+	if !present(store, vm) {
+		return nil, fmt.Errorf("%s is %w (no manifest, no lock); give an existing replica", where, ErrNotReplica)
 	}
 	deadline := time.Now().Add(wait)
 	for {
-		rep, err := store.Verify("")
+		rep, err := store.Verify(vm)
 		if err == nil {
 			return rep, nil
 		}
 		left := time.Until(deadline)
 		if !errors.Is(err, replica.ErrLocked) {
-			if _, merr := store.Manifest(""); errors.Is(merr, fs.ErrNotExist) && !errors.Is(err, replica.ErrStorage) {
-				return emptyReport(store), nil
+			if _, merr := store.Manifest(vm); errors.Is(merr, fs.ErrNotExist) && !errors.Is(err, replica.ErrStorage) {
+				return emptyReport(store, vm), nil
 			}
 			return nil, fmt.Errorf("verify %s: %w", where, err)
 		}
@@ -55,12 +56,37 @@ func Verify(ctx context.Context, store replica.FileStore, wait time.Duration) (*
 	}
 }
 
+// stagedStore is a store that tells whether a replica is there and has an
+// epoch staged without taking its lock (replica.FileStore).
+type stagedStore interface {
+	Present(vm string) (present, staged bool)
+}
+
+// present reports whether store holds a replica of vm (set up by a
+// receiver, committed or not).
+func present(store replica.Store, vm string) bool {
+	if s, ok := store.(stagedStore); ok {
+		p, _ := s.Present(vm)
+		return p
+	}
+	vms, err := store.VMs()
+	if err != nil {
+		return true // let Verify say what is wrong with the store
+	}
+	return slices.Contains(vms, vm)
+}
+
 // emptyReport describes a replica the receiver has set up but where no
 // epoch is committed yet.
-func emptyReport(store replica.FileStore) *replica.Report {
-	rep := &replica.Report{VM: filepath.Base(store.Where(""))}
-	if _, staged := store.Present(""); staged {
-		rep.Staged = "epoch 1 is being staged (not committed)"
+func emptyReport(store replica.Store, vm string) *replica.Report {
+	rep := &replica.Report{VM: vm}
+	if vm == "" {
+		rep.VM = filepath.Base(store.Where(""))
+	}
+	if s, ok := store.(stagedStore); ok {
+		if _, staged := s.Present(vm); staged {
+			rep.Staged = "epoch 1 is being staged (not committed)"
+		}
 	}
 	return rep
 }

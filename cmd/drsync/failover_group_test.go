@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/drsync/drsync/receiver"
+	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/statusreport"
 	"github.com/drsync/drsync/testkit"
@@ -92,7 +93,8 @@ func TestFailoverConsistencyGroupDryRun(t *testing.T) {
 			t.Errorf("status --json: %s's group %+v", r.VM, g)
 		}
 	}
-	if page := mustReceiverConfig(t, filepath.Join(dir, "receiver.toml")).statusSource().Page(time.Now()); len(page.ConsistencyGroups) != 1 || page.ConsistencyGroups[0].Cut != 2 {
+	rcfg := mustReceiverConfig(t, filepath.Join(dir, "receiver.toml"))
+	if page := rcfg.statusSource(replica.FileStore{FS: vfs.Default, Root: rcfg.Storage.Dir}).Page(time.Now()); len(page.ConsistencyGroups) != 1 || page.ConsistencyGroups[0].Cut != 2 {
 		t.Errorf("status page groups %+v", page.ConsistencyGroups)
 	}
 	rb := filepath.Join(dir, "runbook.toml")

@@ -34,7 +34,9 @@ func TestCommandLine(t *testing.T) {
 		{[]string{"status", "--config", "/nonexistent/c.toml"}, exitUsage, "cannot read"},
 		{[]string{"keygen"}, exitUsage, "--name is required"},
 		{[]string{"keygen", "--name", "../evil"}, exitUsage, "--name"},
-		{[]string{"verify"}, exitUsage, "--replica is required"},
+		{[]string{"verify"}, exitUsage, "--replica DIR is required, or --config FILE and --vm NAME"},
+		{[]string{"verify", "--config", "r.toml"}, exitUsage, "--replica DIR is required, or --config FILE and --vm NAME"},
+		{[]string{"verify", "--replica", "/", "--vm", "web-1"}, exitUsage, "--replica DIR is required, or --config FILE and --vm NAME"},
 		{[]string{"verify", "--replica", "/nonexistent/replica"}, exitUsage, "no such file"},
 		{[]string{"verify", "--replica", "/"}, exitFailure, "not a replica"},
 	}

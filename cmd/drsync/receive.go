@@ -97,7 +97,7 @@ func receive(ctx context.Context, e *env, cfg *ReceiverConfig, log *slog.Logger)
 	}
 	defer srv.Close()
 	if o.Metrics != nil {
-		if err := serveMetrics(ctx, cfg.file, cfg.Metrics, o.Metrics.Handler(), receiverPage(e, cfg), log); err != nil {
+		if err := serveMetrics(ctx, cfg.file, cfg.Metrics, o.Metrics.Handler(), receiverPage(e, cfg, srv.Store()), log); err != nil {
 			return err
 		}
 	}

@@ -6,12 +6,12 @@ import (
 	"flag"
 	"fmt"
 	"io/fs"
-	"slices"
 	"time"
 
 	"github.com/BurntSushi/toml"
 
 	"github.com/drsync/drsync/agent"
+	"github.com/drsync/drsync/groupcut"
 	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/replica/grouppoint"
 	"github.com/drsync/drsync/statusreport"
@@ -63,15 +63,18 @@ status files and the replicas' manifests.`,
 			if err != nil {
 				return err
 			}
-			rows, problems = cfg.statusSource().Rows(now)
+			store, closeStore, err := cfg.Storage.OpenStore(cfg.Storage.Dir, nil)
+			if err != nil {
+				return err
+			}
+			defer closeStore()
+			rows, problems = cfg.statusSource(store).Rows(now)
 			groups, err = replica.NewestGroupPoints(vfs.Default, cfg.Storage.Dir, cfg.vmNames())
 			problems = append(problems, err)
 			statusreport.AddGroupPoints(rows, groups, now)
 		}
 		if asJSON {
-			if rows == nil {
-				rows = []statusreport.Row{}
-			}
+			rows = append([]statusreport.Row{}, rows...) // [] rather than null
 			if err := statusreport.WriteJSON(e.stdout, rows); err != nil {
 				return err
 			}
@@ -113,12 +116,7 @@ func (c *SenderConfig) statusVMs(vms []agent.VMSettings) []statusreport.SenderVM
 	out := make([]statusreport.SenderVM, len(vms))
 	for i, v := range vms {
 		dir := c.stateDir(v.Name)
-		out[i] = statusreport.SenderVM{Name: v.Name, StateDir: dir, RPOTarget: v.RPOTarget}
-		for j, g := range c.groups {
-			if slices.Contains(g.Members, v.Name) {
-				out[i].Group = &c.groups[j]
-			}
-		}
+		out[i] = statusreport.SenderVM{Name: v.Name, StateDir: dir, RPOTarget: v.RPOTarget, Group: groupcut.Of(c.groups, v.Name)}
 		if v.Live() {
 			out[i].WorkDir = v.LiveOptions(dir, time.Now).WorkDir
 		}
@@ -127,6 +125,6 @@ func (c *SenderConfig) statusVMs(vms []agent.VMSettings) []statusreport.SenderVM
 }
 
 // statusSource is the receiver's replicas as its status reads them.
-func (c *ReceiverConfig) statusSource() statusreport.Receiver {
-	return statusreport.Receiver{Store: replica.FileStore{FS: vfs.Default, Root: c.Storage.Dir}, Dir: c.Storage.Dir, VMs: c.vmNames()}
+func (c *ReceiverConfig) statusSource(store replica.Store) statusreport.Receiver {
+	return statusreport.Receiver{Store: store, Dir: c.Storage.Dir, VMs: c.vmNames()}
 }

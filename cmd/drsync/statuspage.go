@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/drsync/drsync/agent"
+	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/statuspage"
 	"github.com/drsync/drsync/statusreport"
 )
@@ -27,8 +28,8 @@ func senderPage(e *env, cfg *SenderConfig, vms []*agent.VMSettings) *statuspage.
 	return statuspage.New(src, statuspage.Options{Now: e.now})
 }
 
-// receiverPage is the status page of a receiver.
-func receiverPage(e *env, cfg *ReceiverConfig) *statuspage.Handler {
-	src := statuspage.SourceFunc(func(now time.Time) statuspage.Page { return cfg.statusSource().Page(now) })
+// receiverPage is the status page of a receiver keeping its replicas in store.
+func receiverPage(e *env, cfg *ReceiverConfig, store replica.Store) *statuspage.Handler {
+	src := statuspage.SourceFunc(func(now time.Time) statuspage.Page { return cfg.statusSource(store).Page(now) })
 	return statuspage.New(src, statuspage.Options{Now: e.now})
 }

@@ -100,7 +100,7 @@ func TestReceiverPageFromReplicas(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	p := cfg.statusSource().Page(now)
+	p := cfg.statusSource(replica.FileStore{FS: vfs.Default, Root: cfg.Storage.Dir}).Page(now)
 	want := []statuspage.VM{ // in name order, as "drsync status" lists them
 		{Name: "db-1", Epoch: 9, Cut: now.Add(-2 * time.Minute), Points: 1, LastError: "stream reset",
 			Drill: &statuspage.Drill{Epoch: 8, At: at, OK: false, Detail: "step db-1/check did not pass"}},

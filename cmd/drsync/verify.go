@@ -13,22 +13,22 @@ import (
 )
 
 func verifyCommand() *command {
-	var dir string
+	var dir, configPath, vm string
 	var asJSON bool
 	var wait time.Duration
 	c := &command{
 		name:  "verify",
 		short: "check that a replica is exactly its last committed epoch",
-		args:  "--replica DIR [--json] [--wait DURATION]",
-		summary: `Check that a replica is exactly its last committed epoch: recompute the
-hash of every block of every image and compare with the block tables and
-the manifest, and check the device state and the journal. Changes nothing.
-DIR is one VM's replica directory, <storage dir>/<vm>; one where nothing is
-committed yet passes as epoch 0. Exits 3 if anything
-does not match, 5 if the replica stayed locked (an epoch being applied)
-for longer than --wait.`,
+		args:  "(--replica DIR | --config FILE --vm NAME) [--json] [--wait DURATION]",
+		summary: `Check that a replica is exactly its last committed epoch (every block's
+hash against the block tables and manifest, device state, journal); changes
+nothing. DIR is <storage dir>/<vm>; --config verifies VM NAME's replica in a
+receiver's storage (files or a Ceph pool). Exits 3 on any mismatch, 5 if the
+replica stayed locked (an epoch being applied) for longer than --wait.`,
 		flags: func(set *flag.FlagSet) {
-			set.StringVar(&dir, "replica", "", "replica directory of one VM (required)")
+			set.StringVar(&dir, "replica", "", "replica directory of one VM")
+			set.StringVar(&configPath, "config", "", "receiver configuration whose storage holds the replica of --vm")
+			set.StringVar(&vm, "vm", "", "with --config: the VM whose replica to verify")
 			set.BoolVar(&asJSON, "json", false, "print the report as JSON")
 			set.DurationVar(&wait, "wait", 30*time.Second, "how long to keep retrying while the replica is locked")
 		},
@@ -37,18 +37,30 @@ for longer than --wait.`,
 		if err := noArgs(args); err != nil {
 			return err
 		}
-		if dir == "" {
-			return usagef("--replica is required")
-		}
 		if wait < 0 {
 			return usagef("--wait %s: must not be negative", wait)
 		}
-		if st, err := os.Stat(dir); err != nil {
-			return usagef("--replica %s: %v", dir, err)
-		} else if !st.IsDir() {
-			return usagef("--replica %s: not a directory; give <storage dir>/<vm>", dir)
+		var store replica.Store = replica.DirStore(vfs.Default, dir)
+		switch {
+		case configPath != "" && vm != "" && dir == "":
+			cfg, err := loadReceiverConfig(configPath)
+			if err != nil {
+				return err
+			}
+			s, closeStore, err := cfg.Storage.OpenStore(cfg.Storage.Dir, nil)
+			if err != nil {
+				return err
+			}
+			defer closeStore()
+			store, dir = s, s.Where(vm)
+		case dir == "" || configPath != "" || vm != "":
+			return usagef("--replica DIR is required, or --config FILE and --vm NAME")
+		default:
+			if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+				return usagef("--replica %s: not a replica directory (<storage dir>/<vm>): %v", dir, err)
+			}
 		}
-		rep, err := statusreport.Verify(ctx, replica.DirStore(vfs.Default, dir), wait)
+		rep, err := statusreport.Verify(ctx, store, vm, wait)
 		if asJSON {
 			if jerr := statusreport.WriteJSON(e.stdout, statusreport.NewVerifyView(dir, rep, err)); jerr != nil && err == nil {
 				err = jerr

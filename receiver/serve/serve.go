@@ -167,6 +167,15 @@ func Open(o Options) (*Server, error) {
 // Close releases the storage lock.
 func (s *Server) Close() { s.closeStore(); s.unlock() }
 
+// Store is the store the server keeps the replicas in, for readers beside
+// it (the status page).
+func (s *Server) Store() replica.Store {
+	if s.o.Store != nil {
+		return s.o.Store
+	}
+	return replica.FileStore{FS: vfs.Default, Root: s.o.StorageDir, Now: s.o.Now, Logger: s.o.Logger}
+}
+
 // Run finishes whatever a crash left half-applied, then serves senders
 // until ctx ends. Each replica is left at a committed epoch.
 func (s *Server) Run(ctx context.Context) error {

@@ -4,10 +4,12 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"time"
 
 	"github.com/drsync/drsync/internal/field"
 	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/replica/rbdstore"
+	"github.com/drsync/drsync/vfs"
 )
 
 // Backend is where a receiver keeps its replicas, as the [storage] keys
@@ -58,4 +60,15 @@ func (b Backend) openStore(keepPoints int, log *slog.Logger) (replica.Store, fun
 		return nil, nil, fmt.Errorf("storage backend rbd: %w", err)
 	}
 	return s, closeFn, nil
+}
+
+// OpenStore opens the store b names for a reader of the replicas (drsync
+// status, verify): the replica directories under dir, or the RBD pool.
+// close releases it. A reader commits nothing, so no recovery points are
+// pruned through it.
+func (b Backend) OpenStore(dir string, log *slog.Logger) (s replica.Store, close func(), err error) {
+	if b.Kind != "rbd" {
+		return replica.FileStore{FS: vfs.Default, Root: dir, Now: time.Now, Logger: log}, func() {}, nil
+	}
+	return b.openStore(0, log)
 }

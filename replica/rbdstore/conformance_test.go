@@ -31,7 +31,7 @@ var (
 
 // sharedPool is one connection to the test cluster for the whole binary:
 // backends keep apart by the prefix of their names.
-func sharedPool(t *testing.T) rbd.Pool {
+func sharedPool(t testing.TB) rbd.Pool {
 	c := testkit.CephCluster(t)
 	connOnce.Do(func() {
 		var conn *rbd.Conn
