@@ -24,17 +24,17 @@ import (
 // first there, and every cut must match.
 func TestCutRAMEqualsGuestMemory(t *testing.T) {
 	liveGuest(t, 256, nil) // load beside the guest: more migration passes
-	vm, _ := liveGuest(t, 256, nil)
+	vm, _ := liveGuest(t, 128, nil)
 	var real []byte
 	var realErr error
 	ls, err := livecut.New(livecut.Options{QMPSocket: vm.QMPSocket, WorkDir: t.TempDir(), Now: time.Now, Disks: liveDisks,
-		AfterMigration: func() { real, realErr = readGuestRAM(vm.Pid, 256<<20) }})
+		AfterMigration: func() { real, realErr = readGuestRAM(vm.Pid, 128<<20) }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ls.Close()
 	total := 0
-	for i := range 8 {
+	for i := range 6 {
 		snap, err := ls.Snapshot(context.Background())
 		if err != nil {
 			t.Fatal(err)
