@@ -208,13 +208,30 @@ func (g *GroupCut) Stop(ctx context.Context) error {
 	}
 	g.weStopped = true
 	if g.s.stoppedPass {
-		g.migStart = time.Now()
-		if err := sess.Execute(ctx, "migrate", map[string]any{"uri": "unix:" + g.cap.path}, nil); err != nil {
-			return fmt.Errorf("livecut: %w", err)
+		// The whole RAM pass runs in Resume, the guest still stopped: it
+		// takes seconds, more than a step may, and every member is
+		// stopped already, so the cut's instant is this stop.
+		for g.stopAt.IsZero() {
+			e, err := g.sub.Next(ctx)
+			if err != nil {
+				return fmt.Errorf("livecut: waiting for the guest to stop: %w", err)
+			}
+			if e.Name == "STOP" {
+				g.stopAt = e.At
+			}
 		}
-	} else if err := sess.Execute(ctx, "migrate-set-parameters", map[string]any{"downtime-limit": defaultDowntime}, nil); err != nil {
+		return nil
+	}
+	if err := sess.Execute(ctx, "migrate-set-parameters", map[string]any{"downtime-limit": defaultDowntime}, nil); err != nil {
 		return fmt.Errorf("livecut: %w", err)
 	}
+	return g.complete(ctx)
+}
+
+// complete waits for the cut's migration to complete, the guest stopped,
+// and freezes the disks.
+func (g *GroupCut) complete(ctx context.Context) error {
+	sess := g.sess
 	for {
 		e, err := g.sub.Next(ctx)
 		if err != nil {
@@ -246,14 +263,23 @@ func (g *GroupCut) Stop(ctx context.Context) error {
 // carrying tag.
 func (g *GroupCut) Resume(ctx context.Context, tag *vmspec.GroupCut) (snap *sender.Snapshot, err error) {
 	s, c, sess := g.s, g.c, g.sess
-	if !g.stopped {
-		return nil, errors.New("livecut: group cut resumed before it stopped")
-	}
 	defer func() {
 		if err != nil {
 			g.Abort()
 		}
 	}()
+	if s.stoppedPass && g.weStopped && !g.stopped {
+		g.migStart = time.Now()
+		if err := sess.Execute(g.ctx, "migrate", map[string]any{"uri": "unix:" + g.cap.path}, nil); err != nil {
+			return nil, fmt.Errorf("livecut: %w", err)
+		}
+		if err := g.complete(g.ctx); err != nil {
+			return nil, err
+		}
+	}
+	if !g.stopped {
+		return nil, errors.New("livecut: group cut resumed before it stopped")
+	}
 	if err := sess.Execute(context.WithoutCancel(ctx), "cont", nil, nil); err != nil {
 		return nil, fmt.Errorf("livecut: resume the guest: %w", err)
 	}
