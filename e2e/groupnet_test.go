@@ -105,7 +105,14 @@ func groupNetRun(t *testing.T, senders int) {
 		}
 		return b.String()
 	}
-	for deadline := time.Now().Add(3 * time.Minute); strings.Count(procs[0].Log(), `msg="group cut"`) < 2; time.Sleep(100 * time.Millisecond) {
+	// Two group cuts, and each member committed an epoch: a group point
+	// can be complete (a cut follows the last before its epochs commit).
+	ready := func() bool {
+		l := logs()
+		return strings.Count(procs[0].Log(), `msg="group cut"`) >= 2 &&
+			strings.Contains(l, `msg="epoch committed" vm=`+netSender) && strings.Contains(l, `msg="epoch committed" vm=`+netReceiver)
+	}
+	for deadline := time.Now().Add(3 * time.Minute); !ready(); time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("no two group cuts in 3m\n%s", logs())
 		}
