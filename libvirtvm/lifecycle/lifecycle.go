@@ -309,6 +309,12 @@ func (m *Machine) step(ev Event) Action {
 }
 
 func (m *Machine) observed(ev Event) Action {
+	// An answer asked for before the last event arrived describes the
+	// domain before it: a "running" read before a destroy must not undo
+	// the destroy.
+	if ev.At.Before(m.st.Since) {
+		return m.Posture()
+	}
 	switch ev.State {
 	case Absent:
 		if m.st.Phase != Down && m.st.Phase != Away {
