@@ -393,8 +393,16 @@ func TestCloseStopsEverything(t *testing.T) {
 	r.SetRate(1)
 	_ = r.Stats()
 
+	// A goroutine's deferred wg.Done runs before it has exited, so Close
+	// returning can precede the count dropping by a moment; a goroutine
+	// Close left running would stay.
+	deadline := time.Now().Add(2 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
 	if n := runtime.NumGoroutine(); n > before {
-		t.Errorf("%d goroutines after Close, %d before New", n, before)
+		buf := make([]byte, 1<<16)
+		t.Errorf("%d goroutines after Close, %d before New:\n%s", n, before, buf[:runtime.Stack(buf, true)])
 	}
 	if _, err := exchange(a, []byte("x"), 50*time.Millisecond); err == nil {
 		t.Error("closed relay still forwards")
