@@ -5,17 +5,15 @@ import (
 	"fmt"
 	"io/fs"
 	"maps"
-	"path"
 
 	"github.com/drsync/drsync/replica/grouppoint"
-	"github.com/drsync/drsync/vfs"
 	"github.com/drsync/drsync/vmspec"
 )
 
 // GroupPoints reads the restorable points of vm and of every VM its points'
-// group tags name, as grouppoint wants them. A member without a replica
-// yet has no points.
-func GroupPoints(fsys vfs.FS, root, vm string) (map[string][]grouppoint.Point, error) {
+// group tags name from s, as grouppoint wants them. A member without a
+// replica yet has no points.
+func GroupPoints(s Store, vm string) (map[string][]grouppoint.Point, error) {
 	out := map[string][]grouppoint.Point{}
 	todo := []string{vm}
 	for len(todo) > 0 {
@@ -27,7 +25,7 @@ func GroupPoints(fsys vfs.FS, root, vm string) (map[string][]grouppoint.Point, e
 		if err := vmspec.ValidVMName(m); err != nil {
 			return nil, fmt.Errorf("group member: %w", err)
 		}
-		pts, err := Points(fsys, path.Join(root, m))
+		pts, err := s.Points(m)
 		if errors.Is(err, fs.ErrNotExist) {
 			out[m] = nil
 			continue
@@ -47,25 +45,28 @@ func GroupPoints(fsys vfs.FS, root, vm string) (map[string][]grouppoint.Point, e
 	return out, nil
 }
 
-// groupKeepFrom is the oldest epoch of vm that the newest KeepPoints
-// complete group points of its groups need, 0 if none.
-func (s FileStore) groupKeepFrom(vm string) (uint64, error) {
-	pts, err := GroupPoints(s.FS, s.Root, vm)
+// GroupKeepFrom is the oldest epoch of vm in s that the newest keep
+// complete group points of its groups need (with none complete yet, the
+// oldest cut that can still complete: grouppoint.KeepFrom), 0 if none.
+// A store's retention keeps vm's points from there on, whatever its own
+// KeepPoints.
+func GroupKeepFrom(s Store, vm string, keep int) (uint64, error) {
+	pts, err := GroupPoints(s, vm)
 	if err != nil {
 		return 0, err
 	}
-	return grouppoint.KeepFrom(pts, max(s.KeepPoints, 1))[vm], nil
+	return grouppoint.KeepFrom(pts, max(keep, 1))[vm], nil
 }
 
 // AllGroupPoints is GroupPoints of each of vms, merged: the points of
-// every group any of them belongs to.
-func AllGroupPoints(fsys vfs.FS, root string, vms []string) (map[string][]grouppoint.Point, error) {
+// every replica in s that a group of vms involves.
+func AllGroupPoints(s Store, vms []string) (map[string][]grouppoint.Point, error) {
 	out := map[string][]grouppoint.Point{}
 	for _, vm := range vms {
 		if _, done := out[vm]; done {
 			continue
 		}
-		got, err := GroupPoints(fsys, root, vm)
+		got, err := GroupPoints(s, vm)
 		if err != nil {
 			return nil, err
 		}
@@ -75,9 +76,9 @@ func AllGroupPoints(fsys vfs.FS, root string, vms []string) (map[string][]groupp
 }
 
 // NewestGroupPoints is each consistency group's newest complete group
-// point among vms' replicas under root (grouppoint.Newest).
-func NewestGroupPoints(fsys vfs.FS, root string, vms []string) ([]grouppoint.GroupPoint, error) {
-	pts, err := AllGroupPoints(fsys, root, vms)
+// point among vms' replicas in s (grouppoint.Newest).
+func NewestGroupPoints(s Store, vms []string) ([]grouppoint.GroupPoint, error) {
+	pts, err := AllGroupPoints(s, vms)
 	if err != nil {
 		return nil, fmt.Errorf("consistency groups: %w", err)
 	}

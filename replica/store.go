@@ -169,7 +169,7 @@ func (s FileStore) Open(ctx context.Context, vm string, o OpenOptions) (Handle, 
 	ro := Options{FS: s.FS, Dir: s.Dir(vm), VM: vm, Now: now, Logger: s.Logger, MaxTargetSize: s.MaxTargetSize,
 		AllowTakenOver: o.AllowTakenOver, KeepPoints: s.KeepPoints, Holder: o.Holder, LockWait: o.LockWait, ctx: ctx}
 	if s.one == "" {
-		ro.GroupKeepFrom = func() (uint64, error) { return s.groupKeepFrom(vm) }
+		ro.GroupKeepFrom = func() (uint64, error) { return GroupKeepFrom(s, vm, s.KeepPoints) }
 	}
 	r, err := Open(ro)
 	if err != nil {

@@ -2,9 +2,10 @@ package runbook
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
-	"path"
+	"io/fs"
 	"slices"
 	"strings"
 	"time"
@@ -12,7 +13,6 @@ import (
 	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/replica/grouppoint"
 	"github.com/drsync/drsync/takeover"
-	"github.com/drsync/drsync/vfs"
 )
 
 // PinConsistencyGroup makes the members of consistency group group resume
@@ -57,15 +57,17 @@ func (rb *Runbook) PinConsistencyGroup(group string, pts map[string][]grouppoint
 }
 
 // PinConsistencyGroupIn is PinConsistencyGroup with the points read from
-// the runbook's replicas, and the chosen point written to out; nothing
-// when group is empty.
-func (rb *Runbook) PinConsistencyGroupIn(fsys vfs.FS, group string, out io.Writer, now time.Time) error {
+// the store of the runbook's replicas, and the chosen point written to
+// out; nothing when group is empty.
+func (rb *Runbook) PinConsistencyGroupIn(group string, out io.Writer, now time.Time) error {
 	if group == "" {
 		return nil
 	}
-	if rb.RBD != nil {
-		return fmt.Errorf("consistency group %s: the replicas are in Ceph pool %s, whose group points a failover does not read yet; fail the members over with --epoch", group, rb.RBD.Pool)
+	store, done, err := replicaStore(rb)
+	if err != nil {
+		return fmt.Errorf("consistency group %s: %w", group, err)
 	}
+	defer done()
 	var vms []string
 	for _, v := range rb.VMs {
 		vms = append(vms, v.Name)
@@ -81,18 +83,17 @@ func (rb *Runbook) PinConsistencyGroupIn(fsys vfs.FS, group string, out io.Write
 		}
 	}()
 	for _, vm := range slices.Sorted(slices.Values(vms)) {
-		dir := path.Join(rb.Replicas, vm)
-		if _, err := fsys.Stat(path.Join(dir, "MANIFEST")); err != nil {
+		if _, err := store.Manifest(vm); errors.Is(err, fs.ErrNotExist) {
 			continue // no replica yet: the group has no point with it
 		}
-		h, err := replica.DirStore(fsys, dir).Open(context.Background(), "", replica.OpenOptions{
+		h, err := store.Open(context.Background(), vm, replica.OpenOptions{
 			AllowTakenOver: true, Holder: "a failover choosing its consistency group's point", LockWait: takeover.DefaultLockWait})
 		if err != nil {
 			return fmt.Errorf("consistency group %s: replica of %s: %w", group, vm, err)
 		}
 		held = append(held, h)
 	}
-	pts, err := replica.AllGroupPoints(fsys, rb.Replicas, vms)
+	pts, err := replica.AllGroupPoints(store, vms)
 	if err != nil {
 		return fmt.Errorf("consistency group %s: %w", group, err)
 	}

@@ -163,13 +163,23 @@ func (e QEMUEnv) Hook(ctx context.Context, rb *Runbook, h *Hook) error {
 // pool, reached through a connection that done closes.
 func replicaOf(rb *Runbook, vm *VM) (store replica.Store, name string, done func(), err error) {
 	if rb.RBD != nil {
-		s, closeFn, err := rbdstore.Open(*rb.RBD, rb.KeepPoints, nil)
-		if err != nil {
-			return nil, "", nil, fmt.Errorf("replicas in Ceph pool %s: %w", rb.RBD.Pool, err)
-		}
-		return s, vm.Name, closeFn, nil
+		s, closeFn, err := replicaStore(rb)
+		return s, vm.Name, closeFn, err
 	}
 	return replica.DirStore(vfs.Default, filepath.Join(rb.Replicas, vm.Name)), "", func() {}, nil
+}
+
+// replicaStore is the store holding all of rb's replicas, each by its
+// VM's name, pruning as the receiver does; done closes it.
+func replicaStore(rb *Runbook) (store replica.Store, done func(), err error) {
+	if rb.RBD != nil {
+		s, closeFn, err := rbdstore.Open(*rb.RBD, rb.KeepPoints, nil)
+		if err != nil {
+			return nil, nil, fmt.Errorf("replicas in Ceph pool %s: %w", rb.RBD.Pool, err)
+		}
+		return s, closeFn, nil
+	}
+	return replica.FileStore{FS: vfs.Default, Root: rb.Replicas, Now: time.Now, KeepPoints: rb.KeepPoints}, func() {}, nil
 }
 
 // takeoverOptions are vm's takeover in rb; done closes the store they

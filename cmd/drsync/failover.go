@@ -99,7 +99,7 @@ then the VMs are stopped and the copies removed.`,
 			rb.Before = t
 		}
 		rb.Epoch = epoch
-		if err := rb.PinConsistencyGroupIn(vfs.Default, cgroup, e.stdout, e.now()); err != nil {
+		if err := rb.PinConsistencyGroupIn(cgroup, e.stdout, e.now()); err != nil {
 			return err
 		}
 		if drill {

@@ -15,7 +15,6 @@ import (
 	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/replica/grouppoint"
 	"github.com/drsync/drsync/statusreport"
-	"github.com/drsync/drsync/vfs"
 )
 
 func statusCommand() *command {
@@ -69,7 +68,7 @@ status files and the replicas' manifests.`,
 			}
 			defer closeStore()
 			rows, problems = cfg.statusSource(store).Rows(now)
-			groups, err = replica.NewestGroupPoints(vfs.Default, cfg.Storage.Dir, cfg.vmNames())
+			groups, err = replica.NewestGroupPoints(store, cfg.vmNames())
 			problems = append(problems, err)
 			statusreport.AddGroupPoints(rows, groups, now)
 		}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/drsync/drsync/receiver"
+	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/testkit"
 	"github.com/drsync/drsync/vfs"
@@ -41,7 +42,7 @@ func TestGroupPointsMetric(t *testing.T) {
 	run("a", 1)
 	run("b", 1)
 	run("a", 2)
-	got := groupPoints(dir, []string{"a", "b"})()
+	got := groupPoints(replica.FileStore{FS: vfs.Default, Root: dir}, []string{"a", "b"})()
 	if len(got) != 1 || got["g"].Cut != 1 || got["g"].Time.IsZero() {
 		t.Fatalf("group points %+v, want g at cut 1", got)
 	}

@@ -151,7 +151,7 @@ func Open(o Options) (*Server, error) {
 		if o.Drills != nil {
 			met.Drills(o.Drills)
 		}
-		met.GroupPoints(groupPoints(o.StorageDir, o.VMs))
+		met.GroupPoints(groupPoints(s.Store(), o.VMs))
 		// The lag of each replica carries on from its status file.
 		s.status.mu.Lock()
 		for _, vm := range o.VMs {

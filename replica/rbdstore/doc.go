@@ -57,6 +57,16 @@
 // an epoch already applied. Chunks a crash left behind with no header
 // naming their nonce are garbage, never read.
 //
+// # Recovery points
+//
+// Apply snapshots the images and writes point.E when KeepPoints > 0, and
+// for every epoch of a consistency group's cut whatever KeepPoints says:
+// another member may commit that cut only after this replica has moved
+// on. Pruning then keeps the KeepPoints newest and, from the oldest epoch
+// the group's newest complete point needs (replica.GroupKeepFrom, read
+// from the store's own replicas), every point; a store that cannot tell
+// prunes nothing.
+//
 // # Lock
 //
 // Open takes the exclusive lock of the lock image (rbd.Image.Acquire):

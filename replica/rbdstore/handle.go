@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"time"
 
@@ -546,7 +547,11 @@ func (h *handle) apply(tables map[uint16]*blockhash.Table) error {
 			return wrap("flush image "+files[id], err)
 		}
 	}
-	if h.s.KeepPoints > 0 {
+	// A consistency group's member snapshots its group cuts whatever
+	// KeepPoints says: another member may commit this cut only after this
+	// replica has moved on, and the group point needs this epoch then.
+	keep := h.s.KeepPoints > 0 || st.Begin().Group != nil
+	if keep {
 		for id, im := range images {
 			if err := snapOnce(im, snapName(epoch)); err != nil {
 				return wrap("snapshot image "+files[id], err)
@@ -586,7 +591,7 @@ func (h *handle) apply(tables map[uint16]*blockhash.Table) error {
 	if err != nil {
 		return err
 	}
-	if h.s.KeepPoints > 0 {
+	if keep {
 		if err := h.s.Pool.WriteObject(h.obj(pointName(epoch)), mb); err != nil {
 			return wrap("write recovery point manifest", err)
 		}
@@ -681,12 +686,22 @@ func (h *handle) prune(old *replica.Manifest) {
 	if uint64(h.s.KeepPoints) < cur.Epoch {
 		keepFrom = cur.Epoch - uint64(h.s.KeepPoints)
 	}
-	kept := func(e uint64) bool { return e == cur.Epoch || (h.s.KeepPoints > 0 && e >= keepFrom) }
 	eps, err := h.s.snapEpochsAny(h.vm, cur)
 	if err != nil {
 		h.log.Warn("list recovery points", "err", err)
 		return
 	}
+	// The points from the oldest epoch a consistency group's complete
+	// point needs are kept too; a store that cannot tell prunes nothing.
+	own := func(e uint64) bool { return e == cur.Epoch || (h.s.KeepPoints > 0 && e >= keepFrom) }
+	var groupFrom uint64
+	if slices.ContainsFunc(eps, func(e uint64) bool { return !own(e) }) {
+		if groupFrom, err = replica.GroupKeepFrom(h.s, h.vm, h.s.KeepPoints); err != nil {
+			h.log.Warn("recovery points kept: cannot tell which a consistency group needs", "err", err)
+			return
+		}
+	}
+	kept := func(e uint64) bool { return own(e) || (groupFrom > 0 && e >= groupFrom) }
 	devKept := map[string]bool{}
 	for _, m := range []*replica.Manifest{cur, old} {
 		if m.DeviceState != nil && kept(m.Epoch) {

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -66,6 +67,11 @@ func Run(t *testing.T, newBackend func(t *testing.T) Backend) {
 	t.Run("DiskFull", func(t *testing.T) { diskFull(t, newBackend) })
 	t.Run("Lock", func(t *testing.T) { lockExclusive(t, newBackend(t)) })
 	t.Run("RecoveryPoints", func(t *testing.T) { recoveryPoints(t, newBackend(t)) })
+	t.Run("GroupPoints", func(t *testing.T) {
+		for _, keep := range []int{0, 1} {
+			t.Run(fmt.Sprintf("keep%d", keep), func(t *testing.T) { groupPoints(t, newBackend(t), keep) })
+		}
+	})
 	t.Run("TakeoverMark", func(t *testing.T) { takeoverMark(t, newBackend(t)) })
 	t.Run("ReleaseReacquire", func(t *testing.T) { releaseReacquire(t, newBackend) })
 }
@@ -154,8 +160,11 @@ func table(b []byte, bs int) *blockhash.Table {
 }
 
 // history is a run of epochs from one seed, the same for every backend.
-func history(n int) []*epoch {
-	rng := rand.New(rand.NewPCG(7, 11))
+func history(n int) []*epoch { return historyFrom(11, n) }
+
+// historyFrom is a run of epochs from seed.
+func historyFrom(seed uint64, n int) []*epoch {
+	rng := rand.New(rand.NewPCG(7, seed))
 	s := initial()
 	var out []*epoch
 	for range n {
@@ -168,9 +177,14 @@ func history(n int) []*epoch {
 
 func open(t *testing.T, s replica.Store, o replica.OpenOptions) replica.Handle {
 	t.Helper()
-	h, err := s.Open(t.Context(), VM, o)
+	return openVM(t, s, VM, o)
+}
+
+func openVM(t *testing.T, s replica.Store, vm string, o replica.OpenOptions) replica.Handle {
+	t.Helper()
+	h, err := s.Open(t.Context(), vm, o)
 	if err != nil {
-		t.Fatalf("open %s: %v", s.Where(VM), err)
+		t.Fatalf("open %s: %v", s.Where(vm), err)
 	}
 	return h
 }
@@ -194,7 +208,12 @@ func send(h replica.Handle, e *epoch) error {
 // commit opens the replica, commits es in turn and closes it.
 func commit(t *testing.T, s replica.Store, es ...*epoch) {
 	t.Helper()
-	h := open(t, s, replica.OpenOptions{Holder: "the suite"})
+	commitVM(t, s, VM, es...)
+}
+
+func commitVM(t *testing.T, s replica.Store, vm string, es ...*epoch) {
+	t.Helper()
+	h := openVM(t, s, vm, replica.OpenOptions{Holder: "the suite"})
 	defer h.Close()
 	for _, e := range es {
 		if err := send(h, e); err != nil {
@@ -511,6 +530,73 @@ func recoveryPoints(t *testing.T, b Backend) {
 	if d := diffHandle(h, es[3].after); d != "" {
 		t.Fatalf("the replica after exporting its points: %s", d)
 	}
+}
+
+// groupPoints: two members of a consistency group, one committing later
+// cuts before the other, keep the epochs of their newest complete group
+// point whatever keep says (restorable exactly), and let them go once a
+// newer group point is complete.
+func groupPoints(t *testing.T, b Backend, keep int) {
+	s := b.Store(t, keep, nil)
+	members := []string{"db", VM}
+	tag := func(e *epoch, cut uint64) *epoch {
+		e.begin.Group = &vmspec.GroupCut{Group: "shop", Cut: cut, Members: members}
+		return e
+	}
+	db, web := historyFrom(21, 2), historyFrom(22, 7)
+	points := func(vm string) []uint64 {
+		t.Helper()
+		pts, err := s.Points(vm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var eps []uint64
+		for _, p := range pts {
+			eps = append(eps, p.Manifest.Epoch)
+		}
+		return eps
+	}
+	// keeps checks that vm keeps every epoch of want and none before
+	// oldest; a store may keep more between them (a file store's points
+	// are chained: rolling back to one passes through every later one).
+	keeps := func(vm string, oldest uint64, want ...uint64) {
+		t.Helper()
+		got := points(vm)
+		for _, e := range want {
+			if !slices.Contains(got, e) {
+				t.Fatalf("%s keeps %v, want %v among them (keep %d)", vm, got, want, keep)
+			}
+		}
+		if len(got) > 0 && got[0] < oldest {
+			t.Fatalf("%s keeps %v, nothing before %d wanted (keep %d)", vm, got, oldest, keep)
+		}
+	}
+	restores := func(vm string, want *state) {
+		t.Helper()
+		h := openVM(t, s, vm, replica.OpenOptions{})
+		defer h.Close()
+		img, err := h.Export(want.epoch, b.Scratch(t), nil)
+		if err != nil {
+			t.Fatalf("export epoch %d of %s: %v", want.epoch, vm, err)
+		}
+		if d := diff(img, want); d != "" {
+			t.Fatalf("%s at epoch %d: %s", vm, want.epoch, d)
+		}
+	}
+	commitVM(t, s, "db", tag(db[0], 1))
+	commitVM(t, s, VM, tag(web[0], 1))         // group point 1: db 1, web 1
+	commitVM(t, s, VM, web[1], web[2], web[3]) // web's own epochs
+	commitVM(t, s, VM, tag(web[4], 2), web[5]) // cut 2: web 5, db not yet
+	keeps(VM, 1, 1, 5, 6)
+	restores(VM, web[0].after)
+	commitVM(t, s, "db", tag(db[1], 2)) // group point 2: db 2, web 5
+	commitVM(t, s, VM, web[6])
+	keeps(VM, 5, 5, 7)
+	keeps("db", 2-uint64(keep), 2)
+	if keep > 0 {
+		keeps(VM, 5, 5, 6, 7)
+	}
+	restores(VM, web[4].after)
 }
 
 func takeoverMark(t *testing.T, b Backend) {
