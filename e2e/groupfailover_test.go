@@ -74,7 +74,15 @@ args = ["-display", "none", "-no-reboot", "-nodefaults", "-serial", "file:%s",
 // run says so per VM, and each DR guest's counter continues from its
 // epoch of cut 1, not from guest-1's newer epochs nor from boot.
 func TestGroupFailoverToCompletePoint(t *testing.T) {
-	vms := []string{"guest-1", "guest-2"}
+	testGroupFailoverToCompletePoint(t, []string{"guest-1", "guest-2"}, func(p *pair) replica.Store {
+		return replica.FileStore{FS: vfs.Default, Root: p.replicas, KeepPoints: 1, Now: time.Now}
+	})
+}
+
+// testGroupFailoverToCompletePoint runs TestGroupFailoverToCompletePoint
+// with guests named vms, their replicas in the store that store sets p's
+// receiver configuration up for (keeping one point).
+func testGroupFailoverToCompletePoint(t *testing.T, vms []string, store func(p *pair) replica.Store) {
 	guests := map[string]*guest.VM{}
 	for _, name := range vms {
 		vm, _ := liveGuest(t, 256, nil)
@@ -86,7 +94,8 @@ func TestGroupFailoverToCompletePoint(t *testing.T) {
 		{name: vms[1], qmp: guests[vms[1]].QMPSocket, disks: []diskSpec{{name: "vda", node: "disk0"}, {name: "vdb", node: "disk1"}}},
 	})
 	t.Cleanup(func() { killDRVMs(p) })
-	rcv, err := receiver.New(receiver.Options{Root: p.replicas, FS: vfs.Default, AckBytes: 4 << 20, KeepPoints: 1, Now: time.Now,
+	st := store(p)
+	rcv, err := receiver.New(receiver.Options{Store: st, Root: p.replicas, FS: vfs.Default, AckBytes: 4 << 20, KeepPoints: 1, Now: time.Now,
 		Authorize: func(receiver.Peer, string) error { return nil }})
 	if err != nil {
 		t.Fatal(err)
@@ -131,7 +140,7 @@ func TestGroupFailoverToCompletePoint(t *testing.T) {
 	epoch(vms[0], 0)
 	cuts := map[string]time.Time{}
 	for _, name := range vms {
-		pts, err := replica.Points(vfs.Default, filepath.Join(p.replicas, name))
+		pts, err := st.Points(name)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -157,7 +166,7 @@ func TestGroupFailoverToCompletePoint(t *testing.T) {
 	rb := p.groupRunbook(vms)
 	out := testkit.MustRun(t, "failover", "--runbook", rb, "--dry-run", "--consistency-group", "shop")
 	t.Logf("dry run:\n%s", out)
-	for _, want := range []string{"group point of cut 1", "guest-1 epoch 1, guest-2 epoch 1", "start:guest-1", "from epoch 1 "} {
+	for _, want := range []string{"group point of cut 1", vms[0] + " epoch 1, " + vms[1] + " epoch 1", "start:" + vms[0], "from epoch 1 "} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("dry run does not say %q", want)
 		}
