@@ -75,7 +75,7 @@ test: deps
 	echo "unit, crash and integration tests (a line per package as it ends):"; \
 	TMPDIR=$$tmp $(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v '/e2e$$') 2>&1 | tee $$log; status=$$?; \
 	echo "end-to-end tests with real QEMU guests (a line per test as it starts and ends):"; \
-	TMPDIR=$$tmp DRSYNC_E2E_RBD_KILLS=$${DRSYNC_E2E_RBD_KILLS:-8} $(GO) test -count=1 -v -timeout 70m ./e2e 2>&1 | scripts/progress.sh $$e2elog; \
+	TMPDIR=$$tmp $(GO) test -count=1 -v -timeout 70m ./e2e 2>&1 | scripts/progress.sh $$e2elog; \
 	if [ $${PIPESTATUS[0]} != 0 ]; then status=1; echo "end-to-end output:"; grep -v '^=== \(RUN\|PAUSE\|CONT\)' $$e2elog | tail -n 400; fi; \
 	grep '^\(ok\|FAIL\)[[:space:]]' $$e2elog >> $$log; \
 	echo "the short tests again, under the race detector (not e2e: its subjects are separate processes):"; \
