@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -109,34 +110,35 @@ func (h *handle) Clone(o replica.CloneOptions) (replica.Image, error) {
 // earlier run left has no clone any more (its clone was just found absent
 // or removed), so it is replaced.
 func (h *handle) freshSnap(image, name string) error {
-	im, err := h.s.Pool.OpenImage(image, "")
-	if err != nil {
-		return storageErr("open "+image, err)
-	}
-	defer im.Close()
-	snaps, err := im.Snaps()
-	if err != nil {
-		return storageErr("list snapshots of "+image, err)
-	}
-	for _, sn := range snaps {
-		if sn.Name == name {
-			if sn.Protected {
-				if err := im.UnprotectSnap(name); err != nil {
-					return storageErr("unprotect old snapshot "+name+" of "+image, err)
+	return onSnaps(h.s.Pool, image, func(im rbd.Image, snaps []rbd.Snap) error {
+		for _, sn := range snaps {
+			if sn.Name == name {
+				if err := dropSnap(im, image, sn); err != nil {
+					return err
 				}
 			}
-			if err := im.RemoveSnap(name); err != nil {
-				return storageErr("remove old snapshot "+name+" of "+image, err)
-			}
 		}
-	}
-	if err := im.CreateSnap(name); err != nil {
-		return storageErr("snapshot "+image, err)
-	}
-	return nil
+		if err := im.CreateSnap(name); err != nil {
+			return storageErr("snapshot "+image, err)
+		}
+		return nil
+	})
 }
 
 func protect(p rbd.Pool, image, snap string) error {
+	return onSnaps(p, image, func(im rbd.Image, snaps []rbd.Snap) error {
+		if slices.ContainsFunc(snaps, func(sn rbd.Snap) bool { return sn.Name == snap && sn.Protected }) {
+			return nil
+		}
+		if err := im.ProtectSnap(snap); err != nil {
+			return storageErr("protect "+image+"@"+snap, err)
+		}
+		return nil
+	})
+}
+
+// onSnaps calls f with image, opened at its head, and its snapshots.
+func onSnaps(p rbd.Pool, image string, f func(im rbd.Image, snaps []rbd.Snap) error) error {
 	im, err := p.OpenImage(image, "")
 	if err != nil {
 		return storageErr("open "+image, err)
@@ -146,13 +148,18 @@ func protect(p rbd.Pool, image, snap string) error {
 	if err != nil {
 		return storageErr("list snapshots of "+image, err)
 	}
-	for _, sn := range snaps {
-		if sn.Name == snap && sn.Protected {
-			return nil
+	return f(im, snaps)
+}
+
+// dropSnap removes snapshot sn of image im, lifting its protection first.
+func dropSnap(im rbd.Image, image string, sn rbd.Snap) error {
+	if sn.Protected {
+		if err := im.UnprotectSnap(sn.Name); err != nil {
+			return storageErr("unprotect "+image+"@"+sn.Name, err)
 		}
 	}
-	if err := im.ProtectSnap(snap); err != nil {
-		return storageErr("protect "+image+"@"+snap, err)
+	if err := im.RemoveSnap(sn.Name); err != nil && !notExist(err) {
+		return storageErr("remove "+image+"@"+sn.Name, err)
 	}
 	return nil
 }
@@ -216,34 +223,22 @@ func (s *Store) RemoveClones(vm, name string) error {
 // unsnap removes snapshot name of image and lifts the protection of its
 // recovery points' snapshots where no clone needs it.
 func (s *Store) unsnap(image, name string) error {
-	im, err := s.Pool.OpenImage(image, "")
-	if err != nil {
-		return storageErr("open "+image, err)
-	}
-	defer im.Close()
-	snaps, err := im.Snaps()
-	if err != nil {
-		return storageErr("list snapshots of "+image, err)
-	}
-	for _, sn := range snaps {
-		_, point := parseSnap(sn.Name)
-		switch {
-		case sn.Name == name:
-			if sn.Protected {
-				if err := im.UnprotectSnap(name); err != nil {
-					return storageErr("unprotect "+image+"@"+name, err)
+	return onSnaps(s.Pool, image, func(im rbd.Image, snaps []rbd.Snap) error {
+		for _, sn := range snaps {
+			_, point := parseSnap(sn.Name)
+			switch {
+			case sn.Name == name:
+				if err := dropSnap(im, image, sn); err != nil {
+					return err
+				}
+			case point && sn.Protected:
+				if err := im.UnprotectSnap(sn.Name); err != nil && !errors.Is(err, syscall.EBUSY) {
+					return storageErr("unprotect "+image+"@"+sn.Name, err)
 				}
 			}
-			if err := im.RemoveSnap(name); err != nil && !notExist(err) {
-				return storageErr("remove "+image+"@"+name, err)
-			}
-		case point && sn.Protected:
-			if err := im.UnprotectSnap(sn.Name); err != nil && !errors.Is(err, syscall.EBUSY) {
-				return storageErr("unprotect "+image+"@"+sn.Name, err)
-			}
 		}
-	}
-	return nil
+		return nil
+	})
 }
 
 var (
