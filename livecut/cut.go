@@ -361,10 +361,14 @@ func (c *cut) exportTargets(ctx context.Context, sess Monitor, snap *sender.Snap
 	}
 	for i, b := range c.flat.BlockList() {
 		if c.tracked && b.ID == s.o.SharedRAM {
-			if s.ram == nil || int64(len(s.ram.image)) != b.Length {
+			if s.ram == nil || s.ram.size != b.Length {
 				return "", fmt.Errorf("livecut: tracked RAM block %q is %d bytes in the stream: %w", b.ID, b.Length, ErrCutFailed)
 			}
-			snap.Targets = append(snap.Targets, s.ramTarget(b.ID, c.gen, c.dirty, c.ramPrev))
+			t, err := s.ramTarget(b.ID, c.gen, c.dirty, c.ramPrev)
+			if err != nil {
+				return "", err
+			}
+			snap.Targets = append(snap.Targets, t)
 			continue
 		}
 		nz := c.flat.NonZero(i)

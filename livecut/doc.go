@@ -64,14 +64,17 @@
 // Tracked RAM (Options.SharedRAM, Options.TrackRAM; ramtrack.go): with
 // guest RAM in a shared memory backend, the first cut migrates all of RAM
 // and, guest stopped, arms a RAMTracker (dirtylog: write-protect-async
-// userfaultfd inside QEMU); the cut keeps the block's image. Each later cut
-// sets x-ignore-shared, so its migration carries device state only, and,
-// guest stopped, scans the pages written since the last scan and copies
-// them from QEMU's RAM into the image: the pause grows with the written
-// pages, not with RAM. The RAM target is that image, the written ranges to
-// read and every other page unchanged from the planner's table of the
-// previous image (so the sender hashes only written pages); without that
-// table (the previous cut was never planned) the whole image is read. A
+// userfaultfd inside QEMU). Each later cut sets x-ignore-shared, so its
+// migration carries device state only, and, guest stopped, scans the
+// pages written since the last scan and copies those pages out of QEMU's
+// RAM: the pause grows with the written pages, not with RAM. The RAM
+// target is the written ranges to read and every other page unchanged
+// from the planner's table of the previous cut, so the sender hashes only
+// written pages and holds no image of the guest's RAM: between cuts it
+// keeps the table, 8 bytes per page (2 MiB per GiB of RAM), and during a
+// cut the written pages (the full cut that starts the chain holds the
+// whole stream until it is planned). A cut whose predecessor was never
+// planned (its table is unknown) is full. A
 // failed scan or copy drops the tracking (the cut fails; the guest runs
 // on) and the next cut is full again; x-ignore-shared is turned off after
 // each tracked cut, by a new session, and before a group cut, and a cut

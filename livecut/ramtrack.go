@@ -1,10 +1,10 @@
 package livecut
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/drsync/drsync/blockhash"
@@ -24,15 +24,20 @@ type RAMTracker interface {
 	Close() error
 }
 
-// ramTrack is the tracked path's state across cuts: the RAM block's image
-// as it was at cut imageGen (the last scan), and the planner's table of
-// that image once known.
+// ramTrack is the tracked path's state across cuts. It never holds the
+// block's image: what the sender must know of the pages the guest did not
+// write is their hashes, the planner's table of the block at the last
+// cut (tableGen); only the pages written since are copied, at each cut.
+// Memory is the table, 8 bytes per 4 KiB page (2 MiB per GiB of guest
+// RAM), and the written pages of the cut being planned.
 type ramTrack struct {
 	tr       RAMTracker
 	armed    bool   // the first Scan has run: writes are being recorded
-	image    []byte // the block at cut imageGen; nil until a full cut filled it
-	imageGen uint64
-	table    *blockhash.Table // the planner's table of the image at tableGen
+	size     int64  // the block's length, from the full cut that armed it
+	imageGen uint64 // the cut of the last scan; 0 until a full cut armed it
+	// written are the pages copied at cut imageGen (a tracked cut).
+	written  *writtenPages
+	table    *blockhash.Table // the planner's table of the block at tableGen
 	tableGen uint64
 }
 
@@ -43,7 +48,9 @@ const (
 )
 
 // trackedCut says whether this cut can take the tracked path: the
-// tracker is armed and the image holds the last scan's cut. It starts the
+// tracker is armed and the planner's table of the block at the last
+// scan's cut is known (a cut that was never planned leaves the pages it
+// scanned unknown: the next cut is full). It starts the
 // tracker (before the guest stops: registering costs a ptrace stop of
 // QEMU's main thread) when configured and not yet running.
 func (s *Source) trackedCut() bool {
@@ -61,7 +68,9 @@ func (s *Source) trackedCut() bool {
 		}
 		s.ram = &ramTrack{tr: tr}
 	}
-	return s.ram.armed && s.ram.image != nil
+	r := s.ram
+	return r.armed && r.imageGen != 0 && r.table != nil && r.tableGen == r.imageGen &&
+		r.table.Size == r.size && r.table.BlockSize == vmspec.PageSize
 }
 
 // dropTracking ends the tracked path after a failure: the next cut is a
@@ -87,7 +96,7 @@ func (s *Source) setIgnoreShared(ctx context.Context, sess Monitor, on bool) err
 
 // scanStopped runs while the guest is stopped after the migration: the
 // first scan arms the tracking (a full cut); on a tracked cut the pages
-// written since the last cut are copied into the image. It returns the
+// written since the last cut are copied out of the guest. It returns the
 // written ranges of a tracked cut.
 func (s *Source) scanStopped(tracked bool, gen uint64) ([]dirtylog.Range, time.Duration, error) {
 	if s.ram == nil {
@@ -102,34 +111,86 @@ func (s *Source) scanStopped(tracked bool, gen uint64) ([]dirtylog.Range, time.D
 		s.ram.armed = true
 		return nil, time.Since(start), nil
 	}
-	img := s.ram.image
-	// From here the image is this cut's, or broken: a failed copy ends
-	// the tracking.
-	s.ram.imageGen = gen
-	for _, r := range dirty {
-		if r.End > uint64(len(img)) {
-			return nil, 0, fmt.Errorf("scan guest RAM: range %#x-%#x beyond the block's %d bytes", r.Start, r.End, len(img))
-		}
-		if _, err := s.ram.tr.ReadAt(img[r.Start:r.End], int64(r.Start)); err != nil {
-			return nil, 0, fmt.Errorf("copy written guest RAM: %w", err)
-		}
+	// From here the scan is this cut's, or the tracking broken: a failed
+	// copy ends it.
+	s.ram.imageGen, s.ram.written = gen, nil
+	w, err := copyWritten(s.ram.tr, dirty, s.ram.size)
+	if err != nil {
+		return nil, 0, err
 	}
+	s.ram.written = w
 	return dirty, time.Since(start), nil
 }
 
-// ramTarget is the tracked block's target for cut gen: the image, with the
-// written ranges to read and, when the planner's table of the previous
-// image is known, every other page unchanged.
-func (s *Source) ramTarget(id string, gen uint64, dirty []dirtylog.Range, prevGen uint64) sender.Target {
-	r := s.ram
-	t := sender.Target{Kind: vmspec.KindRAM, Name: id, Size: int64(len(r.image)), BlockSize: vmspec.PageSize,
-		Reader: bytes.NewReader(r.image)}
-	if r.table != nil && r.tableGen == prevGen && r.table.Size == t.Size && r.table.BlockSize == t.BlockSize {
-		t.Prev = r.table
-		ext := dirtyExtents(dirty, t.Size)
-		t.Extents = func(context.Context, int64, int64) ([]sender.Extent, error) { return ext, nil }
+// writtenPages are the ranges of a RAM block a tracked cut copied, read
+// as the block (io.ReaderAt) where they cover it. Anything else is not
+// known here: the planner takes those pages' hashes from the previous
+// table and never reads them.
+type writtenPages struct {
+	ranges []dirtylog.Range // ascending, disjoint
+	at     []int            // where each range starts in data
+	data   []byte
+}
+
+// errNotCopied is a read of a page a tracked cut did not copy.
+var errNotCopied = errors.New("livecut: a page the guest did not write since the last cut is not held by the sender")
+
+// copyWritten copies the ranges dirty of the block (size bytes) from tr.
+func copyWritten(tr RAMTracker, dirty []dirtylog.Range, size int64) (*writtenPages, error) {
+	w := &writtenPages{ranges: dirty, at: make([]int, len(dirty))}
+	n := 0
+	for i, r := range dirty {
+		if r.End > uint64(size) || r.Start >= r.End || (i > 0 && r.Start < dirty[i-1].End) {
+			return nil, fmt.Errorf("scan guest RAM: range %#x-%#x out of order or beyond the block's %d bytes", r.Start, r.End, size)
+		}
+		w.at[i] = n
+		n += int(r.End - r.Start)
 	}
-	return t
+	w.data = make([]byte, n)
+	for i, r := range dirty {
+		if _, err := tr.ReadAt(w.data[w.at[i]:w.at[i]+int(r.End-r.Start)], int64(r.Start)); err != nil {
+			return nil, fmt.Errorf("copy written guest RAM: %w", err)
+		}
+	}
+	return w, nil
+}
+
+// ReadAt reads p from the copied ranges; a read reaching a page that was
+// not copied fails with errNotCopied.
+func (w *writtenPages) ReadAt(p []byte, off int64) (int, error) {
+	done := 0
+	for done < len(p) {
+		pos := uint64(off) + uint64(done)
+		i, found := slices.BinarySearchFunc(w.ranges, pos, func(r dirtylog.Range, x uint64) int {
+			switch {
+			case r.End <= x:
+				return -1
+			case r.Start > x:
+				return 1
+			}
+			return 0
+		})
+		if !found {
+			return done, fmt.Errorf("%w (offset %#x)", errNotCopied, pos)
+		}
+		r := w.ranges[i]
+		src := w.data[w.at[i]+int(pos-r.Start) : w.at[i]+int(r.End-r.Start)]
+		done += copy(p[done:], src)
+	}
+	return done, nil
+}
+
+// ramTarget is the tracked block's target for cut gen: the written
+// ranges to read, every other page unchanged from the planner's table of
+// the previous cut (prevGen), which trackedCut made sure is known.
+func (s *Source) ramTarget(id string, gen uint64, dirty []dirtylog.Range, prevGen uint64) (sender.Target, error) {
+	r := s.ram
+	if r == nil || r.written == nil || r.imageGen != gen || r.table == nil || r.tableGen != prevGen {
+		return sender.Target{}, fmt.Errorf("livecut: tracked RAM block %q: the previous cut's table or this cut's pages are missing: %w", id, ErrCutFailed)
+	}
+	ext := dirtyExtents(dirty, r.size)
+	return sender.Target{Kind: vmspec.KindRAM, Name: id, Size: r.size, BlockSize: vmspec.PageSize, Reader: r.written, Prev: r.table,
+		Extents: func(context.Context, int64, int64) ([]sender.Extent, error) { return ext, nil }}, nil
 }
 
 // dirtyExtents covers [0, size): the written ranges changed, the rest
@@ -150,30 +211,27 @@ func dirtyExtents(dirty []dirtylog.Range, size int64) []sender.Extent {
 	return out
 }
 
-// ramGen is the cut the tracked image holds, 0 for none.
+// ramGen is the cut of the tracker's last scan, 0 for none.
 func (s *Source) ramGen() uint64 {
-	if s.ram == nil || s.ram.image == nil {
+	if s.ram == nil {
 		return 0
 	}
 	return s.ram.imageGen
 }
 
-// fillImage starts the tracked image from a full cut whose stopped window
-// armed (or re-armed) the tracking: the block as the stream carried it.
+// fillImage starts the tracked chain from a full cut whose stopped window
+// armed (or re-armed) the tracking: the next cut is tracked once this
+// one's table is known (recordPlanned).
 func (c *cut) fillImage() {
 	s := c.s
 	if s.ram == nil || !s.ram.armed {
 		return
 	}
-	for i, b := range c.flat.BlockList() {
+	for _, b := range c.flat.BlockList() {
 		if b.ID != s.o.SharedRAM {
 			continue
 		}
-		if int64(len(s.ram.image)) != b.Length {
-			s.ram.image = make([]byte, b.Length)
-		}
-		copy(s.ram.image, c.flat.Block(i))
-		s.ram.imageGen, s.ram.table = c.gen, nil
+		s.ram.size, s.ram.imageGen, s.ram.written, s.ram.table = b.Length, c.gen, nil, nil
 		return
 	}
 	s.dropTracking(fmt.Errorf("the migration stream has no RAM block %q (the memory backend's id)", s.o.SharedRAM))

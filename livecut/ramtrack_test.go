@@ -1,6 +1,8 @@
 package livecut
 
 import (
+	"bytes"
+	"errors"
 	"reflect"
 	"testing"
 
@@ -23,6 +25,67 @@ func TestDirtyExtents(t *testing.T) {
 	} {
 		if got := dirtyExtents(tc.dirty, 65536); !reflect.DeepEqual(got, tc.want) {
 			t.Errorf("%s: got %+v, want %+v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// memTracker is a RAMTracker over a byte slice.
+type memTracker []byte
+
+func (m memTracker) Scan() ([]dirtylog.Range, error) { return nil, nil }
+func (m memTracker) ReadAt(p []byte, off int64) (int, error) {
+	return copy(p, m[off:]), nil
+}
+func (m memTracker) Close() error { return nil }
+
+// The tracked path holds the written pages only: reads inside them (also
+// across two adjacent ranges) return the guest's bytes, a read reaching
+// any other page fails, and bad ranges are refused.
+func TestWrittenPages(t *testing.T) {
+	mem := make(memTracker, 16*4096)
+	for i := range mem {
+		mem[i] = byte(i / 4096)
+	}
+	w, err := copyWritten(mem, []dirtylog.Range{{Start: 4096, End: 3 * 4096}, {Start: 3 * 4096, End: 4 * 4096}, {Start: 8 * 4096, End: 9 * 4096}}, int64(len(mem)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(w.data) != 4*4096 {
+		t.Fatalf("holds %d bytes for 4 written pages", len(w.data))
+	}
+	for _, tc := range []struct {
+		off, n int64
+		ok     bool
+	}{
+		{4096, 4096, true},
+		{2*4096 + 100, 4096, true}, // across adjacent ranges
+		{8 * 4096, 4096, true},
+		{0, 4096, false},
+		{3 * 4096, 2 * 4096, false}, // runs into an unwritten page
+		{9 * 4096, 10, false},
+	} {
+		buf := make([]byte, tc.n)
+		n, err := w.ReadAt(buf, tc.off)
+		if tc.ok != (err == nil) {
+			t.Fatalf("read %d at %#x: %v, want ok=%v", tc.n, tc.off, err, tc.ok)
+		}
+		if !tc.ok {
+			if !errors.Is(err, errNotCopied) {
+				t.Fatalf("read %d at %#x: %v, want errNotCopied", tc.n, tc.off, err)
+			}
+			continue
+		}
+		if int64(n) != tc.n || !bytes.Equal(buf, mem[tc.off:tc.off+tc.n]) {
+			t.Fatalf("read %d at %#x: %d bytes, not the guest's", tc.n, tc.off, n)
+		}
+	}
+	for _, bad := range [][]dirtylog.Range{
+		{{Start: 0, End: 17 * 4096}},
+		{{Start: 4096, End: 4096}},
+		{{Start: 4 * 4096, End: 5 * 4096}, {Start: 0, End: 4096}},
+	} {
+		if _, err := copyWritten(mem, bad, int64(len(mem))); err == nil {
+			t.Fatalf("ranges %v accepted", bad)
 		}
 	}
 }
