@@ -117,6 +117,9 @@ type VMSettings struct {
 	WorkDir           string // a live VM's; "": <state dir>/live
 	AllowUntestedQEMU bool
 	Dedup             *bool // nil: true
+	// RAMCapture is how a live VM's cuts take its RAM: RAMCaptureAuto
+	// (""), RAMCaptureTracked or RAMCaptureFull (see ramcapture.go).
+	RAMCapture string
 
 	compression wire.Compression
 }
@@ -145,6 +148,9 @@ func (v *VMSettings) Validate(i int) error {
 
 func (v *VMSettings) validate() error {
 	if err := v.validatePacing(); err != nil {
+		return err
+	}
+	if err := v.validateRAMCapture(); err != nil {
 		return err
 	}
 	if k, err := v.Libvirt.Check(v.QMP, len(v.Disks)); err != nil {
@@ -344,7 +350,7 @@ func (v *VMSettings) Options(stateDir string, now func() time.Time) VM {
 	vm := VM{Name: v.Name, StateDir: stateDir, Pacing: v.Pacing(), Dedup: v.Dedup == nil || *v.Dedup}
 	if v.Live() {
 		lo := v.LiveOptions(stateDir, now)
-		vm.Live, vm.Libvirt = &lo, v.Libvirt
+		vm.Live, vm.Libvirt, vm.RAMCapture = &lo, v.Libvirt, v.RAMCapture
 	} else {
 		fo := v.FileOptions(now)
 		vm.Files = &fo
