@@ -29,8 +29,11 @@ const (
 	DefaultCompression = "fast"
 	// AutoCompression lets adaptive epochs choose the level.
 	AutoCompression = "auto"
-	// MinScheduleGap is the shortest interval between epoch starts.
+	// MinScheduleGap is the shortest schedule of scheduled epochs.
 	MinScheduleGap = time.Second
+	// MinEpochInterval is the shortest min_interval of continuous epochs:
+	// a guest cut in O(dirty) (tracked RAM) can take several a second.
+	MinEpochInterval = 100 * time.Millisecond
 )
 
 // PeerSettings say where a sender sends and how it recognises the
@@ -217,8 +220,8 @@ func (v *VMSettings) validatePacing() error {
 		if v.MinInterval == 0 && v.RPOTarget == 0 {
 			v.MinInterval = DefaultMinInterval
 		}
-		if v.MinInterval != 0 && v.MinInterval < MinScheduleGap {
-			return field.Errorf("min_interval", "%s is shorter than %s", v.MinInterval, MinScheduleGap)
+		if v.MinInterval != 0 && v.MinInterval < MinEpochInterval {
+			return field.Errorf("min_interval", "%s is shorter than %s", v.MinInterval, MinEpochInterval)
 		}
 		if v.MaxInterval != 0 && v.RPOTarget == 0 {
 			return field.Errorf("max_interval", "only used with rpo_target (adaptive epochs)")
