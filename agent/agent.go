@@ -662,8 +662,12 @@ func (l *vmLoop) committed(res *sender.Result, pc pace) {
 	attrs := []any{"epoch", res.Epoch, "cut", res.Cut.UTC().Format(time.RFC3339Nano), "base", res.Base,
 		"items", res.Items, "data_bytes", res.DataBytes, "wire_bytes", res.WireBytes, "resent_bytes", res.ResentBytes,
 		"attempts", res.Attempts, "duration", res.Duration.Round(time.Millisecond), "send_time", res.SendTime.Round(time.Millisecond), "rpo_lag", lag.Round(time.Millisecond)}
+	ram := ""
+	if l.ramPath != nil {
+		ram = l.ramPath()
+	}
 	if res.Pause > 0 {
-		attrs = append(attrs, "guest_pause", res.Pause.Round(10*time.Microsecond), "qemu_downtime", res.HypervisorDowntime)
+		attrs = append(attrs, "guest_pause", res.Pause.Round(10*time.Microsecond), "qemu_downtime", res.HypervisorDowntime, "ram_path", ram)
 	}
 	if res.RAMDataPages+res.RAMRefPages+res.RAMZeroPages > 0 {
 		attrs = append(attrs, "ram_pages_data", res.RAMDataPages, "ram_pages_ref", res.RAMRefPages, "ram_pages_dup", res.RAMDupPages, "ram_pages_zero", res.RAMZeroPages)
@@ -680,10 +684,6 @@ func (l *vmLoop) committed(res *sender.Result, pc pace) {
 			"rpo_target", l.vm.Pacing.RPOTarget, "predicted_lag", secs(f.PredictedLagSeconds), "plan", pc.reason)
 	case pc.breachEnded:
 		l.log.Info("RPO target within reach again", "rpo_target", l.vm.Pacing.RPOTarget, "predicted_lag", secs(f.PredictedLagSeconds), "plan", pc.reason)
-	}
-	ram := ""
-	if l.ramPath != nil {
-		ram = l.ramPath()
 	}
 	l.status.success(res, f, ram)
 	if l.metrics != nil {
