@@ -1,15 +1,21 @@
 package agent
 
 import (
+	"context"
+	"encoding/json"
 	"errors"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/drsync/drsync/dirtylog"
 	"github.com/drsync/drsync/internal/field"
 	"github.com/drsync/drsync/libvirtvm"
+	"github.com/drsync/drsync/livecut"
+	"github.com/drsync/drsync/testkit/hosttools"
 )
 
 // ram_capture: a default, the three values, and tracked refused where
@@ -111,5 +117,96 @@ func TestQEMUPID(t *testing.T) {
 	ln.Close()
 	if _, err := qemuPID(sock); err == nil {
 		t.Fatal("qemuPID of a closed socket: no error")
+	}
+}
+
+// fakeMonitor answers the QMP commands setupRAMCapture asks, as a QEMU
+// whose machine memory backend is backend (type typ, shared or not).
+func fakeMonitor(t *testing.T, backend, typ string, share bool) string {
+	t.Helper()
+	sock := filepath.Join(hosttools.ShortTempDir(t, "ramq"), "qmp.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.Write([]byte(`{"QMP":{"version":{"qemu":{"micro":22,"minor":2,"major":7},"package":""},"capabilities":[]}}` + "\r\n"))
+				dec, enc := json.NewDecoder(c), json.NewEncoder(c)
+				for {
+					var req struct {
+						Execute string `json:"execute"`
+						ID      any    `json:"id"`
+					}
+					if dec.Decode(&req) != nil {
+						return
+					}
+					var ret any = map[string]any{}
+					switch req.Execute {
+					case "qom-get":
+						ret = "/objects/" + backend
+					case "query-memdev":
+						ret = []map[string]any{{"id": backend, "size": 256 << 20, "share": share}}
+					case "qom-list":
+						ret = []map[string]any{{"name": "type", "type": "string"}, {"name": backend, "type": "child<" + typ + ">"}}
+					}
+					enc.Encode(map[string]any{"return": ret, "id": req.ID})
+				}
+			}()
+		}
+	}()
+	return sock
+}
+
+// setupRAMCapture turns tracking on for a shared memfd backend; without
+// one, "auto" cuts full and "tracked" refuses to start, saying why; "full"
+// never asks QEMU.
+func TestSetupRAMCapture(t *testing.T) {
+	kernelErr := dirtylog.CheckKernel()
+	memfd := fakeMonitor(t, "ram0", "memory-backend-memfd", true)
+	plain := fakeMonitor(t, "pc.ram", "memory-backend-ram", false)
+	tests := []struct {
+		name, mode, socket string
+		libvirt            bool
+		wantTracked        bool
+		wantErr            string
+	}{
+		{"auto memfd", RAMCaptureAuto, memfd, false, true, ""},
+		{"tracked memfd", RAMCaptureTracked, memfd, false, true, ""},
+		{"full memfd", RAMCaptureFull, memfd, false, false, ""},
+		{"auto plain", RAMCaptureAuto, plain, false, false, ""},
+		{"tracked plain", RAMCaptureTracked, plain, false, false, `ram_capture = "tracked": guest RAM writes cannot be tracked: the machine's memory backend "pc.ram" is "child<memory-backend-ram>"`},
+		{"auto no QEMU", RAMCaptureAuto, "/nonexistent/qmp.sock", false, false, ""},
+		{"tracked no QEMU", RAMCaptureTracked, "/nonexistent/qmp.sock", false, false, "/nonexistent/qmp.sock does not exist"},
+		{"auto libvirt", RAMCaptureAuto, memfd, true, false, ""},
+		{"tracked libvirt", RAMCaptureTracked, memfd, true, false, "not supported for libvirt domains"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.wantTracked && kernelErr != nil {
+				t.Skipf("this kernel cannot track: %v", kernelErr)
+			}
+			o := livecut.Options{QMPSocket: tc.socket}
+			err := setupRAMCapture(context.Background(), tc.mode, &o, tc.libvirt, slog.New(slog.DiscardHandler))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want one saying %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := o.TrackRAM != nil; got != tc.wantTracked || (o.SharedRAM == "ram0") != tc.wantTracked {
+				t.Fatalf("tracked %v (SharedRAM %q), want %v", got, o.SharedRAM, tc.wantTracked)
+			}
+		})
 	}
 }
