@@ -206,6 +206,9 @@ type vmLoop struct {
 	now     func() time.Time
 	sleep   func(ctx context.Context, d time.Duration) error
 	source  io.Closer // a live source to tear down at the end, if any
+	// ramPath says how the live source's last cut took the guest's RAM
+	// (livecut.RAMFull, livecut.RAMTracked); nil for image files.
+	ramPath func() string
 	// domain follows a libvirt domain's lifecycle (nil otherwise).
 	domain domainWatch
 
@@ -392,15 +395,25 @@ func (a *Agent) newVMLoop(vm VM, share float64) (*vmLoop, error) {
 	var grp *groupRun
 	var follow *groupFollow
 	var grouped bool
+	var ramPath func() string
 	if v.Live != nil {
 		lo := *v.Live
 		lo.Logger = log
 		lo.Final = o.Final
+		if lo.TrackRAM == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			err := setupRAMCapture(ctx, v.RAMCapture, &lo, v.Libvirt.Enabled(), log)
+			cancel()
+			if err != nil {
+				return nil, &SetupError{v.Name, err}
+			}
+		}
 		ls, err := livecut.New(lo)
 		if err != nil {
 			return nil, &SetupError{v.Name, err}
 		}
 		closer = ls
+		ramPath = func() string { return ls.LastCut().RAMPath }
 		src, grp, follow = a.liveSource(v, ls)
 		grouped = grp != nil || follow != nil
 	} else {
@@ -463,6 +476,7 @@ func (a *Agent) newVMLoop(vm VM, share float64) (*vmLoop, error) {
 		now:     o.Now,
 		sleep:   o.Sleep,
 		source:  closer,
+		ramPath: ramPath,
 		grouped: grouped,
 		group:   grp,
 		follow:  follow,
@@ -648,8 +662,12 @@ func (l *vmLoop) committed(res *sender.Result, pc pace) {
 	attrs := []any{"epoch", res.Epoch, "cut", res.Cut.UTC().Format(time.RFC3339Nano), "base", res.Base,
 		"items", res.Items, "data_bytes", res.DataBytes, "wire_bytes", res.WireBytes, "resent_bytes", res.ResentBytes,
 		"attempts", res.Attempts, "duration", res.Duration.Round(time.Millisecond), "send_time", res.SendTime.Round(time.Millisecond), "rpo_lag", lag.Round(time.Millisecond)}
+	ram := ""
+	if l.ramPath != nil {
+		ram = l.ramPath()
+	}
 	if res.Pause > 0 {
-		attrs = append(attrs, "guest_pause", res.Pause.Round(10*time.Microsecond), "qemu_downtime", res.HypervisorDowntime)
+		attrs = append(attrs, "guest_pause", res.Pause.Round(10*time.Microsecond), "qemu_downtime", res.HypervisorDowntime, "ram_path", ram)
 	}
 	if res.RAMDataPages+res.RAMRefPages+res.RAMZeroPages > 0 {
 		attrs = append(attrs, "ram_pages_data", res.RAMDataPages, "ram_pages_ref", res.RAMRefPages, "ram_pages_dup", res.RAMDupPages, "ram_pages_zero", res.RAMZeroPages)
@@ -667,14 +685,14 @@ func (l *vmLoop) committed(res *sender.Result, pc pace) {
 	case pc.breachEnded:
 		l.log.Info("RPO target within reach again", "rpo_target", l.vm.Pacing.RPOTarget, "predicted_lag", secs(f.PredictedLagSeconds), "plan", pc.reason)
 	}
-	l.status.success(res, f)
+	l.status.success(res, f, ram)
 	if l.metrics != nil {
 		l.metrics.GuestPaused(l.vm.Name, false)
 		if res.Pause > livecut.PauseAlarm {
 			l.metrics.LongPause(l.vm.Name)
 		}
 		l.metrics.Committed(l.vm.Name, metrics.Epoch{Cut: res.Cut, Duration: res.Duration, SendTime: res.SendTime, ChangedBytes: res.DataBytes + res.RefBytes, WireBytes: res.WireBytes,
-			Resent: res.ResentBytes, Pause: res.Pause, RAMDataPages: res.RAMDataPages, RAMRefPages: res.RAMRefPages - res.RAMDupPages, RAMDupPages: res.RAMDupPages, RAMZero: res.RAMZeroPages})
+			Resent: res.ResentBytes, Pause: res.Pause, RAMPath: ram, RAMDataPages: res.RAMDataPages, RAMRefPages: res.RAMRefPages - res.RAMDupPages, RAMDupPages: res.RAMDupPages, RAMZero: res.RAMZeroPages})
 		if f.RPOTargetSeconds > 0 {
 			l.metrics.Planned(l.vm.Name, metrics.Plan{RPOTarget: l.vm.Pacing.RPOTarget, NextInterval: secs(f.NextEpochSeconds), PredictedLag: secs(f.PredictedLagSeconds),
 				Breach: f.BreachPredicted, Level: int(pc.level), DirtyRate: f.ModelDirtyBytesPerSec, Goodput: f.PlannedGoodputBps})

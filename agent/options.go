@@ -109,6 +109,10 @@ type VM struct {
 	// Libvirt, for a live libvirt domain, makes each snapshot carry the
 	// domain's definition.
 	Libvirt libvirtvm.Config
+	// RAMCapture, for a live VM, says whether cuts track the guest's RAM
+	// writes (RAMCaptureAuto if empty); setting up the VM fills in
+	// Live.SharedRAM and Live.TrackRAM from what QEMU says.
+	RAMCapture string
 }
 
 // Validate checks the VM's options.

@@ -242,7 +242,7 @@ func diffVMs(old, new []VM) vmDiff {
 // sameSource reports whether a and b replicate the same VM in the same
 // way, pacing aside; clocks, hooks and loggers are not compared.
 func sameSource(a, b VM) bool {
-	if a.StateDir != b.StateDir || a.Dedup != b.Dedup || (a.Live == nil) != (b.Live == nil) || (a.Files == nil) != (b.Files == nil) {
+	if a.StateDir != b.StateDir || a.Dedup != b.Dedup || a.RAMCapture != b.RAMCapture || (a.Live == nil) != (b.Live == nil) || (a.Files == nil) != (b.Files == nil) {
 		return false
 	}
 	if a.Live != nil {

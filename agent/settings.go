@@ -29,8 +29,11 @@ const (
 	DefaultCompression = "fast"
 	// AutoCompression lets adaptive epochs choose the level.
 	AutoCompression = "auto"
-	// MinScheduleGap is the shortest interval between epoch starts.
+	// MinScheduleGap is the shortest schedule of scheduled epochs.
 	MinScheduleGap = time.Second
+	// MinEpochInterval is the shortest min_interval of continuous epochs:
+	// a guest cut in O(dirty) (tracked RAM) can take several a second.
+	MinEpochInterval = 100 * time.Millisecond
 )
 
 // PeerSettings say where a sender sends and how it recognises the
@@ -117,6 +120,9 @@ type VMSettings struct {
 	WorkDir           string // a live VM's; "": <state dir>/live
 	AllowUntestedQEMU bool
 	Dedup             *bool // nil: true
+	// RAMCapture is how a live VM's cuts take its RAM: RAMCaptureAuto
+	// (""), RAMCaptureTracked or RAMCaptureFull (see ramcapture.go).
+	RAMCapture string
 
 	compression wire.Compression
 }
@@ -145,6 +151,9 @@ func (v *VMSettings) Validate(i int) error {
 
 func (v *VMSettings) validate() error {
 	if err := v.validatePacing(); err != nil {
+		return err
+	}
+	if err := v.validateRAMCapture(); err != nil {
 		return err
 	}
 	if k, err := v.Libvirt.Check(v.QMP, len(v.Disks)); err != nil {
@@ -211,8 +220,8 @@ func (v *VMSettings) validatePacing() error {
 		if v.MinInterval == 0 && v.RPOTarget == 0 {
 			v.MinInterval = DefaultMinInterval
 		}
-		if v.MinInterval != 0 && v.MinInterval < MinScheduleGap {
-			return field.Errorf("min_interval", "%s is shorter than %s", v.MinInterval, MinScheduleGap)
+		if v.MinInterval != 0 && v.MinInterval < MinEpochInterval {
+			return field.Errorf("min_interval", "%s is shorter than %s", v.MinInterval, MinEpochInterval)
 		}
 		if v.MaxInterval != 0 && v.RPOTarget == 0 {
 			return field.Errorf("max_interval", "only used with rpo_target (adaptive epochs)")
@@ -344,7 +353,7 @@ func (v *VMSettings) Options(stateDir string, now func() time.Time) VM {
 	vm := VM{Name: v.Name, StateDir: stateDir, Pacing: v.Pacing(), Dedup: v.Dedup == nil || *v.Dedup}
 	if v.Live() {
 		lo := v.LiveOptions(stateDir, now)
-		vm.Live, vm.Libvirt = &lo, v.Libvirt
+		vm.Live, vm.Libvirt, vm.RAMCapture = &lo, v.Libvirt, v.RAMCapture
 	} else {
 		fo := v.FileOptions(now)
 		vm.Files = &fo

@@ -29,6 +29,13 @@ func TestVMSettingsValidate(t *testing.T) {
 		{"bad name", func() VMSettings { v := files(); v.Name = "../x"; return v }, "vm[3].name", "../x"},
 		{"schedule in continuous mode", func() VMSettings { v := files(); v.Mode = Continuous; v.Schedule = time.Hour; return v }, `vm "web-1": schedule`, "only used with"},
 		{"min interval too short", func() VMSettings { v := files(); v.MinInterval = time.Millisecond; return v }, `vm "web-1": min_interval`, "shorter"},
+		{"min interval just too short", func() VMSettings { v := live(); v.MinInterval = 99 * time.Millisecond; return v }, `vm "app-1": min_interval`, "shorter than 100ms"},
+		{"sub-second min interval", func() VMSettings { v := live(); v.MinInterval = 100 * time.Millisecond; return v }, "", ""},
+		{"sub-second adaptive", func() VMSettings {
+			v := live()
+			v.MinInterval, v.RPOTarget = 200*time.Millisecond, 2*time.Second
+			return v
+		}, "", ""},
 		{"bad mode", func() VMSettings { v := files(); v.Mode = "often"; return v }, `vm "web-1": mode`, "often"},
 		{"auto compression without target", func() VMSettings { v := files(); v.Compression = AutoCompression; return v }, `vm "web-1": compression`, "rpo_target"},
 		{"target with no room", func() VMSettings { v := files(); v.RPOTarget, v.MinInterval = time.Minute, time.Minute; return v }, `vm "web-1": rpo_target`, "no room"},

@@ -90,6 +90,10 @@ type EpochResult struct {
 	// STOP to the return of cont); QEMUDowntimeMS is QEMU's own figure.
 	PauseMS        float64 `json:"pause_ms,omitempty"`
 	QEMUDowntimeMS float64 `json:"qemu_downtime_ms,omitempty"`
+	// RAMPath says how a live guest's cut took its RAM: "full" (all of it
+	// in QEMU's migration stream) or "tracked" (the pages written since
+	// the cut before).
+	RAMPath string `json:"ram_path,omitempty"`
 	// Changed RAM pages by how they travelled: as data, as references to
 	// disk pages the replica holds (dedup), as zero runs.
 	RAMDataPages int64 `json:"ram_pages_data"`
@@ -124,7 +128,9 @@ func loadStatus(path, vm string, now func() time.Time, log *slog.Logger) *status
 	return r
 }
 
-func (r *statusRecorder) success(res *sender.Result, flow FlowStatus) {
+// success records a committed epoch; ramPath is how its cut took the
+// guest's RAM ("" for image files).
+func (r *statusRecorder) success(res *sender.Result, flow FlowStatus, ramPath string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	now := r.now().UTC()
@@ -135,7 +141,7 @@ func (r *statusRecorder) success(res *sender.Result, flow FlowStatus) {
 		Epoch: res.Epoch, Base: res.Base, Items: res.Items, StartSeq: res.StartSeq,
 		DataBytes: res.DataBytes, ScannedBytes: res.Scanned, WireBytes: res.WireBytes,
 		ResentBytes: res.ResentBytes, Attempts: res.Attempts, DurationSeconds: res.Duration.Seconds(),
-		PauseMS: ms(res.Pause), QEMUDowntimeMS: ms(res.HypervisorDowntime),
+		PauseMS: ms(res.Pause), QEMUDowntimeMS: ms(res.HypervisorDowntime), RAMPath: ramPath,
 		RAMDataPages: res.RAMDataPages, RAMRefPages: res.RAMRefPages, RAMDupPages: res.RAMDupPages, RAMZeroPages: res.RAMZeroPages,
 		SendSeconds: res.SendTime.Seconds(),
 	}

@@ -305,7 +305,8 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 	if err != nil {
 		return nil, err
 	}
-	s.log.Debug("cut", "gen", c.gen, "pause", stats.Pause, "downtime", stats.Downtime, "capture", stats.Capture, "stream_bytes", stats.StreamBytes, "chain", bitmap != "")
+	s.log.Debug("cut", "gen", c.gen, "pause", stats.Pause, "downtime", stats.Downtime, "freeze", stats.Freeze, "scan", stats.Scan, "capture", stats.Capture,
+		"stream_bytes", stats.StreamBytes, "ram", stats.RAMPath, "dirty_pages", stats.DirtyPages, "chain", bitmap != "")
 	return snap, nil
 }
 

@@ -58,6 +58,7 @@ type Sender struct {
 	long     *prometheus.CounterVec
 	guarded  *prometheus.CounterVec
 	domain   *prometheus.GaugeVec
+	ramPath  *prometheus.GaugeVec
 
 	mu      sync.Mutex
 	lastCut map[string]time.Time
@@ -87,10 +88,12 @@ func NewSender(now func() time.Time) *Sender {
 			Help: "Guests the guard resumed after a sender died during a cut, since the state directory was created."}, []string{"vm"}),
 		domain: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "drsync_sender_domain_held",
 			Help: "A libvirt domain's lifecycle state (running, shut-off, migrating, migrated; one series per VM): 1 while protection waits for the domain, 0 while it is protected."}, []string{"vm", "state"}),
+		ramPath: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "drsync_sender_ram_capture",
+			Help: "How the last committed epoch of a live VM took the guest's RAM (path full: all of it in QEMU's migration stream; tracked: the pages written since the cut before): 1 for that path, 0 for the other."}, []string{"vm", "path"}),
 		lastCut: map[string]time.Time{},
 		resumes: map[string]uint64{},
 	}
-	s.reg.MustRegister(s.lag, s.interval, s.epochs, s.failures, s.bytes, s.pages, s.pause, s.goodput, s.dirty, s.plan, s.paused, s.long, s.guarded, s.domain)
+	s.reg.MustRegister(s.lag, s.interval, s.epochs, s.failures, s.bytes, s.pages, s.pause, s.goodput, s.dirty, s.plan, s.paused, s.long, s.guarded, s.domain, s.ramPath)
 	return s
 }
 
@@ -101,6 +104,7 @@ type Epoch struct {
 	SendTime                        time.Duration // first frame to commit; 0: use Duration
 	ChangedBytes, WireBytes, Resent uint64
 	Pause                           time.Duration // 0 for sources that never stop a guest
+	RAMPath                         string        // a live guest's: "full" or "tracked"; "" otherwise
 	// RAM pages by how they travelled: data, references to disk pages,
 	// references to other memory pages, zero runs.
 	RAMDataPages, RAMRefPages, RAMDupPages, RAMZero int64
@@ -135,6 +139,15 @@ func (s *Sender) Committed(vm string, e Epoch) {
 	s.pages.WithLabelValues(vm, "zero").Add(float64(e.RAMZero))
 	if e.Pause > 0 {
 		s.pause.WithLabelValues(vm).Observe(e.Pause.Seconds())
+	}
+	if e.RAMPath != "" {
+		for _, p := range []string{"full", "tracked"} {
+			v := 0.0
+			if p == e.RAMPath {
+				v = 1
+			}
+			s.ramPath.WithLabelValues(vm, p).Set(v)
+		}
 	}
 	if d := cmp.Or(e.SendTime, e.Duration); d > 0 {
 		s.goodput.WithLabelValues(vm).Set(float64(e.WireBytes) / d.Seconds())

@@ -30,8 +30,8 @@ func scrape(t *testing.T, h http.Handler) string {
 func TestSenderMetrics(t *testing.T) {
 	now := time.Unix(1000, 0)
 	s := NewSender(func() time.Time { return now })
-	s.Committed("web-1", Epoch{Cut: time.Unix(990, 0), Duration: 2 * time.Second, ChangedBytes: 100, WireBytes: 60, Pause: 12 * time.Millisecond, RAMDataPages: 3, RAMRefPages: 2})
-	s.Committed("web-1", Epoch{Cut: time.Unix(995, 0), Duration: time.Second, ChangedBytes: 50, WireBytes: 40, Resent: 4, Pause: 8 * time.Millisecond, RAMZero: 1})
+	s.Committed("web-1", Epoch{Cut: time.Unix(990, 0), Duration: 2 * time.Second, ChangedBytes: 100, WireBytes: 60, Pause: 12 * time.Millisecond, RAMPath: "full", RAMDataPages: 3, RAMRefPages: 2})
+	s.Committed("web-1", Epoch{Cut: time.Unix(995, 0), Duration: time.Second, ChangedBytes: 50, WireBytes: 40, Resent: 4, Pause: 8 * time.Millisecond, RAMPath: "tracked", RAMZero: 1})
 	s.Failed("web-1")
 	s.GuestPaused("web-1", true)
 	s.DomainState("web-1", "running", false)
@@ -55,6 +55,8 @@ func TestSenderMetrics(t *testing.T) {
 		`drsync_sender_guest_long_pauses_total{vm="web-1"} 1`,
 		`drsync_sender_guest_guard_resumes_total{vm="web-1"} 3`,
 		`drsync_sender_domain_held{state="shut-off",vm="web-1"} 1`,
+		`drsync_sender_ram_capture{path="tracked",vm="web-1"} 1`,
+		`drsync_sender_ram_capture{path="full",vm="web-1"} 0`,
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("missing %s in:\n%s", want, out)

@@ -33,6 +33,9 @@ type Row struct {
 	Updated             time.Time `json:"updated,omitzero"`
 	// GuestPause summarises the guest pauses of a live VM's recent epochs.
 	GuestPause *agent.PauseSummary `json:"guest_pause,omitempty"`
+	// RAMPath is how the last committed epoch's cut took a live guest's
+	// RAM: "full" or "tracked" (the pages written since the cut before).
+	RAMPath string `json:"ram_path,omitempty"`
 	// HotSetBytes is the RAM a receiver keeps pinned for a fast failover.
 	HotSetBytes *int64 `json:"hot_set_bytes,omitempty"`
 	// Flow is a sender's epoch length, goodput, dirty rate and plan.
@@ -93,6 +96,9 @@ func Sender(vms []SenderVM, now time.Time) ([]Row, []error) {
 			row.LastErrorAt = st.LastErrorAt.UTC()
 			row.Updated = st.Updated
 			row.GuestPause = agent.SummarizePauses(st.RecentPausesMS)
+			if st.LastResult != nil {
+				row.RAMPath = st.LastResult.RAMPath
+			}
 			row.Flow = st.Flow
 			row.Domain = st.Domain
 		}

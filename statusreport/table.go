@@ -43,6 +43,10 @@ func WriteTable(w io.Writer, role string, rows []Row) {
 			pause := "-"
 			if p := r.GuestPause; p != nil {
 				pause = fmt.Sprintf("%.1f/%.1f/%.1f ms", p.LastMS, p.MedianMS, p.MaxMS)
+				if r.RAMPath != "" {
+					// Whether the pause grows with RAM or with its writes.
+					pause += " (RAM " + r.RAMPath + ")"
+				}
 			}
 			target, epoch, goodput, dirty := "-", "-", "-", "-"
 			if f := r.Flow; f != nil {

@@ -49,3 +49,14 @@ func TestStatusTableDomain(t *testing.T) {
 		})
 	}
 }
+
+// The pause column says how the last cut took the guest's RAM.
+func TestStatusTableRAMPath(t *testing.T) {
+	for _, path := range []string{"tracked", "full"} {
+		var out bytes.Buffer
+		WriteTable(&out, "sender", []Row{{VM: "web-1", RAMPath: path, GuestPause: &agent.PauseSummary{LastMS: 3, MedianMS: 4, MaxMS: 9}}})
+		if want := "3.0/4.0/9.0 ms (RAM " + path + ")"; !strings.Contains(out.String(), want) {
+			t.Errorf("table does not say %q:\n%s", want, out.String())
+		}
+	}
+}

@@ -70,6 +70,7 @@ type VMConfig struct {
 	WorkDir           string       `toml:"work_dir"`
 	AllowUntestedQEMU bool         `toml:"allow_untested_qemu"`
 	Dedup             *bool        `toml:"dedup"`
+	RAMCapture        string       `toml:"ram_capture"` // auto, tracked or full
 }
 
 // DiskConfig is one [[vm.disk]] entry.
@@ -101,8 +102,7 @@ func loadSenderConfig(path string) (*SenderConfig, error) {
 	if err := c.Identity.validate(c.file); err != nil {
 		return nil, err
 	}
-	r := c.Receiver
-	c.peer = agent.PeerSettings{Address: r.Address, Fingerprints: r.Fingerprints, HasCA: r.CA != "", IdleTimeout: r.IdleTimeout.D(), Connections: r.Connections}
+	c.peer = agent.PeerSettings{Address: c.Receiver.Address, Fingerprints: c.Receiver.Fingerprints, HasCA: c.Receiver.CA != "", IdleTimeout: c.Receiver.IdleTimeout.D(), Connections: c.Receiver.Connections}
 	if err := c.peer.Validate(); err != nil {
 		return nil, configErr(c.file, err)
 	}
@@ -113,7 +113,7 @@ func loadSenderConfig(path string) (*SenderConfig, error) {
 		s := agent.VMSettings{Name: v.Name, Mode: agent.Mode(v.Mode), MinInterval: v.MinInterval.D(), RPOTarget: v.RPOTarget.D(),
 			MaxInterval: v.MaxInterval.D(), Schedule: v.Schedule.D(), Compression: v.Compression, DeviceState: resolvePath(dir, v.DeviceState),
 			QMP: resolvePath(dir, v.QMP), WorkDir: resolvePath(dir, v.WorkDir), AllowUntestedQEMU: v.AllowUntestedQEMU, Dedup: v.Dedup,
-			Libvirt: v.Config}
+			Libvirt: v.Config, RAMCapture: v.RAMCapture}
 		for _, d := range v.Disks {
 			s.Disks = append(s.Disks, agent.DiskSettings{Name: d.Name, Path: resolvePath(dir, d.Path), Node: d.Node, Format: d.Format, BlockSize: uint64(d.BlockSize)})
 		}

@@ -15,6 +15,11 @@
 //     only after the previous one completed;
 //   - a dirty_mib (32 MiB) buffer gets dirty_rate_kib (2048 KiB) of fresh
 //     random pages per second, so that every memory epoch has changes;
+//   - with write_mib=N it also stores into every page of an N MiB buffer,
+//     round after round, as fast as it can, and prints "WROTE <pages>
+//     <ms>" every second: the pages stored into in that many milliseconds,
+//     a write rate that falls when stores to memory cost more (dirty
+//     logging);
 //   - with read=1 it also reads the ring with buffered reads in a loop, so
 //     the guest page cache holds disk data;
 //   - with cache=<device> it reads that whole device with buffered reads
@@ -28,7 +33,7 @@
 //
 // Parameters come from drsync.KEY=VALUE words on the kernel command line
 // (and, for experiments, from the same words as arguments):
-// drsync.rate, drsync.dirty_mib, drsync.dirty_rate_kib, drsync.read,
+// drsync.rate, drsync.dirty_mib, drsync.dirty_rate_kib, drsync.write_mib, drsync.read,
 // drsync.tick_ms, drsync.count_ms, drsync.disk (/dev/vda), drsync.cache,
 // and for messaging drsync.msg, drsync.ip and drsync.peer.
 //
@@ -60,6 +65,7 @@ type params struct {
 	rate         float64 // records per second; 0 writes none
 	dirtyMiB     int
 	dirtyRateKiB int
+	writeMiB     int
 	read         bool
 	tickMs       int
 	countMs      int
@@ -138,6 +144,9 @@ func main() {
 	if p.dirtyMiB > 0 && p.dirtyRateKiB > 0 {
 		go dirty(p.dirtyMiB<<20, p.dirtyRateKiB/4)
 	}
+	if p.writeMiB > 0 {
+		go writeLoop(p.writeMiB << 20)
+	}
 	if disk != nil && p.read {
 		go readLoop(p.disk, record.Offset(slots))
 	}
@@ -179,6 +188,8 @@ func (p *params) set(word string) error {
 		atLeast(&p.dirtyMiB, 0)
 	case "dirty_rate_kib":
 		atLeast(&p.dirtyRateKiB, 0)
+	case "write_mib":
+		atLeast(&p.writeMiB, 0)
 	case "tick_ms":
 		atLeast(&p.tickMs, 1)
 	case "count_ms":
@@ -315,6 +326,29 @@ func dirty(size, pagesPerSec int) {
 		for ; owed >= slices; owed -= slices {
 			i := rng.next() % pages
 			rng.fill(mem[i*page : (i+1)*page])
+		}
+	}
+}
+
+// writeLoop stores one word into each page of a buffer of size bytes,
+// round after round, and prints every second how many pages it stored
+// into: a write rate bound by the cost of a store to a page (a fresh
+// write-protection fault each round under dirty logging).
+func writeLoop(size int) {
+	const page = 4096
+	mem := make([]byte, size)
+	var n uint64
+	start := time.Now()
+	for v := byte(1); ; v++ {
+		for off := 0; off < size; off += page {
+			mem[off] = v
+			n++
+			if n%1024 == 0 {
+				if d := time.Since(start); d >= time.Second {
+					say("WROTE %d %d", n, d.Milliseconds())
+					n, start = 0, time.Now()
+				}
+			}
 		}
 	}
 }
