@@ -59,7 +59,10 @@ type CutStats struct {
 	// DirtyPages written since the last cut copied in Scan).
 	RAMPath    string
 	DirtyPages int
-	Scan       time.Duration // scan and copy of written pages, guest stopped
+	// Pass is how the migration ran: PassStopped (the guest stopped
+	// before it) or PassLive.
+	Pass Pass
+	Scan time.Duration // scan and copy of written pages, guest stopped
 	// NBDSocket and Exports (one per disk, in order) name the point-in-time
 	// views while the cut is open, for tools that want to read them too.
 	NBDSocket string
@@ -145,9 +148,15 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 			return nil, fmt.Errorf("livecut: %w", err)
 		}
 	}
+	// A tracked cut's migration leaves the shared RAM out, so the live
+	// pass's missed writes (NeedsStoppedPass) cannot reach it: its guest
+	// stops only for the device state, unless stopped passes were asked
+	// for. The small blocks outside the backend (ROMs, device memory)
+	// still go through QEMU's dirty log.
+	stoppedPass := s.stoppedPass && !(c.tracked && s.o.Pass == PassAuto)
 	// From here until the guest runs again, a sender that dies leaves the
 	// mark, and its guard (or the next sender) resumes the guest.
-	if err := s.markCutStopped(c.gen, s.stoppedPass); err != nil {
+	if err := s.markCutStopped(c.gen, stoppedPass); err != nil {
 		cap.abort()
 		return nil, fmt.Errorf("livecut: %w", err)
 	}
@@ -183,7 +192,7 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 			}
 		}
 	}()
-	if s.stoppedPass {
+	if stoppedPass {
 		if err := sess.Execute(cctx, "stop", nil, nil); err != nil {
 			cap.abort()
 			return nil, fmt.Errorf("livecut: stop the guest for the cut: %w", err)
@@ -289,7 +298,10 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 		c.fillImage()
 	}
 	stats := CutStats{Freeze: resumed.Sub(completedAt), Downtime: time.Duration(mig.Downtime) * time.Millisecond, Capture: time.Since(migStart), StreamBytes: res.Stats.StreamBytes,
-		RAMPath: RAMFull, Scan: scanTime}
+		RAMPath: RAMFull, Scan: scanTime, Pass: PassLive}
+	if stoppedPass {
+		stats.Pass = PassStopped
+	}
 	if c.tracked {
 		stats.RAMPath, stats.DirtyPages = RAMTracked, dirtylog.Pages(c.dirty)
 	}

@@ -105,6 +105,11 @@ func TestTrackedCuts(t *testing.T) {
 		if st.RAMPath != want {
 			t.Fatalf("cut %d took the %s path, want %s", n, st.RAMPath, want)
 		}
+		// Under TCG before QEMU 9.0 a full cut stops the guest before its
+		// migration; a tracked one, whose stream has no guest RAM, need not.
+		if n > 1 && st.Pass != livecut.PassLive {
+			t.Fatalf("cut %d: a tracked cut took the %s pass, want live", n, st.Pass)
+		}
 		sk, err := migstream.ParseSkeleton(snap.DeviceState)
 		if err != nil {
 			t.Fatal(err)
