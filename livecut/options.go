@@ -59,7 +59,7 @@ type Options struct {
 	// last), PassStopped (the guest stops before the migration starts),
 	// or PassAuto, the default: stopped where QEMU's live pass can miss
 	// guest writes (TCG before QEMU 9.0, see NeedsStoppedPass), live
-	// otherwise.
+	// otherwise and for tracked cuts, whose stream carries no shared RAM.
 	Pass Pass
 	// SharedRAM names the guest RAM block that lives in a shared memory
 	// backend (the backend's id: "ram0" for -object
