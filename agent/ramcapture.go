@@ -1,12 +1,16 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"path"
+	"path/filepath"
+	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -31,8 +35,8 @@ const (
 )
 
 // ErrNoTrackedRAM says a VM's RAM cannot be tracked: no shared memfd
-// backend, a kernel without write-protect-async userfaultfd, a libvirt
-// domain.
+// backend, a kernel without write-protect-async userfaultfd, a QEMU whose
+// process is not on this host.
 var ErrNoTrackedRAM = errors.New("guest RAM writes cannot be tracked")
 
 // validateRAMCapture checks ram_capture and fills in its default.
@@ -45,12 +49,6 @@ func (v *VMSettings) validateRAMCapture() error {
 	case RAMCaptureTracked:
 		if !v.Live() {
 			return field.Errorf("ram_capture", "%q only applies to a live VM (qmp = \"/path/to/qmp.sock\")", RAMCaptureTracked)
-		}
-		if v.Libvirt.Enabled() {
-			// Tracking needs QEMU's pid and its memory backend; drsync
-			// reaches a domain's QEMU only through libvirt's monitor and
-			// does not look either up there.
-			return field.Errorf("ram_capture", "%q is not supported for a libvirt domain; use %q or %q", RAMCaptureTracked, RAMCaptureAuto, RAMCaptureFull)
 		}
 	default:
 		return field.Errorf("ram_capture", "%q: want %q, %q or %q", v.RAMCapture, RAMCaptureAuto, RAMCaptureTracked, RAMCaptureFull)
@@ -110,13 +108,23 @@ func pickSharedRAM(machine string, devs []memdev, objects []qomProp) (sharedRAM,
 	return sharedRAM{}, fmt.Errorf("%w: query-memdev does not list the memory backend %q", ErrNoTrackedRAM, id)
 }
 
-// probeSharedRAM asks the QEMU behind socket for its RAM backend.
-func probeSharedRAM(ctx context.Context, socket string) (sharedRAM, error) {
-	sess, err := qmp.Dial(ctx, socket, qmp.Options{})
+// probeSharedRAM asks the QEMU behind socket, reached by dial, for its
+// RAM backend, and for its UUID when uuid is set.
+func probeSharedRAM(ctx context.Context, dial livecut.DialFunc, socket string, uuid *string) (sharedRAM, error) {
+	sess, err := dial(ctx, socket, qmp.Options{})
 	if err != nil {
 		return sharedRAM{}, err
 	}
 	defer sess.Close()
+	if uuid != nil {
+		var u struct {
+			UUID string `json:"UUID"`
+		}
+		if err := sess.Execute(ctx, "query-uuid", nil, &u); err != nil {
+			return sharedRAM{}, err
+		}
+		*uuid = u.UUID
+	}
 	var machine string
 	if err := sess.Execute(ctx, "qom-get", map[string]any{"path": "/machine", "property": "memory-backend"}, &machine); err != nil {
 		return sharedRAM{}, err
@@ -156,23 +164,68 @@ func qemuPID(socket string) (int, error) {
 	return int(cred.Pid), nil
 }
 
+// pidByUUID finds the QEMU process of this host started with -uuid uuid
+// (libvirt gives every domain's QEMU its UUID), under procDir.
+func pidByUUID(procDir, uuid string) (int, error) {
+	if uuid == "" || uuid == "00000000-0000-0000-0000-000000000000" {
+		return 0, fmt.Errorf("%w: QEMU reports no UUID to find its process by", ErrNoTrackedRAM)
+	}
+	ents, err := os.ReadDir(procDir)
+	if err != nil {
+		return 0, fmt.Errorf("find QEMU's pid: %w", err)
+	}
+	want := []byte("\x00-uuid\x00" + uuid + "\x00")
+	var found []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(procDir, e.Name(), "cmdline"))
+		if err != nil {
+			continue // gone, or not ours to read
+		}
+		if bytes.Contains(append([]byte{0}, b...), want) {
+			found = append(found, pid)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return 0, fmt.Errorf("%w: no process of this host runs QEMU with -uuid %s (is the domain on another host?)", ErrNoTrackedRAM, uuid)
+	case 1:
+		return found[0], nil
+	}
+	return 0, fmt.Errorf("find QEMU's pid: processes %v all run QEMU with -uuid %s", found, uuid)
+}
+
 // setupRAMCapture makes o track the guest's RAM writes when mode asks for
 // it and the guest and kernel allow it. With RAMCaptureAuto anything
 // missing means full cuts (logged); with RAMCaptureTracked it is an error.
 // QEMU's pid is looked up each time tracking starts, so a restarted QEMU
-// is found.
+// is found: from the QMP socket's peer credentials, or for a libvirt
+// domain, whose monitor is libvirt's, as the process of this host that
+// runs QEMU with the domain's UUID.
 func setupRAMCapture(ctx context.Context, mode string, o *livecut.Options, libvirt bool, log *slog.Logger) error {
 	if mode == RAMCaptureFull {
 		return nil
 	}
+	dial := o.Dial
+	if dial == nil {
+		dial = livecut.DialQMP
+	}
+	var uuid string
 	ram, err := func() (sharedRAM, error) {
-		if libvirt {
-			return sharedRAM{}, fmt.Errorf("%w: not supported for libvirt domains", ErrNoTrackedRAM)
-		}
 		if err := dirtylog.CheckKernel(); err != nil {
 			return sharedRAM{}, fmt.Errorf("%w: %w", ErrNoTrackedRAM, err)
 		}
-		return probeSharedRAM(ctx, o.QMPSocket)
+		if !libvirt {
+			return probeSharedRAM(ctx, dial, o.QMPSocket, nil)
+		}
+		ram, err := probeSharedRAM(ctx, dial, o.QMPSocket, &uuid)
+		if err == nil {
+			_, err = pidByUUID("/proc", uuid)
+		}
+		return ram, err
 	}()
 	if err != nil {
 		if mode == RAMCaptureTracked {
@@ -184,7 +237,12 @@ func setupRAMCapture(ctx context.Context, mode string, o *livecut.Options, libvi
 	socket := o.QMPSocket
 	o.SharedRAM = ram.ID
 	o.TrackRAM = func() (livecut.RAMTracker, error) {
-		pid, err := qemuPID(socket)
+		pid, err := 0, error(nil)
+		if libvirt {
+			pid, err = pidByUUID("/proc", uuid)
+		} else {
+			pid, err = qemuPID(socket)
+		}
 		if err != nil {
 			return nil, err
 		}

@@ -19,7 +19,7 @@ import (
 )
 
 // ram_capture: a default, the three values, and tracked refused where
-// drsync cannot track (image files, libvirt domains) at validation.
+// drsync cannot track (image files) at validation.
 func TestRAMCaptureSetting(t *testing.T) {
 	live := func(mode string) VMSettings {
 		return VMSettings{Name: "app-1", QMP: "/run/qmp", Disks: []DiskSettings{{Name: "vda", Node: "disk0"}}, RAMCapture: mode}
@@ -36,8 +36,7 @@ func TestRAMCaptureSetting(t *testing.T) {
 		{"unknown", live("dirty"), "", `vm "app-1": ram_capture: "dirty": want "auto", "tracked" or "full"`},
 		{"tracked image files", VMSettings{Name: "app-1", Disks: []DiskSettings{{Name: "vda", Path: "/img"}}, RAMCapture: "tracked"}, "",
 			`vm "app-1": ram_capture: "tracked" only applies to a live VM`},
-		{"tracked libvirt", VMSettings{Name: "app-1", Libvirt: libvirtvm.Config{Libvirt: "qemu:///system", Domain: "app-1"}, RAMCapture: "tracked"}, "",
-			`vm "app-1": ram_capture: "tracked" is not supported for a libvirt domain`},
+		{"tracked libvirt", VMSettings{Name: "app-1", Libvirt: libvirtvm.Config{Libvirt: "qemu:///system", Domain: "app-1"}, RAMCapture: "tracked"}, RAMCaptureTracked, ""},
 		{"auto libvirt", VMSettings{Name: "app-1", Libvirt: libvirtvm.Config{Libvirt: "qemu:///system", Domain: "app-1"}}, RAMCaptureAuto, ""},
 	}
 	for _, tc := range tests {
@@ -154,6 +153,8 @@ func fakeMonitor(t *testing.T, backend, typ string, share bool) string {
 						ret = "/objects/" + backend
 					case "query-memdev":
 						ret = []map[string]any{{"id": backend, "size": 256 << 20, "share": share}}
+					case "query-uuid":
+						ret = map[string]any{"UUID": "5f6b7d1e-0000-4000-8000-00000000dead"}
 					case "qom-list":
 						ret = []map[string]any{{"name": "type", "type": "string"}, {"name": backend, "type": "child<" + typ + ">"}}
 					}
@@ -186,7 +187,7 @@ func TestSetupRAMCapture(t *testing.T) {
 		{"auto no QEMU", RAMCaptureAuto, "/nonexistent/qmp.sock", false, false, ""},
 		{"tracked no QEMU", RAMCaptureTracked, "/nonexistent/qmp.sock", false, false, "/nonexistent/qmp.sock does not exist"},
 		{"auto libvirt", RAMCaptureAuto, memfd, true, false, ""},
-		{"tracked libvirt", RAMCaptureTracked, memfd, true, false, "not supported for libvirt domains"},
+		{"tracked libvirt, QEMU elsewhere", RAMCaptureTracked, memfd, true, false, "no process of this host runs QEMU with -uuid 5f6b7d1e-0000-4000-8000-00000000dead"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -206,6 +207,49 @@ func TestSetupRAMCapture(t *testing.T) {
 			}
 			if got := o.TrackRAM != nil; got != tc.wantTracked || (o.SharedRAM == "ram0") != tc.wantTracked {
 				t.Fatalf("tracked %v (SharedRAM %q), want %v", got, o.SharedRAM, tc.wantTracked)
+			}
+		})
+	}
+}
+
+// A libvirt domain's QEMU is the one process of this host started with
+// the domain's UUID; none, several, or no UUID are errors saying so.
+func TestPIDByUUID(t *testing.T) {
+	const uuid = "0b6a1c2e-95b5-4d3a-9c55-3a1e4a8f0f11"
+	proc := func(cmdlines map[string]string) string {
+		dir := t.TempDir()
+		for pid, cl := range cmdlines {
+			os.MkdirAll(filepath.Join(dir, pid), 0o755)
+			os.WriteFile(filepath.Join(dir, pid, "cmdline"), []byte(strings.ReplaceAll(cl, " ", "\x00")+"\x00"), 0o644)
+		}
+		os.WriteFile(filepath.Join(dir, "uptime"), nil, 0o644)
+		return dir
+	}
+	qemu := "qemu-system-x86_64 -name guest=web-1 -uuid " + uuid + " -m 256"
+	tests := []struct {
+		name    string
+		procs   map[string]string
+		uuid    string
+		want    int
+		wantErr string
+	}{
+		{"found", map[string]string{"1": "init", "4242": qemu, "77": "qemu-system-x86_64 -uuid 11111111-95b5-4d3a-9c55-3a1e4a8f0f11"}, uuid, 4242, ""},
+		{"as a prefix of another arg", map[string]string{"5": "qemu -uuid " + uuid + "x"}, uuid, 0, "no process of this host"},
+		{"not on this host", map[string]string{"1": "init"}, uuid, 0, "no process of this host runs QEMU with -uuid " + uuid},
+		{"twice", map[string]string{"4242": qemu, "4343": qemu}, uuid, 0, "all run QEMU with -uuid"},
+		{"no uuid", map[string]string{"4242": qemu}, "00000000-0000-0000-0000-000000000000", 0, "reports no UUID"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := pidByUUID(proc(tc.procs), tc.uuid)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("pid %d, err = %v, want one saying %q", got, err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("pid %d, err %v, want %d", got, err, tc.want)
 			}
 		})
 	}

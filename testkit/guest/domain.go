@@ -29,6 +29,19 @@ type Domain struct {
 // domain when the test ends.
 func ProtectedDomain(t testing.TB, memMiB int, args map[string]string) *Domain {
 	t.Helper()
+	return protectedDomain(t, memMiB, args, "")
+}
+
+// ProtectedSharedDomain is ProtectedDomain with the guest's RAM in a
+// shared memfd backend (<memoryBacking> source memfd, access shared), as
+// tracked RAM capture needs.
+func ProtectedSharedDomain(t testing.TB, memMiB int, args map[string]string) *Domain {
+	t.Helper()
+	return protectedDomain(t, memMiB, args, "<memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>")
+}
+
+func protectedDomain(t testing.TB, memMiB int, args map[string]string, backing string) *Domain {
+	t.Helper()
 	hosttools.Need(t, "qemu-system-x86_64", "qemu-img")
 	hosttools.Libvirtd(t)
 	kernel, initrd := Build(t)
@@ -49,7 +62,7 @@ func ProtectedDomain(t testing.TB, memMiB int, args map[string]string) *Domain {
 	x := html.EscapeString
 	xml := fmt.Sprintf(`<domain type='qemu'>
   <name>%s</name>
-  <memory unit='MiB'>%d</memory>
+  <memory unit='MiB'>%d</memory>%s
   <os><type arch='x86_64' machine='pc'>hvm</type><kernel>%s</kernel><initrd>%s</initrd><cmdline>%s</cmdline></os>
   <on_reboot>destroy</on_reboot>
   <devices>
@@ -60,7 +73,7 @@ func ProtectedDomain(t testing.TB, memMiB int, args map[string]string) *Domain {
     <memballoon model='none'/>
   </devices>
 </domain>
-`, x(d.Name), memMiB, x(kernel), x(initrd), x(cmdline), x(raw), x(qcow), x(d.Serial))
+`, x(d.Name), memMiB, backing, x(kernel), x(initrd), x(cmdline), x(raw), x(qcow), x(d.Serial))
 	path := filepath.Join(dir, "domain.xml")
 	if err := os.WriteFile(path, []byte(xml), 0o644); err != nil {
 		t.Fatal(err)
