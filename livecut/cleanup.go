@@ -45,7 +45,9 @@ var migrationActive = []string{"setup", "active", "pre-switchover", "device", "w
 // The guest is resumed first, since every millisecond it stays paused is
 // downtime for the protected VM.
 func planCleanup(o observed, disks []string, keep string) (steps []step, keepOK bool) {
-	if slices.Contains(migrationActive, o.Migration) {
+	// A migration runs for a cut only while its mark exists: one without
+	// the mark is someone else's (an operator's own), and left alone.
+	if o.CutInFlight && slices.Contains(migrationActive, o.Migration) {
 		steps = append(steps, step{Cmd: "migrate_cancel"})
 	}
 	if resumeAfterKilledCut(o) || o.CutInFlight && o.CutStopped && o.Status == "paused" {

@@ -162,7 +162,11 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 	}
 	marked := true
 	defer func() {
-		if marked {
+		// With the connection lost, QEMU may still run (or complete) the
+		// cut's migration: the mark stays, so the next session cancels it
+		// as this cut's, or resumes the guest it stopped, rather than
+		// taking it for someone else's.
+		if marked && sess.Err() == nil {
 			s.unmarkCut()
 		}
 	}()
@@ -408,18 +412,26 @@ const PauseAlarm = time.Second
 // checkRunning refuses to cut a guest that is not running: a cut ends
 // with cont, which must never resume a guest someone else paused (or the
 // source of the operator's own migration). A guest an earlier cut of
-// this process left stopped (its cont failed) is resumed first.
+// this process left stopped (its cont failed) is resumed first. A guest
+// running while someone else migrates it is not cut either (ErrMigrating):
+// QEMU allows one migration, and the cut's parameters would change the
+// operator's.
 func (s *Source) checkRunning(ctx context.Context, sess Monitor) error {
 	var st struct{ Status string }
 	if err := sess.Execute(ctx, "query-status", nil, &st); err != nil {
 		return fmt.Errorf("livecut: %w", err)
 	}
-	if st.Status == "running" {
-		return nil
-	}
 	var mig struct{ Status string }
 	if err := sess.Execute(ctx, "query-migrate", nil, &mig); err != nil {
 		return fmt.Errorf("livecut: %w", err)
+	}
+	if st.Status == "running" {
+		if slices.Contains(migrationActive, mig.Status) || mig.Status == "cancelling" {
+			// Not this process's: its cuts are one at a time, and a new
+			// session cancels a killed predecessor's migration.
+			return migratingError(mig.Status)
+		}
+		return nil
 	}
 	m, err := readCutMarker(s.o.FS, s.o.WorkDir)
 	if resumeAfterKilledCut(observed{Status: st.Status, Migration: mig.Status, CutInFlight: err == nil, CutStopped: err == nil && m.Stopped}) && !s.o.Final {
@@ -640,3 +652,4 @@ func (s *Source) cancelMigration(sess Monitor) {
 		s.log.Warn("cancel the migration", "err", err)
 	}
 }
+

@@ -274,6 +274,12 @@ func (s *cutScript) run(line string) string {
 		s.snap = nil
 		add(s.fake.Trace()...)
 		add(s.result(err)...)
+	case "migration":
+		// Someone else's migration changes state (the operator's own).
+		s.fake.Lock()
+		s.fake.Migration = args["status"]
+		s.fake.Unlock()
+		return "ok"
 	case "state":
 		return strings.Join(s.state(), "\n")
 	case "params":
@@ -350,7 +356,7 @@ func (s *cutScript) errLines(err error) []string {
 		name string
 		err  error
 	}{
-		{"ErrVMGone", livecut.ErrVMGone}, {"ErrCutFailed", livecut.ErrCutFailed}, {"ErrGuestPaused", livecut.ErrGuestPaused},
+		{"ErrVMGone", livecut.ErrVMGone}, {"ErrCutFailed", livecut.ErrCutFailed}, {"ErrGuestPaused", livecut.ErrGuestPaused}, {"ErrMigrating", livecut.ErrMigrating},
 		{"ErrDiskNotFound", livecut.ErrDiskNotFound}, {"ErrSwitchedBack", livecut.ErrSwitchedBack},
 		{"qmp.ErrDisconnected", qmp.ErrDisconnected}, {"qmp.ErrNoSocket", qmp.ErrNoSocket}, {"sender.ErrSnapshotLost", sender.ErrSnapshotLost},
 	} {

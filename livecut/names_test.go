@@ -57,9 +57,14 @@ func TestPlanCleanup(t *testing.T) {
 			want: nil,
 		},
 		{
-			name: "migration still running is cancelled",
-			o:    observed{Status: "running", Migration: "active"},
+			name: "a cut's migration still running is cancelled",
+			o:    observed{Status: "running", Migration: "active", CutInFlight: true},
 			want: []string{"migrate_cancel"},
+		},
+		{
+			name: "someone else's migration (no cut in flight) runs on",
+			o:    observed{Status: "running", Migration: "active"},
+			want: nil,
 		},
 		{
 			name: "kept bitmap no longer recording (disabled by a cut never recorded): chain broken",

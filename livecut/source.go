@@ -37,7 +37,15 @@ var (
 	// ErrGuestPaused: the guest is not running and drsync did not stop it;
 	// it is neither cut nor resumed until it runs again.
 	ErrGuestPaused = errors.New("guest paused")
+	// ErrMigrating: someone else (the operator, libvirt) is migrating the
+	// VM; it is not cut until that migration ends, and its parameters are
+	// left alone.
+	ErrMigrating = errors.New("VM being migrated by someone else")
 )
+
+func migratingError(status string) error {
+	return fmt.Errorf("livecut: the VM is being migrated by someone else (migration %q); drsync cuts it again once that migration ends: %w", status, ErrMigrating)
+}
 
 // finalFile marks a VM paused by a final cut.
 const finalFile = "final"
@@ -139,6 +147,11 @@ func (s *Source) prepare(ctx context.Context, sess Monitor) error {
 	obs, err := s.observe(ctx, sess)
 	if err != nil {
 		return err
+	}
+	if slices.Contains(migrationActive, obs.Migration) && !obs.CutInFlight {
+		// Someone else's migration: its capabilities and parameters are
+		// not this session's to set, and QEMU allows one migration.
+		return migratingError(obs.Migration)
 	}
 	var disks []string
 	for _, d := range s.o.Disks {

@@ -3,7 +3,9 @@ package livecut_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"github.com/drsync/drsync/qmp"
 	"os"
 	"path/filepath"
 	"testing"
@@ -210,4 +212,133 @@ func differing(a, b []byte) int {
 		}
 	}
 	return n
+}
+
+// An operator's own migration of a tracked guest: while it runs no cut
+// starts (ErrMigrating) and nothing of drsync's is set on it (the guest's
+// RAM travels in it: x-ignore-shared is off between cuts); once it ends
+// (cancelled here), the next cut is tracked again.
+func TestOperatorMigrationOfTrackedGuest(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots a guest")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (ptrace, pidfd_getfd)")
+	}
+	const mib = 128
+	opSock := filepath.Join(t.TempDir(), "op.qmp")
+	vm, dir := guest.ProtectedWith(t, mib, map[string]string{"rate": "50", "dirty_mib": "8", "dirty_rate_kib": "256"},
+		append(sharedRAMArgs(mib), "-qmp", "unix:"+opSock+",server=on,wait=off")...)
+	src, err := livecut.New(livecut.Options{
+		QMPSocket: vm.QMPSocket, WorkDir: filepath.Join(dir, "work"), Now: time.Now,
+		Disks:     []livecut.Disk{{Name: "vda", Node: "disk0"}},
+		SharedRAM: "ram0",
+		TrackRAM:  func() (livecut.RAMTracker, error) { return dirtylog.TrackGuest(vm.Pid, mib<<20) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	ctx := context.Background()
+	var prevRAM *blockhash.Table
+	cut := func(n int) (livecut.CutStats, error) {
+		snap, err := src.Snapshot(ctx)
+		if err != nil {
+			return livecut.CutStats{}, err
+		}
+		var ram sender.Target
+		for _, tg := range snap.Targets {
+			if tg.Kind == vmspec.KindRAM && tg.Name == "ram0" {
+				ram = tg
+			}
+		}
+		tables := diskTables(t, snap)
+		if st := src.LastCut(); st.RAMPath == livecut.RAMFull {
+			tables[sender.TableKey(vmspec.KindRAM, "ram0")] = tableOf(readAll(t, ram), vmspec.PageSize)
+		} else {
+			// The tracked target's table: the previous one with the
+			// written pages hashed, as the planner makes it.
+			tab := prevRAM.Clone()
+			ext, _ := ram.Extents(ctx, 0, ram.Size)
+			for _, e := range ext {
+				if e.Unchanged {
+					continue
+				}
+				b := make([]byte, e.Len)
+				if _, err := ram.Reader.ReadAt(b, e.Off); err != nil {
+					t.Fatal(err)
+				}
+				for off := int64(0); off < e.Len; off += vmspec.PageSize {
+					tab.Hashes[(e.Off+off)/vmspec.PageSize] = blockhash.Hash(b[off : off+vmspec.PageSize])
+				}
+			}
+			tables[sender.TableKey(vmspec.KindRAM, "ram0")] = tab
+		}
+		prevRAM = tables[sender.TableKey(vmspec.KindRAM, "ram0")]
+		snap.Planned(tables)
+		st := src.LastCut()
+		t.Logf("cut %d: %s", n, st.RAMPath)
+		return st, snap.Close()
+	}
+	if _, err := cut(1); err != nil {
+		t.Fatal(err)
+	}
+	if st, err := cut(2); err != nil || st.RAMPath != livecut.RAMTracked {
+		t.Fatalf("cut 2: %v, path %q", err, st.RAMPath)
+	}
+
+	op, err := qmp.Dial(ctx, opSock, qmp.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer op.Close()
+	// Slow enough to be still running when the next cut comes.
+	if err := op.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": 1 << 20}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := op.Execute(ctx, "migrate", map[string]any{"uri": "exec:cat > /dev/null"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	var mig struct {
+		Status string
+		RAM    struct {
+			Total int64 `json:"total"`
+		} `json:"ram"`
+	}
+	for deadline := time.Now().Add(30 * time.Second); mig.Status != "active"; time.Sleep(20 * time.Millisecond) {
+		if err := op.Execute(ctx, "query-migrate", nil, &mig); err != nil || time.Now().After(deadline) {
+			t.Fatalf("operator's migration: %v, status %q", err, mig.Status)
+		}
+	}
+	if mig.RAM.Total < mib<<20 {
+		t.Fatalf("the operator's migration carries %d bytes of RAM, not the guest's %d: x-ignore-shared was left on", mig.RAM.Total, mib<<20)
+	}
+	for range 2 {
+		if _, err := cut(3); !errors.Is(err, livecut.ErrMigrating) {
+			t.Fatalf("cut during the operator's migration: %v, want ErrMigrating", err)
+		} else {
+			t.Logf("cut during the operator's migration: %v", err)
+		}
+	}
+	var params struct {
+		MaxBandwidth int64 `json:"max-bandwidth"`
+	}
+	if err := op.Execute(ctx, "query-migrate-parameters", nil, &params); err != nil || params.MaxBandwidth != 1<<20 {
+		t.Fatalf("the operator's migration parameters changed: max-bandwidth %d (%v)", params.MaxBandwidth, err)
+	}
+	if err := op.Execute(ctx, "migrate_cancel", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); mig.Status != "cancelled"; time.Sleep(20 * time.Millisecond) {
+		if err := op.Execute(ctx, "query-migrate", nil, &mig); err != nil || time.Now().After(deadline) {
+			t.Fatalf("operator's migration cancel: %v, status %q", err, mig.Status)
+		}
+	}
+	st, err := cut(4)
+	if err != nil {
+		t.Fatalf("cut after the operator's migration ended: %v", err)
+	}
+	if st.RAMPath != livecut.RAMTracked {
+		t.Fatalf("cut after the operator's migration took the %s path, want tracked", st.RAMPath)
+	}
 }
