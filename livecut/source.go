@@ -185,6 +185,12 @@ func (s *Source) prepare(ctx context.Context, sess Monitor) error {
 	if err := s.run(ctx, sess, steps); err != nil {
 		return fmt.Errorf("livecut: clean up leftovers: %w", err)
 	}
+	if obs.CutInFlight {
+		// Whatever the mark's cut left is settled above: kept any longer,
+		// it would make a guest the operator stops later look like one
+		// of our cuts stopped.
+		s.unmarkCut()
+	}
 	if s.last != nil && !keepOK {
 		s.log.Warn("the change-tracking chain is broken (QEMU restarted, or a cut was never recorded); the next epoch compares every block", "bitmap", keep)
 		s.last = nil
