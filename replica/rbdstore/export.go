@@ -126,8 +126,15 @@ func (d *image) Location(t *replica.TargetEntry) string {
 	return rbd.QEMUFile(d.cluster, d.pool.Name(), d.base+"."+t.File, d.snap)
 }
 
+// OpenTarget reads a target's clone where there is one (a RAM image
+// cloned for a lazy takeover: the epoch whatever the receiver applies
+// next), else the image at snap.
 func (d *image) OpenTarget(t *replica.TargetEntry) (replica.ReaderAtCloser, error) {
-	im, err := d.pool.OpenImage(d.base+"."+t.File, d.snap)
+	name, snap := d.base+"."+t.File, d.snap
+	if c, ok := d.clones[t.File]; ok {
+		name, snap = c, ""
+	}
+	im, err := d.pool.OpenImage(name, snap)
 	if err != nil {
 		return nil, storageErr("open image "+t.File, err)
 	}
