@@ -23,8 +23,9 @@
 // -incoming defer; Start registers that memory for missing-page faults
 // with a userfaultfd injected into QEMU (dirtylog.RegisterMissing), only
 // then has QEMU load the stream, and returns once the guest runs. This
-// process then serves the guest's faults from a clone of the RAM image
-// (256 KiB runs, read on the fault) and fills every other page in the
+// process then serves the guest's faults from the RAM image at a
+// snapshot the store makes with the clones (256 KiB runs, read on the
+// fault) and fills every other page in the
 // background: the runs written in the replica's last epochs first (the
 // hot set the store records), then the rest in order, zero runs as zero
 // pages; a page already in is never written again, and a log line says

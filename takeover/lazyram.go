@@ -406,10 +406,12 @@ func (l *lazyLoader) wait(ctx context.Context) error {
 // registration (none, as QEMU 7.2 starts) straight into the memfd, and
 // starts the loader.
 func startLazy(pid int, src lazySource, log *slog.Logger) (*lazyLoader, error) {
+	t0 := time.Now()
 	m, err := dirtylog.RegisterMissing(pid, uint64(src.size))
 	if err != nil {
 		return nil, err
 	}
+	log.Info("takeover: guest RAM registered for missing-page faults", "took", time.Since(t0).Round(time.Millisecond), "hot_runs", len(src.hot))
 	pre, err := m.Prepopulated()
 	if err == nil && len(pre) > 0 {
 		err = writePrepopulated(m, src, pre)

@@ -90,6 +90,11 @@ type Options struct {
 	// mapping the replica's file (libvirt's restore): the stream is then
 	// as large as the guest's RAM.
 	FullStream bool
+	// CopyRAM reads the main RAM block of a replica in a store that
+	// clones whole before QEMU starts, as where userfaultfd cannot be
+	// used, instead of loading it while the guest runs: the takeover
+	// takes longer, and the guest never depends on this process.
+	CopyRAM bool
 }
 
 // DefaultLockWait is Options.LockWait when left zero: a receiver whose
@@ -270,15 +275,17 @@ func prepareClones(o Options, cl replica.Cloner, rm replica.CloneRemover, vm str
 	load := RAMCopied
 	if o.FullStream {
 		load = RAMStream
+	} else if o.CopyRAM {
+		load = RAMCopied
 	} else if err := lazyRAMAvailable(); err == nil {
 		load = RAMLazy
 	} else {
 		slog.Info("takeover: guest RAM is read whole before the guest starts", "vm", vm, "lazy_unavailable", err)
 	}
 	co := replica.CloneOptions{Epoch: pick, Name: CloneFailover, Keep: func(t replica.TargetEntry) bool {
-		// A lazily loaded RAM image is read from a clone too: the
-		// receiver may apply further epochs into the image (a drill)
-		// while the guest runs, and the clone stays the epoch taken over.
+		// A lazily loaded RAM image is read at a snapshot the store
+		// makes with the clones: the receiver may apply further epochs
+		// into the image (a drill) while the guest runs.
 		if load == RAMLazy && t.TargetKind() == vmspec.KindRAM && t.Name == o.MainRAM {
 			return true
 		}
