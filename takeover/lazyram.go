@@ -35,6 +35,7 @@ const (
 	// the fill runs ramCopyReaders readers.
 	lazyFaultReaders = 4
 	lazyReadTries    = 3
+	lazySlowRead     = 5 * time.Second
 )
 
 // lazyRAMAvailable says whether this process can load RAM lazily: a
@@ -272,7 +273,13 @@ func (l *lazyLoader) load(r io.ReaderAt, buf []byte, off int, runs []int) error 
 	b := buf[:end-int64(off)]
 	var err error
 	for try := 0; try < lazyReadTries; try++ {
-		if _, err = r.ReadAt(b, int64(off)); err == nil || errors.Is(err, io.EOF) {
+		t0 := time.Now()
+		_, err = r.ReadAt(b, int64(off))
+		if d := time.Since(t0); d > lazySlowRead {
+			// The guest may be waiting on it: say where the time goes.
+			l.log.Warn("takeover: slow read of the RAM image", "offset", off, "bytes", len(b), "took", d.Round(time.Millisecond))
+		}
+		if err == nil || errors.Is(err, io.EOF) {
 			err = nil
 			break
 		}
