@@ -596,12 +596,14 @@ func (h *handle) apply(tables map[uint16]*blockhash.Table) error {
 			return wrap("write recovery point manifest", err)
 		}
 	}
+	// Before the manifest, as every write of the apply: one that fails
+	// fails the epoch, and the replay writes it again.
+	if err := h.recordHot(epoch, hot); err != nil {
+		return wrap("write the hot set", err)
+	}
 	// The manifest's replacement is the apply's single atomic step.
 	if err := h.s.Pool.WriteObject(h.obj("manifest"), mb); err != nil {
 		return wrap("write manifest", err)
-	}
-	if err := h.recordHot(epoch, hot); err != nil {
-		h.log.Warn("record the hot set (a lazy takeover fills RAM in order without it)", "epoch", epoch, "err", err)
 	}
 	old := h.man
 	h.man, h.tables = next, newTables

@@ -12,9 +12,11 @@ import (
 // hotEpochs epochs (what warmset calls hot with its defaults: a page
 // stays hot four epochs after a write), newest epoch first, as one
 // bitmap of hotRun-sized runs per RAM target and epoch: 512 bytes per
-// GiB and epoch. A lazy takeover fills those runs first. It is advice
-// only, written after the manifest: a crash between the two leaves it an
-// epoch behind, which changes the order of a fill, nothing else.
+// GiB and epoch. A lazy takeover fills those runs first. It is written
+// just before the manifest (a replay writes it again, replacing the
+// epoch's entry) and is advice only: one an epoch ahead of the manifest
+// (a crash between the two) is read without its newer epochs, and one
+// unreadable is replaced.
 const (
 	hotEpochs = 4
 	hotRun    = 256 << 10
