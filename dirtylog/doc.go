@@ -31,6 +31,13 @@
 // A signal that arrives during the injection is held and sent again after
 // the detach.
 //
+// RegisterMissing (missing.go) injects the same way a userfaultfd in
+// MISSING mode over the memfd (UFFD_FEATURE_MISSING_SHMEM) for a takeover
+// that loads RAM while the guest runs: the caller serves each first touch
+// of a page with UFFDIO_COPY or UFFDIO_ZEROPAGE. QEMU keeps its copy of
+// that userfaultfd, so a server that dies leaves faults waiting, never
+// zero-filled (TestMissingServerGoneBlocks).
+//
 // What it does not see: writes to the memory through another process's
 // mapping (a vhost-user back-end). Writes by the kernel on QEMU's behalf
 // (a read(2) into guest RAM) fault like any other and are seen.

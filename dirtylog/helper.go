@@ -31,6 +31,7 @@ func init() {
 type registerRequest struct {
 	PID     int
 	Regions []Region
+	Spec    uffdSpec
 }
 
 func registerMain(v string) int {
@@ -39,7 +40,7 @@ func registerMain(v string) int {
 		fmt.Println("error", err)
 		return 1
 	}
-	f, err := injectRegister(req.PID, req.Regions)
+	f, err := injectUffd(req.PID, req.Regions, req.Spec)
 	if err != nil {
 		kind := "error"
 		if errors.Is(err, ErrUnsupported) {
@@ -70,11 +71,16 @@ func isChild(pid int) bool {
 
 // registerVia runs injectRegister in a re-executed copy of this binary.
 func registerVia(pid int, regions []Region) (*os.File, error) {
+	return registerViaSpec(pid, regions, wpSpec)
+}
+
+// registerViaSpec runs injectUffd in a re-executed copy of this binary.
+func registerViaSpec(pid int, regions []Region, spec uffdSpec) (*os.File, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, fmt.Errorf("re-execute for the injection: %w", err)
 	}
-	req, _ := json.Marshal(registerRequest{PID: pid, Regions: regions})
+	req, _ := json.Marshal(registerRequest{PID: pid, Regions: regions, Spec: spec})
 	cmd := exec.Command(exe)
 	cmd.Env = append(os.Environ(), registerEnv+"="+string(req))
 	cmd.Stderr = os.Stderr

@@ -25,9 +25,15 @@ const (
 )
 
 // injectRegister runs, in pid's main thread, userfaultfd, UFFDIO_API and
-// one UFFDIO_REGISTER per region, takes the userfaultfd into this process
-// with pidfd_getfd and closes it in pid.
+// one UFFDIO_REGISTER per region in write-protect-async mode, takes the
+// userfaultfd into this process with pidfd_getfd and closes it in pid.
 func injectRegister(pid int, regions []Region) (*os.File, error) {
+	return injectUffd(pid, regions, wpSpec)
+}
+
+// injectUffd is injectRegister in the mode and with the features spec
+// says, leaving pid's copy open if spec.Keep.
+func injectUffd(pid int, regions []Region, spec uffdSpec) (*os.File, error) {
 	maps, err := readMaps(pid)
 	if err != nil {
 		return nil, err
@@ -47,7 +53,7 @@ func injectRegister(pid int, regions []Region) (*os.File, error) {
 		// attached, the thread's exit detaches it.
 		runtime.LockOSThread()
 		in := &injector{pid: pid, tid: pid, sysAddr: sysAddr}
-		f, err := in.run(regions)
+		f, err := in.run(regions, spec)
 		done <- result{f, err}
 	}()
 	r := <-done
@@ -133,7 +139,7 @@ type injector struct {
 
 const scratchSize = 256
 
-func (in *injector) run(regions []Region) (_ *os.File, err error) {
+func (in *injector) run(regions []Region, spec uffdSpec) (_ *os.File, err error) {
 	if err := in.seize(); err != nil {
 		return nil, err
 	}
@@ -152,28 +158,37 @@ func (in *injector) run(regions []Region) (_ *os.File, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("userfaultfd in %d: %w", in.pid, err)
 	}
-	defer func() {
+	closeRemote := func() error {
 		if _, cerr := in.syscall(unix.SYS_CLOSE, fd); cerr != nil {
-			err = errors.Join(err, fmt.Errorf("close the userfaultfd in %d: %w", in.pid, cerr))
+			return fmt.Errorf("close the userfaultfd in %d: %w", in.pid, cerr)
+		}
+		return nil
+	}
+	defer func() {
+		if !spec.Keep || err != nil {
+			err = errors.Join(err, closeRemote())
 		}
 	}()
-	api := uffdioAPIArg{API: uffdAPI, Features: uffdFeatures}
+	api := uffdioAPIArg{API: uffdAPI, Features: spec.Features}
 	if err := in.call(unix.SYS_IOCTL, fd, uffdioAPI, unsafe.Slice((*byte)(unsafe.Pointer(&api)), unsafe.Sizeof(api))); err != nil {
 		if errors.Is(err, unix.EINVAL) {
-			return nil, fmt.Errorf("UFFDIO_API with write-protect-async: %w (%v)", ErrUnsupported, err)
+			return nil, fmt.Errorf("UFFDIO_API with %s: %w (%v)", spec.What, ErrUnsupported, err)
 		}
 		return nil, fmt.Errorf("UFFDIO_API: %w", err)
 	}
-	if api.Features&uffdFeatures != uffdFeatures {
-		return nil, fmt.Errorf("UFFDIO_API features %#x lack %#x: %w", api.Features, uffdFeatures, ErrUnsupported)
+	if api.Features&spec.Features != spec.Features {
+		return nil, fmt.Errorf("UFFDIO_API features %#x lack %#x: %w", api.Features, spec.Features, ErrUnsupported)
 	}
 	for _, r := range regions {
-		reg := uffdioRegisterArg{Start: r.Start, Len: r.End - r.Start, Mode: uffdRegisterModeWP}
+		reg := uffdioRegisterArg{Start: r.Start, Len: r.End - r.Start, Mode: spec.Mode}
 		if err := in.call(unix.SYS_IOCTL, fd, uffdioRegister, unsafe.Slice((*byte)(unsafe.Pointer(&reg)), unsafe.Sizeof(reg))); err != nil {
 			if errors.Is(err, unix.EINVAL) {
-				return nil, fmt.Errorf("UFFDIO_REGISTER %#x-%#x write-protect: %w (%v)", r.Start, r.End, ErrUnsupported, err)
+				return nil, fmt.Errorf("UFFDIO_REGISTER %#x-%#x %s: %w (%v)", r.Start, r.End, spec.What, ErrUnsupported, err)
 			}
 			return nil, fmt.Errorf("UFFDIO_REGISTER %#x-%#x: %w", r.Start, r.End, err)
+		}
+		if reg.Ioctls&spec.Ioctls != spec.Ioctls {
+			return nil, fmt.Errorf("UFFDIO_REGISTER %#x-%#x offers ioctls %#x, not %#x: %w", r.Start, r.End, reg.Ioctls, spec.Ioctls, ErrUnsupported)
 		}
 	}
 	pidfd, err := unix.PidfdOpen(in.pid, 0)

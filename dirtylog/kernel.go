@@ -11,7 +11,8 @@ const (
 	uffdioAPI      = 0xc018aa3f // _IOWR(0xAA, 0x3F, struct uffdio_api)
 	uffdioRegister = 0xc020aa00 // _IOWR(0xAA, 0x00, struct uffdio_register)
 
-	uffdRegisterModeWP = 1 << 1
+	uffdRegisterModeMissing = 1 << 0
+	uffdRegisterModeWP      = 1 << 1
 
 	uffdFeatureWPHugetlbfsShmem = 1 << 12
 	uffdFeatureWPUnpopulated    = 1 << 13
@@ -24,6 +25,17 @@ const (
 	// reported.
 	uffdFeatures = uffdFeatureWPAsync | uffdFeatureWPUnpopulated | uffdFeatureWPHugetlbfsShmem
 )
+
+// uffdSpec is what an injected userfaultfd registers: mode, features
+// UFFDIO_API must grant, the ioctls UFFDIO_REGISTER must offer, and
+// whether the tracked process keeps its own copy of the descriptor (Keep).
+type uffdSpec struct {
+	Mode, Features, Ioctls uint64
+	Keep                   bool
+	What                   string // for messages
+}
+
+var wpSpec = uffdSpec{Mode: uffdRegisterModeWP, Features: uffdFeatures, What: "write-protect-async"}
 
 // uffdioAPIArg is struct uffdio_api.
 type uffdioAPIArg struct {

@@ -42,7 +42,8 @@ func TestMain(m *testing.M) {
 
 // targetMain maps a memfd shared and obeys one command a line on stdin,
 // read with a raw read(2) so the thread sits in it:
-// "w N" increments a byte of page N, "s MS" sleeps in nanosleep(2).
+// "w N" increments a byte of page N, "r N" prints it, "s MS" sleeps in
+// nanosleep(2).
 func targetMain() int {
 	fd, err := unix.MemfdCreate("dirtylog-test", unix.MFD_CLOEXEC)
 	if err != nil {
@@ -81,6 +82,8 @@ func targetMain() int {
 		case "w":
 			mem[v*pageSize+v%pageSize]++
 			fmt.Println("ok")
+		case "r":
+			fmt.Println("v", mem[v*pageSize+v%pageSize])
 		case "s":
 			ts := unix.NsecToTimespec(int64(v) * 1e6)
 			for {

@@ -9,7 +9,9 @@ type CloneOptions struct {
 	// ("failover", "drill"); Store.RemoveClones takes it.
 	Name string
 	// Keep selects the targets a VM writes to (its disks): they are
-	// cloned. The others are read where they are.
+	// cloned. The others are read where they are; a store may snapshot
+	// a RAM target Keep selects instead, so that it reads as the epoch
+	// while the guest runs (a lazy takeover).
 	Keep func(TargetEntry) bool
 	// Replace removes clones of the same name an earlier run left (a
 	// drill's, which are disposable); without it they are refused with an

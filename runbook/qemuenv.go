@@ -237,6 +237,11 @@ func (e QEMUEnv) Start(ctx context.Context, rb *Runbook, vm *VM) (Started, error
 		}
 		return Started{}, err
 	}
+	// RAM loaded lazily is loaded by this process, while the guest runs:
+	// it must not end before the last page is in.
+	if err := q.WaitResident(ctx); err != nil {
+		return Started{}, fmt.Errorf("the guest runs, but its RAM is not all in: %w", err)
+	}
 	return Started{PID: q.Cmd.Process.Pid, QMP: plan.QMP, Epoch: plan.Epoch, Cut: plan.Cut, Took: q.Running.Sub(t0)}, nil
 }
 

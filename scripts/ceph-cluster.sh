@@ -22,12 +22,20 @@ CLIENT=${CLIENT:-drsync}
 
 conf() { echo "$dir/ceph.conf"; }
 
-# freeport prints a TCP port on 127.0.0.1 nobody listens on.
+# freeport prints a TCP port on 127.0.0.1 no socket uses, below the
+# kernel's ephemeral range: a port in it may be taken by any outgoing
+# connection at any time, which blocks a listener's bind as much as
+# another listener does (and ss -l does not show). The manager and OSD
+# bind in Ceph's own range (6800-7568), trying the next port if one is
+# taken, so two clusters only ever race for the monitor's port: start
+# picks another one if the monitor cannot bind.
 freeport() {
-	local p
+	local p lo
+	read -r lo _ < /proc/sys/net/ipv4/ip_local_port_range
+	[ "$lo" -gt 12000 ] || lo=32768
 	for _ in $(seq 1 200); do
-		p=$(( 20000 + RANDOM % 20000 ))
-		if ! ss -Hltn "sport = :$p" | grep -q .; then echo "$p"; return; fi
+		p=$(( 10000 + RANDOM % (lo - 10000) ))
+		if ! ss -Htan "sport = :$p" | grep -q .; then echo "$p"; return; fi
 	done
 	echo "no free port" >&2; return 1
 }
@@ -116,9 +124,21 @@ CONF
 		--cap mon 'allow *' --cap osd 'allow *' --cap mgr 'allow *' --cap mds 'allow *' >/dev/null
 	cp "$dir/client.admin.keyring" "$dir/admin.keyring"
 	ceph-authtool "$dir/mon.a.keyring" --import-keyring "$dir/client.admin.keyring" >/dev/null
-	monmaptool --create --addv a "[v2:127.0.0.1:$port]" --fsid "$fsid" "$dir/monmap" >/dev/null
-	ceph-mon -c "$(conf)" --mkfs -i a --monmap "$dir/monmap" --keyring "$dir/mon.a.keyring"
-	ceph-mon -c "$(conf)" -i a
+	# Another cluster starting at the same time may take the port between
+	# freeport and the monitor's bind: then the monitor is made again on
+	# another port.
+	local try
+	for try in 1 2 3 4 5; do
+		sed -i "s/^mon host = .*/mon host = v2:127.0.0.1:$port/" "$(conf)"
+		rm -rf "$dir/monmap" "$dir/mon/ceph-a" && mkdir -p "$dir/mon/ceph-a"
+		monmaptool --create --addv a "[v2:127.0.0.1:$port]" --fsid "$fsid" "$dir/monmap" >/dev/null
+		ceph-mon -c "$(conf)" --mkfs -i a --monmap "$dir/monmap" --keyring "$dir/mon.a.keyring"
+		ceph-mon -c "$(conf)" -i a 2>"$dir/log/mon-start.log" && break
+		if [ "$try" = 5 ] || ! grep -qi "bind\|address already in use" "$dir/log/mon-start.log"; then
+			cat "$dir/log/mon-start.log" >&2; exit 1
+		fi
+		port=$(freeport)
+	done
 	ceph_ auth get-or-create mgr.x mon 'allow profile mgr' osd 'allow *' mds 'allow *' -o "$dir/mgr.x.keyring"
 	ceph-mgr -c "$(conf)" -i x
 	local uuid id

@@ -18,8 +18,24 @@
 // A replica in a store that clones (replica.Cloner: Ceph RBD) is not a
 // set of local files: the VM's disks are copy-on-write clones of the
 // chosen epoch made in the store, which QEMU opens by name (-drive
-// file=rbd:...) and writes, and the main RAM block is read from the store
-// into a file of the work directory first, which is then mapped as above.
+// file=rbd:...) and writes. Its main RAM block is loaded lazily (RAMLazy,
+// lazyram.go): QEMU starts with the RAM in a shared memfd of its own and
+// -incoming defer; Start registers that memory for missing-page faults
+// with a userfaultfd injected into QEMU (dirtylog.RegisterMissing), only
+// then has QEMU load the stream, and returns once the guest runs. This
+// process then serves the guest's faults from the RAM image at a
+// snapshot the store makes with the clones (256 KiB runs, read on the
+// fault) and fills every other page in the
+// background: the runs written in the replica's last epochs first (the
+// hot set the store records), then the rest in order, zero runs as zero
+// pages; a page already in is never written again, and a log line says
+// when RAM is fully resident. QEMU keeps its own copy of the userfaultfd,
+// so if this process dies first the guest waits on the missing pages
+// (hangs) rather than reading zeros: whoever started the VM waits for
+// VM.WaitResident before it exits (the runbook does). Where userfaultfd
+// cannot be used (not root, an old kernel), the RAM image is read whole
+// into a file of the work directory first (RAMCopied) and mapped as
+// above. VM.RAMLoad says which it was.
 // A failover's clones (CloneFailover) are the VM's disks from then on and
 // never replaced; a drill's (CloneDrill) are removed by Plan.Discard.
 //

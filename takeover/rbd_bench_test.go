@@ -9,6 +9,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -109,10 +111,24 @@ func copyReplica(t testing.TB, dir string, dst replica.Store, vm string) {
 // replicated into files, is copied into a replica store on Ceph RBD (the
 // test cluster, one OSD on this host); then, b.N times each, a failover
 // from the file replica and from the RBD replica, alternated, each timed
-// from the takeover call (prepare included: clones, RAM read into a local
-// file) until QEMU reports the guest running.
+// from the takeover call (prepare included: clones, and RAM read into a
+// local file where it is not loaded lazily) until QEMU reports the guest
+// running, and for RBD until its RAM is all in (lazy load: the background
+// fill's end); then the RBD takeover with Options.CopyRAM (the RAM read
+// whole into a local file first). DRSYNC_BENCH_MIB lists the guest sizes (default 256,1024).
 func BenchmarkTakeoverFromRBD(b *testing.B) {
-	for _, mem := range []int{256, 1024} {
+	sizes := []int{256, 1024}
+	if v := os.Getenv("DRSYNC_BENCH_MIB"); v != "" {
+		sizes = nil
+		for _, f := range strings.Split(v, ",") {
+			n, err := strconv.Atoi(f)
+			if err != nil {
+				b.Fatalf("DRSYNC_BENCH_MIB: %v", err)
+			}
+			sizes = append(sizes, n)
+		}
+	}
+	for _, mem := range sizes {
 		b.Run(fmt.Sprintf("%dMiB", mem), func(b *testing.B) {
 			r := replicateGuest(b, mem, 1)
 			r.src.Kill()
@@ -122,7 +138,8 @@ func BenchmarkTakeoverFromRBD(b *testing.B) {
 			copyReplica(b, repl, store, "app-1")
 			b.Logf("%d MiB guest: replica copied into the pool in %v", mem, time.Since(t0).Round(time.Millisecond))
 			disks := []takeover.Disk{{Target: "vda", Node: "disk0"}, {Target: "vdb", Node: "disk1"}}
-			var fromFile, fromRBD, prepRBD time.Duration
+			var fromFile, fromRBD, prepRBD, residentRBD, fromCopy time.Duration
+			load := ""
 			for i := range b.N {
 				o := takeover.Options{Replica: repl, WorkDir: filepath.Join(r.dir, fmt.Sprintf("file-%d", i)), Disks: disks,
 					Args: drArgs(r.kernel, r.initrd, filepath.Join(r.dir, fmt.Sprintf("file-%d.log", i)))}
@@ -154,6 +171,28 @@ func BenchmarkTakeoverFromRBD(b *testing.B) {
 					b.Fatal(err)
 				}
 				fromRBD += vm.Running.Sub(t0)
+				if err := vm.WaitResident(context.Background()); err != nil {
+					b.Fatal(err)
+				}
+				residentRBD += time.Since(t0)
+				load = vm.RAMLoad
+				qmpQuit(vm)
+				if err := plan.Discard(); err != nil {
+					b.Fatal(err)
+				}
+				os.RemoveAll(o.WorkDir)
+
+				// The same with the RAM read whole before QEMU starts.
+				o.CopyRAM, o.WorkDir = true, o.WorkDir+"-copy"
+				t0 = time.Now()
+				if plan, err = takeover.Prepare(o); err != nil {
+					b.Fatal(err)
+				}
+				if vm, err = takeover.Start(context.Background(), plan, nil); err != nil {
+					plan.Discard()
+					b.Fatal(err)
+				}
+				fromCopy += vm.Running.Sub(t0)
 				qmpQuit(vm)
 				if err := plan.Discard(); err != nil {
 					b.Fatal(err)
@@ -165,8 +204,10 @@ func BenchmarkTakeoverFromRBD(b *testing.B) {
 			b.ReportMetric(ms(fromFile), "file-takeover-ms")
 			b.ReportMetric(ms(fromRBD), "rbd-takeover-ms")
 			b.ReportMetric(ms(prepRBD), "rbd-prepare-ms")
-			b.Logf("%d MiB guest: takeover until running %v from files, %v from RBD (of which prepare %v: clones and the RAM read into a local file)",
-				mem, (fromFile / n).Round(time.Millisecond), (fromRBD / n).Round(time.Millisecond), (prepRBD / n).Round(time.Millisecond))
+			b.ReportMetric(ms(residentRBD), "rbd-resident-ms")
+			b.ReportMetric(ms(fromCopy), "rbd-copy-takeover-ms")
+			b.Logf("%d MiB guest: takeover until running %v from files, %v from RBD (RAM %s; of which prepare %v), RAM all in %v after the takeover began; %v from RBD with the RAM read whole first",
+				mem, (fromFile / n).Round(time.Millisecond), (fromRBD / n).Round(time.Millisecond), load, (prepRBD / n).Round(time.Millisecond), (residentRBD / n).Round(time.Millisecond), (fromCopy / n).Round(time.Millisecond))
 		})
 	}
 }

@@ -203,7 +203,16 @@ func TestTakeoverFromRBD(t *testing.T) {
 			t.Error(err)
 		}
 	}()
-	t.Logf("failover of epoch %d: guest running %v after the takeover began", plan.Epoch, vm.Running.Sub(t0).Round(time.Millisecond))
+	t.Logf("failover of epoch %d: guest running %v after the takeover began (RAM %s)", plan.Epoch, vm.Running.Sub(t0).Round(time.Millisecond), vm.RAMLoad)
+	if vm.RAMLoad != takeover.RAMLazy && os.Geteuid() == 0 {
+		t.Errorf("RAM loaded %s, want %s", vm.RAMLoad, takeover.RAMLazy)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := vm.WaitResident(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("RAM all in %v after the takeover began", time.Since(t0).Round(time.Millisecond))
 	tks := ticks(serial, 20)
 	if log, _ := os.ReadFile(serial); strings.Contains(string(log), "START") {
 		t.Fatalf("the DR guest booted instead of continuing:\n%s", log)

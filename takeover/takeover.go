@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -89,6 +90,11 @@ type Options struct {
 	// mapping the replica's file (libvirt's restore): the stream is then
 	// as large as the guest's RAM.
 	FullStream bool
+	// CopyRAM reads the main RAM block of a replica in a store that
+	// clones whole before QEMU starts, as where userfaultfd cannot be
+	// used, instead of loading it while the guest runs: the takeover
+	// takes longer, and the guest never depends on this process.
+	CopyRAM bool
 }
 
 // DefaultLockWait is Options.LockWait when left zero: a receiver whose
@@ -153,7 +159,7 @@ type Plan struct {
 	VM       string
 	Epoch    uint64
 	Cut      time.Time
-	RAMFile  string   // mapped as guest memory
+	RAMFile  string   // mapped as guest memory; "" when loaded lazily
 	RAMSize  int64    // bytes
 	Stream   string   // the state QEMU loads
 	Overlays []string // one per disk
@@ -171,6 +177,12 @@ type Plan struct {
 	// store (Overlays then names them), for a plan whose QEMU never ran
 	// the guest (Start failed with ErrLoad) or a drill's teardown.
 	Discard func() error
+	// RAMLoad says how the main RAM block gets into QEMU: RAMMapped,
+	// RAMCopied, RAMLazy (Command then starts QEMU with -incoming defer
+	// and its RAM in a memfd: Start registers the RAM for missing-page
+	// faults and only then loads the stream) or RAMStream.
+	RAMLoad string
+	lazy    *lazySource
 }
 
 // The names of a takeover's clones in a store that clones (see
@@ -247,13 +259,36 @@ func Prepare(o Options) (*Plan, error) {
 	} else if img, err = r.Export(m.Epoch, "", nil); err != nil {
 		return nil, fmt.Errorf("takeover: replica %s: %w", o.Replica, err)
 	}
-	return prepareFrom(o, img, m, false)
+	load := RAMMapped
+	if o.FullStream {
+		load = RAMStream
+	}
+	return prepareFrom(o, img, m, false, load)
 }
 
 // prepareClones plans a VM on clones of epoch pick, made by the store
 // (see replica.Cloner), and removes them again if the plan fails.
 func prepareClones(o Options, cl replica.Cloner, rm replica.CloneRemover, vm string, pick uint64) (*Plan, error) {
+	// The main RAM block is loaded lazily, while the guest runs, where
+	// this process can serve QEMU's page faults; else it is read whole
+	// before QEMU starts.
+	load := RAMCopied
+	if o.FullStream {
+		load = RAMStream
+	} else if o.CopyRAM {
+		load = RAMCopied
+	} else if err := lazyRAMAvailable(); err == nil {
+		load = RAMLazy
+	} else {
+		slog.Info("takeover: guest RAM is read whole before the guest starts", "vm", vm, "lazy_unavailable", err)
+	}
 	co := replica.CloneOptions{Epoch: pick, Name: CloneFailover, Keep: func(t replica.TargetEntry) bool {
+		// A lazily loaded RAM image is read at a snapshot the store
+		// makes with the clones: the receiver may apply further epochs
+		// into the image (a drill) while the guest runs.
+		if load == RAMLazy && t.TargetKind() == vmspec.KindRAM && t.Name == o.MainRAM {
+			return true
+		}
 		return t.TargetKind() == vmspec.KindDisk && slices.ContainsFunc(o.Disks, func(d Disk) bool { return d.Target == t.Name })
 	}}
 	if o.Copy {
@@ -268,7 +303,7 @@ func prepareClones(o Options, cl replica.Cloner, rm replica.CloneRemover, vm str
 		return nil, fmt.Errorf("takeover: replica %s: clone epoch %d: %w", o.Replica, pick, err)
 	}
 	discard := func() error { return rm.RemoveClones(vm, co.Name) }
-	p, err := prepareFrom(o, img, img.Manifest(), true)
+	p, err := prepareFrom(o, img, img.Manifest(), true, load)
 	if err != nil {
 		if rerr := discard(); rerr != nil {
 			err = errors.Join(err, fmt.Errorf("takeover: remove the clones made: %w", rerr))
@@ -280,10 +315,11 @@ func prepareClones(o Options, cl replica.Cloner, rm replica.CloneRemover, vm str
 }
 
 // prepareFrom writes the state stream and the disks' overlays of img
-// (the epoch m) and plans QEMU's command; with cloned, img's disks are
-// clones QEMU writes to by name, and the main RAM block is read into a
-// file of the work directory, which QEMU maps.
-func prepareFrom(o Options, img replica.Image, m *replica.Manifest, cloned bool) (*Plan, error) {
+// (the epoch m) and plans QEMU's command, its main RAM block loaded as
+// load says; with cloned, img's disks are clones QEMU writes to by name,
+// and the main RAM block (RAMCopied, RAMLazy) is read from the store:
+// into a file of the work directory, which QEMU maps, or lazily (Start).
+func prepareFrom(o Options, img replica.Image, m *replica.Manifest, cloned bool, load string) (*Plan, error) {
 	if m.DeviceState == nil {
 		return nil, fmt.Errorf("takeover: epoch %d of replica %s has no device state: %w", m.Epoch, o.Replica, ErrNoMemory)
 	}
@@ -307,7 +343,7 @@ func prepareFrom(o Options, img replica.Image, m *replica.Manifest, cloned bool)
 		return nil, fmt.Errorf("takeover: device state of epoch %d: %w", m.Epoch, err)
 	}
 	p := &Plan{VM: m.VM, Epoch: m.Epoch, Cut: m.Cut, RAMFile: img.Location(main), RAMSize: main.Size,
-		Stream: filepath.Join(o.WorkDir, "state.mig"), QMP: filepath.Join(o.WorkDir, "qmp.sock"), Dial: o.Dial, Definition: def}
+		Stream: filepath.Join(o.WorkDir, "state.mig"), QMP: filepath.Join(o.WorkDir, "qmp.sock"), Dial: o.Dial, Definition: def, RAMLoad: load}
 
 	// Every RAM block but the main one travels in the stream; blocks the
 	// replica lacks keep what the new QEMU initialised (ROMs from its own
@@ -347,15 +383,32 @@ func prepareFrom(o Options, img replica.Image, m *replica.Manifest, cloned bool)
 	if err := writeStream(p.Stream, sk, ram); err != nil {
 		return nil, fmt.Errorf("takeover: %w", err)
 	}
-	if cloned && !o.FullStream {
+	openMain := func() (replica.ReaderAtCloser, error) { return img.OpenTarget(main) }
+	switch load {
+	case RAMCopied:
 		p.RAMFile = filepath.Join(o.WorkDir, "ram.img")
-		if err := copyRAM(p.RAMFile, func() (replica.ReaderAtCloser, error) { return img.OpenTarget(main) }, main.Size); err != nil {
+		if err := copyRAM(p.RAMFile, openMain, main.Size); err != nil {
 			return nil, fmt.Errorf("takeover: RAM block %s: %w", main.Name, err)
+		}
+	case RAMLazy:
+		p.RAMFile = ""
+		p.lazy = &lazySource{open: openMain, size: main.Size}
+		if h, ok := img.(hotRAM); ok {
+			hot, err := h.HotRAM(main, lazyRun)
+			if err != nil {
+				// Only the order of the fill depends on it.
+				slog.Warn("takeover: no hot set: RAM is filled in order", "vm", m.VM, "err", err)
+			}
+			p.lazy.hot = hot
 		}
 	}
 
 	args := append([]string{}, o.Args...)
-	args = append(args, ramArgs(o.MainRAM, main.Size, p.RAMFile)...)
+	if load == RAMLazy {
+		args = append(args, memfdRAMArgs(o.MainRAM, main.Size)...)
+	} else {
+		args = append(args, ramArgs(o.MainRAM, main.Size, p.RAMFile)...)
+	}
 	for _, d := range o.Disks {
 		t := m.Disk(d.Target)
 		if t == nil {
@@ -380,7 +433,11 @@ func prepareFrom(o Options, img replica.Image, m *replica.Manifest, cloned bool)
 			"-blockdev", fmt.Sprintf("driver=file,node-name=%s-file,filename=%s", d.Node, ov),
 			"-blockdev", fmt.Sprintf("driver=qcow2,node-name=%s,file=%s-file", d.Node, d.Node))
 	}
-	args = append(args, "-qmp", "unix:"+p.QMP+",server=on,wait=off", "-incoming", "exec:cat "+shellQuote(p.Stream))
+	incoming := "exec:cat " + shellQuote(p.Stream)
+	if load == RAMLazy {
+		incoming = "defer" // Start registers the RAM first
+	}
+	args = append(args, "-qmp", "unix:"+p.QMP+",server=on,wait=off", "-incoming", incoming)
 	p.Command = append([]string{o.QEMU}, args...)
 	return p, nil
 }
@@ -482,6 +539,11 @@ type VM struct {
 	Cmd     *exec.Cmd
 	Started time.Time // QEMU spawned
 	Running time.Time // QEMU reported the guest running
+	// RAMLoad is how the main RAM block came in (Plan.RAMLoad); with
+	// RAMLazy, pages come in while the guest runs: WaitResident waits
+	// for the last.
+	RAMLoad string
+	lazy    *lazyLoader
 	// Status is QEMU's run state once loaded: "running". WasPaused says
 	// the guest was paused at the cut and the takeover resumed it.
 	Status    string
@@ -544,6 +606,23 @@ func Start(ctx context.Context, p *Plan, stderr io.Writer) (*VM, error) {
 		time.Sleep(time.Millisecond)
 	}
 	defer sess.Close()
+	vm.RAMLoad = p.RAMLoad
+	if p.lazy != nil {
+		// The RAM is registered for missing-page faults before anything
+		// loads: QEMU waits (-incoming defer) until told where the stream is.
+		l, err := startLazy(cmd.Process.Pid, *p.lazy, slog.Default().With("vm", p.VM))
+		if err != nil {
+			return fail(fmt.Errorf("takeover: load RAM lazily: %w", err))
+		}
+		vm.lazy = l
+		go func() {
+			<-vm.exited
+			l.stop()
+		}()
+		if err := sess.Execute(ctx, "migrate-incoming", map[string]any{"uri": "exec:cat " + shellQuote(p.Stream)}, nil); err != nil {
+			return fail(fmt.Errorf("takeover: load the state stream: %w", err))
+		}
+	}
 	for {
 		var st struct{ Status string }
 		if err := sess.Execute(ctx, "query-status", nil, &st); err != nil {
@@ -557,6 +636,7 @@ func Start(ctx context.Context, p *Plan, stderr io.Writer) (*VM, error) {
 		switch st.Status {
 		case "running":
 			vm.Running, vm.Status = time.Now(), st.Status
+			vm.logRunning()
 			return vm, nil
 		case "paused":
 			// The guest was paused at the cut (a switch-back's final cut
@@ -566,6 +646,7 @@ func Start(ctx context.Context, p *Plan, stderr io.Writer) (*VM, error) {
 				return fail(fmt.Errorf("takeover: resume the guest, paused at the cut: %w", err))
 			}
 			vm.Running, vm.Status, vm.WasPaused = time.Now(), "running", true
+			vm.logRunning()
 			return vm, nil
 		case "inmigrate", "prelaunch":
 		default:
@@ -585,6 +666,38 @@ func Start(ctx context.Context, p *Plan, stderr io.Writer) (*VM, error) {
 	}
 }
 
+// logRunning says the guest runs and how its RAM came in.
+func (vm *VM) logRunning() {
+	slog.Info("takeover: guest running", "vm", vm.Plan.VM, "epoch", vm.Plan.Epoch, "ram", vm.RAMLoad,
+		"after", vm.Running.Sub(vm.Started).Round(time.Millisecond))
+}
+
+// WaitResident waits until the guest's RAM is all in QEMU: at once unless
+// it is loaded lazily (RAMLazy). The loader lives in this process: a
+// process that ends before makes the guest wait for ever on the pages
+// not yet in (never read them as zeros), so whoever started the VM waits
+// here before it exits.
+func (vm *VM) WaitResident(ctx context.Context) error {
+	if vm.lazy == nil {
+		return nil
+	}
+	return vm.lazy.wait(ctx)
+}
+
+// Resident is how long after the guest was running its RAM was all in
+// (0 if not yet, or not loaded lazily).
+func (vm *VM) Resident() time.Duration {
+	if vm.lazy == nil {
+		return 0
+	}
+	select {
+	case <-vm.lazy.resident:
+		return vm.lazy.start.Add(vm.lazy.took).Sub(vm.Running)
+	default:
+		return 0
+	}
+}
+
 // Stop kills QEMU and waits for it.
 func (vm *VM) Stop() {
 	vm.Cmd.Process.Kill()
@@ -601,6 +714,14 @@ func (l *limited) Write(p []byte) (int, error) {
 		l.b.Write(p[:min(len(p), room)])
 	}
 	return len(p), nil
+}
+
+// memfdRAMArgs give the guest RAM in a shared memfd of QEMU's own,
+// which a lazy load fills (the block keeps its name: a backend's id).
+func memfdRAMArgs(block string, size int64) []string {
+	return []string{"-m", fmt.Sprintf("%dM", size>>20),
+		"-object", fmt.Sprintf("memory-backend-memfd,id=%s,size=%d,share=on", block, size),
+		"-machine", "memory-backend=" + block}
 }
 
 // ramArgs map the replica's RAM file privately as the guest's memory. A

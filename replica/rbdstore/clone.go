@@ -12,6 +12,7 @@ import (
 
 	"github.com/drsync/drsync/rbd"
 	"github.com/drsync/drsync/replica"
+	"github.com/drsync/drsync/vmspec"
 )
 
 // cloneTag is what a clone's name may end in: a word, never one of the
@@ -33,8 +34,11 @@ const removeWait = 45 * time.Second
 // epoch o.Epoch, for a VM to run on (see replica.Cloner). The committed
 // epoch is first snapshotted as o.Name (the lock is held, so the images
 // are exactly that epoch); a recovery point is cloned from its eE
-// snapshot. The snapshot is protected, as clones need. Everything made
-// is undone by Store.RemoveClones(vm, o.Name).
+// snapshot. The snapshot is protected, as clones need. A RAM target
+// o.Keep selects (a takeover that reads it while the guest runs, never
+// writes it) is only snapshotted, and read at the snapshot: the epoch
+// taken over, whatever the receiver applies next. Everything made is
+// undone by Store.RemoveClones(vm, o.Name).
 func (h *handle) Clone(o replica.CloneOptions) (replica.Image, error) {
 	if h.relsd {
 		return nil, errReleased
@@ -60,7 +64,7 @@ func (h *handle) Clone(o replica.CloneOptions) (replica.Image, error) {
 		}
 		snap = snapName(o.Epoch)
 	}
-	img := &image{pool: h.s.Pool, cluster: h.s.Cluster, base: h.s.base(h.vm), snap: snap, m: m, clones: map[string]string{}}
+	img := &image{pool: h.s.Pool, cluster: h.s.Cluster, base: h.s.base(h.vm), snap: snap, m: m, clones: map[string]string{}, snaps: map[string]string{}}
 	made := false
 	fail := func(err error) (replica.Image, error) {
 		if made {
@@ -75,6 +79,18 @@ func (h *handle) Clone(o replica.CloneOptions) (replica.Image, error) {
 			continue
 		}
 		parent := h.obj(t.File)
+		if t.TargetKind() == vmspec.KindRAM {
+			made = true
+			psnap := snap
+			if psnap == "" {
+				psnap = o.Name
+				if err := h.freshSnap(parent, psnap); err != nil {
+					return fail(err)
+				}
+			}
+			img.snaps[t.File] = psnap
+			continue
+		}
 		child := cloneName(parent, o.Name)
 		if im, err := h.s.Pool.OpenImage(child, ""); err == nil {
 			im.Close()

@@ -23,6 +23,7 @@
 //	devstate-E.bin       object      the device-state blob of epoch E
 //	point.E              object      the manifest of recovery point E
 //	takenover            object      the takeover mark (JSON)
+//	hot                  object      RAM runs written in the last epochs (hot.go)
 //	journal              object      journal header: the staged EpochBegin
 //	journal.NONCE.K      object      chunk K of the staged items
 //	commit               object      the commit record

@@ -111,8 +111,10 @@ type image struct {
 	snap    string
 	m       *replica.Manifest
 	// clones are the targets cloned for a VM to write (Handle.Clone): by
-	// file, the clone's image name.
+	// file, the clone's image name; snaps the RAM targets Clone only
+	// snapshotted: by file, the snapshot they are read at.
 	clones map[string]string
+	snaps  map[string]string
 }
 
 func (d *image) Manifest() *replica.Manifest { return d.m }
@@ -126,8 +128,15 @@ func (d *image) Location(t *replica.TargetEntry) string {
 	return rbd.QEMUFile(d.cluster, d.pool.Name(), d.base+"."+t.File, d.snap)
 }
 
+// OpenTarget reads a target at snap, or at the snapshot Clone made of it
+// (a RAM image a lazy takeover reads while the receiver may apply the
+// next epochs).
 func (d *image) OpenTarget(t *replica.TargetEntry) (replica.ReaderAtCloser, error) {
-	im, err := d.pool.OpenImage(d.base+"."+t.File, d.snap)
+	snap := d.snap
+	if s, ok := d.snaps[t.File]; ok {
+		snap = s
+	}
+	im, err := d.pool.OpenImage(d.base+"."+t.File, snap)
 	if err != nil {
 		return nil, storageErr("open image "+t.File, err)
 	}

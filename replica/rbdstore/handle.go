@@ -511,6 +511,7 @@ func (h *handle) apply(tables map[uint16]*blockhash.Table) error {
 			}
 		}
 	}
+	hot := hotMarks{}
 	// Data and zeros in journal order, then references, which never read
 	// what references write.
 	for n := 0; n < h.chunks; n++ {
@@ -524,6 +525,7 @@ func (h *handle) apply(tables map[uint16]*blockhash.Table) error {
 				_, err = images[f.Target].WriteAt(f.Data, int64(f.Offset))
 			case *wire.MemRun:
 				_, err = images[f.Target].WriteAt(f.Data, int64(f.Page)*vmspec.PageSize)
+				hot.mark(targets[f.Target].Name, targets[f.Target].Size, f.Page*vmspec.PageSize, len(f.Data))
 			case *wire.ZeroRun:
 				err = images[f.Target].WriteZeroes(f.Offset, f.Length)
 			}
@@ -533,6 +535,9 @@ func (h *handle) apply(tables map[uint16]*blockhash.Table) error {
 		}
 	}
 	if err := st.Refs(func(target uint16, off int64, src []byte) error {
+		if t := targets[target]; t.Kind == vmspec.KindRAM {
+			hot.mark(t.Name, t.Size, uint64(off), len(src))
+		}
 		_, err := images[target].WriteAt(src, off)
 		return err
 	}, func(target uint16, off int64, n int) ([]byte, error) {
@@ -595,6 +600,11 @@ func (h *handle) apply(tables map[uint16]*blockhash.Table) error {
 		if err := h.s.Pool.WriteObject(h.obj(pointName(epoch)), mb); err != nil {
 			return wrap("write recovery point manifest", err)
 		}
+	}
+	// Before the manifest, as every write of the apply: one that fails
+	// fails the epoch, and the replay writes it again.
+	if err := h.recordHot(epoch, hot); err != nil {
+		return wrap("write the hot set", err)
 	}
 	// The manifest's replacement is the apply's single atomic step.
 	if err := h.s.Pool.WriteObject(h.obj("manifest"), mb); err != nil {
