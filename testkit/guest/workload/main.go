@@ -15,6 +15,8 @@
 //     only after the previous one completed;
 //   - a dirty_mib (32 MiB) buffer gets dirty_rate_kib (2048 KiB) of fresh
 //     random pages per second, so that every memory epoch has changes;
+//     "FILLED <bytes> <ms>" says when the buffer first holds random data
+//     throughout (a large one takes a while under TCG);
 //   - with read=1 it also reads the ring with buffered reads in a loop, so
 //     the guest page cache holds disk data;
 //   - with cache=<device> it reads that whole device with buffered reads
@@ -302,7 +304,9 @@ func dirty(size, pagesPerSec int) {
 	const page = 4096
 	mem := make([]byte, size)
 	rng := newRNG(uint64(time.Now().UnixNano()))
+	start := time.Now()
 	rng.fill(mem)
+	say("FILLED %d %d", size, time.Since(start).Milliseconds())
 	pages := uint64(size / page)
 	if pages == 0 {
 		return
