@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -289,6 +290,19 @@ func runSizePath(b *testing.B, vm *guest.VM, dir string, mib int, path string) *
 	row.firstRAMPages = first.RAMDataPages + first.RAMRefPages
 	var cpus, captures, pauses, qCut, qCutV, qEpoch []time.Duration
 	var planned, wireB, dirty []int64
+	// DRSYNC_BENCH_PROFILE=<file> profiles the steady-state epochs of
+	// the tracked path (the first epoch would dominate a -cpuprofile).
+	if f := os.Getenv("DRSYNC_BENCH_PROFILE"); f != "" && path == livecut.RAMTracked {
+		out, err := os.Create(f)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer out.Close()
+		if err := pprof.StartCPUProfile(out); err != nil {
+			b.Fatal(err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	b.ResetTimer()
 	for range b.N {
 		for range epochs {
@@ -333,12 +347,20 @@ func runSizePath(b *testing.B, vm *guest.VM, dir string, mib int, path string) *
 	b.ReportMetric(msf(row.pause), "pause-ms")
 	b.ReportMetric(float64(row.planned), "planned-B/epoch")
 	b.ReportMetric(float64(row.wire), "wire-B/epoch")
-	b.Logf("%s, %d MiB guest, %d epochs after a first of %v (capture %v, %.0f%% of RAM pages non-zero): sender CPU %v (max %v), capture %v (max %v), QEMU CPU over the cut %v (%v without the vCPU), over the epoch %v, pause %v (max %v), %d dirty pages, planned %d B, wire %d B per epoch (medians)",
+	b.Logf("%s, %d MiB guest, %d epochs after a first of %v (capture %v, %.0f%% of RAM pages non-zero): sender CPU %v (max %v), capture %v (max %v), QEMU CPU over the cut %v (%v without the vCPU), over the epoch %v, pause %v (max %v), %d dirty pages, planned %d B, wire %d B per epoch (medians); sender CPU by epoch %v",
 		path, mib, len(cpus), row.firstEpoch.Round(time.Millisecond), row.firstCapture.Round(time.Millisecond), 100*float64(row.firstRAMPages)/float64(row.ramPages),
 		row.cpu.Round(time.Millisecond), slices.Max(cpus).Round(time.Millisecond), row.capture.Round(time.Millisecond), slices.Max(captures).Round(time.Millisecond),
 		row.qemuCut, row.qemuCutVCPU, row.qemuEpoch, row.pause.Round(100*time.Microsecond), slices.Max(pauses).Round(100*time.Microsecond),
-		row.dirty, row.planned, row.wire)
+		row.dirty, row.planned, row.wire, roundAll(cpus, time.Millisecond))
 	return row
+}
+
+func roundAll(v []time.Duration, to time.Duration) []time.Duration {
+	out := make([]time.Duration, len(v))
+	for i, d := range v {
+		out[i] = d.Round(to)
+	}
+	return out
 }
 
 func medianInt(v []int64) int64 {
