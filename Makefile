@@ -109,6 +109,7 @@ bench: deps
 	$(GO) test -run '^$$' -bench . -benchtime 3x ./sender ./e2e ./migstream
 	$(GO) test -run '^$$' -bench BenchmarkLiveEpoch -benchtime 8x ./livecut
 	$(GO) test -run '^$$' -bench BenchmarkTrackedEpoch -benchtime 5x ./livecut
+	$(GO) test -run '^$$' -bench BenchmarkCaptureBySize -benchtime 1x -timeout 90m ./livecut
 	$(GO) test -run '^$$' -bench BenchmarkLossyWAN -benchtime 1x ./transport
 	$(GO) test -tags ceph -run '^$$' -bench BenchmarkStoreApply -benchtime 3x ./replica/rbdstore
 

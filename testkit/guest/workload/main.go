@@ -15,6 +15,8 @@
 //     only after the previous one completed;
 //   - a dirty_mib (32 MiB) buffer gets dirty_rate_kib (2048 KiB) of fresh
 //     random pages per second, so that every memory epoch has changes;
+//     "FILLED <bytes> <ms>" says when the buffer first holds random data
+//     throughout (a large one takes a while under TCG);
 //   - with write_mib=N it also stores into every page of an N MiB buffer,
 //     round after round, as fast as it can, and prints "WROTE <pages>
 //     <ms>" every second: the pages stored into in that many milliseconds,
@@ -313,7 +315,9 @@ func dirty(size, pagesPerSec int) {
 	const page = 4096
 	mem := make([]byte, size)
 	rng := newRNG(uint64(time.Now().UnixNano()))
+	start := time.Now()
 	rng.fill(mem)
+	say("FILLED %d %d", size, time.Since(start).Milliseconds())
 	pages := uint64(size / page)
 	if pages == 0 {
 		return
