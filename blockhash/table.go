@@ -149,8 +149,15 @@ func (t *Table) Header() []byte {
 }
 
 // Marshal returns the whole table file.
-func (t *Table) Marshal() []byte {
-	b := t.Header()
+func (t *Table) Marshal() []byte { return t.AppendMarshal(make([]byte, 0, t.MarshalLen())) }
+
+// MarshalLen is the length of the table file: 8 bytes per block of a
+// disk or page of RAM, written with every epoch, so callers size once.
+func (t *Table) MarshalLen() int { return HeaderLen + 8*len(t.Hashes) }
+
+// AppendMarshal appends the table file to b.
+func (t *Table) AppendMarshal(b []byte) []byte {
+	b = append(b, t.Header()...)
 	for _, v := range t.Hashes {
 		b = binary.BigEndian.AppendUint64(b, v)
 	}
@@ -189,8 +196,10 @@ func Read(r io.Reader) (*Table, error) {
 	if size > 1<<60 || count != uint64(Blocks(int64(size), int(bs))) || count > MaxEntries {
 		return nil, fmt.Errorf("table size %d with %d entries at block size %d: %w", size, count, bs, ErrCorrupt)
 	}
-	t := &Table{BlockSize: int(bs), Size: int64(size)}
-	// Grow as we go, so a lying count cannot allocate more than the file has.
+	// Sized up to 8 MiB of entries (a 4 GiB RAM block, a 64 GiB disk at
+	// 64 KiB blocks) and grown beyond as read, so a lying count cannot
+	// allocate much more than the file has.
+	t := &Table{BlockSize: int(bs), Size: int64(size), Hashes: make([]uint64, 0, min(count, 1<<20))}
 	buf := make([]byte, 64*1024)
 	for uint64(len(t.Hashes)) < count {
 		want := min(int((count-uint64(len(t.Hashes)))*8), len(buf))

@@ -67,19 +67,22 @@ const stateMagic = "DRSNDST1"
 
 // MarshalIndex encodes x.
 func MarshalIndex(x *Index) []byte {
-	b := []byte(stateMagic)
-	b = binary.BigEndian.AppendUint64(b, x.Epoch)
-	b = binary.BigEndian.AppendUint64(b, x.StateID)
 	keys := make([]string, 0, len(x.Tables))
-	for k := range x.Tables {
+	n := len(stateMagic) + 8 + 8 + 2 + 8
+	for k, t := range x.Tables {
 		keys = append(keys, k)
+		n += 1 + len(k) + t.MarshalLen()
 	}
 	sort.Strings(keys)
+	// Sized once: the tables are most of it, and it is written every epoch.
+	b := append(make([]byte, 0, n), stateMagic...)
+	b = binary.BigEndian.AppendUint64(b, x.Epoch)
+	b = binary.BigEndian.AppendUint64(b, x.StateID)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(keys)))
 	for _, k := range keys {
 		b = append(b, byte(len(k)))
 		b = append(b, k...)
-		b = append(b, x.Tables[k].Marshal()...)
+		b = x.Tables[k].AppendMarshal(b)
 	}
 	return binary.BigEndian.AppendUint64(b, xxhash.Sum64(b))
 }
