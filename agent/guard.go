@@ -158,6 +158,12 @@ type GuardEvent struct {
 const maxGuardEvents = 20
 
 func recordGuard(stateDir string, now func() time.Time, rep livecut.GuardReport, gerr error) error {
+	if _, err := os.Stat(stateDir); errors.Is(err, fs.ErrNotExist) {
+		// The VM's state is gone (removed with its VM, or by a test's
+		// cleanup): there is nothing to keep the record with, and a
+		// record alone must not bring the directory back.
+		return nil
+	}
 	path := filepath.Join(stateDir, GuardRecordFile)
 	var rec GuardRecord
 	if err := jsonfile.Read(path, &rec); err != nil && !errors.Is(err, fs.ErrNotExist) {
