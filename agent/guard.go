@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/drsync/drsync/vfs"
 	"io"
 	"io/fs"
 	"log/slog"
@@ -158,12 +159,6 @@ type GuardEvent struct {
 const maxGuardEvents = 20
 
 func recordGuard(stateDir string, now func() time.Time, rep livecut.GuardReport, gerr error) error {
-	if _, err := os.Stat(stateDir); errors.Is(err, fs.ErrNotExist) {
-		// The VM's state is gone (removed with its VM, or by a test's
-		// cleanup): there is nothing to keep the record with, and a
-		// record alone must not bring the directory back.
-		return nil
-	}
 	path := filepath.Join(stateDir, GuardRecordFile)
 	var rec GuardRecord
 	if err := jsonfile.Read(path, &rec); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -181,7 +176,19 @@ func recordGuard(stateDir string, now func() time.Time, rep livecut.GuardReport,
 	if n := len(rec.Events); n > maxGuardEvents {
 		rec.Events = rec.Events[n-maxGuardEvents:]
 	}
-	return jsonfile.WriteAtomic(path, &rec)
+	b, err := json.MarshalIndent(&rec, "", "  ")
+	if err != nil {
+		return err
+	}
+	// Into the directory as it is: a state directory removed (with its VM,
+	// or by a test's cleanup) while the guard outlived the sender has
+	// nothing to keep the record with, and the record must not bring it
+	// back.
+	err = vfs.WriteFileDurable(vfs.Default, path, append(b, '\n'), 0o640)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return err
 }
 
 // ReadGuardRecord returns the VM's guard record, empty if there is none.
