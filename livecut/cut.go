@@ -652,4 +652,3 @@ func (s *Source) cancelMigration(sess Monitor) {
 		s.log.Warn("cancel the migration", "err", err)
 	}
 }
-
