@@ -213,17 +213,22 @@ func setupRAMCapture(ctx context.Context, mode string, o *livecut.Options, libvi
 	if dial == nil {
 		dial = livecut.DialQMP
 	}
-	var uuid string
+	socket := o.QMPSocket
+	findPID := func() (int, error) { return qemuPID(socket) }
+	var uuid *string
+	if libvirt {
+		uuid = new(string)
+		findPID = func() (int, error) { return pidByUUID("/proc", *uuid) }
+	}
 	ram, err := func() (sharedRAM, error) {
 		if err := dirtylog.CheckKernel(); err != nil {
 			return sharedRAM{}, fmt.Errorf("%w: %w", ErrNoTrackedRAM, err)
 		}
-		if !libvirt {
-			return probeSharedRAM(ctx, dial, o.QMPSocket, nil)
-		}
-		ram, err := probeSharedRAM(ctx, dial, o.QMPSocket, &uuid)
-		if err == nil {
-			_, err = pidByUUID("/proc", uuid)
+		ram, err := probeSharedRAM(ctx, dial, socket, uuid)
+		if err == nil && libvirt {
+			// Found now, so that a domain on another host is refused
+			// at start rather than at the first cut.
+			_, err = findPID()
 		}
 		return ram, err
 	}()
@@ -234,15 +239,9 @@ func setupRAMCapture(ctx context.Context, mode string, o *livecut.Options, libvi
 		log.Info("cuts migrate all of the guest's RAM", "ram_capture", mode, "why", err)
 		return nil
 	}
-	socket := o.QMPSocket
 	o.SharedRAM = ram.ID
 	o.TrackRAM = func() (livecut.RAMTracker, error) {
-		pid, err := 0, error(nil)
-		if libvirt {
-			pid, err = pidByUUID("/proc", uuid)
-		} else {
-			pid, err = qemuPID(socket)
-		}
+		pid, err := findPID()
 		if err != nil {
 			return nil, err
 		}
