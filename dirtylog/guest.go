@@ -22,16 +22,26 @@ type Guest struct {
 	mem *os.File // /proc/PID/mem
 }
 
-// TrackGuest finds the shared memfd backend of size bytes in QEMU process
-// pid and tracks it (Track).
-func TrackGuest(pid int, size uint64) (*Guest, error) {
+// guestRAM is where QEMU process pid maps its shared memfd backend of
+// size bytes.
+func guestRAM(pid int, size uint64) ([]Region, error) {
 	maps, err := readMaps(pid)
 	if err != nil {
-		return nil, fmt.Errorf("track guest RAM of %d: %w", pid, err)
+		return nil, fmt.Errorf("guest RAM of %d: %w", pid, err)
 	}
 	regions, err := MemfdRAM(maps, MemfdBackendName, size)
 	if err != nil {
-		return nil, fmt.Errorf("track guest RAM of %d: %w", pid, err)
+		return nil, fmt.Errorf("guest RAM of %d: %w", pid, err)
+	}
+	return regions, nil
+}
+
+// TrackGuest finds the shared memfd backend of size bytes in QEMU process
+// pid and tracks it (Track).
+func TrackGuest(pid int, size uint64) (*Guest, error) {
+	regions, err := guestRAM(pid, size)
+	if err != nil {
+		return nil, fmt.Errorf("track %w", err)
 	}
 	mem, err := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
 	if err != nil {

@@ -91,13 +91,9 @@ func MissingSupported() error {
 // touches the memory: a page already there is never reported (see
 // Prepopulated).
 func RegisterMissing(pid int, size uint64) (*Missing, error) {
-	maps, err := readMaps(pid)
+	regions, err := guestRAM(pid, size)
 	if err != nil {
-		return nil, fmt.Errorf("guest RAM of %d: %w", pid, err)
-	}
-	regions, err := MemfdRAM(maps, MemfdBackendName, size)
-	if err != nil {
-		return nil, fmt.Errorf("guest RAM of %d: %w", pid, err)
+		return nil, err
 	}
 	return RegisterMissingRegions(pid, regions)
 }
@@ -105,11 +101,11 @@ func RegisterMissing(pid int, size uint64) (*Missing, error) {
 // RegisterMissingRegions registers regions of pid (page-aligned, each a
 // shared memory mapping) for missing-page faults.
 func RegisterMissingRegions(pid int, regions []Region) (*Missing, error) {
+	if err := checkRegions(regions); err != nil {
+		return nil, fmt.Errorf("register %d: %w", pid, err)
+	}
 	var size uint64
 	for _, r := range regions {
-		if r.End <= r.Start || r.Start%pageSize != 0 || r.End%pageSize != 0 {
-			return nil, fmt.Errorf("register %d: region %#x-%#x is not page-aligned", pid, r.Start, r.End)
-		}
 		size = max(size, r.Offset+r.End-r.Start)
 	}
 	inject := func(pid int, regions []Region) (*os.File, error) { return injectUffd(pid, regions, missingSpec) }

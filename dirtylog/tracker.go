@@ -44,13 +44,8 @@ type Tracker struct {
 // handler. Writes by other processes mapping the same memory (vhost-user
 // back-ends) are not seen.
 func Track(pid int, regions []Region) (*Tracker, error) {
-	if len(regions) == 0 {
-		return nil, errors.New("track: no regions")
-	}
-	for _, r := range regions {
-		if r.End <= r.Start || r.Start%pageSize != 0 || r.End%pageSize != 0 {
-			return nil, fmt.Errorf("track: region %#x-%#x is not page-aligned", r.Start, r.End)
-		}
+	if err := checkRegions(regions); err != nil {
+		return nil, fmt.Errorf("track: %w", err)
 	}
 	pagemap, err := os.Open(fmt.Sprintf("/proc/%d/pagemap", pid))
 	if err != nil {
@@ -66,6 +61,20 @@ func Track(pid int, regions []Region) (*Tracker, error) {
 		return nil, fmt.Errorf("track %d: %w", pid, err)
 	}
 	return &Tracker{pid: pid, regions: regions, uffd: uffd, pagemap: pagemap, vec: make([]pageRegion, 4096)}, nil
+}
+
+// checkRegions refuses an empty list and regions that are not whole,
+// page-aligned ranges: userfaultfd registers pages.
+func checkRegions(regions []Region) error {
+	if len(regions) == 0 {
+		return errors.New("no regions")
+	}
+	for _, r := range regions {
+		if r.End <= r.Start || r.Start%pageSize != 0 || r.End%pageSize != 0 {
+			return fmt.Errorf("region %#x-%#x is not page-aligned", r.Start, r.End)
+		}
+	}
+	return nil
 }
 
 // Regions returns the tracked regions.
