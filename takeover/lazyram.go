@@ -1,7 +1,6 @@
 package takeover
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/drsync/drsync/blockhash"
 	"github.com/drsync/drsync/dirtylog"
 	"github.com/drsync/drsync/replica"
 )
@@ -301,7 +301,7 @@ func (l *lazyLoader) load(r io.ReaderAt, buf []byte, off int, runs []int) error 
 			l.markIn(run, nil)
 			continue
 		}
-		zero := isZero(chunk)
+		zero := blockhash.IsZero(chunk)
 		if zero {
 			_, err = l.u.Zero(uint64(ro), uint64(len(chunk)))
 		} else {
@@ -316,19 +316,6 @@ func (l *lazyLoader) load(r io.ReaderAt, buf []byte, off int, runs []int) error 
 }
 
 const pageSize = 4096
-
-var zeroRun = make([]byte, lazyRun)
-
-func isZero(b []byte) bool {
-	for len(b) > 0 {
-		n := min(len(b), len(zeroRun))
-		if !bytes.Equal(b[:n], zeroRun[:n]) {
-			return false
-		}
-		b = b[n:]
-	}
-	return true
-}
 
 // markIn records run as in; the last one ends the load.
 func (l *lazyLoader) markIn(run int, zero *bool) {

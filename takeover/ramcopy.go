@@ -1,11 +1,11 @@
 package takeover
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"sync"
 
+	"github.com/drsync/drsync/blockhash"
 	"github.com/drsync/drsync/replica"
 )
 
@@ -46,7 +46,6 @@ func copyRAM(path string, open func() (replica.ReaderAtCloser, error), size int6
 			defer wg.Done()
 			defer src.Close()
 			buf := make([]byte, ramCopyChunk)
-			zero := make([]byte, ramCopyChunk)
 			for off := range next {
 				n := min(int64(len(buf)), size-off)
 				if _, err := src.ReadAt(buf[:n], off); err != nil {
@@ -55,7 +54,7 @@ func copyRAM(path string, open func() (replica.ReaderAtCloser, error), size int6
 					}
 					return
 				}
-				if bytes.Equal(buf[:n], zero[:n]) {
+				if blockhash.IsZero(buf[:n]) {
 					continue
 				}
 				if _, err := f.WriteAt(buf[:n], off); err != nil {
