@@ -10,7 +10,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/drsync/drsync/receiver"
 	"github.com/drsync/drsync/replica"
@@ -138,21 +137,14 @@ func TestGroupPointRetained(t *testing.T) {
 	// keep_points 0 (the default) keeps no point of a VM's own, yet a
 	// member that committed a later cut still keeps the group point's.
 	for _, keep := range []int{0, 1} {
-		t.Run(fmt.Sprintf("keep_points=%d", keep), func(t *testing.T) {
-			rfs := memfs.New()
-			testGroupPointRetained(t, keep, replica.FileStore{FS: rfs, Root: "/replicas", KeepPoints: keep, Now: now}, "/restore")
-		})
+		t.Run(fmt.Sprintf("keep_points=%d", keep), func(t *testing.T) { testGroupPointRetained(t, keep) })
 	}
 }
 
-// testGroupPointRetained runs two members of a group into store (keeping
-// keep points), one committing later cuts before the other, and checks
-// that each keeps the epochs its group's complete point needs, restorable
-// exactly (exported under scratch), and prunes them once a newer group
-// point is complete.
-func testGroupPointRetained(t *testing.T, keep int, store replica.Store, scratch string) {
+func testGroupPointRetained(t *testing.T, keep int) {
 	rng := rand.New(rand.NewPCG(41, 42))
-	rcv := newReceiver(t, memfs.New(), keepPoints(keep), func(o *receiver.Options) { o.Store = store })
+	rfs := memfs.New()
+	rcv := newReceiver(t, rfs, keepPoints(keep))
 	members := []string{"db", "web-1"}
 	cut := 0 // the tag the next snapshot of each VM carries, 0 for none
 	tag := func(int) *vmspec.GroupCut {
@@ -187,7 +179,7 @@ func testGroupPointRetained(t *testing.T, keep int, store replica.Store, scratch
 		return res.Epoch
 	}
 	epochs := func(vm string) []uint64 {
-		pts, err := store.Points(vm)
+		pts, err := replica.Points(rfs, "/replicas/"+vm)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -197,37 +189,6 @@ func testGroupPointRetained(t *testing.T, keep int, store replica.Store, scratch
 		}
 		return eps
 	}
-	// keeps checks that vm keeps every epoch of want and none before
-	// oldest. A store may keep more between them (the file store's points
-	// are chained: rolling back to one passes through every later one).
-	keeps := func(vm string, oldest uint64, want ...uint64) {
-		t.Helper()
-		got := epochs(vm)
-		for _, e := range want {
-			if !slices.Contains(got, e) {
-				t.Fatalf("%s keeps %v, want %v among them", vm, got, want)
-			}
-		}
-		if len(got) > 0 && got[0] < oldest {
-			t.Fatalf("%s keeps %v, nothing before %d wanted", vm, got, oldest)
-		}
-	}
-	restores := func(vm string, e uint64) {
-		t.Helper()
-		h, err := store.Open(context.Background(), vm, replica.OpenOptions{LockWait: 10 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer h.Close()
-		img, err := h.Export(e, scratch, nil)
-		if err != nil {
-			t.Fatalf("epoch %d of %s: %v", e, vm, err)
-		}
-		st, err := testkit.ImageState(img)
-		if err != nil || testkit.DiffStates(states[vm][e], st) != "" {
-			t.Fatalf("%s restored at epoch %d differs: %v %s", vm, e, err, testkit.DiffStates(states[vm][e], st))
-		}
-	}
 	run("db", 1)
 	run("web-1", 1) // group point 1: db 1, web-1 1
 	for range 3 {
@@ -235,16 +196,24 @@ func testGroupPointRetained(t *testing.T, keep int, store replica.Store, scratch
 	}
 	run("web-1", 2) // web-1 has cut 2, db not yet
 	run("web-1", 0)
-	keeps("web-1", 1, 1, 5, 6) // group point 1 needs epoch 1; cut 2 may complete with 5
-	restores("web-1", 1)
+	if got, want := epochs("web-1"), []uint64{1, 2, 3, 4, 5, 6}; !slices.Equal(got, want) {
+		t.Fatalf("web-1 keeps %v, want %v (group point 1 needs epoch 1)", got, want)
+	}
+	to := "/restore-web-1"
+	if _, err := replica.Materialize(rfs, "/replicas/web-1", 1, to); err != nil {
+		t.Fatalf("group point 1 of web-1: %v", err)
+	}
+	if _, st, err := testkit.ReplicaState(rfs, to); err != nil || testkit.DiffStates(states["web-1"][1], st) != "" {
+		t.Fatalf("web-1 restored at group point 1 differs: %v", err)
+	}
 	run("db", 2) // group point 2 complete: db 2, web-1 5
 	run("web-1", 0)
-	keeps("web-1", 5, 5, 7)
-	keeps("db", 2-uint64(keep), 2)
-	if keep == 1 {
-		keeps("web-1", 5, 5, 6, 7)
+	if got, want := epochs("web-1"), []uint64{5, 6, 7}; !slices.Equal(got, want) {
+		t.Fatalf("web-1 keeps %v once group point 2 is complete, want %v", got, want)
 	}
-	restores("web-1", 5)
+	if got, want := epochs("db"), []uint64{2 - uint64(keep), 2}[1-keep:]; !slices.Equal(got, want) {
+		t.Fatalf("db keeps %v, want %v", got, want)
+	}
 }
 
 // v1Dialer connects to rcv as a sender that speaks protocol 1 only would:

@@ -89,31 +89,3 @@ func DiffStates(want, got map[string][]byte) string {
 	}
 	return ""
 }
-
-// ImageState reads an epoch a store exported (replica.Handle.Export) in
-// ReplicaState's form, whatever the store.
-func ImageState(img replica.Image) (map[string][]byte, error) {
-	out := map[string][]byte{}
-	m := img.Manifest()
-	for _, t := range m.Targets {
-		r, err := img.OpenTarget(&t)
-		if err != nil {
-			return nil, err
-		}
-		buf := make([]byte, t.Size)
-		_, err = r.ReadAt(buf, 0)
-		r.Close()
-		if err != nil && err != io.EOF {
-			return nil, fmt.Errorf("%s: %w", t.Name, err)
-		}
-		out[t.Kind+"/"+t.Name] = buf
-	}
-	if m.DeviceState != nil {
-		b, err := img.DeviceState()
-		if err != nil {
-			return nil, err
-		}
-		out["devstate"] = b
-	}
-	return out, nil
-}
