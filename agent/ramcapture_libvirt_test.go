@@ -11,7 +11,6 @@ import (
 	"github.com/drsync/drsync/dirtylog"
 	"github.com/drsync/drsync/libvirtvm"
 	"github.com/drsync/drsync/livecut"
-	"github.com/drsync/drsync/qmp"
 	"github.com/drsync/drsync/receiver"
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/testkit"
@@ -35,20 +34,12 @@ func TestTrackedCutsOfADomain(t *testing.T) {
 	d := guest.ProtectedSharedDomain(t, 128, map[string]string{"rate": "50", "dirty_mib": "8", "dirty_rate_kib": "256"})
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	m, err := libvirtvm.Dial(ctx, hosttools.LibvirtURI, d.Name, qmp.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	found, err := m.Disks(ctx)
-	m.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	o := livecut.Options{QMPSocket: libvirtvm.Address(hosttools.LibvirtURI, d.Name), Dial: libvirtvm.DialMonitor,
-		WorkDir: filepath.Join(d.Dir, "work"), Now: time.Now, Logger: log}
-	for _, f := range found {
-		o.Disks = append(o.Disks, livecut.Disk{Name: f.Target, Node: f.Node})
+	o := livecut.Options{WorkDir: filepath.Join(d.Dir, "work"), Now: time.Now, Logger: log}
+	lv := libvirtvm.Config{Libvirt: hosttools.LibvirtURI, Domain: d.Name}
+	lv.Apply(&o)
+	if err := lv.ResolveDisks(&o); err != nil {
+		t.Fatal(err)
 	}
 	if err := setupRAMCapture(ctx, RAMCaptureTracked, &o, true, log); err != nil {
 		t.Fatal(err)
