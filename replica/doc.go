@@ -3,7 +3,7 @@
 //
 // Directory layout:
 //
-//	MANIFEST            committed epoch, cut time, targets and digests, consistency-group tag if any (JSON + "xxh64 <hex>" trailer)
+//	MANIFEST            committed epoch, cut time, targets and digests, consistency-group tag if any, the receiver's keep_points (JSON + "xxh64 <hex>" trailer)
 //	LOCK                flock held while the replica is open (writing or verifying)
 //	journal             the staged epoch (package journal), absent when nothing is staged
 //	disk-N.img, ram-N.img   sparse raw images, one per target

@@ -38,6 +38,11 @@ type Manifest struct {
 	// Group is the consistency-group tag of the epoch, nil for an epoch
 	// of the VM on its own.
 	Group *GroupTag `json:"group,omitempty"`
+	// KeepPoints is the retention rule of the store that committed the
+	// epoch (the receiver's keep_points), so that another opener finishing
+	// an interrupted apply keeps and prunes recovery points by it, not by
+	// its own (KeepInherited). Absent in manifests of older versions.
+	KeepPoints *int `json:"keep_points,omitempty"`
 }
 
 // GroupTag is a manifest's consistency-group tag. Its JSON names are the
@@ -185,6 +190,9 @@ func (m *Manifest) validate() error {
 	}
 	if len(m.Targets) > wire.MaxTargets {
 		return fmt.Errorf("%d targets", len(m.Targets))
+	}
+	if m.KeepPoints != nil && *m.KeepPoints < 0 {
+		return fmt.Errorf("keep_points %d", *m.KeepPoints)
 	}
 	if m.Group != nil {
 		if err := m.Group.Validate(m.VM); err != nil {

@@ -38,6 +38,22 @@ import (
 
 const pointsDir = "points"
 
+// KeepInherited, as a store's KeepPoints, is for an opener that is not the
+// replica's receiver (a takeover, status, verify): whatever apply it
+// finishes keeps and prunes recovery points by the rule the receiver
+// recorded in the committed manifest, never by a keep of its own.
+const KeepInherited = -1
+
+// InheritedKeep is the retention rule m records (see KeepInherited); known
+// is false for a manifest that records none (written by an older
+// version), whose opener keeps every point and prunes none.
+func InheritedKeep(m *Manifest) (keep int, known bool) {
+	if m == nil || m.KeepPoints == nil {
+		return 0, false
+	}
+	return max(*m.KeepPoints, 0), true
+}
+
 func pointDir(e uint64) string { return path.Join(pointsDir, strconv.FormatUint(e, 10)) }
 
 // undoChunk bounds one undo record.
@@ -132,37 +148,51 @@ func (r *Replica) capturePoint(st *stage, images map[uint16]vfs.File) error {
 // member commits this one). prunePoints then keeps only what the group
 // needs.
 func (r *Replica) keepsPoint(prev *Manifest) bool {
-	if r.o.KeepPoints > 0 {
+	keep, known := r.keepRule()
+	if keep > 0 {
 		return true
 	}
-	if r.o.GroupKeepFrom == nil {
+	if known && r.o.GroupKeepFrom == nil {
 		return false
 	}
 	if prev.Tag() != nil {
 		return true
 	}
+	// A point kept for the group, or by a rule this opener cannot read,
+	// is chained to.
 	pts, err := points(r.o.FS, r.o.Dir)
-	return err != nil || len(pts) > 0 // a point kept for the group is chained to
+	return err != nil || len(pts) > 0
 }
 
-// prunePoints removes points beyond KeepPoints, oldest first, and points
+// keepRule is the retention rule in force: the store's own, or for an
+// opener that inherits it (KeepInherited), the one the committed manifest
+// records. known is false when neither says: such an opener then keeps
+// every point there is and prunes none.
+func (r *Replica) keepRule() (keep int, known bool) {
+	if r.o.KeepPoints >= 0 {
+		return r.o.KeepPoints, true
+	}
+	return InheritedKeep(r.man)
+}
+
+// prunePoints removes points beyond keep, oldest first, and points
 // that the chain no longer reaches; but not the points from the epoch
 // GroupKeepFrom names on, which a consistency group's complete group
 // point needs (rolling back to it passes through every later point).
-func (r *Replica) prunePoints() {
+func (r *Replica) prunePoints(keep int) {
 	pts, err := points(r.o.FS, r.o.Dir)
 	if err != nil {
 		r.log.Warn("list recovery points", "err", err)
 		return
 	}
 	keepFrom := uint64(0)
-	if r.o.GroupKeepFrom != nil && len(pts) > max(r.o.KeepPoints, 0) {
-		if keepFrom, err = r.o.GroupKeepFrom(); err != nil {
+	if r.o.GroupKeepFrom != nil && len(pts) > keep {
+		if keepFrom, err = r.o.GroupKeepFrom(keep); err != nil {
 			r.log.Warn("recovery points kept: cannot tell which a consistency group needs", "err", err)
 			return
 		}
 	}
-	for len(pts) > max(r.o.KeepPoints, 0) && (keepFrom == 0 || pts[0] < keepFrom) {
+	for len(pts) > keep && (keepFrom == 0 || pts[0] < keepFrom) {
 		if err := r.o.FS.RemoveAll(r.p(pointDir(pts[0]))); err != nil {
 			r.log.Warn("remove recovery point", "epoch", pts[0], "err", err)
 			return

@@ -53,13 +53,15 @@ type Options struct {
 	// MarkTakenOver); without it Open refuses with ErrTakenOver.
 	AllowTakenOver bool
 	// KeepPoints retains this many earlier epochs as recovery points (see
-	// points.go); 0 keeps none.
+	// points.go); 0 keeps none; KeepInherited keeps by the rule the
+	// committed manifest records.
 	KeepPoints int
 	// GroupKeepFrom, if set, says from which epoch on the replica must
 	// keep its recovery points so that its consistency groups' newest
-	// complete group points stay restorable (0: no such epoch). An error
-	// means it cannot tell, and nothing is pruned.
-	GroupKeepFrom func() (uint64, error)
+	// complete group points stay restorable, when it keeps keep points of
+	// its own (0: no such epoch). An error means it cannot tell, and
+	// nothing is pruned.
+	GroupKeepFrom func(keep int) (uint64, error)
 	// Holder names the opener in the note a refused locker reads ("the
 	// receiver", "a failover"); "drsync" if empty.
 	Holder string
@@ -946,6 +948,9 @@ func (r *Replica) apply() error {
 		return err
 	}
 	next := &Manifest{Format: manifestFormat, VM: r.o.VM, Epoch: epoch, Cut: st.begin.Cut, Applied: r.o.Now().UTC()}
+	if keep, known := r.keepRule(); known {
+		next.KeepPoints = &keep
+	}
 	if g := st.begin.Group; g != nil {
 		next.Group = &GroupTag{*g}
 	}
@@ -986,8 +991,8 @@ func (r *Replica) apply() error {
 			r.log.Warn("remove old device state", "file", old.DeviceState.File, "err", err)
 		}
 	}
-	if r.o.KeepPoints > 0 || old.Epoch > 0 {
-		r.prunePoints()
+	if keep, known := r.keepRule(); known && (keep > 0 || old.Epoch > 0) {
+		r.prunePoints(keep)
 	}
 	r.log.Info("epoch applied", "epoch", epoch, "items", len(st.items), "bytes", st.bytes)
 	return nil

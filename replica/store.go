@@ -121,7 +121,7 @@ type FileStore struct {
 	Root          string
 	Now           func() time.Time
 	Logger        *slog.Logger
-	KeepPoints    int
+	KeepPoints    int // Options.KeepPoints of every replica opened
 	MaxTargetSize uint64
 
 	one string // DirStore: the only replica, whatever VM its manifest names
@@ -131,7 +131,7 @@ type FileStore struct {
 // runbook given a replica directory). Its VM is the one the manifest
 // names: pass "" as the VM to its methods.
 func DirStore(fsys vfs.FS, dir string) FileStore {
-	return FileStore{FS: fsys, Root: path.Dir(dir), Now: time.Now, one: dir}
+	return FileStore{FS: fsys, Root: path.Dir(dir), Now: time.Now, KeepPoints: KeepInherited, one: dir}
 }
 
 // Dir is the directory of vm's replica.
@@ -169,7 +169,7 @@ func (s FileStore) Open(ctx context.Context, vm string, o OpenOptions) (Handle, 
 	ro := Options{FS: s.FS, Dir: s.Dir(vm), VM: vm, Now: now, Logger: s.Logger, MaxTargetSize: s.MaxTargetSize,
 		AllowTakenOver: o.AllowTakenOver, KeepPoints: s.KeepPoints, Holder: o.Holder, LockWait: o.LockWait, ctx: ctx}
 	if s.one == "" {
-		ro.GroupKeepFrom = func() (uint64, error) { return GroupKeepFrom(s, vm, s.KeepPoints) }
+		ro.GroupKeepFrom = func(keep int) (uint64, error) { return GroupKeepFrom(s, vm, keep) }
 	}
 	r, err := Open(ro)
 	if err != nil {

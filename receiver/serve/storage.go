@@ -64,11 +64,11 @@ func (b Backend) openStore(keepPoints int, log *slog.Logger) (replica.Store, fun
 
 // OpenStore opens the store b names for a reader of the replicas (drsync
 // status, verify): the replica directories under dir, or the RBD pool.
-// close releases it. A reader commits nothing, so no recovery points are
-// pruned through it.
+// close releases it. A reader commits no epoch of its own; an apply it
+// finishes keeps the recovery points the receiver's rule keeps.
 func (b Backend) OpenStore(dir string, log *slog.Logger) (s replica.Store, close func(), err error) {
 	if b.Kind != "rbd" {
-		return replica.FileStore{FS: vfs.Default, Root: dir, Now: time.Now, Logger: log}, func() {}, nil
+		return replica.FileStore{FS: vfs.Default, Root: dir, Now: time.Now, Logger: log, KeepPoints: replica.KeepInherited}, func() {}, nil
 	}
-	return b.openStore(0, log)
+	return b.openStore(replica.KeepInherited, log)
 }

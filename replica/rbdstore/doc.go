@@ -66,7 +66,9 @@
 // on. Pruning then keeps the KeepPoints newest and, from the oldest epoch
 // the group's newest complete point needs (replica.GroupKeepFrom, read
 // from the store's own replicas), every point; a store that cannot tell
-// prunes nothing.
+// prunes nothing. A store opened with replica.KeepInherited (status,
+// verify, a takeover) that finishes an interrupted apply keeps by the rule
+// the committed manifest records, as the file store does.
 //
 // # Lock
 //

@@ -555,7 +555,10 @@ func (h *handle) apply(tables map[uint16]*blockhash.Table) error {
 	// A consistency group's member snapshots its group cuts whatever
 	// KeepPoints says: another member may commit this cut only after this
 	// replica has moved on, and the group point needs this epoch then.
-	keep := h.s.KeepPoints > 0 || st.Begin().Group != nil
+	// An opener that cannot read the receiver's rule snapshots too; the
+	// receiver's next prune removes what its rule does not keep.
+	rule, known := h.keepRule()
+	keep := rule > 0 || !known || st.Begin().Group != nil
 	if keep {
 		for id, im := range images {
 			if err := snapOnce(im, snapName(epoch)); err != nil {
@@ -564,6 +567,9 @@ func (h *handle) apply(tables map[uint16]*blockhash.Table) error {
 		}
 	}
 	next := &replica.Manifest{Format: replica.ManifestFormat, VM: h.vm, Epoch: epoch, Cut: st.Begin().Cut, Applied: h.now().UTC()}
+	if known {
+		next.KeepPoints = &rule
+	}
 	if g := st.Begin().Group; g != nil {
 		next.Group = &replica.GroupTag{GroupCut: *g}
 	}
@@ -620,7 +626,9 @@ func (h *handle) apply(tables map[uint16]*blockhash.Table) error {
 	for _, t := range old.Targets {
 		h.s.Pool.RemoveObject(h.obj(tableName(t.Table, old.Epoch)))
 	}
-	h.prune(old)
+	if known {
+		h.prune(old, rule)
+	}
 	h.note(fmt.Sprintf("using it (committed epoch %d)", epoch))
 	h.log.Info("epoch applied", "epoch", epoch, "items", st.Len(), "bytes", st.Bytes())
 	return nil
@@ -684,17 +692,27 @@ func (h *handle) fileNames(targets map[uint16]replica.StagedTarget) map[uint16]s
 	return out
 }
 
-// prune removes the recovery points beyond KeepPoints, and the device
+// keepRule is the retention rule in force: the store's KeepPoints, or the
+// rule the committed manifest records for a store that inherits it
+// (replica.KeepInherited; known is false if the manifest records none).
+func (h *handle) keepRule() (keep int, known bool) {
+	if h.s.KeepPoints >= 0 {
+		return h.s.KeepPoints, true
+	}
+	return replica.InheritedKeep(h.man)
+}
+
+// prune removes the recovery points beyond keep, and the device
 // state of the epoch before if no kept point needs it. A point leaves
 // Points (its manifest object) before its device state and snapshots go,
 // so a crash midway never lists a point that cannot be restored; a
 // device state is only removed when every kept point could be read.
 // Failures are logged: what is left behind costs space, never a point.
-func (h *handle) prune(old *replica.Manifest) {
+func (h *handle) prune(old *replica.Manifest, keep int) {
 	cur := h.man
 	var keepFrom uint64
-	if uint64(h.s.KeepPoints) < cur.Epoch {
-		keepFrom = cur.Epoch - uint64(h.s.KeepPoints)
+	if uint64(keep) < cur.Epoch {
+		keepFrom = cur.Epoch - uint64(keep)
 	}
 	eps, err := h.s.snapEpochsAny(h.vm, cur)
 	if err != nil {
@@ -703,10 +721,10 @@ func (h *handle) prune(old *replica.Manifest) {
 	}
 	// The points from the oldest epoch a consistency group's complete
 	// point needs are kept too; a store that cannot tell prunes nothing.
-	own := func(e uint64) bool { return e == cur.Epoch || (h.s.KeepPoints > 0 && e >= keepFrom) }
+	own := func(e uint64) bool { return e == cur.Epoch || (keep > 0 && e >= keepFrom) }
 	var groupFrom uint64
 	if slices.ContainsFunc(eps, func(e uint64) bool { return !own(e) }) {
-		if groupFrom, err = replica.GroupKeepFrom(h.s, h.vm, h.s.KeepPoints); err != nil {
+		if groupFrom, err = replica.GroupKeepFrom(h.s, h.vm, keep); err != nil {
 			h.log.Warn("recovery points kept: cannot tell which a consistency group needs", "err", err)
 			return
 		}

@@ -67,6 +67,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) Backend) {
 	t.Run("DiskFull", func(t *testing.T) { diskFull(t, newBackend) })
 	t.Run("Lock", func(t *testing.T) { lockExclusive(t, newBackend(t)) })
 	t.Run("RecoveryPoints", func(t *testing.T) { recoveryPoints(t, newBackend(t)) })
+	t.Run("RetentionInherited", func(t *testing.T) { retentionInherited(t, newBackend) })
 	t.Run("GroupPoints", func(t *testing.T) {
 		for _, keep := range []int{0, 1} {
 			t.Run(fmt.Sprintf("keep%d", keep), func(t *testing.T) { groupPoints(t, newBackend(t), keep) })
@@ -529,6 +530,74 @@ func recoveryPoints(t *testing.T, b Backend) {
 	}
 	if d := diffHandle(h, es[3].after); d != "" {
 		t.Fatalf("the replica after exporting its points: %s", d)
+	}
+}
+
+// retentionInherited: the receiver keeps 2 points; epoch 3's apply is
+// cut short by a failed operation and a power loss, and another opener
+// (status, a takeover: KeepInherited) finishes it. The points left are the
+// ones the receiver's rule keeps, not none; the receiver then goes on.
+func retentionInherited(t *testing.T, newBackend func(t *testing.T) Backend) {
+	es := history(4)
+	epochs := func(s replica.Store) string {
+		pts, err := s.Points(VM)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []uint64
+		for _, p := range pts {
+			got = append(got, p.Manifest.Epoch)
+		}
+		return fmt.Sprint(got)
+	}
+	b := newBackend(t)
+	commit(t, b.Store(t, 2, nil), es[:2]...)
+	c := &errorfs.Counter{}
+	commit(t, b.Store(t, 2, c), es[2])
+	n := c.Count()
+	points := min(n, 12)
+	if sm, ok := b.(Sampler); ok {
+		points = max(1, min(points, sm.CrashPoints(n, testing.Short())))
+	}
+	replayed := 0
+	for k := range points {
+		i := (n - 1) - k*(n-1)/max(1, points-1)
+		b := newBackend(t)
+		commit(t, b.Store(t, 2, nil), es[:2]...)
+		if h, err := b.Store(t, 2, errorfs.OnIndex(i, errorfs.ErrInjected)).Open(t.Context(), VM, replica.OpenOptions{}); err == nil {
+			send(h, es[2])
+			h.Close()
+		}
+		b.Crash(t)
+		s := b.Store(t, replica.KeepInherited, nil)
+		h := open(t, s, replica.OpenOptions{})
+		at := h.Manifest().Epoch
+		if at == 3 {
+			img, err := h.Export(1, b.Scratch(t), nil)
+			if err != nil {
+				t.Fatalf("failing op %d, finished by another opener: epoch 1 cannot be restored: %v", i, err)
+			}
+			if d := diff(img, es[0].after); d != "" {
+				t.Fatalf("failing op %d: restored epoch 1: %s", i, d)
+			}
+		}
+		h.Close()
+		want := map[uint64]string{2: "[1 2]", 3: "[1 2 3]"}[at]
+		if got := epochs(s); got != want {
+			t.Fatalf("failing op %d, finished by another opener at epoch %d: points %s, want %s (the receiver keeps 2)", i, at, got, want)
+		}
+		if at == 3 {
+			replayed++
+		}
+		rs := b.Store(t, 2, nil)
+		commit(t, rs, es[at:]...)
+		if got := epochs(rs); got != "[2 3 4]" {
+			t.Fatalf("failing op %d: after the receiver's epoch 4: points %s, want [2 3 4]", i, got)
+		}
+	}
+	t.Logf("%d of %d failed operations: epoch 3 recovered, by the other opener or before the failure", replayed, points)
+	if replayed == 0 {
+		t.Error("no failure recovered to epoch 3")
 	}
 }
 
