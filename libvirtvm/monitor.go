@@ -250,22 +250,9 @@ func (m *Monitor) Execute(ctx context.Context, cmd string, args, reply any) erro
 		return fmt.Errorf("libvirt: %s: %w", cmd, err)
 	}
 	// libvirt gives the command its own id.
-	c := struct {
-		Execute   string          `json:"execute"`
-		Arguments json.RawMessage `json:"arguments,omitempty"`
-	}{Execute: cmd}
-	if args != nil {
-		a, err := json.Marshal(args)
-		if err != nil {
-			return fmt.Errorf("libvirt: %s: encode arguments: %w", cmd, err)
-		}
-		if string(a) != "null" { // a nil map is no arguments
-			c.Arguments = a
-		}
-	}
-	req, err := json.Marshal(c)
+	req, err := qmp.EncodeCommand("libvirt", cmd, args, "")
 	if err != nil {
-		return fmt.Errorf("libvirt: %s: encode: %w", cmd, err)
+		return err
 	}
 	type result struct {
 		out string
@@ -291,26 +278,11 @@ func (m *Monitor) Execute(ctx context.Context, cmd string, args, reply any) erro
 	if r.err != nil {
 		return m.rpcErr(cmd, r.err)
 	}
-	var msg struct {
-		Return json.RawMessage `json:"return"`
-		Error  *struct {
-			Class string `json:"class"`
-			Desc  string `json:"desc"`
-		} `json:"error"`
-	}
+	var msg qmp.Reply
 	if err := json.Unmarshal([]byte(r.out), &msg); err != nil {
 		return fmt.Errorf("libvirt: %s: decode QEMU's reply %.200q: %w", cmd, r.out, err)
 	}
-	if msg.Error != nil {
-		return &qmp.CommandError{Command: cmd, Desc: msg.Error.Desc}
-	}
-	if reply == nil {
-		return nil
-	}
-	if err := json.Unmarshal(msg.Return, reply); err != nil {
-		return fmt.Errorf("libvirt: %s: decode reply %.200s: %w", cmd, msg.Return, err)
-	}
-	return nil
+	return msg.Decode("libvirt", cmd, reply)
 }
 
 // rpcErr is libvirt's refusal of a pass-through: a domain that stopped

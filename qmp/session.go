@@ -88,12 +88,8 @@ type call struct {
 // message is one QMP message from QEMU: a reply (return or error) or an
 // event.
 type message struct {
-	ID     string          `json:"id"`
-	Return json.RawMessage `json:"return"`
-	Error  *struct {
-		Class string `json:"class"`
-		Desc  string `json:"desc"`
-	} `json:"error"`
+	ID string `json:"id"`
+	Reply
 	Event     string         `json:"event"`
 	Data      map[string]any `json:"data"`
 	Timestamp struct {
@@ -268,26 +264,12 @@ func (s *Session) Execute(ctx context.Context, cmd string, args, reply any) erro
 		// Not sent at all: an ended context must not race the reply.
 		return fmt.Errorf("qmp: %s: %w", cmd, err)
 	}
-	c := struct {
-		Execute   string          `json:"execute"`
-		Arguments json.RawMessage `json:"arguments,omitempty"`
-		ID        string          `json:"id"`
-	}{Execute: cmd, ID: fmt.Sprintf("drsync-%d", s.nextID.Add(1))}
-	if args != nil {
-		a, err := json.Marshal(args)
-		if err != nil {
-			return fmt.Errorf("qmp: %s: encode arguments: %w", cmd, err)
-		}
-		// A typed nil (a nil map) means no arguments: QEMU refuses null.
-		if string(a) != "null" {
-			c.Arguments = json.RawMessage(a)
-		}
-	}
-	req, err := json.Marshal(c)
+	id := fmt.Sprintf("drsync-%d", s.nextID.Add(1))
+	req, err := EncodeCommand("qmp", cmd, args, id)
 	if err != nil {
-		return fmt.Errorf("qmp: %s: encode: %w", cmd, err)
+		return err
 	}
-	cl := &call{id: c.ID, ch: make(chan message, 1)}
+	cl := &call{id: id, ch: make(chan message, 1)}
 	s.writeMu.Lock()
 	s.mu.Lock()
 	s.pending = append(s.pending, cl)
@@ -329,23 +311,7 @@ func (s *Session) Execute(ctx context.Context, cmd string, args, reply any) erro
 			return fmt.Errorf("qmp: %s: %w", cmd, s.lostErr())
 		}
 	}
-	if m.Error != nil {
-		return &CommandError{Command: cmd, Desc: m.Error.Desc}
-	}
-	if reply == nil {
-		return nil
-	}
-	if err := json.Unmarshal(m.Return, reply); err != nil {
-		return fmt.Errorf("qmp: %s: decode reply %s: %w", cmd, truncate(m.Return), err)
-	}
-	return nil
-}
-
-func truncate(b []byte) string {
-	if len(b) > 200 {
-		return string(b[:200]) + "..."
-	}
-	return string(b)
+	return m.Decode("qmp", cmd, reply)
 }
 
 // Close ends the session.
