@@ -28,7 +28,8 @@
 //
 // The sender's index (Store) keeps two files per VM: "committed", what the
 // replica holds, and "pending", what it will hold once the epoch in flight
-// commits, written before the commit frame leaves. Layout of both:
+// commits, written before the commit frame leaves and renamed to
+// "committed" once the commit is acknowledged. Layout of both:
 //
 //	+------------+-----------+-------------+-------+-----------------------------------+-----------+
 //	| "DRSNDST1" | epoch u64 | stateID u64 | n u16 | n x (keyLen u8 | key | table file) | xxh64 u64 |

@@ -262,7 +262,7 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 	choice := chooseBase(pos, s.committed, s.pending)
 	switch choice {
 	case basePending:
-		if err := s.o.Store.Promote(s.pending); err != nil {
+		if err := s.o.Store.PromotePending(); err != nil {
 			return nil, err
 		}
 		s.committed, s.pending = s.pending, nil
@@ -449,7 +449,7 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 	a.res.SendTime = s.o.Now().Sub(sendStart)
 	a.res.CompressTime = ss.enc.Stats().CompressTime - comp0
 	a.res.Compression = s.o.Compression
-	if err := s.o.Store.Promote(p.Next); err != nil {
+	if err := s.o.Store.PromotePending(); err != nil {
 		return nil, fmt.Errorf("epoch %d committed, but: %w", epoch, err)
 	}
 	s.committed, s.pending = p.Next, nil
