@@ -16,7 +16,7 @@ CIFUZZ    ?= 4s
 FUZZ_TARGETS := \
 	./wire:FuzzDecode ./wire:FuzzDecodePayload \
 	./journal:FuzzScan ./replica:FuzzRecover ./replica:FuzzParseManifest \
-	./blockhash:FuzzRead ./sender:FuzzUnmarshalIndex \
+	./blockhash:FuzzRead ./sender:FuzzUnmarshalIndex ./sender:FuzzIndexDelta \
 	./nbd:FuzzParseStructuredChunk ./nbd:FuzzParseBlockStatusChunk ./nbd:FuzzParseOptionReply ./nbd:FuzzParseGreeting \
 	./migstream:FuzzParse ./migstream:FuzzParseSkeleton ./migstream:FuzzCheckpointed ./pagecache:FuzzIndex ./epochctl:FuzzController \
 	./stripe:FuzzParseHello ./stripe:FuzzChunks ./dirtylog:FuzzParseMaps

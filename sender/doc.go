@@ -26,10 +26,14 @@
 // It must not know about QUIC, TLS, configuration files or how the
 // receiver stores a replica.
 //
-// The sender's index (Store) keeps two files per VM: "committed", what the
+// The sender's index (Store) keeps per VM the committed index, what the
 // replica holds, and "pending", what it will hold once the epoch in flight
-// commits, written before the commit frame leaves and renamed to
-// "committed" once the commit is acknowledged. Layout of both:
+// commits, written before the commit frame leaves and renamed once the
+// commit is acknowledged. The committed index is the file "committed" and
+// the deltas "committed.<epoch>" that follow it; pending is whole or a
+// delta against it (statedelta.go draws the delta's layout): an epoch
+// costs the entries it changed, not 8 bytes per page of every target.
+// Layout of a whole index:
 //
 //	+------------+-----------+-------------+-------+-----------------------------------+-----------+
 //	| "DRSNDST1" | epoch u64 | stateID u64 | n u16 | n x (keyLen u8 | key | table file) | xxh64 u64 |

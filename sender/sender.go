@@ -262,7 +262,7 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 	choice := chooseBase(pos, s.committed, s.pending)
 	switch choice {
 	case basePending:
-		if err := s.o.Store.PromotePending(); err != nil {
+		if err := s.o.Store.PromotePending(s.pending); err != nil {
 			return nil, err
 		}
 		s.committed, s.pending = s.pending, nil
@@ -422,7 +422,7 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 	}
 	// The replica's next content is recorded before the commit leaves, so a
 	// sender that dies now still knows it, whichever way the commit goes.
-	if err := s.o.Store.SavePending(p.Next); err != nil {
+	if err := s.o.Store.SavePending(p.Next, s.committed); err != nil {
 		return fail(fmt.Errorf("epoch %d: %w", epoch, err))
 	}
 	s.pending = p.Next
@@ -449,7 +449,7 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 	a.res.SendTime = s.o.Now().Sub(sendStart)
 	a.res.CompressTime = ss.enc.Stats().CompressTime - comp0
 	a.res.Compression = s.o.Compression
-	if err := s.o.Store.PromotePending(); err != nil {
+	if err := s.o.Store.PromotePending(p.Next); err != nil {
 		return nil, fmt.Errorf("epoch %d committed, but: %w", epoch, err)
 	}
 	s.committed, s.pending = p.Next, nil
