@@ -18,9 +18,9 @@ import (
 )
 
 // GroupSteps is one VM's cut in progress for its consistency group, as
-// the capture path takes it in steps (livecut.GroupCut with the full
-// migration capture; any capture path that can hold a guest stopped with
-// its cut taken fits).
+// the capture path takes it in steps (livecut.GroupCut, with all of RAM
+// migrated or, for a tracked guest, the written pages copied; any capture
+// path that can hold a guest stopped with its cut taken fits).
 type GroupSteps interface {
 	WaitConverged(ctx context.Context) error
 	Stop(ctx context.Context) error

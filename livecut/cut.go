@@ -16,6 +16,7 @@ import (
 	"github.com/drsync/drsync/dirtylog"
 	"github.com/drsync/drsync/diskmirror"
 	"github.com/drsync/drsync/migstream"
+	"github.com/drsync/drsync/qmp"
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/vfs"
 	"github.com/drsync/drsync/vmspec"
@@ -44,6 +45,8 @@ type cut struct {
 	dirty    []dirtylog.Range
 	ramPrev  uint64
 	ramTable *blockhash.Table
+	scanTime time.Duration
+	scanErr  error // a failed arming scan of a full group cut, handled after its cont
 }
 
 // CutStats describes the capture of one cut.
@@ -92,6 +95,7 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 	c := &cut{s: s, gen: s.nextGen(), prev: s.last}
 	defer func() {
 		if err != nil {
+			c.unscan()
 			if cerr := c.close(); cerr != nil {
 				s.log.Warn("tearing down a failed cut", "err", cerr)
 			}
@@ -101,35 +105,9 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 	if err := s.checkRunning(ctx, sess); err != nil {
 		return nil, err
 	}
-	nodes, err := s.nodes(ctx, sess)
+	sizes, err := c.prepareDisks(ctx, sess)
 	if err != nil {
-		return nil, fmt.Errorf("livecut: %w", err)
-	}
-	sizes := make([]int64, len(s.o.Disks))
-	for i, d := range s.o.Disks {
-		found := false
-		for _, n := range nodes {
-			if n.NodeName == d.Node {
-				sizes[i], found = n.Image.VirtualSize, true
-			}
-		}
-		if !found {
-			return nil, fmt.Errorf("livecut: disk %q: node %q is gone from the VM: %w", d.Name, d.Node, ErrDiskNotFound)
-		}
-		if sizes[i] <= 0 {
-			return nil, fmt.Errorf("livecut: disk %q: node %q reports size %d", d.Name, d.Node, sizes[i])
-		}
-		if c.prev != nil && c.prev.tables[sender.TableKey(vmspec.KindDisk, d.Name)] == nil {
-			c.prev = nil // a disk the last cut did not have: no chain for it
-		}
-	}
-	// Overlays are made before the guest stops: their cost is not downtime.
-	for i := range s.o.Disks {
-		f := filepath.Join(s.o.WorkDir, overlayFile(c.gen, i))
-		if err := s.createOverlay(ctx, f, sizes[i]); err != nil {
-			return nil, fmt.Errorf("livecut: %w", err)
-		}
-		c.files = append(c.files, f)
+		return nil, err
 	}
 
 	cctx, cancel := context.WithTimeout(ctx, s.o.CutTimeout)
@@ -182,7 +160,10 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 	}
 	sub := sess.Subscribe("STOP", "MIGRATION", "SHUTDOWN")
 	defer sub.Close()
-	migStart := time.Now()
+	t := cutTimes{migStart: time.Now(), pass: PassLive}
+	if stoppedPass {
+		t.pass = PassStopped
+	}
 	// A stopped pass: the guest stops first, so no write can slip past
 	// the migration's dirty logging (NeedsStoppedPass). Until the cut's
 	// cont, a failure must resume it.
@@ -207,56 +188,19 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 		cap.abort()
 		return nil, fmt.Errorf("livecut: %w", err)
 	}
-	var stopAt, completedAt time.Time
-	for {
-		e, err := sub.Next(cctx)
-		if err != nil {
-			cap.abort()
-			s.cancelMigration(sess)
-			return nil, fmt.Errorf("livecut: waiting for the migration to complete: %w", err)
-		}
-		if e.Name == "SHUTDOWN" {
-			cap.abort()
-			return nil, fmt.Errorf("livecut: the VM shut down (%s) during the cut: %w", e.Str("reason"), ErrVMGone)
-		}
-		if e.Name == "STOP" {
-			stopAt = e.At
-			continue
-		}
-		st := e.Str("status")
-		if st == "completed" {
-			completedAt = time.Now()
-			if s.o.AfterMigration != nil {
-				s.o.AfterMigration()
-			}
-			break
-		}
-		if st == "failed" || st == "cancelled" {
-			cap.abort()
-			var mig struct {
-				ErrorDesc string `json:"error-desc"`
-			}
-			sess.Execute(ctx, "query-migrate", nil, &mig)
-			desc := mig.ErrorDesc
-			if desc == "" {
-				desc = "QEMU gave no reason (a block job still holding the disks makes completion fail)"
-			}
-			return nil, fmt.Errorf("livecut: migration %s: %s: %w", st, desc, ErrCutFailed)
-		}
+	if t.completed, err = s.awaitMigration(ctx, cctx, sess, sub, &t.stopAt); err != nil {
+		cap.abort()
+		return nil, err
 	}
 	// The guest is stopped. Whatever happens now, it must run again, but
 	// for a final cut.
 	weStopped = false
-	var scanTime time.Duration
-	c.ramPrev = c.s.ramGen()
-	c.dirty, scanTime, err = s.scanStopped(c.tracked, c.gen)
-	scanErr := err
-	frozenErr := c.freeze(cctx, sess)
+	scanErr, frozenErr := c.whileStopped(cctx, sess)
 	var contErr error
 	if !s.o.Final {
 		contErr = sess.Execute(context.WithoutCancel(cctx), "cont", nil, nil)
 	}
-	resumed := time.Now()
+	t.resumed = time.Now()
 	if contErr == nil {
 		s.unmarkCut()
 	}
@@ -268,9 +212,128 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 		cap.abort()
 		return nil, fmt.Errorf("livecut: resume the guest: %w", contErr)
 	}
+	if err := c.afterResume(ctx, sess, scanErr); err != nil {
+		cap.abort()
+		return nil, err
+	}
+	if frozenErr != nil {
+		cap.abort()
+		return nil, fmt.Errorf("livecut: %w: %w", frozenErr, ErrCutFailed)
+	}
+	snap, err = c.settle(ctx, cctx, sess, cap, sizes, t, nil)
+	if err != nil {
+		return nil, err
+	}
+	if st := s.lastStats; st.Pause > PauseAlarm && !s.o.Final {
+		s.log.Warn("the guest was paused for longer than expected by the cut", "pause", st.Pause.Round(time.Millisecond), "freeze", st.Freeze.Round(time.Millisecond), "expected_below", PauseAlarm)
+	}
+	return snap, nil
+}
+
+// prepareDisks finds the sizes of the cut's disks and makes their
+// overlays, before the guest stops: their cost is not downtime. A disk
+// the previous cut did not have starts its chain anew.
+func (c *cut) prepareDisks(ctx context.Context, sess Monitor) ([]int64, error) {
+	s := c.s
+	nodes, err := s.nodes(ctx, sess)
+	if err != nil {
+		return nil, fmt.Errorf("livecut: %w", err)
+	}
+	sizes := make([]int64, len(s.o.Disks))
+	for i, d := range s.o.Disks {
+		found := false
+		for _, n := range nodes {
+			if n.NodeName == d.Node {
+				sizes[i], found = n.Image.VirtualSize, true
+			}
+		}
+		if !found {
+			return nil, fmt.Errorf("livecut: disk %q: node %q is gone from the VM: %w", d.Name, d.Node, ErrDiskNotFound)
+		}
+		if sizes[i] <= 0 {
+			return nil, fmt.Errorf("livecut: disk %q: node %q reports size %d", d.Name, d.Node, sizes[i])
+		}
+		if c.prev != nil && c.prev.tables[sender.TableKey(vmspec.KindDisk, d.Name)] == nil {
+			c.prev = nil // a disk the last cut did not have: no chain for it
+		}
+	}
+	for i := range s.o.Disks {
+		f := filepath.Join(s.o.WorkDir, overlayFile(c.gen, i))
+		if err := s.createOverlay(ctx, f, sizes[i]); err != nil {
+			return nil, fmt.Errorf("livecut: %w", err)
+		}
+		c.files = append(c.files, f)
+	}
+	return sizes, nil
+}
+
+// cutTimes are the instants of one cut's capture.
+type cutTimes struct {
+	migStart  time.Time // migrate issued
+	stopAt    time.Time // the guest stopped (STOP); zero if not seen
+	completed time.Time // QEMU reported the migration complete
+	resumed   time.Time // cont answered
+	pass      Pass
+}
+
+// awaitMigration waits on sub (within cctx) for the cut's migration to
+// complete, the guest stopped; a STOP on the way sets *stopAt. A wait
+// that ends otherwise cancels the migration, and a failed migration is
+// explained with QEMU's reason (asked within ctx).
+func (s *Source) awaitMigration(ctx, cctx context.Context, sess Monitor, sub qmp.Events, stopAt *time.Time) (time.Time, error) {
+	for {
+		e, err := sub.Next(cctx)
+		if err != nil {
+			s.cancelMigration(sess)
+			return time.Time{}, fmt.Errorf("livecut: waiting for the migration to complete: %w", err)
+		}
+		if e.Name == "SHUTDOWN" {
+			return time.Time{}, fmt.Errorf("livecut: the VM shut down (%s) during the cut: %w", e.Str("reason"), ErrVMGone)
+		}
+		if e.Name == "STOP" {
+			*stopAt = e.At
+			continue
+		}
+		st := e.Str("status")
+		if st == "completed" {
+			at := time.Now()
+			if s.o.AfterMigration != nil {
+				s.o.AfterMigration()
+			}
+			return at, nil
+		}
+		if st == "failed" || st == "cancelled" {
+			var mig struct {
+				ErrorDesc string `json:"error-desc"`
+			}
+			sess.Execute(ctx, "query-migrate", nil, &mig)
+			desc := mig.ErrorDesc
+			if desc == "" {
+				desc = "QEMU gave no reason (a block job still holding the disks makes completion fail)"
+			}
+			return time.Time{}, fmt.Errorf("livecut: migration %s: %s: %w", st, desc, ErrCutFailed)
+		}
+	}
+}
+
+// whileStopped is a cut's work with its guest stopped and its migration
+// complete: the RAM scan (on a full cut it arms the tracking, on a
+// tracked one it copies the pages written since the last cut) and the
+// disks' freeze, both at the cut's instant. A failed scan is returned
+// apart: it fails a tracked cut only.
+func (c *cut) whileStopped(ctx context.Context, sess Monitor) (scanErr, frozenErr error) {
+	c.ramPrev = c.s.ramGen()
+	c.dirty, c.scanTime, scanErr = c.s.scanStopped(c.tracked, c.gen)
+	return scanErr, c.freeze(ctx, sess)
+}
+
+// afterResume follows a cut's cont: x-ignore-shared goes off again after
+// a tracked cut (left on, it would make an operator's own migration leave
+// the guest's RAM behind), and a failed scan ends the tracking, failing a
+// tracked cut.
+func (c *cut) afterResume(ctx context.Context, sess Monitor, scanErr error) error {
+	s := c.s
 	if c.tracked {
-		// Left on, it would make an operator's own migration leave the
-		// guest's RAM behind.
 		if err := s.setIgnoreShared(ctx, sess, false); err != nil {
 			s.log.Warn("could not turn x-ignore-shared off after a tracked cut", "err", err)
 		}
@@ -278,14 +341,18 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 	if scanErr != nil {
 		s.dropTracking(scanErr)
 		if c.tracked {
-			cap.abort()
-			return nil, fmt.Errorf("livecut: %w: %w", scanErr, ErrCutFailed)
+			return fmt.Errorf("livecut: %w: %w", scanErr, ErrCutFailed)
 		}
 	}
-	if frozenErr != nil {
-		cap.abort()
-		return nil, fmt.Errorf("livecut: %w: %w", frozenErr, ErrCutFailed)
-	}
+	return nil
+}
+
+// settle completes a cut whose guest runs again: QEMU's downtime, the
+// parsed stream (waited for within cctx), the tracking chain a full cut
+// starts, the figures, and the snapshot with its targets, tagged with
+// group when a consistency group's.
+func (c *cut) settle(ctx, cctx context.Context, sess Monitor, cap *capture, sizes []int64, t cutTimes, group *vmspec.GroupCut) (*sender.Snapshot, error) {
+	s := c.s
 	var mig struct {
 		Downtime int64 `json:"downtime"`
 	}
@@ -301,28 +368,21 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 	if !c.tracked {
 		c.fillImage()
 	}
-	stats := CutStats{Freeze: resumed.Sub(completedAt), Downtime: time.Duration(mig.Downtime) * time.Millisecond, Capture: time.Since(migStart), StreamBytes: res.Stats.StreamBytes,
-		RAMPath: RAMFull, Scan: scanTime, Pass: PassLive}
-	if stoppedPass {
-		stats.Pass = PassStopped
-	}
+	stats := CutStats{Freeze: t.resumed.Sub(t.completed), Downtime: time.Duration(mig.Downtime) * time.Millisecond, Capture: time.Since(t.migStart), StreamBytes: res.Stats.StreamBytes,
+		RAMPath: RAMFull, Scan: c.scanTime, Pass: t.pass}
 	if c.tracked {
 		stats.RAMPath, stats.DirtyPages = RAMTracked, dirtylog.Pages(c.dirty)
 	}
-	if !stopAt.IsZero() {
-		stats.Pause = resumed.Sub(stopAt)
+	if !t.stopAt.IsZero() {
+		stats.Pause = t.resumed.Sub(t.stopAt)
 	}
-	if stats.Pause > PauseAlarm && !s.o.Final {
-		s.log.Warn("the guest was paused for longer than expected by the cut", "pause", stats.Pause.Round(time.Millisecond), "freeze", stats.Freeze.Round(time.Millisecond), "expected_below", PauseAlarm)
-	}
-
-	snap = &sender.Snapshot{Cut: stopAt, DeviceState: res.Skeleton, Pause: stats.Pause, HypervisorDowntime: stats.Downtime}
+	snap := &sender.Snapshot{Cut: t.stopAt, DeviceState: res.Skeleton, Pause: stats.Pause, HypervisorDowntime: stats.Downtime, Group: group}
 	bitmap, err := c.exportTargets(ctx, sess, snap, sizes, stats)
 	if err != nil {
 		return nil, err
 	}
-	s.log.Debug("cut", "gen", c.gen, "pause", stats.Pause, "downtime", stats.Downtime, "freeze", stats.Freeze, "scan", stats.Scan, "capture", stats.Capture,
-		"stream_bytes", stats.StreamBytes, "ram", stats.RAMPath, "dirty_pages", stats.DirtyPages, "chain", bitmap != "")
+	s.log.Debug("cut", "gen", c.gen, "group", group != nil, "pause", stats.Pause, "downtime", stats.Downtime, "freeze", stats.Freeze, "scan", stats.Scan, "capture", stats.Capture,
+		"stream_bytes", stats.StreamBytes, "ram", stats.RAMPath, "pass", stats.Pass, "dirty_pages", stats.DirtyPages, "chain", bitmap != "")
 	return snap, nil
 }
 

@@ -35,13 +35,20 @@ import (
 //	vm [status=S] [migration=M] [downtime-limit=MS] [accel=tcg]
 //	                                     a fake VM with disk0 (1 MiB) running
 //	                                     (under TCG: its cuts take a stopped pass)
-//	source [final]                       a livecut.Source for disk vda = node disk0
+//	source [final] [tracked]             a livecut.Source for disk vda = node disk0;
+//	                                     tracked: RAM tracking (pc.ram, Fake.TrackRAM)
+//	write page=N [page=M ...]            the guest writes pages of its RAM
 //	leftover export=ID@NODE node=N job=ID bitmap=NODE/NAME[:frozen] file=NAME
 //	                                     what a killed sender left behind
 //	fault cmd=C [nth=N] [error="desc"] [exit=reason|killed] [hangup] [during] [migration-fails="desc"]
 //	cut [leaves-paused]                  Snapshot; leaves-paused: the guest may stay
 //	                                     stopped until a later step resumes it
 //	close [planned]                      the open snapshot's Close, after Planned if asked
+//	                                     (with the RAM table a planner would make)
+//	group prepare|converge|stop|resume|abort
+//	                                     a step of a group cut (PrepareGroupCut, ...);
+//	                                     between stop and resume the guest stays stopped
+//	stats                                the last cut's RAM path, pass and written pages
 //	restart                              the sender dies (its QMP connection ends); a new Source
 //	qemu-restart                         QEMU exits and starts anew: same disk, no bitmaps
 //	exit reason                          QEMU exits (SHUTDOWN reason, or killed)
@@ -74,11 +81,22 @@ type cutScript struct {
 	// next sender (its QMP connection lost during a stopped pass).
 	leftPaused bool
 	old        []*livecut.Source // abandoned by a restart: never closed
+	tracked    bool
+	group      *livecut.GroupCut
+	// held: a group cut holds the guest from its prepare until its resume
+	// or abort.
+	held bool
+	// ramImage is the RAM of the last planned cut as its planner read it:
+	// a tracked cut's target holds the pages written since, no more.
+	ramImage []byte
 }
 
 func (s *cutScript) cleanup() {
 	if s.snap != nil {
 		s.snap.Close()
+	}
+	if s.group != nil {
+		s.group.Abort()
 	}
 	if s.src != nil {
 		s.src.Close()
@@ -147,6 +165,7 @@ func (s *cutScript) run(line string) string {
 		return strings.Join(out, "\n")
 	case "source":
 		_, s.final = args["final"]
+		_, s.tracked = args["tracked"]
 		s.newSource()
 		add("ok")
 		return strings.Join(out, "\n")
@@ -199,24 +218,59 @@ func (s *cutScript) run(line string) string {
 			add(s.errLines(err)...)
 		} else {
 			s.snap = snap
-			for _, tg := range snap.Targets {
-				kind := "ram"
-				if tg.Kind == vmspec.KindDisk {
-					kind = "disk"
-				}
-				l := fmt.Sprintf("ok: %s %s size=%d", kind, tg.Name, tg.Size)
-				if tg.Kind == vmspec.KindDisk {
-					l += fmt.Sprintf(" prev=%v", tg.Prev != nil)
-				} else {
-					// The fake's stream went through migstream's parser.
-					s.fake.Lock()
-					ram := slices.Clone(s.fake.RAM)
-					s.fake.Unlock()
-					l += fmt.Sprintf(" same-as-guest=%v", bytes.Equal(readAll(t, tg), ram))
-				}
-				add(l)
-			}
+			add(s.targets(snap)...)
 		}
+	case "write":
+		var pages []int
+		for _, w := range f[1:] {
+			k, v, _ := strings.Cut(w, "=")
+			p, err := strconv.Atoi(v)
+			if k != "page" || err != nil {
+				t.Fatalf("%s: want page=N", line)
+			}
+			pages = append(pages, p)
+		}
+		s.fake.WriteRAM(pages...)
+		return "ok"
+	case "group":
+		ctx := context.Background()
+		var err error
+		var shown []string
+		switch f[1] {
+		case "prepare":
+			// A full cut's migration may complete, and stop the guest, by
+			// itself: the guest waits for the resume or abort.
+			s.group, err = s.src.PrepareGroupCut(ctx)
+			s.held = err == nil
+			if err == nil {
+				shown = append(shown, "path: "+s.group.RAMPath())
+			}
+		case "converge":
+			err = s.group.WaitConverged(ctx)
+		case "stop":
+			err = s.group.Stop(ctx)
+		case "resume":
+			var snap *sender.Snapshot
+			snap, err = s.group.Resume(ctx, &vmspec.GroupCut{Group: "g", Cut: 7, Members: []string{"vm"}})
+			s.group, s.held = nil, false
+			if err == nil {
+				s.snap = snap
+				shown = s.targets(snap)
+			}
+		case "abort":
+			err = s.group.Abort()
+			s.group, s.held = nil, false
+		default:
+			t.Fatalf("unknown group step %q", line)
+		}
+		add(s.fake.Trace()...)
+		add(shown...)
+		if err != nil || shown == nil {
+			add(s.result(err)...)
+		}
+	case "stats":
+		st := s.src.LastCut()
+		return fmt.Sprintf("ram=%s pass=%s dirty-pages=%d", st.RAMPath, st.Pass, st.DirtyPages)
 	case "close":
 		if s.snap == nil {
 			t.Fatalf("%s: no open snapshot", line)
@@ -243,6 +297,10 @@ func (s *cutScript) run(line string) string {
 					}
 					add(fmt.Sprintf("extents %s: %s", tg.Name, strings.Join(es, " ")))
 					tables[sender.TableKey(tg.Kind, tg.Name)] = tableOf(b, tg.BlockSize)
+				} else if s.tracked {
+					ram := s.ramOf(tg)
+					tables[sender.TableKey(tg.Kind, tg.Name)] = tableOf(ram, tg.BlockSize)
+					s.ramImage = ram
 				}
 			}
 			s.snap.Planned(tables)
@@ -307,7 +365,7 @@ func (s *cutScript) run(line string) string {
 	if s.fake.PendingCont() {
 		// Only a final cut may leave its stop without a cont, for good.
 		s.finalStop = s.finalStop || s.final
-		if !s.finalStop && !s.leftPaused {
+		if !s.finalStop && !s.leftPaused && !s.held {
 			t.Errorf("%s: the cut stopped the guest and issued no cont", line)
 		}
 	} else {
@@ -316,13 +374,85 @@ func (s *cutScript) run(line string) string {
 	return strings.Join(out, "\n")
 }
 
+// targets shows snap's targets: disks with whether they have the
+// previous cut's table, RAM with whether it is the guest's RAM now (and
+// for a tracked cut, the pages it holds).
+func (s *cutScript) targets(snap *sender.Snapshot) []string {
+	var out []string
+	for _, tg := range snap.Targets {
+		kind := "ram"
+		if tg.Kind == vmspec.KindDisk {
+			kind = "disk"
+		}
+		l := fmt.Sprintf("ok: %s %s size=%d", kind, tg.Name, tg.Size)
+		if tg.Kind == vmspec.KindDisk {
+			l += fmt.Sprintf(" prev=%v", tg.Prev != nil)
+		} else {
+			if tg.Prev != nil {
+				l += " written=" + s.writtenPages(tg)
+			}
+			// The fake's stream went through migstream's parser.
+			s.fake.Lock()
+			ram := slices.Clone(s.fake.RAM)
+			s.fake.Unlock()
+			l += fmt.Sprintf(" same-as-guest=%v", bytes.Equal(s.ramOf(tg), ram))
+		}
+		out = append(out, l)
+	}
+	if snap.Group != nil {
+		out = append(out, fmt.Sprintf("group: %s cut %d", snap.Group.Group, snap.Group.Cut))
+	}
+	return out
+}
+
+// ramOf is a RAM target's content as the planner makes it: read whole,
+// or for a tracked cut, the last planned image with the written pages
+// read.
+func (s *cutScript) ramOf(tg sender.Target) []byte {
+	t := s.t
+	if tg.Prev == nil {
+		return readAll(t, tg)
+	}
+	if s.ramImage == nil || int64(len(s.ramImage)) != tg.Size {
+		t.Fatalf("a tracked RAM target without a planned image before it")
+	}
+	b := slices.Clone(s.ramImage)
+	ext, err := tg.Extents(context.Background(), 0, tg.Size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ext {
+		if !e.Unchanged {
+			if _, err := tg.Reader.ReadAt(b[e.Off:e.Off+e.Len], e.Off); err != nil {
+				t.Fatalf("read written pages at %#x: %v", e.Off, err)
+			}
+		}
+	}
+	return b
+}
+
+// writtenPages lists the pages a tracked RAM target holds.
+func (s *cutScript) writtenPages(tg sender.Target) string {
+	ext, err := tg.Extents(context.Background(), 0, tg.Size)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	var pages []string
+	for _, e := range ext {
+		for off := e.Off; !e.Unchanged && off < e.Off+e.Len; off += int64(tg.BlockSize) {
+			pages = append(pages, strconv.FormatInt(off/int64(tg.BlockSize), 10))
+		}
+	}
+	return "[" + strings.Join(pages, " ") + "]"
+}
+
 func (s *cutScript) newVM() {
 	s.fake = livecuttest.New(s.t, map[string]int64{"disk0": 1 << 20})
 	s.fake.Replace = strings.NewReplacer(s.work, "$WORK")
 }
 
 func (s *cutScript) newSource() {
-	src, err := livecut.New(livecut.Options{
+	o := livecut.Options{
 		QMPSocket: "qmp.sock",
 		// Through the script's current fake, which qemu-restart replaces.
 		Dial: func(ctx context.Context, socket string, o qmp.Options) (livecut.Monitor, error) {
@@ -333,7 +463,12 @@ func (s *cutScript) newSource() {
 		Now:     func() time.Time { return time.Unix(0, 100) },
 		Final:   s.final,
 		Logger:  slog.New(slog.DiscardHandler),
-	})
+	}
+	if s.tracked {
+		o.SharedRAM = "pc.ram"
+		o.TrackRAM = func() (livecut.RAMTracker, error) { return s.fake.TrackRAM() }
+	}
+	src, err := livecut.New(o)
 	if err != nil {
 		s.t.Fatal(err)
 	}

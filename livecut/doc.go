@@ -76,14 +76,22 @@
 // whole stream until it is planned). A cut whose predecessor was never
 // planned (its table is unknown) is full. A
 // failed scan or copy drops the tracking (the cut fails; the guest runs
-// on) and the next cut is full again; x-ignore-shared is turned off after
-// each tracked cut, by a new session, and before a group cut, and a cut
-// whose stream left shared RAM out without tracking is refused, so
-// replicas never get zeros for RAM. A tracked cut's device state is kept
+// on) and the next cut is full again. A cut that scanned but never
+// reaches the sender (it fails, or its group cut is aborted) gives its
+// scan back: the chain goes on from the cut before it, and the pages it
+// found written are carried to the next tracked cut (unscan). A group
+// cut takes the tracked path on the same terms as a single cut (group.go:
+// the guest stops first, then the device state migrates and the written
+// pages are copied), and a full group cut arms the tracking as a full
+// single cut does; a group's members may take different paths.
+// x-ignore-shared is turned off after each tracked cut, by a new session,
+// and by an aborted group cut, and a cut whose stream left shared RAM out
+// without tracking is refused, so replicas never get zeros for RAM. A tracked cut's device state is kept
 // as a cut without x-ignore-shared would have it
 // (migstream.Skeleton.WithoutIgnoreShared), so a takeover loads it like
 // any other. CutStats.RAMPath says which path a cut took ("full",
-// "tracked").
+// "tracked"), single or group, and CutStats.Pass whether its guest
+// stopped before the migration.
 //
 // livecut knows QMP commands and QEMU's block layer; it does not know the
 // wire protocol, replicas or how plans are made.

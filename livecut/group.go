@@ -13,18 +13,24 @@ import (
 )
 
 // A cut for a consistency group is taken in steps, so that every member
-// is stopped at one instant and the pauses overlap:
+// is stopped at one instant and the pauses overlap. A member's cut takes
+// the full path (all of RAM in the migration) or, when a single cut of it
+// would, the tracked path (device state only, the written pages copied;
+// ramtrack.go); members of a group may take different paths.
 //
-//	PrepareGroupCut   overlays, capture socket, cut mark; migrate with a
-//	                  downtime limit of 1 ms
-//	WaitConverged     until the first full pass is within 3 MiB of its
-//	                  end; then drsync stops reading the stream, so QEMU's
-//	                  migration thread blocks in its write and cannot
-//	                  complete (and stop the guest) by itself while the
-//	                  other members converge
-//	Stop              stop (QMP), the stream read again at once, downtime
-//	                  limit restored: the migration sends the rest and
-//	                  completes; then the same freeze as a single cut
+//	PrepareGroupCut   overlays, capture socket, cut mark. Full: migrate
+//	                  with a downtime limit of 1 ms. Tracked:
+//	                  x-ignore-shared on, and nothing runs yet
+//	WaitConverged     full: until the first full pass is within 3 MiB of
+//	                  its end; then drsync stops reading the stream, so
+//	                  QEMU's migration thread blocks in its write and
+//	                  cannot complete (and stop the guest) by itself while
+//	                  the other members converge. Tracked: at once
+//	Stop              stop (QMP). Full: the stream read again at once,
+//	                  downtime limit restored: the migration sends the
+//	                  rest and completes. Tracked: the device state
+//	                  migrates, then the written pages are scanned and
+//	                  copied. Then the same freeze as a single cut
 //	                  (fleecing nodes, bitmap transaction). The guest stays
 //	                  stopped. Its device state records it paused (QEMU
 //	                  stores the run state at completion), so a takeover
@@ -32,7 +38,9 @@ import (
 //	                  final cut's.
 //	Resume            cont, exports: the snapshot, tagged with the group cut
 //	Abort             at any step: the migration cancelled or the guest
-//	                  resumed, everything torn down; the guest runs
+//	                  resumed, everything torn down; the guest runs. The
+//	                  pages an aborted tracked cut scanned are carried to
+//	                  the next tracked cut (unscan).
 //
 // The cut-in-flight mark covers the steps as it covers a single cut: a
 // sender that dies while holding the guest stopped leaves it to the guard.
@@ -62,9 +70,7 @@ type GroupCut struct {
 	cap       *capture
 	sub       qmp.Events
 	sizes     []int64
-	migStart  time.Time
-	stopAt    time.Time
-	completed time.Time
+	t         cutTimes
 	stopped   bool // the migration completed: the guest waits for cont
 	weStopped bool // stop issued: until cont, an abort must resume the guest
 	done      bool
@@ -72,8 +78,9 @@ type GroupCut struct {
 	ctx       context.Context
 }
 
-// PrepareGroupCut starts a cut whose stop the caller decides: the
-// migration starts and iterates while the guest runs.
+// PrepareGroupCut starts a cut whose stop the caller decides: on the full
+// path the migration starts and iterates while the guest runs; on the
+// tracked path nothing runs before the stop.
 func (s *Source) PrepareGroupCut(ctx context.Context) (g *GroupCut, err error) {
 	if s.open != nil {
 		return nil, errors.New("livecut: the previous snapshot is still open; QEMU allows one cut in flight")
@@ -84,7 +91,7 @@ func (s *Source) PrepareGroupCut(ctx context.Context) (g *GroupCut, err error) {
 	}
 	c := &cut{s: s, gen: s.nextGen(), prev: s.last}
 	s.open = c
-	g = &GroupCut{s: s, c: c, sess: sess}
+	g = &GroupCut{s: s, c: c, sess: sess, t: cutTimes{pass: PassLive}}
 	g.ctx, g.cancel = context.WithTimeout(context.WithoutCancel(ctx), s.o.CutTimeout)
 	defer func() {
 		if err != nil {
@@ -95,52 +102,50 @@ func (s *Source) PrepareGroupCut(ctx context.Context) (g *GroupCut, err error) {
 	if err := s.checkRunning(ctx, sess); err != nil {
 		return g, err
 	}
-	nodes, err := s.nodes(ctx, sess)
-	if err != nil {
-		return g, fmt.Errorf("livecut: %w", err)
+	if g.sizes, err = c.prepareDisks(ctx, sess); err != nil {
+		return g, err
 	}
-	g.sizes = make([]int64, len(s.o.Disks))
-	for i, d := range s.o.Disks {
-		for _, n := range nodes {
-			if n.NodeName == d.Node {
-				g.sizes[i] = n.Image.VirtualSize
-			}
-		}
-		if g.sizes[i] <= 0 {
-			return g, fmt.Errorf("livecut: disk %q: node %q is gone from the VM or empty: %w", d.Name, d.Node, ErrDiskNotFound)
-		}
-		if c.prev != nil && c.prev.tables[sender.TableKey(vmspec.KindDisk, d.Name)] == nil {
-			c.prev = nil
-		}
-	}
-	for i := range s.o.Disks {
-		f := filepath.Join(s.o.WorkDir, overlayFile(c.gen, i))
-		if err := s.createOverlay(ctx, f, g.sizes[i]); err != nil {
-			return g, fmt.Errorf("livecut: %w", err)
-		}
-		c.files = append(c.files, f)
-	}
+	// Decided (and the tracker started: a ptrace stop of QEMU) while the
+	// guest runs.
+	c.tracked = s.trackedCut()
 	if g.cap, err = startCapture(filepath.Join(s.o.WorkDir, "mig.sock")); err != nil {
 		return g, fmt.Errorf("livecut: %w", err)
 	}
 	if err := s.markCut(c.gen); err != nil {
 		return g, fmt.Errorf("livecut: %w", err)
 	}
-	if err := s.setIgnoreShared(ctx, sess, false); err != nil { // group cuts migrate all of RAM
+	// A full cut migrates all of RAM, a tracked one leaves the shared
+	// backend out.
+	if err := s.setIgnoreShared(ctx, sess, c.tracked); err != nil {
 		return g, fmt.Errorf("livecut: %w", err)
 	}
 	g.sub = sess.Subscribe("STOP", "MIGRATION", "SHUTDOWN")
-	if s.stoppedPass {
-		return g, nil // the migration starts once Stop has stopped the guest
+	if c.tracked || s.stoppedPass {
+		// The migration starts once Stop has stopped the guest. The
+		// downtime limit is the single cut's: with the guest stopped
+		// the migration completes after one pass.
+		g.t.pass = PassStopped
+		if err := sess.Execute(ctx, "migrate-set-parameters", s.migrationParams(), nil); err != nil {
+			return g, fmt.Errorf("livecut: %w", err)
+		}
+		return g, nil
 	}
 	if err := sess.Execute(ctx, "migrate-set-parameters", map[string]any{"downtime-limit": holdDowntime}, nil); err != nil {
 		return g, fmt.Errorf("livecut: %w", err)
 	}
-	g.migStart = time.Now()
+	g.t.migStart = time.Now()
 	if err := sess.Execute(ctx, "migrate", map[string]any{"uri": "unix:" + g.cap.path}, nil); err != nil {
 		return g, fmt.Errorf("livecut: %w", err)
 	}
 	return g, nil
+}
+
+// RAMPath says how this cut takes the guest's RAM: RAMFull or RAMTracked.
+func (g *GroupCut) RAMPath() string {
+	if g.c.tracked {
+		return RAMTracked
+	}
+	return RAMFull
 }
 
 // WaitConverged returns once the migration's first full pass is nearly
@@ -149,10 +154,11 @@ func (s *Source) PrepareGroupCut(ctx context.Context) (g *GroupCut, err error) {
 // migration cannot complete, and stop the guest, by itself before Stop:
 // QEMU completes once what is left fits in the downtime limit at the
 // measured bandwidth, which a guest that dirties little reaches even with
-// a limit of 1 ms.
+// a limit of 1 ms. A cut whose migration runs after the stop (tracked, or
+// a stopped pass) has nothing to wait for.
 func (g *GroupCut) WaitConverged(ctx context.Context) error {
-	if g.s.stoppedPass {
-		return nil // nothing runs before the stop
+	if g.t.pass == PassStopped {
+		return nil
 	}
 	for {
 		var mig struct {
@@ -184,8 +190,8 @@ func (g *GroupCut) WaitConverged(ctx context.Context) error {
 	}
 }
 
-// Stop stops the guest at the end of the migration and takes the cut;
-// the guest stays stopped until Resume or Abort.
+// Stop stops the guest and takes the cut; the guest stays stopped until
+// Resume or Abort.
 func (g *GroupCut) Stop(ctx context.Context) error {
 	sess := g.sess
 	// Stopped by us, now, rather than at whatever iteration QEMU would
@@ -207,17 +213,22 @@ func (g *GroupCut) Stop(ctx context.Context) error {
 		return fmt.Errorf("livecut: %w", err)
 	}
 	g.weStopped = true
-	if g.s.stoppedPass {
+	switch {
+	case g.c.tracked:
+		// Device state only: it migrates within the step, and the
+		// written pages are copied as a single tracked cut copies them.
+		return g.migrate(ctx)
+	case g.t.pass == PassStopped:
 		// The whole RAM pass runs in Resume, the guest still stopped: it
 		// takes seconds, more than a step may, and every member is
 		// stopped already, so the cut's instant is this stop.
-		for g.stopAt.IsZero() {
+		for g.t.stopAt.IsZero() {
 			e, err := g.sub.Next(ctx)
 			if err != nil {
 				return fmt.Errorf("livecut: waiting for the guest to stop: %w", err)
 			}
 			if e.Name == "STOP" {
-				g.stopAt = e.At
+				g.t.stopAt = e.At
 			}
 		}
 		return nil
@@ -228,34 +239,35 @@ func (g *GroupCut) Stop(ctx context.Context) error {
 	return g.complete(ctx)
 }
 
+// migrate runs the cut's migration of a stopped guest and completes the
+// cut.
+func (g *GroupCut) migrate(ctx context.Context) error {
+	g.t.migStart = time.Now()
+	if err := g.sess.Execute(ctx, "migrate", map[string]any{"uri": "unix:" + g.cap.path}, nil); err != nil {
+		return fmt.Errorf("livecut: %w", err)
+	}
+	return g.complete(ctx)
+}
+
 // complete waits for the cut's migration to complete, the guest stopped,
-// and freezes the disks.
-func (g *GroupCut) complete(ctx context.Context) error {
-	sess := g.sess
-	for {
-		e, err := g.sub.Next(ctx)
-		if err != nil {
-			return fmt.Errorf("livecut: waiting for the migration to complete: %w", err)
-		}
-		if e.Name == "SHUTDOWN" {
-			return fmt.Errorf("livecut: the VM shut down (%s) during the cut: %w", e.Str("reason"), ErrVMGone)
-		}
-		if e.Name == "STOP" {
-			g.stopAt = e.At
-			continue
-		}
-		st := e.Str("status")
-		if st == "completed" {
-			g.completed, g.stopped = time.Now(), true
-			break
-		}
-		if st == "failed" || st == "cancelled" {
-			return fmt.Errorf("livecut: migration %s: %w", st, ErrCutFailed)
-		}
+// and does what a single cut does then: the RAM scan and the disks'
+// freeze. A failed scan fails a tracked cut at once (its abort resumes
+// the guest); a full cut goes on without tracking.
+func (g *GroupCut) complete(ctx context.Context) (err error) {
+	s, c := g.s, g.c
+	if g.t.completed, err = s.awaitMigration(ctx, ctx, g.sess, g.sub, &g.t.stopAt); err != nil {
+		return err
 	}
-	if err := g.c.freeze(ctx, sess); err != nil {
-		return fmt.Errorf("livecut: %w: %w", err, ErrCutFailed)
+	g.stopped = true
+	scanErr, frozenErr := c.whileStopped(ctx, g.sess)
+	if scanErr != nil && c.tracked {
+		s.dropTracking(scanErr)
+		return fmt.Errorf("livecut: %w: %w", scanErr, ErrCutFailed)
 	}
+	if frozenErr != nil {
+		return fmt.Errorf("livecut: %w: %w", frozenErr, ErrCutFailed)
+	}
+	c.scanErr = scanErr
 	return nil
 }
 
@@ -268,12 +280,8 @@ func (g *GroupCut) Resume(ctx context.Context, tag *vmspec.GroupCut) (snap *send
 			g.Abort()
 		}
 	}()
-	if s.stoppedPass && g.weStopped && !g.stopped {
-		g.migStart = time.Now()
-		if err := sess.Execute(g.ctx, "migrate", map[string]any{"uri": "unix:" + g.cap.path}, nil); err != nil {
-			return nil, fmt.Errorf("livecut: %w", err)
-		}
-		if err := g.complete(g.ctx); err != nil {
+	if g.t.pass == PassStopped && g.weStopped && !g.stopped {
+		if err := g.migrate(g.ctx); err != nil {
 			return nil, err
 		}
 	}
@@ -283,27 +291,15 @@ func (g *GroupCut) Resume(ctx context.Context, tag *vmspec.GroupCut) (snap *send
 	if err := sess.Execute(context.WithoutCancel(ctx), "cont", nil, nil); err != nil {
 		return nil, fmt.Errorf("livecut: resume the guest: %w", err)
 	}
-	resumed := time.Now()
+	g.t.resumed = time.Now()
 	g.stopped, g.weStopped = false, false
 	s.unmarkCut()
-	var mig struct {
-		Downtime int64 `json:"downtime"`
+	if err := c.afterResume(ctx, sess, c.scanErr); err != nil {
+		return nil, err
 	}
-	if err := sess.Execute(ctx, "query-migrate", nil, &mig); err != nil {
-		return nil, fmt.Errorf("livecut: %w", err)
-	}
-	res, err := g.cap.wait(g.ctx)
-	c.flat = g.cap.flat
+	cap := g.cap
 	g.cap = nil
-	if err != nil {
-		return nil, fmt.Errorf("livecut: %w", err)
-	}
-	stats := CutStats{Freeze: resumed.Sub(g.completed), Downtime: time.Duration(mig.Downtime) * time.Millisecond, Capture: time.Since(g.migStart), StreamBytes: res.Stats.StreamBytes}
-	if !g.stopAt.IsZero() {
-		stats.Pause = resumed.Sub(g.stopAt)
-	}
-	snap = &sender.Snapshot{Cut: g.stopAt, DeviceState: res.Skeleton, Pause: stats.Pause, HypervisorDowntime: stats.Downtime, Group: tag}
-	if _, err := c.exportTargets(ctx, sess, snap, g.sizes, stats); err != nil {
+	if snap, err = c.settle(ctx, g.ctx, sess, cap, g.sizes, g.t, tag); err != nil {
 		return nil, err
 	}
 	g.done = true
@@ -345,6 +341,11 @@ func (g *GroupCut) Abort() error {
 		if err := sess.Execute(ctx, "migrate-set-parameters", s.migrationParams(), nil); err != nil {
 			errs = append(errs, err)
 		}
+		if g.c.tracked {
+			if err := s.setIgnoreShared(ctx, sess, false); err != nil {
+				errs = append(errs, err)
+			}
+		}
 	}
 	g.stopped, g.weStopped = false, false
 	if len(errs) == 0 {
@@ -356,6 +357,7 @@ func (g *GroupCut) Abort() error {
 	if g.cap != nil {
 		g.cap.abort()
 	}
+	g.c.unscan()
 	errs = append(errs, g.c.close())
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("livecut: abort group cut %d: %w", g.c.gen, err)

@@ -1,6 +1,7 @@
 package livecut
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -39,6 +40,11 @@ type ramTrack struct {
 	written  *writtenPages
 	table    *blockhash.Table // the planner's table of the block at tableGen
 	tableGen uint64
+	// carried are ranges a scan found written for a cut that never
+	// reached the sender (it failed, or its group cut was aborted): the
+	// scan protected them again, so the next tracked cut copies them
+	// along with its own.
+	carried []dirtylog.Range
 }
 
 // RAM paths a cut took, as CutStats.RAMPath says.
@@ -108,18 +114,60 @@ func (s *Source) scanStopped(tracked bool, gen uint64) ([]dirtylog.Range, time.D
 		return nil, 0, fmt.Errorf("scan guest RAM: %w", err)
 	}
 	if !tracked {
-		s.ram.armed = true
+		// The writes before this scan are this full cut's: the chain
+		// starts again from it (fillImage), or, if it fails, from the
+		// next full cut.
+		s.ram.armed, s.ram.imageGen, s.ram.written, s.ram.carried = true, 0, nil, nil
 		return nil, time.Since(start), nil
 	}
+	dirty = mergeRanges(s.ram.carried, dirty)
 	// From here the scan is this cut's, or the tracking broken: a failed
 	// copy ends it.
-	s.ram.imageGen, s.ram.written = gen, nil
+	s.ram.imageGen, s.ram.written, s.ram.carried = gen, nil, nil
 	w, err := copyWritten(s.ram.tr, dirty, s.ram.size)
 	if err != nil {
 		return nil, 0, err
 	}
 	s.ram.written = w
 	return dirty, time.Since(start), nil
+}
+
+// unscan undoes the scan of a tracked cut that never reaches the sender
+// (it failed, or its group cut was aborted): the chain goes on from the
+// cut before it, whose table is still the planner's, and the pages the
+// scan found written are carried to the next tracked cut, which copies
+// them again, as they are then. Nothing written is lost, and the next
+// cut need not be full.
+func (c *cut) unscan() {
+	r := c.s.ram
+	if r == nil || !c.tracked || r.imageGen != c.gen {
+		return
+	}
+	r.imageGen, r.written, r.carried = c.ramPrev, nil, c.dirty
+	c.dirty = nil
+}
+
+// mergeRanges is the union of a and b, each ascending and disjoint, as
+// ascending disjoint ranges (touching ones joined).
+func mergeRanges(a, b []dirtylog.Range) []dirtylog.Range {
+	if len(a) == 0 {
+		return b
+	}
+	if len(b) == 0 {
+		return a
+	}
+	all := slices.Concat(a, b)
+	slices.SortFunc(all, func(x, y dirtylog.Range) int { return cmp.Compare(x.Start, y.Start) })
+	out := all[:1]
+	for _, r := range all[1:] {
+		last := &out[len(out)-1]
+		if r.Start <= last.End {
+			last.End = max(last.End, r.End)
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
 }
 
 // writtenPages are the ranges of a RAM block a tracked cut copied, read

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"reflect"
+	"slices"
 	"testing"
 
 	"github.com/drsync/drsync/dirtylog"
@@ -86,6 +87,33 @@ func TestWrittenPages(t *testing.T) {
 	} {
 		if _, err := copyWritten(mem, bad, int64(len(mem))); err == nil {
 			t.Fatalf("ranges %v accepted", bad)
+		}
+	}
+}
+
+// Pages carried from an aborted cut join the next scan's: the union,
+// ascending, overlapping and touching ranges joined.
+func TestMergeRanges(t *testing.T) {
+	r := func(s, e uint64) dirtylog.Range { return dirtylog.Range{Start: s * 4096, End: e * 4096} }
+	for _, tc := range []struct {
+		name string
+		a, b []dirtylog.Range
+		want []dirtylog.Range
+	}{
+		{"none", nil, nil, nil},
+		{"carried only", []dirtylog.Range{r(1, 2)}, nil, []dirtylog.Range{r(1, 2)}},
+		{"scanned only", nil, []dirtylog.Range{r(1, 2)}, []dirtylog.Range{r(1, 2)}},
+		{"apart", []dirtylog.Range{r(5, 6)}, []dirtylog.Range{r(1, 2), r(8, 9)}, []dirtylog.Range{r(1, 2), r(5, 6), r(8, 9)}},
+		{"touching", []dirtylog.Range{r(1, 2)}, []dirtylog.Range{r(2, 3)}, []dirtylog.Range{r(1, 3)}},
+		{"overlapping", []dirtylog.Range{r(1, 4), r(6, 7)}, []dirtylog.Range{r(2, 3), r(3, 6)}, []dirtylog.Range{r(1, 7)}},
+		{"same", []dirtylog.Range{r(1, 2)}, []dirtylog.Range{r(1, 2)}, []dirtylog.Range{r(1, 2)}},
+	} {
+		a := slices.Clone(tc.a)
+		if got := mergeRanges(tc.a, tc.b); !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%s: got %v, want %v", tc.name, got, tc.want)
+		}
+		if !reflect.DeepEqual(a, tc.a) {
+			t.Errorf("%s: the carried ranges changed", tc.name)
 		}
 	}
 }

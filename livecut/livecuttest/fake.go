@@ -10,10 +10,13 @@
 // needs: migrate to a unix socket connects there and writes a valid QEMU
 // 7.2 migration stream of the fake guest's RAM, then emits STOP and
 // MIGRATION completed; an NBD export serves the fleecing overlay through
-// qemu-nbd. Faults make chosen commands fail, the migration fail, or QEMU
-// exit or drop its connection at a chosen point. Expect makes it strict:
-// it replays a script of expected commands (name and argument check) with
-// their replies, errors and events, and fails the test on any other.
+// qemu-nbd. With x-ignore-shared on, the stream leaves the RAM out (it
+// stands for a shared backend), and TrackRAM follows the guest's writes
+// (WriteRAM) as dirtylog does. Faults make chosen commands fail, the
+// migration fail, or QEMU exit or drop its connection at a chosen point.
+// Expect makes it strict: it replays a script of expected commands (name
+// and argument check) with their replies, errors and events, and fails
+// the test on any other.
 package livecuttest
 
 import (
@@ -130,6 +133,9 @@ type Fake struct {
 	NoNBD bool
 	// TCG says the guest runs under TCG: query-kvm answers KVM disabled.
 	TCG bool
+	// IgnoreShared is the x-ignore-shared capability: a migration then
+	// leaves RAM out, the fake's RAM being a shared backend (pc.ram).
+	IgnoreShared bool
 
 	script []Step // strict mode: the commands still expected
 	strict bool
@@ -145,6 +151,10 @@ type Fake struct {
 	// the next cont (whatever its outcome).
 	pendingCont bool
 	migrations  sync.WaitGroup
+	// tracking: a TrackRAM tracker has scanned once; written are the
+	// pages WriteRAM wrote since its last scan.
+	tracking bool
+	written  map[int]bool
 }
 
 // New returns a running fake VM with the given disks (node -> size) and
@@ -558,6 +568,13 @@ func (f *Fake) handleLocked(c *Conn, cmd string, a map[string]any, fault *Fault)
 		maps.Copy(f.Params, a)
 		return ok, nil, nil
 	case "migrate-set-capabilities":
+		caps, _ := a["capabilities"].([]any)
+		for _, x := range caps {
+			c, _ := x.(map[string]any)
+			if name, _ := c["capability"].(string); name == "x-ignore-shared" {
+				f.IgnoreShared, _ = c["state"].(bool)
+			}
+		}
 		return ok, nil, nil
 	case "nbd-server-start":
 		if f.nbdPath != "" {
@@ -611,6 +628,9 @@ func (f *Fake) handleLocked(c *Conn, cmd string, a map[string]any, fault *Fault)
 		f.Migrated = maps.Clone(f.Params)
 		f.emitLocked("MIGRATION", map[string]any{"status": "setup"})
 		ram := slices.Clone(f.RAM)
+		if f.IgnoreShared {
+			ram = nil // in the shared backend: left out
+		}
 		wasRunning := f.Status == "running"
 		return ok, func() { f.migrate(path, ram, fault, wasRunning) }, nil
 	case "migrate_cancel":
@@ -802,8 +822,10 @@ func (f *Fake) migrate(path string, ram []byte, fault *Fault, wasRunning bool) {
 	}
 	f.pendingCont = true
 	f.mu.Unlock()
-	blocks := []migstream.Block{{ID: "pc.ram", Length: int64(len(ram))}}
-	if err := writeMigration(conn, blocks, [][]byte{ram}); err != nil {
+	f.mu.Lock()
+	blocks := []migstream.Block{{ID: "pc.ram", Length: int64(len(f.RAM))}}
+	f.mu.Unlock()
+	if err := writeMigration(conn, blocks, ram); err != nil {
 		fail(fmt.Sprintf("Unable to write to socket: %v", err))
 		return
 	}

@@ -11,8 +11,10 @@ import (
 // skeletonBytes is a small QEMU 7.2 device-only stream (see migstream's
 // "Skeleton layout"): header and configuration, a RAM section listing
 // blocks, and a device tail with two FULL sections, the EOF marker and a
-// VMDESCRIPTION. Its framing constants are QEMU's (savevm.c, ram.c).
-func skeletonBytes(blocks []migstream.Block) []byte {
+// VMDESCRIPTION. Its framing constants are QEMU's (savevm.c, ram.c). With
+// ignoreShared, the configuration lists the x-ignore-shared capability
+// and each listed block carries its guest physical address.
+func skeletonBytes(blocks []migstream.Block, ignoreShared bool) []byte {
 	var b bytes.Buffer
 	u8 := func(v byte) { b.WriteByte(v) }
 	be32 := func(v uint32) { b.Write(binary.BigEndian.AppendUint32(nil, v)) }
@@ -22,6 +24,7 @@ func skeletonBytes(blocks []migstream.Block) []byte {
 		magic, version                    = 0x5145564D, 3
 		secEOF, secStart, secEnd, secFull = 0x00, 0x01, 0x03, 0x04
 		secVMDesc, secConfig, secFooter   = 0x06, 0x07, 0x7E
+		secSubsection                     = 0x05
 		flagMemSize, flagEOS              = 0x04, 0x10
 		ramSection                        = 2
 	)
@@ -31,6 +34,13 @@ func skeletonBytes(blocks []migstream.Block) []byte {
 	str4 := "pc-i440fx-7.2"
 	be32(uint32(len(str4)))
 	b.WriteString(str4)
+	if ignoreShared {
+		u8(secSubsection)
+		str("configuration/capabilities")
+		be32(1) // subsection version
+		be32(1) // capabilities
+		str("x-ignore-shared")
+	}
 
 	u8(secStart)
 	be32(ramSection)
@@ -45,6 +55,9 @@ func skeletonBytes(blocks []migstream.Block) []byte {
 	for _, blk := range blocks {
 		str(blk.ID)
 		be64(uint64(blk.Length))
+		if ignoreShared {
+			be64(blk.GPA)
+		}
 	}
 	be64(flagEOS)
 	u8(secFooter)
@@ -81,15 +94,16 @@ func skeletonBytes(blocks []migstream.Block) []byte {
 }
 
 // writeMigration writes a whole migration stream of the guest's RAM, as
-// QEMU's last precopy pass would: every page, by content or as zero.
-func writeMigration(w io.Writer, blocks []migstream.Block, ram [][]byte) error {
-	sk, err := migstream.ParseSkeleton(skeletonBytes(blocks))
+// QEMU's last precopy pass would: every page, by content or as zero. With
+// ram nil it is the stream of x-ignore-shared, the RAM left out.
+func writeMigration(w io.Writer, blocks []migstream.Block, ram []byte) error {
+	sk, err := migstream.ParseSkeleton(skeletonBytes(blocks, ram == nil))
 	if err != nil {
 		return err
 	}
-	rs := make([]io.ReaderAt, len(ram))
-	for i, r := range ram {
-		rs[i] = bytes.NewReader(r)
+	var rs []io.ReaderAt
+	if ram != nil {
+		rs = []io.ReaderAt{bytes.NewReader(ram)}
 	}
 	return migstream.WriteStream(w, sk, rs)
 }
