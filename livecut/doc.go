@@ -43,9 +43,11 @@
 // cut never starts on a guest that is not running (ErrGuestPaused), since
 // its cont would resume it.
 //
-// State file (WorkDir/livecut.state) is a sender index (sender.MarshalIndex)
-// whose epoch field is the cut's generation and whose tables are the
-// disks' block tables at that cut.
+// State (WorkDir/livecut-state) is a sender index store (sender.Store)
+// whose epoch is the cut's generation and whose tables are the disks'
+// block tables at that cut: each cut records the entries it changed.
+// Earlier versions kept it whole in WorkDir/livecut.state, which is read
+// when the store is empty.
 //
 // The monitor seam: livecut talks to QEMU only through Monitor, declared
 // here by its user with exactly what a cut needs (commands with arguments

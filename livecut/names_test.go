@@ -39,7 +39,7 @@ func TestPlanCleanup(t *testing.T) {
 				Exports: []string{"drsync-x7-0", "ops-export"}, Jobs: []string{"drsync-j7-0", "drsync-j7-1", "nightly-backup"},
 				Nodes:   []string{"disk0", "drsync-f7-0", "drsync-f7-1", "ops-node"},
 				Bitmaps: []observedBitmap{{Node: "disk0", Name: "drsync-b6"}, recording("disk0", "drsync-b7"), recording("disk1", "drsync-b7"), recording("disk0", "ops-cbt")},
-				Files:   []string{"fleece-7-0.qcow2", "fleece-7-1.qcow2", "livecut.state", "mig.sock"},
+				Files:   []string{"fleece-7-0.qcow2", "fleece-7-1.qcow2", "livecut-state", "livecut.state", "mig.sock"},
 			},
 			keep: "drsync-b7", keepOK: true,
 			want: []string{"block-export-del", "block-job-cancel", "block-job-cancel", "blockdev-del", "blockdev-del", "block-dirty-bitmap-remove", "fleece-7-0.qcow2", "fleece-7-1.qcow2"},

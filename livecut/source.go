@@ -60,6 +60,7 @@ type Source struct {
 	sess    Monitor
 	nbdSock string
 	gen     uint64
+	saved   *cutIndex // the cut the state store holds (nil: none, or unknown)
 	last    *cutIndex // the cut whose tables are known and whose bitmap records since
 	open    *cut      // the snapshot not yet closed
 	loaded  bool
@@ -408,37 +409,77 @@ func (s *Source) Close() error {
 	return err
 }
 
-// State file: the last cut whose tables the planner reported.
+// State: the last cut whose tables the planner reported, kept as a sender
+// index (sender.Store) whose epoch is the cut's generation, so that a cut
+// records the table entries it changed, not the disks' whole tables.
+// oldStateFile is where earlier versions kept it whole; it is read if the
+// store has none.
 
-const stateFile = "livecut.state"
+const (
+	stateDir     = "livecut-state"
+	oldStateFile = "livecut.state"
+)
+
+func (s *Source) stateStore() sender.Store {
+	return sender.Store{FS: s.o.FS, Dir: path.Join(s.o.WorkDir, stateDir)}
+}
 
 func (s *Source) loadState() *cutIndex {
-	f, err := s.o.FS.Open(path.Join(s.o.WorkDir, stateFile))
+	x, _, err := s.stateStore().Load()
+	if err == nil && x == nil {
+		x, err = s.loadOldState()
+	}
 	if err != nil {
-		if !errors.Is(err, fs.ErrNotExist) {
-			s.log.Warn("cannot read the change-tracking state; the next epoch compares every block", "err", err)
-		}
+		s.log.Warn("change-tracking state unreadable; the next epoch compares every block", "err", err)
 		return nil
+	}
+	if x == nil {
+		return nil
+	}
+	s.saved = &cutIndex{gen: x.Epoch, tables: x.Tables}
+	return s.saved
+}
+
+func (s *Source) loadOldState() (*sender.Index, error) {
+	f, err := s.o.FS.Open(path.Join(s.o.WorkDir, oldStateFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
 	}
 	defer f.Close()
 	b, err := io.ReadAll(io.LimitReader(f, 4<<30))
-	if err == nil {
-		var x *sender.Index
-		if x, err = sender.UnmarshalIndex(b); err == nil {
-			return &cutIndex{gen: x.Epoch, tables: x.Tables}
-		}
+	if err != nil {
+		return nil, err
 	}
-	s.log.Warn("change-tracking state unreadable; the next epoch compares every block", "err", err)
+	return sender.UnmarshalIndex(b)
+}
+
+// saveState records c, as a delta against the cut the store holds.
+func (s *Source) saveState(c *cutIndex) error {
+	st := s.stateStore()
+	x := &sender.Index{Epoch: c.gen, Tables: c.tables}
+	var base *sender.Index
+	if s.saved != nil {
+		base = &sender.Index{Epoch: s.saved.gen, Tables: s.saved.tables}
+	}
+	s.saved = nil // until recorded: a failure leaves the store unknown
+	if err := st.SavePending(x, base); err != nil {
+		return err
+	}
+	if err := st.PromotePending(x); err != nil {
+		return err
+	}
+	s.saved = c
+	s.o.FS.Remove(path.Join(s.o.WorkDir, oldStateFile))
 	return nil
 }
 
-func (s *Source) saveState(c *cutIndex) error {
-	b := sender.MarshalIndex(&sender.Index{Epoch: c.gen, Tables: c.tables})
-	return vfs.WriteFileDurable(s.o.FS, path.Join(s.o.WorkDir, stateFile), b, 0o600)
-}
-
 func (s *Source) removeState() {
-	s.o.FS.Remove(path.Join(s.o.WorkDir, stateFile))
+	s.saved = nil
+	s.o.FS.RemoveAll(path.Join(s.o.WorkDir, stateDir))
+	s.o.FS.Remove(path.Join(s.o.WorkDir, oldStateFile))
 }
 
 // nextGen names a new cut: increasing, and unlike any the QEMU process has
