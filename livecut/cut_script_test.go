@@ -533,7 +533,11 @@ func (s *cutScript) state() []string {
 	ents, _ := os.ReadDir(s.work)
 	var names []string
 	for _, e := range ents {
-		names = append(names, e.Name())
+		// The capture's listening socket goes when its goroutine has
+		// accepted QEMU's connection, a moment the script does not order.
+		if e.Name() != "mig.sock" {
+			names = append(names, e.Name())
+		}
 	}
 	out = append(out, fmt.Sprintf("files=%v", names))
 	return out
