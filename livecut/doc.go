@@ -41,7 +41,10 @@
 // guest the operator paused, the source of the operator's own migration,
 // a switch-back's final cut and a live sender's cut are left alone, and a
 // cut never starts on a guest that is not running (ErrGuestPaused), since
-// its cont would resume it.
+// its cont would resume it. A mark whose QEMU is gone (nothing listens at
+// the QMP socket) is dropped, with the NBD socket, by the guard and by the
+// sender's next attempt: no guest of it can be left stopped, and status
+// would otherwise report a paused guest.
 //
 // State (WorkDir/livecut-state) is a sender index store (sender.Store)
 // whose epoch is the cut's generation and whose tables are the disks'

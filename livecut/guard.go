@@ -202,7 +202,12 @@ func Guard(ctx context.Context, o GuardOptions) (GuardReport, error) {
 			break
 		}
 		if errors.Is(err, qmp.ErrNoSocket) {
+			// No guest of the cut's QEMU can be left stopped: a mark kept
+			// would have status report a paused guest. Its NBD socket is
+			// stale too.
 			rep.Reason = "the VM is gone"
+			vfs.Default.Remove(path.Join(o.WorkDir, cutMarkerFile))
+			vfs.Default.Remove(path.Join(o.WorkDir, nbdSocketFile))
 			return rep, nil
 		}
 		if ctx.Err() != nil {

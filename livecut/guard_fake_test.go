@@ -60,6 +60,7 @@ func TestGuardScripted(t *testing.T) {
 			f.Expect(tc.script...)
 			if tc.gone {
 				f.Exit("killed")
+				os.WriteFile(filepath.Join(work, "nbd.sock"), nil, 0o600) // the dead QEMU's
 			}
 			rep, err := livecut.Guard(context.Background(), livecut.GuardOptions{QMPSocket: "qmp.sock", WorkDir: work, Settle: 10 * time.Second,
 				Dial: func(ctx context.Context, socket string, o qmp.Options) (livecut.Monitor, error) {
@@ -77,8 +78,11 @@ func TestGuardScripted(t *testing.T) {
 			if u := f.Unmet(); len(u) > 0 {
 				t.Errorf("commands expected but not issued: %v", u)
 			}
-			if _, err := os.Stat(filepath.Join(work, "cut-in-flight")); tc.marked && !tc.gone && err == nil {
+			if _, err := os.Stat(filepath.Join(work, "cut-in-flight")); tc.marked && err == nil {
 				t.Errorf("the mark of a handled cut stays")
+			}
+			if _, err := os.Stat(filepath.Join(work, "nbd.sock")); tc.gone && err == nil {
+				t.Errorf("the gone VM's NBD socket stays")
 			}
 		})
 	}

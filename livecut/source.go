@@ -90,7 +90,7 @@ func New(o Options) (*Source, error) {
 	if l == nil {
 		l = slog.New(slog.DiscardHandler)
 	}
-	return &Source{o: o, log: l, nbdSock: filepath.Join(o.WorkDir, "nbd.sock")}, nil
+	return &Source{o: o, log: l, nbdSock: filepath.Join(o.WorkDir, nbdSocketFile)}, nil
 }
 
 // SupportedVersion refuses QEMU versions whose migration format and QMP
@@ -125,6 +125,9 @@ func (s *Source) session(ctx context.Context) (Monitor, error) {
 	}
 	sess, err := s.o.Dial(ctx, s.o.QMPSocket, qmp.Options{CheckVersion: check})
 	if err != nil {
+		if errors.Is(err, qmp.ErrNoSocket) {
+			s.forgetGoneVM()
+		}
 		return nil, fmt.Errorf("livecut: %w", err)
 	}
 	if err := SupportedVersion(sess.Version()); err != nil {
@@ -136,6 +139,24 @@ func (s *Source) session(ctx context.Context) (Monitor, error) {
 	}
 	s.sess = sess
 	return sess, nil
+}
+
+// nbdSocketFile, in the work directory, is where QEMU serves the cuts'
+// point-in-time views.
+const nbdSocketFile = "nbd.sock"
+
+// forgetGoneVM drops what a cut left in the work directory for a QEMU
+// that is gone (nothing listens at its QMP socket): the cut-in-flight mark
+// of a cut it died in, and the NBD socket it served. No guest of that
+// process can be left stopped, and a mark kept would have status report a
+// paused guest, and make a new QEMU the operator stops look like one our
+// cut stopped. The final-cut mark stays: it is the operator's to remove.
+func (s *Source) forgetGoneVM() {
+	if _, err := readCutMarker(s.o.FS, s.o.WorkDir); err == nil {
+		s.log.Info("the VM is gone: forgetting the cut that was in flight in it")
+		s.unmarkCut()
+	}
+	os.Remove(s.nbdSock)
 }
 
 // prepare readies a new session: leftovers of a predecessor are removed,
