@@ -38,7 +38,7 @@ type GrowConfig struct {
 	Busy float64
 	// Reprobe, once settled this long, tries more connections again
 	// (negative: never); Drop, a settled goodput falling by this share
-	// (negative: never), does so at once.
+	// (negative: never) for two windows in a row, does so at once.
 	Reprobe time.Duration
 	Drop    float64
 }
@@ -129,6 +129,7 @@ type Grower struct {
 	base      float64 // goodput of baseLevel, the level a probe is held against
 	baseLevel int
 	since     time.Time // settled then
+	low       int       // settled windows in a row Drop below base
 }
 
 // NewGrower returns a Grower for c.
@@ -180,13 +181,22 @@ func (g *Grower) Observe(s Sample) Step {
 		st.Reason = fmt.Sprintf("%d gain %+.0f%% over %d: not worth it", from, 100*(st.Goodput/g.base-1), g.baseLevel)
 		g.settle(g.baseLevel, g.base, s.At)
 	case settled:
+		if g.c.Drop > 0 && st.Goodput < g.base*(1-g.c.Drop) {
+			g.low++
+		} else {
+			g.low = 0
+		}
 		switch {
-		case g.active < g.c.Max && g.c.Drop > 0 && st.Goodput < g.base*(1-g.c.Drop):
+		case g.active < g.c.Max && g.low >= 2:
+			// Two windows: one slow window is as likely a hiccup of the
+			// sender's host as a change of the path.
 			st.Reason = fmt.Sprintf("goodput fell %.0f%%", 100*(1-st.Goodput/g.base))
 			g.grow(st.Goodput)
 		case g.active < g.c.Max && g.c.Reprobe > 0 && s.At.Sub(g.since) >= g.c.Reprobe:
 			st.Reason = fmt.Sprintf("settled for %s", s.At.Sub(g.since).Round(time.Second))
 			g.grow(st.Goodput)
+		case g.low > 0:
+			st.Reason = "settled, goodput low"
 		default:
 			st.Reason = "settled"
 			// Follow the path's goodput slowly, so that a drop is measured
@@ -216,5 +226,5 @@ func (g *Grower) grow(goodput float64) {
 func (g *Grower) settle(level int, goodput float64, at time.Time) {
 	g.warm = g.active != level
 	g.active, g.base, g.baseLevel = level, goodput, level
-	g.state, g.since = settled, at
+	g.state, g.since, g.low = settled, at, 0
 }
