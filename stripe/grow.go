@@ -94,6 +94,10 @@ type Sample struct {
 type Step struct {
 	Active  int  // connections to carry data from now on
 	Changed bool // Active differs from before the sample
+	// Known is the most connections measured worth having (at first,
+	// Start): where the next stream over the same path should start,
+	// rather than at a level being probed.
+	Known int
 	// Window is set when the sample closed a measuring window; the rest
 	// describe that window.
 	Window  bool
@@ -137,7 +141,7 @@ func NewGrower(c GrowConfig) (*Grower, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
-	return &Grower{c: c, active: c.Start}, nil
+	return &Grower{c: c, active: c.Start, baseLevel: c.Start}, nil
 }
 
 // Active is the number of connections to carry data.
@@ -145,7 +149,7 @@ func (g *Grower) Active() int { return g.active }
 
 // Observe takes a sample and says how many connections carry data.
 func (g *Grower) Observe(s Sample) Step {
-	st := Step{Active: g.active}
+	st := Step{Active: g.active, Known: g.baseLevel}
 	if !g.begun {
 		g.begun, g.last = true, s
 		return st
@@ -207,7 +211,7 @@ func (g *Grower) Observe(s Sample) Step {
 	if g.active != from {
 		st.Reason += fmt.Sprintf(": %d→%d", from, g.active)
 	}
-	st.Active, st.Changed = g.active, g.active != from
+	st.Active, st.Changed, st.Known = g.active, g.active != from, g.baseLevel
 	return st
 }
 

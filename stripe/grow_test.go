@@ -182,5 +182,5 @@ func (s *growScript) run(t *testing.T, line string) string {
 }
 
 func fmtStep(st Step) string {
-	return fmt.Sprintf("%s window, %.1f MB/s, busy %.2f: %s; %d connections", st.Length, st.Goodput/1e6, st.Busy, st.Reason, st.Active)
+	return fmt.Sprintf("%s window, %.1f MB/s, busy %.2f: %s; %d connections (%d known)", st.Length, st.Goodput/1e6, st.Busy, st.Reason, st.Active, st.Known)
 }
