@@ -119,8 +119,9 @@ const (
 // with Start and doubles them while each doubling raises goodput by Gain,
 // going back to the last level that did when one does not. Each level is
 // measured over a window in which the writer had data waiting (in which
-// the connections, not the sender, set the pace); the first window after
-// a change is skipped, while new connections leave slow start. It does no
+// the connections, not the sender, set the pace); the first window, and
+// the first after a change, are skipped, while connections leave slow
+// start. It does no
 // IO and reads no clock: the stream feeds it samples.
 type Grower struct {
 	c      GrowConfig
@@ -141,7 +142,10 @@ func NewGrower(c GrowConfig) (*Grower, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
-	return &Grower{c: c, active: c.Start, baseLevel: c.Start}, nil
+	// The first window is a warm-up too: the connections start in slow
+	// start, and take a first burst into their buffers faster than the
+	// path carries it.
+	return &Grower{c: c, active: c.Start, baseLevel: c.Start, warm: true}, nil
 }
 
 // Active is the number of connections to carry data.
