@@ -112,12 +112,15 @@ type growState uint8
 const (
 	measure growState = iota // the level's goodput, the baseline of a probe
 	probe                    // a higher level, against the baseline
+	verify                   // back from a probe: the baseline again
 	settled
 )
 
 // Grower decides how many of a stream's connections carry data: it starts
 // with Start and doubles them while each doubling raises goodput by Gain,
-// going back to the last level that did when one does not. Each level is
+// going back to the last level that did when one does not (and there
+// measuring that level again, in case its first measure was a lucky
+// window that the level probed beats after all). Each level is
 // measured over a window in which the writer had data waiting (in which
 // the connections, not the sender, set the pace); the first window, and
 // the first after a change, are skipped, while connections leave slow
@@ -135,6 +138,8 @@ type Grower struct {
 	baseLevel int
 	since     time.Time // settled then
 	low       int       // settled windows in a row Drop below base
+	probed    float64   // goodput of probedLevel, a probe found not worth it
+	probedLvl int
 }
 
 // NewGrower returns a Grower for c.
@@ -187,7 +192,20 @@ func (g *Grower) Observe(s Sample) Step {
 			break
 		}
 		st.Reason = fmt.Sprintf("%d gain %+.0f%% over %d: not worth it", from, 100*(st.Goodput/g.base-1), g.baseLevel)
+		g.probed, g.probedLvl = st.Goodput, from
 		g.settle(g.baseLevel, g.base, s.At)
+		g.state = verify
+	case verify:
+		// The baseline may have been a lucky window (a connection's first
+		// second, before its first loss, is faster than the rest): measured
+		// again, the level probed may beat it after all.
+		if g.probed >= st.Goodput*(1+g.c.Gain) {
+			st.Reason = fmt.Sprintf("%d measured again, %d gains %+.0f%% over it after all", from, g.probedLvl, 100*(g.probed/st.Goodput-1))
+			g.active, g.state, g.warm = g.probedLvl, measure, true
+			break
+		}
+		st.Reason = "settled"
+		g.settle(g.active, st.Goodput, s.At)
 	case settled:
 		if g.c.Drop > 0 && st.Goodput < g.base*(1-g.c.Drop) {
 			g.low++
