@@ -118,14 +118,14 @@ const (
 
 // Grower decides how many of a stream's connections carry data: it starts
 // with Start and doubles them while each doubling raises goodput by Gain,
-// going back to the last level that did when one does not (and there
-// measuring that level again, in case its first measure was a lucky
-// window that the level probed beats after all). Each level is
-// measured over a window in which the writer had data waiting (in which
-// the connections, not the sender, set the pace); the first window, and
-// the first after a change, are skipped, while connections leave slow
-// start. It does no
-// IO and reads no clock: the stream feeds it samples.
+// going back to the last level that did when one does not (and measuring
+// that level again, in case its first measure was a lucky window that the
+// level probed beats after all). Each level is measured over a window in
+// which the writer had data waiting (in which the connections, not the
+// sender, set the pace); the first window, and the first after a change,
+// are skipped, while connections leave slow start. Settled, it probes
+// again after Reprobe, or when goodput falls by Drop. It does no IO and
+// reads no clock: the stream feeds it samples.
 type Grower struct {
 	c      GrowConfig
 	active int
