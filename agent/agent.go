@@ -432,7 +432,7 @@ func (a *Agent) newVMLoop(vm VM, share float64) (*vmLoop, error) {
 	so := sender.Options{
 		VM:          v.Name,
 		Source:      src,
-		Dialer:      o.Dialer,
+		Dialer:      DialerFor(o.Dialer, v.Name),
 		Store:       sender.Store{FS: vfs.Default, Dir: dir},
 		Compression: v.Pacing.Compression,
 		Now:         o.Now,

@@ -44,7 +44,7 @@ type PeerSettings struct {
 	Fingerprints []string
 	HasCA        bool // a CA file is configured
 	IdleTimeout  time.Duration
-	Connections  int // 0: 1
+	Connections  int // 0: auto (see DialOptions)
 }
 
 // Validate checks p, normalises the fingerprints as tlsid prints them and
@@ -69,11 +69,8 @@ func (p *PeerSettings) Validate() error {
 	if err := transport.CheckIdleTimeout(p.IdleTimeout); err != nil {
 		return field.Wrap("receiver.idle_timeout", err)
 	}
-	if p.Connections == 0 {
-		p.Connections = 1
-	}
-	if p.Connections < 1 || p.Connections > stripe.MaxCount {
-		return field.Errorf("receiver.connections", "%d: want 1 to %d QUIC connections per VM", p.Connections, stripe.MaxCount)
+	if p.Connections < 0 || p.Connections > stripe.MaxCount {
+		return field.Errorf("receiver.connections", "%d: want \"auto\" or 1 to %d QUIC connections per VM", p.Connections, stripe.MaxCount)
 	}
 	return nil
 }

@@ -87,12 +87,13 @@ func TestPeerSettingsValidate(t *testing.T) {
 		{"bad fingerprint", PeerSettings{Address: "127.0.0.1:7447", Fingerprints: []string{"sha256:xyz"}}, "receiver.fingerprints[0]"},
 		{"idle timeout", PeerSettings{Address: "127.0.0.1:7447", HasCA: true, IdleTimeout: time.Hour}, "receiver.idle_timeout"},
 		{"connections", PeerSettings{Address: "127.0.0.1:7447", HasCA: true, Connections: 1000}, "receiver.connections"},
+		{"negative connections", PeerSettings{Address: "127.0.0.1:7447", HasCA: true, Connections: -1}, "receiver.connections"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.p.Validate()
 			if tc.wantPath == "" {
-				if err != nil || tc.p.Connections != 1 || tc.p.Fingerprints[0] != strings.ToLower(fp) {
+				if err != nil || tc.p.Connections != 0 || tc.p.Fingerprints[0] != strings.ToLower(fp) {
 					t.Errorf("error %v, settings %+v", err, tc.p)
 				}
 				return

@@ -43,6 +43,21 @@
 // Integers are big-endian. A chunk of length 0 ends the direction: the
 // reader then returns io.EOF once every chunk before it was read.
 //
+// # Growing
+//
+// A writer need not use every connection: with Options.Grow it hands
+// chunks to the first active ones only, starting with one (or a level an
+// earlier stream settled on), and a Grower doubles active while each
+// doubling raises goodput by Gain (15%), going back when one does not.
+// The dialer dials the most it may use at once, so the hello and the
+// reader are the same either way: a connection carrying nothing is one
+// whose chunks do not come, kept alive by the transport's keepalives.
+// Goodput is measured over windows in which the writer had data waiting
+// for a connection: when the sender, not the connections, sets the pace,
+// more connections cannot help. The Grower does no IO and reads no
+// clock: it takes samples and returns decisions, and its tests are
+// scripts (testdata/grow-*.txt).
+//
 // A connection that fails fails the whole stream: its chunks are lost, and
 // the caller reconnects and resumes, as it would after losing a single
 // connection.

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -32,6 +33,16 @@ type Options struct {
 	// CloseWait is how long Close waits for written data to be handed to
 	// the connections before it closes them.
 	CloseWait time.Duration
+	// Grow, if set, hands chunks to only some of the connections, starting
+	// with Grow.Start, and adds more while that raises goodput (Grower);
+	// its Max is the number of connections. nil: all carry data.
+	Grow *GrowConfig
+	// OnGrow, if set, learns of each window the Grower closes, and so of
+	// each change of the connections carrying data. It is called from a
+	// Write, which it must not hold up.
+	OnGrow func(Step)
+	// Now is the clock of the Grower's samples (default time.Now).
+	Now func() time.Time
 }
 
 // Validate fills the defaults and reports what is wrong.
@@ -44,6 +55,9 @@ func (o *Options) Validate() error {
 	}
 	if o.CloseWait == 0 {
 		o.CloseWait = DefaultCloseWait
+	}
+	if o.Now == nil {
+		o.Now = time.Now
 	}
 	switch {
 	case o.ChunkSize < 1 || o.ChunkSize > MaxChunk:
@@ -67,6 +81,15 @@ type Conn struct {
 	queue   chan []byte   // header + data, for the writer goroutines
 	quit    chan struct{} // closed when the stream fails or is closed
 	wg      sync.WaitGroup
+
+	// Only the writers of the first active connections take chunks; the
+	// others wait for activeCh, closed and replaced when active changes.
+	active   atomic.Int32
+	activeMu sync.Mutex
+	activeCh chan struct{}
+	grower   *Grower       // nil: all connections carry data
+	sent     atomic.Int64  // data bytes the connections took
+	waiting  time.Duration // chunks waited for a writer; c.wmu
 
 	mu       sync.Mutex
 	cond     *sync.Cond
@@ -92,8 +115,20 @@ func New(subs []io.ReadWriteCloser, o Options) (*Conn, error) {
 	if len(subs) == 0 || len(subs) > MaxCount {
 		return nil, fmt.Errorf("stripe: %d connections, want 1 to %d", len(subs), MaxCount)
 	}
-	c := &Conn{subs: subs, o: o, queue: make(chan []byte, 2*len(subs)), quit: make(chan struct{}), pending: map[uint64][]byte{}}
+	c := &Conn{subs: subs, o: o, queue: make(chan []byte, 2*len(subs)), quit: make(chan struct{}), pending: map[uint64][]byte{},
+		activeCh: make(chan struct{})}
 	c.cond = sync.NewCond(&c.mu)
+	c.active.Store(int32(len(subs)))
+	if o.Grow != nil {
+		gc := *o.Grow
+		gc.Max = len(subs)
+		g, err := NewGrower(gc)
+		if err != nil {
+			return nil, err
+		}
+		c.grower = g
+		c.active.Store(int32(g.Active()))
+	}
 	for i, s := range subs {
 		c.wg.Add(1)
 		go c.writeLoop(i, s)
@@ -129,6 +164,19 @@ func (c *Conn) closeSubs() {
 func (c *Conn) writeLoop(i int, s io.Writer) {
 	defer c.wg.Done()
 	for {
+		if i >= int(c.active.Load()) {
+			c.activeMu.Lock()
+			ch, idle := c.activeCh, i >= int(c.active.Load())
+			c.activeMu.Unlock()
+			if idle {
+				select {
+				case <-ch:
+					continue
+				case <-c.quit:
+					return
+				}
+			}
+		}
 		select {
 		case b, ok := <-c.queue:
 			if !ok {
@@ -138,9 +186,39 @@ func (c *Conn) writeLoop(i int, s io.Writer) {
 				c.fail(fmt.Errorf("stripe: connection %d: write: %w", i, err))
 				return
 			}
+			c.sent.Add(int64(len(b) - HeaderSize))
 		case <-c.quit:
 			return
 		}
+	}
+}
+
+// setActive makes the first n connections carry data.
+func (c *Conn) setActive(n int) {
+	c.activeMu.Lock()
+	defer c.activeMu.Unlock()
+	if int(c.active.Load()) == n {
+		return
+	}
+	c.active.Store(int32(n))
+	close(c.activeCh)
+	c.activeCh = make(chan struct{})
+}
+
+// Active is the number of connections that carry data.
+func (c *Conn) Active() int { return int(c.active.Load()) }
+
+// observe feeds the Grower a sample; c.wmu is held.
+func (c *Conn) observe() {
+	if c.grower == nil {
+		return
+	}
+	st := c.grower.Observe(Sample{At: c.o.Now(), Bytes: c.sent.Load(), Waiting: c.waiting})
+	if st.Changed {
+		c.setActive(st.Active)
+	}
+	if st.Window && c.o.OnGrow != nil {
+		c.o.OnGrow(st)
 	}
 }
 
@@ -314,6 +392,18 @@ func (c *Conn) enqueue(data []byte) error {
 	select {
 	case c.queue <- b:
 		c.wseq++
+		c.observe()
+		return nil
+	default:
+	}
+	// Every writer is busy: the chunk waits for a connection, which the
+	// Grower counts as the connections, not the caller, setting the pace.
+	start := c.o.Now()
+	select {
+	case c.queue <- b:
+		c.waiting += c.o.Now().Sub(start)
+		c.wseq++
+		c.observe()
 		return nil
 	case <-c.quit:
 		if err := c.writeErr(); err != nil {
@@ -330,6 +420,8 @@ func (c *Conn) Close() error {
 	c.closeOnce.Do(func() {
 		if c.wmu.TryLock() {
 			if c.enqueue(nil) == nil {
+				// Every writer drains the queue, then stops.
+				c.setActive(len(c.subs))
 				c.wclosed = true
 				close(c.queue) // the writers finish the queue, then stop
 				drained := make(chan struct{})

@@ -5,9 +5,11 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -291,4 +293,193 @@ func (r recorder) Write(p []byte) (int, error) {
 		}
 	}
 	return r.Conn.Write(p)
+}
+
+// link carries chunks, one at a time and each taking delay, to the pipes
+// of the connections that share it, holding a few in its buffer as a
+// socket would: one connection can keep it busy. It counts the chunks it
+// carried: the busiest link's count times delay is the links' clock, on
+// which goodput does not depend on how busy this machine is.
+type link struct {
+	ch      chan linkChunk
+	delay   time.Duration
+	done    chan struct{}
+	carried atomic.Int64
+}
+
+// linkClock is the time the busiest of links took, after a fixed instant.
+func linkClock(links []*link) time.Time {
+	var d time.Duration
+	for _, l := range links {
+		d = max(d, time.Duration(l.carried.Load())*l.delay)
+	}
+	return time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC).Add(d)
+}
+
+type linkChunk struct {
+	to net.Conn
+	p  []byte // nil: close to, after what is ahead in the link
+}
+
+func newLink(t *testing.T, delay time.Duration) *link {
+	l := &link{ch: make(chan linkChunk, 2), delay: delay, done: make(chan struct{})}
+	t.Cleanup(func() { close(l.done) })
+	go func() {
+		for {
+			select {
+			case c := <-l.ch:
+				if c.p == nil {
+					c.to.Close()
+					continue
+				}
+				time.Sleep(l.delay)
+				l.carried.Add(1)
+				c.to.Write(c.p)
+			case <-l.done:
+				return
+			}
+		}
+	}()
+	return l
+}
+
+// countingConn counts the chunks written to it and sends them over its link.
+type countingConn struct {
+	net.Conn
+	link   *link
+	writes atomic.Int64
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	select {
+	case c.link.ch <- linkChunk{c.Conn, bytes.Clone(p)}:
+		return len(p), nil
+	case <-c.link.done:
+		return 0, net.ErrClosed
+	}
+}
+
+// Close closes the connection once its chunks are through, as closing a
+// QUIC stream sends what was written first.
+func (c *countingConn) Close() error {
+	select {
+	case c.link.ch <- linkChunk{c.Conn, nil}:
+	case <-c.link.done:
+		c.Conn.Close()
+	}
+	return nil
+}
+
+// With Grow, a stream starts on one connection and hands chunks to more
+// only while they raise goodput: over connections each with its own pace
+// it grows to all four, each doubling seen before a connection beyond it
+// carries anything; over one link that all share it tries two and goes
+// back to one, and the last two never carry a chunk.
+func TestGrowUsesActiveConnections(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		shared     bool
+		wantActive int
+		wantUsed   int // connections that carried data
+	}{
+		{"a link each", false, 4, 4},
+		{"one link", true, 1, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const n = 4
+			const delay = 20 * time.Millisecond
+			shared := newLink(t, delay)
+			links := []*link{shared}
+			var a, b []io.ReadWriteCloser
+			var subs []*countingConn
+			for i := range n {
+				x, y := net.Pipe()
+				cc := &countingConn{Conn: x, link: shared}
+				if !tc.shared && i > 0 {
+					cc.link = newLink(t, delay)
+					links = append(links, cc.link)
+				}
+				subs = append(subs, cc)
+				a, b = append(a, cc), append(b, y)
+			}
+			var mu sync.Mutex
+			var steps []Step
+			var bad []string
+			o := Options{ChunkSize: 4 << 10, Grow: &GrowConfig{Window: 400 * time.Millisecond}, Now: func() time.Time { return linkClock(links) }, OnGrow: func(st Step) {
+				mu.Lock()
+				defer mu.Unlock()
+				steps = append(steps, st)
+				if !st.Changed {
+					return
+				}
+				// Before a change, only the connections of the level before
+				// it (or, going back, of the level probed) carried data.
+				from := st.Active
+				for _, s := range steps[:len(steps)-1] {
+					from = max(from, s.Active)
+				}
+				for i := from; i < n; i++ {
+					if w := subs[i].writes.Load(); w > 0 {
+						bad = append(bad, fmt.Sprintf("connection %d carried %d chunks before %d were active", i, w, i+1))
+					}
+				}
+			}}
+			ca, err := New(a, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cb, _ := New(b, Options{})
+			defer ca.Close()
+			defer cb.Close()
+			if ca.Active() != 1 {
+				t.Fatalf("%d connections active at first, want 1", ca.Active())
+			}
+			got := make(chan int64, 1)
+			go func() {
+				n, err := io.Copy(io.Discard, cb)
+				if err != nil {
+					t.Errorf("read: %v", err)
+				}
+				got <- n
+			}()
+			buf := random(64 << 10)
+			var sent int64
+			for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); {
+				if _, err := ca.Write(buf); err != nil {
+					t.Fatal(err)
+				}
+				sent += int64(len(buf))
+			}
+			active := ca.Active()
+			used := 0
+			for _, s := range subs {
+				if s.writes.Load() > 0 {
+					used++
+				}
+			}
+			// The connections that carried nothing end with the others:
+			// Close does not wait out CloseWait for them, and the reader
+			// gets every byte, then the end.
+			start := time.Now()
+			ca.Close()
+			if d := time.Since(start); d > DefaultCloseWait/2 {
+				t.Errorf("Close took %s", d)
+			}
+			if n := <-got; n != sent {
+				t.Errorf("read %d bytes of %d", n, sent)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, st := range steps {
+				t.Logf("%s window, %.1f MB/s, busy %.2f: %s; %d active", st.Length.Round(time.Millisecond), st.Goodput/1e6, st.Busy, st.Reason, st.Active)
+			}
+			for _, s := range bad {
+				t.Error(s)
+			}
+			if active != tc.wantActive || used != tc.wantUsed {
+				t.Errorf("%d active, %d carried data; want %d and %d", active, used, tc.wantActive, tc.wantUsed)
+			}
+		})
+	}
 }

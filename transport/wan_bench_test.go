@@ -15,8 +15,10 @@ import (
 // BenchmarkLossyWAN sends 64 MiB over an emulated 100 Mbit/s link with a
 // 40 ms round trip and 0.1% random loss: over one QUIC connection, whose
 // loss-based congestion control backs off at every loss, and striped over
-// several (package stripe). It reports the goodput as a fraction of the
-// link rate; the one-connection run is the baseline of the same run.
+// several (package stripe): a fixed number, and auto, which dials 8 and
+// uses as many as raise goodput (stripe.Grower), starting from one. It
+// reports the goodput as a fraction of the link rate; the one-connection
+// run is the baseline of the same run.
 func BenchmarkLossyWAN(b *testing.B) {
 	if err := wanemu.Check(); err != nil {
 		b.Skipf("no WAN emulator here: %v", err)
@@ -62,8 +64,14 @@ func BenchmarkLossyWAN(b *testing.B) {
 		return &closingStream{st, c}, nil
 	}
 	const size = 64 << 20
-	for _, n := range []int{1, 4, 8} {
-		b.Run(fmt.Sprintf("connections=%d", n), func(b *testing.B) {
+	for _, conns := range []string{"1", "4", "8", "auto"} {
+		n, auto := 0, conns == "auto"
+		if auto {
+			n = 8
+		} else {
+			fmt.Sscan(conns, &n)
+		}
+		b.Run("connections="+conns, func(b *testing.B) {
 			for b.Loop() {
 				subs := make(chan io.ReadWriteCloser, n)
 				go func() {
@@ -101,16 +109,26 @@ func BenchmarkLossyWAN(b *testing.B) {
 				}()
 				var w io.WriteCloser
 				var err error
+				start := time.Now()
 				if n == 1 {
 					w, err = dialA(ctx)
 				} else {
-					w, err = stripe.Dial(ctx, n, dialA, stripe.Options{})
+					var o stripe.Options
+					if auto {
+						o.Grow = &stripe.GrowConfig{}
+						o.OnGrow = func(st stripe.Step) {
+							if st.Changed {
+								b.Logf("%s: %s", time.Since(start).Round(time.Millisecond), st.Reason)
+							}
+						}
+					}
+					w, err = stripe.Dial(ctx, n, dialA, o)
 				}
 				if err != nil {
 					b.Fatal(err)
 				}
 				buf := make([]byte, 1<<20)
-				start := time.Now()
+				start = time.Now()
 				for range size / len(buf) {
 					if _, err := w.Write(buf); err != nil {
 						b.Fatal(err)

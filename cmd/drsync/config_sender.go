@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"path/filepath"
 
 	"github.com/drsync/drsync/agent"
@@ -42,8 +43,27 @@ type ReceiverPeerConfig struct {
 	BandwidthCap Rate `toml:"bandwidth_cap"`
 	// Connections stripes each VM's stream over this many QUIC
 	// connections, each with its own congestion control, to fill a long,
-	// lossy link (default 1).
-	Connections int `toml:"connections"`
+	// lossy link; "auto" (the default) uses as many, up to 8, as raise
+	// goodput.
+	Connections connCount `toml:"connections"`
+}
+
+// connCount is receiver.connections: "auto" (0) or a number, which
+// agent.PeerSettings checks.
+type connCount int
+
+func (c *connCount) UnmarshalTOML(v any) error {
+	switch v := v.(type) {
+	case int64:
+		*c = connCount(max(min(v, 1<<20), -1)) // out of range either way
+		return nil
+	case string:
+		if v == "auto" {
+			*c = 0
+			return nil
+		}
+	}
+	return fmt.Errorf("connections = %#v: want \"auto\" or a number of connections", v)
 }
 
 // StateConfig is the [state] table.
@@ -102,7 +122,7 @@ func loadSenderConfig(path string) (*SenderConfig, error) {
 	if err := c.Identity.validate(c.file); err != nil {
 		return nil, err
 	}
-	c.peer = agent.PeerSettings{Address: c.Receiver.Address, Fingerprints: c.Receiver.Fingerprints, HasCA: c.Receiver.CA != "", IdleTimeout: c.Receiver.IdleTimeout.D(), Connections: c.Receiver.Connections}
+	c.peer = agent.PeerSettings{Address: c.Receiver.Address, Fingerprints: c.Receiver.Fingerprints, HasCA: c.Receiver.CA != "", IdleTimeout: c.Receiver.IdleTimeout.D(), Connections: int(c.Receiver.Connections)}
 	if err := c.peer.Validate(); err != nil {
 		return nil, configErr(c.file, err)
 	}

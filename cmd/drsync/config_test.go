@@ -220,6 +220,12 @@ func TestSenderConfig(t *testing.T) {
 		{"too many connections", func(t *testing.T) string {
 			return edit(t, baseSender, `address = "127.0.0.1:7447"`, "address = \"127.0.0.1:7447\"\nconnections = 100")
 		}, []string{"receiver.connections", "1 to 64"}},
+		{"negative connections", func(t *testing.T) string {
+			return edit(t, baseSender, `address = "127.0.0.1:7447"`, "address = \"127.0.0.1:7447\"\nconnections = -2")
+		}, []string{"receiver.connections", "auto"}},
+		{"connections neither auto nor a number", func(t *testing.T) string {
+			return edit(t, baseSender, `address = "127.0.0.1:7447"`, "address = \"127.0.0.1:7447\"\nconnections = \"many\"")
+		}, []string{"connections", "many", "auto"}},
 		{"bad format", func(t *testing.T) string {
 			return edit(t, baseSender, `path = "images/vda.raw"`, "path = \"images/vda.raw\"\nformat = \"vmdk\"")
 		}, []string{"format", "vmdk"}},
@@ -314,6 +320,20 @@ func TestSenderConfigResolvesAndDefaults(t *testing.T) {
 	}
 	if len(o.Disks) != 1 || o.Disks[0].BlockSize != 128<<10 || o.Disks[0].Path != filepath.Join(dir, "images/vda.raw") || len(o.RAM) != 1 || o.DeviceState != "/abs/dev.state" {
 		t.Errorf("file source options %+v", o)
+	}
+	if cfg.peer.Connections != 0 {
+		t.Errorf("connections %d by default, want 0 (auto)", cfg.peer.Connections)
+	}
+	for _, tc := range []struct {
+		line string
+		want int
+	}{{`connections = "auto"`, 0}, {"connections = 4", 4}, {"connections = 1", 1}} {
+		c, err := loadSenderConfig(writeConfig(t, "c.toml", edit(t, baseSender, `address = "127.0.0.1:7447"`, "address = \"127.0.0.1:7447\"\n"+tc.line)))
+		if err != nil {
+			t.Errorf("%s: %v", tc.line, err)
+		} else if c.peer.Connections != tc.want {
+			t.Errorf("%s: connections %d, want %d", tc.line, c.peer.Connections, tc.want)
+		}
 	}
 	// The fingerprint is normalised as tlsid prints it.
 	cfg2, err := loadSenderConfig(writeConfig(t, "s.toml", edit(t, baseSender, fpA, strings.ToUpper(strings.TrimPrefix(fpA, "sha256:")))))

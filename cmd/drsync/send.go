@@ -155,7 +155,7 @@ func send(ctx context.Context, e *env, cfg *SenderConfig, vms []*agent.VMSetting
 	// an equal share of it.
 	cp := float64(cfg.Receiver.BandwidthCap)
 	dialer, limit, err := agent.Dial(agent.DialOptions{Address: cfg.Receiver.Address, TLS: tlsid.ClientTLS(id, trust), Transport: cfg.transportOptions(),
-		Connections: cfg.peer.Connections, Cap: cp, Now: e.now})
+		Connections: cfg.peer.Connections, Cap: cp, Now: e.now, Logger: o.log})
 	if err != nil {
 		return &configError{cfg.file, "receiver.bandwidth_cap", err}
 	}
