@@ -239,7 +239,7 @@ func (d *linkDialer) dial(ctx context.Context, vm string) (io.ReadWriteCloser, e
 	if d.n == 1 {
 		return d.one(ctx)
 	}
-	n, o := d.n, stripe.Options{}
+	n, o := d.n, stripe.Options{ClosedByPeer: transport.ClosedByPeer}
 	if n == 0 {
 		n = AutoConnections
 		d.mu.Lock()

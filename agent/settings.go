@@ -387,3 +387,23 @@ func (v *VMSettings) CheckImages() error {
 	}
 	return nil
 }
+
+// ConnectionCount is a configuration's receiver.connections: "auto" (0)
+// or a number, which PeerSettings.Validate checks. It decodes from a TOML
+// value (BurntSushi/toml's Unmarshaler).
+type ConnectionCount int
+
+// UnmarshalTOML implements toml.Unmarshaler.
+func (c *ConnectionCount) UnmarshalTOML(v any) error {
+	switch v := v.(type) {
+	case int64:
+		*c = ConnectionCount(max(min(v, 1<<20), -1)) // out of range either way
+		return nil
+	case string:
+		if v == "auto" {
+			*c = 0
+			return nil
+		}
+	}
+	return fmt.Errorf("connections = %#v: want \"auto\" or a number of connections", v)
+}

@@ -43,6 +43,11 @@ type Options struct {
 	OnGrow func(Step)
 	// Now is the clock of the Grower's samples (default time.Now).
 	Now func() time.Time
+	// ClosedByPeer, if set, says whether a read error means the peer
+	// closed that connection on purpose, as io.EOF does: the chunks still
+	// on their way on the others (a refusal, say) are read before the
+	// stream ends, and a gap left by it is still an error.
+	ClosedByPeer func(error) bool
 }
 
 // Validate fills the defaults and reports what is wrong.
@@ -226,7 +231,7 @@ func (c *Conn) readLoop(i int, s io.Reader) {
 	var h [HeaderSize]byte
 	for {
 		if _, err := io.ReadFull(s, h[:]); err != nil {
-			if err == io.EOF {
+			if err == io.EOF || c.o.ClosedByPeer != nil && c.o.ClosedByPeer(err) {
 				// The peer closed this connection after its last chunk.
 				// Its end chunk may still be on its way on another one.
 				if err := c.subEnded(); err != nil {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -481,5 +482,55 @@ func TestGrowUsesActiveConnections(t *testing.T) {
 				t.Errorf("%d active, %d carried data; want %d and %d", active, used, tc.wantActive, tc.wantUsed)
 			}
 		})
+	}
+}
+
+// scripted is a connection whose reads give data, then err.
+type scripted struct {
+	r   *bytes.Reader
+	err error
+}
+
+func (s *scripted) Read(p []byte) (int, error) {
+	if s.r.Len() > 0 {
+		return s.r.Read(p)
+	}
+	return 0, s.err
+}
+func (s *scripted) Write(p []byte) (int, error) { return len(p), nil }
+func (s *scripted) Close() error                { return nil }
+
+// A peer that says its last word on one connection and closes another on
+// purpose first: with ClosedByPeer the word is read, then the end; without
+// it the closed connection fails the stream. A gap is an error either way.
+func TestClosedByPeerReadsTheLastWord(t *testing.T) {
+	errBye := errors.New("closed by the peer (code 0)")
+	chunk := func(seq uint64, data string) []byte {
+		b := binary.BigEndian.AppendUint64(nil, seq)
+		b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
+		return append(b, data...)
+	}
+	read := func(o Options, first []byte) (string, error) {
+		c, err := New([]io.ReadWriteCloser{
+			&scripted{r: bytes.NewReader(first), err: io.EOF},
+			&scripted{r: bytes.NewReader(nil), err: errBye},
+		}, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		b, err := io.ReadAll(c)
+		return string(b), err
+	}
+	words := append(chunk(0, "refused: not authorized"), chunk(1, "")...)
+	bye := func(err error) bool { return errors.Is(err, errBye) }
+	if got, err := read(Options{ClosedByPeer: bye}, words); err != nil || got != "refused: not authorized" {
+		t.Errorf("with ClosedByPeer: %q, %v", got, err)
+	}
+	if _, err := read(Options{}, words); !errors.Is(err, errBye) {
+		t.Errorf("without ClosedByPeer: %v, want the close", err)
+	}
+	if _, err := read(Options{ClosedByPeer: bye}, chunk(1, "")); err == nil {
+		t.Error("chunk 0 missing, yet the stream ended cleanly")
 	}
 }

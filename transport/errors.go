@@ -49,6 +49,13 @@ func (e *CloseError) Error() string {
 
 func (e *CloseError) Unwrap() error { return e.err }
 
+// ClosedByPeer says whether err is the peer closing the connection on
+// purpose with code 0, as it does after its last word.
+func ClosedByPeer(err error) bool {
+	var ce *CloseError
+	return errors.As(err, &ce) && ce.Remote && ce.Code == 0
+}
+
 // certificate-related TLS alerts a peer sends when it refuses ours.
 var certAlerts = map[tls.AlertError]bool{
 	42:  true, // bad_certificate

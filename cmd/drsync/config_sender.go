@@ -2,7 +2,6 @@ package main
 
 import (
 	"errors"
-	"fmt"
 	"path/filepath"
 
 	"github.com/drsync/drsync/agent"
@@ -45,25 +44,7 @@ type ReceiverPeerConfig struct {
 	// connections, each with its own congestion control, to fill a long,
 	// lossy link; "auto" (the default) uses as many, up to 8, as raise
 	// goodput.
-	Connections connCount `toml:"connections"`
-}
-
-// connCount is receiver.connections: "auto" (0) or a number, which
-// agent.PeerSettings checks.
-type connCount int
-
-func (c *connCount) UnmarshalTOML(v any) error {
-	switch v := v.(type) {
-	case int64:
-		*c = connCount(max(min(v, 1<<20), -1)) // out of range either way
-		return nil
-	case string:
-		if v == "auto" {
-			*c = 0
-			return nil
-		}
-	}
-	return fmt.Errorf("connections = %#v: want \"auto\" or a number of connections", v)
+	Connections agent.ConnectionCount `toml:"connections"`
 }
 
 // StateConfig is the [state] table.

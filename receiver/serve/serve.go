@@ -228,7 +228,7 @@ func (s *Server) Run(ctx context.Context) error {
 
 	var wg sync.WaitGroup
 	var acceptErr error
-	joiner := &stripe.Joiner{} // gathers the connections of striped streams
+	joiner := &stripe.Joiner{Options: stripe.Options{ClosedByPeer: transport.ClosedByPeer}} // gathers the connections of striped streams
 	for {
 		conn, err := l.Accept(ctx)
 		if err != nil {
