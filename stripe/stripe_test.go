@@ -485,13 +485,23 @@ func TestGrowUsesActiveConnections(t *testing.T) {
 	}
 }
 
-// scripted is a connection whose reads give data, then err.
+// scripted is a connection whose reads give data, then err. With hold
+// set, its first read waits until the stream has failed, or 300 ms.
 type scripted struct {
-	r   *bytes.Reader
-	err error
+	r    *bytes.Reader
+	err  error
+	hold chan *Conn
 }
 
 func (s *scripted) Read(p []byte) (int, error) {
+	if s.hold != nil {
+		c := <-s.hold
+		select {
+		case <-c.Done():
+		case <-time.After(300 * time.Millisecond):
+		}
+		s.hold = nil
+	}
 	if s.r.Len() > 0 {
 		return s.r.Read(p)
 	}
@@ -511,13 +521,17 @@ func TestClosedByPeerReadsTheLastWord(t *testing.T) {
 		return append(b, data...)
 	}
 	read := func(o Options, first []byte) (string, error) {
+		// The last word is read only after the other connection's close
+		// has been taken, or not, as the end of the stream.
+		hold := make(chan *Conn, 1)
 		c, err := New([]io.ReadWriteCloser{
-			&scripted{r: bytes.NewReader(first), err: io.EOF},
+			&scripted{r: bytes.NewReader(first), err: io.EOF, hold: hold},
 			&scripted{r: bytes.NewReader(nil), err: errBye},
 		}, o)
 		if err != nil {
 			t.Fatal(err)
 		}
+		hold <- c
 		defer c.Close()
 		b, err := io.ReadAll(c)
 		return string(b), err
