@@ -141,7 +141,7 @@ func runSenderMemory(b *testing.B, n, mib int) *memRow {
 		hosttools.Run(b, "qemu-img", "create", "-q", "-f", "raw", raw, "64M")
 		hosttools.Run(b, "qemu-img", "create", "-q", "-f", "qcow2", qcow, "32M")
 		vms[i] = guest.Launch(b, guest.Options{MemMiB: mib, Disks: []guest.Disk{{Path: raw}, {Path: qcow}},
-			Args: map[string]string{"dirty_mib": strconv.Itoa(fill), "dirty_rate_kib": "1024"},
+			Args:          map[string]string{"dirty_mib": strconv.Itoa(fill), "dirty_rate_kib": "1024"},
 			ExtraQEMUArgs: []string{"-object", fmt.Sprintf("memory-backend-memfd,id=ram0,size=%dM,share=on", mib), "-machine", "memory-backend=ram0"}})
 		specs[i] = vmSpec{name: fmt.Sprintf("guest-%d", i+1), qmp: vms[i].QMPSocket,
 			extra: "min_interval = \"2s\"\nram_capture = \"tracked\"",

@@ -16,7 +16,7 @@ import (
 // idleTracker is a RAMTracker of a guest that never writes.
 type idleTracker struct{}
 
-func (idleTracker) Scan() ([]dirtylog.Range, error)      { return nil, nil }
+func (idleTracker) Scan() ([]dirtylog.Range, error)       { return nil, nil }
 func (idleTracker) ReadAt(p []byte, _ int64) (int, error) { clear(p); return len(p), nil }
 func (idleTracker) Close() error                          { return nil }
 
