@@ -9,6 +9,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"time"
 
@@ -630,6 +631,11 @@ func (c *cut) close() error {
 	if c.fullSlot {
 		releaseFullCut()
 		c.fullSlot = false
+		// Planning and sending all of RAM leaves the heap grown by
+		// garbage that the runtime would hand back to the kernel only
+		// slowly; a tracked VM cuts full rarely, so the collection is
+		// cheap against the memory each VM would otherwise keep.
+		debug.FreeOSMemory()
 	}
 	if c.ramTable != nil && s.ram != nil && s.ram.imageGen == c.gen {
 		s.ram.table, s.ram.tableGen = c.ramTable, c.gen
