@@ -110,6 +110,7 @@ bench: deps
 	$(GO) test -run '^$$' -bench BenchmarkLiveEpoch -benchtime 8x ./livecut
 	$(GO) test -run '^$$' -bench BenchmarkTrackedEpoch -benchtime 5x ./livecut
 	$(GO) test -run '^$$' -bench BenchmarkCaptureBySize -benchtime 1x -timeout 90m ./livecut
+	DRSYNC_BENCH_MEMORY_MIB=512 $(GO) test -run '^$$' -bench BenchmarkSenderMemory -benchtime 1x -timeout 90m ./e2e
 	$(GO) test -run '^$$' -bench BenchmarkLossyWAN -benchtime 1x ./transport
 	$(GO) test -tags ceph -run '^$$' -bench BenchmarkStoreApply -benchtime 3x ./replica/rbdstore
 

@@ -137,3 +137,25 @@ func (c *capture) wait(ctx context.Context) (*migstream.Result, error) {
 	}
 	return c.res, c.err
 }
+
+// fullCutSlot lets one full cut of a tracked VM at a time hold its parsed
+// RAM in this process. A full cut holds the guest's whole RAM (its
+// non-zero pages) from the migration until its epoch is sent; the first
+// cuts of several tracked VMs started together would add up to the sum of
+// their RAM, where one at a time bounds the sender's peak by the largest
+// guest. Tracked VMs cut full only to start their chain, so the wait
+// delays first epochs, never the steady state. VMs that always cut full
+// (no tracking) are not limited: every one of their epochs would wait.
+var fullCutSlot = make(chan struct{}, 1)
+
+// acquireFullCut waits for the full-cut slot, or for ctx.
+func acquireFullCut(ctx context.Context) error {
+	select {
+	case fullCutSlot <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func releaseFullCut() { <-fullCutSlot }

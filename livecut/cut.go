@@ -9,6 +9,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"runtime/debug"
 	"slices"
 	"time"
 
@@ -36,6 +37,9 @@ type cut struct {
 	flat    *migstream.Flat
 	planned *cutIndex
 	closed  bool
+	// fullSlot says this cut holds the process's full-cut slot
+	// (fullCutSlot), given back when its parsed RAM is unmapped.
+	fullSlot bool
 
 	// The tracked RAM path (ramtrack.go): tracked says this cut migrated
 	// device state only and dirty holds the ranges written since ramPrev,
@@ -102,6 +106,15 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 		}
 	}()
 	s.open = c
+	c.tracked = s.trackedCut()
+	if !c.tracked && s.o.TrackRAM != nil {
+		// Waited for before anything is checked or created: the wait
+		// may last another VM's whole first epoch.
+		if err := acquireFullCut(ctx); err != nil {
+			return nil, fmt.Errorf("livecut: waiting for another VM's full cut to finish: %w", err)
+		}
+		c.fullSlot = true
+	}
 	if err := s.checkRunning(ctx, sess); err != nil {
 		return nil, err
 	}
@@ -112,7 +125,6 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 
 	cctx, cancel := context.WithTimeout(ctx, s.o.CutTimeout)
 	defer cancel()
-	c.tracked = s.trackedCut()
 	cap, err := startCapture(filepath.Join(s.o.WorkDir, "mig.sock"))
 	if err != nil {
 		return nil, fmt.Errorf("livecut: %w", err)
@@ -675,6 +687,15 @@ func (c *cut) close() error {
 	}
 	if c.flat != nil {
 		errs = append(errs, c.flat.Close())
+	}
+	if c.fullSlot {
+		releaseFullCut()
+		c.fullSlot = false
+		// Planning and sending all of RAM leaves the heap grown by
+		// garbage that the runtime would hand back to the kernel only
+		// slowly; a tracked VM cuts full rarely, so the collection is
+		// cheap against the memory each VM would otherwise keep.
+		debug.FreeOSMemory()
 	}
 	if c.ramTable != nil && s.ram != nil && s.ram.imageGen == c.gen {
 		s.ram.table, s.ram.tableGen = c.ramTable, c.gen

@@ -78,8 +78,10 @@
 // written pages and holds no image of the guest's RAM: between cuts it
 // keeps the table, 8 bytes per page (2 MiB per GiB of RAM), and during a
 // cut the written pages (the full cut that starts the chain holds the
-// whole stream until it is planned). A cut whose predecessor was never
-// planned (its table is unknown) is full. A
+// whole stream until its epoch is sent; such full cuts of the tracked VMs
+// of one process run one at a time, so their images do not add up, and
+// each returns the freed heap to the kernel when it closes). A cut whose
+// predecessor was never planned (its table is unknown) is full. A
 // failed scan or copy drops the tracking (the cut fails; the guest runs
 // on) and the next cut is full again. A cut that scanned but never
 // reaches the sender (it fails, or its group cut is aborted) gives its

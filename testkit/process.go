@@ -250,3 +250,6 @@ func ScribbleFile(t testing.TB, rng *rand.Rand, path string, size int64, n, maxL
 	}
 	return total
 }
+
+// Pid is the process's id, e.g. to read its /proc entries.
+func (p *Proc) Pid() int { return p.cmd.Process.Pid }
