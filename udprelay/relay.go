@@ -13,7 +13,7 @@ import (
 const (
 	maxDatagram       = 64 << 10
 	defaultQueueLimit = 1024
-	defaultMaxClients = 16
+	defaultMaxClients = 256
 )
 
 // Options configure a Relay. Zero values take defaults.
@@ -24,7 +24,9 @@ type Options struct {
 	// for their delay or rate slot; beyond it they are dropped. Default 1024.
 	QueueLimit int
 	// MaxClients bounds client sessions; datagrams from further clients are
-	// dropped. Default 16.
+	// dropped. Default 256: each connection of a striped stream (up to 8
+	// per sender) is a client of its own, and sessions are never expired,
+	// so a test that restarts senders many times needs room.
 	MaxClients int
 }
 
