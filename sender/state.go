@@ -106,27 +106,37 @@ func UnmarshalIndex(b []byte) (*Index, error) {
 	}
 	r := bytes.NewReader(body[26:])
 	for range n {
-		kl, err := r.ReadByte()
-		if err != nil {
-			return nil, bad("truncated")
-		}
-		k := make([]byte, kl)
-		if _, err := io.ReadFull(r, k); err != nil {
-			return nil, bad("truncated key")
-		}
-		if !bytes.HasPrefix(k, []byte("disk/")) && !bytes.HasPrefix(k, []byte("ram/")) {
-			return nil, bad("bad key")
+		k, problem := readTableKey(r)
+		if problem != "" {
+			return nil, bad(problem)
 		}
 		t, err := blockhash.Read(r)
 		if err != nil {
 			return nil, bad(err.Error())
 		}
-		x.Tables[string(k)] = t
+		x.Tables[k] = t
 	}
 	if r.Len() != 0 {
 		return nil, bad("trailing bytes")
 	}
 	return x, nil
+}
+
+// readTableKey reads a table's key (keyLen u8 | key), as the index and
+// its deltas lay it out; problem says what is wrong with it, if anything.
+func readTableKey(r *bytes.Reader) (key, problem string) {
+	kl, err := r.ReadByte()
+	if err != nil {
+		return "", "truncated"
+	}
+	k := make([]byte, kl)
+	if _, err := io.ReadFull(r, k); err != nil {
+		return "", "truncated key"
+	}
+	if !bytes.HasPrefix(k, []byte("disk/")) && !bytes.HasPrefix(k, []byte("ram/")) {
+		return "", "bad key"
+	}
+	return string(k), ""
 }
 
 // Store keeps the sender's index of one VM in a directory: the committed

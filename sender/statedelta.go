@@ -167,18 +167,11 @@ func unmarshalDelta(b []byte) (*indexDelta, error) {
 	r := bytes.NewReader(body[head:])
 	var scratch [12]byte
 	for range n {
-		kl, err := r.ReadByte()
-		if err != nil {
-			return nil, bad("truncated")
+		k, problem := readTableKey(r)
+		if problem != "" {
+			return nil, bad(problem)
 		}
-		k := make([]byte, kl)
-		if _, err := io.ReadFull(r, k); err != nil {
-			return nil, bad("truncated key")
-		}
-		if !bytes.HasPrefix(k, []byte("disk/")) && !bytes.HasPrefix(k, []byte("ram/")) {
-			return nil, bad("bad key")
-		}
-		td := tableDelta{key: string(k)}
+		td := tableDelta{key: k}
 		mode, err := r.ReadByte()
 		switch {
 		case err != nil:
