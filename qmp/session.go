@@ -146,6 +146,10 @@ func Dial(ctx context.Context, path string, o Options) (*Session, error) {
 	return s, nil
 }
 
+// maxStaleBeforeGreeting bounds the events and replies left over from an
+// earlier client that handshake skips before QEMU's greeting.
+const maxStaleBeforeGreeting = 64
+
 // handshake reads QEMU's greeting and leaves capabilities negotiation.
 func handshake(conn net.Conn, dec *json.Decoder, ver *Version) error {
 	var g struct {
@@ -157,12 +161,24 @@ func handshake(conn net.Conn, dec *json.Decoder, ver *Version) error {
 				Package string `json:"package"`
 			} `json:"version"`
 		} `json:"QMP"`
+		Event  string          `json:"event"`
+		Return json.RawMessage `json:"return"`
+		Error  json.RawMessage `json:"error"`
 	}
-	if err := dec.Decode(&g); err != nil {
-		return fmt.Errorf("greeting: %w", err)
-	}
-	if g.QMP == nil {
-		return errors.New("greeting: not a QMP greeting")
+	// QEMU can hand the next client output it had queued for the one
+	// that just left (an event emitted as it disconnected, a reply it
+	// never read) ahead of the greeting: skip a few such messages.
+	for skipped := 0; ; skipped++ {
+		g.QMP, g.Event, g.Return, g.Error = nil, "", nil, nil
+		if err := dec.Decode(&g); err != nil {
+			return fmt.Errorf("greeting: %w", err)
+		}
+		if g.QMP != nil {
+			break
+		}
+		if skipped == maxStaleBeforeGreeting || (g.Event == "" && g.Return == nil && g.Error == nil) {
+			return errors.New("greeting: not a QMP greeting")
+		}
 	}
 	v := g.QMP.Version
 	*ver = Version{Major: v.QEMU.Major, Minor: v.QEMU.Minor, Micro: v.QEMU.Micro, Package: v.Package}

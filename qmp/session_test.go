@@ -113,6 +113,28 @@ func TestDialErrors(t *testing.T) {
 		t.Errorf("busy socket: %v", err)
 	}
 
+	// Output QEMU had queued for the client before (an event emitted as
+	// it left, a reply it never read) reaches the next one ahead of the
+	// greeting; anything else there is not QMP.
+	const greeting = `{"QMP":{"version":{"qemu":{"micro":22,"minor":2,"major":7},"package":""},"capabilities":[]}}`
+	leftovers := &fakeQEMU{path: filepath.Join(dir, "leftovers.sock"), greeting: `{"timestamp":{"seconds":1,"microseconds":2},"event":"MIGRATION","data":{"status":"completed"}}` + "\r\n" + `{"return":{}}` + "\r\n" + greeting}
+	leftovers.start(t)
+	if s, err := qmp.Dial(ctx, leftovers.path, qmp.Options{}); err != nil {
+		t.Errorf("greeting after an earlier client's leftovers: %v", err)
+	} else {
+		s.Close()
+	}
+	notQMP := &fakeQEMU{path: filepath.Join(dir, "notqmp.sock"), greeting: `{"hello":"world"}` + "\r\n" + greeting}
+	notQMP.start(t)
+	if _, err := qmp.Dial(ctx, notQMP.path, qmp.Options{}); err == nil || !strings.Contains(err.Error(), "not a QMP greeting") {
+		t.Errorf("not QMP: %v", err)
+	}
+	flood := &fakeQEMU{path: filepath.Join(dir, "flood.sock"), greeting: strings.Repeat(`{"return":{}}`+"\r\n", 100) + greeting}
+	flood.start(t)
+	if _, err := qmp.Dial(ctx, flood.path, qmp.Options{}); err == nil || !strings.Contains(err.Error(), "not a QMP greeting") {
+		t.Errorf("100 replies before the greeting: %v", err)
+	}
+
 	old := &fakeQEMU{path: filepath.Join(dir, "old.sock"), greeting: `{"QMP":{"version":{"qemu":{"micro":0,"minor":0,"major":6},"package":""},"capabilities":[]}}`}
 	old.start(t)
 	check := func(v qmp.Version) error {
