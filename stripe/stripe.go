@@ -101,8 +101,9 @@ type Conn struct {
 	pending  map[uint64][]byte
 	next     uint64 // seq of the next chunk Read returns
 	buffered int
-	cur      []byte // the rest of the chunk being read
-	ended    bool   // the end chunk arrived, at endSeq
+	cur      []byte        // the rest of the chunk being read
+	ended    bool          // the end chunk arrived, at endSeq
+	endedCh  chan struct{} // closed when ended is set
 	endSeq   uint64
 	eofs     int   // connections the peer closed
 	err      error // why the stream failed
@@ -121,7 +122,7 @@ func New(subs []io.ReadWriteCloser, o Options) (*Conn, error) {
 		return nil, fmt.Errorf("stripe: %d connections, want 1 to %d", len(subs), MaxCount)
 	}
 	c := &Conn{subs: subs, o: o, queue: make(chan []byte, 2*len(subs)), quit: make(chan struct{}), pending: map[uint64][]byte{},
-		activeCh: make(chan struct{})}
+		activeCh: make(chan struct{}), endedCh: make(chan struct{})}
 	c.cond = sync.NewCond(&c.mu)
 	c.active.Store(int32(len(subs)))
 	if o.Grow != nil {
@@ -309,6 +310,7 @@ func (c *Conn) deliver(seq uint64, data []byte) (bool, error) {
 			}
 		}
 		c.ended, c.endSeq = true, seq
+		close(c.endedCh)
 	} else {
 		c.pending[seq] = data
 		c.buffered += len(data)
@@ -319,6 +321,12 @@ func (c *Conn) deliver(seq uint64, data []byte) (bool, error) {
 
 // Done is closed once the stream has failed or been closed.
 func (c *Conn) Done() <-chan struct{} { return c.quit }
+
+// PeerEnded is closed once the peer's end of the stream has arrived: it
+// has written all it will, which a peer does once it has read what it
+// waited for. Until then, closing the connections (not just the stream)
+// could discard what is still in flight to it.
+func (c *Conn) PeerEnded() <-chan struct{} { return c.endedCh }
 
 // Read reads the stream in order.
 func (c *Conn) Read(p []byte) (int, error) {

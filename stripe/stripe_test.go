@@ -548,3 +548,36 @@ func TestClosedByPeerReadsTheLastWord(t *testing.T) {
 		t.Error("chunk 0 missing, yet the stream ended cleanly")
 	}
 }
+
+// PeerEnded tells a side that the other has ended the stream (so has read
+// what it waited for), not that this side has.
+func TestPeerEnded(t *testing.T) {
+	a, b := pairs(t, 3, Options{})
+	ended := func(c *Conn) bool {
+		select {
+		case <-c.PeerEnded():
+			return true
+		default:
+			return false
+		}
+	}
+	if _, err := a.Write([]byte("refused")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 7)
+	if _, err := io.ReadFull(b, buf); err != nil {
+		t.Fatal(err)
+	}
+	if ended(a) || ended(b) {
+		t.Fatal("ended before either side closed")
+	}
+	b.Close()
+	select {
+	case <-a.PeerEnded():
+	case <-time.After(10 * time.Second):
+		t.Fatal("a did not see b's end")
+	}
+	if ended(b) {
+		t.Error("b sees an end a never sent")
+	}
+}

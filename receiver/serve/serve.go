@@ -300,6 +300,16 @@ func serveConn(ctx context.Context, rcv *receiver.Receiver, joiner *stripe.Joine
 			select {
 			case <-sc.Done():
 			case <-ctx.Done():
+				return
+			}
+			// The last chunks this side wrote (a refusal, an Error frame)
+			// may still be in this connection's buffers, which closing it
+			// discards: unless the sender has ended the stream, which it
+			// does once it has read them, wait for it to, as below.
+			select {
+			case <-sc.PeerEnded():
+			default:
+				awaitSenderEnd(s)
 			}
 			return
 		}
@@ -310,15 +320,27 @@ func serveConn(ctx context.Context, rcv *receiver.Receiver, joiner *stripe.Joine
 		// Handle has told the sender why in an Error frame (and logged
 		// it); closing the connection right away could drop that frame,
 		// even when the sender has already ended its side of the stream.
-		// The sender closes the connection once it has read the frame.
-		s.SetReadDeadline(time.Now().Add(errorGrace))
-		t := time.NewTimer(errorGrace)
-		defer t.Stop()
-		io.Copy(io.Discard, rw)
-		select {
-		case <-conn.Done():
-		case <-t.C:
-		case <-ctx.Done():
+		// The sender ends its side of the stream once it has read the
+		// frame.
+		awaitSenderEnd(s)
+	}
+}
+
+// awaitSenderEnd reads and discards what the sender still sends on s
+// until it ends its side, or closes the connection, or errorGrace passes.
+// A sender ends its side once it has read what it waited for, so the
+// connection can then be closed without discarding anything in flight to
+// it.
+func awaitSenderEnd(s transport.Stream) {
+	deadline := time.Now().Add(errorGrace)
+	for {
+		s.SetReadDeadline(deadline)
+		_, err := io.Copy(io.Discard, s)
+		// The stream's own Close sets a read deadline of now, perhaps
+		// only after the one above: that one still holds.
+		var ne net.Error
+		if err == nil || !errors.As(err, &ne) || !ne.Timeout() || !time.Now().Before(deadline) {
+			return
 		}
 	}
 }
