@@ -309,7 +309,7 @@ func serveConn(ctx context.Context, rcv *receiver.Receiver, joiner *stripe.Joine
 			select {
 			case <-sc.PeerEnded():
 			default:
-				awaitSenderEnd(s)
+				awaitSender(s, conn)
 			}
 			return
 		}
@@ -320,18 +320,17 @@ func serveConn(ctx context.Context, rcv *receiver.Receiver, joiner *stripe.Joine
 		// Handle has told the sender why in an Error frame (and logged
 		// it); closing the connection right away could drop that frame,
 		// even when the sender has already ended its side of the stream.
-		// The sender ends its side of the stream once it has read the
-		// frame.
-		awaitSenderEnd(s)
+		// The sender closes the connection once it has read the frame.
+		awaitSender(s, conn)
 	}
 }
 
-// awaitSenderEnd reads and discards what the sender still sends on s
-// until it ends its side, or closes the connection, or errorGrace passes.
-// A sender ends its side once it has read what it waited for, so the
-// connection can then be closed without discarding anything in flight to
-// it.
-func awaitSenderEnd(s transport.Stream) {
+// awaitSender keeps conn open, at most errorGrace, until the sender
+// closes it, discarding what the sender still sends on s: closing it
+// first would discard what is in flight to the sender. (A sender may
+// end its side of the stream before it has read the reply, so that is
+// not enough.)
+func awaitSender(s transport.Stream, conn *transport.Conn) {
 	deadline := time.Now().Add(errorGrace)
 	for {
 		s.SetReadDeadline(deadline)
@@ -339,9 +338,16 @@ func awaitSenderEnd(s transport.Stream) {
 		// The stream's own Close sets a read deadline of now, perhaps
 		// only after the one above: that one still holds.
 		var ne net.Error
-		if err == nil || !errors.As(err, &ne) || !ne.Timeout() || !time.Now().Before(deadline) {
-			return
+		if err != nil && errors.As(err, &ne) && ne.Timeout() && time.Now().Before(deadline) {
+			continue
 		}
+		break
+	}
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case <-conn.Done():
+	case <-t.C:
 	}
 }
 
