@@ -388,36 +388,20 @@ func (v *VMSettings) CheckImages() error {
 	return nil
 }
 
-// ConnectionCount is a configuration's receiver.connections: a number,
-// which PeerSettings.Validate checks, or "auto". Absent, it is 1: auto
-// connections still lose a receiver's refusal to the other connections'
-// close at times, so they are chosen, not the default. It decodes from a
-// TOML value (BurntSushi/toml's Unmarshaler).
-type ConnectionCount struct {
-	n         int
-	auto, set bool
-}
-
-// Count is the PeerSettings.Connections it stands for (0: auto).
-func (c ConnectionCount) Count() int {
-	switch {
-	case c.auto:
-		return 0
-	case !c.set:
-		return 1
-	}
-	return c.n
-}
+// ConnectionCount is a configuration's receiver.connections: "auto" (0)
+// or a number, which PeerSettings.Validate checks. It decodes from a TOML
+// value (BurntSushi/toml's Unmarshaler).
+type ConnectionCount int
 
 // UnmarshalTOML implements toml.Unmarshaler.
 func (c *ConnectionCount) UnmarshalTOML(v any) error {
 	switch v := v.(type) {
 	case int64:
-		*c = ConnectionCount{n: int(max(min(v, 1<<20), -1)), set: true} // out of range either way
+		*c = ConnectionCount(max(min(v, 1<<20), -1)) // out of range either way
 		return nil
 	case string:
 		if v == "auto" {
-			*c = ConnectionCount{auto: true, set: true}
+			*c = 0
 			return nil
 		}
 	}

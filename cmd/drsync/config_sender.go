@@ -42,7 +42,7 @@ type ReceiverPeerConfig struct {
 	BandwidthCap Rate `toml:"bandwidth_cap"`
 	// Connections stripes each VM's stream over this many QUIC
 	// connections, each with its own congestion control, to fill a long,
-	// lossy link (default 1); "auto" uses as many, up to 8, as raise
+	// lossy link; "auto" (the default) uses as many, up to 8, as raise
 	// goodput.
 	Connections agent.ConnectionCount `toml:"connections"`
 }
@@ -103,7 +103,7 @@ func loadSenderConfig(path string) (*SenderConfig, error) {
 	if err := c.Identity.validate(c.file); err != nil {
 		return nil, err
 	}
-	c.peer = agent.PeerSettings{Address: c.Receiver.Address, Fingerprints: c.Receiver.Fingerprints, HasCA: c.Receiver.CA != "", IdleTimeout: c.Receiver.IdleTimeout.D(), Connections: c.Receiver.Connections.Count()}
+	c.peer = agent.PeerSettings{Address: c.Receiver.Address, Fingerprints: c.Receiver.Fingerprints, HasCA: c.Receiver.CA != "", IdleTimeout: c.Receiver.IdleTimeout.D(), Connections: int(c.Receiver.Connections)}
 	if err := c.peer.Validate(); err != nil {
 		return nil, configErr(c.file, err)
 	}

@@ -321,8 +321,8 @@ func TestSenderConfigResolvesAndDefaults(t *testing.T) {
 	if len(o.Disks) != 1 || o.Disks[0].BlockSize != 128<<10 || o.Disks[0].Path != filepath.Join(dir, "images/vda.raw") || len(o.RAM) != 1 || o.DeviceState != "/abs/dev.state" {
 		t.Errorf("file source options %+v", o)
 	}
-	if cfg.peer.Connections != 1 {
-		t.Errorf("connections %d by default, want 1", cfg.peer.Connections)
+	if cfg.peer.Connections != 0 {
+		t.Errorf("connections %d by default, want 0 (auto)", cfg.peer.Connections)
 	}
 	for _, tc := range []struct {
 		line string
