@@ -103,13 +103,15 @@ func linkBytes(em *wanemu.Emulator) int64 {
 // the steady state three epochs after the second (which covers the time
 // the first took).
 func drsyncOverWAN(b *testing.B, em *wanemu.Emulator, link wanbench.Link, g wanbench.GuestSpec, epoch time.Duration) (wanbench.Result, error) {
-	row := wanbench.Result{Tool: "drsync: memory + disks, dedup, zstd fast, 8 connections", Link: link.Name, EpochInterval: epoch}
+	row := wanbench.Result{Tool: "drsync, default settings (auto connections): memory + disks, dedup, zstd fast", Link: link.Name, EpochInterval: epoch}
 	dir := hosttools.ShortTempDir(b, "wb")
 	vm := guest.Launch(b, guest.Options{MemMiB: g.MemMiB, Disks: g.Prepare(b, dir), Args: g.Args})
 	if _, err := vm.WaitFor(5*time.Minute, func(l guest.Line) bool { return strings.HasPrefix(l.Text, "CACHED 1 ") }); err != nil {
 		return row, fmt.Errorf("the guest did not fill its page cache: %w", err)
 	}
-	p := wanPair(b, em, vm.QMPSocket, fmt.Sprintf("min_interval = %q", epoch), "connections = 8")
+	// Default settings but the epoch: the link is to be filled without
+	// the operator tuning connections.
+	p := wanPair(b, em, vm.QMPSocket, fmt.Sprintf("min_interval = %q", epoch), "")
 	start, bytes0 := time.Now(), linkBytes(em)
 	snd := testkit.StartWrapped(b, p.path("sender.log"), func(c *exec.Cmd) error { return em.Wrap(wanemu.SideA, c) },
 		"send", "--config", p.sendCfg, "--log-json")
