@@ -51,6 +51,11 @@ type cut struct {
 	ramTable *blockhash.Table
 	scanTime time.Duration
 	scanErr  error // a failed arming scan of a full group cut, handled after its cont
+	// pre holds the pages a tracked cut copied while its guest still
+	// ran (precopy): the stopped window copies only those written since.
+	pre          *writtenPages
+	precopyTime  time.Duration
+	precopyPages int
 }
 
 // CutStats describes the capture of one cut.
@@ -70,6 +75,11 @@ type CutStats struct {
 	// before it) or PassLive.
 	Pass Pass
 	Scan time.Duration // scan and copy of written pages, guest stopped
+	// Precopy is the scan and copy of written pages while the guest
+	// still ran, PrecopyPages how many it copied: the stopped window
+	// copies only the pages written after it.
+	Precopy      time.Duration
+	PrecopyPages int
 	// NBDSocket and Exports (one per disk, in order) name the point-in-time
 	// views while the cut is open, for tools that want to read them too.
 	NBDSocket string
@@ -120,6 +130,9 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 	}
 	sizes, err := c.prepareDisks(ctx, sess)
 	if err != nil {
+		return nil, err
+	}
+	if err := c.precopy(); err != nil {
 		return nil, err
 	}
 
@@ -335,7 +348,8 @@ func (s *Source) awaitMigration(ctx, cctx context.Context, sess Monitor, sub qmp
 // apart: it fails a tracked cut only.
 func (c *cut) whileStopped(ctx context.Context, sess Monitor) (scanErr, frozenErr error) {
 	c.ramPrev = c.s.ramGen()
-	c.dirty, c.scanTime, scanErr = c.s.scanStopped(c.tracked, c.gen)
+	c.dirty, c.scanTime, scanErr = c.s.scanStopped(c.tracked, c.gen, c.pre)
+	c.pre = nil
 	return scanErr, c.freeze(ctx, sess)
 }
 
@@ -381,7 +395,7 @@ func (c *cut) settle(ctx, cctx context.Context, sess Monitor, cap *capture, size
 		c.fillImage()
 	}
 	stats := CutStats{Freeze: t.resumed.Sub(t.completed), Downtime: time.Duration(mig.Downtime) * time.Millisecond, Capture: time.Since(t.migStart), StreamBytes: res.Stats.StreamBytes,
-		RAMPath: RAMFull, Scan: c.scanTime, Pass: t.pass}
+		RAMPath: RAMFull, Scan: c.scanTime, Pass: t.pass, Precopy: c.precopyTime, PrecopyPages: c.precopyPages}
 	if c.tracked {
 		stats.RAMPath, stats.DirtyPages = RAMTracked, dirtylog.Pages(c.dirty)
 	}
@@ -393,7 +407,7 @@ func (c *cut) settle(ctx, cctx context.Context, sess Monitor, cap *capture, size
 	if err != nil {
 		return nil, err
 	}
-	s.log.Debug("cut", "gen", c.gen, "group", group != nil, "pause", stats.Pause, "downtime", stats.Downtime, "freeze", stats.Freeze, "scan", stats.Scan, "capture", stats.Capture,
+	s.log.Debug("cut", "gen", c.gen, "group", group != nil, "pause", stats.Pause, "downtime", stats.Downtime, "freeze", stats.Freeze, "scan", stats.Scan, "precopy", stats.Precopy, "precopy_pages", stats.PrecopyPages, "capture", stats.Capture,
 		"stream_bytes", stats.StreamBytes, "ram", stats.RAMPath, "pass", stats.Pass, "dirty_pages", stats.DirtyPages, "chain", bitmap != "")
 	return snap, nil
 }

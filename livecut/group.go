@@ -108,6 +108,9 @@ func (s *Source) PrepareGroupCut(ctx context.Context) (g *GroupCut, err error) {
 	// Decided (and the tracker started: a ptrace stop of QEMU) while the
 	// guest runs.
 	c.tracked = s.trackedCut()
+	if err := c.precopy(); err != nil {
+		return g, err
+	}
 	if g.cap, err = startCapture(filepath.Join(s.o.WorkDir, "mig.sock")); err != nil {
 		return g, fmt.Errorf("livecut: %w", err)
 	}

@@ -185,8 +185,8 @@ func TestTrackedGroupCuts(t *testing.T) {
 				how = "measured"
 				pauses[st.RAMPath] = append(pauses[st.RAMPath], snap.Pause)
 			}
-			t.Logf("group cut %d of %s: %s, pass %s, %d written pages, scan %v, pause %v (%s), stream %d bytes",
-				n, m.name, st.RAMPath, st.Pass, st.DirtyPages, st.Scan.Round(100*time.Microsecond), snap.Pause.Round(100*time.Microsecond), how, st.StreamBytes)
+			t.Logf("group cut %d of %s: %s, pass %s, %d written pages (%d copied before the stop in %v), scan %v, pause %v (%s), stream %d bytes",
+				n, m.name, st.RAMPath, st.Pass, st.DirtyPages, st.PrecopyPages, st.Precopy.Round(100*time.Microsecond), st.Scan.Round(100*time.Microsecond), snap.Pause.Round(100*time.Microsecond), how, st.StreamBytes)
 			checkTrackedMember(t, n, m, snap, st, atCut[i])
 			tables := diskTables(t, snap)
 			if r.planned[i] {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"time"
 
@@ -100,11 +101,42 @@ func (s *Source) setIgnoreShared(ctx context.Context, sess Monitor, on bool) err
 	return sess.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": on}}}, nil)
 }
 
+// precopy runs before a tracked cut stops its guest: it scans for the
+// pages written since the last cut (which protects them again) and
+// copies them while the guest runs, so that the stopped window copies
+// only the pages written after this scan, however many the guest wrote
+// in the whole epoch. The scanned ranges join the carried ones at once:
+// a cut that fails from here on leaves them for the next tracked cut, as
+// an aborted one does. A failed scan fails the cut and ends the
+// tracking; a failed copy only leaves the stopped window all to copy.
+func (c *cut) precopy() error {
+	s := c.s
+	if !c.tracked || s.ram == nil {
+		return nil
+	}
+	start := time.Now()
+	dirty, err := s.ram.tr.Scan()
+	if err != nil {
+		err = fmt.Errorf("scan guest RAM while it runs: %w", err)
+		s.dropTracking(err)
+		return fmt.Errorf("livecut: %w: %w", err, ErrCutFailed)
+	}
+	s.ram.carried = mergeRanges(s.ram.carried, dirty)
+	w, err := copyWritten(s.ram.tr, s.ram.carried, s.ram.size, nil, nil)
+	if err != nil {
+		s.log.Warn("could not copy the written guest RAM before the cut; the cut copies it with the guest stopped", "err", err)
+		return nil
+	}
+	c.pre, c.precopyTime, c.precopyPages = w, time.Since(start), dirtylog.Pages(s.ram.carried)
+	return nil
+}
+
 // scanStopped runs while the guest is stopped after the migration: the
 // first scan arms the tracking (a full cut); on a tracked cut the pages
-// written since the last cut are copied out of the guest. It returns the
-// written ranges of a tracked cut.
-func (s *Source) scanStopped(tracked bool, gen uint64) ([]dirtylog.Range, time.Duration, error) {
+// written since the last cut are copied out of the guest, or, where pre
+// (precopy's copy, if any) holds them and the guest has not written them
+// since, taken from pre. It returns the written ranges of a tracked cut.
+func (s *Source) scanStopped(tracked bool, gen uint64, pre *writtenPages) ([]dirtylog.Range, time.Duration, error) {
 	if s.ram == nil {
 		return nil, 0, nil
 	}
@@ -120,11 +152,12 @@ func (s *Source) scanStopped(tracked bool, gen uint64) ([]dirtylog.Range, time.D
 		s.ram.armed, s.ram.imageGen, s.ram.written, s.ram.carried = true, 0, nil, nil
 		return nil, time.Since(start), nil
 	}
+	since := dirty
 	dirty = mergeRanges(s.ram.carried, dirty)
 	// From here the scan is this cut's, or the tracking broken: a failed
 	// copy ends it.
 	s.ram.imageGen, s.ram.written, s.ram.carried = gen, nil, nil
-	w, err := copyWritten(s.ram.tr, dirty, s.ram.size)
+	w, err := copyWritten(s.ram.tr, dirty, s.ram.size, since, pre)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -183,8 +216,11 @@ type writtenPages struct {
 // errNotCopied is a read of a page a tracked cut did not copy.
 var errNotCopied = errors.New("livecut: a page the guest did not write since the last cut is not held by the sender")
 
-// copyWritten copies the ranges dirty of the block (size bytes) from tr.
-func copyWritten(tr RAMTracker, dirty []dirtylog.Range, size int64) (*writtenPages, error) {
+// copyWritten copies the ranges dirty of the block (size bytes): from
+// tr, but where pre is given, only the parts within fresh (ascending,
+// disjoint: written since pre was copied) come from tr and the rest from
+// pre, which must hold them.
+func copyWritten(tr RAMTracker, dirty []dirtylog.Range, size int64, fresh []dirtylog.Range, pre *writtenPages) (*writtenPages, error) {
 	w := &writtenPages{ranges: dirty, at: make([]int, len(dirty))}
 	n := 0
 	for i, r := range dirty {
@@ -195,9 +231,27 @@ func copyWritten(tr RAMTracker, dirty []dirtylog.Range, size int64) (*writtenPag
 		n += int(r.End - r.Start)
 	}
 	w.data = make([]byte, n)
+	f := 0 // the first fresh range that may reach the current position
 	for i, r := range dirty {
-		if _, err := tr.ReadAt(w.data[w.at[i]:w.at[i]+int(r.End-r.Start)], int64(r.Start)); err != nil {
-			return nil, fmt.Errorf("copy written guest RAM: %w", err)
+		for pos := r.Start; pos < r.End; {
+			for f < len(fresh) && fresh[f].End <= pos {
+				f++
+			}
+			// [pos, end) comes all from tr or all from pre.
+			end, src := r.End, io.ReaderAt(pre)
+			switch {
+			case pre == nil:
+				src = tr
+			case f < len(fresh) && fresh[f].Start <= pos:
+				end, src = min(r.End, fresh[f].End), tr
+			case f < len(fresh):
+				end = min(r.End, fresh[f].Start)
+			}
+			at := w.at[i] + int(pos-r.Start)
+			if _, err := src.ReadAt(w.data[at:at+int(end-pos)], int64(pos)); err != nil {
+				return nil, fmt.Errorf("copy written guest RAM: %w", err)
+			}
+			pos = end
 		}
 	}
 	return w, nil

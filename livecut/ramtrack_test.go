@@ -39,6 +39,17 @@ func (m memTracker) ReadAt(p []byte, off int64) (int, error) {
 }
 func (m memTracker) Close() error { return nil }
 
+// countingTracker counts the bytes read of the guest.
+type countingTracker struct {
+	memTracker
+	read int
+}
+
+func (c *countingTracker) ReadAt(p []byte, off int64) (int, error) {
+	c.read += len(p)
+	return c.memTracker.ReadAt(p, off)
+}
+
 // The tracked path holds the written pages only: reads inside them (also
 // across two adjacent ranges) return the guest's bytes, a read reaching
 // any other page fails, and bad ranges are refused.
@@ -47,7 +58,7 @@ func TestWrittenPages(t *testing.T) {
 	for i := range mem {
 		mem[i] = byte(i / 4096)
 	}
-	w, err := copyWritten(mem, []dirtylog.Range{{Start: 4096, End: 3 * 4096}, {Start: 3 * 4096, End: 4 * 4096}, {Start: 8 * 4096, End: 9 * 4096}}, int64(len(mem)))
+	w, err := copyWritten(mem, []dirtylog.Range{{Start: 4096, End: 3 * 4096}, {Start: 3 * 4096, End: 4 * 4096}, {Start: 8 * 4096, End: 9 * 4096}}, int64(len(mem)), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -85,9 +96,55 @@ func TestWrittenPages(t *testing.T) {
 		{{Start: 4096, End: 4096}},
 		{{Start: 4 * 4096, End: 5 * 4096}, {Start: 0, End: 4096}},
 	} {
-		if _, err := copyWritten(mem, bad, int64(len(mem))); err == nil {
+		if _, err := copyWritten(mem, bad, int64(len(mem)), nil, nil); err == nil {
 			t.Fatalf("ranges %v accepted", bad)
 		}
+	}
+}
+
+// A tracked cut whose pages were copied while the guest ran (precopy)
+// takes from the guest, stopped, only the pages written since (fresh),
+// and the rest from that copy: a page rewritten after the precopy reads
+// as it is at the cut, one not rewritten as copied; a page neither holds
+// fails the copy.
+func TestCopyWrittenAfterPrecopy(t *testing.T) {
+	r := func(s, e uint64) dirtylog.Range { return dirtylog.Range{Start: s * 4096, End: e * 4096} }
+	mem := make(memTracker, 16*4096)
+	for i := range mem {
+		mem[i] = byte(i / 4096)
+	}
+	pre, err := copyWritten(mem, []dirtylog.Range{r(1, 5), r(8, 10)}, int64(len(mem)), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The guest rewrites pages 2, 3 and 9 and writes 12, then stops.
+	for _, p := range []int{2, 3, 9, 12} {
+		for i := p * 4096; i < (p+1)*4096; i++ {
+			mem[i] = 0xEE
+		}
+	}
+	fresh := []dirtylog.Range{r(2, 4), r(9, 10), r(12, 13)}
+	dirty := mergeRanges([]dirtylog.Range{r(1, 5), r(8, 10)}, fresh)
+	stopped := &countingTracker{memTracker: mem}
+	w, err := copyWritten(stopped, dirty, int64(len(mem)), fresh, pre)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stopped.read != 4*4096 {
+		t.Errorf("the stopped copy read %d bytes of the guest, want the 4 pages written since the precopy", stopped.read)
+	}
+	for _, p := range []int{1, 2, 3, 4, 8, 9, 12} {
+		buf := make([]byte, 4096)
+		if _, err := w.ReadAt(buf, int64(p)*4096); err != nil {
+			t.Fatalf("page %d: %v", p, err)
+		}
+		if !bytes.Equal(buf, mem[p*4096:(p+1)*4096]) {
+			t.Errorf("page %d reads %#x, the guest's at the cut is %#x", p, buf[0], mem[p*4096])
+		}
+	}
+	// Page 6 is in no fresh range and not in the precopy.
+	if _, err := copyWritten(mem, []dirtylog.Range{r(6, 7)}, int64(len(mem)), fresh, pre); !errors.Is(err, errNotCopied) {
+		t.Errorf("a page neither copy holds: %v, want errNotCopied", err)
 	}
 }
 

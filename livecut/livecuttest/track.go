@@ -31,7 +31,8 @@ func (f *Fake) WriteRAM(pages ...int) {
 // TrackRAM is a livecut.Options.TrackRAM over the fake's RAM, as
 // dirtylog.Guest follows a shared backend: the first Scan reports all of
 // it, each later one the pages WriteRAM wrote since the previous Scan.
-// Scans go in the trace ("ram-scan"); one while the guest runs fails the
+// Scans go in the trace ("ram-scan", "ram-scan while running" for a
+// tracked cut's precopy); an arming scan while the guest runs fails the
 // test, since its pages would not be the cut's.
 func (f *Fake) TrackRAM() (livecut.RAMTracker, error) {
 	return &tracker{f: f}, nil
@@ -49,10 +50,14 @@ func (t *tracker) Scan() ([]dirtylog.Range, error) {
 	if t.closed {
 		return nil, errors.New("livecuttest: scan of a closed tracker")
 	}
-	if f.Status == "running" && f.T != nil {
-		f.T.Errorf("livecuttest: guest RAM scanned while the guest runs")
+	running := ""
+	if f.Status == "running" {
+		running = " while running"
 	}
 	if !f.tracking {
+		if running != "" && f.T != nil {
+			f.T.Errorf("livecuttest: guest RAM tracking armed while the guest runs")
+		}
 		f.tracking, f.written = true, map[int]bool{}
 		f.traceLocked("ram-scan: all")
 		return []dirtylog.Range{{Start: 0, End: uint64(len(f.RAM))}}, nil
@@ -70,7 +75,7 @@ func (t *tracker) Scan() ([]dirtylog.Range, error) {
 		}
 		out = append(out, r)
 	}
-	f.traceLocked("ram-scan: pages [" + strings.Join(names, " ") + "]")
+	f.traceLocked("ram-scan" + running + ": pages [" + strings.Join(names, " ") + "]")
 	return out, nil
 }
 
