@@ -70,9 +70,12 @@
 // guest RAM in a shared memory backend, the first cut migrates all of RAM
 // and, guest stopped, arms a RAMTracker (dirtylog: write-protect-async
 // userfaultfd inside QEMU). Each later cut sets x-ignore-shared, so its
-// migration carries device state only, and, guest stopped, scans the
-// pages written since the last scan and copies those pages out of QEMU's
-// RAM: the pause grows with the written pages, not with RAM. The RAM
+// migration carries device state only; before the guest stops it scans
+// the pages written since the last scan and copies them (precopy), and,
+// guest stopped, scans again and copies only the pages written since the
+// precopy, taking the rest from the precopy's copy: the pause grows with
+// the pages written in those few moments, not with RAM nor with the
+// epoch's writes. The RAM
 // target is the written ranges to read and every other page unchanged
 // from the planner's table of the previous cut, so the sender hashes only
 // written pages and holds no image of the guest's RAM: between cuts it
