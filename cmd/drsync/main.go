@@ -18,11 +18,12 @@ import (
 	"sort"
 	"time"
 
+	"github.com/drsync/drsync/internal/heapprofile"
 	"golang.org/x/sys/unix"
 )
 
 func main() {
-	startHeapProfile()
+	heapprofile.FromEnv()
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -36,9 +37,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 type env struct {
 	stdout, stderr io.Writer
 	now            func() time.Time
-	// listening, if set, is told the receiver's bound address, so that
-	// tests can listen on port 0.
-	listening func(net.Addr)
+	listening      func(net.Addr) // if set, told the receiver's address (tests listen on port 0)
 }
 
 // command is one subcommand.
@@ -48,8 +47,7 @@ type command struct {
 	args    string // synopsis of the arguments
 	summary string
 	run     func(ctx context.Context, e *env, set *flag.FlagSet, args []string) error
-	// flags registers the subcommand's flags on set.
-	flags func(set *flag.FlagSet)
+	flags   func(set *flag.FlagSet) // registers the subcommand's flags on set
 }
 
 // commands lists the subcommands in the order help shows them.
