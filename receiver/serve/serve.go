@@ -304,8 +304,9 @@ func serveConn(ctx context.Context, rcv *receiver.Receiver, joiner *stripe.Joine
 			}
 			// The last chunks this side wrote (a refusal, an Error frame)
 			// may still be in this connection's buffers, which closing it
-			// discards: unless the sender has ended the stream, which it
-			// does once it has read them, wait for it to, as below.
+			// discards: unless the sender has ended the stream (the
+			// normal end, once it has read them), wait, as below, for
+			// the sender to close the connection.
 			select {
 			case <-sc.PeerEnded():
 			default:
