@@ -367,17 +367,24 @@ func (l *lazyLoader) stop() {
 	})
 }
 
-// wait waits until every page is in, the load failed, or ctx ends.
+// wait waits until every page is in, the load failed, or ctx ends. Once
+// every page is in (or QEMU ended), it returns only after the loader's
+// readers have closed their images: its caller may then close the store
+// they read (an RBD store's cluster connection, which closed under an
+// open image crashes the process from librbd's threads).
 func (l *lazyLoader) wait(ctx context.Context) error {
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
 	for {
 		select {
 		case <-l.resident:
+			l.stop()
+			l.wg.Wait()
 			return nil
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-l.stopped:
+			l.wg.Wait()
 			select {
 			case <-l.resident:
 				return nil

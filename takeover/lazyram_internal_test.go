@@ -94,10 +94,23 @@ type gatedImage struct {
 	gates   map[int64]chan struct{}
 	once    map[int64]bool
 	waiting chan int64
+	// opened and closed count the loader's readers.
+	opened, closed int
 }
 
-func (g *gatedImage) open() (replica.ReaderAtCloser, error) { return g, nil }
-func (g *gatedImage) Close() error                          { return nil }
+func (g *gatedImage) open() (replica.ReaderAtCloser, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.opened++
+	return g, nil
+}
+
+func (g *gatedImage) Close() error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.closed++
+	return nil
+}
 func (g *gatedImage) ReadAt(p []byte, off int64) (int, error) {
 	g.mu.Lock()
 	gate, ok := g.gates[off]
@@ -248,6 +261,13 @@ func TestLazyLoad(t *testing.T) {
 	if err := l.wait(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// Every reader is closed by then: the caller closes the store next
+	// (with RBD, the cluster connection under the images).
+	g.mu.Lock()
+	if g.opened == 0 || g.closed != g.opened {
+		t.Errorf("wait returned with %d of the loader's %d readers closed", g.closed, g.opened)
+	}
+	g.mu.Unlock()
 	binary.LittleEndian.PutUint64(img[page*pageSize:], uint64(page+2))
 	sum := fnv.New64a()
 	sum.Write(img)
