@@ -309,8 +309,10 @@ func (c *Conn) deliver(seq uint64, data []byte) (bool, error) {
 				return false, fmt.Errorf("end at chunk %d before chunk %d: %w", seq, s, ErrMalformed)
 			}
 		}
+		if !c.ended {
+			close(c.endedCh)
+		}
 		c.ended, c.endSeq = true, seq
-		close(c.endedCh)
 	} else {
 		c.pending[seq] = data
 		c.buffered += len(data)
