@@ -75,14 +75,15 @@ test: deps
 	echo "unit, crash and integration tests (a line per package as it ends):"; \
 	TMPDIR=$$tmp $(GO) test -count=1 -timeout 30m $$($(GO) list ./... | grep -v '/e2e$$') 2>&1 | tee $$log; status=$$?; \
 	echo "end-to-end tests with real QEMU guests (a line per test as it starts and ends):"; \
-	TMPDIR=$$tmp $(GO) test -count=1 -v -timeout 70m ./e2e 2>&1 | scripts/progress.sh $$e2elog; \
-	e2efailed=; if [ $${PIPESTATUS[0]} != 0 ]; then status=1; e2efailed=1; echo "end-to-end output:"; grep -v '^=== \(RUN\|PAUSE\|CONT\)' $$e2elog | tail -n 400; fi; \
+	TMPDIR=$$tmp $(GO) test -count=1 -v -timeout 70m ./e2e 2>&1 | scripts/progress.sh $$e2elog; e2estatus=$${PIPESTATUS[0]}; \
+	e2efailed=; if [ $$e2estatus != 0 ]; then status=1; e2efailed=1; echo "end-to-end output:"; grep -v '^=== \(RUN\|PAUSE\|CONT\)' $$e2elog | tail -n 400; fi; \
 	grep '^\(ok\|FAIL\)[[:space:]]' $$e2elog >> $$log; \
 	echo "the short tests again, under the race detector (not e2e: its subjects are separate processes):"; \
 	TMPDIR=$$tmp $(GO) test -race -short -count=1 -timeout 30m $$($(GO) list ./... | grep -v '/e2e$$') 2>&1 | tee -a $$log || status=1; \
 	TMPDIR=$$tmp $(MAKE) --no-print-directory fuzz-ci || status=1; \
 	if [ -n "$$e2efailed" ]; then echo "end-to-end tests that failed, with the last messages each logged:"; scripts/failures.sh $$e2elog; fi; \
 	echo "packages: $$(grep -c '^ok' $$log) passed, $$(grep -c '^FAIL[[:space:]]' $$log) failed"; \
+	if grep -q '^FAIL[[:space:]]' $$log; then status=1; fi; \
 	left=$$(find $$tmp -mindepth 1 -maxdepth 1 -printf '%f\n'); \
 	if [ -n "$$left" ]; then echo "the tests left files in the temporary directory:"; echo "$$left"; status=1; fi; \
 	rm -rf $$log $$e2elog $$tmp; exit $$status
