@@ -104,7 +104,8 @@ func TestTrackedSubSecondEpochs(t *testing.T) {
 	log := snd.Log()
 	full, tracked := strings.Count(log, "ram_path=full"), strings.Count(log, "ram_path=tracked")
 	if full != 1 || tracked < 2 {
-		t.Errorf("%d full and %d tracked epochs; want the first full and every later one tracked", full, tracked)
+		t.Errorf("%d full and %d tracked epochs; want the first full and every later one tracked; the full cuts and the warnings:\n%s\n%s",
+			full, tracked, grepLines(log, "ram_path=full", 5), grepLines(log, "level=WARN", 10))
 	}
 	var st struct {
 		LastResult struct {
@@ -132,7 +133,7 @@ func TestTrackedSubSecondEpochs(t *testing.T) {
 		median(freezes).Round(100*time.Microsecond), median(scans).Round(10*time.Microsecond), qemuDown, float64(medPause)/float64(max(qemuDown, time.Millisecond)))
 	t.Logf("drsync status:\n%s", table)
 	if epochs < 10 {
-		t.Errorf("only %d epochs in %v", epochs, elapsed)
+		t.Errorf("only %d epochs in %v; the warnings:\n%s", epochs, elapsed, grepLines(log, "level=WARN", 10))
 	}
 
 	failoverChecks(t, p, vm, m, recs, `accel = "tcg"`+"\nmain_ram = \"ram0\"")
