@@ -36,9 +36,17 @@ func Blocks(size int64, blockSize int) int64 {
 // which is what a freshly created sparse replica image is.
 func NewZero(size int64, blockSize int) *Table {
 	t := &Table{BlockSize: blockSize, Size: size, Hashes: make([]uint64, Blocks(size, blockSize))}
-	for i := range t.Hashes {
-		t.Hashes[i] = ZeroHash(t.BlockLen(int64(i)))
+	if len(t.Hashes) == 0 {
+		return t
 	}
+	// Looked up once: a guest's RAM table has a million entries per 4 GiB,
+	// and NewZero runs for every target of every epoch.
+	full := ZeroHash(blockSize)
+	for i := range t.Hashes {
+		t.Hashes[i] = full
+	}
+	last := int64(len(t.Hashes) - 1)
+	t.Hashes[last] = ZeroHash(t.BlockLen(last))
 	return t
 }
 

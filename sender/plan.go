@@ -241,6 +241,19 @@ func runOf(it *PlanItem) blockplan.Run {
 	return blockplan.Run{Type: it.Type, Off: it.Off, Len: it.Len, Source: it.Source, SrcTarget: it.SrcTarget, SrcOff: it.SrcOff}
 }
 
+// readBlocks reads p at off. A short read at the target's end leaves the
+// rest of p zero, as the bytes past the end of a target read.
+func readBlocks(r io.ReaderAt, p []byte, off int64) error {
+	n, err := r.ReadAt(p, off)
+	if err != nil && err != io.EOF {
+		return err
+	}
+	if n < len(p) {
+		clear(p[n:])
+	}
+	return nil
+}
+
 // scanTarget compares every block of t with old and returns the new table.
 func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockhash.Table) (*blockhash.Table, error) {
 	if t.Size <= 0 || t.BlockSize < 512 || t.BlockSize&(t.BlockSize-1) != 0 {
@@ -285,8 +298,10 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 			ei++
 		}
 		allZero := ei < len(extents) && coveredBy(extents[ei:], off, off+n, isZero)
+		// Not cleared: every block whose bytes are used is read first
+		// (readBlocks zero-fills past the target's end), and clearing the
+		// whole chunk cost a tracked epoch a pass over all of RAM.
 		data := buf[:n]
-		clear(data)
 		// Read only the blocks the extents say nothing of, in runs: holes,
 		// zero-allocated and unchanged ranges cost nothing.
 		known := make([]blockKnowledge, (n+bs-1)/bs)
@@ -315,7 +330,7 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 					e += bs
 				}
 				e = min(e, n)
-				if _, err := t.Reader.ReadAt(data[b:e], off+b); err != nil && err != io.EOF {
+				if err := readBlocks(t.Reader, data[b:e], off+b); err != nil {
 					return nil, fmt.Errorf("read at %d: %w", off+b, err)
 				}
 				p.Scanned += e - b
@@ -365,7 +380,7 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 			var srcOff int64
 			if blockplan.Lookup(bk) {
 				if known[b/bs] == unchangedBlock {
-					if _, err := t.Reader.ReadAt(blk, off+b); err != nil && err != io.EOF {
+					if err := readBlocks(t.Reader, blk, off+b); err != nil {
 						return nil, fmt.Errorf("read at %d: %w", off+b, err)
 					}
 				}
@@ -404,7 +419,7 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 			if known[b/bs] == unchangedBlock && !zero {
 				// Unchanged since the previous cut but not what the replica
 				// holds (an earlier epoch was never sent): read it now.
-				if _, err := t.Reader.ReadAt(blk, off+b); err != nil && err != io.EOF {
+				if err := readBlocks(t.Reader, blk, off+b); err != nil {
 					return nil, fmt.Errorf("read at %d: %w", off+b, err)
 				}
 				p.Scanned += int64(len(blk))

@@ -295,3 +295,41 @@ func TestDedupNeverTrustsAStaleIndex(t *testing.T) {
 		t.Fatalf("frame %+v", f)
 	}
 }
+
+// TestPlanReadsPastEndAsZeros: a target whose reader ends before its size
+// (an image file shorter than its virtual size) reads as zeros past the
+// end, even where the planner's buffer held other bytes from an earlier
+// chunk.
+func TestPlanReadsPastEndAsZeros(t *testing.T) {
+	const size = 2 * planChunk
+	data := bytes.Repeat([]byte{0xaa}, planChunk+100)
+	snap, _ := snapOf(make([]byte, size), nil)
+	snap.Targets[0].Reader = bytes.NewReader(data)
+	p, err := BuildPlan(context.Background(), 1, snap, baseFresh, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := make([]byte, size)
+	copy(want, data)
+	got := p.Next.Tables[TableKey(vmspec.KindDisk, "vda")]
+	if exp := tableOfContent(want, 4096); !got.Equal(exp) {
+		for i := range got.Hashes {
+			if got.Hashes[i] != exp.Hashes[i] {
+				t.Fatalf("block %d (of %d) does not hash as the target's content with zeros past its end", i, len(got.Hashes))
+			}
+		}
+	}
+	if p.Bytes != planChunk+4096 {
+		t.Fatalf("planned %d bytes of data, want %d", p.Bytes, planChunk+4096)
+	}
+}
+
+// tableOfContent is the table of b, hashed block by block.
+func tableOfContent(b []byte, bs int) *blockhash.Table {
+	t := &blockhash.Table{BlockSize: bs, Size: int64(len(b)), Hashes: make([]uint64, blockhash.Blocks(int64(len(b)), bs))}
+	for i := range t.Hashes {
+		off := int64(i) * int64(bs)
+		t.Hashes[i] = blockhash.Hash(b[off : off+int64(t.BlockLen(int64(i)))])
+	}
+	return t
+}
