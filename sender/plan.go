@@ -259,7 +259,8 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 	if t.Size <= 0 || t.BlockSize < 512 || t.BlockSize&(t.BlockSize-1) != 0 {
 		return nil, fmt.Errorf("size %d block size %d", t.Size, t.BlockSize)
 	}
-	next := blockhash.NewZero(t.Size, t.BlockSize)
+	// Every entry is set below, block by block.
+	next := &blockhash.Table{BlockSize: t.BlockSize, Size: t.Size, Hashes: make([]uint64, blockhash.Blocks(t.Size, t.BlockSize))}
 	typ := wire.TypeDiskExtent
 	if t.Kind == vmspec.KindRAM {
 		typ = wire.TypeMemRun
