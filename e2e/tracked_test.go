@@ -123,14 +123,32 @@ func TestTrackedSubSecondEpochs(t *testing.T) {
 		t.Error("status --json has no ram_path tracked")
 	}
 	pauses, durations, sends, freezes, scans := trackedEpochFigures(t, log)
+	var steps []string
+	for _, k := range []string{"fleece", "transaction", "cont"} {
+		var ds []time.Duration
+		re := regexp.MustCompile(`\b` + k + `=(\S+)`)
+		for _, line := range strings.Split(log, "\n") {
+			if !strings.Contains(line, "msg=cut ") || !strings.Contains(line, "ram=tracked") {
+				continue
+			}
+			if m := re.FindStringSubmatch(line); m != nil {
+				if d, err := time.ParseDuration(m[1]); err == nil {
+					ds = append(ds, d)
+				}
+			}
+		}
+		if len(ds) > 0 {
+			steps = append(steps, fmt.Sprintf("%s %v", k, median(ds).Round(10*time.Microsecond)))
+		}
+	}
 	medPause := median(pauses)
 	qemuDown := qemuDowntime(t, vm.QMPSocket)
 	t.Logf("%d epochs in %v after the first (mean interval %v, min_interval 200ms); %d verified during the run (verify ran %v of it) and the last (%d) after it",
 		epochs, elapsed.Round(time.Millisecond), (elapsed / time.Duration(max(epochs, 1))).Round(time.Millisecond), len(verified), verifying.Round(time.Second), m.Epoch)
-	t.Logf("tracked epochs: cut to commit median %v (send %v); guest pause median %v, max %v, of which after QEMU's migration completed (scan and copy of written pages, fleecing, cont) median %v (scan and copy %v); "+
+	t.Logf("tracked epochs: cut to commit median %v (send %v); guest pause median %v, max %v, of which after QEMU's migration completed (scan and copy of written pages, fleecing, cont) median %v (scan and copy %v; QMP steps' medians: %s); "+
 		"QEMU's own downtime migrating the same guest (all of RAM) to /dev/null: median %v (pause/downtime %.2f)",
 		median(durations), median(sends), medPause.Round(100*time.Microsecond), slices.Max(pauses).Round(100*time.Microsecond),
-		median(freezes).Round(100*time.Microsecond), median(scans).Round(10*time.Microsecond), qemuDown, float64(medPause)/float64(max(qemuDown, time.Millisecond)))
+		median(freezes).Round(100*time.Microsecond), median(scans).Round(10*time.Microsecond), strings.Join(steps, ", "), qemuDown, float64(medPause)/float64(max(qemuDown, time.Millisecond)))
 	t.Logf("drsync status:\n%s", table)
 	if epochs < 10 {
 		t.Errorf("only %d epochs in %v; the warnings:\n%s", epochs, elapsed, grepLines(log, "level=WARN", 10))

@@ -56,6 +56,8 @@ type cut struct {
 	pre          *writtenPages
 	precopyTime  time.Duration
 	precopyPages int
+	// The freeze's QMP steps (CutStats.Fleece, Transaction).
+	fleeceTime, txTime time.Duration
 }
 
 // CutStats describes the capture of one cut.
@@ -64,8 +66,12 @@ type CutStats struct {
 	Capture         time.Duration // migrate issued → stream parsed
 	// Freeze is the part of Pause after QEMU reported the migration
 	// complete: fleecing nodes, the transaction and cont.
-	Freeze      time.Duration
-	StreamBytes int64
+	Freeze time.Duration
+	// Fleece, Transaction and Cont split Freeze by QMP step: the fleecing
+	// nodes' blockdev-adds, the cut transaction (bitmaps and backup
+	// jobs) and cont, which after a migration also reactivates the disks.
+	Fleece, Transaction, Cont time.Duration
+	StreamBytes               int64
 	// RAMPath says how the guest's RAM was captured: RAMFull (in the
 	// migration stream) or RAMTracked (device state only, and the
 	// DirtyPages written since the last cut copied in Scan).
@@ -222,6 +228,7 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 	weStopped = false
 	scanErr, frozenErr := c.whileStopped(cctx, sess)
 	var contErr error
+	t.cont = time.Now()
 	if !s.o.Final {
 		contErr = sess.Execute(context.WithoutCancel(cctx), "cont", nil, nil)
 	}
@@ -297,6 +304,7 @@ type cutTimes struct {
 	migStart  time.Time // migrate issued
 	stopAt    time.Time // the guest stopped (STOP); zero if not seen
 	completed time.Time // QEMU reported the migration complete
+	cont      time.Time // cont sent
 	resumed   time.Time // cont answered
 	pass      Pass
 }
@@ -394,7 +402,7 @@ func (c *cut) settle(ctx, cctx context.Context, sess Monitor, cap *capture, size
 	if !c.tracked {
 		c.fillImage()
 	}
-	stats := CutStats{Freeze: t.resumed.Sub(t.completed), Downtime: time.Duration(mig.Downtime) * time.Millisecond, Capture: time.Since(t.migStart), StreamBytes: res.Stats.StreamBytes,
+	stats := CutStats{Freeze: t.resumed.Sub(t.completed), Fleece: c.fleeceTime, Transaction: c.txTime, Cont: t.resumed.Sub(t.cont), Downtime: time.Duration(mig.Downtime) * time.Millisecond, Capture: time.Since(t.migStart), StreamBytes: res.Stats.StreamBytes,
 		RAMPath: RAMFull, Scan: c.scanTime, Pass: t.pass, Precopy: c.precopyTime, PrecopyPages: c.precopyPages}
 	if c.tracked {
 		stats.RAMPath, stats.DirtyPages = RAMTracked, dirtylog.Pages(c.dirty)
@@ -407,7 +415,7 @@ func (c *cut) settle(ctx, cctx context.Context, sess Monitor, cap *capture, size
 	if err != nil {
 		return nil, err
 	}
-	s.log.Debug("cut", "gen", c.gen, "group", group != nil, "pause", stats.Pause, "downtime", stats.Downtime, "freeze", stats.Freeze, "scan", stats.Scan, "precopy", stats.Precopy, "precopy_pages", stats.PrecopyPages, "capture", stats.Capture,
+	s.log.Debug("cut", "gen", c.gen, "group", group != nil, "pause", stats.Pause, "downtime", stats.Downtime, "freeze", stats.Freeze, "fleece", stats.Fleece, "transaction", stats.Transaction, "cont", stats.Cont, "scan", stats.Scan, "precopy", stats.Precopy, "precopy_pages", stats.PrecopyPages, "capture", stats.Capture,
 		"stream_bytes", stats.StreamBytes, "ram", stats.RAMPath, "pass", stats.Pass, "dirty_pages", stats.DirtyPages, "chain", bitmap != "")
 	return snap, nil
 }
@@ -540,6 +548,8 @@ func (s *Source) checkRunning(ctx context.Context, sess Monitor) error {
 // copy-before-write, so all three see the same instant.
 func (c *cut) freeze(ctx context.Context, sess Monitor) error {
 	s := c.s
+	t0 := time.Now()
+	defer func() { c.fleeceTime = time.Since(t0) - c.txTime }()
 	for i, d := range s.o.Disks {
 		// Added only now: a node that exists before the migration completes
 		// is inactivated with the others and refuses to become a target.
@@ -563,7 +573,10 @@ func (c *cut) freeze(ctx context.Context, sess Monitor) error {
 			map[string]any{"type": "blockdev-backup", "data": map[string]any{"job-id": backupJob(c.gen, i), "device": d.Node, "target": c.nodes[i], "sync": "none"}},
 		)
 	}
-	if err := sess.Execute(ctx, "transaction", map[string]any{"actions": actions}, nil); err != nil {
+	tx := time.Now()
+	err := sess.Execute(ctx, "transaction", map[string]any{"actions": actions}, nil)
+	c.txTime = time.Since(tx)
+	if err != nil {
 		return fmt.Errorf("cut transaction: %w", err)
 	}
 	c.bitmap = true
@@ -638,12 +651,12 @@ func (c *cut) recordPlanned(tables map[string]*blockhash.Table) {
 	for _, d := range c.s.o.Disks {
 		k := sender.TableKey(vmspec.KindDisk, d.Name)
 		if t := tables[k]; t != nil {
-			ci.tables[k] = t.Clone()
+			ci.tables[k] = t // shared, never changed in place (blockhash.Table)
 		}
 	}
 	if s := c.s; s.ram != nil && s.ram.imageGen == c.gen {
 		if t := tables[sender.TableKey(vmspec.KindRAM, s.o.SharedRAM)]; t != nil {
-			c.ramTable = t.Clone()
+			c.ramTable = t
 		}
 	}
 	c.planned = ci

@@ -291,6 +291,7 @@ func (g *GroupCut) Resume(ctx context.Context, tag *vmspec.GroupCut) (snap *send
 	if !g.stopped {
 		return nil, errors.New("livecut: group cut resumed before it stopped")
 	}
+	g.t.cont = time.Now()
 	if err := sess.Execute(context.WithoutCancel(ctx), "cont", nil, nil); err != nil {
 		return nil, fmt.Errorf("livecut: resume the guest: %w", err)
 	}
