@@ -99,8 +99,11 @@ func buildPlan(ctx context.Context, epoch uint64, snap *Snapshot, choice baseCho
 				if bt.BlockSize != t.BlockSize {
 					return nil, fmt.Errorf("plan epoch %d: %s block size changed from %d to %d; the replica cannot follow", epoch, k, bt.BlockSize, t.BlockSize)
 				}
-				olds[i] = bt.Clone()
-				olds[i].Resize(t.Size)
+				olds[i] = bt // read only: tables are shared (blockhash.Table)
+				if bt.Size != t.Size {
+					olds[i] = bt.Clone()
+					olds[i].Resize(t.Size)
+				}
 			} else {
 				olds[i] = blockhash.NewZero(t.Size, t.BlockSize)
 			}
@@ -274,6 +277,13 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 		}
 	}
 	bs := int64(t.BlockSize)
+	fullZero := blockhash.ZeroHash(t.BlockSize) // of every block but a short last one
+	zeroHash := func(n int) uint64 {
+		if n == t.BlockSize {
+			return fullZero
+		}
+		return blockhash.ZeroHash(n)
+	}
 	if t.Prev != nil && (t.Prev.Size != t.Size || t.Prev.BlockSize != t.BlockSize) {
 		return nil, fmt.Errorf("previous cut's table is %d bytes at %d-byte blocks, the target %d at %d", t.Prev.Size, t.Prev.BlockSize, t.Size, t.BlockSize)
 	}
@@ -345,12 +355,12 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 			var zero bool
 			switch {
 			case allZero || known[b/bs] == zeroBlock:
-				zero, h = true, blockhash.ZeroHash(len(blk))
+				zero, h = true, zeroHash(len(blk))
 			case known[b/bs] == unchangedBlock:
 				h = t.Prev.Hashes[i]
-				zero = h == blockhash.ZeroHash(len(blk))
+				zero = h == zeroHash(len(blk))
 			case blockhash.IsZero(blk):
-				zero, h = true, blockhash.ZeroHash(len(blk))
+				zero, h = true, zeroHash(len(blk))
 			default:
 				h = blockhash.Hash(blk)
 			}

@@ -333,3 +333,37 @@ func tableOfContent(b []byte, bs int) *blockhash.Table {
 	}
 	return t
 }
+
+// TestPlanLeavesBaseTables: the plan reads the base's tables without
+// copying them (they are shared, blockhash.Table) and changes none, also
+// when the target grew; its own tables are new.
+func TestPlanLeavesBaseTables(t *testing.T) {
+	disk := bytes.Repeat([]byte{7}, 8*4096)
+	snap, r := snapOf(disk, nil)
+	p1, err := BuildPlan(context.Background(), 1, snap, baseFresh, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := &Index{Epoch: 1, Tables: p1.Next.Tables}
+	k := TableKey(vmspec.KindDisk, "vda")
+	before := base.Tables[k].Clone()
+	for _, grow := range []int{0, 3 * 4096} {
+		r.b = append(bytes.Clone(disk), make([]byte, grow)...)
+		r.b[4096] = 9
+		snap.Targets[0].Size = int64(len(r.b))
+		p, err := BuildPlan(context.Background(), 2, snap, baseCommitted, base)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !base.Tables[k].Equal(before) {
+			t.Fatalf("growing by %d: planning changed the base's table", grow)
+		}
+		next := p.Next.Tables[k]
+		if &next.Hashes[0] == &base.Tables[k].Hashes[0] {
+			t.Fatalf("growing by %d: the plan's table shares the base's hashes", grow)
+		}
+		if len(p.Items) != 1 || p.Items[0].Off != 4096 {
+			t.Fatalf("growing by %d: planned %+v, want block 1 only", grow, p.Items)
+		}
+	}
+}
