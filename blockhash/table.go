@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"sort"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cespare/xxhash/v2"
 )
@@ -40,17 +42,19 @@ func Blocks(size int64, blockSize int) int64 {
 // which is what a freshly created sparse replica image is.
 func NewZero(size int64, blockSize int) *Table {
 	t := &Table{BlockSize: blockSize, Size: size, Hashes: make([]uint64, Blocks(size, blockSize))}
-	if len(t.Hashes) == 0 {
-		return t
-	}
-	// Looked up once: a guest's RAM table has a million entries per 4 GiB,
-	// and NewZero runs for every target of every epoch.
-	full := ZeroHash(blockSize)
 	for i := range t.Hashes {
-		t.Hashes[i] = full
+		t.Hashes[i] = ZeroHash(t.BlockLen(int64(i)))
 	}
-	last := int64(len(t.Hashes) - 1)
-	t.Hashes[last] = ZeroHash(t.BlockLen(last))
+	return t
+}
+
+// Of returns the table of b at blockSize, hashing every block.
+func Of(b []byte, blockSize int) *Table {
+	t := &Table{BlockSize: blockSize, Size: int64(len(b)), Hashes: make([]uint64, Blocks(int64(len(b)), blockSize))}
+	for i := range t.Hashes {
+		off := int64(i) * int64(blockSize)
+		t.Hashes[i] = Hash(b[off : off+int64(t.BlockLen(int64(i)))])
+	}
 	return t
 }
 
@@ -123,10 +127,29 @@ func (t *Table) Equal(o *Table) bool {
 // Hash is the block hash function.
 func Hash(b []byte) uint64 { return xxhash.Sum64(b) }
 
-var zeroHashes sync.Map // int -> uint64
+var (
+	zeroHashes sync.Map // int -> uint64
+	// Block sizes are powers of two, and ZeroHash runs once per table
+	// entry (a million per 4 GiB of RAM, every epoch): their hashes sit in
+	// an array, not behind sync.Map's lookup.
+	zeroPow2    [40]atomic.Uint64
+	zeroPow2Set [40]atomic.Bool
+)
 
 // ZeroHash is Hash of n zero bytes, cached per length.
 func ZeroHash(n int) uint64 {
+	if n > 0 && n&(n-1) == 0 {
+		i := bits.TrailingZeros(uint(n))
+		if i < len(zeroPow2) {
+			if zeroPow2Set[i].Load() {
+				return zeroPow2[i].Load()
+			}
+			v := xxhash.Sum64(make([]byte, n))
+			zeroPow2[i].Store(v)
+			zeroPow2Set[i].Store(true)
+			return v
+		}
+	}
 	if v, ok := zeroHashes.Load(n); ok {
 		return v.(uint64)
 	}

@@ -13,26 +13,16 @@ func TestZeroTableMatchesZeroContent(t *testing.T) {
 	}{{0, 4096}, {4096, 4096}, {10000, 4096}, {1 << 20, 65536}, {(1 << 20) + 512, 65536}} {
 		tab := NewZero(tc.size, tc.bs)
 		buf := make([]byte, tc.size)
-		got := FromContent(buf, tc.bs)
+		got := Of(buf, tc.bs)
 		if !tab.Equal(got) || tab.Digest() != got.Digest() {
 			t.Errorf("size %d bs %d: zero table differs from table of zero content", tc.size, tc.bs)
 		}
 	}
 }
 
-// FromContent builds the table of b; test helper kept here to cross-check.
-func FromContent(b []byte, bs int) *Table {
-	t := &Table{BlockSize: bs, Size: int64(len(b)), Hashes: make([]uint64, Blocks(int64(len(b)), bs))}
-	for i := range t.Hashes {
-		off := int64(i) * int64(bs)
-		t.Hashes[i] = Hash(b[off : off+int64(t.BlockLen(int64(i)))])
-	}
-	return t
-}
-
 func TestMarshalRoundTrip(t *testing.T) {
 	content := bytes.Repeat([]byte("drsync!"), 30000)
-	tab := FromContent(content, 4096)
+	tab := Of(content, 4096)
 	got, err := Read(bytes.NewReader(tab.Marshal()))
 	if err != nil {
 		t.Fatal(err)

@@ -296,10 +296,10 @@ func (s *cutScript) run(line string) string {
 						es = append(es, x)
 					}
 					add(fmt.Sprintf("extents %s: %s", tg.Name, strings.Join(es, " ")))
-					tables[sender.TableKey(tg.Kind, tg.Name)] = tableOf(b, tg.BlockSize)
+					tables[sender.TableKey(tg.Kind, tg.Name)] = blockhash.Of(b, tg.BlockSize)
 				} else if s.tracked {
 					ram := s.ramOf(tg)
-					tables[sender.TableKey(tg.Kind, tg.Name)] = tableOf(ram, tg.BlockSize)
+					tables[sender.TableKey(tg.Kind, tg.Name)] = blockhash.Of(ram, tg.BlockSize)
 					s.ramImage = ram
 				}
 			}

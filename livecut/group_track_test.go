@@ -288,5 +288,5 @@ func checkTrackedMember(t *testing.T, n int, m *trackedMember, snap *sender.Snap
 			t.Fatalf("group cut %d of %s: %d pages changed without being reported", n, m.name, missed)
 		}
 	}
-	m.prevTarget, m.prevMem, m.prevTable = got, atCut, tableOf(got, vmspec.PageSize)
+	m.prevTarget, m.prevMem, m.prevTable = got, atCut, blockhash.Of(got, vmspec.PageSize)
 }

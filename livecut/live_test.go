@@ -36,18 +36,10 @@ func diskTables(t *testing.T, snap *sender.Snapshot) map[string]*blockhash.Table
 	tables := map[string]*blockhash.Table{}
 	for _, tg := range snap.Targets {
 		if tg.Kind == vmspec.KindDisk {
-			tables[sender.TableKey(tg.Kind, tg.Name)] = tableOf(readAll(t, tg), tg.BlockSize)
+			tables[sender.TableKey(tg.Kind, tg.Name)] = blockhash.Of(readAll(t, tg), tg.BlockSize)
 		}
 	}
 	return tables
-}
-
-func tableOf(b []byte, bs int) *blockhash.Table {
-	tb := blockhash.NewZero(int64(len(b)), bs)
-	for i := range tb.Hashes {
-		tb.Hashes[i] = blockhash.Hash(b[i*bs : min((i+1)*bs, len(b))])
-	}
-	return tb
 }
 
 // TestCutsOfARunningGuest cuts a live guest three times: every cut's disk

@@ -189,7 +189,7 @@ func TestTrackedCuts(t *testing.T) {
 			}
 		}
 		prevTarget, prevMem = got, atCut
-		table := tableOf(got, vmspec.PageSize)
+		table := blockhash.Of(got, vmspec.PageSize)
 		tables := diskTables(t, snap)
 		tables[sender.TableKey(vmspec.KindRAM, "ram0")] = table
 		snap.Planned(tables)
@@ -254,7 +254,7 @@ func TestOperatorMigrationOfTrackedGuest(t *testing.T) {
 		}
 		tables := diskTables(t, snap)
 		if st := src.LastCut(); st.RAMPath == livecut.RAMFull {
-			tables[sender.TableKey(vmspec.KindRAM, "ram0")] = tableOf(readAll(t, ram), vmspec.PageSize)
+			tables[sender.TableKey(vmspec.KindRAM, "ram0")] = blockhash.Of(readAll(t, ram), vmspec.PageSize)
 		} else {
 			// The tracked target's table: the previous one with the
 			// written pages hashed, as the planner makes it.

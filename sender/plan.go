@@ -277,13 +277,6 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 		}
 	}
 	bs := int64(t.BlockSize)
-	fullZero := blockhash.ZeroHash(t.BlockSize) // of every block but a short last one
-	zeroHash := func(n int) uint64 {
-		if n == t.BlockSize {
-			return fullZero
-		}
-		return blockhash.ZeroHash(n)
-	}
 	if t.Prev != nil && (t.Prev.Size != t.Size || t.Prev.BlockSize != t.BlockSize) {
 		return nil, fmt.Errorf("previous cut's table is %d bytes at %d-byte blocks, the target %d at %d", t.Prev.Size, t.Prev.BlockSize, t.Size, t.BlockSize)
 	}
@@ -355,12 +348,12 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 			var zero bool
 			switch {
 			case allZero || known[b/bs] == zeroBlock:
-				zero, h = true, zeroHash(len(blk))
+				zero, h = true, blockhash.ZeroHash(len(blk))
 			case known[b/bs] == unchangedBlock:
 				h = t.Prev.Hashes[i]
-				zero = h == zeroHash(len(blk))
+				zero = h == blockhash.ZeroHash(len(blk))
 			case blockhash.IsZero(blk):
-				zero, h = true, zeroHash(len(blk))
+				zero, h = true, blockhash.ZeroHash(len(blk))
 			default:
 				h = blockhash.Hash(blk)
 			}

@@ -312,7 +312,7 @@ func TestPlanReadsPastEndAsZeros(t *testing.T) {
 	want := make([]byte, size)
 	copy(want, data)
 	got := p.Next.Tables[TableKey(vmspec.KindDisk, "vda")]
-	if exp := tableOfContent(want, 4096); !got.Equal(exp) {
+	if exp := blockhash.Of(want, 4096); !got.Equal(exp) {
 		for i := range got.Hashes {
 			if got.Hashes[i] != exp.Hashes[i] {
 				t.Fatalf("block %d (of %d) does not hash as the target's content with zeros past its end", i, len(got.Hashes))
@@ -322,16 +322,6 @@ func TestPlanReadsPastEndAsZeros(t *testing.T) {
 	if p.Bytes != planChunk+4096 {
 		t.Fatalf("planned %d bytes of data, want %d", p.Bytes, planChunk+4096)
 	}
-}
-
-// tableOfContent is the table of b, hashed block by block.
-func tableOfContent(b []byte, bs int) *blockhash.Table {
-	t := &blockhash.Table{BlockSize: bs, Size: int64(len(b)), Hashes: make([]uint64, blockhash.Blocks(int64(len(b)), bs))}
-	for i := range t.Hashes {
-		off := int64(i) * int64(bs)
-		t.Hashes[i] = blockhash.Hash(b[off : off+int64(t.BlockLen(int64(i)))])
-	}
-	return t
 }
 
 // TestPlanLeavesBaseTables: the plan reads the base's tables without

@@ -146,18 +146,10 @@ func next(s *state, rng *rand.Rand) *epoch {
 		dig.Add(wire.Summarize(it, dh))
 	}
 	c := &wire.EpochCommit{Epoch: n.epoch, Items: uint64(len(items)), Digest: dig.Sum(), States: []wire.TargetDigest{
-		{Target: 0, Digest: table(n.disk, diskBS).Digest()},
-		{Target: 1, Digest: table(n.ram, vmspec.PageSize).Digest()},
+		{Target: 0, Digest: blockhash.Of(n.disk, diskBS).Digest()},
+		{Target: 1, Digest: blockhash.Of(n.ram, vmspec.PageSize).Digest()},
 	}}
 	return &epoch{begin: b, items: items, commit: c, after: n}
-}
-
-func table(b []byte, bs int) *blockhash.Table {
-	t := blockhash.NewZero(int64(len(b)), bs)
-	for i := range t.Hashes {
-		t.Hashes[i] = blockhash.Hash(b[i*bs : min(len(b), (i+1)*bs)])
-	}
-	return t
 }
 
 // history is a run of epochs from one seed, the same for every backend.
@@ -260,7 +252,7 @@ func diff(img replica.Image, want *state) string {
 		if !bytes.Equal(got, tc.want) {
 			return tc.what + " content differs"
 		}
-		if tc.e.Size != int64(len(tc.want)) || tc.e.Digest != table(tc.want, tc.bs).Digest() {
+		if tc.e.Size != int64(len(tc.want)) || tc.e.Digest != blockhash.Of(tc.want, tc.bs).Digest() {
 			return fmt.Sprintf("%s: manifest says %d bytes digest %016x", tc.what, tc.e.Size, tc.e.Digest)
 		}
 	}
@@ -290,10 +282,10 @@ func diffHandle(h replica.Handle, want *state) string {
 		return fmt.Sprintf("position %+v does not match the manifest (epoch %d)", p, m.Epoch)
 	}
 	if want.epoch > 0 {
-		if tab := h.Table(vmspec.KindDisk, "vda"); tab == nil || tab.Digest() != table(want.disk, diskBS).Digest() {
+		if tab := h.Table(vmspec.KindDisk, "vda"); tab == nil || tab.Digest() != blockhash.Of(want.disk, diskBS).Digest() {
 			return "block table of disk vda differs from its content"
 		}
-		if tab := h.Table(vmspec.KindRAM, "pc.ram"); tab == nil || tab.Digest() != table(want.ram, vmspec.PageSize).Digest() {
+		if tab := h.Table(vmspec.KindRAM, "pc.ram"); tab == nil || tab.Digest() != blockhash.Of(want.ram, vmspec.PageSize).Digest() {
 			return "block table of RAM pc.ram differs from its content"
 		}
 	}
