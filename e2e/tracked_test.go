@@ -122,24 +122,11 @@ func TestTrackedSubSecondEpochs(t *testing.T) {
 	if !strings.Contains(testkit.MustRun(t, "status", "--json", "--config", p.sendCfg), `"ram_path": "tracked"`) {
 		t.Error("status --json has no ram_path tracked")
 	}
-	pauses, durations, sends, freezes, scans := trackedEpochFigures(t, log)
+	pauses, durations, sends, cuts := trackedEpochFigures(t, log)
+	freezes, scans := cuts["freeze"], cuts["scan"]
 	var steps []string
 	for _, k := range []string{"fleece", "transaction", "cont"} {
-		var ds []time.Duration
-		re := regexp.MustCompile(`\b` + k + `=(\S+)`)
-		for _, line := range strings.Split(log, "\n") {
-			if !strings.Contains(line, "msg=cut ") || !strings.Contains(line, "ram=tracked") {
-				continue
-			}
-			if m := re.FindStringSubmatch(line); m != nil {
-				if d, err := time.ParseDuration(m[1]); err == nil {
-					ds = append(ds, d)
-				}
-			}
-		}
-		if len(ds) > 0 {
-			steps = append(steps, fmt.Sprintf("%s %v", k, median(ds).Round(10*time.Microsecond)))
-		}
+		steps = append(steps, fmt.Sprintf("%s %v", k, median(cuts[k]).Round(10*time.Microsecond)))
 	}
 	medPause := median(pauses)
 	qemuDown := qemuDowntime(t, vm.QMPSocket)
@@ -159,10 +146,11 @@ func TestTrackedSubSecondEpochs(t *testing.T) {
 
 // trackedEpochFigures reads, from the sender's debug log, the figures of
 // its tracked epochs: from the commit lines the guest pause, the epoch's
-// duration (cut to commit) and its send time; from the cut lines the
-// freeze (the part of the pause after QEMU's migration completed) and the
-// scan and copy of the written pages.
-func trackedEpochFigures(t *testing.T, log string) (pauses, durations, sends, freezes, scans []time.Duration) {
+// duration (cut to commit) and its send time; from the cut lines, by key,
+// the freeze (the part of the pause after QEMU's migration completed), the
+// scan and copy of the written pages, and the freeze's QMP steps (fleece,
+// transaction, cont).
+func trackedEpochFigures(t *testing.T, log string) (pauses, durations, sends []time.Duration, cuts map[string][]time.Duration) {
 	t.Helper()
 	attr := func(line, key string) time.Duration {
 		m := regexp.MustCompile(`\b` + key + `=(\S+)`).FindStringSubmatch(line)
@@ -175,6 +163,7 @@ func trackedEpochFigures(t *testing.T, log string) (pauses, durations, sends, fr
 		}
 		return d
 	}
+	cuts = map[string][]time.Duration{}
 	for _, line := range strings.Split(log, "\n") {
 		switch {
 		case strings.Contains(line, "epoch committed") && strings.Contains(line, "ram_path=tracked"):
@@ -182,14 +171,15 @@ func trackedEpochFigures(t *testing.T, log string) (pauses, durations, sends, fr
 			durations = append(durations, attr(line, "duration"))
 			sends = append(sends, attr(line, "send_time"))
 		case strings.Contains(line, "msg=cut ") && strings.Contains(line, "ram=tracked"):
-			freezes = append(freezes, attr(line, "freeze"))
-			scans = append(scans, attr(line, "scan"))
+			for _, k := range []string{"freeze", "scan", "fleece", "transaction", "cont"} {
+				cuts[k] = append(cuts[k], attr(line, k))
+			}
 		}
 	}
-	if len(pauses) == 0 || len(freezes) == 0 {
+	if len(pauses) == 0 || len(cuts["freeze"]) == 0 {
 		t.Fatalf("no tracked epoch in the sender's log:\n%s", log)
 	}
-	return pauses, durations, sends, freezes, scans
+	return pauses, durations, sends, cuts
 }
 
 // qemuDowntime is the median downtime QEMU reports for three migrations of

@@ -549,7 +549,6 @@ func (s *Source) checkRunning(ctx context.Context, sess Monitor) error {
 func (c *cut) freeze(ctx context.Context, sess Monitor) error {
 	s := c.s
 	t0 := time.Now()
-	defer func() { c.fleeceTime = time.Since(t0) - c.txTime }()
 	for i, d := range s.o.Disks {
 		// Added only now: a node that exists before the migration completes
 		// is inactivated with the others and refuses to become a target.
@@ -563,6 +562,7 @@ func (c *cut) freeze(ctx context.Context, sess Monitor) error {
 		}
 		c.nodes = append(c.nodes, n)
 	}
+	c.fleeceTime = time.Since(t0)
 	var actions []map[string]any
 	for i, d := range s.o.Disks {
 		if c.prev != nil {
