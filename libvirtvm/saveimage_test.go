@@ -108,9 +108,9 @@ func TestRestoreFromWrittenSaveImage(t *testing.T) {
 		t.Fatalf("the restored guest does not tick: %v", err)
 	}
 	// A guest that continues counts on from the save; a rebooted one
-	// would count from 1. Its first line may repeat the last one seen
-	// before the save: a line still in the serial port's buffer when the
-	// guest stopped is sent again once it runs.
+	// would count from 1. Its first line may repeat the last count seen
+	// before the save: the guest's ticker, due while it was saved, can
+	// fire before the goroutine that counts runs again.
 	if tk[0].Counter < last.Counter || tk[len(tk)-1].Counter <= last.Counter {
 		t.Fatalf("restored guest ticks from %d, saved at %d: it did not continue", tk[0].Counter, last.Counter)
 	}

@@ -53,7 +53,7 @@ func TestMakeTestFailsOnEndToEndFailure(t *testing.T) {
 		switch {
 		case fails && err == nil:
 			t.Fatalf("make test passed a failed end-to-end run:\n%s", out)
-		case fails && !strings.Contains(string(out), "end-to-end tests that failed") || fails && !strings.Contains(string(out), "TestX"):
+		case fails && !(strings.Contains(string(out), "end-to-end tests that failed") && strings.Contains(string(out), "TestX")):
 			t.Fatalf("make test does not name the failed end-to-end test at its end:\n%s", out)
 		case !fails && err != nil:
 			t.Fatalf("make test failed with every test passing: %v\n%s", err, out)
