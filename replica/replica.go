@@ -1005,6 +1005,11 @@ func (r *Replica) writeTables(st *stage, tables map[string]*blockhash.Table) err
 		name := r.p(r.tableFor(st, id))
 		tab := tables[key(t.Kind, t.Name)]
 		old := r.tables[key(t.Kind, t.Name)]
+		if tab == old {
+			// Unwritten this epoch (tablesAfter shares its table): the
+			// file already holds it.
+			continue
+		}
 		f, err := r.o.FS.OpenReadWrite(name)
 		if err != nil {
 			return fmt.Errorf("apply epoch %d: open table: %w (%w)", st.begin.Epoch, err, ErrStorage)

@@ -13,14 +13,27 @@ const ManifestFormat = manifestFormat
 
 // tablesAfter computes every target's block table as of the end of st,
 // from the committed tables old (by kind/name) and view, which reads the
-// targets as they are at the end of st's data and zero items.
+// targets as they are at the end of st's data and zero items. A target
+// the epoch neither writes nor resizes keeps its committed table, shared
+// rather than copied: an epoch costs the tables it changes, not every
+// target's (callers never change a table in place, and a store may tell
+// an unchanged target by that identity).
 func (st *stage) tablesAfter(old map[string]*blockhash.Table, view viewFunc) (map[string]*blockhash.Table, error) {
+	written := map[uint16]bool{}
+	for _, it := range st.items {
+		switch it.Type {
+		case wire.TypeDiskExtent, wire.TypeMemRun, wire.TypeZeroRun, wire.TypePageRef:
+			written[it.Target] = true
+		}
+	}
 	out := map[string]*blockhash.Table{}
 	byID := map[uint16]*blockhash.Table{}
 	for id, t := range st.targets {
 		k := key(t.Kind, t.Name)
 		var tab *blockhash.Table
-		if o := old[k]; o != nil {
+		if o := old[k]; o != nil && !written[id] && o.Size == int64(t.Size) {
+			tab = o
+		} else if o != nil {
 			tab = o.Clone()
 			tab.Resize(int64(t.Size))
 		} else {
