@@ -113,3 +113,26 @@ func listenWhileStarting(t *testing.T, path string) (stop func()) {
 	}()
 	return func() { close(done); wg.Wait() }
 }
+
+// TestStartReportsWhyQEMUExited: QEMU that refuses its configuration
+// opens its QMP socket, then exits with the reason on stderr; the monitor
+// fails as it goes. Start reports QEMU's words, not the monitor's reset.
+func TestStartReportsWhyQEMUExited(t *testing.T) {
+	dir := hosttools.ShortTempDir(t, "tk")
+	const why = "qemu-system-x86_64: -blockdev driver=rbd,pool=rbd: Unknown driver 'rbd'"
+	p := &takeover.Plan{QMP: filepath.Join(dir, "qmp.sock"), Command: []string{"sh", "-c", "sleep 0.2; echo \"" + why + "\" >&2; exit 1"},
+		Dial: func(ctx context.Context, socket string) (takeover.Monitor, error) {
+			return nil, errors.New("qmp: greeting: read: connection reset by peer")
+		}}
+	stop := listenWhileStarting(t, p.QMP)
+	defer stop()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	vm, err := takeover.Start(ctx, p, nil)
+	if vm != nil {
+		vm.Stop()
+	}
+	if !errors.Is(err, takeover.ErrLoad) || !strings.Contains(err.Error(), "Unknown driver 'rbd'") {
+		t.Fatalf("start: %v; want QEMU's reason for exiting and ErrLoad", err)
+	}
+}

@@ -580,6 +580,17 @@ func Start(ctx context.Context, p *Plan, stderr io.Writer) (*VM, error) {
 		vm.Stop()
 		return nil, err
 	}
+	// QEMU that refuses its configuration (a block driver it lacks, an
+	// image it cannot open) exits just after it opened its QMP socket: a
+	// monitor that fails then is QEMU exiting, and its own words say why.
+	exitedWithin := func(d time.Duration) error {
+		select {
+		case <-vm.exited:
+			return fmt.Errorf("takeover: QEMU exited (%v): %s: %w", vm.err, strings.TrimSpace(errBuf.String()), ErrLoad)
+		case <-time.After(d):
+			return nil
+		}
+	}
 	// Poll tightly: the whole takeover takes tens of milliseconds.
 	dial := p.Dial
 	if dial == nil {
@@ -598,6 +609,9 @@ func Start(ctx context.Context, p *Plan, stderr io.Writer) (*VM, error) {
 			c.Close()
 			s, err := dial(ctx, p.QMP)
 			if err != nil {
+				if xerr := exitedWithin(time.Second); xerr != nil {
+					return nil, xerr
+				}
 				return fail(fmt.Errorf("takeover: %w", err))
 			}
 			sess = s
@@ -626,10 +640,8 @@ func Start(ctx context.Context, p *Plan, stderr io.Writer) (*VM, error) {
 	for {
 		var st struct{ Status string }
 		if err := sess.Execute(ctx, "query-status", nil, &st); err != nil {
-			select {
-			case <-vm.exited:
-				return nil, fmt.Errorf("takeover: QEMU exited (%v): %s: %w", vm.err, strings.TrimSpace(errBuf.String()), ErrLoad)
-			default:
+			if xerr := exitedWithin(time.Second); xerr != nil {
+				return nil, xerr
 			}
 			return fail(fmt.Errorf("takeover: %w", err))
 		}
