@@ -21,6 +21,24 @@
 // count = ceil(size / blockSize). The last block may be short; its hash is
 // over its actual bytes.
 //
+// A patch (Patch) is some entries of a table, for a store that writes the
+// whole table now and then and, in between, the entries that changed
+// since. Its layout, checksummed since it is written whole:
+//
+//	0                  8           12          20           24
+//	+------------------+-----------+-----------+------------+
+//	| "DRBHP1\x00\x00"  | blockSize | size u64  | nruns u32  |
+//	+------------------+-----------+-----------+------------+
+//	nruns × +-----------+-----------+------------------+
+//	        | first u64 | count u32 | count × hash u64 |
+//	        +-----------+-----------+------------------+
+//	+-----------------------------------+
+//	| xxhash64 of every byte before u64 |
+//	+-----------------------------------+
+//
+// Runs are ascending and do not overlap; each holds at least one entry,
+// all within the target's count.
+//
 // The digest of a table is xxhash64 over blockSize, size and every hash in
 // order. A state identity (StateID) folds the digests of all targets of a
 // replica, with the epoch number, into one value the peers compare during

@@ -92,6 +92,15 @@ type TargetEntry struct {
 	File      string `json:"file"`  // image, relative to the replica directory
 	Table     string `json:"table"` // block hash table, likewise
 	Digest    uint64 `json:"digest"`
+	// TableBase and TablePatch are for a store that writes a target's
+	// table whole now and then and, in between, only the entries changed
+	// since (rbdstore): the table is the whole one written at epoch
+	// TableBase with the blockhash.Patch written at epoch TablePatch laid
+	// over it (0: no patch). TableBase 0 is the whole table written at the
+	// manifest's epoch, which is all the file store, updating its table
+	// file in place, ever records.
+	TableBase  uint64 `json:"table_base,omitempty"`
+	TablePatch uint64 `json:"table_patch,omitempty"`
 }
 
 // DeviceStateInfo names the epoch's opaque device-state blob.
@@ -214,6 +223,9 @@ func (m *Manifest) validate() error {
 		seen[t.Kind+"/"+t.Name] = true
 		if t.Size <= 0 || t.BlockSize < 512 || t.BlockSize > 4<<20 || t.BlockSize&(t.BlockSize-1) != 0 {
 			return fmt.Errorf("target %q: size %d block size %d", t.Name, t.Size, t.BlockSize)
+		}
+		if t.TableBase > m.Epoch || t.TablePatch > m.Epoch || (t.TablePatch != 0 && (t.TableBase == 0 || t.TablePatch <= t.TableBase)) {
+			return fmt.Errorf("target %q: table written at epochs %d and %d, manifest at %d", t.Name, t.TableBase, t.TablePatch, m.Epoch)
 		}
 		for _, f := range []string{t.File, t.Table} {
 			if !safeFileName(f) || files[f] {

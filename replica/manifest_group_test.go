@@ -44,3 +44,36 @@ func TestManifestGroupTag(t *testing.T) {
 		}
 	}
 }
+
+func TestManifestTableEpochs(t *testing.T) {
+	for _, tc := range []struct {
+		base, patch uint64
+		ok          bool
+	}{
+		{0, 0, true}, {3, 0, true}, {2, 0, true}, {2, 3, true}, {1, 2, true},
+		{4, 0, false}, // after the manifest
+		{2, 4, false}, // likewise
+		{0, 2, false}, // a patch over the manifest epoch's whole table
+		{2, 2, false}, // a patch not after its base
+		{3, 2, false},
+	} {
+		m := &Manifest{Format: manifestFormat, VM: "db", Epoch: 3, Targets: []TargetEntry{{
+			Kind: "ram", Name: "pc.ram", Size: 1 << 20, BlockSize: vmspec.PageSize, File: "ram-0.img", Table: "ram-0.bht",
+			TableBase: tc.base, TablePatch: tc.patch,
+		}}}
+		m.StateID = m.ComputeStateID()
+		b, err := m.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := ParseManifest(b)
+		switch {
+		case tc.ok && err != nil:
+			t.Errorf("base %d patch %d: %v", tc.base, tc.patch, err)
+		case tc.ok && (got.Targets[0].TableBase != tc.base || got.Targets[0].TablePatch != tc.patch):
+			t.Errorf("base %d patch %d read back as %d, %d", tc.base, tc.patch, got.Targets[0].TableBase, got.Targets[0].TablePatch)
+		case !tc.ok && err == nil:
+			t.Errorf("base %d patch %d at epoch 3 accepted", tc.base, tc.patch)
+		}
+	}
+}

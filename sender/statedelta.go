@@ -26,7 +26,8 @@ import (
 // mode 0 (whole): body is the table file (blockhash's layout), for a
 // table new in the epoch or whose block size changed; mode 1 (runs): body
 // is size u64 | runs u32 | runs x (first u64 | count u32 | count x hash
-// u64), the table's new size and its changed entries in runs. A table of
+// u64), the table's new size and its changed entries in runs
+// (blockhash.AppendRuns, joined across gaps of blockhash.RunGap). A table of
 // the base that the list leaves out is gone from the result. Integers are
 // big-endian; the xxhash covers everything before it.
 const deltaMagic = "DRSNDDL1"
@@ -35,10 +36,6 @@ const (
 	deltaWhole = 0
 	deltaRuns  = 1
 )
-
-// maxRunGap: entries this close to a run join it, so that scattered
-// changes do not cost a run header each.
-const maxRunGap = 2
 
 type indexDelta struct {
 	baseEpoch, baseID uint64
@@ -50,12 +47,7 @@ type tableDelta struct {
 	key   string
 	whole *blockhash.Table // mode 0
 	size  int64            // mode 1
-	runs  []hashRun
-}
-
-type hashRun struct {
-	first  int64
-	hashes []uint64
+	runs  []blockhash.Run  // mode 1, blockhash's run layout
 }
 
 // diffIndex is x as a delta against base.
@@ -72,22 +64,7 @@ func diffIndex(base, x *Index) *indexDelta {
 			d.tables = append(d.tables, tableDelta{key: k, whole: t})
 			continue
 		}
-		td := tableDelta{key: k, size: t.Size}
-		for i := 0; i < len(t.Hashes); {
-			if i < len(b.Hashes) && t.Hashes[i] == b.Hashes[i] {
-				i++
-				continue
-			}
-			start, end := i, i+1
-			for j := end; j < len(t.Hashes) && j < end+maxRunGap+1; j++ {
-				if j >= len(b.Hashes) || t.Hashes[j] != b.Hashes[j] {
-					end = j + 1
-				}
-			}
-			td.runs = append(td.runs, hashRun{first: int64(start), hashes: t.Hashes[start:end]})
-			i = end
-		}
-		d.tables = append(d.tables, td)
+		d.tables = append(d.tables, tableDelta{key: k, size: t.Size, runs: blockhash.DiffRuns(b, t)})
 	}
 	return d
 }
@@ -110,7 +87,7 @@ func (d *indexDelta) entries() int64 {
 			n += int64(len(t.whole.Hashes))
 		}
 		for _, r := range t.runs {
-			n += int64(len(r.hashes))
+			n += int64(len(r.Hashes))
 		}
 	}
 	return n
@@ -132,14 +109,7 @@ func (d *indexDelta) marshal() []byte {
 		}
 		b = append(b, deltaRuns)
 		b = binary.BigEndian.AppendUint64(b, uint64(t.size))
-		b = binary.BigEndian.AppendUint32(b, uint32(len(t.runs)))
-		for _, r := range t.runs {
-			b = binary.BigEndian.AppendUint64(b, uint64(r.first))
-			b = binary.BigEndian.AppendUint32(b, uint32(len(r.hashes)))
-			for _, h := range r.hashes {
-				b = binary.BigEndian.AppendUint64(b, h)
-			}
-		}
+		b = blockhash.AppendRuns(b, t.runs)
 	}
 	return binary.BigEndian.AppendUint64(b, xxhash.Sum64(b))
 }
@@ -165,7 +135,7 @@ func unmarshalDelta(b []byte) (*indexDelta, error) {
 		return nil, bad("too many targets")
 	}
 	r := bytes.NewReader(body[head:])
-	var scratch [12]byte
+	var scratch [8]byte
 	for range n {
 		k, problem := readTableKey(r)
 		if problem != "" {
@@ -181,29 +151,18 @@ func unmarshalDelta(b []byte) (*indexDelta, error) {
 				return nil, bad(err.Error())
 			}
 		case mode == deltaRuns:
-			if _, err := io.ReadFull(r, scratch[:12]); err != nil {
+			if _, err := io.ReadFull(r, scratch[:8]); err != nil {
 				return nil, bad("truncated table")
 			}
-			td.size = int64(binary.BigEndian.Uint64(scratch[:8]))
-			runs := binary.BigEndian.Uint32(scratch[8:12])
-			if td.size < 0 || uint64(runs) > uint64(r.Len())/12 {
-				return nil, bad("bad table size or run count")
+			if td.size = int64(binary.BigEndian.Uint64(scratch[:8])); td.size < 0 {
+				return nil, bad("bad table size")
 			}
-			for range runs {
-				if _, err := io.ReadFull(r, scratch[:12]); err != nil {
-					return nil, bad("truncated run")
-				}
-				first, count := int64(binary.BigEndian.Uint64(scratch[:8])), binary.BigEndian.Uint32(scratch[8:12])
-				if first < 0 || count == 0 || uint64(count) > uint64(r.Len())/8 {
-					return nil, bad("bad run")
-				}
-				hr := hashRun{first: first, hashes: make([]uint64, count)}
-				for i := range hr.hashes {
-					io.ReadFull(r, scratch[:8]) // the length was checked
-					hr.hashes[i] = binary.BigEndian.Uint64(scratch[:8])
-				}
-				td.runs = append(td.runs, hr)
+			runs, rest, err := blockhash.ReadRuns(body[len(body)-r.Len():])
+			if err != nil {
+				return nil, bad(err.Error())
 			}
+			td.runs = runs
+			r.Reset(rest)
 		default:
 			return nil, bad(fmt.Sprintf("table mode %d", mode))
 		}
@@ -244,10 +203,10 @@ func (d *indexDelta) apply(base *Index) (*Index, error) {
 			t.Resize(td.size)
 		}
 		for _, r := range td.runs {
-			if r.first+int64(len(r.hashes)) > int64(len(t.Hashes)) {
+			if r.First+int64(len(r.Hashes)) > int64(len(t.Hashes)) {
 				return nil, fmt.Errorf("sender state delta of epoch %d: a run of %s ends beyond its %d entries: %w", d.epoch, td.key, len(t.Hashes), ErrCorruptState)
 			}
-			copy(t.Hashes[r.first:], r.hashes)
+			copy(t.Hashes[r.First:], r.Hashes)
 		}
 		x.Tables[td.key] = t
 	}

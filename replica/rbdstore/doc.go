@@ -19,7 +19,9 @@
 //	                                 metadata drsync.holder says who holds it
 //	manifest             object      the committed manifest (JSON, replica.Manifest)
 //	disk-N, ram-N        image       a target's bytes; snapshot eE = epoch E
-//	disk-N.bht.E         object      the target's block table at epoch E
+//	disk-N.bht.E         object      the target's whole block table, written at epoch E
+//	disk-N.bht.p.E       object      the entries of that table changed since, as of
+//	                                 epoch E (blockhash.Patch; tables.go)
 //	devstate-E.bin       object      the device-state blob of epoch E
 //	point.E              object      the manifest of recovery point E
 //	takenover            object      the takeover mark (JSON)
@@ -49,7 +51,10 @@
 // commit object naming the nonce and the chunk count: from then on the
 // epoch is committed. Apply writes device state, grows or creates images,
 // writes data, zeros and page references, flushes, snapshots every image
-// as eE if recovery points are kept, writes the tables and point.E, then
+// as eE if recovery points are kept, writes the tables (each one the
+// epoch changed: a patch of the entries changed since its whole table,
+// or the whole table once that patch would hold an eighth of them; the
+// manifest's table_base and table_patch name which) and point.E, then
 // replaces manifest — the one atomic step that moves the replica to E —
 // and removes commit, header and chunks in that order. Every step is
 // idempotent, so Open replays a committed journal (header, all chunks and

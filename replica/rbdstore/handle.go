@@ -32,6 +32,9 @@ type handle struct {
 	lock   rbd.Image
 	man    *replica.Manifest
 	tables map[string]*blockhash.Table // by replica.Key
+	// patched is, by replica.Key, the entries of a table changed since
+	// its whole table was written (tables.go).
+	patched map[string][]int64
 
 	st      *replica.Stage
 	nonce   uint64
@@ -83,19 +86,14 @@ func (h *handle) load() error {
 			return fmt.Errorf("%s holds VM %q, not %q: %w", h.s.Where(h.vm), h.man.VM, h.vm, replica.ErrCorrupt)
 		}
 	}
+	h.patched = map[string][]int64{}
 	for _, t := range h.man.Targets {
-		b, err := h.s.Pool.ReadObject(h.obj(tableName(t.Table, h.man.Epoch)))
+		tab, patched, err := readTable(func(name string) ([]byte, error) { return h.s.Pool.ReadObject(h.obj(name)) }, t, h.man.Epoch)
 		if err != nil {
-			return storageErr("read block table "+t.Table, err)
+			return err
 		}
-		tab, err := blockhash.Read(bytes.NewReader(b))
-		if err != nil {
-			return fmt.Errorf("block table %s: %w (%w)", t.Table, err, replica.ErrCorrupt)
-		}
-		if tab.Size != t.Size || tab.BlockSize != t.BlockSize || tab.Digest() != t.Digest {
-			return fmt.Errorf("block table %s does not match the manifest (epoch %d): %w", t.Table, h.man.Epoch, replica.ErrCorrupt)
-		}
-		h.tables[replica.Key(t.TargetKind(), t.Name)] = tab
+		k := replica.Key(t.TargetKind(), t.Name)
+		h.tables[k], h.patched[k] = tab, patched
 	}
 	return h.recover()
 }
@@ -578,19 +576,37 @@ func (h *handle) apply(tables map[uint16]*blockhash.Table) error {
 		ids = append(ids, int(id))
 	}
 	sort.Ints(ids)
-	newTables := map[string]*blockhash.Table{}
+	newTables, newPatched := map[string]*blockhash.Table{}, map[string][]int64{}
+	prev := map[string]tableRef{}
+	for _, e := range h.man.Targets {
+		prev[replica.Key(e.TargetKind(), e.Name)] = refOf(e, h.man.Epoch)
+	}
 	for _, id := range ids {
 		t := targets[uint16(id)]
 		tab := tables[uint16(id)]
+		k := replica.Key(t.Kind, t.Name)
 		e := replica.TargetEntry{
 			Kind: kindName(t.Kind), Name: t.Name, Size: int64(t.Size), BlockSize: int(t.BlockSize),
 			File: files[uint16(id)], Table: files[uint16(id)] + ".bht", Digest: tab.Digest(),
 		}
-		if err := h.s.Pool.WriteObject(h.obj(tableName(e.Table, epoch)), tab.Marshal()); err != nil {
-			return wrap("write block table "+e.Table, err)
+		var p *tableRef
+		if r, ok := prev[k]; ok {
+			p = &r
 		}
+		w := nextTable(p, h.tables[k], h.patched[k], tab, epoch)
+		switch {
+		case w.whole:
+			if err := h.s.Pool.WriteObject(h.obj(tableName(e.Table, w.ref.Base)), tab.Marshal()); err != nil {
+				return wrap("write block table "+e.Table, err)
+			}
+		case w.write:
+			if err := h.s.Pool.WriteObject(h.obj(patchName(e.Table, w.ref.Patch)), blockhash.PatchOf(tab, w.patched).Marshal()); err != nil {
+				return wrap("write block table patch "+e.Table, err)
+			}
+		}
+		e.TableBase, e.TablePatch = w.ref.Base, w.ref.Patch
 		next.Targets = append(next.Targets, e)
-		newTables[replica.Key(t.Kind, t.Name)] = tab
+		newTables[k], newPatched[k] = tab, w.patched
 	}
 	if devSeen {
 		next.DeviceState = &replica.DeviceStateInfo{File: devFile, Size: int64(devTotal), Hash: devHash}
@@ -617,14 +633,26 @@ func (h *handle) apply(tables map[uint16]*blockhash.Table) error {
 		return wrap("write manifest", err)
 	}
 	old := h.man
-	h.man, h.tables = next, newTables
+	h.man, h.tables, h.patched = next, newTables, newPatched
 	h.st = nil
 	if err := h.removeJournal(h.nonce, h.chunks); err != nil {
 		return err
 	}
 	h.chunks, h.synced = 0, 0
+	// The table objects the new manifest no longer names. A crash before
+	// this leaves them behind, never read.
+	live := map[string]bool{}
+	for _, t := range next.Targets {
+		for _, o := range refOf(t, next.Epoch).objects(t.Table) {
+			live[o] = true
+		}
+	}
 	for _, t := range old.Targets {
-		h.s.Pool.RemoveObject(h.obj(tableName(t.Table, old.Epoch)))
+		for _, o := range refOf(t, old.Epoch).objects(t.Table) {
+			if !live[o] {
+				h.s.Pool.RemoveObject(h.obj(o))
+			}
+		}
 	}
 	if known {
 		h.prune(old, rule)
