@@ -95,7 +95,7 @@ func BenchmarkSenderMemory(b *testing.B) {
 	if err := dirtylog.CheckKernel(); err != nil {
 		b.Skipf("this kernel cannot track guest RAM: %v", err)
 	}
-	var one *memRow
+	var one, eight *memRow
 	for _, n := range []int{1, 8} {
 		b.Run(fmt.Sprintf("%dvm", n), func(b *testing.B) {
 			var row *memRow
@@ -118,9 +118,55 @@ func BenchmarkSenderMemory(b *testing.B) {
 				b.ReportMetric(mebi(slope.hwm), "MiB-peak/vm")
 				b.ReportMetric(pctOf(slope.hwm, mib), "%guest-peak/vm")
 				b.ReportMetric(mebi(one.steady.rss-slope.rss), "MiB-constant")
+				eight = row
 			}
 		})
 	}
+	// One guest of four times the RAM tells what grows with RAM from what
+	// each guest costs whatever its size, which one size cannot.
+	b.Run("1vm-4x", func(b *testing.B) {
+		var row *memRow
+		for b.Loop() {
+			row = runSenderMemory(b, 1, 4*mib)
+		}
+		fmt.Print(memTable(row, nil))
+		b.ReportMetric(mebi(row.steady.rss), "MiB-steady")
+		if one == nil || eight == nil {
+			return
+		}
+		m := splitMemory(one, eight, row)
+		fmt.Print(m.String())
+		b.ReportMetric(mebi(m.perGiB), "MiB-steady/GiB")
+		b.ReportMetric(100*float64(m.perGiB)/(1<<30), "%guest-steady/GiB")
+		b.ReportMetric(mebi(m.perVM), "MiB-steady/vm-fixed")
+		b.ReportMetric(mebi(m.constant), "MiB-constant")
+	})
+}
+
+// memModel is steady RSS = constant + guests × (perVM + perGiB × GiB of
+// guest RAM), solved from three runs: 1 and n guests of one size, 1 guest
+// of another.
+type memModel struct {
+	perGiB, perVM, constant int64
+	small, large            int // MiB of the two guest sizes
+}
+
+func splitMemory(one, many, large *memRow) memModel {
+	perByte := float64(large.steady.rss-one.steady.rss) / float64(int64(large.guestMiB-one.guestMiB)<<20)
+	perGuest := float64(many.steady.rss-one.steady.rss) / float64(many.vms-one.vms)
+	ram := float64(int64(one.guestMiB) << 20)
+	perVM := perGuest - perByte*ram
+	return memModel{perGiB: int64(perByte * (1 << 30)), perVM: int64(perVM), constant: one.steady.rss - int64(perGuest),
+		small: one.guestMiB, large: large.guestMiB}
+}
+
+func (m memModel) String() string {
+	verdict := "met"
+	if float64(m.perGiB)/(1<<30) > 0.03 {
+		verdict = "missed"
+	}
+	return fmt.Sprintf("Steady RSS = constant + per guest (fixed + per GiB of its RAM), from 1 and 8 guests of %d MiB and 1 of %d MiB: per GiB of guest RAM %.1f MiB (%.2f%%), fixed per guest %.1f MiB, constant %.1f MiB. Target ≤ 3%% of guest RAM + a constant: %s for what grows with RAM; a guest's fixed part is %.1f MiB whatever its size.\n",
+		m.small, m.large, mebi(m.perGiB), 100*float64(m.perGiB)/(1<<30), mebi(m.perVM), mebi(m.constant), verdict, mebi(m.perVM))
 }
 
 func runSenderMemory(b *testing.B, n, mib int) *memRow {
