@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -46,6 +47,13 @@ type DialOptions struct {
 // is left to it: as many as fill a 100 Mbit/s link of 40 ms and 0.1% loss
 // (see the WAN benchmark), where one loss-based connection fills a fifth.
 const AutoConnections = 8
+
+// AutoStartConnections is how many connections carry data at first on a
+// path no stream has measured yet: half of AutoConnections, so that on a
+// long, lossy link the stream starts near its level (one connection gets
+// a fifth of it, and each level probed costs a second or two) and probes
+// once, while on a short clean one the extra connections cost little.
+const AutoStartConnections = AutoConnections / 2
 
 // Validate checks o.
 func (o *DialOptions) Validate() error {
@@ -218,7 +226,9 @@ func quicDialer(addr string, tlsConf *tls.Config, opts transport.Options, connec
 
 // linkDialer dials the receiver's streams, remembering per VM how many
 // connections its last auto stream found worth having, so that a stream
-// resumed after a reconnect starts there instead of probing from one.
+// resumed after a reconnect starts there instead of probing again; a VM
+// with none starts where the last auto stream over the same path (any
+// VM's: one receiver address) settled, or at AutoStartConnections.
 type linkDialer struct {
 	addr string
 	one  sender.DialFunc
@@ -227,6 +237,7 @@ type linkDialer struct {
 
 	mu    sync.Mutex
 	known map[string]int // by VM
+	path  int            // the last level any VM's stream found worth having
 }
 
 func (d *linkDialer) Dial(ctx context.Context) (io.ReadWriteCloser, error) { return d.dial(ctx, "") }
@@ -243,12 +254,12 @@ func (d *linkDialer) dial(ctx context.Context, vm string) (io.ReadWriteCloser, e
 	if n == 0 {
 		n = AutoConnections
 		d.mu.Lock()
-		start := d.known[vm]
+		start := cmp.Or(d.known[vm], d.path, AutoStartConnections)
 		d.mu.Unlock()
 		o.Grow = &stripe.GrowConfig{Start: start}
 		o.OnGrow = func(st stripe.Step) {
 			d.mu.Lock()
-			d.known[vm] = st.Known
+			d.known[vm], d.path = st.Known, st.Known
 			d.mu.Unlock()
 			if st.Changed {
 				d.log.Info(fmt.Sprintf("link: %d connections", st.Active), "vm", vm, "goodput_mbit_s", math.Round(st.Goodput*8/1e5)/10, "why", st.Reason)

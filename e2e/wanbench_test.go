@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -174,10 +175,34 @@ func drsyncOverWAN(b *testing.B, em *wanemu.Emulator, link wanbench.Link, g wanb
 	if rate := float64(link.Settings.RateBitsPerSec) / 8; rate > 0 && first.SendTime > 0 {
 		row.Note += fmt.Sprintf("; %.0f%% of the link while sending", 100*float64(first.WireBytes)/first.SendTime.Seconds()/rate)
 	}
+	if levels := linkLevels(snd.Log(), start, start.Add(row.InitialSync)); levels != "" {
+		row.Note += "; connections in the initial sync: " + levels
+	}
 	p.checkReplicaRecords("guest-1")
 	b.Logf("%s: drsync initial sync %v, %.1f MB on the link; steady %.2f MB/epoch; RPO %v; pause %v",
 		link.Name, row.InitialSync.Round(100*time.Millisecond), float64(row.InitialBytes)/1e6, float64(row.SteadyBytesPerEpoch)/1e6, row.RPO.Round(100*time.Millisecond), row.Pause)
 	vm.Kill()
 	p.rcv.Kill()
 	return row, nil
+}
+
+// linkLevels is how the connections an auto stream used changed between
+// from and to, from the sender's JSON log: "1 at 0s, 2 at 1.1s (why), ...".
+func linkLevels(log string, from, to time.Time) string {
+	var out []string
+	sc := bufio.NewScanner(strings.NewReader(log))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var rec struct {
+			Msg  string    `json:"msg"`
+			Time time.Time `json:"time"`
+			Why  string    `json:"why"`
+		}
+		if json.Unmarshal(sc.Bytes(), &rec) != nil || !strings.HasPrefix(rec.Msg, "link: ") || rec.Time.After(to) {
+			continue
+		}
+		n := strings.TrimSuffix(strings.TrimPrefix(rec.Msg, "link: "), " connections")
+		out = append(out, fmt.Sprintf("%s at %.1fs (%s)", n, rec.Time.Sub(from).Seconds(), rec.Why))
+	}
+	return strings.Join(out, ", ")
 }
