@@ -43,16 +43,6 @@ type scriptState struct {
 	members []Observation // a group epoch's members, until group
 }
 
-// args splits "k=v k2=v2 flag" into a map.
-func scriptArgs(fields []string) map[string]string {
-	m := map[string]string{}
-	for _, f := range fields {
-		k, v, _ := strings.Cut(f, "=")
-		m[k] = v
-	}
-	return m
-}
-
 func parseBytes(s string) (float64, error) {
 	units := []struct {
 		suffix string
@@ -69,59 +59,24 @@ func parseBytes(s string) (float64, error) {
 
 func (s *scriptState) run(t *testing.T, line string) string {
 	fields := strings.Fields(line)
-	a := scriptArgs(fields[1:])
-	var errs []string
-	dur := func(k string) time.Duration {
-		if a[k] == "" {
-			return 0
-		}
-		d, err := time.ParseDuration(a[k])
-		if err != nil {
-			errs = append(errs, err.Error())
-		}
-		return d
-	}
+	a := datadriven.ParseArgs(fields[1:])
+	dur, float := a.Dur, a.Float
 	at := func(k string) time.Time {
-		if a[k] == "" {
+		if a.Str(k) == "" {
 			return time.Time{}
 		}
 		return simBase.Add(dur(k))
 	}
-	bytes := func(k string) float64 {
-		if a[k] == "" {
-			return 0
-		}
-		v, err := parseBytes(a[k])
-		if err != nil {
-			errs = append(errs, err.Error())
-		}
-		return v
-	}
-	float := func(k string) float64 {
-		if a[k] == "" {
-			return 0
-		}
-		v, err := strconv.ParseFloat(a[k], 64)
-		if err != nil {
-			errs = append(errs, err.Error())
-		}
-		return v
-	}
+	bytes := func(k string) float64 { return datadriven.Parse(a, k, parseBytes) }
 	level := func(k string) Level { // a name, or #N for a raw (maybe invalid) value
-		var l Level
-		if n, ok := strings.CutPrefix(a[k], "#"); ok {
-			v, err := strconv.ParseUint(n, 10, 8)
-			if err != nil {
-				errs = append(errs, err.Error())
+		return datadriven.Parse(a, k, func(s string) (Level, error) {
+			var l Level
+			if n, ok := strings.CutPrefix(s, "#"); ok {
+				v, err := strconv.ParseUint(n, 10, 8)
+				return Level(v), err
 			}
-			return Level(v)
-		}
-		if a[k] != "" {
-			if err := l.UnmarshalText([]byte(a[k])); err != nil {
-				errs = append(errs, err.Error())
-			}
-		}
-		return l
+			return l, l.UnmarshalText([]byte(s))
+		})
 	}
 	observation := func() Observation {
 		return Observation{
@@ -131,8 +86,8 @@ func (s *scriptState) run(t *testing.T, line string) string {
 		}
 	}
 	check := func() {
-		if len(errs) > 0 {
-			t.Fatalf("%s: %s", line, strings.Join(errs, "; "))
+		if err := a.Err(); err != nil {
+			t.Fatalf("%s: %v", line, err)
 		}
 	}
 
@@ -143,11 +98,11 @@ func (s *scriptState) run(t *testing.T, line string) string {
 			StartLevel: level("start"), Margin: float("margin"), TargetBusy: float("targetbusy"),
 			MaxBusy: float("maxbusy"), MaxCPUShare: float("cpushare"),
 		}
-		if a["levels"] != "" {
-			for _, n := range strings.Split(a["levels"], ",") {
+		if a.Str("levels") != "" {
+			for _, n := range strings.Split(a.Str("levels"), ",") {
 				var l Level
 				if err := l.UnmarshalText([]byte(n)); err != nil {
-					errs = append(errs, err.Error())
+					a.Fail(err)
 				}
 				c.Levels = append(c.Levels, l)
 			}
@@ -164,10 +119,8 @@ func (s *scriptState) run(t *testing.T, line string) string {
 		check()
 		return "ok"
 	case "group":
-		n := 1
-		if a["repeat"] != "" {
-			n, _ = strconv.Atoi(a["repeat"])
-		}
+		n := max(1, int(a.Uint("repeat")))
+		check()
 		g := &Group{ctl: s.ctl}
 		var b strings.Builder
 		for i := range n {
@@ -189,10 +142,7 @@ func (s *scriptState) run(t *testing.T, line string) string {
 		return b.String()
 	case "observe":
 		o := observation()
-		n := 1
-		if a["repeat"] != "" {
-			n, _ = strconv.Atoi(a["repeat"])
-		}
+		n := max(1, int(a.Uint("repeat")))
 		check()
 		for range n {
 			s.ctl.Observe(o)
@@ -223,7 +173,7 @@ func (s *scriptState) run(t *testing.T, line string) string {
 		fmt.Fprintf(&b, "next=%s interval=%s level=%s lag=%s breach=%v kind=%s\n", rel(d.NextCut), d.Interval, d.Level,
 			d.PredictedLag.Round(time.Millisecond), d.Breach, d.Kind)
 		fmt.Fprintf(&b, "reason: %s", d.Reason)
-		if _, ok := a["verbose"]; ok {
+		if a.Has("verbose") {
 			e := d.Estimates
 			fmt.Fprintf(&b, "\nestimates: %d observations, goodput %s (measured %s), overhead %s, dedup %.2f",
 				e.Observations, fmtRate(e.Goodput), fmtRate(e.MeasuredGoodput), e.Overhead.Round(time.Millisecond), e.DedupRatio)

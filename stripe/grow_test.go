@@ -73,35 +73,11 @@ func (s *growScript) goodput(level int) (float64, float64) {
 
 func (s *growScript) run(t *testing.T, line string) string {
 	fields := strings.Fields(line)
-	a := map[string]string{}
-	for _, f := range fields[1:] {
-		k, v, _ := strings.Cut(f, "=")
-		a[k] = v
-	}
-	var errs []string
-	dur := func(k string) time.Duration {
-		if a[k] == "" {
-			return 0
-		}
-		d, err := time.ParseDuration(a[k])
-		if err != nil {
-			errs = append(errs, err.Error())
-		}
-		return d
-	}
-	num := func(k string) float64 {
-		if a[k] == "" {
-			return 0
-		}
-		v, err := strconv.ParseFloat(a[k], 64)
-		if err != nil {
-			errs = append(errs, err.Error())
-		}
-		return v
-	}
+	a := datadriven.ParseArgs(fields[1:])
+	dur, num := a.Dur, a.Float
 	check := func() {
-		if len(errs) > 0 {
-			t.Fatalf("%s: %s", line, strings.Join(errs, "; "))
+		if err := a.Err(); err != nil {
+			t.Fatalf("%s: %v", line, err)
 		}
 	}
 	switch fields[0] {
@@ -117,14 +93,14 @@ func (s *growScript) run(t *testing.T, line string) string {
 		return fmt.Sprintf("ok: %d of %d connections", g.Active(), g.c.Max)
 	case "path":
 		s.path, s.app = map[int]float64{}, 0
-		for k := range a {
+		for _, k := range a.Keys() {
 			if k == "app" {
 				s.app = num(k) * 1e6
 				continue
 			}
 			l, err := strconv.Atoi(k)
 			if err != nil {
-				errs = append(errs, err.Error())
+				a.Fail(err)
 			}
 			s.path[l] = num(k) * 1e6
 		}
@@ -137,7 +113,7 @@ func (s *growScript) run(t *testing.T, line string) string {
 		}
 		end := s.now + dur("for")
 		rtt := dur("rtt")
-		_, all := a["all"]
+		all := a.Has("all")
 		check()
 		var b strings.Builder
 		var last string

@@ -5,7 +5,8 @@
 // commands produce (then read the diff).
 //
 // It knows nothing of what the commands mean: each test hands it a
-// function that runs one command line and returns its output.
+// function that runs one command line and returns its output, which may
+// read its "k=v" arguments with ParseArgs.
 package datadriven
 
 import (

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -56,28 +55,21 @@ func (st *scriptState) run(t *testing.T, line string) string {
 	// msg= takes the rest of the line.
 	line, msg, _ := strings.Cut(line, "msg=")
 	fields := strings.Fields(line)
-	a := map[string]string{}
-	for _, f := range fields[1:] {
-		k, v, _ := strings.Cut(f, "=")
-		a[k] = v
-	}
+	a := datadriven.ParseArgs(fields[1:])
 	num := func(k string) uint64 {
-		if a[k] == "" {
-			return 0
-		}
-		v, err := strconv.ParseUint(a[k], 10, 64)
-		if err != nil {
-			t.Fatalf("%s: %s: %v", line, k, err)
+		v := a.Uint(k)
+		if err := a.Err(); err != nil {
+			t.Fatalf("%s: %v", line, err)
 		}
 		return v
 	}
-	_, flagCommitted := a["committed"]
+	flagCommitted := a.Has("committed")
 	if st.s == nil && fields[0] != "hello" && fields[0] != "fits" && fields[0] != "after" {
 		t.Fatalf("%s: no session (start with hello)", line)
 	}
 	switch fields[0] {
 	case "hello":
-		st.s = New(a["vm"])
+		st.s = New(a.Str("vm"))
 		h := st.s.Hello()
 		return fmt.Sprintf("send Hello vm=%s versions=%d..%d", h.VM, h.MinVersion, h.MaxVersion)
 	case "recv":
@@ -85,7 +77,7 @@ func (st *scriptState) run(t *testing.T, line string) string {
 		switch fields[1] {
 		case "Welcome":
 			v := uint16(wire.Version)
-			if a["version"] != "" {
+			if a.Str("version") != "" {
 				v = uint16(num("version"))
 			}
 			f = &wire.Welcome{Version: v, Position: wire.Position{Committed: num("committed"), StateID: num("state"),
@@ -93,9 +85,9 @@ func (st *scriptState) run(t *testing.T, line string) string {
 		case "Ack":
 			f = &wire.Ack{Epoch: num("epoch"), Durable: num("durable"), Committed: flagCommitted}
 		case "Error":
-			c, ok := codes[a["code"]]
+			c, ok := codes[a.Str("code")]
 			if !ok {
-				t.Fatalf("%s: unknown code %q", line, a["code"])
+				t.Fatalf("%s: unknown code %q", line, a.Str("code"))
 			}
 			f = &wire.Error{Code: c, Message: strings.TrimSpace(msg)}
 		default:
@@ -134,7 +126,7 @@ func (st *scriptState) run(t *testing.T, line string) string {
 		return fmt.Sprintf("send EpochBegin epoch=%d items=%d start=%d\n%s", num("epoch"), num("items"), start, st.status())
 	case "send":
 		n := uint64(1 << 62)
-		if a["n"] != "" {
+		if a.Str("n") != "" {
 			n = num("n")
 		}
 		var first, last uint64
@@ -165,7 +157,7 @@ func (st *scriptState) run(t *testing.T, line string) string {
 		return describeAction(st.s.Next())
 	case "after":
 		var err error
-		switch a["err"] {
+		switch a.Str("err") {
 		case "source-changed":
 			err = fmt.Errorf("epoch 3: disk vda block at 0: %w", ErrSourceChanged)
 		case "snapshot-lost":
@@ -173,9 +165,9 @@ func (st *scriptState) run(t *testing.T, line string) string {
 		case "eof":
 			err = fmt.Errorf("epoch 3: read acknowledgement: %w", io.EOF)
 		default:
-			c, ok := codes[a["err"]]
+			c, ok := codes[a.Str("err")]
 			if !ok {
-				t.Fatalf("%s: unknown failure %q", line, a["err"])
+				t.Fatalf("%s: unknown failure %q", line, a.Str("err"))
 			}
 			err = fmt.Errorf("epoch 3: %w", &wire.Error{Code: c, Message: "test"})
 		}
