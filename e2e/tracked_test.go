@@ -200,8 +200,14 @@ func qemuDowntime(t *testing.T, sock string) time.Duration {
 	if err := s.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(10 << 30)}, nil); err != nil {
 		t.Fatal(err)
 	}
+	// The sender exited cleanly before this: it must have left no block
+	// job, export or node of its own, which would also keep QEMU from
+	// inactivating its disks at the end of a migration.
+	if left := blockState(ctx, s); strings.Contains(left, "drsync-") || strings.Contains(left, "job ") || strings.Contains(left, "export ") {
+		t.Errorf("the sender left block state in QEMU after a clean exit:\n%s", left)
+	}
 	var downs []time.Duration
-	for range 3 {
+	for i := range 3 {
 		if err := s.Execute(ctx, "migrate", map[string]any{"uri": "exec:cat > /dev/null"}, nil); err != nil {
 			t.Fatal(err)
 		}
@@ -216,7 +222,11 @@ func qemuDowntime(t *testing.T, sock string) time.Duration {
 				t.Fatal(err)
 			}
 			if mig.Status == "failed" {
-				t.Fatal("QEMU's migration to /dev/null failed")
+				var full struct {
+					ErrorDesc string `json:"error-desc"`
+				}
+				s.Execute(ctx, "query-migrate", nil, &full)
+				t.Fatalf("QEMU's migration %d of 3 to /dev/null failed: %s; QEMU's block state:\n%s", i+1, full.ErrorDesc, blockState(ctx, s))
 			}
 		}
 		// "completed" may come before QEMU leaves finish-migrate, when
@@ -239,6 +249,46 @@ func qemuDowntime(t *testing.T, sock string) time.Duration {
 	}
 	slices.Sort(downs)
 	return downs[1]
+}
+
+// blockState lists, one a line, QEMU's block jobs, block exports and
+// named block nodes, and its run state: what can keep a migration from
+// inactivating the disks.
+func blockState(ctx context.Context, s *qmp.Session) string {
+	var b strings.Builder
+	var jobs []struct{ Device, Type, Status string }
+	if err := s.Execute(ctx, "query-block-jobs", nil, &jobs); err != nil {
+		fmt.Fprintf(&b, "query-block-jobs: %v\n", err)
+	}
+	for _, j := range jobs {
+		fmt.Fprintf(&b, "job %s (%s) %s\n", j.Device, j.Type, j.Status)
+	}
+	var exports []struct {
+		ID       string `json:"id"`
+		NodeName string `json:"node-name"`
+	}
+	if err := s.Execute(ctx, "query-block-exports", nil, &exports); err != nil {
+		fmt.Fprintf(&b, "query-block-exports: %v\n", err)
+	}
+	for _, e := range exports {
+		fmt.Fprintf(&b, "export %s of %s\n", e.ID, e.NodeName)
+	}
+	var nodes []struct {
+		NodeName string `json:"node-name"`
+		Drv      string `json:"drv"`
+	}
+	if err := s.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err != nil {
+		fmt.Fprintf(&b, "query-named-block-nodes: %v\n", err)
+	}
+	for _, n := range nodes {
+		fmt.Fprintf(&b, "node %s (%s)\n", n.NodeName, n.Drv)
+	}
+	var st struct{ Status string }
+	if err := s.Execute(ctx, "query-status", nil, &st); err != nil {
+		fmt.Fprintf(&b, "query-status: %v\n", err)
+	}
+	fmt.Fprintf(&b, "status %s", st.Status)
+	return b.String()
 }
 
 // failoverChecks loses the protected site (the guest's QEMU is killed) and
