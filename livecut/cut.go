@@ -440,6 +440,9 @@ func (c *cut) exportTargets(ctx context.Context, sess Monitor, snap *sender.Snap
 			args["bitmaps"] = []map[string]any{{"node": d.Node, "name": bitmap}}
 		}
 		if err := sess.Execute(ctx, "block-export-add", args, nil); err != nil {
+			if outcomeUnknown(err) {
+				c.exports = append(c.exports, exp)
+			}
 			return "", fmt.Errorf("livecut: export disk %q: %w", d.Name, err)
 		}
 		c.exports = append(c.exports, exp)
@@ -558,6 +561,9 @@ func (c *cut) freeze(ctx context.Context, sess Monitor) error {
 			"file": map[string]any{"driver": "file", "filename": c.files[i]},
 		}, nil)
 		if err != nil {
+			if outcomeUnknown(err) {
+				c.nodes = append(c.nodes, n)
+			}
 			return fmt.Errorf("fleecing node for disk %q: %w", d.Name, err)
 		}
 		c.nodes = append(c.nodes, n)
@@ -576,14 +582,31 @@ func (c *cut) freeze(ctx context.Context, sess Monitor) error {
 	tx := time.Now()
 	err := sess.Execute(ctx, "transaction", map[string]any{"actions": actions}, nil)
 	c.txTime = time.Since(tx)
-	if err != nil {
+	if err != nil && !outcomeUnknown(err) {
 		return fmt.Errorf("cut transaction: %w", err)
 	}
+	// Done, or perhaps done: either way torn down as done.
 	c.bitmap = true
 	for i := range s.o.Disks {
 		c.jobs = append(c.jobs, backupJob(c.gen, i))
 	}
+	if err != nil {
+		return fmt.Errorf("cut transaction: %w", err)
+	}
 	return nil
+}
+
+// outcomeUnknown says whether a command that failed may have been carried
+// out all the same. QEMU's refusal (a *qmp.CommandError) undoes it; a
+// command whose reply never came (the context ended, as at a sender's
+// SIGTERM, or the connection did) may have run, so what it creates is
+// torn down as if it had been: removing what is not there only fails. A
+// cut transaction taken as refused left its backup jobs and fleecing
+// nodes in QEMU, where they kept the next migration from inactivating
+// the disks ("bdrv_inactivate_all() failed").
+func outcomeUnknown(err error) bool {
+	var ce *qmp.CommandError
+	return err != nil && !errors.As(err, &ce)
 }
 
 // diskTarget serves a disk from its fleecing export: allocation from
