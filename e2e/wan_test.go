@@ -56,25 +56,35 @@ type committedEpoch struct {
 	GuestPause   time.Duration `json:"guest_pause"`
 }
 
+// logRecord is what every line of a sender's JSON log has.
+type logRecord struct {
+	Msg  string    `json:"msg"`
+	Time time.Time `json:"time"`
+}
+
+// jsonLog calls fn with each line of a JSON log that parses, its common
+// fields decoded.
+func jsonLog(log string, fn func(rec logRecord, line []byte)) {
+	sc := bufio.NewScanner(strings.NewReader(log))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var rec logRecord
+		if json.Unmarshal(sc.Bytes(), &rec) == nil {
+			fn(rec, sc.Bytes())
+		}
+	}
+}
+
 // senderLog reads the committed epochs and the breach warnings (their log
 // times) from a sender's JSON log.
 func senderLog(t testing.TB, log string) (epochs []committedEpoch, breaches, recoveries []time.Time) {
 	t.Helper()
-	sc := bufio.NewScanner(strings.NewReader(log))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var rec struct {
-			Msg  string    `json:"msg"`
-			Time time.Time `json:"time"`
-		}
-		if json.Unmarshal(sc.Bytes(), &rec) != nil {
-			continue
-		}
+	jsonLog(log, func(rec logRecord, line []byte) {
 		switch {
 		case rec.Msg == "epoch committed":
 			var e committedEpoch
-			if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
-				t.Fatalf("log line %s: %v", sc.Text(), err)
+			if err := json.Unmarshal(line, &e); err != nil {
+				t.Fatalf("log line %s: %v", line, err)
 			}
 			epochs = append(epochs, e)
 		case strings.HasPrefix(rec.Msg, "RPO target will be missed"):
@@ -82,7 +92,7 @@ func senderLog(t testing.TB, log string) (epochs []committedEpoch, breaches, rec
 		case strings.HasPrefix(rec.Msg, "RPO target within reach"):
 			recoveries = append(recoveries, rec.Time)
 		}
-	}
+	})
 	return epochs, breaches, recoveries
 }
 

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -190,19 +189,16 @@ func drsyncOverWAN(b *testing.B, em *wanemu.Emulator, link wanbench.Link, g wanb
 // from and to, from the sender's JSON log: "1 at 0s, 2 at 1.1s (why), ...".
 func linkLevels(log string, from, to time.Time) string {
 	var out []string
-	sc := bufio.NewScanner(strings.NewReader(log))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var rec struct {
-			Msg  string    `json:"msg"`
-			Time time.Time `json:"time"`
-			Why  string    `json:"why"`
+	jsonLog(log, func(rec logRecord, line []byte) {
+		n, ok := strings.CutPrefix(rec.Msg, "link: ")
+		if !ok || rec.Time.After(to) {
+			return
 		}
-		if json.Unmarshal(sc.Bytes(), &rec) != nil || !strings.HasPrefix(rec.Msg, "link: ") || rec.Time.After(to) {
-			continue
+		var why struct {
+			Why string `json:"why"`
 		}
-		n := strings.TrimSuffix(strings.TrimPrefix(rec.Msg, "link: "), " connections")
-		out = append(out, fmt.Sprintf("%s at %.1fs (%s)", n, rec.Time.Sub(from).Seconds(), rec.Why))
-	}
+		json.Unmarshal(line, &why)
+		out = append(out, fmt.Sprintf("%s at %.1fs (%s)", strings.TrimSuffix(n, " connections"), rec.Time.Sub(from).Seconds(), why.Why))
+	})
 	return strings.Join(out, ", ")
 }
