@@ -1021,19 +1021,10 @@ func (r *Replica) writeTables(st *stage, tables map[string]*blockhash.Table) err
 				}
 				return f.Truncate(int64(blockhash.HeaderLen + 8*len(tab.Hashes)))
 			}
-			for i := 0; i < len(tab.Hashes); {
-				if tab.Hashes[i] == old.Hashes[i] {
-					i++
-					continue
-				}
-				j := i
-				for j < len(tab.Hashes) && tab.Hashes[j] != old.Hashes[j] {
-					j++
-				}
-				if _, err := f.WriteAt(tab.EntryBytes(int64(i), int64(j-i)), int64(blockhash.HeaderLen+8*i)); err != nil {
+			for _, r := range blockhash.DiffRuns(old, tab) {
+				if _, err := f.WriteAt(tab.EntryBytes(r.First, int64(len(r.Hashes))), blockhash.HeaderLen+8*r.First); err != nil {
 					return err
 				}
-				i = j
 			}
 			return nil
 		}()

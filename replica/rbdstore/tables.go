@@ -70,18 +70,13 @@ func nextTable(prev *tableRef, old *blockhash.Table, patched []int64, tab *block
 	if tab == old {
 		return tableWrite{ref: *prev, patched: patched}
 	}
-	var changed []int64
-	for i := range tab.Hashes {
-		if tab.Hashes[i] != old.Hashes[i] {
-			changed = append(changed, int64(i))
-		}
-	}
+	changed := blockhash.DiffRuns(old, tab)
 	if len(changed) == 0 {
 		return tableWrite{ref: *prev, patched: patched}
 	}
 	// As the patch will hold them (with the entries between those close
 	// together), so that a replica reopened from it decides alike.
-	merged := blockhash.Indices(blockhash.RunsAt(tab, mergeSorted(patched, changed)))
+	merged := blockhash.Indices(blockhash.RunsAt(tab, mergeSorted(patched, blockhash.Indices(changed))))
 	if len(merged) > len(tab.Hashes)/patchShare {
 		return tableWrite{ref: tableRef{Base: epoch}, whole: true}
 	}
