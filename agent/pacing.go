@@ -110,7 +110,8 @@ func (p *pacer) committed(res *sender.Result, start, now time.Time) pace {
 // prediction (and raises the breach) before the commit. Only the planning
 // fields of out.flow are set; ok is false without adaptive epochs.
 func (p *pacer) inFlight(pr sender.Progress, at, now time.Time) (out pace, ok bool) {
-	if p.ctl == nil || pr.Cut.IsZero() {
+	if p.ctl == nil || pr.Cut.IsZero() || pr.Planning {
+		// While the epoch is being planned, what is left is not known.
 		return pace{}, false
 	}
 	p.ctl.ObserveProgress(epochctl.Progress{

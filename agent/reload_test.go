@@ -164,7 +164,8 @@ func TestReloadCapMidEpoch(t *testing.T) {
 			r := newReloadRig(t, dir, tc.from, fileVM(t, dir, "web-1", size, time.Hour))
 			r.waitFor(20*time.Second, "no progress of the first epoch", func() bool {
 				p := r.progressOf("web-1")
-				return p.SentBytes >= 256<<10 && p.LeftBytes > 0
+				// Planned whole, so that LeftBytes is all that is left.
+				return p.SentBytes >= 256<<10 && p.LeftBytes > 0 && !p.Planning
 			})
 			left := r.progressOf("web-1").LeftBytes
 			reloaded := time.Now()
@@ -214,7 +215,10 @@ func TestReloadRemovesVMAfterEpochInFlight(t *testing.T) {
 	r := newReloadRig(t, dir, 1e6, fileVM(t, dir, "web-1", 64<<10, 100*time.Millisecond), fileVM(t, dir, "web-2", 4<<20, 100*time.Millisecond))
 	r.waitFor(20*time.Second, "web-2's first epoch not under way", func() bool {
 		p := r.progressOf("web-2")
-		return p.Epoch == 1 && p.SentBytes > 0 && p.LeftBytes > 1<<20
+		// More than 1 MiB left, or, while the epoch is still being
+		// planned (its totals are what is planned so far), less than 1
+		// MiB of its 2 MiB handed to the connection.
+		return p.Epoch == 1 && p.SentBytes > 0 && (p.LeftBytes > 1<<20 || p.Planning && p.SentBytes < 1<<20)
 	})
 	if err := r.reload(func(o *Options) { o.VMs = o.VMs[:1] }); err != nil {
 		t.Fatal(err)

@@ -478,7 +478,7 @@ func (r *Replica) Manifest() *Manifest { return r.man }
 func (r *Replica) Position() wire.Position {
 	p := wire.Position{Committed: r.man.Epoch, CommittedCut: r.man.Cut, StateID: r.man.StateID}
 	if r.st != nil && r.st.commit == nil {
-		p.StagedEpoch, p.StagedPlan, p.StagedDurable = r.st.begin.Epoch, r.st.begin.Plan, uint64(r.synced)
+		p.StagedEpoch, p.StagedPlan, p.StagedDurable = r.st.begin.Epoch, r.st.stagedPlan(r.synced), uint64(r.synced)
 	}
 	return p
 }

@@ -48,6 +48,9 @@ type stage struct {
 	devTotal uint64
 	devHash  *xxhash.Digest
 	commit   *wire.EpochCommit
+	// What the targets can take: an open epoch (wire.EpochBegin.Open) is
+	// bounded by these, a closed one by what its EpochBegin announced.
+	maxItems, maxBytes uint64
 }
 
 func protoErr(format string, a ...any) error {
@@ -102,11 +105,12 @@ func newStage(base *Manifest, b *wire.EpochBegin, maxSize uint64) (*stage, error
 		blocks += uint64(blockhash.Blocks(int64(t.Size), int(t.BlockSize)))
 		size += t.Size
 	}
-	if maxItems := blocks + maxDeviceStateItems; b.Items > maxItems {
-		return nil, protoErr("EpochBegin: epoch %d announces %d items; its targets hold %d blocks, so at most %d items", b.Epoch, b.Items, blocks, maxItems)
+	s.maxItems, s.maxBytes = blocks+maxDeviceStateItems, size+maxDeviceStateItems*wire.MaxData
+	if b.Items > s.maxItems {
+		return nil, protoErr("EpochBegin: epoch %d announces %d items; its targets hold %d blocks, so at most %d items", b.Epoch, b.Items, blocks, s.maxItems)
 	}
-	if maxBytes := size + maxDeviceStateItems*wire.MaxData; b.Bytes > maxBytes {
-		return nil, protoErr("EpochBegin: epoch %d announces %d payload bytes; its targets hold %d, so at most %d", b.Epoch, b.Bytes, size, maxBytes)
+	if b.Bytes > s.maxBytes {
+		return nil, protoErr("EpochBegin: epoch %d announces %d payload bytes; its targets hold %d, so at most %d", b.Epoch, b.Bytes, size, s.maxBytes)
 	}
 	return s, nil
 }
@@ -118,7 +122,10 @@ const maxDeviceStateItems = 4096
 
 // resume checks that b continues this staged epoch where it stands.
 func (s *stage) resume(b *wire.EpochBegin) error {
-	if b.Epoch != s.begin.Epoch || b.Plan != s.begin.Plan || b.Items != s.begin.Items || b.Bytes != s.begin.Bytes {
+	// An open epoch's counts grow as its sender plans; a closed one's are
+	// part of what is resumed.
+	counts := b.Open || b.Items == s.begin.Items && b.Bytes == s.begin.Bytes
+	if b.Epoch != s.begin.Epoch || b.Plan != s.stagedPlan(len(s.items)) || b.Open != s.begin.Open || !counts {
 		return protoErr("EpochBegin: resume of epoch %d plan %016x does not match staged epoch %d plan %016x", b.Epoch, b.Plan, s.begin.Epoch, s.begin.Plan)
 	}
 	if b.StartSeq != uint64(len(s.items)) {
@@ -136,6 +143,21 @@ func (s *stage) resume(b *wire.EpochBegin) error {
 		}
 	}
 	return nil
+}
+
+// stagedPlan is the plan identity a resume of this epoch after its first
+// n items must carry: the EpochBegin's for a closed epoch, and for an
+// open one (whose identity could not cover items not yet planned) the
+// digest of those n items (wire.OpenPlanID).
+func (s *stage) stagedPlan(n int) uint64 {
+	if !s.begin.Open {
+		return s.begin.Plan
+	}
+	d := wire.NewEpochDigest(s.begin.Epoch)
+	for _, it := range s.items[:n] {
+		d.Add(it.Summary)
+	}
+	return d.Sum()
 }
 
 func sameGroup(a, b *vmspec.GroupCut) bool {
@@ -187,7 +209,10 @@ func (s *stage) item(it wire.Item, off int64) error {
 	if seq := it.ItemSeq(); seq != uint64(len(s.items)) {
 		return protoErr("%s: item %d out of order, expected %d", it.Type(), seq, len(s.items))
 	}
-	if uint64(len(s.items)) >= s.begin.Items {
+	if s.begin.Open && uint64(len(s.items)) >= s.maxItems {
+		return protoErr("%s: item %d beyond the %d items the targets can take", it.Type(), it.ItemSeq(), s.maxItems)
+	}
+	if !s.begin.Open && uint64(len(s.items)) >= s.begin.Items {
 		return protoErr("%s: item %d beyond the %d items announced", it.Type(), it.ItemSeq(), s.begin.Items)
 	}
 	var hashes []uint64
@@ -280,7 +305,9 @@ func (s *stage) item(it wire.Item, off int64) error {
 		dh = xxhash.Sum64(data)
 	}
 	sum := wire.Summarize(it, dh)
-	if nb := s.bytes + uint64(len(data)); nb > s.begin.Bytes {
+	if nb := s.bytes + uint64(len(data)); s.begin.Open && nb > s.maxBytes {
+		return protoErr("%s: item %d brings the epoch to %d bytes, its targets take %d", it.Type(), sum.Seq, nb, s.maxBytes)
+	} else if !s.begin.Open && nb > s.begin.Bytes {
 		return protoErr("%s: item %d brings the epoch to %d bytes, %d were announced", it.Type(), sum.Seq, nb, s.begin.Bytes)
 	}
 	// Every check passed: only now does the item change the stage.
@@ -304,10 +331,13 @@ func (s *stage) checkCommit(c *wire.EpochCommit) error {
 	if c.Epoch != s.begin.Epoch {
 		return protoErr("EpochCommit: epoch %d, staging %d", c.Epoch, s.begin.Epoch)
 	}
-	if c.Items != s.begin.Items || uint64(len(s.items)) != s.begin.Items {
+	if s.begin.Open && c.Items != uint64(len(s.items)) {
+		return protoErr("EpochCommit: %d items committed, %d received", c.Items, len(s.items))
+	}
+	if !s.begin.Open && (c.Items != s.begin.Items || uint64(len(s.items)) != s.begin.Items) {
 		return protoErr("EpochCommit: %d items committed, %d announced, %d received", c.Items, s.begin.Items, len(s.items))
 	}
-	if s.bytes != s.begin.Bytes {
+	if !s.begin.Open && s.bytes != s.begin.Bytes {
 		return protoErr("EpochCommit: %d bytes received, %d announced", s.bytes, s.begin.Bytes)
 	}
 	if s.devSeen && s.devGot != s.devTotal {

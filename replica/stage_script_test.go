@@ -19,7 +19,8 @@ import (
 // where text must appear in the error.
 //
 //	manifest epoch=N target=disk:vda:SIZE:BS ...   reset: the committed replica
-//	begin epoch= items= bytes= start= plan= target=ID:disk|ram:NAME:SIZE:BS ...
+//	begin epoch= items= bytes= start= plan=N|prefix [open] target=ID:disk|ram:NAME:SIZE:BS ...
+//	                                             (prefix: the staged items' wire.OpenPlanID)
 //	extent seq= t= off= len=     mem seq= t= page= pages=
 //	zero seq= t= off= len=       ref seq= t= page= count= src=disk|page st= so=
 //	dev seq= off= total= len=    commit [epoch=] [items=] [digest=bad]
@@ -55,7 +56,10 @@ func runStageScript(t *testing.T, file string) {
 		args := map[string]string{}
 		var targets []string
 		for _, kv := range fields[1:] {
-			k, v, _ := strings.Cut(kv, "=")
+			k, v, hasV := strings.Cut(kv, "=")
+			if !hasV {
+				v = "1"
+			}
 			if k == "target" {
 				targets = append(targets, v)
 			}
@@ -87,7 +91,13 @@ func runStageScript(t *testing.T, file string) {
 			}
 			st = nil
 		case "begin":
-			b := &wire.EpochBegin{Epoch: num("epoch"), Items: num("items"), Bytes: num("bytes"), StartSeq: num("start"), Plan: num("plan")}
+			b := &wire.EpochBegin{Epoch: num("epoch"), Items: num("items"), Bytes: num("bytes"), StartSeq: num("start"), Open: args["open"] == "1"}
+			if args["plan"] == "prefix" && st != nil {
+				// An open epoch's resume carries the digest of what is staged.
+				b.Plan = st.stagedPlan(len(st.items))
+			} else {
+				b.Plan = num("plan")
+			}
 			for _, ts := range targets {
 				p := strings.Split(ts, ":")
 				id, _ := strconv.Atoi(p[0])

@@ -145,6 +145,10 @@ func (s *Stage) Commit() *wire.EpochCommit { return s.s.commit }
 // Begin is the epoch's EpochBegin (do not modify it).
 func (s *Stage) Begin() *wire.EpochBegin { return &s.s.begin }
 
+// StagedPlan is the plan identity to report with durable items staged
+// (wire.Position.StagedPlan).
+func (s *Stage) StagedPlan(durable int) uint64 { return s.s.stagedPlan(durable) }
+
 // Len is the number of items staged.
 func (s *Stage) Len() int { return len(s.s.items) }
 

@@ -41,10 +41,13 @@ func chooseBase(pos wire.Position, committed, pending *Index) baseChoice {
 // durable position (protocol.ResumeFrom).
 func resumeFrom(p *Plan, pos wire.Position) uint64 { return protocol.ResumeFrom(p.ref(), pos) }
 
-// ref is what the protocol session knows of p.
+// ref is what the protocol session knows of p: while p is being planned,
+// its items so far, and no state identity yet.
 func (p *Plan) ref() protocol.Plan {
-	r := protocol.Plan{Epoch: p.Epoch, ID: p.ID, Items: uint64(len(p.Items)), Cut: p.Cut}
-	if p.Next != nil {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	r := protocol.Plan{Epoch: p.Epoch, ID: p.ID, Items: uint64(len(p.Items)), Cut: p.Cut, Open: p.open}
+	if p.complete && p.Next != nil {
 		r.StateID = p.Next.StateID
 	}
 	return r

@@ -14,6 +14,17 @@
 // reliable byte stream: QUIC in production, a pipe in tests) and Store (the
 // sender's index, on a vfs.FS).
 //
+// Planning and sending overlap: the planner (Plan.fill) runs beside the
+// epoch's first attempt and the sending loop sends each item once it is
+// planned, flushing and waiting when it catches up. On a protocol 4
+// connection every epoch begins open (wire.EpochBegin.Open): its item
+// count comes with the commit, and a staged open epoch is resumed when
+// its durable items are this plan's first ones (wire.OpenPlanID; the
+// sender waits until that many are planned). An attempt never ends with
+// the planner running: a failed one waits for it, so the next attempt
+// resumes a complete plan. On an older connection the sender waits for
+// the whole plan before EpochBegin, as it always did.
+//
 // With Dedup, memory pages travel as references where the replica already
 // holds their bytes: a disk page of the same cut (the guest's page cache,
 // FDM's observation) or another memory page. Both come from bounded

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/cespare/xxhash/v2"
@@ -56,6 +57,17 @@ type Plan struct {
 	RAMDataPages, RAMRefPages, RAMZeroPages, RAMDupPages int64
 
 	dd *Dedup // nil: no references
+
+	// A plan is sent while it is still being built (fill): mu guards
+	// Items, Sums, Bytes, ID, open and the outcome; the rest (Next's
+	// tables, States, Digest, the counts above) are written before the
+	// plan is marked complete and read only after.
+	mu       sync.Mutex
+	grew     *sync.Cond
+	waiting  bool // someone waits on grew
+	complete bool
+	err      error // why fill failed
+	open     bool  // begun on a connection that allows open epochs (beginOpen)
 }
 
 // planChunk is how much of a target is read at once while planning.
@@ -70,25 +82,39 @@ func BuildPlan(ctx context.Context, epoch uint64, snap *Snapshot, choice baseCho
 // buildPlan is BuildPlan with memory pages turned into references to disk
 // pages where dd finds them.
 func buildPlan(ctx context.Context, epoch uint64, snap *Snapshot, choice baseChoice, base *Index, dd *Dedup) (*Plan, error) {
+	p, olds, err := newPlan(epoch, snap, choice, base, dd)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.fill(ctx, snap, choice, base, olds); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// newPlan checks snap's targets against base and returns the empty plan
+// of epoch, with what the replica holds of each target, for fill.
+func newPlan(epoch uint64, snap *Snapshot, choice baseChoice, base *Index, dd *Dedup) (*Plan, []*blockhash.Table, error) {
 	p := &Plan{Epoch: epoch, Cut: snap.Cut, Group: snap.Group, Base: choice, Next: &Index{Epoch: epoch, Tables: map[string]*blockhash.Table{}}, dd: dd}
+	p.grew = sync.NewCond(&p.mu)
 	if len(snap.Targets) > wire.MaxTargets {
-		return nil, fmt.Errorf("plan epoch %d: %d targets, at most %d", epoch, len(snap.Targets), wire.MaxTargets)
+		return nil, nil, fmt.Errorf("plan epoch %d: %d targets, at most %d", epoch, len(snap.Targets), wire.MaxTargets)
 	}
 	// What the replica holds of each target (nil: unknown), all known
 	// before any is scanned: a memory page may refer to a later one.
 	olds := make([]*blockhash.Table, len(snap.Targets))
 	for i, t := range snap.Targets {
 		if t.Kind == vmspec.KindRAM && (t.BlockSize != vmspec.PageSize || t.Size%vmspec.PageSize != 0) {
-			return nil, fmt.Errorf("plan epoch %d: RAM %s of %d bytes at block size %d: must be whole %d-byte pages", epoch, t.Name, t.Size, t.BlockSize, vmspec.PageSize)
+			return nil, nil, fmt.Errorf("plan epoch %d: RAM %s of %d bytes at block size %d: must be whole %d-byte pages", epoch, t.Name, t.Size, t.BlockSize, vmspec.PageSize)
 		}
 		if err := vmspec.ValidTargetName(t.Name); err != nil {
-			return nil, fmt.Errorf("plan epoch %d: %w", epoch, err)
+			return nil, nil, fmt.Errorf("plan epoch %d: %w", epoch, err)
 		}
 		wt := wire.Target{ID: uint16(i), Kind: t.Kind, Name: t.Name, Size: uint64(t.Size), BlockSize: uint32(t.BlockSize)}
 		p.Targets = append(p.Targets, wt)
 		k := TableKey(t.Kind, t.Name)
 		if _, dup := p.Next.Tables[k]; dup {
-			return nil, fmt.Errorf("plan epoch %d: target %s listed twice", epoch, k)
+			return nil, nil, fmt.Errorf("plan epoch %d: target %s listed twice", epoch, k)
 		}
 		p.Next.Tables[k] = nil // reserved, for the duplicate check
 		switch choice {
@@ -97,7 +123,7 @@ func buildPlan(ctx context.Context, epoch uint64, snap *Snapshot, choice baseCho
 		case baseCommitted, basePending, baseFetched:
 			if bt := base.Tables[k]; bt != nil {
 				if bt.BlockSize != t.BlockSize {
-					return nil, fmt.Errorf("plan epoch %d: %s block size changed from %d to %d; the replica cannot follow", epoch, k, bt.BlockSize, t.BlockSize)
+					return nil, nil, fmt.Errorf("plan epoch %d: %s block size changed from %d to %d; the replica cannot follow", epoch, k, bt.BlockSize, t.BlockSize)
 				}
 				olds[i] = bt // read only: tables are shared (blockhash.Table)
 				if bt.Size != t.Size {
@@ -109,6 +135,15 @@ func buildPlan(ctx context.Context, epoch uint64, snap *Snapshot, choice baseCho
 			}
 		}
 	}
+	return p, olds, nil
+}
+
+// fill plans every target of snap, then the device state, and marks p
+// complete (with its error, if it failed): its items can be sent as they
+// are added.
+func (p *Plan) fill(ctx context.Context, snap *Snapshot, choice baseChoice, base *Index, olds []*blockhash.Table) (err error) {
+	defer func() { p.finish(err) }()
+	epoch, dd := p.Epoch, p.dd
 	if dd != nil {
 		dd.begin(snap, olds)
 	}
@@ -118,7 +153,7 @@ func buildPlan(ctx context.Context, epoch uint64, snap *Snapshot, choice baseCho
 		}
 		next, err := p.scanTarget(ctx, uint16(i), t, olds[i])
 		if err != nil {
-			return nil, fmt.Errorf("plan epoch %d: %s %s: %w", epoch, kindWord(t.Kind), t.Name, err)
+			return fmt.Errorf("plan epoch %d: %s %s: %w", epoch, kindWord(t.Kind), t.Name, err)
 		}
 		k := TableKey(t.Kind, t.Name)
 		p.Next.Tables[k] = next
@@ -127,7 +162,7 @@ func buildPlan(ctx context.Context, epoch uint64, snap *Snapshot, choice baseCho
 	if base != nil && choice != baseUnknown && choice != baseFresh {
 		for k := range base.Tables {
 			if _, ok := p.Next.Tables[k]; !ok {
-				return nil, fmt.Errorf("plan epoch %d: the replica holds %s, which this VM no longer has; removing a target is not supported", epoch, k)
+				return fmt.Errorf("plan epoch %d: the replica holds %s, which this VM no longer has; removing a target is not supported", epoch, k)
 			}
 		}
 	}
@@ -141,8 +176,90 @@ func buildPlan(ctx context.Context, epoch uint64, snap *Snapshot, choice baseCho
 		d.Add(s)
 	}
 	p.Digest = d.Sum()
-	p.ID = wire.GroupPlanID(wire.PlanID(epoch, p.Targets, p.Sums), p.Group)
-	return p, nil
+	id := wire.GroupPlanID(wire.PlanID(epoch, p.Targets, p.Sums), p.Group)
+	p.mu.Lock()
+	if !p.open {
+		p.ID = id
+	}
+	p.mu.Unlock()
+	return nil
+}
+
+// finish marks p complete, failed if err is not nil, and wakes whoever
+// waits for items.
+func (p *Plan) finish(err error) {
+	p.mu.Lock()
+	p.complete, p.err = true, err
+	p.grew.Broadcast()
+	p.mu.Unlock()
+}
+
+// beginOpen records that p is begun on a connection that allows open
+// epochs (wire.VersionOpen): it is then open, however far it is planned,
+// so that every staged epoch of such a connection is resumed the same
+// way, by the identity of its first items (prefix).
+func (p *Plan) beginOpen(allowed bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.open = p.open || allowed
+}
+
+// prefix is the wire.OpenPlanID of p's first n items, false while fewer
+// are planned.
+func (p *Plan) prefix(n uint64) (uint64, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if uint64(len(p.Sums)) < n {
+		return 0, false
+	}
+	return wire.OpenPlanID(p.Epoch, p.Sums[:n]), true
+}
+
+// waitPrefix is prefix once p has n items, or false if it completes (or
+// fails) with fewer.
+func (p *Plan) waitPrefix(n uint64) (uint64, bool) {
+	for {
+		if id, ok := p.prefix(n); ok {
+			return id, true
+		}
+		if _, _, complete, _ := p.progress(); complete {
+			return 0, false
+		}
+		p.waitItems(int(n) - 1)
+	}
+}
+
+// progress is how far the planner is: items and data bytes so far,
+// whether the plan is complete, and why it failed.
+func (p *Plan) progress() (items int, bytes uint64, complete bool, err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.Items), p.Bytes, p.complete, p.err
+}
+
+// waitItems returns once p has more than n items, is complete, or poke
+// was called.
+func (p *Plan) waitItems(n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.Items) <= n && !p.complete {
+		p.waiting = true
+		p.grew.Wait()
+	}
+}
+
+// poke wakes waitItems (the connection failed: the sender stops waiting).
+func (p *Plan) poke() {
+	p.mu.Lock()
+	p.grew.Broadcast()
+	p.mu.Unlock()
+}
+
+// item is item i, which the planner has added.
+func (p *Plan) item(i int) PlanItem {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.Items[i]
 }
 
 func kindWord(k vmspec.TargetKind) string {
@@ -173,9 +290,15 @@ func (p *Plan) add(it PlanItem) {
 	if it.Type == wire.TypeDeviceState {
 		s.Target = 0
 	}
+	p.mu.Lock()
 	p.Bytes += it.payloadBytes()
 	p.Items = append(p.Items, it)
 	p.Sums = append(p.Sums, s)
+	if p.waiting {
+		p.waiting = false
+		p.grew.Broadcast()
+	}
+	p.mu.Unlock()
 }
 
 // payloadBytes is what the item contributes to Plan.Bytes: the data it
@@ -478,7 +601,7 @@ func coveredBy(ext []Extent, lo, hi int64, ok func(Extent) bool) bool {
 // Frame reads item i from snap and returns it as a frame, checking that the
 // data is what was planned.
 func (p *Plan) Frame(snap *Snapshot, i int) (wire.Item, error) {
-	it := p.Items[i]
+	it := p.item(i)
 	seq := uint64(i)
 	switch it.Type {
 	case wire.TypeZeroRun:

@@ -55,8 +55,12 @@ type Progress struct {
 	// LeftBytes are still to go.
 	SentBytes, AllBytes, LeftBytes uint64
 	Durable, Items                 uint64
+	// Planning says the epoch is still being planned: AllBytes, LeftBytes
+	// and Items count what is planned so far.
+	Planning bool
 	// WireBytes went on the wire in this attempt, in SendTime since its
-	// first frame, at level Compression.
+	// first frame (less the time spent waiting for the planner), at level
+	// Compression.
 	WireBytes   uint64
 	SendTime    time.Duration
 	Compression wire.Compression
@@ -107,7 +111,8 @@ type Result struct {
 	// pages of RAMRefPages).
 	RefBytes uint64
 	// SendTime is the time from the epoch's first frame to its commit
-	// acknowledgement in the last attempt: the part the link paces.
+	// acknowledgement in the last attempt, less the time it waited for
+	// the planner: the part the link paces.
 	// CompressTime is the time spent compressing in it, and Compression
 	// the level it used.
 	SendTime, CompressTime time.Duration
@@ -136,6 +141,27 @@ type attempt struct {
 	maxSent int    // highest item index sent + 1, across attempts
 	res     Result
 	started time.Time
+	// The planner runs beside the first attempt's sending (Plan.fill);
+	// planDone is closed when it returns. An attempt never ends with it
+	// running: RunEpoch waits for it.
+	planDone chan struct{}
+	planned  bool // the complete plan's figures are in res, and the source told
+}
+
+// planComplete records what a complete plan says: its figures, and, for
+// a source that tracks changes between cuts, the snapshot's tables.
+func (a *attempt) planComplete() {
+	if a.planned {
+		return
+	}
+	a.planned = true
+	p := a.plan
+	if a.snap.Planned != nil {
+		a.snap.Planned(p.Next.Tables)
+	}
+	a.res.Items, a.res.DataBytes, a.res.Scanned = len(p.Items), p.Bytes, p.Scanned
+	a.res.RAMDataPages, a.res.RAMRefPages, a.res.RAMZeroPages = p.RAMDataPages, p.RAMRefPages, p.RAMZeroPages
+	a.res.RAMDupPages, a.res.RefBytes = p.RAMDupPages, uint64(p.RAMRefPages)*vmspec.PageSize
 }
 
 // session is a connection and its protocol state.
@@ -247,10 +273,16 @@ func (s *Sender) RunEpoch(ctx context.Context) (*Result, error) {
 	res, err := s.runEpoch(ctx)
 	if err != nil {
 		s.dropSession()
-		if s.inflight != nil && protocol.AfterFailure(err) == protocol.Recut {
-			// The epoch cannot be finished as planned; cut a fresh one next time.
-			s.inflight.snap.Close()
-			s.inflight = nil
+		if a := s.inflight; a != nil {
+			// The planner ends by itself (it stops when ctx does), and a
+			// plan it could not finish is no plan to resume.
+			<-a.planDone
+			_, _, _, perr := a.plan.progress()
+			if perr != nil || protocol.AfterFailure(err) == protocol.Recut {
+				// The epoch cannot be finished as planned; cut a fresh one next time.
+				a.snap.Close()
+				s.inflight = nil
+			}
 		}
 	}
 	return res, err
@@ -292,23 +324,47 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 		if err != nil {
 			return nil, fmt.Errorf("epoch %d: snapshot: %w", epoch, err)
 		}
-		plan, err := buildPlan(ctx, epoch, snap, choice, s.committed, s.dedup)
+		plan, olds, err := newPlan(epoch, snap, choice, s.committed, s.dedup)
 		if err != nil {
 			snap.Close()
 			return nil, err
 		}
-		if snap.Planned != nil {
-			snap.Planned(plan.Next.Tables)
-		}
-		a = &attempt{plan: plan, snap: snap, baseID: pos.StateID, started: s.o.Now()}
-		a.res = Result{Epoch: epoch, Cut: plan.Cut, Base: choice.String(), Items: len(plan.Items), DataBytes: plan.Bytes, Scanned: plan.Scanned,
-			Pause: snap.Pause, HypervisorDowntime: snap.HypervisorDowntime,
-			RAMDataPages: plan.RAMDataPages, RAMRefPages: plan.RAMRefPages, RAMZeroPages: plan.RAMZeroPages,
-			RAMDupPages: plan.RAMDupPages, RefBytes: uint64(plan.RAMRefPages) * vmspec.PageSize}
+		a = &attempt{plan: plan, snap: snap, baseID: pos.StateID, started: s.o.Now(), planDone: make(chan struct{})}
+		a.res = Result{Epoch: epoch, Cut: plan.Cut, Base: choice.String(), Pause: snap.Pause, HypervisorDowntime: snap.HypervisorDowntime}
 		s.inflight = a
+		// The epoch's first items go on the wire while the rest are read
+		// and hashed (on a connection that allows open epochs).
+		go func(committed *Index) {
+			defer close(a.planDone)
+			plan.fill(ctx, snap, choice, committed, olds)
+		}(s.committed)
 	}
 	p := a.plan
-	start, err := ss.proto.Begin(p.ref())
+	if ss.proto.Version() < wire.VersionOpen {
+		// An older receiver needs the item count at EpochBegin.
+		select {
+		case <-a.planDone:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("epoch %d: plan: %w", epoch, ctx.Err())
+		}
+	}
+	p.beginOpen(ss.proto.Version() >= wire.VersionOpen)
+	ref := p.ref()
+	if ref.Open && pos.StagedEpoch == epoch && pos.StagedDurable > 0 {
+		// The receiver stages part of this epoch (this process's, or a
+		// killed predecessor's): resumable if those are this plan's first
+		// items, so wait until that many are planned.
+		ref.Prefix, _ = p.waitPrefix(pos.StagedDurable)
+		pref := ref.Prefix
+		ref = p.ref()
+		ref.Prefix = pref
+	}
+	if _, _, complete, perr := p.progress(); perr != nil {
+		return nil, perr
+	} else if complete {
+		a.planComplete()
+	}
+	start, err := ss.proto.Begin(ref)
 	if err != nil {
 		return nil, err
 	}
@@ -317,11 +373,12 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 		a.res.StartSeq = start
 	}
 	for i := int(start); i < a.maxSent; i++ {
-		if p.Items[i].Type != wire.TypeZeroRun {
-			a.res.ResentBytes += uint64(p.Items[i].Len)
+		if it := p.item(i); it.Type != wire.TypeZeroRun {
+			a.res.ResentBytes += uint64(it.Len)
 		}
 	}
-	s.log.Info("epoch", "epoch", epoch, "base", choice.String(), "items", len(p.Items), "bytes", p.Bytes, "resume_at", start)
+	_, planBytes, _, _ := p.progress()
+	s.log.Info("epoch", "epoch", epoch, "base", choice.String(), "items", ref.Items, "bytes", planBytes, "open", ref.Open, "resume_at", start)
 
 	stop := context.AfterFunc(ctx, func() { ss.rw.Close() })
 	defer stop()
@@ -331,12 +388,15 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 	wire0 := ss.enc.Stats().WireBytes
 	comp0 := ss.enc.Stats().CompressTime
 	sendStart := s.o.Now()
+	var planWait time.Duration // of the time since sendStart, waiting for the planner
 	// The session is shared with the acknowledgement reader.
 	var mu sync.Mutex
 	locked := func(f func()) { mu.Lock(); defer mu.Unlock(); f() }
 	done := make(chan struct{}) // closed when the session says the attempt is over
 	go func() {
 		defer close(done)
+		// A sender waiting for the planner learns of the end too.
+		defer p.poke()
 		for {
 			f, err := ss.dec.Decode()
 			over := true
@@ -374,7 +434,12 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 	if ss.proto.Version() < wire.VersionBlobs && slices.ContainsFunc(p.Targets, func(t wire.Target) bool { return t.Kind == vmspec.KindBlob }) {
 		return fail(fmt.Errorf("epoch %d: receiver speaks protocol %d, blob targets (a libvirt domain's definition) need %d: upgrade the receiver", epoch, ss.proto.Version(), wire.VersionBlobs))
 	}
-	err = ss.enc.Encode(&wire.EpochBegin{Epoch: epoch, Cut: p.Cut, Plan: p.ID, Items: uint64(len(p.Items)), Bytes: p.Bytes, StartSeq: start, Targets: p.Targets, Group: p.Group})
+	planID := ref.ID
+	if ref.Open {
+		// An open epoch names the items before StartSeq, to be resumed.
+		planID, _ = p.prefix(start)
+	}
+	err = ss.enc.Encode(&wire.EpochBegin{Epoch: epoch, Cut: p.Cut, Plan: planID, Items: ref.Items, Bytes: planBytes, StartSeq: start, Targets: p.Targets, Group: p.Group, Open: ref.Open})
 	if err != nil {
 		return fail(fmt.Errorf("epoch %d: send: %w", epoch, err))
 	}
@@ -382,19 +447,46 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 	// no references), so that the bytes left are Bytes less data; data0 is
 	// what an earlier connection already sent.
 	var data0 uint64
-	for _, it := range p.Items[:start] {
-		data0 += it.payloadBytes()
+	for i := range int(start) {
+		data0 += p.item(i).payloadBytes()
 	}
 	data := data0
 	for {
+		n, _, complete, perr := p.progress()
+		if perr != nil {
+			return fail(perr)
+		}
+		var stateID uint64
+		if complete {
+			a.planComplete()
+			stateID = p.Next.StateID
+		}
 		var act protocol.Action
+		var sent uint64
 		locked(func() {
+			ss.proto.Planned(uint64(n), complete, stateID)
 			if act = ss.proto.Next(); act.Kind == protocol.SendItem {
 				ss.proto.Sending(act.Item)
 			}
+			sent = ss.proto.Sent()
 		})
+		if act.Kind == protocol.SendCommit && !complete {
+			// Begun closed before its plan was complete: a defect here.
+			return fail(fmt.Errorf("epoch %d: commit due with the plan incomplete (%d items so far): %w", epoch, n, wire.ErrMalformed))
+		}
 		if act.Kind == protocol.SendCommit {
 			break
+		}
+		if act.Kind == protocol.AwaitPlan {
+			// What is sent so far goes out (and gets acknowledged) while
+			// the planner reads on.
+			if err := ss.bw.Flush(); err != nil {
+				return fail(fmt.Errorf("epoch %d: send: %w", epoch, err))
+			}
+			w0 := s.o.Now()
+			p.waitItems(int(sent))
+			planWait += s.o.Now().Sub(w0)
+			continue
 		}
 		if act.Kind != protocol.SendItem {
 			// The receiver refused the epoch (or broke the protocol): stop sending.
@@ -411,13 +503,15 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 			return fail(fmt.Errorf("epoch %d: send item %d: %w", epoch, i, err))
 		}
 		a.maxSent = max(a.maxSent, i+1)
-		data += p.Items[i].payloadBytes()
+		data += p.item(i).payloadBytes()
 		if s.o.Progress != nil {
 			var durable uint64
 			locked(func() { durable = ss.proto.Durable() })
-			s.o.Progress(Progress{Epoch: epoch, Cut: p.Cut, SentBytes: data - data0, AllBytes: p.Bytes, LeftBytes: p.Bytes - min(data, p.Bytes),
-				Durable: durable, Items: uint64(len(p.Items)),
-				WireBytes: ss.enc.Stats().WireBytes - wire0, SendTime: s.o.Now().Sub(sendStart), Compression: s.o.Compression})
+			// The planner went on while the item was written.
+			n, planBytes, complete, _ := p.progress()
+			s.o.Progress(Progress{Epoch: epoch, Cut: p.Cut, SentBytes: data - data0, AllBytes: planBytes, LeftBytes: planBytes - min(data, planBytes),
+				Durable: durable, Items: uint64(n), Planning: !complete,
+				WireBytes: ss.enc.Stats().WireBytes - wire0, SendTime: s.o.Now().Sub(sendStart) - planWait, Compression: s.o.Compression})
 		}
 	}
 	// The replica's next content is recorded before the commit leaves, so a
@@ -446,7 +540,7 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 		return nil, stopErr(epoch, act)
 	}
 	a.res.WireBytes += ss.enc.Stats().WireBytes - wire0
-	a.res.SendTime = s.o.Now().Sub(sendStart)
+	a.res.SendTime = s.o.Now().Sub(sendStart) - planWait
 	a.res.CompressTime = ss.enc.Stats().CompressTime - comp0
 	a.res.Compression = s.o.Compression
 	if err := s.o.Store.PromotePending(p.Next); err != nil {

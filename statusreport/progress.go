@@ -9,7 +9,8 @@ import (
 )
 
 // ProgressSegment is one VM's part of the sender's progress line:
-// "web-1 [=====>    ]  45% 120.3/266.0 MB 35.2 MB/s", for an epoch that
+// "web-1 [=====>    ]  45% 120.3/266.0 MB 35.2 MB/s" ("266.0+" while the
+// epoch is still being planned), for an epoch that
 // started at start; graphic draws the bar (left out when several VMs
 // share the line).
 func ProgressSegment(vm string, p sender.Progress, start, now time.Time, graphic bool) string {
@@ -30,6 +31,10 @@ func ProgressSegment(vm string, p sender.Progress, start, now time.Time, graphic
 		filled := int(frac * width)
 		sb.WriteString(" [" + strings.Repeat("=", filled) + strings.Repeat(" ", width-filled) + "]")
 	}
-	fmt.Fprintf(&sb, " %3.0f%% %.1f/%.1f MB %.1f MB/s", 100*frac, float64(p.SentBytes)/1e6, float64(p.AllBytes)/1e6, rate)
+	more := "" // while planned, the total grows
+	if p.Planning {
+		more = "+"
+	}
+	fmt.Fprintf(&sb, " %3.0f%% %.1f/%.1f%s MB %.1f MB/s", 100*frac, float64(p.SentBytes)/1e6, float64(p.AllBytes)/1e6, more, rate)
 	return sb.String()
 }

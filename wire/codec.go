@@ -20,7 +20,8 @@ const MaxWirePayload = MaxPayload + 4
 
 const (
 	flagCompressed = 1 << 0
-	knownFlags     = flagCompressed
+	flagOpen       = 1 << 1 // EpochBegin only: EpochBegin.Open
+	knownFlags     = flagCompressed | flagOpen
 )
 
 // Compressing less than this is not worth the zstd call.
@@ -266,7 +267,11 @@ func (e *Encoder) Encode(f Frame) error {
 			return nil
 		}
 	}
-	setHeader(buf, t, 0, data)
+	var flags byte
+	if b, ok := f.(*EpochBegin); ok && b.Open {
+		flags = flagOpen
+	}
+	setHeader(buf, t, flags, data)
 	if err := e.write(buf, data); err != nil {
 		return err
 	}
@@ -417,6 +422,8 @@ func (d *Decoder) decode() (Frame, error) {
 		return nil, malformed(t, "unknown flags %#02x", flags&^knownFlags)
 	case flags&flagCompressed != 0 && !carriesData(t):
 		return nil, malformed(t, "compressed flag on a frame without data")
+	case flags&flagOpen != 0 && t != TypeEpochBegin:
+		return nil, malformed(t, "open flag on a frame other than EpochBegin")
 	case h[2] != 0 || h[3] != 0:
 		return nil, malformed(t, "reserved header bits %#04x set", binary.BigEndian.Uint16(h[2:4]))
 	}
@@ -455,6 +462,9 @@ func (d *Decoder) decode() (Frame, error) {
 	f, err := parsePayload(t, raw)
 	if err != nil {
 		return nil, err
+	}
+	if flags&flagOpen != 0 {
+		f.(*EpochBegin).Open = true
 	}
 	d.stats.add(t, compressed, HeaderSize+len(raw), HeaderSize+int(length), len(DataOf(f)))
 	return f, nil

@@ -119,6 +119,20 @@ func PlanID(epoch uint64, targets []Target, items []Summary) uint64 {
 	return h.Sum64()
 }
 
+// OpenPlanID identifies the first items of an open epoch (version 4): the
+// epoch digest of their summaries. An open EpochBegin carries the one of
+// the items before its StartSeq as its plan, and a receiver staging an
+// open epoch reports the one of its durable items as Welcome's
+// stagedPlan: a sender resumes a staged open epoch only if those items
+// are its own plan's first, whichever process began it.
+func OpenPlanID(epoch uint64, items []Summary) uint64 {
+	d := NewEpochDigest(epoch)
+	for _, s := range items {
+		d.Add(s)
+	}
+	return d.Sum()
+}
+
 // GroupPlanID folds an epoch's consistency-group tag into its plan
 // identity: the same content cut at another group cut is another plan, so
 // that a sender never resumes an epoch staged under one tag with another

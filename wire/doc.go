@@ -13,7 +13,7 @@
 // The sender opens with Hello, offering the range of versions
 // [min, max] it speaks. The receiver answers with Welcome carrying the
 // highest version in both ranges, or with an Error of code ErrVersion if the
-// ranges do not meet. This is version 3; versions 1 and 2 are still spoken. A frame
+// ranges do not meet. This is version 4; versions 1 to 3 are still spoken. A frame
 // type not listed below is malformed; later versions may add types, which a
 // peer only sends after negotiating a version that has them. Version 2 adds
 // the optional group section of EpochBegin: a sender sends it only on a
@@ -22,6 +22,19 @@
 // such as a libvirt domain's definition, carried by DiskExtent and ZeroRun
 // as a disk's data is); a sender names one only on a version 3 connection,
 // and a receiver refuses an EpochBegin naming one on an older one.
+// Version 4 adds open epochs: an EpochBegin with header flag bit 1 set
+// begins an epoch its sender is still planning, so that the first items go
+// on the wire while the rest are read and hashed. Its items and bytes count
+// what was planned when it began (a lower bound), the receiver bounds the
+// epoch by its targets' blocks instead, and EpochCommit's item count is
+// the epoch's. An open epoch's plan cannot be identified by items not yet
+// planned, so its plan field is OpenPlanID of the items before startSeq,
+// and a receiver staging an open epoch reports OpenPlanID of its durable
+// items as Welcome's stagedPlan: a sender, the one that began the epoch or
+// a restarted one, resumes it only if those are its own plan's first
+// items. A resume repeats the flag. A sender sends the flag only on a
+// version 4 connection (where it opens every epoch), and a receiver
+// refuses it on an older one.
 //
 // # Frame header
 //
@@ -37,7 +50,8 @@
 //	 8                                  12
 //
 // type is one of the Type constants. flags bit 0 means the payload is
-// compressed; the other bits must be 0, as must reserved. length counts the
+// compressed; bit 1, on EpochBegin only, that the epoch is open (version
+// ≥ 4, see Versioning); the other bits must be 0, as must reserved. length counts the
 // payload bytes as sent. crc32c is CRC-32 with the Castagnoli polynomial over
 // header bytes 0 to 7 followed by the payload as sent.
 //

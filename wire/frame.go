@@ -9,9 +9,10 @@ import (
 // Version is the protocol version this build speaks. The receiver answers a
 // Hello with the highest version both sides support, or an Error frame.
 // Version 2 adds the group section of EpochBegin (see VersionGroups),
-// version 3 blob targets (see VersionBlobs).
+// version 3 blob targets (see VersionBlobs), version 4 open epochs (see
+// VersionOpen).
 const (
-	Version    uint16 = 3
+	Version    uint16 = 4
 	MinVersion uint16 = 1
 )
 
@@ -23,6 +24,12 @@ const VersionGroups uint16 = 2
 // name a target of kind vmspec.KindBlob. A sender does not send one on an
 // older session, whose receiver would refuse the frame as malformed.
 const VersionBlobs uint16 = 3
+
+// VersionOpen is the first version whose EpochBegin may be open
+// (EpochBegin.Open): the sender starts sending while it still plans the
+// epoch, so the item count and bytes come with EpochCommit. A sender does
+// not open an epoch on an older session; it plans the epoch whole first.
+const VersionOpen uint16 = 4
 
 // ALPN is the TLS application protocol negotiated on every drsync QUIC
 // connection. A peer that does not offer it is not a drsync peer.
@@ -148,10 +155,15 @@ type EpochBegin struct {
 	Epoch    uint64
 	Cut      time.Time
 	Plan     uint64 // identity of the epoch's content; equal plans carry equal items
-	Items    uint64 // number of items in the epoch
-	Bytes    uint64 // payload bytes of all items (data, before compression)
+	Items    uint64 // number of items in the epoch (open: planned so far)
+	Bytes    uint64 // payload bytes of all items (data, before compression; open: planned so far)
 	StartSeq uint64
-	Targets  []Target
+	// Open (version ≥ 4) says the sender was still planning the epoch when
+	// it began it: Items and Bytes count what it had planned, and
+	// EpochCommit's item count is the epoch's. A resumed epoch keeps the
+	// openness it began with.
+	Open    bool
+	Targets []Target
 	// Group tags an epoch cut by a consistency group's coordinated cut;
 	// nil for an epoch of a VM on its own.
 	Group *vmspec.GroupCut

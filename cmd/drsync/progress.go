@@ -48,7 +48,7 @@ func (b *progressBar) update(vm string, p sender.Progress) {
 		b.vms[vm] = st
 	}
 	st.p = p
-	if now.Sub(b.drawn) >= progressRedraw || p.SentBytes == p.AllBytes {
+	if now.Sub(b.drawn) >= progressRedraw || p.SentBytes == p.AllBytes && !p.Planning {
 		b.redraw()
 	}
 }

@@ -90,6 +90,9 @@ func (s *Session) Next(f wire.Frame) (st Step, wantSync bool, err error) {
 		if s.version < wire.VersionBlobs && slices.ContainsFunc(b.Targets, func(t wire.Target) bool { return t.Kind == vmspec.KindBlob }) {
 			return bad("epoch %d carries a blob target on a protocol %d connection (needs %d)", b.Epoch, s.version, wire.VersionBlobs)
 		}
+		if b.Open && s.version < wire.VersionOpen {
+			return bad("epoch %d is open on a protocol %d connection (needs %d)", b.Epoch, s.version, wire.VersionOpen)
+		}
 		if err := b.ValidateGroupFor(s.vm); err != nil {
 			return bad("epoch %d: %v", b.Epoch, err)
 		}

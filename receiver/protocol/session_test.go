@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -18,6 +19,8 @@ func TestSessionOrder(t *testing.T) {
 		return &wire.EpochBegin{Epoch: 1, Group: &vmspec.GroupCut{Group: "g", Cut: 1, Members: []string{member}}}
 	}
 	hello3 := &wire.Hello{MinVersion: 1, MaxVersion: wire.VersionBlobs, VM: "vm"}
+	hello4 := &wire.Hello{MinVersion: 1, MaxVersion: wire.VersionOpen, VM: "vm"}
+	open := &wire.EpochBegin{Epoch: 1, Open: true}
 	blob := &wire.EpochBegin{Epoch: 1, Targets: []wire.Target{{Kind: vmspec.KindBlob, Name: vmspec.BlobDomainXML, Size: vmspec.BlobSize, BlockSize: vmspec.BlobBlockSize}}}
 	for _, tc := range []struct {
 		name   string
@@ -34,7 +37,9 @@ func TestSessionOrder(t *testing.T) {
 		{"begin inside epoch", []wire.Frame{hello, begin, begin}, []Step{StepHello, StepBegin}, "EpochBegin inside epoch 1"},
 		{"second hello", []wire.Frame{hello, hello}, []Step{StepHello}, "expected EpochBegin, got Hello"},
 		{"ack from sender", []wire.Frame{hello, begin, &wire.Ack{}}, []Step{StepHello, StepBegin}, "Ack inside epoch"},
-		{"future version only", []wire.Frame{&wire.Hello{MinVersion: 4, MaxVersion: 5, VM: "vm"}}, nil, "sender speaks protocol 4..5"},
+		{"future version only", []wire.Frame{&wire.Hello{MinVersion: wire.Version + 1, MaxVersion: wire.Version + 2, VM: "vm"}}, nil, fmt.Sprintf("sender speaks protocol %d..%d", wire.Version+1, wire.Version+2)},
+		{"open epoch", []wire.Frame{hello4, open, item, commit}, []Step{StepHello, StepBegin, StepItem, StepCommit}, ""},
+		{"open epoch on version 3", []wire.Frame{hello3, open}, []Step{StepHello}, "epoch 1 is open on a protocol 3 connection"},
 		{"blob target", []wire.Frame{hello3, blob}, []Step{StepHello, StepBegin}, ""},
 		{"blob target on version 2", []wire.Frame{hello2, blob}, []Step{StepHello}, "blob target on a protocol 2 connection"},
 		{"group tag", []wire.Frame{hello2, tagged("vm")}, []Step{StepHello, StepBegin}, ""},

@@ -232,7 +232,7 @@ func (h *handle) Position() wire.Position {
 	p := wire.Position{Committed: h.man.Epoch, CommittedCut: h.man.Cut, StateID: h.man.StateID}
 	if h.st != nil && h.st.Commit() == nil {
 		b := h.st.Begin()
-		p.StagedEpoch, p.StagedPlan, p.StagedDurable = b.Epoch, b.Plan, uint64(h.synced)
+		p.StagedEpoch, p.StagedPlan, p.StagedDurable = b.Epoch, h.st.StagedPlan(h.synced), uint64(h.synced)
 	}
 	return p
 }

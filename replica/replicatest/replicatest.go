@@ -75,6 +75,73 @@ func Run(t *testing.T, newBackend func(t *testing.T) Backend) {
 	})
 	t.Run("TakeoverMark", func(t *testing.T) { takeoverMark(t, newBackend(t)) })
 	t.Run("ReleaseReacquire", func(t *testing.T) { releaseReacquire(t, newBackend) })
+	t.Run("OpenEpochResumes", func(t *testing.T) { openEpochResumes(t, newBackend(t)) })
+}
+
+// openEpochResumes stages part of an open epoch (protocol 4: its counts
+// come with the commit), reopens the store as a restarted receiver
+// would, and resumes it: the position names the durable items by their
+// digest (wire.OpenPlanID), a resume naming others is refused, and the
+// epoch commits whole.
+func openEpochResumes(t *testing.T, b Backend) {
+	es := history(2)
+	s := b.Store(t, 0, nil)
+	commit(t, s, es[0])
+	e := es[1]
+	begin := *e.begin
+	begin.Open, begin.Items, begin.Bytes = true, 1, 0
+	sums := make([]wire.Summary, len(e.items))
+	for i, it := range e.items {
+		var dh uint64
+		if d := wire.DataOf(it); d != nil {
+			dh = xxhash.Sum64(d)
+		}
+		sums[i] = wire.Summarize(it, dh)
+	}
+	begin.Plan = wire.OpenPlanID(e.begin.Epoch, nil)
+	h := open(t, s, replica.OpenOptions{})
+	if err := h.Begin(&begin); err != nil {
+		t.Fatal(err)
+	}
+	for _, it := range e.items[:2] {
+		if err := h.Append(it); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := h.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	h.Close()
+	h = open(t, s, replica.OpenOptions{})
+	defer h.Close()
+	p := h.Position()
+	want := wire.OpenPlanID(e.begin.Epoch, sums[:2])
+	if p.StagedEpoch != 2 || p.StagedDurable != 2 || p.StagedPlan != want {
+		t.Fatalf("position %+v after reopening, want epoch 2 staged with 2 durable items named %016x", p, want)
+	}
+	resume := begin
+	resume.StartSeq, resume.Items, resume.Plan = 2, uint64(len(e.items)), wire.OpenPlanID(e.begin.Epoch, sums[:1])
+	if err := h.Begin(&resume); !errors.Is(err, replica.ErrProtocol) {
+		t.Fatalf("resume naming other items: %v, want ErrProtocol", err)
+	}
+	resume.Plan = want
+	if err := h.Begin(&resume); err != nil {
+		t.Fatal(err)
+	}
+	for _, it := range e.items[2:] {
+		if err := h.Append(it); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := h.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Commit(e.commit); err != nil {
+		t.Fatal(err)
+	}
+	if d := diffHandle(h, e.after); d != "" {
+		t.Fatal(d)
+	}
 }
 
 const (

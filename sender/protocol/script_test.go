@@ -25,7 +25,11 @@ import (
 //	readerr msg=TEXT...                  reading from the receiver failed
 //	abort msg=TEXT...                    the driver gave up (a write failed)
 //	fits epoch=E base=S                  may an epoch planned against state S still be sent?
-//	begin epoch=E plan=P items=N state=S the driver begins an epoch (state: the replica's after it)
+//	begin epoch=E plan=P items=N state=S [open prefix=X]
+//	                                     the driver begins an epoch (state: the replica's after it;
+//	                                     open: still planning, items planned so far, X the
+//	                                     identity of its first staged-durable items)
+//	planned items=N [complete] state=S   the planner's progress on an open epoch
 //	send [n=K]                           the driver sends up to K items (all by default) as Next says
 //	commit                               the driver sends EpochCommit, if Next says so
 //	next                                 what Next says
@@ -119,11 +123,15 @@ func (st *scriptState) run(t *testing.T, line string) string {
 		p := Plan{Epoch: num("epoch")}
 		return fmt.Sprintf("%v", Fits(p, num("base"), st.s.Position()))
 	case "begin":
-		start, err := st.s.Begin(Plan{Epoch: num("epoch"), ID: num("plan"), Items: num("items"), Cut: cut, StateID: num("state")})
+		open := a.Has("open")
+		start, err := st.s.Begin(Plan{Epoch: num("epoch"), ID: num("plan"), Items: num("items"), Cut: cut, StateID: num("state"), Open: open, Prefix: num("prefix")})
 		if err != nil {
 			return "error: " + describe(err)
 		}
-		return fmt.Sprintf("send EpochBegin epoch=%d items=%d start=%d\n%s", num("epoch"), num("items"), start, st.status())
+		return fmt.Sprintf("send EpochBegin epoch=%d items=%d start=%d open=%v\n%s", num("epoch"), num("items"), start, open, st.status())
+	case "planned":
+		st.s.Planned(num("items"), a.Has("complete"), num("state"))
+		return st.status()
 	case "send":
 		n := uint64(1 << 62)
 		if a.Str("n") != "" {
@@ -199,6 +207,8 @@ func describeAction(a Action) string {
 		return fmt.Sprintf("next: send item %d", a.Item)
 	case SendCommit:
 		return "next: send commit"
+	case AwaitPlan:
+		return "next: flush, wait for the planner"
 	case Wait:
 		return "next: wait for the commit"
 	case Done:

@@ -48,10 +48,18 @@ func (s State) String() string {
 // see to resume it, and what the replica holds once it commits.
 type Plan struct {
 	Epoch   uint64
-	ID      uint64 // wire.PlanID of the epoch's items
-	Items   uint64
+	ID      uint64 // wire.PlanID of the epoch's items (closed epochs only)
+	Items   uint64 // open: the items planned so far
 	Cut     time.Time
-	StateID uint64 // the replica's state identity after the commit
+	StateID uint64 // the replica's state identity after the commit (open: known once planned)
+	// Open is an epoch begun while it is still being planned (wire.VersionOpen):
+	// Planned reports its items as the planner adds them, and the commit
+	// waits until it is complete.
+	Open bool
+	// Prefix, for an open epoch, is the wire.OpenPlanID of its first
+	// Position.StagedDurable items, if that many are planned (0 if not):
+	// a staged open epoch is this plan's only if it matches.
+	Prefix uint64
 }
 
 // ActionKind says what the driver does next.
@@ -60,6 +68,7 @@ type ActionKind int
 const (
 	SendItem   ActionKind = iota + 1 // send item Action.Item
 	SendCommit                       // record the replica's next state, then send EpochCommit
+	AwaitPlan                        // every planned item is sent: flush, and wait for the planner (Planned)
 	Wait                             // everything is sent; wait for the committed acknowledgement
 	Done                             // the receiver committed the epoch
 	Stop                             // the attempt failed; Action.Err says why
@@ -80,10 +89,11 @@ type Session struct {
 	version uint16 // negotiated at Welcome
 
 	// The epoch in progress.
-	plan    Plan
-	next    uint64 // next item to send
-	durable uint64 // items the receiver reported durable in this attempt
-	err     error  // why the attempt stopped
+	plan     Plan
+	complete bool   // every item of plan is known
+	next     uint64 // next item to send
+	durable  uint64 // items the receiver reported durable in this attempt
+	err      error  // why the attempt stopped
 }
 
 // New returns the session of a connection that replicates vm.
@@ -135,9 +145,13 @@ func Fits(p Plan, baseID uint64, pos wire.Position) bool {
 
 // ResumeFrom is the first item to send of plan p given the receiver's
 // durable position: past the items already durable if the receiver stages
-// exactly this plan, otherwise from the start.
+// exactly this plan (a closed epoch) or this plan's first items (an open
+// one), otherwise from the start.
 func ResumeFrom(p Plan, pos wire.Position) uint64 {
-	if pos.StagedEpoch == p.Epoch && pos.StagedPlan == p.ID && pos.StagedDurable <= p.Items {
+	if pos.StagedEpoch != p.Epoch || pos.StagedDurable > p.Items {
+		return 0
+	}
+	if p.Open && p.Prefix != 0 && pos.StagedPlan == p.Prefix || !p.Open && pos.StagedPlan == p.ID {
 		return pos.StagedDurable
 	}
 	return 0
@@ -150,8 +164,21 @@ func (s *Session) Begin(p Plan) (uint64, error) {
 		return 0, fmt.Errorf("epoch %d: begin in state %s", p.Epoch, s.state)
 	}
 	start := ResumeFrom(p, s.pos)
-	s.plan, s.next, s.durable, s.err, s.state = p, start, 0, nil, Sending
+	s.plan, s.complete, s.next, s.durable, s.err, s.state = p, !p.Open, start, 0, nil, Sending
 	return start, nil
+}
+
+// Planned reports an open epoch's planner progress: items planned so far
+// and, once complete, the replica's state identity after the commit.
+// Counts never go back; a closed epoch's are fixed at Begin.
+func (s *Session) Planned(items uint64, complete bool, stateID uint64) {
+	if s.state != Sending || s.complete || items < s.plan.Items {
+		return
+	}
+	s.plan.Items, s.complete = items, complete
+	if complete {
+		s.plan.StateID = stateID
+	}
 }
 
 // Next says what to do: send the next item, send the commit, wait for the
@@ -163,6 +190,8 @@ func (s *Session) Next() Action {
 		return Action{Kind: Stop, Err: s.err}
 	case s.state == Sending && s.next < s.plan.Items:
 		return Action{Kind: SendItem, Item: s.next}
+	case s.state == Sending && !s.complete:
+		return Action{Kind: AwaitPlan}
 	case s.state == Sending:
 		return Action{Kind: SendCommit}
 	case s.state == AwaitCommit:
@@ -186,7 +215,7 @@ func (s *Session) Sending(item uint64) {
 // Committing records that EpochCommit is handed to the connection (before
 // it is written, as Sending).
 func (s *Session) Committing() {
-	if s.state == Sending && s.next == s.plan.Items {
+	if s.state == Sending && s.complete && s.next == s.plan.Items {
 		s.state = AwaitCommit
 	}
 }
