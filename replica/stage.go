@@ -153,11 +153,11 @@ func (s *stage) stagedPlan(n int) uint64 {
 	if !s.begin.Open {
 		return s.begin.Plan
 	}
-	d := wire.NewEpochDigest(s.begin.Epoch)
-	for _, it := range s.items[:n] {
-		d.Add(it.Summary)
+	sums := make([]wire.Summary, n)
+	for i, it := range s.items[:n] {
+		sums[i] = it.Summary
 	}
-	return d.Sum()
+	return wire.OpenPlanID(s.begin.Epoch, s.begin.Group, sums)
 }
 
 func sameGroup(a, b *vmspec.GroupCut) bool {

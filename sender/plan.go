@@ -212,7 +212,7 @@ func (p *Plan) prefix(n uint64) (uint64, bool) {
 	if uint64(len(p.Sums)) < n {
 		return 0, false
 	}
-	return wire.OpenPlanID(p.Epoch, p.Sums[:n]), true
+	return wire.OpenPlanID(p.Epoch, p.Group, p.Sums[:n]), true
 }
 
 // waitPrefix is prefix once p has n items, or false if it completes (or

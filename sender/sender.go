@@ -278,6 +278,11 @@ func (s *Sender) RunEpoch(ctx context.Context) (*Result, error) {
 			// plan it could not finish is no plan to resume.
 			<-a.planDone
 			_, _, _, perr := a.plan.progress()
+			if perr == nil {
+				// The source learns the cut's tables as it would have
+				// had planning not overlapped the failed sending.
+				a.planComplete()
+			}
 			if perr != nil || protocol.AfterFailure(err) == protocol.Recut {
 				// The epoch cannot be finished as planned; cut a fresh one next time.
 				a.snap.Close()

@@ -124,13 +124,15 @@ func PlanID(epoch uint64, targets []Target, items []Summary) uint64 {
 // the items before its StartSeq as its plan, and a receiver staging an
 // open epoch reports the one of its durable items as Welcome's
 // stagedPlan: a sender resumes a staged open epoch only if those items
-// are its own plan's first, whichever process began it.
-func OpenPlanID(epoch uint64, items []Summary) uint64 {
+// are its own plan's first, whichever process began it. The epoch's
+// group tag is folded in (GroupPlanID): a staged epoch is never resumed
+// under another tag.
+func OpenPlanID(epoch uint64, g *vmspec.GroupCut, items []Summary) uint64 {
 	d := NewEpochDigest(epoch)
 	for _, s := range items {
 		d.Add(s)
 	}
-	return d.Sum()
+	return GroupPlanID(d.Sum(), g)
 }
 
 // GroupPlanID folds an epoch's consistency-group tag into its plan

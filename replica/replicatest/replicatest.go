@@ -98,7 +98,7 @@ func openEpochResumes(t *testing.T, b Backend) {
 		}
 		sums[i] = wire.Summarize(it, dh)
 	}
-	begin.Plan = wire.OpenPlanID(e.begin.Epoch, nil)
+	begin.Plan = wire.OpenPlanID(e.begin.Epoch, e.begin.Group, nil)
 	h := open(t, s, replica.OpenOptions{})
 	if err := h.Begin(&begin); err != nil {
 		t.Fatal(err)
@@ -115,12 +115,12 @@ func openEpochResumes(t *testing.T, b Backend) {
 	h = open(t, s, replica.OpenOptions{})
 	defer h.Close()
 	p := h.Position()
-	want := wire.OpenPlanID(e.begin.Epoch, sums[:2])
+	want := wire.OpenPlanID(e.begin.Epoch, e.begin.Group, sums[:2])
 	if p.StagedEpoch != 2 || p.StagedDurable != 2 || p.StagedPlan != want {
 		t.Fatalf("position %+v after reopening, want epoch 2 staged with 2 durable items named %016x", p, want)
 	}
 	resume := begin
-	resume.StartSeq, resume.Items, resume.Plan = 2, uint64(len(e.items)), wire.OpenPlanID(e.begin.Epoch, sums[:1])
+	resume.StartSeq, resume.Items, resume.Plan = 2, uint64(len(e.items)), wire.OpenPlanID(e.begin.Epoch, e.begin.Group, sums[:1])
 	if err := h.Begin(&resume); !errors.Is(err, replica.ErrProtocol) {
 		t.Fatalf("resume naming other items: %v, want ErrProtocol", err)
 	}
