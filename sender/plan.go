@@ -73,6 +73,42 @@ type Plan struct {
 // planChunk is how much of a target is read at once while planning.
 const planChunk = 4 << 20
 
+// blockBufs holds the planner's read buffers and the data of frames
+// between uses, shared by every Sender of the process: a VM between
+// epochs holds none (each held a 4 MiB read buffer and its frames' data
+// until the garbage collector came).
+var blockBufs sync.Pool // of *[]byte, cap blockBufSize
+
+const blockBufSize = max(planChunk, wire.MaxData)
+
+// getBlockBuf returns a buffer of length n (not zeroed).
+func getBlockBuf(n int) []byte {
+	if n <= blockBufSize {
+		if p, ok := blockBufs.Get().(*[]byte); ok {
+			return (*p)[:n]
+		}
+		return make([]byte, n, blockBufSize)
+	}
+	return make([]byte, n)
+}
+
+func putBlockBuf(b []byte) {
+	if cap(b) == blockBufSize {
+		blockBufs.Put(&b)
+	}
+}
+
+// recycle gives back the data buffer of a frame Frame returned, once it
+// is encoded; f must not be used after.
+func recycle(f wire.Item) {
+	switch f := f.(type) {
+	case *wire.DiskExtent:
+		putBlockBuf(f.Data)
+	case *wire.MemRun:
+		putBlockBuf(f.Data)
+	}
+}
+
 // BuildPlan compares snap against base (the replica's tables; nil tables
 // mean unknown content, so every block is sent) and lays out epoch.
 func BuildPlan(ctx context.Context, epoch uint64, snap *Snapshot, choice baseChoice, base *Index) (*Plan, error) {
@@ -413,7 +449,8 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 	if chunk == 0 {
 		chunk = bs
 	}
-	buf := make([]byte, chunk)
+	buf := getBlockBuf(int(chunk))
+	defer putBlockBuf(buf)
 	ei := 0
 	for off := int64(0); off < t.Size; off += chunk {
 		if err := ctx.Err(); err != nil {
@@ -610,8 +647,9 @@ func (p *Plan) Frame(snap *Snapshot, i int) (wire.Item, error) {
 		// The replica copies these pages from its disk; check they still
 		// are what was planned, like any data.
 		t := snap.Targets[it.Target]
-		data := make([]byte, it.Len)
-		if _, err := t.Reader.ReadAt(data, it.Off); err != nil && err != io.EOF {
+		data := getBlockBuf(int(it.Len))
+		defer putBlockBuf(data)
+		if err := readBlocks(t.Reader, data, it.Off); err != nil {
 			return nil, fmt.Errorf("read %s at %d: %w", t.Name, it.Off, err)
 		}
 		for j, want := range it.Hashes {
@@ -625,14 +663,17 @@ func (p *Plan) Frame(snap *Snapshot, i int) (wire.Item, error) {
 		return &wire.DeviceState{Seq: seq, Offset: uint64(it.Off), Total: uint64(len(snap.DeviceState)), Data: it.dev}, nil
 	}
 	t := snap.Targets[it.Target]
-	data := make([]byte, it.Len)
-	if _, err := t.Reader.ReadAt(data, it.Off); err != nil && err != io.EOF {
+	data := getBlockBuf(int(it.Len))
+	// Zero-filled past the target's end, as planned (the buffer is reused).
+	if err := readBlocks(t.Reader, data, it.Off); err != nil {
+		putBlockBuf(data)
 		return nil, fmt.Errorf("read %s at %d: %w", t.Name, it.Off, err)
 	}
 	bs := t.BlockSize
 	for j, want := range it.Hashes {
 		blk := data[j*bs : min((j+1)*bs, len(data))]
 		if blockhash.Hash(blk) != want {
+			putBlockBuf(data)
 			return nil, fmt.Errorf("%s block at %d: %w", t.Name, it.Off+int64(j*bs), ErrSourceChanged)
 		}
 	}

@@ -504,7 +504,9 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 		if err != nil {
 			return fail(fmt.Errorf("epoch %d: %w", epoch, err))
 		}
-		if err := ss.enc.Encode(f); err != nil {
+		err = ss.enc.Encode(f)
+		recycle(f) // written, or never to be
+		if err != nil {
 			return fail(fmt.Errorf("epoch %d: send item %d: %w", epoch, i, err))
 		}
 		a.maxSent = max(a.maxSent, i+1)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
@@ -175,8 +176,7 @@ type Encoder struct {
 	comp   Compression
 	clock  func() time.Time
 	zenc   [numCompression]*zstd.Encoder // created on first use of a level
-	buf    []byte                        // header + raw payload
-	zbuf   []byte                        // header + compressed payload
+	buf    []byte                        // header + raw payload of small frames (large ones borrow from frameBufs)
 	err    error                         // sticky: the stream is broken
 	optErr error                         // invalid options, survives Reset
 	stats  Stats
@@ -244,10 +244,17 @@ func (e *Encoder) Encode(f Frame) error {
 	if !inline {
 		need -= dataLen
 	}
-	if cap(e.buf) < need {
+	buf0 := e.buf
+	if need > splitWrite {
+		// Borrowed for this frame only: kept, an encoder's buffers for
+		// compressing held 8 MiB or more per VM between epochs.
+		buf0 = getFrameBuf(need)
+		defer putFrameBuf(buf0)
+	} else if cap(e.buf) < need {
 		e.buf = make([]byte, 0, need)
+		buf0 = e.buf
 	}
-	buf, data := appendPayload(e.buf[:HeaderSize], f)
+	buf, data := appendPayload(buf0[:HeaderSize], f)
 	if inline {
 		buf = append(buf, data...)
 		data = nil
@@ -259,6 +266,7 @@ func (e *Encoder) Encode(f Frame) error {
 			return err
 		}
 		if zb != nil {
+			defer putFrameBuf(zb)
 			setHeader(zb, t, flagCompressed)
 			if err := e.write(zb, nil); err != nil {
 				return err
@@ -302,21 +310,45 @@ func (e *Encoder) compress(raw []byte) ([]byte, error) {
 		}
 		e.zenc[e.comp] = z
 	}
-	if cap(e.zbuf) < HeaderSize+4 {
-		e.zbuf = make([]byte, 0, HeaderSize+4+len(raw))
-	}
-	zb := e.zbuf[:HeaderSize+4]
+	zb := getFrameBuf(HeaderSize + 4 + len(raw))[:HeaderSize+4]
 	binary.BigEndian.PutUint32(zb[HeaderSize:], uint32(len(raw)))
 	if e.clock != nil {
 		t0 := e.clock()
 		defer func() { e.stats.CompressTime += e.clock().Sub(t0) }()
 	}
 	zb = z.EncodeAll(raw, zb)
-	e.zbuf = zb[:0]
 	if len(zb)-HeaderSize >= len(raw)*7/8 {
+		putFrameBuf(zb)
 		return nil, nil
 	}
 	return zb, nil
+}
+
+// frameBufs holds the buffers of large frames between uses, shared by
+// every Encoder of the process: only frames being encoded hold one.
+var frameBufs sync.Pool // of *[]byte
+
+// frameBufSize is the capacity of a pooled buffer: any frame with the
+// largest data, compressed or not (zstd's worst case adds well under
+// 64 KiB to 4 MiB).
+const frameBufSize = HeaderSize + 4 + MaxData + 64<<10
+
+// getFrameBuf returns an empty buffer of capacity at least n.
+func getFrameBuf(n int) []byte {
+	if p, ok := frameBufs.Get().(*[]byte); ok {
+		if cap(*p) >= n {
+			return (*p)[:0]
+		}
+		frameBufs.Put(p)
+	}
+	return make([]byte, 0, max(n, frameBufSize))
+}
+
+func putFrameBuf(b []byte) {
+	if cap(b) >= frameBufSize {
+		b = b[:0]
+		frameBufs.Put(&b)
+	}
 }
 
 // setHeader fills b[:HeaderSize] for a payload made of b[HeaderSize:]

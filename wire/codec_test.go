@@ -11,6 +11,7 @@ import (
 	"reflect"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -876,4 +877,52 @@ func TestGroupPlanID(t *testing.T) {
 		}
 		ids[id] = name
 	}
+}
+
+// TestEncodersShareBuffers: encoders on several goroutines borrow large
+// frames' buffers from one pool; every frame must still decode to what
+// was encoded, compressed or not.
+func TestEncodersShareBuffers(t *testing.T) {
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(g), 7))
+			var out bytes.Buffer
+			comp := []Compression{CompressNone, CompressFast}[g%2]
+			enc := NewEncoder(&out, EncoderOptions{Compression: comp})
+			var sent []*DiskExtent
+			for i := range 12 {
+				data := make([]byte, (1+rng.IntN(4))<<20)
+				for j := range data {
+					data[j] = byte(j / (1 + i%5) * g) // compressible, unlike its neighbours'
+				}
+				if i%3 == 0 {
+					for j := range data {
+						data[j] = byte(rng.Uint32())
+					}
+				}
+				f := &DiskExtent{Seq: uint64(i), Offset: uint64(i) << 22, Data: data}
+				if err := enc.Encode(f); err != nil {
+					t.Error(err)
+					return
+				}
+				sent = append(sent, f)
+			}
+			dec := NewDecoder(&out, DecoderOptions{})
+			for _, want := range sent {
+				f, err := dec.Decode()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if got := f.(*DiskExtent); got.Seq != want.Seq || !bytes.Equal(got.Data, want.Data) {
+					t.Errorf("encoder %d: frame %d decoded differently", g, want.Seq)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }
