@@ -750,6 +750,13 @@ func (c *cut) close() error {
 	if c.ramTable != nil && s.ram != nil && s.ram.imageGen == c.gen {
 		s.ram.table, s.ram.tableGen = c.ramTable, c.gen
 	}
+	if s.ram != nil && s.ram.imageGen == c.gen {
+		// The pages this cut copied were for its epoch only: the next cut
+		// copies its own. Kept, they stayed between epochs at the size of
+		// the largest cut (20 MB of a 2 GiB guest's, after the writes
+		// during its first full epoch).
+		s.ram.written = nil
+	}
 	switch {
 	case c.planned != nil && c.bitmap && alive:
 		s.last = c.planned
