@@ -10,6 +10,7 @@ import (
 	"github.com/cespare/xxhash/v2"
 
 	"github.com/drsync/drsync/blockhash"
+	"github.com/drsync/drsync/internal/bufpool"
 	"github.com/drsync/drsync/sender/blockplan"
 	"github.com/drsync/drsync/sender/protocol"
 	"github.com/drsync/drsync/vmspec"
@@ -76,27 +77,14 @@ const planChunk = 4 << 20
 // blockBufs holds the planner's read buffers and the data of frames
 // between uses, shared by every Sender of the process: a VM between
 // epochs holds none (each held a 4 MiB read buffer and its frames' data
-// until the garbage collector came).
-var blockBufs sync.Pool // of *[]byte, cap blockBufSize
-
-const blockBufSize = max(planChunk, wire.MaxData)
+// until the garbage collector came), and four stay idle at most (a
+// planner and a sending loop on each of two cores).
+var blockBufs = bufpool.New(max(planChunk, wire.MaxData), 4)
 
 // getBlockBuf returns a buffer of length n (not zeroed).
-func getBlockBuf(n int) []byte {
-	if n <= blockBufSize {
-		if p, ok := blockBufs.Get().(*[]byte); ok {
-			return (*p)[:n]
-		}
-		return make([]byte, n, blockBufSize)
-	}
-	return make([]byte, n)
-}
+func getBlockBuf(n int) []byte { return blockBufs.Get(n) }
 
-func putBlockBuf(b []byte) {
-	if cap(b) == blockBufSize {
-		blockBufs.Put(&b)
-	}
-}
+func putBlockBuf(b []byte) { blockBufs.Put(b) }
 
 // recycle gives back the data buffer of a frame Frame returned, once it
 // is encoded; f must not be used after.

@@ -6,10 +6,11 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
-	"sync"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+
+	"github.com/drsync/drsync/internal/bufpool"
 )
 
 // HeaderSize is the length of the frame header.
@@ -325,31 +326,16 @@ func (e *Encoder) compress(raw []byte) ([]byte, error) {
 }
 
 // frameBufs holds the buffers of large frames between uses, shared by
-// every Encoder of the process: only frames being encoded hold one.
-var frameBufs sync.Pool // of *[]byte
-
-// frameBufSize is the capacity of a pooled buffer: any frame with the
-// largest data, compressed or not (zstd's worst case adds well under
-// 64 KiB to 4 MiB).
-const frameBufSize = HeaderSize + 4 + MaxData + 64<<10
+// every Encoder of the process: only frames being encoded hold one, and
+// four stay idle at most (two cores' encoders, each with a raw and a
+// compressed payload). Its size fits any frame with the largest data,
+// compressed or not (zstd's worst case adds well under 64 KiB to 4 MiB).
+var frameBufs = bufpool.New(HeaderSize+4+MaxData+64<<10, 4)
 
 // getFrameBuf returns an empty buffer of capacity at least n.
-func getFrameBuf(n int) []byte {
-	if p, ok := frameBufs.Get().(*[]byte); ok {
-		if cap(*p) >= n {
-			return (*p)[:0]
-		}
-		frameBufs.Put(p)
-	}
-	return make([]byte, 0, max(n, frameBufSize))
-}
+func getFrameBuf(n int) []byte { return frameBufs.Get(n)[:0] }
 
-func putFrameBuf(b []byte) {
-	if cap(b) >= frameBufSize {
-		b = b[:0]
-		frameBufs.Put(&b)
-	}
-}
+func putFrameBuf(b []byte) { frameBufs.Put(b) }
 
 // setHeader fills b[:HeaderSize] for a payload made of b[HeaderSize:]
 // followed by the extra slices.
