@@ -77,9 +77,9 @@ const planChunk = 4 << 20
 // blockBufs holds the planner's read buffers and the data of frames
 // between uses, shared by every Sender of the process: a VM between
 // epochs holds none (each held a 4 MiB read buffer and its frames' data
-// until the garbage collector came), and four stay idle at most (a
-// planner and a sending loop on each of two cores).
-var blockBufs = bufpool.New(max(planChunk, wire.MaxData), 4)
+// until the garbage collector came), and two stay idle at most (a
+// planner's and a sending loop's).
+var blockBufs = bufpool.New(max(planChunk, wire.MaxData), 2)
 
 // getBlockBuf returns a buffer of length n (not zeroed).
 func getBlockBuf(n int) []byte { return blockBufs.Get(n) }

@@ -327,10 +327,10 @@ func (e *Encoder) compress(raw []byte) ([]byte, error) {
 
 // frameBufs holds the buffers of large frames between uses, shared by
 // every Encoder of the process: only frames being encoded hold one, and
-// four stay idle at most (two cores' encoders, each with a raw and a
-// compressed payload). Its size fits any frame with the largest data,
+// two stay idle at most (an encoder's raw and compressed payload; more
+// at once are allocated, and left to the collector). Its size fits any frame with the largest data,
 // compressed or not (zstd's worst case adds well under 64 KiB to 4 MiB).
-var frameBufs = bufpool.New(HeaderSize+4+MaxData+64<<10, 4)
+var frameBufs = bufpool.New(HeaderSize+4+MaxData+64<<10, 2)
 
 // getFrameBuf returns an empty buffer of capacity at least n.
 func getFrameBuf(n int) []byte { return frameBufs.Get(n)[:0] }
