@@ -66,6 +66,7 @@ type Plan struct {
 	mu       sync.Mutex
 	grew     *sync.Cond
 	waiting  bool // someone waits on grew
+	poked    bool // poke came: the next waitItems returns at once
 	complete bool
 	err      error // why fill failed
 	open     bool  // begun on a connection that allows open epochs (beginOpen)
@@ -266,15 +267,18 @@ func (p *Plan) progress() (items int, bytes uint64, complete bool, err error) {
 func (p *Plan) waitItems(n int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if len(p.Items) <= n && !p.complete {
+	if len(p.Items) <= n && !p.complete && !p.poked {
 		p.waiting = true
 		p.grew.Wait()
 	}
+	p.poked = false
 }
 
-// poke wakes waitItems (the connection failed: the sender stops waiting).
+// poke wakes waitItems, now or at its next call (the connection failed:
+// the sender stops waiting for the planner).
 func (p *Plan) poke() {
 	p.mu.Lock()
+	p.poked = true
 	p.grew.Broadcast()
 	p.mu.Unlock()
 }
