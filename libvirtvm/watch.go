@@ -30,10 +30,14 @@ type Watcher struct {
 	stop        context.CancelFunc
 	exited      chan struct{}
 
-	mu      sync.Mutex
-	m       lifecycle.Machine
-	changed chan struct{} // closed at the next decision that changes something
-	conn    *libvirt.Libvirt
+	// stepping orders whole steps, notification included: a Check on
+	// another goroutine must not have its decision told after a later
+	// one (status then showed a destroyed domain as "not defined").
+	stepping sync.Mutex
+	mu       sync.Mutex
+	m        lifecycle.Machine
+	changed  chan struct{} // closed at the next decision that changes something
+	conn     *libvirt.Libvirt
 }
 
 // WatchOptions configure a Watcher. Notify, if set, is told of each
@@ -113,6 +117,8 @@ func (w *Watcher) Close() {
 }
 
 func (w *Watcher) step(ev lifecycle.Event) {
+	w.stepping.Lock()
+	defer w.stepping.Unlock()
 	w.mu.Lock()
 	d := w.m.Step(ev)
 	if d.Changed {
