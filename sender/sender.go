@@ -354,16 +354,15 @@ func (s *Sender) runEpoch(ctx context.Context) (*Result, error) {
 		}
 	}
 	p.beginOpen(ss.proto.Version() >= wire.VersionOpen)
-	ref := p.ref()
-	if ref.Open && pos.StagedEpoch == epoch && pos.StagedDurable > 0 {
+	var prefix uint64
+	if p.ref().Open && pos.StagedEpoch == epoch && pos.StagedDurable > 0 {
 		// The receiver stages part of this epoch (this process's, or a
 		// killed predecessor's): resumable if those are this plan's first
 		// items, so wait until that many are planned.
-		ref.Prefix, _ = p.waitPrefix(pos.StagedDurable)
-		pref := ref.Prefix
-		ref = p.ref()
-		ref.Prefix = pref
+		prefix, _ = p.waitPrefix(pos.StagedDurable)
 	}
+	ref := p.ref() // after the wait: the items planned by then
+	ref.Prefix = prefix
 	if _, _, complete, perr := p.progress(); perr != nil {
 		return nil, perr
 	} else if complete {
