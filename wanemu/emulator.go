@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/drsync/drsync/internal/bufpool"
 )
 
 // Defaults for Options.
@@ -498,8 +500,7 @@ func literalHost(address string, emptyOK bool) error {
 type pipe struct {
 	src, dst *os.File
 	wake     chan struct{}
-	free     chan []byte // buffers of bufSize bytes for reuse
-	bufSize  int
+	bufs     *bufpool.Pool // MTU-sized buffers for reuse
 
 	mu     sync.Mutex
 	link   *Link
@@ -514,34 +515,24 @@ const smallPacket = 512
 
 func newPipe(l *Link, src, dst *os.File, mtu int) *pipe {
 	return &pipe{
-		src:     src,
-		dst:     dst,
-		link:    l,
-		wake:    make(chan struct{}, 1),
-		free:    make(chan []byte, 1024),
-		bufSize: mtu,
+		src:  src,
+		dst:  dst,
+		link: l,
+		wake: make(chan struct{}, 1),
+		bufs: bufpool.New(mtu, 1024),
 	}
 }
 
 func (p *pipe) alloc(n int) []byte {
-	if n <= smallPacket || n > p.bufSize {
+	if n <= smallPacket {
 		return make([]byte, n)
 	}
-	select {
-	case b := <-p.free:
-		return b[:n]
-	default:
-		return make([]byte, n, p.bufSize)
-	}
+	return p.bufs.Get(n)
 }
 
 func (p *pipe) release(b []byte) {
-	if cap(b) != p.bufSize || cap(b) <= smallPacket {
-		return
-	}
-	select {
-	case p.free <- b[:0]:
-	default:
+	if cap(b) > smallPacket {
+		p.bufs.Put(b)
 	}
 }
 

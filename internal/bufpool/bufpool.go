@@ -1,4 +1,4 @@
-// Package bufpool keeps a few large buffers of one size for reuse across
+// Package bufpool keeps buffers of one size for reuse across
 // goroutines. Unlike a sync.Pool, it keeps at most a fixed number while
 // they are not in use, so what a process holds between uses is bounded
 // and the same from run to run; buffers beyond that are left to the
