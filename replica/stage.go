@@ -48,9 +48,10 @@ type stage struct {
 	devTotal uint64
 	devHash  *xxhash.Digest
 	commit   *wire.EpochCommit
-	// What the targets can take: an open epoch (wire.EpochBegin.Open) is
-	// bounded by these, a closed one by what its EpochBegin announced.
-	maxItems, maxBytes uint64
+	// The bounds of the epoch's items and bytes: for a closed epoch what
+	// its EpochBegin announced, for an open one (wire.EpochBegin.Open)
+	// what its targets can take.
+	itemCap, byteCap uint64
 }
 
 func protoErr(format string, a ...any) error {
@@ -105,12 +106,16 @@ func newStage(base *Manifest, b *wire.EpochBegin, maxSize uint64) (*stage, error
 		blocks += uint64(blockhash.Blocks(int64(t.Size), int(t.BlockSize)))
 		size += t.Size
 	}
-	s.maxItems, s.maxBytes = blocks+maxDeviceStateItems, size+maxDeviceStateItems*wire.MaxData
-	if b.Items > s.maxItems {
-		return nil, protoErr("EpochBegin: epoch %d announces %d items; its targets hold %d blocks, so at most %d items", b.Epoch, b.Items, blocks, s.maxItems)
+	maxItems, maxBytes := blocks+maxDeviceStateItems, size+maxDeviceStateItems*wire.MaxData
+	if b.Items > maxItems {
+		return nil, protoErr("EpochBegin: epoch %d announces %d items; its targets hold %d blocks, so at most %d items", b.Epoch, b.Items, blocks, maxItems)
 	}
-	if b.Bytes > s.maxBytes {
-		return nil, protoErr("EpochBegin: epoch %d announces %d payload bytes; its targets hold %d, so at most %d", b.Epoch, b.Bytes, size, s.maxBytes)
+	if b.Bytes > maxBytes {
+		return nil, protoErr("EpochBegin: epoch %d announces %d payload bytes; its targets hold %d, so at most %d", b.Epoch, b.Bytes, size, maxBytes)
+	}
+	s.itemCap, s.byteCap = b.Items, b.Bytes
+	if b.Open {
+		s.itemCap, s.byteCap = maxItems, maxBytes
 	}
 	return s, nil
 }
@@ -143,6 +148,15 @@ func (s *stage) resume(b *wire.EpochBegin) error {
 		}
 	}
 	return nil
+}
+
+// capWord says, in an error, what set itemCap and byteCap: announced
+// (as the caller words it) or what the targets can take.
+func (s *stage) capWord(announced string) string {
+	if s.begin.Open {
+		return "the targets can take"
+	}
+	return announced
 }
 
 // stagedPlan is the plan identity a resume of this epoch after its first
@@ -209,11 +223,8 @@ func (s *stage) item(it wire.Item, off int64) error {
 	if seq := it.ItemSeq(); seq != uint64(len(s.items)) {
 		return protoErr("%s: item %d out of order, expected %d", it.Type(), seq, len(s.items))
 	}
-	if s.begin.Open && uint64(len(s.items)) >= s.maxItems {
-		return protoErr("%s: item %d beyond the %d items the targets can take", it.Type(), it.ItemSeq(), s.maxItems)
-	}
-	if !s.begin.Open && uint64(len(s.items)) >= s.begin.Items {
-		return protoErr("%s: item %d beyond the %d items announced", it.Type(), it.ItemSeq(), s.begin.Items)
+	if uint64(len(s.items)) >= s.itemCap {
+		return protoErr("%s: item %d beyond the %d items %s", it.Type(), it.ItemSeq(), s.itemCap, s.capWord("announced"))
 	}
 	var hashes []uint64
 	data := wire.DataOf(it)
@@ -305,11 +316,10 @@ func (s *stage) item(it wire.Item, off int64) error {
 		dh = xxhash.Sum64(data)
 	}
 	sum := wire.Summarize(it, dh)
-	if nb := s.bytes + uint64(len(data)); s.begin.Open && nb > s.maxBytes {
-		return protoErr("%s: item %d brings the epoch to %d bytes, its targets take %d", it.Type(), sum.Seq, nb, s.maxBytes)
-	} else if !s.begin.Open && nb > s.begin.Bytes {
-		return protoErr("%s: item %d brings the epoch to %d bytes, %d were announced", it.Type(), sum.Seq, nb, s.begin.Bytes)
+	if nb := s.bytes + uint64(len(data)); nb > s.byteCap {
+		return protoErr("%s: item %d brings the epoch to %d bytes, %d %s", it.Type(), sum.Seq, nb, s.byteCap, s.capWord("were announced"))
 	}
+
 	// Every check passed: only now does the item change the stage.
 	if f, ok := it.(*wire.DeviceState); ok {
 		s.devSeen, s.devTotal = true, f.Total
