@@ -82,19 +82,14 @@ const planChunk = 4 << 20
 // planner's and a sending loop's).
 var blockBufs = bufpool.New(max(planChunk, wire.MaxData), 2)
 
-// getBlockBuf returns a buffer of length n (not zeroed).
-func getBlockBuf(n int) []byte { return blockBufs.Get(n) }
-
-func putBlockBuf(b []byte) { blockBufs.Put(b) }
-
 // recycle gives back the data buffer of a frame Frame returned, once it
 // is encoded; f must not be used after.
 func recycle(f wire.Item) {
 	switch f := f.(type) {
 	case *wire.DiskExtent:
-		putBlockBuf(f.Data)
+		blockBufs.Put(f.Data)
 	case *wire.MemRun:
-		putBlockBuf(f.Data)
+		blockBufs.Put(f.Data)
 	}
 }
 
@@ -441,8 +436,8 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 	if chunk == 0 {
 		chunk = bs
 	}
-	buf := getBlockBuf(int(chunk))
-	defer putBlockBuf(buf)
+	buf := blockBufs.Get(int(chunk))
+	defer blockBufs.Put(buf)
 	ei := 0
 	for off := int64(0); off < t.Size; off += chunk {
 		if err := ctx.Err(); err != nil {
@@ -639,8 +634,8 @@ func (p *Plan) Frame(snap *Snapshot, i int) (wire.Item, error) {
 		// The replica copies these pages from its disk; check they still
 		// are what was planned, like any data.
 		t := snap.Targets[it.Target]
-		data := getBlockBuf(int(it.Len))
-		defer putBlockBuf(data)
+		data := blockBufs.Get(int(it.Len))
+		defer blockBufs.Put(data)
 		if err := readBlocks(t.Reader, data, it.Off); err != nil {
 			return nil, fmt.Errorf("read %s at %d: %w", t.Name, it.Off, err)
 		}
@@ -655,17 +650,17 @@ func (p *Plan) Frame(snap *Snapshot, i int) (wire.Item, error) {
 		return &wire.DeviceState{Seq: seq, Offset: uint64(it.Off), Total: uint64(len(snap.DeviceState)), Data: it.dev}, nil
 	}
 	t := snap.Targets[it.Target]
-	data := getBlockBuf(int(it.Len))
+	data := blockBufs.Get(int(it.Len))
 	// Zero-filled past the target's end, as planned (the buffer is reused).
 	if err := readBlocks(t.Reader, data, it.Off); err != nil {
-		putBlockBuf(data)
+		blockBufs.Put(data)
 		return nil, fmt.Errorf("read %s at %d: %w", t.Name, it.Off, err)
 	}
 	bs := t.BlockSize
 	for j, want := range it.Hashes {
 		blk := data[j*bs : min((j+1)*bs, len(data))]
 		if blockhash.Hash(blk) != want {
-			putBlockBuf(data)
+			blockBufs.Put(data)
 			return nil, fmt.Errorf("%s block at %d: %w", t.Name, it.Off+int64(j*bs), ErrSourceChanged)
 		}
 	}
