@@ -43,7 +43,10 @@
 //
 // Every indexed page is one 32-byte entry in a slab of at most MaxEntries
 // slots, allocated in chunks of 16 Ki entries (512 KiB) as the index fills,
-// and named by int32 slot number. Each entry sits on two chains at once:
+// and named by int32 slot number. The slab's chunks and the two bucket
+// arrays are mapped outside the Go heap (internal/offheap), so the
+// collector's headroom does not double them; they go back to the kernel
+// when the index is dropped. Each entry sits on two chains at once:
 //
 //	hash buckets (hb)          slab (chunks of 16 Ki entries)           location buckets (lb)
 //	[]int32, 2^k heads         entry: 32 bytes                          []int32, 2^k heads

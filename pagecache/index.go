@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
+
+	"github.com/drsync/drsync/internal/offheap"
 
 	"github.com/cespare/xxhash/v2"
 )
@@ -139,6 +142,12 @@ type Index struct {
 	cand []int32
 	buf  []byte
 	st   Stats
+
+	// mem holds the slab chunks and bucket arrays, outside the Go heap:
+	// they live as long as the index, and on the heap the collector's
+	// headroom would double what they cost. A cleanup releases it once
+	// the index is dropped.
+	mem *offheap.Arena
 }
 
 // New returns an empty index.
@@ -149,7 +158,8 @@ func New(o Options) (*Index, error) {
 	case o.MaxProbe < 0:
 		return nil, fmt.Errorf("pagecache: MaxProbe %d is negative", o.MaxProbe)
 	}
-	x := &Index{max: o.MaxEntries, probe: o.MaxProbe, copies: o.MaxCopies, hash: o.Hash, free: none}
+	x := &Index{max: o.MaxEntries, probe: o.MaxProbe, copies: o.MaxCopies, hash: o.Hash, free: none, mem: &offheap.Arena{}}
+	runtime.AddCleanup(x, (*offheap.Arena).Release, x.mem)
 	if x.max == 0 {
 		x.max = DefaultMaxEntries
 	}
@@ -206,8 +216,10 @@ func (x *Index) lbucket(t uint16, p uint32) uint64 {
 }
 
 func (x *Index) setBuckets(n int) {
-	x.hb = make([]int32, n)
-	x.lb = make([]int32, n)
+	offheap.Free(x.mem, x.hb)
+	offheap.Free(x.mem, x.lb)
+	x.hb = offheap.Slice[int32](x.mem, n)
+	x.lb = offheap.Slice[int32](x.mem, n)
 	for i := range x.hb {
 		x.hb[i], x.lb[i] = none, none
 	}
@@ -302,7 +314,7 @@ func (x *Index) alloc() (i int32, evicted bool) {
 	}
 	if int(x.used) < x.max {
 		if int(x.used) == len(x.chunks)<<chunkBits {
-			x.chunks = append(x.chunks, make([]entry, min(chunkLen, x.max-int(x.used))))
+			x.chunks = append(x.chunks, offheap.Slice[entry](x.mem, min(chunkLen, x.max-int(x.used))))
 		}
 		i = x.used
 		x.used++
