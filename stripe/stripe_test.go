@@ -70,6 +70,9 @@ func TestStreamInOrder(t *testing.T) {
 	}{
 		{"one connection", 1, Options{}, nil},
 		{"four equal", 4, Options{ChunkSize: 4096}, nil},
+		// Full chunks: their buffers are shared by both directions and
+		// reused while the other direction still reads.
+		{"four, default chunks", 4, Options{}, nil},
 		{"one slow of three, small buffer", 3, Options{ChunkSize: 1000, MaxBuffered: 8192}, []time.Duration{0, 2 * time.Millisecond, 0}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
