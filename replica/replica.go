@@ -107,6 +107,9 @@ type Replica struct {
 	// and the journal is closed, durable up to jlen.
 	released bool
 	jlen     int64
+	// eager holds the images of the staged epoch's new targets, written
+	// as items arrive (eager.go); nil when apply writes them.
+	eager map[uint16]*eagerImage
 }
 
 // Open locks and opens the replica in o.Dir, creating it if needed, and
@@ -197,6 +200,9 @@ func (r *Replica) Release() error {
 		// Unreachable: Commit applies before it returns.
 		return fmt.Errorf("epoch %d is committed but not applied: %w", r.st.begin.Epoch, ErrBroken)
 	}
+	// Whoever holds the replica meanwhile may change what is staged:
+	// apply will write the new images from the journal.
+	r.dropEager(nil)
 	if r.jw != nil {
 		if _, err := r.Sync(); err != nil {
 			return err
@@ -522,6 +528,7 @@ func (r *Replica) Begin(b *wire.EpochBegin) error {
 		r.jw = nil
 	}
 	r.st = nil
+	r.removeEager()
 	jw, err := journal.Create(r.o.FS, r.p(journalName), r.o.VM)
 	if err != nil {
 		return r.fail(fmt.Errorf("epoch %d: %w (%w)", b.Epoch, err, ErrStorage))
@@ -535,6 +542,7 @@ func (r *Replica) Begin(b *wire.EpochBegin) error {
 		return r.fail(fmt.Errorf("epoch %d: %w (%w)", b.Epoch, err, ErrStorage))
 	}
 	r.st, r.jw, r.synced = st, jw, 0
+	r.startEager(st)
 	r.noteActivity()
 	return nil
 }
@@ -557,6 +565,7 @@ func (r *Replica) Append(it wire.Item) error {
 	if err := r.jw.Append(it); err != nil {
 		return r.fail(fmt.Errorf("epoch %d item %d: %w (%w)", r.st.begin.Epoch, it.ItemSeq(), err, ErrStorage))
 	}
+	r.eagerWrite(it)
 	return nil
 }
 
@@ -626,6 +635,9 @@ func (r *Replica) Commit(c *wire.EpochCommit) error {
 			return fmt.Errorf("epoch %d: %s %q would have digest %016x, sender expects %016x: %w", c.Epoch, kindName(t.Kind), t.Name, got, sd.Digest, ErrDigest)
 		}
 	}
+	if err := r.resetNewImages(st); err != nil {
+		return r.fail(err)
+	}
 	if err := r.reserve(st); err != nil {
 		return r.fail(err)
 	}
@@ -643,6 +655,7 @@ func (r *Replica) Commit(c *wire.EpochCommit) error {
 }
 
 func (r *Replica) discardStaged() {
+	r.removeEager()
 	if r.jw != nil {
 		r.jw.Close()
 	}
@@ -681,6 +694,13 @@ func (r *Replica) endView(st *stage, tables map[uint16]*blockhash.Table) viewFun
 	return func(target uint16, off int64, n int) ([]byte, error) {
 		t := st.targets[target]
 		out := make([]byte, n)
+		if e := r.eager[target]; e != nil {
+			// It holds every staged data and zero item, in order.
+			if _, err := e.f.ReadAt(out, off); err != nil && err != io.EOF {
+				return nil, fmt.Errorf("read %s: %w (%w)", e.name, err, ErrStorage)
+			}
+			return out, nil
+		}
 		// Start from the committed image, then overlay staged items in order.
 		if t.base != nil && off < t.base.Size {
 			f, err := r.o.FS.Open(r.p(t.base.File))
@@ -902,28 +922,40 @@ func (r *Replica) apply() error {
 	if err := r.capturePoint(st, images); err != nil {
 		return err
 	}
-	// Data and zeros first, in journal order, straight from the journal.
-	_, tail, err := journal.Scan(r.o.FS, r.p(journalName), r.o.VM, func(off int64, fr wire.Frame) error {
-		switch f := fr.(type) {
-		case *wire.DiskExtent:
-			_, err := images[f.Target].WriteAt(f.Data, int64(f.Offset))
-			return err
-		case *wire.MemRun:
-			_, err := images[f.Target].WriteAt(f.Data, int64(f.Page)*vmspec.PageSize)
-			return err
-		case *wire.ZeroRun:
-			return images[f.Target].PunchHole(int64(f.Offset), int64(f.Length))
-		case *wire.EpochCommit:
-			return errStopScan
+	// Data and zeros first, in journal order, straight from the journal;
+	// new targets written as their items arrived already hold theirs.
+	if r.journalWrites(st) {
+		_, tail, err := journal.Scan(r.o.FS, r.p(journalName), r.o.VM, func(off int64, fr wire.Frame) error {
+			switch f := fr.(type) {
+			case *wire.DiskExtent:
+				if r.eager[f.Target] != nil {
+					return nil
+				}
+				_, err := images[f.Target].WriteAt(f.Data, int64(f.Offset))
+				return err
+			case *wire.MemRun:
+				if r.eager[f.Target] != nil {
+					return nil
+				}
+				_, err := images[f.Target].WriteAt(f.Data, int64(f.Page)*vmspec.PageSize)
+				return err
+			case *wire.ZeroRun:
+				if r.eager[f.Target] != nil {
+					return nil
+				}
+				return images[f.Target].PunchHole(int64(f.Offset), int64(f.Length))
+			case *wire.EpochCommit:
+				return errStopScan
+			}
+			return nil
+		})
+		if err == nil {
+			// The scan must end at the commit record it found before.
+			err = fmt.Errorf("journal ends before its commit record: %w", errors.Join(tail, ErrCorrupt))
 		}
-		return nil
-	})
-	if err == nil {
-		// The scan must end at the commit record it found before.
-		err = fmt.Errorf("journal ends before its commit record: %w", errors.Join(tail, ErrCorrupt))
-	}
-	if !errors.Is(err, errStopScan) {
-		return wrap("write images", err)
+		if !errors.Is(err, errStopScan) {
+			return wrap("write images", err)
+		}
 	}
 	view := func(target uint16, off int64, n int) ([]byte, error) {
 		b := make([]byte, n)
@@ -944,6 +976,7 @@ func (r *Replica) apply() error {
 			return wrap("sync image "+r.fileFor(st, id), err)
 		}
 	}
+	r.dropEager(nil) // their files are the images now
 	if err := r.writeTables(st, tables); err != nil {
 		return err
 	}
@@ -1060,6 +1093,7 @@ const (
 
 // Close releases the replica. A staged epoch stays in the journal.
 func (r *Replica) Close() error {
+	r.dropEager(nil)
 	if r.jw != nil {
 		r.jw.Sync()
 		r.jw.Close()

@@ -76,6 +76,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) Backend) {
 	t.Run("TakeoverMark", func(t *testing.T) { takeoverMark(t, newBackend(t)) })
 	t.Run("ReleaseReacquire", func(t *testing.T) { releaseReacquire(t, newBackend) })
 	t.Run("OpenEpochResumes", func(t *testing.T) { openEpochResumes(t, newBackend(t)) })
+	t.Run("ReplacedFirstEpochLeavesNothing", func(t *testing.T) { replacedFirstEpoch(t, newBackend(t)) })
 }
 
 // openEpochResumes stages part of an open epoch (protocol 4: its counts
@@ -142,6 +143,71 @@ func openEpochResumes(t *testing.T, b Backend) {
 	if d := diffHandle(h, e.after); d != "" {
 		t.Fatal(d)
 	}
+}
+
+// replacedFirstEpoch stages a first epoch that writes a disk block and a
+// RAM page the real first epoch leaves zero, then replaces it with the
+// real one, in the same process and after a reopen: the replica must read
+// as the real epoch, with nothing of the replaced one (a store may write
+// a new target's image before the commit, as the file store does).
+func replacedFirstEpoch(t *testing.T, b Backend) {
+	e := history(1)[0]
+	var blk, page uint64
+	for blk = 0; blk < diskSize/diskBS && !allZero(e.after.disk[blk*diskBS:(blk+1)*diskBS]); blk++ {
+	}
+	for page = 0; page < ramSize/vmspec.PageSize && !allZero(e.after.ram[page*vmspec.PageSize:(page+1)*vmspec.PageSize]); page++ {
+	}
+	if blk == diskSize/diskBS || page == ramSize/vmspec.PageSize {
+		t.Fatal("the first epoch leaves no disk block or RAM page zero")
+	}
+	junk := bytes.Repeat([]byte{0xa5}, diskBS)
+	stageJunk := func(h replica.Handle) {
+		t.Helper()
+		begin := *e.begin
+		begin.Plan, begin.Items, begin.Bytes = e.begin.Plan+1000, 2, 2*diskBS
+		if err := h.Begin(&begin); err != nil {
+			t.Fatal(err)
+		}
+		for _, it := range []wire.Item{
+			&wire.DiskExtent{Seq: 0, Target: 0, Offset: blk * diskBS, Data: junk},
+			&wire.MemRun{Seq: 1, Target: 1, Page: page, Data: junk},
+		} {
+			if err := h.Append(it); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := h.Sync(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := b.Store(t, 0, nil)
+	for _, tc := range []struct {
+		vm     string
+		reopen bool
+	}{{VM + "-same", false}, {VM + "-reopened", true}} {
+		h := openVM(t, s, tc.vm, replica.OpenOptions{})
+		stageJunk(h)
+		if tc.reopen {
+			h.Close()
+			h = openVM(t, s, tc.vm, replica.OpenOptions{})
+		}
+		if err := send(h, e); err != nil {
+			t.Fatalf("%s: %v", tc.vm, err)
+		}
+		if d := diffHandle(h, e.after); d != "" {
+			t.Fatalf("%s: after the replaced epoch: %s", tc.vm, d)
+		}
+		h.Close()
+	}
+}
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 const (

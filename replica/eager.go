@@ -1,0 +1,150 @@
+package replica
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+
+	"github.com/drsync/drsync/vfs"
+	"github.com/drsync/drsync/vmspec"
+	"github.com/drsync/drsync/wire"
+)
+
+// Writing new targets as their items arrive.
+//
+// A target the committed manifest does not name (every target of a first
+// epoch) gets an image file no committed epoch uses, which only the
+// manifest written after the commit makes part of the replica. Nothing
+// there needs protecting while the epoch is staged, so its data and zero
+// items are written into that file as they are appended, beside the
+// journal, instead of all being read back from the journal and written at
+// commit: the initial sync of a VM no longer ends with a second pass over
+// everything it sent. The journal still holds every item, so a crash
+// changes nothing: a restarted process has no eager files, and Commit then
+// starts those images empty (resetNewImages) and apply writes them from
+// the journal, as always.
+//
+// An eager file holds exactly the items staged so far, applied in order
+// (an item is written only once the stage has taken it and the journal
+// holds it), so it is the epoch's end view of that target before any
+// reference: a resumed epoch goes on writing it. Any failure to write it
+// drops the eager files and leaves the work to apply. A stage discarded
+// or replaced removes them, so nothing is left behind.
+
+// eagerImage is one new target's image, written as items arrive.
+type eagerImage struct {
+	f    vfs.File
+	name string
+}
+
+// startEager opens, empty, the image of every new target of the stage
+// just begun.
+func (r *Replica) startEager(st *stage) {
+	r.eager = map[uint16]*eagerImage{}
+	for id, t := range st.targets {
+		if t.base != nil {
+			continue
+		}
+		name := r.fileFor(st, id)
+		f, err := r.o.FS.OpenReadWrite(r.p(name))
+		if err == nil {
+			// The file may hold what an earlier stage wrote into it.
+			if err = f.Truncate(0); err == nil {
+				err = f.Truncate(int64(t.Size))
+			}
+			if err != nil {
+				f.Close()
+			}
+		}
+		if err != nil {
+			r.dropEager(fmt.Errorf("open %s: %w", name, err))
+			return
+		}
+		r.eager[id] = &eagerImage{f: f, name: name}
+	}
+}
+
+// eagerWrite writes item it into its target's eager image, if it has one.
+func (r *Replica) eagerWrite(it wire.Item) {
+	var err error
+	switch f := it.(type) {
+	case *wire.DiskExtent:
+		if e := r.eager[f.Target]; e != nil {
+			_, err = e.f.WriteAt(f.Data, int64(f.Offset))
+		}
+	case *wire.MemRun:
+		if e := r.eager[f.Target]; e != nil {
+			_, err = e.f.WriteAt(f.Data, int64(f.Page)*vmspec.PageSize)
+		}
+	case *wire.ZeroRun:
+		if e := r.eager[f.Target]; e != nil {
+			err = e.f.PunchHole(int64(f.Offset), int64(f.Length))
+		}
+	}
+	if err != nil {
+		r.dropEager(fmt.Errorf("epoch %d item %d: %w", r.st.begin.Epoch, it.ItemSeq(), err))
+	}
+}
+
+// dropEager stops writing new targets early; apply writes them all from
+// the journal. The files stay: Commit empties them before it reserves
+// their space.
+func (r *Replica) dropEager(why error) {
+	for _, e := range r.eager {
+		e.f.Close()
+	}
+	if why != nil && r.eager != nil {
+		r.log.Warn("new images will be written at commit instead of as items arrive", "err", why)
+	}
+	r.eager = nil
+}
+
+// removeEager drops the eager images of a stage that will not be applied
+// and removes their files, which no committed epoch names.
+func (r *Replica) removeEager() {
+	images := r.eager
+	r.dropEager(nil)
+	for _, e := range images {
+		if err := r.o.FS.Remove(r.p(e.name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			r.log.Warn("remove image of a discarded epoch", "file", e.name, "err", err)
+		}
+	}
+}
+
+// resetNewImages empties the image of every new target that was not
+// written as its items arrived: apply writes it whole from the journal,
+// and it must not keep what a stage before a restart wrote.
+func (r *Replica) resetNewImages(st *stage) error {
+	for id, t := range st.targets {
+		if t.base != nil || r.eager[id] != nil {
+			continue
+		}
+		name := r.fileFor(st, id)
+		f, err := r.o.FS.OpenReadWrite(r.p(name))
+		if err != nil {
+			return fmt.Errorf("epoch %d: open image %s: %w (%w)", st.begin.Epoch, name, err, ErrStorage)
+		}
+		err = f.Truncate(0)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return fmt.Errorf("epoch %d: empty image %s: %w (%w)", st.begin.Epoch, name, err, ErrStorage)
+		}
+	}
+	return nil
+}
+
+// journalWrites reports whether apply must write any data or zero item
+// from the journal: one whose target has no eager image.
+func (r *Replica) journalWrites(st *stage) bool {
+	for _, it := range st.items {
+		switch it.Type {
+		case wire.TypeDiskExtent, wire.TypeMemRun, wire.TypeZeroRun:
+			if r.eager[it.Target] == nil {
+				return true
+			}
+		}
+	}
+	return false
+}

@@ -1,0 +1,177 @@
+package replica_test
+
+import (
+	"bytes"
+	"errors"
+	"io/fs"
+	"testing"
+	"time"
+
+	"github.com/cespare/xxhash/v2"
+
+	"github.com/drsync/drsync/blockhash"
+	"github.com/drsync/drsync/replica"
+	"github.com/drsync/drsync/vfs/memfs"
+	"github.com/drsync/drsync/vmspec"
+	"github.com/drsync/drsync/wire"
+)
+
+// firstEpoch is a first epoch of one 64 KiB disk: a block of data at 0
+// and a zero run at 4096, and what the disk then holds.
+func firstEpoch() (*wire.EpochBegin, []wire.Item, *wire.EpochCommit, []byte) {
+	const size, bs = 64 << 10, 4096
+	disk := make([]byte, size)
+	data := bytes.Repeat([]byte{7}, bs)
+	copy(disk, data)
+	items := []wire.Item{
+		&wire.DiskExtent{Seq: 0, Target: 0, Offset: 0, Data: data},
+		&wire.ZeroRun{Seq: 1, Target: 0, Offset: bs, Length: bs},
+	}
+	b := &wire.EpochBegin{Epoch: 1, Cut: time.Unix(1_700_000_000, 0).UTC(), Plan: 1, Items: 2, Bytes: bs,
+		Targets: []wire.Target{{ID: 0, Kind: vmspec.KindDisk, Name: "vda", Size: size, BlockSize: bs}}}
+	dig := wire.NewEpochDigest(1)
+	for _, it := range items {
+		var dh uint64
+		if d := wire.DataOf(it); d != nil {
+			dh = xxhash.Sum64(d)
+		}
+		dig.Add(wire.Summarize(it, dh))
+	}
+	c := &wire.EpochCommit{Epoch: 1, Items: 2, Digest: dig.Sum(),
+		States: []wire.TargetDigest{{Target: 0, Digest: blockhash.Of(disk, bs).Digest()}}}
+	return b, items, c, disk
+}
+
+const eagerImage = "/replicas/web-1/disk-0.img" // the first new disk's image
+
+func readImage(t *testing.T, m *memfs.FS) []byte {
+	t.Helper()
+	f, err := m.Open(eagerImage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := make([]byte, 64<<10)
+	if _, err := f.ReadAt(b, 0); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func fileStore(m *memfs.FS) replica.FileStore {
+	return replica.FileStore{FS: m, Root: "/replicas", Now: func() time.Time { return time.Unix(1_700_000_000, 0) }}
+}
+
+// A new target's image is written as its items arrive, not only at commit.
+func TestNewTargetWrittenAsItemsArrive(t *testing.T) {
+	m := memfs.New()
+	s := fileStore(m)
+	b, items, c, disk := firstEpoch()
+	h, err := s.Open(t.Context(), "web-1", replica.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if err := h.Begin(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Append(items[0]); err != nil {
+		t.Fatal(err)
+	}
+	if got := readImage(t, m); !bytes.Equal(got[:4096], disk[:4096]) {
+		t.Fatal("the staged block is not in the new image before the commit")
+	}
+	if err := h.Append(items[1]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Commit(c); err != nil {
+		t.Fatal(err)
+	}
+	if got := readImage(t, m); !bytes.Equal(got, disk) {
+		t.Fatal("the committed image differs from the epoch")
+	}
+}
+
+// After a restart the image may hold writes whose items never became
+// durable (a crash kept the image's pages, not the journal's): the
+// commit starts it empty and writes it from the journal.
+func TestNewImageEmptiedAfterRestart(t *testing.T) {
+	m := memfs.New()
+	s := fileStore(m)
+	b, items, c, disk := firstEpoch()
+	h, err := s.Open(t.Context(), "web-1", replica.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Begin(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Append(items[0]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	h.Close()
+	f, err := m.OpenReadWrite(eagerImage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt(bytes.Repeat([]byte{0xee}, 8192), 4096); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	h, err = s.Open(t.Context(), "web-1", replica.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	resume := *b
+	resume.StartSeq = 1
+	if err := h.Begin(&resume); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Append(items[1]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Commit(c); err != nil {
+		t.Fatal(err)
+	}
+	if got := readImage(t, m); !bytes.Equal(got, disk) {
+		t.Fatalf("the image keeps what the journal never held: bytes 8192.. = %x", got[8192:8200])
+	}
+}
+
+// An epoch discarded at its commit (the digests differ) leaves no image.
+func TestDiscardedEpochLeavesNoImage(t *testing.T) {
+	m := memfs.New()
+	s := fileStore(m)
+	b, items, c, _ := firstEpoch()
+	h, err := s.Open(t.Context(), "web-1", replica.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	if err := h.Begin(b); err != nil {
+		t.Fatal(err)
+	}
+	for _, it := range items {
+		if err := h.Append(it); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bad := *c
+	bad.States = []wire.TargetDigest{{Target: 0, Digest: c.States[0].Digest + 1}}
+	if err := h.Commit(&bad); !errors.Is(err, replica.ErrDigest) {
+		t.Fatalf("commit with another state: %v, want ErrDigest", err)
+	}
+	if _, err := m.Stat(eagerImage); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("the discarded epoch's image: %v, want it removed", err)
+	}
+}
