@@ -21,6 +21,15 @@
 // (package replica/recovery) simply applies a committed journal again, keeps an
 // uncommitted one for the sender to resume, and discards a stale one.
 //
+// A new target (one the manifest does not name, so every target of a
+// first epoch) is the exception to "images are written at apply": its
+// image file is one no committed epoch uses, so its data and zero items
+// are written into it as they are staged, beside the journal, and apply
+// has nothing left to write for it (eager.go). The file becomes part of
+// the replica only with the manifest written after the commit; a stage
+// replaced or discarded empties or removes it, and after a restart the
+// commit starts it empty and apply writes it from the journal.
+//
 // Its users (the receiver, a takeover, a runbook) reach replicas through the
 // Store and Handle interfaces (store.go), not through this layout: the
 // committed epoch is a typed Manifest (Disk, RAM), and an epoch to run is an
