@@ -62,28 +62,30 @@ func fileStore(m *memfs.FS) replica.FileStore {
 	return replica.FileStore{FS: m, Root: "/replicas", Now: func() time.Time { return time.Unix(1_700_000_000, 0) }}
 }
 
-// A new target's image is written as its items arrive, not only at commit.
-func TestNewTargetWrittenAsItemsArrive(t *testing.T) {
-	m := memfs.New()
-	s := fileStore(m)
-	b, items, c, disk := firstEpoch()
+// stageFirst opens web-1 in s and stages the first n items of the first
+// epoch.
+func stageFirst(t *testing.T, s replica.Store, n int) replica.Handle {
+	t.Helper()
+	b, items, _, _ := firstEpoch()
 	h, err := s.Open(t.Context(), "web-1", replica.OpenOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer h.Close()
 	if err := h.Begin(b); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.Append(items[0]); err != nil {
-		t.Fatal(err)
+	for _, it := range items[:n] {
+		if err := h.Append(it); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if got := readImage(t, m); !bytes.Equal(got[:4096], disk[:4096]) {
-		t.Fatal("the staged block is not in the new image before the commit")
-	}
-	if err := h.Append(items[1]); err != nil {
-		t.Fatal(err)
-	}
+	return h
+}
+
+// commitAndCheck syncs and commits what h staged and compares the image
+// with disk.
+func commitAndCheck(t *testing.T, h replica.Handle, m *memfs.FS, c *wire.EpochCommit, disk []byte) {
+	t.Helper()
 	if _, err := h.Sync(); err != nil {
 		t.Fatal(err)
 	}
@@ -91,8 +93,27 @@ func TestNewTargetWrittenAsItemsArrive(t *testing.T) {
 		t.Fatal(err)
 	}
 	if got := readImage(t, m); !bytes.Equal(got, disk) {
-		t.Fatal("the committed image differs from the epoch")
+		for i := range got {
+			if got[i] != disk[i] {
+				t.Fatalf("the committed image differs from the epoch from byte %d: %x, want %x", i, got[i], disk[i])
+			}
+		}
 	}
+}
+
+// A new target's image is written as its items arrive, not only at commit.
+func TestNewTargetWrittenAsItemsArrive(t *testing.T) {
+	m := memfs.New()
+	_, items, c, disk := firstEpoch()
+	h := stageFirst(t, fileStore(m), 1)
+	defer h.Close()
+	if got := readImage(t, m); !bytes.Equal(got[:4096], disk[:4096]) {
+		t.Fatal("the staged block is not in the new image before the commit")
+	}
+	if err := h.Append(items[1]); err != nil {
+		t.Fatal(err)
+	}
+	commitAndCheck(t, h, m, c, disk)
 }
 
 // After a restart the image may hold writes whose items never became
@@ -102,16 +123,7 @@ func TestNewImageEmptiedAfterRestart(t *testing.T) {
 	m := memfs.New()
 	s := fileStore(m)
 	b, items, c, disk := firstEpoch()
-	h, err := s.Open(t.Context(), "web-1", replica.OpenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.Begin(b); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.Append(items[0]); err != nil {
-		t.Fatal(err)
-	}
+	h := stageFirst(t, s, 1)
 	if _, err := h.Sync(); err != nil {
 		t.Fatal(err)
 	}
@@ -137,35 +149,15 @@ func TestNewImageEmptiedAfterRestart(t *testing.T) {
 	if err := h.Append(items[1]); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.Sync(); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.Commit(c); err != nil {
-		t.Fatal(err)
-	}
-	if got := readImage(t, m); !bytes.Equal(got, disk) {
-		t.Fatalf("the image keeps what the journal never held: bytes 8192.. = %x", got[8192:8200])
-	}
+	commitAndCheck(t, h, m, c, disk)
 }
 
 // An epoch discarded at its commit (the digests differ) leaves no image.
 func TestDiscardedEpochLeavesNoImage(t *testing.T) {
 	m := memfs.New()
-	s := fileStore(m)
-	b, items, c, _ := firstEpoch()
-	h, err := s.Open(t.Context(), "web-1", replica.OpenOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, _, c, _ := firstEpoch()
+	h := stageFirst(t, fileStore(m), 2)
 	defer h.Close()
-	if err := h.Begin(b); err != nil {
-		t.Fatal(err)
-	}
-	for _, it := range items {
-		if err := h.Append(it); err != nil {
-			t.Fatal(err)
-		}
-	}
 	bad := *c
 	bad.States = []wire.TargetDigest{{Target: 0, Digest: c.States[0].Digest + 1}}
 	if err := h.Commit(&bad); !errors.Is(err, replica.ErrDigest) {
