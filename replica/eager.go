@@ -66,24 +66,41 @@ func (r *Replica) startEager(st *stage) {
 
 // eagerWrite writes item it into its target's eager image, if it has one.
 func (r *Replica) eagerWrite(it wire.Item) {
-	var err error
-	switch f := it.(type) {
-	case *wire.DiskExtent:
-		if e := r.eager[f.Target]; e != nil {
-			_, err = e.f.WriteAt(f.Data, int64(f.Offset))
-		}
-	case *wire.MemRun:
-		if e := r.eager[f.Target]; e != nil {
-			_, err = e.f.WriteAt(f.Data, int64(f.Page)*vmspec.PageSize)
-		}
-	case *wire.ZeroRun:
-		if e := r.eager[f.Target]; e != nil {
-			err = e.f.PunchHole(int64(f.Offset), int64(f.Length))
-		}
+	t, ok := imageTarget(it)
+	if !ok || r.eager[t] == nil {
+		return
 	}
-	if err != nil {
+	if err := writeItem(r.eager[t].f, it); err != nil {
 		r.dropEager(fmt.Errorf("epoch %d item %d: %w", r.st.begin.Epoch, it.ItemSeq(), err))
 	}
+}
+
+// imageTarget is the target a data or zero item writes; ok is false for
+// any other frame.
+func imageTarget(fr wire.Frame) (target uint16, ok bool) {
+	switch f := fr.(type) {
+	case *wire.DiskExtent:
+		return f.Target, true
+	case *wire.MemRun:
+		return f.Target, true
+	case *wire.ZeroRun:
+		return f.Target, true
+	}
+	return 0, false
+}
+
+// writeItem writes a data or zero item into f, its target's image.
+func writeItem(f vfs.File, fr wire.Frame) error {
+	var err error
+	switch it := fr.(type) {
+	case *wire.DiskExtent:
+		_, err = f.WriteAt(it.Data, int64(it.Offset))
+	case *wire.MemRun:
+		_, err = f.WriteAt(it.Data, int64(it.Page)*vmspec.PageSize)
+	case *wire.ZeroRun:
+		err = f.PunchHole(int64(it.Offset), int64(it.Length))
+	}
+	return err
 }
 
 // dropEager stops writing new targets early; apply writes them all from

@@ -926,25 +926,13 @@ func (r *Replica) apply() error {
 	// new targets written as their items arrived already hold theirs.
 	if r.journalWrites(st) {
 		_, tail, err := journal.Scan(r.o.FS, r.p(journalName), r.o.VM, func(off int64, fr wire.Frame) error {
-			switch f := fr.(type) {
-			case *wire.DiskExtent:
-				if r.eager[f.Target] != nil {
+			if t, ok := imageTarget(fr); ok {
+				if r.eager[t] != nil {
 					return nil
 				}
-				_, err := images[f.Target].WriteAt(f.Data, int64(f.Offset))
-				return err
-			case *wire.MemRun:
-				if r.eager[f.Target] != nil {
-					return nil
-				}
-				_, err := images[f.Target].WriteAt(f.Data, int64(f.Page)*vmspec.PageSize)
-				return err
-			case *wire.ZeroRun:
-				if r.eager[f.Target] != nil {
-					return nil
-				}
-				return images[f.Target].PunchHole(int64(f.Offset), int64(f.Length))
-			case *wire.EpochCommit:
+				return writeItem(images[t], fr)
+			}
+			if _, ok := fr.(*wire.EpochCommit); ok {
 				return errStopScan
 			}
 			return nil
