@@ -35,7 +35,15 @@ import (
 type eagerImage struct {
 	f    vfs.File
 	name string
+	// unflushed counts the bytes written since the kernel was last asked
+	// to start writing the file out: the commit's sync of a first epoch's
+	// images then finds most of them on disk already.
+	unflushed int64
 }
+
+// writebackEvery is how many bytes an image takes between requests to
+// start its writeback.
+const writebackEvery = 8 << 20
 
 // startEager opens, empty, the image of every new target of the stage
 // just begun.
@@ -70,8 +78,15 @@ func (r *Replica) eagerWrite(it wire.Item) {
 	if !ok || r.eager[t] == nil {
 		return
 	}
-	if err := writeItem(r.eager[t].f, it); err != nil {
+	e := r.eager[t]
+	if err := writeItem(e.f, it); err != nil {
 		r.dropEager(fmt.Errorf("epoch %d item %d: %w", r.st.begin.Epoch, it.ItemSeq(), err))
+		return
+	}
+	e.unflushed += int64(len(wire.DataOf(it)))
+	if e.unflushed >= writebackEvery {
+		e.unflushed = 0
+		vfs.StartWriteback(e.f) // a hint: Commit's Sync reports real failures
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io/fs"
+	"sync"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 
 	"github.com/drsync/drsync/blockhash"
 	"github.com/drsync/drsync/replica"
+	"github.com/drsync/drsync/vfs"
 	"github.com/drsync/drsync/vfs/memfs"
 	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
@@ -165,5 +167,62 @@ func TestDiscardedEpochLeavesNoImage(t *testing.T) {
 	}
 	if _, err := m.Stat(eagerImage); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("the discarded epoch's image: %v, want it removed", err)
+	}
+}
+
+// writebackFS counts the writeback requests made of the files it opens
+// for writing, by name.
+type writebackFS struct {
+	vfs.FS
+	mu    sync.Mutex
+	calls map[string]int
+}
+
+type writebackFile struct {
+	vfs.File
+	fs   *writebackFS
+	name string
+}
+
+func (w *writebackFS) OpenReadWrite(name string) (vfs.File, error) {
+	f, err := w.FS.OpenReadWrite(name)
+	if err != nil {
+		return nil, err
+	}
+	return &writebackFile{File: f, fs: w, name: name}, nil
+}
+
+func (f *writebackFile) StartWriteback() error {
+	f.fs.mu.Lock()
+	defer f.fs.mu.Unlock()
+	f.fs.calls[f.name]++
+	return nil
+}
+
+// A new image's writeback starts every 8 MiB written into it while the
+// epoch is staged, so the commit's sync finds the data mostly on disk.
+func TestNewImageWrittenBackAsItArrives(t *testing.T) {
+	const size, bs, chunk = 20 << 20, 4096, 4 << 20
+	wfs := &writebackFS{FS: memfs.New(), calls: map[string]int{}}
+	s := replica.FileStore{FS: wfs, Root: "/replicas", Now: func() time.Time { return time.Unix(1_700_000_000, 0) }}
+	h, err := s.Open(t.Context(), "web-1", replica.OpenOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	b := &wire.EpochBegin{Epoch: 1, Cut: time.Unix(1_700_000_000, 0).UTC(), Plan: 1, Items: 5, Bytes: size,
+		Targets: []wire.Target{{ID: 0, Kind: vmspec.KindDisk, Name: "vda", Size: size, BlockSize: bs}}}
+	if err := h.Begin(b); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		if err := h.Append(&wire.DiskExtent{Seq: uint64(i), Target: 0, Offset: uint64(i * chunk), Data: bytes.Repeat([]byte{byte(i + 1)}, chunk)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wfs.mu.Lock()
+	defer wfs.mu.Unlock()
+	if got := wfs.calls[eagerImage]; got != 2 { // at 8 and 16 MiB
+		t.Errorf("writeback of %s asked %d times for 20 MiB, want 2 (calls: %v)", eagerImage, got, wfs.calls)
 	}
 }

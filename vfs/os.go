@@ -216,3 +216,9 @@ func (f *osFile) writeZeros(off, n int64) error {
 	}
 	return nil
 }
+
+// StartWriteback asks the kernel to begin writing f's dirty pages to disk
+// now, without waiting for them.
+func (f *osFile) StartWriteback() error {
+	return unix.SyncFileRange(int(f.Fd()), 0, 0, unix.SYNC_FILE_RANGE_WRITE)
+}
