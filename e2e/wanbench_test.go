@@ -133,6 +133,12 @@ func drsyncOverWAN(b *testing.B, em *wanemu.Emulator, link wanbench.Link, g wanb
 		return row, err
 	}
 	row.InitialSync, row.InitialBytes = time.Since(start), linkBytes(em)-bytes0
+	// Where the receiver's commit of the initial sync went (its phases).
+	for _, l := range strings.Split(p.rcv.Log(), "\n") {
+		if strings.Contains(l, `msg="epoch applied"`) && strings.Contains(l, " epoch=1 ") {
+			b.Logf("receiver, initial sync: %s", l[strings.Index(l, "epoch=1 "):])
+		}
+	}
 	if err := wait(2, 10*time.Minute); err != nil {
 		return row, err
 	}

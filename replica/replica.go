@@ -99,6 +99,7 @@ type Replica struct {
 	man    *Manifest
 	tables map[string]*blockhash.Table // by kind/name
 	st     *stage
+	phases phases // of the commit under way, for its log line
 	jw     *journal.Writer
 	synced int // items of st durable in the journal
 	broken error
@@ -621,6 +622,7 @@ func (r *Replica) Commit(c *wire.EpochCommit) error {
 		}
 		return err
 	}
+	r.phases = newPhases()
 	if _, err := r.Sync(); err != nil {
 		return err
 	}
@@ -628,6 +630,7 @@ func (r *Replica) Commit(c *wire.EpochCommit) error {
 	if err != nil {
 		return r.fail(err)
 	}
+	r.phases.mark("check")
 	for _, sd := range c.States {
 		t := st.targets[sd.Target]
 		if got := tables[key(t.Kind, t.Name)].Digest(); got != sd.Digest {
@@ -651,6 +654,7 @@ func (r *Replica) Commit(c *wire.EpochCommit) error {
 		return r.fail(fmt.Errorf("epoch %d commit: %w (%w)", c.Epoch, err, ErrStorage))
 	}
 	st.commit = c
+	r.phases.mark("reserve")
 	return r.fail(r.apply())
 }
 
@@ -880,6 +884,9 @@ func (r *Replica) apply() error {
 	wrap := func(what string, err error) error {
 		return fmt.Errorf("apply epoch %d: %s: %w (%w)", epoch, what, err, ErrStorage)
 	}
+	if r.phases.start.IsZero() {
+		r.phases = newPhases() // recovery applies without a Commit
+	}
 	tables, err := r.newTables(st)
 	if err != nil {
 		return err
@@ -945,6 +952,7 @@ func (r *Replica) apply() error {
 			return wrap("write images", err)
 		}
 	}
+	r.phases.mark("images")
 	view := func(target uint16, off int64, n int) ([]byte, error) {
 		b := make([]byte, n)
 		_, err := images[target].ReadAt(b, off)
@@ -959,12 +967,14 @@ func (r *Replica) apply() error {
 	}, view); err != nil {
 		return wrap("apply page references", err)
 	}
+	r.phases.mark("refs")
 	for id, f := range images {
 		if err := f.Sync(); err != nil {
 			return wrap("sync image "+r.fileFor(st, id), err)
 		}
 	}
 	r.dropEager(nil) // their files are the images now
+	r.phases.mark("sync")
 	if err := r.writeTables(st, tables); err != nil {
 		return err
 	}
@@ -1015,7 +1025,9 @@ func (r *Replica) apply() error {
 	if keep, known := r.keepRule(); known && (keep > 0 || old.Epoch > 0) {
 		r.prunePoints(keep)
 	}
-	r.log.Info("epoch applied", "epoch", epoch, "items", len(st.items), "bytes", st.bytes)
+	r.phases.mark("finish")
+	r.log.Info("epoch applied", append([]any{"epoch", epoch, "items", len(st.items), "bytes", st.bytes}, r.phases.attrs()...)...)
+	r.phases = phases{}
 	return nil
 }
 
