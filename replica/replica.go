@@ -428,7 +428,7 @@ func (r *Replica) recover() error {
 	case recovery.Replay:
 		r.st = st
 		r.unlock.note(r.who(fmt.Sprintf("applying epoch %d (an apply a crash interrupted)", st.begin.Epoch)))
-		return r.apply()
+		return r.apply(nil)
 	case recovery.Resume:
 		jw, err := journal.OpenAppend(r.o.FS, jpath, validLen)
 		if err != nil {
@@ -655,7 +655,7 @@ func (r *Replica) Commit(c *wire.EpochCommit) error {
 	}
 	st.commit = c
 	r.phases.mark("reserve")
-	return r.fail(r.apply())
+	return r.fail(r.apply(tables))
 }
 
 func (r *Replica) discardStaged() {
@@ -877,8 +877,10 @@ func (r *Replica) writeDeviceState(st *stage) error {
 
 // apply writes the committed staged epoch into the images and tables, then
 // replaces the manifest and removes the journal. It is idempotent: a crash
-// anywhere inside it is repaired by running it again.
-func (r *Replica) apply() error {
+// anywhere inside it is repaired by running it again. tables are the
+// epoch's tables if Commit has just computed them (reading every staged
+// block again costs a first epoch its whole size), nil on recovery.
+func (r *Replica) apply(tables map[string]*blockhash.Table) error {
 	st := r.st
 	epoch := st.begin.Epoch
 	wrap := func(what string, err error) error {
@@ -887,9 +889,11 @@ func (r *Replica) apply() error {
 	if r.phases.start.IsZero() {
 		r.phases = newPhases() // recovery applies without a Commit
 	}
-	tables, err := r.newTables(st)
-	if err != nil {
-		return err
+	if tables == nil {
+		var err error
+		if tables, err = r.newTables(st); err != nil {
+			return err
+		}
 	}
 	for _, sd := range st.commit.States {
 		t := st.targets[sd.Target]
