@@ -48,7 +48,7 @@ const writebackEvery = 8 << 20
 // startEager opens, empty, the image of every new target of the stage
 // just begun.
 func (r *Replica) startEager(st *stage) {
-	r.eager = map[uint16]*eagerImage{}
+	r.eager, r.early = map[uint16]*eagerImage{}, newEarlyRefs()
 	for id, t := range st.targets {
 		if t.base != nil {
 			continue
@@ -74,8 +74,19 @@ func (r *Replica) startEager(st *stage) {
 
 // eagerWrite writes item it into its target's eager image, if it has one.
 func (r *Replica) eagerWrite(it wire.Item) {
+	if ref, ok := it.(*wire.PageRef); ok {
+		r.earlyRef(ref)
+		return
+	}
 	t, ok := imageTarget(it)
-	if !ok || r.eager[t] == nil {
+	if !ok {
+		return
+	}
+	if r.early != nil {
+		off, n := itemRange(it)
+		r.early.noteWrite(t, off, n)
+	}
+	if r.eager[t] == nil {
 		return
 	}
 	e := r.eager[t]
@@ -128,7 +139,7 @@ func (r *Replica) dropEager(why error) {
 	if why != nil && r.eager != nil {
 		r.log.Warn("new images will be written at commit instead of as items arrive", "err", why)
 	}
-	r.eager = nil
+	r.eager, r.early = nil, nil
 }
 
 // removeEager drops the eager images of a stage that will not be applied

@@ -3,7 +3,9 @@ package replica_test
 import (
 	"bytes"
 	"errors"
+	"io"
 	"io/fs"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -224,5 +226,128 @@ func TestNewImageWrittenBackAsItArrives(t *testing.T) {
 	defer wfs.mu.Unlock()
 	if got := wfs.calls[eagerImage]; got != 2 { // at 8 and 16 MiB
 		t.Errorf("writeback of %s asked %d times for 20 MiB, want 2 (calls: %v)", eagerImage, got, wfs.calls)
+	}
+}
+
+// refEpoch is a first epoch of a 64 KiB disk (target 0) and 64 KiB of RAM
+// (target 1) made of items, whose end state is disk and ram.
+func refEpoch(items []wire.Item, disk, ram []byte) (*wire.EpochBegin, *wire.EpochCommit) {
+	const bs = 4096
+	var data uint64
+	dig := wire.NewEpochDigest(1)
+	for _, it := range items {
+		var dh uint64
+		if d := wire.DataOf(it); d != nil {
+			dh = xxhash.Sum64(d)
+			data += uint64(len(d))
+		}
+		dig.Add(wire.Summarize(it, dh))
+	}
+	b := &wire.EpochBegin{Epoch: 1, Cut: time.Unix(1_700_000_000, 0).UTC(), Plan: 1, Items: uint64(len(items)), Bytes: data,
+		Targets: []wire.Target{
+			{ID: 0, Kind: vmspec.KindDisk, Name: "vda", Size: uint64(len(disk)), BlockSize: bs},
+			{ID: 1, Kind: vmspec.KindRAM, Name: "pc.ram", Size: uint64(len(ram)), BlockSize: vmspec.PageSize},
+		}}
+	c := &wire.EpochCommit{Epoch: 1, Items: uint64(len(items)), Digest: dig.Sum(),
+		States: []wire.TargetDigest{
+			{Target: 0, Digest: blockhash.Of(disk, bs).Digest()},
+			{Target: 1, Digest: blockhash.Of(ram, vmspec.PageSize).Digest()},
+		}}
+	return b, c
+}
+
+// ramImage reads the RAM target's image file, whatever its name.
+func ramImage(t *testing.T, m *memfs.FS) []byte {
+	t.Helper()
+	names, err := m.List("/replicas/web-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range names {
+		if strings.HasPrefix(n, "ram-") && strings.HasSuffix(n, ".img") {
+			f, err := m.Open("/replicas/web-1/" + n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			b := make([]byte, 64<<10)
+			if _, err := f.ReadAt(b, 0); err != nil && err != io.EOF {
+				t.Fatal(err)
+			}
+			return b
+		}
+	}
+	t.Fatalf("no RAM image among %v", names)
+	return nil
+}
+
+// A first epoch's references are written into the RAM image as they
+// arrive, and the committed image is what apply's rule says (references
+// last, reading every target after its data) even when an item staged
+// after a reference changes its source or its page: apply then writes the
+// references again.
+func TestReferencesAppliedAsTheyArrive(t *testing.T) {
+	const pg = vmspec.PageSize
+	a, b := bytes.Repeat([]byte{0xaa}, pg), bytes.Repeat([]byte{0xbb}, pg)
+	ref := &wire.PageRef{Target: 1, Page: 2, Count: 1, Source: wire.RefDisk, SrcTarget: 0, SrcOffset: 0}
+	withA := func() []byte { d := make([]byte, 64<<10); copy(d, a); return d }
+	ramWith := func(p []byte) []byte { r := make([]byte, 64<<10); copy(r[2*pg:], p); return r }
+	for _, tc := range []struct {
+		name  string
+		items []wire.Item
+		early bool // the reference's page holds its source before the commit
+		disk  []byte
+		ram   []byte
+	}{
+		{"source first", []wire.Item{&wire.DiskExtent{Target: 0, Offset: 0, Data: a}, ref}, true, withA(), ramWith(a)},
+		{"source after the reference", []wire.Item{ref, &wire.DiskExtent{Target: 0, Offset: 0, Data: a}}, false, withA(), ramWith(a)},
+		{"page written after the reference", []wire.Item{&wire.DiskExtent{Target: 0, Offset: 0, Data: a}, ref, &wire.MemRun{Target: 1, Page: 2, Data: b}}, false, withA(), ramWith(a)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			items := make([]wire.Item, len(tc.items))
+			for i, it := range tc.items {
+				switch it := it.(type) {
+				case *wire.PageRef:
+					c := *it
+					c.Seq = uint64(i)
+					items[i] = &c
+				case *wire.DiskExtent:
+					c := *it
+					c.Seq = uint64(i)
+					items[i] = &c
+				case *wire.MemRun:
+					c := *it
+					c.Seq = uint64(i)
+					items[i] = &c
+				}
+			}
+			begin, commit := refEpoch(items, tc.disk, tc.ram)
+			m := memfs.New()
+			h, err := fileStore(m).Open(t.Context(), "web-1", replica.OpenOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer h.Close()
+			if err := h.Begin(begin); err != nil {
+				t.Fatal(err)
+			}
+			for _, it := range items {
+				if err := h.Append(it); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := ramImage(t, m)[2*pg : 3*pg]; tc.early && !bytes.Equal(got, a) {
+				t.Errorf("before the commit the reference's page holds %x…, want its source %x…", got[:4], a[:4])
+			}
+			if _, err := h.Sync(); err != nil {
+				t.Fatal(err)
+			}
+			if err := h.Commit(commit); err != nil {
+				t.Fatal(err)
+			}
+			if got := ramImage(t, m); !bytes.Equal(got, tc.ram) {
+				t.Errorf("committed RAM page 2 holds %x…, want %x…", got[2*pg:2*pg+4], tc.ram[2*pg:2*pg+4])
+			}
+		})
 	}
 }

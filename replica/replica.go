@@ -99,7 +99,8 @@ type Replica struct {
 	man    *Manifest
 	tables map[string]*blockhash.Table // by kind/name
 	st     *stage
-	phases phases // of the commit under way, for its log line
+	phases phases     // of the commit under way, for its log line
+	early  *earlyRefs // the references staged into eager images, nil without them
 	jw     *journal.Writer
 	synced int // items of st durable in the journal
 	broken error
@@ -686,7 +687,7 @@ type viewFunc func(target uint16, off int64, n int) ([]byte, error)
 
 // forRefs calls fn for each PageRef in order with its source bytes.
 func (r *Replica) forRefs(st *stage, fn func(it stagedItem, src []byte) error, view viewFunc) error {
-	return st.forRefs(fn, view)
+	return st.forRefs(nil, fn, view)
 }
 
 // endView reads targets as they are at the end of the staged epoch's data
@@ -965,7 +966,12 @@ func (r *Replica) apply(tables map[string]*blockhash.Table) error {
 		}
 		return b, nil
 	}
-	if err := r.forRefs(st, func(it stagedItem, src []byte) error {
+	// References already in the eager images (early.go) are not read again.
+	early := 0
+	if r.early != nil && !r.early.redo {
+		early = r.early.n
+	}
+	if err := st.forRefs(r.appliedEarly, func(it stagedItem, src []byte) error {
 		_, err := images[it.Target].WriteAt(src, itemOffset(it))
 		return err
 	}, view); err != nil {
@@ -1030,7 +1036,7 @@ func (r *Replica) apply(tables map[string]*blockhash.Table) error {
 		r.prunePoints(keep)
 	}
 	r.phases.mark("finish")
-	r.log.Info("epoch applied", append([]any{"epoch", epoch, "items", len(st.items), "bytes", st.bytes}, r.phases.attrs()...)...)
+	r.log.Info("epoch applied", append([]any{"epoch", epoch, "items", len(st.items), "bytes", st.bytes, "refs_early", early}, r.phases.attrs()...)...)
 	r.phases = phases{}
 	return nil
 }

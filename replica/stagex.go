@@ -54,7 +54,7 @@ func (st *stage) tablesAfter(old map[string]*blockhash.Table, view viewFunc) (ma
 			}
 		}
 	}
-	if err := st.forRefs(func(it stagedItem, src []byte) error {
+	if err := st.forRefs(nil, func(it stagedItem, src []byte) error {
 		tab := byID[it.Target]
 		for i := uint64(0); i < it.Length; i++ {
 			tab.Hashes[it.Offset+i] = blockhash.Hash(src[i*vmspec.PageSize : (i+1)*vmspec.PageSize])
@@ -66,10 +66,11 @@ func (st *stage) tablesAfter(old map[string]*blockhash.Table, view viewFunc) (ma
 	return out, nil
 }
 
-// forRefs calls fn for each PageRef in order with its source bytes.
-func (st *stage) forRefs(fn func(it stagedItem, src []byte) error, view viewFunc) error {
+// forRefs calls fn for each PageRef in order with its source bytes, but
+// for those skip (if not nil) says to leave out.
+func (st *stage) forRefs(skip func(stagedItem) bool, fn func(it stagedItem, src []byte) error, view viewFunc) error {
 	for _, it := range st.items {
-		if it.Type != wire.TypePageRef {
+		if it.Type != wire.TypePageRef || skip != nil && skip(it) {
 			continue
 		}
 		off := int64(it.SrcOffset)
@@ -219,7 +220,7 @@ func (s *Stage) Overlay(target uint16, off int64, out []byte, read func(loc int6
 // Refs calls fn for each PageRef of the epoch in order, with where it
 // writes (target and byte offset) and its source bytes read through view.
 func (s *Stage) Refs(fn func(target uint16, off int64, src []byte) error, view func(target uint16, off int64, n int) ([]byte, error)) error {
-	return s.s.forRefs(func(it stagedItem, src []byte) error {
+	return s.s.forRefs(nil, func(it stagedItem, src []byte) error {
 		return fn(it.Target, itemOffset(it), src)
 	}, view)
 }
