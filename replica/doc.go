@@ -25,7 +25,9 @@
 // first epoch) is the exception to "images are written at apply": its
 // image file is one no committed epoch uses, so its data and zero items
 // are written into it as they are staged, beside the journal, and apply
-// has nothing left to write for it (eager.go). The file becomes part of
+// has nothing left to write for it (eager.go); page references between
+// such images are applied as they arrive as well, unless an item staged
+// after one changes what it read or wrote (early.go). The file becomes part of
 // the replica only with the manifest written after the commit; a stage
 // replaced or discarded empties or removes it, and after a restart the
 // commit starts it empty and apply writes it from the journal.
