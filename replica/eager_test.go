@@ -301,6 +301,8 @@ func TestReferencesAppliedAsTheyArrive(t *testing.T) {
 	}{
 		{"source first", []wire.Item{&wire.DiskExtent{Target: 0, Offset: 0, Data: a}, ref}, true, withA(), ramWith(a)},
 		{"source after the reference", []wire.Item{ref, &wire.DiskExtent{Target: 0, Offset: 0, Data: a}}, false, withA(), ramWith(a)},
+		{"source in RAM", []wire.Item{&wire.MemRun{Target: 1, Page: 0, Data: b}, &wire.PageRef{Target: 1, Page: 2, Count: 1, Source: wire.RefPage, SrcTarget: 1, SrcOffset: 0}},
+			true, make([]byte, 64<<10), func() []byte { r := ramWith(b); copy(r, b); return r }()},
 		{"page written after the reference", []wire.Item{&wire.DiskExtent{Target: 0, Offset: 0, Data: a}, ref, &wire.MemRun{Target: 1, Page: 2, Data: b}}, false, withA(), ramWith(a)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -336,8 +338,8 @@ func TestReferencesAppliedAsTheyArrive(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			if got := ramImage(t, m)[2*pg : 3*pg]; tc.early && !bytes.Equal(got, a) {
-				t.Errorf("before the commit the reference's page holds %x…, want its source %x…", got[:4], a[:4])
+			if got, want := ramImage(t, m)[2*pg:3*pg], tc.ram[2*pg:3*pg]; tc.early && !bytes.Equal(got, want) {
+				t.Errorf("before the commit the reference's page holds %x…, want its source %x…", got[:4], want[:4])
 			}
 			if _, err := h.Sync(); err != nil {
 				t.Fatal(err)
