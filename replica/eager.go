@@ -78,12 +78,11 @@ func (r *Replica) eagerWrite(it wire.Item) {
 		r.earlyRef(ref)
 		return
 	}
-	t, ok := imageTarget(it)
+	t, off, n, ok := imageTarget(it)
 	if !ok {
 		return
 	}
 	if r.early != nil {
-		off, n := itemRange(it)
 		r.early.noteWrite(t, off, n)
 	}
 	if r.eager[t] == nil {
@@ -94,25 +93,31 @@ func (r *Replica) eagerWrite(it wire.Item) {
 		r.dropEager(fmt.Errorf("epoch %d item %d: %w", r.st.begin.Epoch, it.ItemSeq(), err))
 		return
 	}
-	e.unflushed += int64(len(wire.DataOf(it)))
+	e.wrote(len(wire.DataOf(it)))
+}
+
+// wrote counts n bytes just written into the image and starts its
+// writeback every writebackEvery bytes.
+func (e *eagerImage) wrote(n int) {
+	e.unflushed += int64(n)
 	if e.unflushed >= writebackEvery {
 		e.unflushed = 0
 		vfs.StartWriteback(e.f) // a hint: Commit's Sync reports real failures
 	}
 }
 
-// imageTarget is the target a data or zero item writes; ok is false for
-// any other frame.
-func imageTarget(fr wire.Frame) (target uint16, ok bool) {
+// imageTarget is the target a data or zero item writes and the byte range
+// it writes there; ok is false for any other frame.
+func imageTarget(fr wire.Frame) (target uint16, off, length uint64, ok bool) {
 	switch f := fr.(type) {
 	case *wire.DiskExtent:
-		return f.Target, true
+		return f.Target, f.Offset, uint64(len(f.Data)), true
 	case *wire.MemRun:
-		return f.Target, true
+		return f.Target, f.Page * vmspec.PageSize, uint64(len(f.Data)), true
 	case *wire.ZeroRun:
-		return f.Target, true
+		return f.Target, f.Offset, f.Length, true
 	}
-	return 0, false
+	return 0, 0, 0, false
 }
 
 // writeItem writes a data or zero item into f, its target's image.

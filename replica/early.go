@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/drsync/drsync/vfs"
 	"github.com/drsync/drsync/vmspec"
 	"github.com/drsync/drsync/wire"
 )
@@ -60,19 +59,6 @@ func (e *earlyRefs) noteWrite(target uint16, off, length uint64) {
 	}
 }
 
-// itemRange is the byte range a data or zero item writes.
-func itemRange(fr wire.Frame) (off, length uint64) {
-	switch f := fr.(type) {
-	case *wire.DiskExtent:
-		return f.Offset, uint64(len(f.Data))
-	case *wire.MemRun:
-		return f.Page * vmspec.PageSize, uint64(len(f.Data))
-	case *wire.ZeroRun:
-		return f.Offset, f.Length
-	}
-	return 0, 0
-}
-
 // refSource is the first page and page count of what ref reads.
 func refSource(ref *wire.PageRef) (first, n uint64) {
 	if ref.Source == wire.RefPage {
@@ -121,11 +107,7 @@ func (r *Replica) earlyRef(ref *wire.PageRef) {
 	e.read[ref.SrcTarget] = e.read[ref.SrcTarget].add(srcFirst, n)
 	e.wrote[ref.Target] = e.wrote[ref.Target].add(ref.Page, n)
 	e.n++
-	dst.unflushed += int64(size)
-	if dst.unflushed >= writebackEvery {
-		dst.unflushed = 0
-		vfs.StartWriteback(dst.f)
-	}
+	dst.wrote(size)
 }
 
 // appliedEarly says whether apply may skip it, a staged reference.

@@ -429,6 +429,7 @@ func (r *Replica) recover() error {
 	case recovery.Replay:
 		r.st = st
 		r.unlock.note(r.who(fmt.Sprintf("applying epoch %d (an apply a crash interrupted)", st.begin.Epoch)))
+		r.phases = newPhases()
 		return r.apply(nil)
 	case recovery.Resume:
 		jw, err := journal.OpenAppend(r.o.FS, jpath, validLen)
@@ -685,11 +686,6 @@ func itemOffset(it stagedItem) int64 {
 // viewFunc reads n bytes of a target at off.
 type viewFunc func(target uint16, off int64, n int) ([]byte, error)
 
-// forRefs calls fn for each PageRef in order with its source bytes.
-func (r *Replica) forRefs(st *stage, fn func(it stagedItem, src []byte) error, view viewFunc) error {
-	return st.forRefs(nil, fn, view)
-}
-
 // endView reads targets as they are at the end of the staged epoch's data
 // and zero items, before any reference is applied: staged data from the
 // journal, staged zeros, otherwise the committed image. References never
@@ -887,9 +883,6 @@ func (r *Replica) apply(tables map[string]*blockhash.Table) error {
 	wrap := func(what string, err error) error {
 		return fmt.Errorf("apply epoch %d: %s: %w (%w)", epoch, what, err, ErrStorage)
 	}
-	if r.phases.start.IsZero() {
-		r.phases = newPhases() // recovery applies without a Commit
-	}
 	if tables == nil {
 		var err error
 		if tables, err = r.newTables(st); err != nil {
@@ -938,7 +931,7 @@ func (r *Replica) apply(tables map[string]*blockhash.Table) error {
 	// new targets written as their items arrived already hold theirs.
 	if r.journalWrites(st) {
 		_, tail, err := journal.Scan(r.o.FS, r.p(journalName), r.o.VM, func(off int64, fr wire.Frame) error {
-			if t, ok := imageTarget(fr); ok {
+			if t, _, _, ok := imageTarget(fr); ok {
 				if r.eager[t] != nil {
 					return nil
 				}
