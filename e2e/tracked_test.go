@@ -132,9 +132,9 @@ func TestTrackedSubSecondEpochs(t *testing.T) {
 	qemuDown := qemuDowntime(t, vm.QMPSocket)
 	t.Logf("%d epochs in %v after the first (mean interval %v, min_interval 200ms); %d verified during the run (verify ran %v of it) and the last (%d) after it",
 		epochs, elapsed.Round(time.Millisecond), (elapsed / time.Duration(max(epochs, 1))).Round(time.Millisecond), len(verified), verifying.Round(time.Second), m.Epoch)
-	t.Logf("tracked epochs: cut to commit median %v (send %v); guest pause median %v, max %v, of which after QEMU's migration completed (scan and copy of written pages, fleecing, cont) median %v (scan and copy %v; QMP steps' medians: %s); "+
+	t.Logf("tracked epochs: cut to commit median %v (send %v); guest pause median %v, max %v, %d of %d cuts by background snapshot (freeze: the cut's work with the guest stopped, scan and copy of written pages and transaction; fleece: before the stop; cont: migrate to QEMU's RESUME); freeze median %v (scan and copy %v; QMP steps' medians: %s); "+
 		"QEMU's own downtime migrating the same guest (all of RAM) to /dev/null: median %v (pause/downtime %.2f)",
-		median(durations), median(sends), medPause.Round(100*time.Microsecond), slices.Max(pauses).Round(100*time.Microsecond),
+		median(durations), median(sends), medPause.Round(100*time.Microsecond), slices.Max(pauses).Round(100*time.Microsecond), strings.Count(log, "background=true"), len(freezes),
 		median(freezes).Round(100*time.Microsecond), median(scans).Round(10*time.Microsecond), strings.Join(steps, ", "), qemuDown, float64(medPause)/float64(max(qemuDown, time.Millisecond)))
 	t.Logf("drsync status:\n%s", table)
 	if epochs < 10 {
@@ -193,6 +193,20 @@ func qemuDowntime(t *testing.T, sock string) time.Duration {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	// The sender must not leave a background snapshot armed: the
+	// operator's next migration would be one, its source running on.
+	var caps []struct {
+		Capability string
+		State      bool
+	}
+	if err := s.Execute(ctx, "query-migrate-capabilities", nil, &caps); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range caps {
+		if c.Capability == "background-snapshot" && c.State {
+			t.Error("the sender left QEMU's background-snapshot capability on")
+		}
+	}
 	// A tracked cut may have left shared RAM out of migrations.
 	if err := s.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": false}}}, nil); err != nil {
 		t.Fatal(err)

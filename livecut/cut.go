@@ -58,6 +58,9 @@ type cut struct {
 	precopyPages int
 	// The freeze's QMP steps (CutStats.Fleece, Transaction).
 	fleeceTime, txTime time.Duration
+	// background: the device state is saved by a background snapshot
+	// (background.go), the guest stopped by the cut itself beforehand.
+	background bool
 }
 
 // CutStats describes the capture of one cut.
@@ -80,7 +83,13 @@ type CutStats struct {
 	// Pass is how the migration ran: PassStopped (the guest stopped
 	// before it) or PassLive.
 	Pass Pass
-	Scan time.Duration // scan and copy of written pages, guest stopped
+	// Background: the device state came from a background snapshot
+	// (background.go). The guest stopped for the RAM scan, the disks'
+	// transaction and QEMU's device save, with no disk inactivated:
+	// Fleece ran before the stop, Freeze is the scan and transaction,
+	// Cont is from migrate to QEMU's RESUME.
+	Background bool
+	Scan       time.Duration // scan and copy of written pages, guest stopped
 	// Precopy is the scan and copy of written pages while the guest
 	// still ran, PrecopyPages how many it copied: the stopped window
 	// copies only the pages written after it.
@@ -119,6 +128,14 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 			if cerr := c.close(); cerr != nil {
 				s.log.Warn("tearing down a failed cut", "err", cerr)
 			}
+			if s.backgroundOn && sess.Err() == nil {
+				// Left on, an operator's migration would be a snapshot.
+				rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+				defer cancel()
+				if rerr := s.resetCaptureCaps(rctx, sess); rerr != nil {
+					s.log.Warn("could not turn background-snapshot off after a failed cut", "err", rerr)
+				}
+			}
 		}
 	}()
 	s.open = c
@@ -137,6 +154,19 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 	sizes, err := c.prepareDisks(ctx, sess)
 	if err != nil {
 		return nil, err
+	}
+	// A full cut migrates all of RAM, a tracked one leaves the shared
+	// backend out, and takes its device state by a background snapshot
+	// where QEMU allows (not a final cut's: QEMU resumes the guest).
+	if c.background, err = s.setCaptureCaps(ctx, sess, c.tracked, c.tracked && !s.o.Final); err != nil {
+		return nil, fmt.Errorf("livecut: %w", err)
+	}
+	if c.background {
+		// No migration inactivates the disks on this path, so the
+		// fleecing nodes are added while the guest runs.
+		if err := c.addFleeceNodes(ctx, sess); err != nil {
+			return nil, fmt.Errorf("livecut: %w", err)
+		}
 	}
 	if err := c.precopy(); err != nil {
 		return nil, err
@@ -165,7 +195,7 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 	stoppedPass := s.stoppedPass && !(c.tracked && s.o.Pass == PassAuto)
 	// From here until the guest runs again, a sender that dies leaves the
 	// mark, and its guard (or the next sender) resumes the guest.
-	if err := s.markCutStopped(c.gen, stoppedPass); err != nil {
+	if err := s.markCutStopped(c.gen, stoppedPass || c.background); err != nil {
 		cap.abort()
 		return nil, fmt.Errorf("livecut: %w", err)
 	}
@@ -185,12 +215,15 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 		cap.abort()
 		return nil, fmt.Errorf("livecut: %w", err)
 	}
-	if err := s.setIgnoreShared(cctx, sess, c.tracked); err != nil {
-		cap.abort()
-		return nil, fmt.Errorf("livecut: %w", err)
-	}
-	sub := sess.Subscribe("STOP", "MIGRATION", "SHUTDOWN")
+	sub := sess.Subscribe("STOP", "RESUME", "MIGRATION", "SHUTDOWN")
 	defer sub.Close()
+	if c.background {
+		snap, err := c.backgroundCut(ctx, cctx, sess, sub, cap, sizes, &marked)
+		if err != nil {
+			return nil, err
+		}
+		return snap, nil
+	}
 	t := cutTimes{migStart: time.Now(), pass: PassLive}
 	if stoppedPass {
 		t.pass = PassStopped
@@ -336,17 +369,23 @@ func (s *Source) awaitMigration(ctx, cctx context.Context, sess Monitor, sub qmp
 			return at, nil
 		}
 		if st == "failed" || st == "cancelled" {
-			var mig struct {
-				ErrorDesc string `json:"error-desc"`
-			}
-			sess.Execute(ctx, "query-migrate", nil, &mig)
-			desc := mig.ErrorDesc
-			if desc == "" {
-				desc = "QEMU gave no reason (a block job still holding the disks makes completion fail)"
-			}
-			return time.Time{}, fmt.Errorf("livecut: migration %s: %s: %w", st, desc, ErrCutFailed)
+			return time.Time{}, s.migrationFailed(ctx, sess, st)
 		}
 	}
+}
+
+// migrationFailed explains a cut's migration that ended in status st
+// (failed, cancelled) with QEMU's reason, asked within ctx.
+func (s *Source) migrationFailed(ctx context.Context, sess Monitor, st string) error {
+	var mig struct {
+		ErrorDesc string `json:"error-desc"`
+	}
+	sess.Execute(ctx, "query-migrate", nil, &mig)
+	desc := mig.ErrorDesc
+	if desc == "" {
+		desc = "QEMU gave no reason (a block job still holding the disks makes completion fail)"
+	}
+	return fmt.Errorf("livecut: migration %s: %s: %w", st, desc, ErrCutFailed)
 }
 
 // whileStopped is a cut's work with its guest stopped and its migration
@@ -368,7 +407,7 @@ func (c *cut) whileStopped(ctx context.Context, sess Monitor) (scanErr, frozenEr
 func (c *cut) afterResume(ctx context.Context, sess Monitor, scanErr error) error {
 	s := c.s
 	if c.tracked {
-		if err := s.setIgnoreShared(ctx, sess, false); err != nil {
+		if err := s.resetCaptureCaps(ctx, sess); err != nil {
 			s.log.Warn("could not turn x-ignore-shared off after a tracked cut", "err", err)
 		}
 	}
@@ -407,6 +446,9 @@ func (c *cut) settle(ctx, cctx context.Context, sess Monitor, cap *capture, size
 	if c.tracked {
 		stats.RAMPath, stats.DirtyPages = RAMTracked, dirtylog.Pages(c.dirty)
 	}
+	if c.background {
+		backgroundStats(&stats, t)
+	}
 	if !t.stopAt.IsZero() {
 		stats.Pause = t.resumed.Sub(t.stopAt)
 	}
@@ -416,7 +458,7 @@ func (c *cut) settle(ctx, cctx context.Context, sess Monitor, cap *capture, size
 		return nil, err
 	}
 	s.log.Debug("cut", "gen", c.gen, "group", group != nil, "pause", stats.Pause, "downtime", stats.Downtime, "freeze", stats.Freeze, "fleece", stats.Fleece, "transaction", stats.Transaction, "cont", stats.Cont, "scan", stats.Scan, "precopy", stats.Precopy, "precopy_pages", stats.PrecopyPages, "capture", stats.Capture,
-		"stream_bytes", stats.StreamBytes, "ram", stats.RAMPath, "pass", stats.Pass, "dirty_pages", stats.DirtyPages, "chain", bitmap != "")
+		"stream_bytes", stats.StreamBytes, "ram", stats.RAMPath, "pass", stats.Pass, "background", stats.Background, "dirty_pages", stats.DirtyPages, "chain", bitmap != "")
 	return snap, nil
 }
 
@@ -551,24 +593,14 @@ func (s *Source) checkRunning(ctx context.Context, sess Monitor) error {
 // copy-before-write, so all three see the same instant.
 func (c *cut) freeze(ctx context.Context, sess Monitor) error {
 	s := c.s
-	t0 := time.Now()
-	for i, d := range s.o.Disks {
-		// Added only now: a node that exists before the migration completes
-		// is inactivated with the others and refuses to become a target.
-		n := fleeceNode(c.gen, i)
-		err := sess.Execute(ctx, "blockdev-add", map[string]any{
-			"driver": "qcow2", "node-name": n, "backing": d.Node,
-			"file": map[string]any{"driver": "file", "filename": c.files[i]},
-		}, nil)
-		if err != nil {
-			if outcomeUnknown(err) {
-				c.nodes = append(c.nodes, n)
-			}
-			return fmt.Errorf("fleecing node for disk %q: %w", d.Name, err)
+	if !c.background {
+		// Added only now: a node that exists before the migration
+		// completes is inactivated with the others and refuses to become
+		// a target.
+		if err := c.addFleeceNodes(ctx, sess); err != nil {
+			return err
 		}
-		c.nodes = append(c.nodes, n)
 	}
-	c.fleeceTime = time.Since(t0)
 	var actions []map[string]any
 	for i, d := range s.o.Disks {
 		if c.prev != nil {
@@ -593,6 +625,28 @@ func (c *cut) freeze(ctx context.Context, sess Monitor) error {
 	if err != nil {
 		return fmt.Errorf("cut transaction: %w", err)
 	}
+	return nil
+}
+
+// addFleeceNodes adds each disk's fleecing node: its overlay file, backed
+// by the disk's node.
+func (c *cut) addFleeceNodes(ctx context.Context, sess Monitor) error {
+	t0 := time.Now()
+	for i, d := range c.s.o.Disks {
+		n := fleeceNode(c.gen, i)
+		err := sess.Execute(ctx, "blockdev-add", map[string]any{
+			"driver": "qcow2", "node-name": n, "backing": d.Node,
+			"file": map[string]any{"driver": "file", "filename": c.files[i]},
+		}, nil)
+		if err != nil {
+			if outcomeUnknown(err) {
+				c.nodes = append(c.nodes, n)
+			}
+			return fmt.Errorf("fleecing node for disk %q: %w", d.Name, err)
+		}
+		c.nodes = append(c.nodes, n)
+	}
+	c.fleeceTime = time.Since(t0)
 	return nil
 }
 

@@ -32,9 +32,11 @@ import (
 // what the step returned. Lines starting with # are comments. Run with
 // -rewrite to regenerate the expected output (then read the diff).
 //
-//	vm [status=S] [migration=M] [downtime-limit=MS] [accel=tcg]
+//	vm [status=S] [migration=M] [downtime-limit=MS] [accel=tcg] [no-background="desc"]
 //	                                     a fake VM with disk0 (1 MiB) running
-//	                                     (under TCG: its cuts take a stopped pass)
+//	                                     (under TCG: its cuts take a stopped pass;
+//	                                     no-background: QEMU refuses background
+//	                                     snapshots with desc)
 //	source [final] [tracked]             a livecut.Source for disk vda = node disk0;
 //	                                     tracked: RAM tracking (pc.ram, Fake.TrackRAM)
 //	write page=N [page=M ...]            the guest writes pages of its RAM
@@ -154,6 +156,7 @@ func (s *cutScript) run(line string) string {
 		}
 		s.fake.Migration = args["migration"]
 		s.fake.TCG = args["accel"] == "tcg"
+		s.fake.NoBackground = args["no-background"]
 		if v := args["downtime-limit"]; v != "" {
 			n, err := strconv.Atoi(v)
 			if err != nil {
@@ -270,7 +273,11 @@ func (s *cutScript) run(line string) string {
 		}
 	case "stats":
 		st := s.src.LastCut()
-		return fmt.Sprintf("ram=%s pass=%s dirty-pages=%d", st.RAMPath, st.Pass, st.DirtyPages)
+		out := fmt.Sprintf("ram=%s pass=%s dirty-pages=%d", st.RAMPath, st.Pass, st.DirtyPages)
+		if st.Background {
+			out += " background"
+		}
+		return out
 	case "close":
 		if s.snap == nil {
 			t.Fatalf("%s: no open snapshot", line)

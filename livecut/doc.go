@@ -66,6 +66,15 @@
 // testdata/cut checks the command sequence of cuts and their failures,
 // and TestMonitor, the behaviours any implementation must have.
 //
+// A tracked cut takes its device state by a background snapshot where
+// QEMU allows it (background.go): the fleecing nodes are added while the
+// guest runs, the cut stops the guest itself, scans RAM and runs the
+// transaction, and a migration with the background-snapshot capability
+// saves the device state and resumes the guest, with no disk inactivated
+// and so no cont to activate them again. A QEMU that refuses the
+// capability gets the sequence above from then on. CutStats.Background
+// says which way a cut went.
+//
 // Tracked RAM (Options.SharedRAM, Options.TrackRAM; ramtrack.go): with
 // guest RAM in a shared memory backend, the first cut migrates all of RAM
 // and, guest stopped, arms a RAMTracker (dirtylog: write-protect-async
@@ -94,8 +103,9 @@
 // the guest stops first, then the device state migrates and the written
 // pages are copied), and a full group cut arms the tracking as a full
 // single cut does; a group's members may take different paths.
-// x-ignore-shared is turned off after each tracked cut, by a new session,
-// and by an aborted group cut, and a cut whose stream left shared RAM out
+// x-ignore-shared (and background-snapshot) is turned off after each
+// tracked cut, failed or not, by a new session, and by an aborted group
+// cut, and a cut whose stream left shared RAM out
 // without tracking is refused, so replicas never get zeros for RAM. A tracked cut's device state is kept
 // as a cut without x-ignore-shared would have it
 // (migstream.Skeleton.WithoutIgnoreShared), so a takeover loads it like

@@ -119,7 +119,7 @@ func (s *Source) PrepareGroupCut(ctx context.Context) (g *GroupCut, err error) {
 	}
 	// A full cut migrates all of RAM, a tracked one leaves the shared
 	// backend out.
-	if err := s.setIgnoreShared(ctx, sess, c.tracked); err != nil {
+	if _, err := s.setCaptureCaps(ctx, sess, c.tracked, false); err != nil {
 		return g, fmt.Errorf("livecut: %w", err)
 	}
 	g.sub = sess.Subscribe("STOP", "MIGRATION", "SHUTDOWN")
@@ -346,7 +346,7 @@ func (g *GroupCut) Abort() error {
 			errs = append(errs, err)
 		}
 		if g.c.tracked {
-			if err := s.setIgnoreShared(ctx, sess, false); err != nil {
+			if err := s.resetCaptureCaps(ctx, sess); err != nil {
 				errs = append(errs, err)
 			}
 		}

@@ -91,16 +91,6 @@ func (s *Source) dropTracking(why error) {
 	s.ram = nil
 }
 
-// setIgnoreShared sets QEMU's x-ignore-shared capability: on, a
-// migration leaves out RAM in shared backends. It is set for every cut of
-// a source that tracks RAM, and never touched by one that does not.
-func (s *Source) setIgnoreShared(ctx context.Context, sess Monitor, on bool) error {
-	if s.o.TrackRAM == nil {
-		return nil
-	}
-	return sess.Execute(ctx, "migrate-set-capabilities", map[string]any{"capabilities": []map[string]any{{"capability": "x-ignore-shared", "state": on}}}, nil)
-}
-
 // precopy runs before a tracked cut stops its guest: it scans for the
 // pages written since the last cut (which protects them again) and
 // copies them while the guest runs, so that the stopped window copies

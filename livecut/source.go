@@ -73,6 +73,12 @@ type Source struct {
 
 	ram      *ramTrack // the tracked RAM path, once started
 	trackOff bool      // tracking is unsupported here: never try again
+	// backgroundOff: QEMU refused a background snapshot (background.go);
+	// tracked cuts take the migration path from then on.
+	backgroundOff bool
+	// backgroundOn: background-snapshot may be on in QEMU (this source
+	// turned it on and has not seen it turned off).
+	backgroundOn bool
 }
 
 // cutIndex is a cut's generation and its disks' block tables.
@@ -224,8 +230,10 @@ func (s *Source) prepare(ctx context.Context, sess Monitor) error {
 	if err := s.choosePass(ctx, sess); err != nil {
 		return err
 	}
-	// A sender killed during a tracked cut leaves x-ignore-shared on.
-	if err := s.setIgnoreShared(ctx, sess, false); err != nil {
+	// A sender killed during a tracked cut leaves x-ignore-shared (and
+	// background-snapshot) on.
+	s.backgroundOn = hasBackground(sess.Version())
+	if err := s.resetCaptureCaps(ctx, sess); err != nil {
 		return fmt.Errorf("livecut: %w", err)
 	}
 	// Restored: a sender killed during a group cut leaves its hold limit.
@@ -423,6 +431,11 @@ func (s *Source) Close() error {
 	if s.sess != nil {
 		if s.sess.Err() == nil {
 			s.sess.Execute(context.Background(), "nbd-server-stop", nil, nil)
+			if s.backgroundOn {
+				// A cut cut short can leave it on; an operator's migration
+				// would then be a snapshot, its source running on.
+				err = errors.Join(err, s.resetCaptureCaps(context.Background(), s.sess))
+			}
 		}
 		err = errors.Join(err, s.sess.Close())
 		s.sess = nil

@@ -50,6 +50,9 @@
 //	| 0x03 END   | section_id be32 | RAM records | footer |
 //	footer: | 0x7E | section_id be32 |   (the id of the section it closes)
 //
+//	  A background snapshot (the background-snapshot capability) has
+//	  no END: its device tail follows the footer of its last PART.
+//
 //	device tail, kept verbatim:
 //	| 0x04 FULL | section_id | u8 n | idstr | instance_id | version_id | vmstate | footer | ...
 //	| 0x00 EOF | 0x06 VMDESCRIPTION | len be32 | JSON (len) |

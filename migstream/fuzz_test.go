@@ -22,7 +22,11 @@ func fuzzSeeds(t testing.TB) [][]byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	seeds := [][]byte{small, gpaSkel, res.Skeleton}
+	var bg sb // a background snapshot's layout: no RAM END
+	bg.header().start(2).memSize(false, blkRAM, blkVRAM).
+		page("pc.ram", 0, pageOf(1)).eos().footer(2).
+		part(2).zero("", 2*PageSize, 7).eos().footer(2).device()
+	seeds := [][]byte{small, gpaSkel, res.Skeleton, bg.bytes()}
 	for _, off := range []int{0, 9, 27, 44, 52, 60, 80, 4170, 4200, len(small) - 5} {
 		m := bytes.Clone(small)
 		m[off] ^= 0x20

@@ -38,6 +38,9 @@ type Stats struct {
 	Pages, ZeroPages int64 // records seen (all passes)
 	Sections         int   // RAM sections (START+PARTs+END)
 	StreamBytes      int64
+	// Background: the RAM sections ended with no RAM END, the device
+	// state following the last PART (a background snapshot's stream).
+	Background bool
 }
 
 // Result is what Parse returns for a complete stream.
@@ -191,6 +194,9 @@ func (p *parser) run() error {
 		return err
 	}
 	for !p.ended {
+		if p.backgroundTail() {
+			break
+		}
 		if err := p.section(); err != nil {
 			return err
 		}
@@ -200,6 +206,24 @@ func (p *parser) run() error {
 	}
 	p.stats.StreamBytes = p.r.off
 	return nil
+}
+
+// backgroundTail says whether the device tail starts here, right after a
+// RAM section's footer with no RAM END: the layout of a background
+// snapshot (the background-snapshot capability), whose migration thread
+// writes RAM by PART sections only, then the device state it saved when
+// the guest stopped. A precopy stream never has a FULL section before
+// RAM END, so this accepts nothing a precopy stream could mean otherwise.
+func (p *parser) backgroundTail() bool {
+	if !p.started || p.skeleton {
+		return false
+	}
+	next, _ := p.r.br.Peek(1)
+	if len(next) == 1 && next[0] == secFull {
+		p.ended, p.stats.Background = true, true
+		return true
+	}
+	return false
 }
 
 // header reads the file header and the CONFIGURATION section, keeping
@@ -357,6 +381,9 @@ func (p *parser) section() error {
 		p.ended = t == secEnd
 		return nil
 	case secFull:
+		if !p.started {
+			return malformed(off, "device section (FULL) before RAM START")
+		}
 		return unsupported(off, "device section (FULL) before RAM END")
 	case secCommand:
 		return p.command(off)

@@ -25,6 +25,37 @@ func finish(s *sb) []byte {
 	return s.eos().footer(2).end(2).eos().footer(2).device().bytes()
 }
 
+// TestParseBackground: a background snapshot's stream (RAM START, PARTs,
+// then the device tail with no RAM END) parses to the same RAM and
+// skeleton as the precopy stream of the same content.
+func TestParseBackground(t *testing.T) {
+	page := pageOf(5)
+	pre := finish(ram(false).page("pc.ram", 0, page))
+	bg := ram(false).page("pc.ram", 0, page).eos().footer(2).part(2).zero("pc.ram", 4096, 0).eos().footer(2).device().bytes()
+	want, err := Parse(bytes.NewReader(pre), NewFlat(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := NewFlat()
+	got, err := Parse(bytes.NewReader(bg), f, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.Stats.Background || want.Stats.Background {
+		t.Errorf("Background %v for the background stream, %v for the precopy one", got.Stats.Background, want.Stats.Background)
+	}
+	if !bytes.Equal(got.Skeleton, want.Skeleton) {
+		t.Error("the background stream's skeleton differs from the precopy stream's")
+	}
+	if !bytes.Equal(f.Block(0)[:4096], page) {
+		t.Error("the background stream's page is not in the image")
+	}
+	// A skeleton is always written with its RAM END.
+	if _, err := ParseSkeleton(bg); err == nil {
+		t.Error("ParseSkeleton accepted a stream with PART sections")
+	}
+}
+
 func TestParseErrors(t *testing.T) {
 	type tc struct {
 		name  string
@@ -86,7 +117,7 @@ func TestParseErrors(t *testing.T) {
 		{"PART before START", func() *sb { s := (&sb{}).header().at(); s.part(2); return s }, ErrMalformed, "PART section (id 2) before RAM START", Options{}},
 		{"PART of another section", func() *sb { s := ram(false).eos().footer(2).u8(secPart).at(); s.be32(7); return s }, ErrMalformed, "PART section id 7, RAM section is 2", Options{}},
 		{"END of another section", func() *sb { s := ram(false).eos().footer(2).u8(secEnd).at(); s.be32(3); return s }, ErrMalformed, "END section id 3", Options{}},
-		{"FULL before END", func() *sb { s := ram(false).eos().footer(2).at(); s.device(); return s }, ErrUnsupported, "device section (FULL) before RAM END", Options{}},
+		{"FULL before START", func() *sb { s := (&sb{}).header().at(); s.device(); return s }, ErrMalformed, "device section (FULL) before RAM START", Options{}},
 		{"EOF before END", func() *sb { s := ram(false).eos().footer(2).at(); s.u8(secEOF); return s }, ErrMalformed, "(EOF) before RAM END", Options{}},
 		{"XBZRLE", func() *sb { s := ram(false).at(); s.be64(flagXBZRLE).str("pc.ram"); return s }, ErrUnsupported, "RAM record flags 0x40 (XBZRLE)", Options{}},
 		{"XBZRLE continue", func() *sb {

@@ -47,6 +47,9 @@ type Node struct {
 	// File is the qcow2 file a blockdev-add gave the node (a fleecing
 	// overlay); the NBD export of the node serves it.
 	File string
+	// Inactive: a migration's completion inactivated the node and no cont
+	// has activated it since; it refuses to be a backup job's target.
+	Inactive bool
 }
 
 // Bitmap is a dirty bitmap of a node.
@@ -136,6 +139,12 @@ type Fake struct {
 	// IgnoreShared is the x-ignore-shared capability: a migration then
 	// leaves RAM out, the fake's RAM being a shared backend (pc.ram).
 	IgnoreShared bool
+	// Background is the background-snapshot capability: a migration then
+	// stops the guest (if it runs), saves the device state, resumes the
+	// guest and completes with it running, inactivating no node.
+	// NoBackground, if set, is why QEMU refuses to turn it on.
+	Background   bool
+	NoBackground string
 
 	script []Step // strict mode: the commands still expected
 	strict bool
@@ -571,8 +580,15 @@ func (f *Fake) handleLocked(c *Conn, cmd string, a map[string]any, fault *Fault)
 		caps, _ := a["capabilities"].([]any)
 		for _, x := range caps {
 			c, _ := x.(map[string]any)
-			if name, _ := c["capability"].(string); name == "x-ignore-shared" {
-				f.IgnoreShared, _ = c["state"].(bool)
+			on, _ := c["state"].(bool)
+			switch name, _ := c["capability"].(string); name {
+			case "x-ignore-shared":
+				f.IgnoreShared = on
+			case "background-snapshot":
+				if on && f.NoBackground != "" {
+					return nil, nil, errors.New(f.NoBackground)
+				}
+				f.Background = on
 			}
 		}
 		return ok, nil, nil
@@ -611,6 +627,9 @@ func (f *Fake) handleLocked(c *Conn, cmd string, a map[string]any, fault *Fault)
 			return ok, nil, nil
 		case "paused", "postmigrate":
 			f.Status = "running"
+			for _, n := range f.Nodes {
+				n.Inactive = false
+			}
 			f.emitLocked("RESUME", nil)
 			return ok, nil, nil
 		}
@@ -632,6 +651,12 @@ func (f *Fake) handleLocked(c *Conn, cmd string, a map[string]any, fault *Fault)
 			ram = nil // in the shared backend: left out
 		}
 		wasRunning := f.Status == "running"
+		if f.Background {
+			if ram != nil {
+				f.T.Errorf("livecuttest: a background snapshot of all RAM is not modelled")
+			}
+			return ok, func() { f.snapshot(path, fault) }, nil
+		}
 		return ok, func() { f.migrate(path, ram, fault, wasRunning) }, nil
 	case "migrate_cancel":
 		if slices.Contains(migrationActive, f.Migration) {
@@ -740,6 +765,9 @@ func (f *Fake) transactionLocked(a map[string]any) (any, func(), error) {
 			if f.Node(s("device")) == nil || f.Node(s("target")) == nil {
 				return nil, nil, fmt.Errorf("Cannot find device='%s' nor node-name='%s'", s("device"), s("target"))
 			}
+			if f.Node(s("target")).Inactive {
+				return nil, nil, errors.New("Could not create node: Block node is read-only")
+			}
 			if slices.Contains(f.Jobs, s("job-id")) || newJobs[s("job-id")] {
 				return nil, nil, fmt.Errorf("Job ID '%s' already in use", s("job-id"))
 			}
@@ -804,13 +832,8 @@ func (f *Fake) migrate(path string, ram []byte, fault *Fault, wasRunning bool) {
 		}
 		f.emitLocked("MIGRATION", map[string]any{"status": "failed"})
 	}
-	if fault != nil && fault.MigrationFails != "" {
-		fail(fault.MigrationFails)
-		return
-	}
-	conn, err := net.Dial("unix", path)
-	if err != nil {
-		fail(fmt.Sprintf("Failed to connect to '%s': %v", path, err))
+	conn := openStream(path, fault, fail)
+	if conn == nil {
 		return
 	}
 	defer conn.Close()
@@ -831,8 +854,71 @@ func (f *Fake) migrate(path string, ram []byte, fault *Fault, wasRunning bool) {
 	}
 	conn.Close()
 	f.mu.Lock()
+	if len(f.Jobs) > 0 {
+		// Inactivating the disks fails while a backup job holds them.
+		f.mu.Unlock()
+		fail("bdrv_inactivate_all() failed")
+		return
+	}
 	defer f.mu.Unlock()
+	for _, n := range f.Nodes {
+		n.Inactive = true
+	}
 	f.Status, f.Migration = "postmigrate", "completed"
+	f.emitLocked("MIGRATION", map[string]any{"status": "completed"})
+}
+
+// openStream connects a migration to the socket at path, or fails it (by
+// fault, or for want of a listener) and returns nil.
+func openStream(path string, fault *Fault, fail func(desc string)) net.Conn {
+	if fault != nil && fault.MigrationFails != "" {
+		fail(fault.MigrationFails)
+		return nil
+	}
+	conn, err := net.Dial("unix", path)
+	if err != nil {
+		fail(fmt.Sprintf("Failed to connect to '%s': %v", path, err))
+		return nil
+	}
+	return conn
+}
+
+// snapshot plays a background snapshot to a unix socket: the guest
+// stopped (if it runs) for the device state and resumed by QEMU, then
+// the stream, whose RAM sections end with no RAM END, and MIGRATION
+// completed. No node is inactivated.
+func (f *Fake) snapshot(path string, fault *Fault) {
+	f.mu.Lock()
+	f.Migration = "active"
+	f.emitLocked("MIGRATION", map[string]any{"status": "active"})
+	f.mu.Unlock()
+	fail := func(desc string) {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		f.Migration, f.MigrationError = "failed", desc
+		f.emitLocked("MIGRATION", map[string]any{"status": "failed"})
+	}
+	conn := openStream(path, fault, fail)
+	if conn == nil {
+		return
+	}
+	defer conn.Close()
+	f.mu.Lock()
+	if f.Status == "running" {
+		f.emitLocked("STOP", nil)
+	}
+	f.Status, f.pendingCont = "running", false
+	f.emitLocked("RESUME", nil)
+	blocks := []migstream.Block{{ID: "pc.ram", Length: int64(len(f.RAM))}}
+	f.mu.Unlock()
+	if _, err := conn.Write(backgroundBytes(blocks)); err != nil {
+		fail(fmt.Sprintf("Unable to write to socket: %v", err))
+		return
+	}
+	conn.Close()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Migration = "completed"
 	f.emitLocked("MIGRATION", map[string]any{"status": "completed"})
 }
 

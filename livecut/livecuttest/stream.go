@@ -15,6 +15,17 @@ import (
 // ignoreShared, the configuration lists the x-ignore-shared capability
 // and each listed block carries its guest physical address.
 func skeletonBytes(blocks []migstream.Block, ignoreShared bool) []byte {
+	return streamBytes(blocks, ignoreShared, false)
+}
+
+// backgroundBytes is the stream of a background snapshot of a guest whose
+// RAM is all in a shared backend left out (x-ignore-shared): as
+// skeletonBytes, but the RAM sections end with a PART, not an END.
+func backgroundBytes(blocks []migstream.Block) []byte {
+	return streamBytes(blocks, true, true)
+}
+
+func streamBytes(blocks []migstream.Block, ignoreShared, background bool) []byte {
 	var b bytes.Buffer
 	u8 := func(v byte) { b.WriteByte(v) }
 	be32 := func(v uint32) { b.Write(binary.BigEndian.AppendUint32(nil, v)) }
@@ -23,6 +34,7 @@ func skeletonBytes(blocks []migstream.Block, ignoreShared bool) []byte {
 	const (
 		magic, version                    = 0x5145564D, 3
 		secEOF, secStart, secEnd, secFull = 0x00, 0x01, 0x03, 0x04
+		secPart                           = 0x02
 		secVMDesc, secConfig, secFooter   = 0x06, 0x07, 0x7E
 		secSubsection                     = 0x05
 		flagMemSize, flagEOS              = 0x04, 0x10
@@ -62,7 +74,11 @@ func skeletonBytes(blocks []migstream.Block, ignoreShared bool) []byte {
 	be64(flagEOS)
 	u8(secFooter)
 	be32(ramSection)
-	u8(secEnd)
+	if background {
+		u8(secPart)
+	} else {
+		u8(secEnd)
+	}
 	be32(ramSection)
 	be64(flagEOS)
 	u8(secFooter)
