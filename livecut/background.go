@@ -20,13 +20,15 @@ import (
 // without inactivating anything and resumes the guest by itself. So:
 //
 //	blockdev-add drsync-f<gen>-<i>          guest running
+//	transaction: bitmap-add b<gen>          guest running (bitmapsBefore)
 //	stop                                    STOP: the cut's instant
 //	  scan and copy the written RAM pages
-//	  transaction (bitmaps, backup jobs)    as on the migration path
+//	  transaction: blockdev-backup          the fleecing views
 //	migrate (background-snapshot on)        QEMU saves the device state and
 //	                                        resumes the guest (RESUME); the
 //	                                        blocks outside the shared RAM
 //	                                        follow, write-protected
+//	transaction: bitmap-disable b<prev>     guest running (freezeAfter)
 //
 // The stream has no RAM END (migstream accepts that layout). A QEMU that
 // refuses the capability (too old, or a kernel without write-protected
@@ -174,6 +176,10 @@ func (c *cut) backgroundCut(ctx, cctx context.Context, sess Monitor, sub qmp.Eve
 		cap.abort()
 		return nil, err
 	}
+	if err := c.freezeAfter(ctx, sess); err != nil {
+		cap.abort()
+		return nil, fmt.Errorf("livecut: %w", err)
+	}
 	snap, err := c.settle(ctx, cctx, sess, cap, sizes, t, nil)
 	if err != nil {
 		return nil, err
@@ -221,6 +227,47 @@ func (s *Source) awaitBackground(ctx, cctx context.Context, sess Monitor, sub qm
 				return err
 			}
 		}
+	}
+	return nil
+}
+
+// bitmapsBefore adds this cut's bitmaps before its stop, and freezeAfter
+// disables the previous cut's after the guest runs again: neither needs
+// the cut's instant, only to hold every change on its side of it. The
+// new bitmap then also records the writes of the moments before the stop
+// and the old one those of the moments after: blocks the next cut and
+// this one read needlessly (their hashes match), never a change missed.
+// That takes the bitmaps out of the pause, leaving the transaction only
+// the backup jobs, which do need the instant.
+func (c *cut) bitmapsBefore(ctx context.Context, sess Monitor) error {
+	var actions []map[string]any
+	for _, d := range c.s.o.Disks {
+		actions = append(actions, c.bitmapActions(d)...)
+	}
+	err := sess.Execute(ctx, "transaction", map[string]any{"actions": actions}, nil)
+	if err != nil && !outcomeUnknown(err) {
+		return fmt.Errorf("new bitmaps: %w", err)
+	}
+	c.bitmap = true // or perhaps: torn down as added
+	if err != nil {
+		return fmt.Errorf("new bitmaps: %w", err)
+	}
+	return nil
+}
+
+// freezeAfter is bitmapsBefore's other half. A cut that fails before it
+// leaves the previous bitmap recording: the chain goes on from there.
+func (c *cut) freezeAfter(ctx context.Context, sess Monitor) error {
+	if c.prev == nil {
+		return nil
+	}
+	var actions []map[string]any
+	for _, d := range c.s.o.Disks {
+		actions = append(actions, c.freezeActions(d)...)
+	}
+	c.frozen = true // even if the reply never comes: the chain then ends
+	if err := sess.Execute(ctx, "transaction", map[string]any{"actions": actions}, nil); err != nil {
+		return fmt.Errorf("freeze the previous bitmaps: %w", err)
 	}
 	return nil
 }

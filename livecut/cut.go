@@ -33,6 +33,7 @@ type cut struct {
 	exports []string  // exports added
 	files   []string  // overlay files created
 	bitmap  bool      // b<gen> was added
+	frozen  bool      // b<prev> was disabled: the chain goes on from b<gen> or ends
 	images  []*diskmirror.NBDImage
 	flat    *migstream.Flat
 	planned *cutIndex
@@ -163,8 +164,12 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 	}
 	if c.background {
 		// No migration inactivates the disks on this path, so the
-		// fleecing nodes are added while the guest runs.
+		// fleecing nodes and the new bitmaps are added while the guest
+		// runs (background.go).
 		if err := c.addFleeceNodes(ctx, sess); err != nil {
+			return nil, fmt.Errorf("livecut: %w", err)
+		}
+		if err := c.bitmapsBefore(ctx, sess); err != nil {
 			return nil, fmt.Errorf("livecut: %w", err)
 		}
 	}
@@ -603,11 +608,13 @@ func (c *cut) freeze(ctx context.Context, sess Monitor) error {
 	}
 	var actions []map[string]any
 	for i, d := range s.o.Disks {
-		if c.prev != nil {
-			actions = append(actions, map[string]any{"type": "block-dirty-bitmap-disable", "data": map[string]any{"node": d.Node, "name": bitmapName(c.prev.gen)}})
+		if !c.background {
+			// A background cut does its bitmaps outside the pause
+			// (background.go).
+			actions = append(actions, c.freezeActions(d)...)
+			actions = append(actions, c.bitmapActions(d)...)
 		}
 		actions = append(actions,
-			map[string]any{"type": "block-dirty-bitmap-add", "data": map[string]any{"node": d.Node, "name": bitmapName(c.gen), "granularity": d.BlockSize}},
 			map[string]any{"type": "blockdev-backup", "data": map[string]any{"job-id": backupJob(c.gen, i), "device": d.Node, "target": c.nodes[i], "sync": "none"}},
 		)
 	}
@@ -618,7 +625,9 @@ func (c *cut) freeze(ctx context.Context, sess Monitor) error {
 		return fmt.Errorf("cut transaction: %w", err)
 	}
 	// Done, or perhaps done: either way torn down as done.
-	c.bitmap = true
+	if !c.background {
+		c.bitmap, c.frozen = true, true
+	}
 	for i := range s.o.Disks {
 		c.jobs = append(c.jobs, backupJob(c.gen, i))
 	}
@@ -626,6 +635,21 @@ func (c *cut) freeze(ctx context.Context, sess Monitor) error {
 		return fmt.Errorf("cut transaction: %w", err)
 	}
 	return nil
+}
+
+// freezeActions disable the previous cut's bitmap of disk d, if the cut
+// continues a chain: it then holds the changes up to this cut.
+func (c *cut) freezeActions(d Disk) []map[string]any {
+	if c.prev == nil {
+		return nil
+	}
+	return []map[string]any{{"type": "block-dirty-bitmap-disable", "data": map[string]any{"node": d.Node, "name": bitmapName(c.prev.gen)}}}
+}
+
+// bitmapActions add this cut's bitmap of disk d, recording the changes
+// the next cut reads.
+func (c *cut) bitmapActions(d Disk) []map[string]any {
+	return []map[string]any{{"type": "block-dirty-bitmap-add", "data": map[string]any{"node": d.Node, "name": bitmapName(c.gen), "granularity": d.BlockSize}}}
 }
 
 // addFleeceNodes adds each disk's fleecing node: its overlay file, backed
@@ -768,7 +792,7 @@ func (c *cut) close() error {
 		for _, j := range c.jobs {
 			steps = append(steps, step{Cmd: "block-job-cancel", Args: map[string]any{"device": j, "force": true}, WaitGone: j})
 		}
-		if c.prev != nil && c.bitmap {
+		if c.prev != nil && c.frozen {
 			for _, d := range s.o.Disks {
 				steps = append(steps, step{Cmd: "block-dirty-bitmap-remove", Args: map[string]any{"node": d.Node, "name": bitmapName(c.prev.gen)}})
 			}
@@ -818,7 +842,7 @@ func (c *cut) close() error {
 			s.log.Warn("cannot save the change-tracking state; after a restart the next epoch compares every block", "err", err)
 			s.removeState()
 		}
-	case c.bitmap:
+	case c.frozen:
 		// The old bitmap was frozen by this cut: the chain ends here.
 		s.last = nil
 		s.removeState()

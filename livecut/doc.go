@@ -67,9 +67,10 @@
 // and TestMonitor, the behaviours any implementation must have.
 //
 // A tracked cut takes its device state by a background snapshot where
-// QEMU allows it (background.go): the fleecing nodes are added while the
-// guest runs, the cut stops the guest itself, scans RAM and runs the
-// transaction, and a migration with the background-snapshot capability
+// QEMU allows it (background.go): the fleecing nodes and the new bitmaps
+// are added while the guest runs, the cut stops the guest itself, scans
+// RAM and starts the backup jobs, the old bitmaps are disabled once the
+// guest runs again, and a migration with the background-snapshot capability
 // saves the device state and resumes the guest, with no disk inactivated
 // and so no cont to activate them again. A QEMU that refuses the
 // capability gets the sequence above from then on. CutStats.Background
