@@ -143,6 +143,14 @@ func (c *cut) backgroundCut(ctx, cctx context.Context, sess Monitor, sub qmp.Eve
 	}
 	weStopped = true
 	t.completed = time.Now()
+	// QEMU sends STOP before the reply, and only if the guest ran: a
+	// guest someone paused since the cut began must stay paused, and the
+	// background snapshot would resume it.
+	if err := s.awaitOwnStop(cctx, sub, &t); err != nil {
+		weStopped = false
+		cap.abort()
+		return nil, err
+	}
 	if s.o.AfterMigration != nil {
 		s.o.AfterMigration()
 	}
@@ -271,6 +279,33 @@ func (c *cut) freezeAfter(ctx context.Context, sess Monitor) error {
 	}
 	return nil
 }
+
+// awaitOwnStop takes the STOP event of the cut's own stop, queued before
+// the command's reply; with none there (or SHUTDOWN), the guest was not
+// running: it is left as it is, and the cut fails with ErrGuestPaused.
+func (s *Source) awaitOwnStop(cctx context.Context, sub qmp.Events, t *cutTimes) error {
+	ctx, cancel := context.WithTimeout(cctx, ownStopWait)
+	defer cancel()
+	for {
+		e, err := sub.Next(ctx)
+		switch {
+		case err == nil && e.Name == "STOP":
+			t.stopAt = e.At
+			return nil
+		case err == nil && e.Name == "SHUTDOWN":
+			return fmt.Errorf("livecut: the VM shut down (%s) during the cut: %w", e.Str("reason"), ErrVMGone)
+		case err == nil:
+			continue // a RESUME before the stop, say: not the cut's
+		case cctx.Err() != nil || ctx.Err() == nil:
+			return fmt.Errorf("livecut: waiting for the guest to stop: %w", err)
+		}
+		return fmt.Errorf("livecut: the guest was paused by someone else as the cut began (the cut's stop stopped nothing): %w; drsync neither cuts nor resumes a guest paused by someone else", ErrGuestPaused)
+	}
+}
+
+// ownStopWait bounds the wait for the cut's own STOP, which QEMU queues
+// before the stop command's reply: a longer wait means there was none.
+const ownStopWait = 500 * time.Millisecond
 
 // backgroundStats fills in what differs in a background cut's figures.
 func backgroundStats(st *CutStats, t cutTimes) {

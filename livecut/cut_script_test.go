@@ -42,7 +42,8 @@ import (
 //	write page=N [page=M ...]            the guest writes pages of its RAM
 //	leftover export=ID@NODE node=N job=ID bitmap=NODE/NAME[:frozen] file=NAME
 //	                                     what a killed sender left behind
-//	fault cmd=C [nth=N] [error="desc"] [exit=reason|killed] [hangup] [during] [migration-fails="desc"]
+//	fault cmd=C [nth=N] [error="desc"] [exit=reason|killed] [hangup] [during] [migration-fails="desc"] [pause-first]
+//	                                     (pause-first: the operator pauses the guest just before C)
 //	cut [leaves-paused]                  Snapshot; leaves-paused: the guest may stay
 //	                                     stopped until a later step resumes it
 //	close [planned]                      the open snapshot's Close, after Planned if asked
@@ -205,6 +206,7 @@ func (s *cutScript) run(line string) string {
 		fl := livecuttest.Fault{Cmd: args["cmd"], Error: args["error"], Exit: args["exit"], MigrationFails: args["migration-fails"]}
 		_, fl.Hangup = args["hangup"]
 		_, fl.During = args["during"]
+		_, fl.PauseFirst = args["pause-first"]
 		if args["nth"] != "" {
 			fl.Nth, _ = strconv.Atoi(args["nth"])
 		}

@@ -77,6 +77,9 @@ type Fault struct {
 	// MigrationFails makes a migrate end "failed" with this description
 	// (QEMU resumes the guest it stopped) instead of completing.
 	MigrationFails string
+	// PauseFirst: someone else pauses the guest just before the command
+	// (which then runs as usual, unless another field says otherwise).
+	PauseFirst bool
 }
 
 // Step is one command of a strict script (Fake.Expect): the command
@@ -430,6 +433,12 @@ func (c *Conn) Execute(ctx context.Context, cmd string, args, reply any) error {
 		}()
 	}
 	fault := f.faultLocked(cmd)
+	if fault != nil && fault.PauseFirst && f.Status == "running" {
+		// The operator's stop, just before this command arrives.
+		f.traceLocked("  (the operator pauses the guest)")
+		f.Status = "paused"
+		f.emitLocked("STOP", nil)
+	}
 	if fault != nil && !fault.During {
 		switch {
 		case fault.Exit != "":
