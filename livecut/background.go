@@ -65,14 +65,12 @@ func (s *Source) setCaptureCaps(ctx context.Context, sess Monitor, tracked, back
 	}
 	err := setCaps(ctx, sess, map[string]bool{"background-snapshot": true})
 	var ce *qmp.CommandError
-	if err == nil || !errors.As(err, &ce) {
-		s.backgroundOn = true // or perhaps, when no reply came
-	}
 	if errors.As(err, &ce) {
 		s.backgroundOff = true
 		s.log.Warn("QEMU refuses background snapshots; tracked cuts take the device state by a migration, a longer pause", "err", err)
 		return false, nil
 	}
+	s.backgroundOn = true // or perhaps, when no reply came
 	return err == nil, err
 }
 
@@ -118,18 +116,21 @@ func (c *cut) backgroundCut(ctx, cctx context.Context, sess Monitor, sub qmp.Eve
 	s := c.s
 	t := cutTimes{migStart: time.Now(), pass: PassStopped}
 	// Until the guest is seen running again, a failure resumes it: cont
-	// is harmless if QEMU already did. The capabilities go off too, or an
-	// operator's migration would be a snapshot.
+	// is harmless if QEMU already did. The capabilities go off too, before
+	// the teardown, or an operator's migration would be a snapshot.
+	resume := func() {
+		if err := sess.Execute(context.WithoutCancel(ctx), "cont", nil, nil); err != nil {
+			s.log.Error("could not resume the guest after a failed cut", "err", err)
+			*marked = false // the mark stays: the guard, or the next cut, resumes it
+		}
+	}
 	weStopped, reset := false, true
 	defer func() {
 		if err == nil || sess.Err() != nil {
 			return
 		}
 		if weStopped {
-			if err := sess.Execute(context.WithoutCancel(ctx), "cont", nil, nil); err != nil {
-				s.log.Error("could not resume the guest after a failed cut", "err", err)
-				*marked = false // the mark stays: the guard, or the next cut, resumes it
-			}
+			resume()
 		}
 		if reset {
 			if err := s.resetCaptureCaps(context.WithoutCancel(ctx), sess); err != nil {
@@ -158,10 +159,7 @@ func (c *cut) backgroundCut(ctx, cctx context.Context, sess Monitor, sub qmp.Eve
 	if scanErr != nil || frozenErr != nil {
 		cap.abort()
 		weStopped = false
-		if err := sess.Execute(context.WithoutCancel(ctx), "cont", nil, nil); err != nil {
-			s.log.Error("could not resume the guest after a failed cut", "err", err)
-			*marked = false
-		}
+		resume()
 		reset = false // afterResume does it
 		if err := c.afterResume(ctx, sess, scanErr); err != nil {
 			return nil, err
@@ -188,14 +186,7 @@ func (c *cut) backgroundCut(ctx, cctx context.Context, sess Monitor, sub qmp.Eve
 		cap.abort()
 		return nil, fmt.Errorf("livecut: %w", err)
 	}
-	snap, err := c.settle(ctx, cctx, sess, cap, sizes, t, nil)
-	if err != nil {
-		return nil, err
-	}
-	if st := s.lastStats; st.Pause > PauseAlarm {
-		s.log.Warn("the guest was paused for longer than expected by the cut", "pause", st.Pause.Round(time.Millisecond), "freeze", st.Freeze.Round(time.Millisecond), "expected_below", PauseAlarm)
-	}
-	return snap, nil
+	return c.settle(ctx, cctx, sess, cap, sizes, t, nil)
 }
 
 // awaitBackground waits on sub (within cctx) for a background snapshot

@@ -227,6 +227,7 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 		if err != nil {
 			return nil, err
 		}
+		s.warnLongPause()
 		return snap, nil
 	}
 	t := cutTimes{migStart: time.Now(), pass: PassLive}
@@ -294,10 +295,16 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 	if err != nil {
 		return nil, err
 	}
+	s.warnLongPause()
+	return snap, nil
+}
+
+// warnLongPause reports loudly a cut (not a final one, which pauses for
+// good) whose guest stayed paused beyond PauseAlarm.
+func (s *Source) warnLongPause() {
 	if st := s.lastStats; st.Pause > PauseAlarm && !s.o.Final {
 		s.log.Warn("the guest was paused for longer than expected by the cut", "pause", st.Pause.Round(time.Millisecond), "freeze", st.Freeze.Round(time.Millisecond), "expected_below", PauseAlarm)
 	}
-	return snap, nil
 }
 
 // prepareDisks finds the sizes of the cut's disks and makes their

@@ -826,21 +826,7 @@ func (f *Fake) migrate(path string, ram []byte, fault *Fault, wasRunning bool) {
 		}
 		return
 	}
-	fail := func(desc string) {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		f.Migration, f.MigrationError = "failed", desc
-		if f.Status == "postmigrate" || f.Status == "finish-migrate" {
-			// QEMU resumes only a guest the migration stopped.
-			if wasRunning {
-				f.Status = "running"
-				f.emitLocked("RESUME", nil)
-			} else {
-				f.Status = "paused"
-			}
-		}
-		f.emitLocked("MIGRATION", map[string]any{"status": "failed"})
-	}
+	fail := func(desc string) { f.failMigration(desc, wasRunning) }
 	conn := openStream(path, fault, fail)
 	if conn == nil {
 		return
@@ -877,6 +863,24 @@ func (f *Fake) migrate(path string, ram []byte, fault *Fault, wasRunning bool) {
 	f.emitLocked("MIGRATION", map[string]any{"status": "completed"})
 }
 
+// failMigration ends a migration "failed" with desc; a guest the
+// migration stopped is resumed if it ran before (wasRunning), as QEMU
+// does, and otherwise left paused.
+func (f *Fake) failMigration(desc string, wasRunning bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.Migration, f.MigrationError = "failed", desc
+	if f.Status == "postmigrate" || f.Status == "finish-migrate" {
+		if wasRunning {
+			f.Status = "running"
+			f.emitLocked("RESUME", nil)
+		} else {
+			f.Status = "paused"
+		}
+	}
+	f.emitLocked("MIGRATION", map[string]any{"status": "failed"})
+}
+
 // openStream connects a migration to the socket at path, or fails it (by
 // fault, or for want of a listener) and returns nil.
 func openStream(path string, fault *Fault, fail func(desc string)) net.Conn {
@@ -901,12 +905,9 @@ func (f *Fake) snapshot(path string, fault *Fault) {
 	f.Migration = "active"
 	f.emitLocked("MIGRATION", map[string]any{"status": "active"})
 	f.mu.Unlock()
-	fail := func(desc string) {
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		f.Migration, f.MigrationError = "failed", desc
-		f.emitLocked("MIGRATION", map[string]any{"status": "failed"})
-	}
+	// A background snapshot never leaves the guest stopped by a
+	// migration: failMigration leaves its run state alone.
+	fail := func(desc string) { f.failMigration(desc, false) }
 	conn := openStream(path, fault, fail)
 	if conn == nil {
 		return
