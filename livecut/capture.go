@@ -4,16 +4,29 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/drsync/drsync/migstream"
 )
 
+// ramImage is where a cut's migration stream lands: in memory
+// (migstream.Flat) or in files of the work directory (migstream.Spool).
+type ramImage interface {
+	migstream.Handler
+	Flush() error
+	BlockList() []migstream.Block
+	NonZero(i int) *migstream.Bitmap
+	ReaderAt(i int) io.ReaderAt
+	Close() error
+}
+
 // capture receives one migration stream on a unix socket and parses it into
-// flat RAM images while QEMU writes it: the guest's final pass happens while
+// RAM images while QEMU writes it: the guest's final pass happens while
 // it is stopped, so the parser must keep up with QEMU.
 type capture struct {
 	path string
@@ -22,7 +35,7 @@ type capture struct {
 
 	mu    sync.Mutex
 	conn  net.Conn
-	flat  *migstream.Flat
+	img   ramImage
 	res   *migstream.Result
 	err   error
 	parse time.Duration
@@ -70,13 +83,15 @@ func (r gatedReader) Read(p []byte) (int, error) {
 	return r.conn.Read(p)
 }
 
-func startCapture(path string) (*capture, error) {
+// startCapture listens on path for a stream whose RAM goes to img, which
+// the caller closes.
+func startCapture(path string, img ramImage) (*capture, error) {
 	os.Remove(path) // a socket left by a killed predecessor
 	ln, err := net.Listen("unix", path)
 	if err != nil {
 		return nil, fmt.Errorf("listen for the migration stream: %w", err)
 	}
-	c := &capture{path: path, ln: ln, done: make(chan struct{}), flat: migstream.NewFlat()}
+	c := &capture{path: path, ln: ln, done: make(chan struct{}), img: img}
 	go c.run()
 	return c, nil
 }
@@ -93,8 +108,11 @@ func (c *capture) run() {
 	c.conn = conn
 	c.mu.Unlock()
 	start := time.Now()
-	res, err := migstream.Parse(gatedReader{c, conn}, c.flat, migstream.Options{})
+	res, err := migstream.Parse(gatedReader{c, conn}, c.img, migstream.Options{})
 	conn.Close()
+	if err == nil {
+		err = c.img.Flush()
+	}
 	if err != nil {
 		err = fmt.Errorf("parse the migration stream: %w", err)
 	}
@@ -138,14 +156,38 @@ func (c *capture) wait(ctx context.Context) (*migstream.Result, error) {
 	return c.res, c.err
 }
 
-// fullCutSlot lets one full cut of a tracked VM at a time hold its parsed
-// RAM in this process. A full cut holds the guest's whole RAM (its
-// non-zero pages) from the migration until its epoch is sent; the first
-// cuts of several tracked VMs started together would add up to the sum of
-// their RAM, where one at a time bounds the sender's peak by the largest
-// guest. Tracked VMs cut full only to start their chain, so the wait
-// delays first epochs, never the steady state. VMs that always cut full
-// (no tracking) are not limited: every one of their epochs would wait.
+// startCapture opens the socket the cut's migration stream comes to. A
+// tracked VM's full cut (the one that starts its chain) spools its RAM to
+// files in the work directory: held in memory, it would grow this process
+// by the guest's non-zero RAM, where the kernel can write the files' pages
+// out and reclaim them. A tracked cut's stream holds only the small RAM
+// blocks outside the shared backend (video memory, ROMs), and a VM that
+// always cuts full keeps its image in memory, as it pays for all of its RAM
+// every epoch (spooled, it would also write it to disk every epoch).
+func (c *cut) startCapture() (*capture, error) {
+	s := c.s
+	var img ramImage = migstream.NewFlat()
+	if !c.tracked && s.o.TrackRAM != nil {
+		img = migstream.NewSpool(s.o.FS, s.o.WorkDir, fmt.Sprintf("ram-%d", c.gen))
+	}
+	cap, err := startCapture(filepath.Join(s.o.WorkDir, "mig.sock"), img)
+	if err != nil {
+		img.Close()
+		return nil, err
+	}
+	c.cap = cap
+	return cap, nil
+}
+
+// fullCutSlot lets one full cut of a tracked VM at a time hold its
+// spooled RAM. A full cut holds the guest's whole RAM (its non-zero pages)
+// in the work directory and the page cache from the migration until its
+// epoch is sent; the first cuts of several tracked VMs started together
+// would add up to the sum of their RAM, where one at a time bounds the
+// spool by the largest guest. Tracked VMs cut full only to start their
+// chain, so the wait delays first epochs, never the steady state. VMs
+// that always cut full (no tracking) are not limited: every one of their
+// epochs would wait.
 var fullCutSlot = make(chan struct{}, 1)
 
 // acquireFullCut waits for the full-cut slot, or for ctx.

@@ -1,7 +1,6 @@
 package livecut
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -35,11 +34,11 @@ type cut struct {
 	bitmap  bool      // b<gen> was added
 	frozen  bool      // b<prev> was disabled: the chain goes on from b<gen> or ends
 	images  []*diskmirror.NBDImage
-	flat    *migstream.Flat
+	cap     *capture // the migration stream's capture; the cut closes its image
 	planned *cutIndex
 	closed  bool
 	// fullSlot says this cut holds the process's full-cut slot
-	// (fullCutSlot), given back when its parsed RAM is unmapped.
+	// (fullCutSlot), given back when its spooled RAM is closed.
 	fullSlot bool
 
 	// The tracked RAM path (ramtrack.go): tracked says this cut migrated
@@ -179,7 +178,7 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 
 	cctx, cancel := context.WithTimeout(ctx, s.o.CutTimeout)
 	defer cancel()
-	cap, err := startCapture(filepath.Join(s.o.WorkDir, "mig.sock"))
+	cap, err := c.startCapture()
 	if err != nil {
 		return nil, fmt.Errorf("livecut: %w", err)
 	}
@@ -446,7 +445,6 @@ func (c *cut) settle(ctx, cctx context.Context, sess Monitor, cap *capture, size
 		return nil, fmt.Errorf("livecut: %w", err)
 	}
 	res, err := cap.wait(cctx)
-	c.flat = cap.flat
 	if err != nil {
 		return nil, fmt.Errorf("livecut: %w", err)
 	}
@@ -527,7 +525,7 @@ func (c *cut) exportTargets(ctx context.Context, sess Monitor, snap *sender.Snap
 			return "", fmt.Errorf("livecut: device state: %w", err)
 		}
 	}
-	for i, b := range c.flat.BlockList() {
+	for i, b := range c.cap.img.BlockList() {
 		if c.tracked && b.ID == s.o.SharedRAM {
 			if s.ram == nil || s.ram.size != b.Length {
 				return "", fmt.Errorf("livecut: tracked RAM block %q is %d bytes in the stream: %w", b.ID, b.Length, ErrCutFailed)
@@ -539,10 +537,10 @@ func (c *cut) exportTargets(ctx context.Context, sess Monitor, snap *sender.Snap
 			snap.Targets = append(snap.Targets, t)
 			continue
 		}
-		nz := c.flat.NonZero(i)
+		nz := c.cap.img.NonZero(i)
 		snap.Targets = append(snap.Targets, sender.Target{
 			Kind: vmspec.KindRAM, Name: b.ID, Size: b.Length, BlockSize: vmspec.PageSize,
-			Reader:  bytes.NewReader(c.flat.Block(i)),
+			Reader:  c.cap.img.ReaderAt(i),
 			Extents: func(context.Context, int64, int64) ([]sender.Extent, error) { return ramExtents(nz), nil },
 		})
 	}
@@ -820,8 +818,12 @@ func (c *cut) close() error {
 			errs = append(errs, err)
 		}
 	}
-	if c.flat != nil {
-		errs = append(errs, c.flat.Close())
+	if c.cap != nil {
+		// The parser may still be writing into the image of a cut that
+		// failed before its stream ended.
+		c.cap.abort()
+		errs = append(errs, c.cap.img.Close())
+		c.cap = nil
 	}
 	if c.fullSlot {
 		releaseFullCut()

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -22,6 +23,8 @@ import (
 	"github.com/drsync/drsync/qmp"
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/testkit/hosttools"
+	"github.com/drsync/drsync/vfs"
+	"github.com/drsync/drsync/vfs/errorfs"
 	"github.com/drsync/drsync/vmspec"
 )
 
@@ -37,8 +40,11 @@ import (
 //	                                     (under TCG: its cuts take a stopped pass;
 //	                                     no-background: QEMU refuses background
 //	                                     snapshots with desc)
-//	source [final] [tracked]             a livecut.Source for disk vda = node disk0;
-//	                                     tracked: RAM tracking (pc.ram, Fake.TrackRAM)
+//	source [final] [tracked] [spool-full]
+//	                                     a livecut.Source for disk vda = node disk0;
+//	                                     tracked: RAM tracking (pc.ram, Fake.TrackRAM);
+//	                                     spool-full: the first write to a RAM spool
+//	                                     file fails with ENOSPC
 //	write page=N [page=M ...]            the guest writes pages of its RAM
 //	leftover export=ID@NODE node=N job=ID bitmap=NODE/NAME[:frozen] file=NAME
 //	                                     what a killed sender left behind
@@ -85,6 +91,7 @@ type cutScript struct {
 	leftPaused bool
 	old        []*livecut.Source // abandoned by a restart: never closed
 	tracked    bool
+	spoolFull  bool
 	group      *livecut.GroupCut
 	// held: a group cut holds the guest from its prepare until its resume
 	// or abort.
@@ -170,6 +177,7 @@ func (s *cutScript) run(line string) string {
 	case "source":
 		_, s.final = args["final"]
 		_, s.tracked = args["tracked"]
+		_, s.spoolFull = args["spool-full"]
 		s.newSource()
 		add("ok")
 		return strings.Join(out, "\n")
@@ -472,6 +480,11 @@ func (s *cutScript) newSource() {
 		Now:     func() time.Time { return time.Unix(0, 100) },
 		Final:   s.final,
 		Logger:  slog.New(slog.DiscardHandler),
+	}
+	if s.spoolFull {
+		// The work directory is full when the first spool write comes.
+		o.FS = errorfs.Wrap(vfs.Default, errorfs.When(errorfs.PathMatch(".spool"),
+			errorfs.When(errorfs.Ops(errorfs.OpWriteAt), errorfs.OnIndex(0, syscall.ENOSPC))))
 	}
 	if s.tracked {
 		o.SharedRAM = "pc.ram"

@@ -90,10 +90,13 @@
 // from the planner's table of the previous cut, so the sender hashes only
 // written pages and holds no image of the guest's RAM: between cuts it
 // keeps the table, 8 bytes per page (2 MiB per GiB of RAM), and during a
-// cut the written pages (the full cut that starts the chain holds the
-// whole stream until its epoch is sent; such full cuts of the tracked VMs
-// of one process run one at a time, so their images do not add up, and
-// each returns the freed heap to the kernel when it closes). A cut whose
+// cut the written pages. The full cut that starts the chain holds the
+// whole stream until its epoch is sent, spooled to unlinked files in the
+// work directory (migstream.Spool) rather than in this process's memory:
+// page cache the kernel may write out and reclaim, and at most the
+// guest's non-zero RAM of disk space; such full cuts of the tracked VMs of
+// one process run one at a time, so their spools do not add up. A full
+// directory fails the cut (the guest runs on) with the cause named. A cut whose
 // predecessor was never planned (its table is unknown) is full. A
 // failed scan or copy drops the tracking (the cut fails; the guest runs
 // on) and the next cut is full again. A cut that scanned but never

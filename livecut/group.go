@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"time"
 
 	"github.com/drsync/drsync/qmp"
@@ -111,7 +110,7 @@ func (s *Source) PrepareGroupCut(ctx context.Context) (g *GroupCut, err error) {
 	if err := c.precopy(); err != nil {
 		return g, err
 	}
-	if g.cap, err = startCapture(filepath.Join(s.o.WorkDir, "mig.sock")); err != nil {
+	if g.cap, err = c.startCapture(); err != nil {
 		return g, fmt.Errorf("livecut: %w", err)
 	}
 	if err := s.markCut(c.gen); err != nil {

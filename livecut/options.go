@@ -34,11 +34,13 @@ type Options struct {
 	Dial  DialFunc
 	Disks []Disk
 	// WorkDir holds the migration socket, the NBD socket, the fleecing
-	// overlays and the state file. The overlays grow with what the guest
-	// writes while an epoch is read, so prefer a file system other than the
-	// images' (the notes on cut latency say why, too).
+	// overlays, the state file and, with TrackRAM, a full cut's spooled
+	// RAM (up to the guest's non-zero RAM, while its epoch is sent). The
+	// overlays grow with what the guest writes while an epoch is read, so
+	// prefer a file system other than the images' (the notes on cut
+	// latency say why, too).
 	WorkDir string
-	FS      vfs.FS // for the state file and the cut marks; vfs.Default if nil
+	FS      vfs.FS // for the state file, the cut marks and the RAM spool; vfs.Default if nil
 	Now     func() time.Time
 	Logger  *slog.Logger
 	// MaxBandwidth caps QEMU's migration into the local capture. QEMU's own

@@ -319,7 +319,7 @@ func (c *cut) fillImage() {
 	if s.ram == nil || !s.ram.armed {
 		return
 	}
-	for _, b := range c.flat.BlockList() {
+	for _, b := range c.cap.img.BlockList() {
 		if b.ID != s.o.SharedRAM {
 			continue
 		}

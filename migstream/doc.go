@@ -12,7 +12,9 @@
 // blob, bounded by Options.MaxDeviceState; vmstate fields are never
 // decoded. From these parts it builds a skeleton (a device-only stream)
 // and writes full streams from a skeleton plus RAM images. Flat is a
-// Handler that rebuilds each RAM block as a flat image.
+// Handler that rebuilds each RAM block as a flat image in memory; Spool
+// rebuilds each in an unlinked file (through vfs), so that holding a
+// guest's RAM costs page cache and disk space, not the holder's memory.
 //
 // # What it must not know
 //

@@ -1,8 +1,10 @@
 package migstream
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"math/bits"
 
 	"golang.org/x/sys/unix"
@@ -106,6 +108,13 @@ func (f *Flat) BlockList() []Block { return f.blocks }
 
 // Block is block i's image, valid until Close.
 func (f *Flat) Block(i int) []byte { return f.mem[i] }
+
+// ReaderAt reads block i's image, valid until Close.
+func (f *Flat) ReaderAt(i int) io.ReaderAt { return bytes.NewReader(f.mem[i]) }
+
+// Flush does nothing: Flat writes every page as it comes. It lets callers
+// hold a Flat and a Spool alike.
+func (f *Flat) Flush() error { return nil }
 
 // NonZero tells which pages of block i hold non-zero data.
 func (f *Flat) NonZero(i int) *Bitmap { return f.nz[i] }

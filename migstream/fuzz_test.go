@@ -3,8 +3,11 @@ package migstream
 import (
 	"bytes"
 	"errors"
+	"io"
 	"slices"
 	"testing"
+
+	"github.com/drsync/drsync/vfs/memfs"
 )
 
 // fuzzSeeds are small valid streams and skeletons plus a few mutations.
@@ -35,11 +38,20 @@ func fuzzSeeds(t testing.TB) [][]byte {
 	return seeds
 }
 
+// image is what Flat and Spool share: a Handler whose blocks read back.
+type image interface {
+	Handler
+	Flush() error
+	ReaderAt(i int) io.ReaderAt
+	NonZero(i int) *Bitmap
+	Close() error
+}
+
 // fuzzHandler records every record and, when the blocks are small, also
-// fills a Flat so the two can be compared.
+// fills a Flat and a Spool so that each can be compared with the records.
 type fuzzHandler struct {
 	*recorder
-	flat *Flat
+	images []image
 }
 
 func (f *fuzzHandler) Blocks(b []Block) error {
@@ -48,17 +60,19 @@ func (f *fuzzHandler) Blocks(b []Block) error {
 		total += x.Length
 	}
 	if total <= 16<<20 {
-		f.flat = NewFlat()
-		if err := f.flat.Blocks(b); err != nil {
-			return err
+		f.images = []image{NewFlat(), NewSpool(memfs.New(), "/", "fuzz")}
+		for _, im := range f.images {
+			if err := im.Blocks(b); err != nil {
+				return err
+			}
 		}
 	}
 	return f.recorder.Blocks(b)
 }
 
 func (f *fuzzHandler) Page(i int, off int64, data []byte) error {
-	if f.flat != nil {
-		if err := f.flat.Page(i, off, data); err != nil {
+	for _, im := range f.images {
+		if err := im.Page(i, off, data); err != nil {
 			return err
 		}
 	}
@@ -66,12 +80,18 @@ func (f *fuzzHandler) Page(i int, off int64, data []byte) error {
 }
 
 func (f *fuzzHandler) Zero(i int, off int64, fill byte) error {
-	if f.flat != nil {
-		if err := f.flat.Zero(i, off, fill); err != nil {
+	for _, im := range f.images {
+		if err := im.Zero(i, off, fill); err != nil {
 			return err
 		}
 	}
 	return f.recorder.Zero(i, off, fill)
+}
+
+func (f *fuzzHandler) close() {
+	for _, im := range f.images {
+		im.Close()
+	}
 }
 
 // FuzzParse: arbitrary bytes never panic, fail only with the package's
@@ -82,11 +102,7 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h := &fuzzHandler{recorder: newRecorder()}
-		defer func() {
-			if h.flat != nil {
-				h.flat.Close()
-			}
-		}()
+		defer h.close()
 		res, err := Parse(bytes.NewReader(b), h, Options{MaxDeviceState: 1 << 20})
 		if err != nil {
 			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrUnsupported) {
@@ -107,18 +123,23 @@ func FuzzParse(f *testing.F) {
 		if !slices.Equal(sk.Blocks, res.Blocks) {
 			t.Fatal("skeleton blocks differ")
 		}
-		if h.flat == nil {
-			return
-		}
-		// Flat holds exactly the last record of every page.
-		for key, last := range h.pages {
-			pg := h.flat.Block(int(key[0]))[key[1] : key[1]+PageSize]
-			want := last
-			if len(last) == 1 {
-				want = bytes.Repeat(last, PageSize)
+		// Each image holds exactly the last record of every page.
+		for _, im := range h.images {
+			if err := im.Flush(); err != nil {
+				t.Fatalf("%T: %v", im, err)
 			}
-			if !bytes.Equal(pg, want) || h.flat.NonZero(int(key[0])).Get(key[1]/PageSize) == isZero(want) {
-				t.Fatalf("Flat page %v differs from the last record", key)
+			pg := make([]byte, PageSize)
+			for key, last := range h.pages {
+				if _, err := im.ReaderAt(int(key[0])).ReadAt(pg, key[1]); err != nil {
+					t.Fatalf("%T: page %v: %v", im, key, err)
+				}
+				want := last
+				if len(last) == 1 {
+					want = bytes.Repeat(last, PageSize)
+				}
+				if !bytes.Equal(pg, want) || im.NonZero(int(key[0])).Get(key[1]/PageSize) == isZero(want) {
+					t.Fatalf("%T: page %v differs from the last record", im, key)
+				}
 			}
 		}
 	})
