@@ -825,14 +825,16 @@ func (c *cut) close() error {
 		errs = append(errs, c.cap.img.Close())
 		c.cap = nil
 	}
+	// Planning and sending all of RAM, or a large tracked cut's copy (the
+	// first after a full one holds every page written while the full
+	// epoch was sent), leaves the heap grown by garbage that the runtime
+	// would hand back to the kernel only slowly, and a collector's goal
+	// that lasts into the steady state: such cuts are rare, so the
+	// collection is cheap against the memory each VM would otherwise keep.
+	free := c.fullSlot
 	if c.fullSlot {
 		releaseFullCut()
 		c.fullSlot = false
-		// Planning and sending all of RAM leaves the heap grown by
-		// garbage that the runtime would hand back to the kernel only
-		// slowly; a tracked VM cuts full rarely, so the collection is
-		// cheap against the memory each VM would otherwise keep.
-		debug.FreeOSMemory()
 	}
 	if c.ramTable != nil && s.ram != nil && s.ram.imageGen == c.gen {
 		s.ram.table, s.ram.tableGen = c.ramTable, c.gen
@@ -842,7 +844,13 @@ func (c *cut) close() error {
 		// copies its own. Kept, they stayed between epochs at the size of
 		// the largest cut (20 MB of a 2 GiB guest's, after the writes
 		// during its first full epoch).
+		if s.ram.written != nil && len(s.ram.written.data) >= largeCopy {
+			free = true
+		}
 		s.ram.written = nil
+	}
+	if free {
+		debug.FreeOSMemory()
 	}
 	switch {
 	case c.planned != nil && c.bitmap && alive:

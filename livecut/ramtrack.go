@@ -203,6 +203,10 @@ type writtenPages struct {
 	data   []byte
 }
 
+// largeCopy is the size of a tracked cut's copy past which its close
+// hands the freed heap back to the kernel at once.
+const largeCopy = 8 << 20
+
 // errNotCopied is a read of a page a tracked cut did not copy.
 var errNotCopied = errors.New("livecut: a page the guest did not write since the last cut is not held by the sender")
 
