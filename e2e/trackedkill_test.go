@@ -281,6 +281,24 @@ func TestTrackedSenderKilled(t *testing.T) {
 	var committed uint64 // the replica's epoch after the last round
 	var prevRecs uint64
 	inCut, inPause, cleaned, tracked := 0, 0, 0, 0
+
+	// A sender killed while its first (full) cut's RAM is spooled: the
+	// spool files are open and already removed, so nothing is left.
+	first := testkit.Start(t, p.path("sender-0.log"), "send", "--config", cfg, "--log-level", "debug")
+	for deadline := time.Now().Add(2 * time.Minute); !spoolOpen(first.Pid()); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the first sender never held its full cut's RAM spool open:\n%s", logTail(first.Log(), 40))
+		}
+	}
+	first.Kill()
+	if st := waitRunning(t, mon, 15*time.Second); st != "running" {
+		t.Fatalf("the guest is %q 15 s after a sender was killed while spooling", st)
+	}
+	if left, _ := filepath.Glob(p.path("state/guest-1/live/*.spool")); len(left) != 0 {
+		t.Fatalf("a sender killed while spooling left %v", left)
+	}
+	t.Logf("round 0: killed while its full cut's RAM was spooled; no spool file left, the guest runs")
+
 	const rounds = 6
 	for round := 1; round <= rounds; round++ {
 		log := p.path(fmt.Sprintf("sender-%d.log", round))
@@ -405,6 +423,19 @@ func TestTrackedSenderKilled(t *testing.T) {
 	if inCut == 0 {
 		t.Error("no kill landed in a tracked cut")
 	}
+}
+
+// spoolOpen reports whether process pid holds a RAM spool file open
+// (removed as soon as created, so the link says "(deleted)").
+func spoolOpen(pid int) bool {
+	dir := fmt.Sprintf("/proc/%d/fd", pid)
+	fds, _ := os.ReadDir(dir)
+	for _, fd := range fds {
+		if l, err := os.Readlink(filepath.Join(dir, fd.Name())); err == nil && strings.HasSuffix(l, ".spool (deleted)") {
+			return true
+		}
+	}
+	return false
 }
 
 // TestTrackedQEMUKilled kills the guest's QEMU when it stops for a
