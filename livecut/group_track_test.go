@@ -180,11 +180,6 @@ func TestTrackedGroupCuts(t *testing.T) {
 			if st.RAMPath != r.want[i] {
 				t.Fatalf("group cut %d of %s: stats say %s, want %s", n, m.name, st.RAMPath, r.want[i])
 			}
-			// Tracking needs write-protected userfaultfd, as background
-			// snapshots do: every tracked member takes that way.
-			if (st.RAMPath == livecut.RAMTracked) != st.Background {
-				t.Errorf("group cut %d of %s: %s path, background %v; want tracked cuts and only they by background snapshot", n, m.name, st.RAMPath, st.Background)
-			}
 			how := "with the test's reads of RAM"
 			if !r.check {
 				how = "measured"
