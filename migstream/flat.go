@@ -22,6 +22,12 @@ type Flat struct {
 	nz     []*Bitmap
 }
 
+// imageable says whether b's length can be held as an image: whole pages,
+// within MaxRAM.
+func (b Block) imageable() bool {
+	return b.Length > 0 && b.Length%PageSize == 0 && b.Length <= MaxRAM
+}
+
 // NewFlat returns an empty Flat; Parse fills it. Close it when done.
 func NewFlat() *Flat { return &Flat{} }
 
@@ -34,7 +40,7 @@ func (f *Flat) Blocks(blocks []Block) error {
 	mem := make([][]byte, len(blocks))
 	nz := make([]*Bitmap, len(blocks))
 	for i, b := range blocks {
-		if b.Length <= 0 || b.Length%PageSize != 0 || b.Length > MaxRAM {
+		if !b.imageable() {
 			unmapAll(mem)
 			return fmt.Errorf("migstream: RAM block %q length %d cannot be mapped", b.ID, b.Length)
 		}

@@ -1,6 +1,7 @@
 package migstream
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -63,7 +64,7 @@ func (s *Spool) Blocks(blocks []Block) error {
 		return err
 	}
 	for i, b := range blocks {
-		if b.Length <= 0 || b.Length%PageSize != 0 || b.Length > MaxRAM {
+		if !b.imageable() {
 			return fail(fmt.Errorf("migstream: RAM block %q length %d cannot be spooled", b.ID, b.Length))
 		}
 		name := path.Join(s.dir, fmt.Sprintf("%s-%d.spool", s.prefix, i))
@@ -108,7 +109,7 @@ func (s *Spool) Zero(i int, off int64, fill byte) error {
 		return err
 	}
 	if fill != 0 {
-		return s.add(i, off, fillPage(fill))
+		return s.add(i, off, bytes.Repeat([]byte{fill}, PageSize))
 	}
 	p := off / PageSize
 	if !s.nz[i].Get(p) {
@@ -123,14 +124,6 @@ func (s *Spool) Zero(i int, off int64, fill byte) error {
 	}
 	s.nz[i].clear(p)
 	return nil
-}
-
-func fillPage(fill byte) []byte {
-	pg := make([]byte, PageSize)
-	for j := range pg {
-		pg[j] = fill
-	}
-	return pg
 }
 
 // add appends a non-zero page to the pending run, writing the run out
