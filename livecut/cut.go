@@ -357,6 +357,13 @@ type cutTimes struct {
 // complete, the guest stopped; a STOP on the way sets *stopAt. A wait
 // that ends otherwise cancels the migration, and a failed migration is
 // explained with QEMU's reason (asked within ctx).
+//
+// The STOP may also come after the completion: QEMU's stop marks the
+// guest paused, then lets go of its big lock while the vCPUs stop, and a
+// migration completing in that gap (a group cut's, released just before
+// its stop) finds the guest paused already and completes without
+// stopping it; the stop sends its STOP only then. Without it the cut
+// would have no instant.
 func (s *Source) awaitMigration(ctx, cctx context.Context, sess Monitor, sub qmp.Events, stopAt *time.Time) (time.Time, error) {
 	for {
 		e, err := sub.Next(cctx)
@@ -374,6 +381,9 @@ func (s *Source) awaitMigration(ctx, cctx context.Context, sess Monitor, sub qmp
 		st := e.Str("status")
 		if st == "completed" {
 			at := time.Now()
+			if stopAt.IsZero() {
+				awaitLateStop(cctx, sub, stopAt)
+			}
 			if s.o.AfterMigration != nil {
 				s.o.AfterMigration()
 			}
@@ -382,6 +392,18 @@ func (s *Source) awaitMigration(ctx, cctx context.Context, sess Monitor, sub qmp
 		if st == "failed" || st == "cancelled" {
 			return time.Time{}, s.migrationFailed(ctx, sess, st)
 		}
+	}
+}
+
+// awaitLateStop takes the STOP that follows a migration's completion
+// (awaitMigration), waiting at most ownStopWait: QEMU sends it before the
+// reply to the stop that caused it. With none, *stopAt stays zero (the
+// snapshot's instant is then taken when it is made).
+func awaitLateStop(cctx context.Context, sub qmp.Events, stopAt *time.Time) {
+	ctx, cancel := context.WithTimeout(cctx, ownStopWait)
+	defer cancel()
+	if e, err := sub.Wait(ctx, func(e qmp.Event) bool { return e.Name == "STOP" }); err == nil {
+		*stopAt = e.At
 	}
 }
 
