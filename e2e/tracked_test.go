@@ -132,9 +132,11 @@ func TestTrackedSubSecondEpochs(t *testing.T) {
 	qemuDown := qemuDowntime(t, vm.QMPSocket)
 	t.Logf("%d epochs in %v after the first (mean interval %v, min_interval 200ms); %d verified during the run (verify ran %v of it) and the last (%d) after it",
 		epochs, elapsed.Round(time.Millisecond), (elapsed / time.Duration(max(epochs, 1))).Round(time.Millisecond), len(verified), verifying.Round(time.Second), m.Epoch)
-	t.Logf("tracked epochs: cut to commit median %v (send %v); guest pause median %v, max %v, %d of %d cuts by background snapshot (freeze: the cut's work with the guest stopped, scan and copy of written pages and transaction; fleece: before the stop; cont: migrate to QEMU's RESUME); freeze median %v (scan and copy %v; QMP steps' medians: %s); "+
+	t.Logf("tracked epochs: cut to commit median %v (send %v); guest pause median %v, max %v, %d of %d cuts by background snapshot, disks' backup jobs started %d before the stop, %d overtaken by a write and started again while stopped, %d while stopped "+
+		"(freeze: the cut's work with the guest stopped, scan and copy of written pages, and the transaction of jobs started while stopped; fleece: before the stop, but for overtaken jobs; cont: migrate to QEMU's RESUME); freeze median %v (scan and copy %v; QMP steps' medians: %s); "+
 		"QEMU's own downtime migrating the same guest (all of RAM) to /dev/null: median %v (pause/downtime %.2f)",
 		median(durations), median(sends), medPause.Round(100*time.Microsecond), slices.Max(pauses).Round(100*time.Microsecond), strings.Count(log, "background=true"), len(freezes),
+		strings.Count(log, "disks=early"), strings.Count(log, "disks=late"), strings.Count(log, "disks=stopped"),
 		median(freezes).Round(100*time.Microsecond), median(scans).Round(10*time.Microsecond), strings.Join(steps, ", "), qemuDown, float64(medPause)/float64(max(qemuDown, time.Millisecond)))
 	t.Logf("drsync status:\n%s", table)
 	if epochs < 10 {

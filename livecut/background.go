@@ -23,7 +23,8 @@ import (
 //	transaction: bitmap-add b<gen>          guest running (bitmapsBefore)
 //	stop                                    STOP: the cut's instant
 //	  scan and copy the written RAM pages
-//	  transaction: blockdev-backup          the fleecing views
+//	  transaction: blockdev-backup          the fleecing views (or before
+//	                                        the stop: early.go)
 //	migrate (background-snapshot on)        QEMU saves the device state and
 //	                                        resumes the guest (RESUME); the
 //	                                        blocks outside the shared RAM
@@ -138,6 +139,17 @@ func (c *cut) backgroundCut(ctx, cctx context.Context, sess Monitor, sub qmp.Eve
 			}
 		}
 	}()
+	if c.early {
+		// As close to the stop as can be: a write in between makes the
+		// pause longer (early.go).
+		if err := c.startEarlyJobs(cctx, sess); err != nil {
+			cap.abort()
+			return nil, fmt.Errorf("livecut: %w: %w", err, ErrCutFailed)
+		}
+	}
+	if s.o.BeforeStop != nil {
+		s.o.BeforeStop(cctx, sess)
+	}
 	if err := sess.Execute(cctx, "stop", nil, nil); err != nil {
 		cap.abort()
 		return nil, fmt.Errorf("livecut: stop the guest for the cut: %w", err)

@@ -61,6 +61,15 @@ type cut struct {
 	// background: the device state is saved by a background snapshot
 	// (background.go), the guest stopped by the cut itself beforehand.
 	background bool
+	// early: the backup jobs start before the stop (early.go), thr
+	// holding the fleecing nodes' write thresholds; late: a write
+	// overtook them and the cut's views are the late nodes. spare are
+	// nodes torn down with the cut that are not its views, lateFiles the
+	// late nodes' overlays.
+	early, late bool
+	thr         qmp.Events
+	spare       []string
+	lateFiles   []string
 }
 
 // CutStats describes the capture of one cut.
@@ -89,6 +98,12 @@ type CutStats struct {
 	// Fleece ran before the stop, Freeze is the scan and transaction,
 	// Cont is from migrate to QEMU's RESUME.
 	Background bool
+	// DiskFreeze says when the backup jobs of the cut's disk views
+	// started (early.go): FreezeStopped, FreezeEarly (before the stop:
+	// Transaction was not part of the pause) or FreezeLate (overtaken by
+	// a write: Fleece and Transaction are the late nodes' and jobs', in
+	// the pause).
+	DiskFreeze string
 	Scan       time.Duration // scan and copy of written pages, guest stopped
 	// Precopy is the scan and copy of written pages while the guest
 	// still ran, PrecopyPages how many it copied: the stopped window
@@ -165,8 +180,16 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 		// No migration inactivates the disks on this path, so the
 		// fleecing nodes and the new bitmaps are added while the guest
 		// runs (background.go).
+		if err := c.tryEarly(sess); err != nil {
+			return nil, fmt.Errorf("livecut: %w", err)
+		}
 		if err := c.addFleeceNodes(ctx, sess); err != nil {
 			return nil, fmt.Errorf("livecut: %w", err)
+		}
+		if c.early {
+			if err := c.armEarly(ctx, sess); err != nil {
+				return nil, fmt.Errorf("livecut: %w", err)
+			}
 		}
 		if err := c.bitmapsBefore(ctx, sess); err != nil {
 			return nil, fmt.Errorf("livecut: %w", err)
@@ -481,6 +504,13 @@ func (c *cut) settle(ctx, cctx context.Context, sess Monitor, cap *capture, size
 	if c.background {
 		backgroundStats(&stats, t)
 	}
+	stats.DiskFreeze = FreezeStopped
+	switch {
+	case c.late:
+		stats.DiskFreeze = FreezeLate
+	case c.early:
+		stats.DiskFreeze = FreezeEarly
+	}
 	if !t.stopAt.IsZero() {
 		stats.Pause = t.resumed.Sub(t.stopAt)
 	}
@@ -490,7 +520,7 @@ func (c *cut) settle(ctx, cctx context.Context, sess Monitor, cap *capture, size
 		return nil, err
 	}
 	s.log.Debug("cut", "gen", c.gen, "group", group != nil, "pause", stats.Pause, "downtime", stats.Downtime, "freeze", stats.Freeze, "fleece", stats.Fleece, "transaction", stats.Transaction, "cont", stats.Cont, "scan", stats.Scan, "precopy", stats.Precopy, "precopy_pages", stats.PrecopyPages, "capture", stats.Capture,
-		"stream_bytes", stats.StreamBytes, "ram", stats.RAMPath, "pass", stats.Pass, "background", stats.Background, "dirty_pages", stats.DirtyPages, "chain", bitmap != "")
+		"stream_bytes", stats.StreamBytes, "ram", stats.RAMPath, "pass", stats.Pass, "background", stats.Background, "disks", stats.DiskFreeze, "dirty_pages", stats.DirtyPages, "chain", bitmap != "")
 	return snap, nil
 }
 
@@ -625,6 +655,14 @@ func (s *Source) checkRunning(ctx context.Context, sess Monitor) error {
 // copy-before-write, so all three see the same instant.
 func (c *cut) freeze(ctx context.Context, sess Monitor) error {
 	s := c.s
+	if c.early {
+		if c.late = c.overtaken(); !c.late {
+			s.early.result(false)
+			return nil
+		}
+		s.early.result(true)
+		return c.freezeLate(ctx, sess)
+	}
 	if !c.background {
 		// Added only now: a node that exists before the migration
 		// completes is inactivated with the others and refuses to become
@@ -633,30 +671,40 @@ func (c *cut) freeze(ctx context.Context, sess Monitor) error {
 			return err
 		}
 	}
-	var actions []map[string]any
-	for i, d := range s.o.Disks {
-		if !c.background {
-			// A background cut does its bitmaps outside the pause
-			// (background.go).
-			actions = append(actions, c.freezeActions(d)...)
-			actions = append(actions, c.bitmapActions(d)...)
+	var bitmaps []map[string]any
+	if !c.background {
+		// A background cut does its bitmaps outside the pause
+		// (background.go).
+		for _, d := range s.o.Disks {
+			bitmaps = append(bitmaps, c.freezeActions(d)...)
+			bitmaps = append(bitmaps, c.bitmapActions(d)...)
 		}
-		actions = append(actions,
-			map[string]any{"type": "blockdev-backup", "data": map[string]any{"job-id": backupJob(c.gen, i), "device": d.Node, "target": c.nodes[i], "sync": "none"}},
-		)
 	}
 	tx := time.Now()
-	err := sess.Execute(ctx, "transaction", map[string]any{"actions": actions}, nil)
+	err := c.startJobs(ctx, sess, bitmaps, !c.background, c.nodes, backupJob)
 	c.txTime = time.Since(tx)
+	return err
+}
+
+// startJobs runs the cut transaction: the actions given (bitmaps: the
+// chain's freeze and this cut's bitmap), then a backup job (named by
+// job) from each disk into its node of nodes. Done, or perhaps done, the
+// jobs and bitmaps are torn down as done.
+func (c *cut) startJobs(ctx context.Context, sess Monitor, actions []map[string]any, bitmaps bool, nodes []string, job func(gen uint64, disk int) string) error {
+	for i, d := range c.s.o.Disks {
+		actions = append(actions,
+			map[string]any{"type": "blockdev-backup", "data": map[string]any{"job-id": job(c.gen, i), "device": d.Node, "target": nodes[i], "sync": "none"}},
+		)
+	}
+	err := sess.Execute(ctx, "transaction", map[string]any{"actions": actions}, nil)
 	if err != nil && !outcomeUnknown(err) {
 		return fmt.Errorf("cut transaction: %w", err)
 	}
-	// Done, or perhaps done: either way torn down as done.
-	if !c.background {
+	if bitmaps {
 		c.bitmap, c.frozen = true, true
 	}
-	for i := range s.o.Disks {
-		c.jobs = append(c.jobs, backupJob(c.gen, i))
+	for i := range c.s.o.Disks {
+		c.jobs = append(c.jobs, job(c.gen, i))
 	}
 	if err != nil {
 		return fmt.Errorf("cut transaction: %w", err)
@@ -683,21 +731,30 @@ func (c *cut) bitmapActions(d Disk) []map[string]any {
 // by the disk's node.
 func (c *cut) addFleeceNodes(ctx context.Context, sess Monitor) error {
 	t0 := time.Now()
-	for i, d := range c.s.o.Disks {
-		n := fleeceNode(c.gen, i)
-		err := sess.Execute(ctx, "blockdev-add", map[string]any{
-			"driver": "qcow2", "node-name": n, "backing": d.Node,
-			"file": map[string]any{"driver": "file", "filename": c.files[i]},
-		}, nil)
-		if err != nil {
-			if outcomeUnknown(err) {
-				c.nodes = append(c.nodes, n)
-			}
-			return fmt.Errorf("fleecing node for disk %q: %w", d.Name, err)
-		}
-		c.nodes = append(c.nodes, n)
+	if err := c.addNodes(ctx, sess, "fleecing node", fleeceNode, c.files, &c.nodes); err != nil {
+		return err
 	}
 	c.fleeceTime = time.Since(t0)
+	return nil
+}
+
+// addNodes adds a qcow2 node per disk, named by name, on its file of
+// files, backed by the disk's node; each added, or perhaps added, goes to
+// *added, to be torn down with the cut.
+func (c *cut) addNodes(ctx context.Context, sess Monitor, what string, name func(gen uint64, disk int) string, files []string, added *[]string) error {
+	for i, d := range c.s.o.Disks {
+		n := name(c.gen, i)
+		err := sess.Execute(ctx, "blockdev-add", map[string]any{
+			"driver": "qcow2", "node-name": n, "backing": d.Node,
+			"file": map[string]any{"driver": "file", "filename": files[i]},
+		}, nil)
+		if err == nil || outcomeUnknown(err) {
+			*added = append(*added, n)
+		}
+		if err != nil {
+			return fmt.Errorf("%s for disk %q: %w", what, d.Name, err)
+		}
+	}
 	return nil
 }
 
@@ -830,12 +887,15 @@ func (c *cut) close() error {
 				steps = append(steps, step{Cmd: "block-dirty-bitmap-remove", Args: map[string]any{"node": d.Node, "name": bitmapName(c.gen)}})
 			}
 		}
-		for _, n := range c.nodes {
+		for _, n := range append(slices.Clone(c.nodes), c.spare...) {
 			steps = append(steps, step{Cmd: "blockdev-del", Args: map[string]any{"node-name": n}})
 		}
 		errs = append(errs, s.run(ctx, sess, steps))
 	}
-	for _, f := range c.files {
+	if c.thr != nil {
+		c.thr.Close()
+	}
+	for _, f := range append(slices.Clone(c.files), c.lateFiles...) {
 		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}

@@ -50,6 +50,8 @@ import (
 //	                                     what a killed sender left behind
 //	fault cmd=C [nth=N] [error="desc"] [exit=reason|killed] [hangup] [during] [migration-fails="desc"] [pause-first]
 //	                                     (pause-first: the operator pauses the guest just before C)
+//	      [disk-write-first]             (the guest writes its disks just before C: backup
+//	                                      jobs copy, their targets' write thresholds fire)
 //	cut [leaves-paused]                  Snapshot; leaves-paused: the guest may stay
 //	                                     stopped until a later step resumes it
 //	close [planned]                      the open snapshot's Close, after Planned if asked
@@ -215,6 +217,7 @@ func (s *cutScript) run(line string) string {
 		_, fl.Hangup = args["hangup"]
 		_, fl.During = args["during"]
 		_, fl.PauseFirst = args["pause-first"]
+		_, fl.DiskWriteFirst = args["disk-write-first"]
 		if args["nth"] != "" {
 			fl.Nth, _ = strconv.Atoi(args["nth"])
 		}
@@ -286,6 +289,9 @@ func (s *cutScript) run(line string) string {
 		out := fmt.Sprintf("ram=%s pass=%s dirty-pages=%d", st.RAMPath, st.Pass, st.DirtyPages)
 		if st.Background {
 			out += " background"
+		}
+		if st.DiskFreeze != "" {
+			out += " disks=" + st.DiskFreeze
 		}
 		return out
 	case "close":

@@ -2,6 +2,7 @@ package livecut
 
 import (
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 )
@@ -15,6 +16,13 @@ func fleeceNode(gen uint64, disk int) string  { return fmt.Sprintf("%sf%d-%d", p
 func backupJob(gen uint64, disk int) string   { return fmt.Sprintf("%sj%d-%d", prefix, gen, disk) }
 func exportName(gen uint64, disk int) string  { return fmt.Sprintf("%sx%d-%d", prefix, gen, disk) }
 func overlayFile(gen uint64, disk int) string { return fmt.Sprintf("fleece-%d-%d.qcow2", gen, disk) }
+
+// The late path's nodes, jobs and overlays (early.go).
+func lateFleeceNode(gen uint64, disk int) string { return fmt.Sprintf("%sl%d-%d", prefix, gen, disk) }
+func lateBackupJob(gen uint64, disk int) string  { return fmt.Sprintf("%sk%d-%d", prefix, gen, disk) }
+func lateOverlayPath(dir string, gen uint64, disk int) string {
+	return filepath.Join(dir, fmt.Sprintf("fleece-%d-%d-late.qcow2", gen, disk))
+}
 
 // bitmapGen parses a bitmap name made by bitmapName.
 func bitmapGen(name string) (uint64, bool) {

@@ -1,6 +1,7 @@
 package livecut
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -78,6 +79,10 @@ type Options struct {
 	// migration complete, while the guest is stopped: a fault point for
 	// tests of a sender dying at the worst moment.
 	AfterMigration func()
+	// BeforeStop, if set, is called just before a background cut stops
+	// the guest, its early backup jobs started (early.go), with the
+	// cut's monitor: a fault point for tests of a write in between.
+	BeforeStop func(ctx context.Context, m Monitor)
 }
 
 // Validate reports what is wrong with o and fills in defaults.

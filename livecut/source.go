@@ -79,6 +79,11 @@ type Source struct {
 	// backgroundOn: background-snapshot may be on in QEMU (this source
 	// turned it on and has not seen it turned off).
 	backgroundOn bool
+	// early decides whether a background cut starts its backup jobs
+	// before the stop (early.go); earlyOff: QEMU refused the write
+	// threshold that needs, never try again.
+	early    earlyBackoff
+	earlyOff bool
 }
 
 // cutIndex is a cut's generation and its disks' block tables.

@@ -8,6 +8,7 @@ import (
 	"github.com/drsync/drsync/qmp"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -60,7 +61,11 @@ func guestRAMNow(pid int, size uint64) ([]byte, error) {
 // tracked cut's RAM target is the previous cut's with exactly the pages
 // written since replaced by the guest's RAM at the stop (read from QEMU
 // then), and no page changed between the two stops without being
-// reported. The guest runs on throughout.
+// reported. Every cut's disk view is the disk at the stop (its image
+// file read then), whenever its backup jobs started: the third cut's
+// early job is overtaken by a write through the guest's disk device just
+// before the stop, so it takes the late path, and the fourth starts its
+// jobs while stopped. The guest runs on throughout.
 func TestTrackedCuts(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a guest")
@@ -70,8 +75,9 @@ func TestTrackedCuts(t *testing.T) {
 	}
 	const mib = 256
 	vm, dir := guest.ProtectedWith(t, mib, map[string]string{"rate": "50", "dirty_mib": "64", "dirty_rate_kib": "512"}, sharedRAMArgs(mib)...)
-	var atCut []byte
-	var readErr error
+	var atCut, diskAtCut []byte
+	var readErr, writeErr error
+	n := 0
 	src, err := livecut.New(livecut.Options{
 		QMPSocket: vm.QMPSocket, WorkDir: filepath.Join(dir, "work"), Now: time.Now,
 		Disks:     []livecut.Disk{{Name: "vda", Node: "disk0"}},
@@ -79,8 +85,17 @@ func TestTrackedCuts(t *testing.T) {
 		TrackRAM: func() (livecut.RAMTracker, error) {
 			return dirtylog.TrackGuest(vm.Pid, mib<<20)
 		},
-		// The guest is stopped here: what its RAM holds is the cut's.
-		AfterMigration: func() { atCut, readErr = guestRAMNow(vm.Pid, mib<<20) },
+		// The guest is stopped here: what its RAM and disk hold is the cut's.
+		AfterMigration: func() {
+			if atCut, readErr = guestRAMNow(vm.Pid, mib<<20); readErr == nil {
+				diskAtCut, readErr = os.ReadFile(filepath.Join(dir, "vda.raw"))
+			}
+		},
+		BeforeStop: func(ctx context.Context, m livecut.Monitor) {
+			if n == 3 {
+				writeErr = writeThroughDevice(ctx, m, "vda.raw", 64<<20-4096, 0x5a)
+			}
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -89,17 +104,37 @@ func TestTrackedCuts(t *testing.T) {
 	ctx := context.Background()
 	var prev *blockhash.Table
 	var prevTarget, prevMem []byte
-	for n := 1; n <= 4; n++ {
+	for n = 1; n <= 5; n++ {
 		snap, err := src.Snapshot(ctx)
 		if err != nil {
 			t.Fatalf("cut %d: %v", n, err)
 		}
-		if readErr != nil {
-			t.Fatal(readErr)
+		if readErr != nil || writeErr != nil {
+			t.Fatal(readErr, writeErr)
 		}
 		st := src.LastCut()
-		t.Logf("cut %d: %s, background %v, %d dirty pages, scan %v, pause %v (with the test's read of all RAM), capture %v, stream %d bytes",
-			n, st.RAMPath, st.Background, st.DirtyPages, st.Scan, st.Pause, st.Capture, st.StreamBytes)
+		t.Logf("cut %d: %s, background %v, disks' jobs %s, %d dirty pages, scan %v, pause %v (with the test's reads of all RAM and the disk), capture %v, stream %d bytes",
+			n, st.RAMPath, st.Background, st.DiskFreeze, st.DirtyPages, st.Scan, st.Pause, st.Capture, st.StreamBytes)
+		switch {
+		case n == 3 && st.DiskFreeze != livecut.FreezeLate:
+			t.Fatalf("cut %d: disks' jobs %s after a write overtook the early ones, want %s", n, st.DiskFreeze, livecut.FreezeLate)
+		case n == 4 && st.DiskFreeze != livecut.FreezeStopped:
+			t.Fatalf("cut %d: disks' jobs %s right after an overtaken cut, want %s", n, st.DiskFreeze, livecut.FreezeStopped)
+		case (n == 2 || n == 5) && st.DiskFreeze == livecut.FreezeStopped:
+			t.Fatalf("cut %d: disks' jobs %s, want them started before the stop", n, st.DiskFreeze)
+		}
+		for _, tg := range snap.Targets {
+			if tg.Kind == vmspec.KindDisk {
+				if d := differing(readAll(t, tg), diskAtCut); d != 0 {
+					t.Fatalf("cut %d: %d pages of the disk view differ from the disk at the stop", n, d)
+				}
+			}
+		}
+		if n == 3 {
+			if b := readAll(t, diskTarget(t, snap, "vda")); b[len(b)-1] != 0x5a {
+				t.Fatalf("cut %d: the write just before the stop is not in the cut's disk view", n)
+			}
+		}
 		want := livecut.RAMFull
 		if n > 1 {
 			want = livecut.RAMTracked
@@ -342,4 +377,45 @@ func TestOperatorMigrationOfTrackedGuest(t *testing.T) {
 	if st.RAMPath != livecut.RAMTracked {
 		t.Fatalf("cut after the operator's migration took the %s path, want tracked", st.RAMPath)
 	}
+}
+
+// writeThroughDevice writes a page of pattern at off through the guest's
+// device of the disk whose image file ends in file, as the guest would
+// (above any filter a backup job put over the disk's node): qemu-io on
+// the device's block backend, by HMP.
+func writeThroughDevice(ctx context.Context, m livecut.Monitor, file string, off int64, pattern byte) error {
+	var devs []struct {
+		Qdev     string `json:"qdev"`
+		Inserted struct {
+			File string `json:"file"`
+		} `json:"inserted"`
+	}
+	if err := m.Execute(ctx, "query-block", nil, &devs); err != nil {
+		return err
+	}
+	for _, d := range devs {
+		if strings.HasSuffix(d.Inserted.File, file) {
+			var out string
+			cmd := fmt.Sprintf(`qemu-io -d %s "write -P %#x %d 4096"`, d.Qdev, pattern, off)
+			if err := m.Execute(ctx, "human-monitor-command", map[string]any{"command-line": cmd}, &out); err != nil {
+				return err
+			}
+			if out != "" {
+				return fmt.Errorf("%s: %s", cmd, out)
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("no device of %s in %+v", file, devs)
+}
+
+func diskTarget(t *testing.T, snap *sender.Snapshot, name string) sender.Target {
+	t.Helper()
+	for _, tg := range snap.Targets {
+		if tg.Kind == vmspec.KindDisk && tg.Name == name {
+			return tg
+		}
+	}
+	t.Fatalf("no disk target %s", name)
+	return sender.Target{}
 }

@@ -243,6 +243,13 @@ func (s *Session) read(dec *json.Decoder) {
 // Version is the QEMU version from the greeting.
 func (s *Session) Version() Version { return s.ver }
 
+// EventsBeforeReplies reports that an event reaches the subscriptions
+// before the reply of any command QEMU answered after sending it: read
+// takes both from one stream, in QEMU's order, and queues an event before
+// it reads on. So once a command returns, no event QEMU sent before its
+// reply is still to come.
+func (s *Session) EventsBeforeReplies() bool { return true }
+
 // Done is closed when the connection ends.
 func (s *Session) Done() <-chan struct{} { return s.done }
 

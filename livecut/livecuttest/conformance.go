@@ -100,6 +100,28 @@ func TestMonitor(t *testing.T, open func(t *testing.T) Target) {
 		}
 	})
 
+	t.Run("EventsBeforeReplies", func(t *testing.T) {
+		// A monitor that says it delivers events in order with replies
+		// (livecut's early backup jobs rely on it to say "no event came")
+		// has a command's events queued by the time the command returns.
+		m := open(t).Monitor
+		o, ok := m.(interface{ EventsBeforeReplies() bool })
+		if !ok || !o.EventsBeforeReplies() {
+			t.Skip("this monitor does not promise the order")
+		}
+		ctx := ctx(t)
+		sub := m.Subscribe("STOP")
+		defer sub.Close()
+		if err := m.Execute(ctx, "stop", nil, nil); err != nil {
+			t.Fatal(err)
+		}
+		now, cancel := context.WithCancel(ctx)
+		cancel()
+		if e, err := sub.Next(now); err != nil || e.Name != "STOP" {
+			t.Fatalf("stop returned, its STOP not queued: %+v, %v", e, err)
+		}
+	})
+
 	t.Run("ContextEnded", func(t *testing.T) {
 		m := open(t).Monitor
 		c, cancel := context.WithCancel(ctx(t))

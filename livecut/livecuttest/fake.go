@@ -50,6 +50,9 @@ type Node struct {
 	// Inactive: a migration's completion inactivated the node and no cont
 	// has activated it since; it refuses to be a backup job's target.
 	Inactive bool
+	// Threshold is the node's write threshold (block-set-write-threshold),
+	// 0 for none.
+	Threshold int64
 }
 
 // Bitmap is a dirty bitmap of a node.
@@ -80,6 +83,10 @@ type Fault struct {
 	// PauseFirst: someone else pauses the guest just before the command
 	// (which then runs as usual, unless another field says otherwise).
 	PauseFirst bool
+	// DiskWriteFirst: the guest writes its disks just before the command,
+	// so every backup job copies into its target, whose write threshold,
+	// if set, fires (BLOCK_WRITE_THRESHOLD).
+	DiskWriteFirst bool
 }
 
 // Step is one command of a strict script (Fake.Expect): the command
@@ -123,6 +130,8 @@ type Fake struct {
 	Nodes          []*Node
 	Exports        map[string]string // export id -> node
 	Jobs           []string
+	// JobTargets are the running backup jobs' targets (job -> node).
+	JobTargets map[string]string
 	// RAM is the guest's main RAM (pc.ram), written whole by a migration.
 	RAM []byte
 	// Replace rewrites strings in the trace (a temporary directory into
@@ -322,6 +331,11 @@ type Conn struct {
 
 var _ livecut.Monitor = (*Conn)(nil)
 
+// EventsBeforeReplies: the fake emits an event to the subscriptions
+// before it answers the command that caused it, as QEMU's stream orders
+// them.
+func (c *Conn) EventsBeforeReplies() bool { return true }
+
 func (c *Conn) end(err error) {
 	if c.err != nil {
 		return
@@ -433,6 +447,10 @@ func (c *Conn) Execute(ctx context.Context, cmd string, args, reply any) error {
 		}()
 	}
 	fault := f.faultLocked(cmd)
+	if fault != nil && fault.DiskWriteFirst && f.Status == "running" {
+		f.traceLocked("  (the guest writes its disks)")
+		f.diskWriteLocked()
+	}
 	if fault != nil && fault.PauseFirst && f.Status == "running" {
 		// The operator's stop, just before this command arrives.
 		f.traceLocked("  (the operator pauses the guest)")
@@ -509,6 +527,20 @@ func (f *Fake) faultLocked(cmd string) *Fault {
 		}
 	}
 	return nil
+}
+
+// diskWriteLocked plays a guest write to every disk: each backup job's
+// copy-before-write filter copies the old data into its target first,
+// which crosses the target's write threshold.
+func (f *Fake) diskWriteLocked() {
+	for _, j := range f.Jobs {
+		n := f.Node(f.JobTargets[j])
+		if n == nil || n.Threshold <= 0 {
+			continue
+		}
+		f.emitLocked("BLOCK_WRITE_THRESHOLD", map[string]any{"node-name": n.Name, "write-threshold": n.Threshold, "amount-exceeded": 65536 - n.Threshold})
+		n.Threshold = 0 // QEMU disarms it once it fired
+	}
 }
 
 // emitLocked hands an event to the subscribers of every open connection.
@@ -718,12 +750,21 @@ func (f *Fake) handleLocked(c *Conn, cmd string, a map[string]any, fault *Fault)
 		f.stopNBDLocked(id)
 		f.emitLocked("BLOCK_EXPORT_DELETED", map[string]any{"id": id})
 		return ok, nil, nil
+	case "block-set-write-threshold":
+		n := f.Node(str("node-name"))
+		if n == nil {
+			return nil, nil, fmt.Errorf("Device '%s' not found", str("node-name"))
+		}
+		v, _ := a["write-threshold"].(float64)
+		n.Threshold = int64(v)
+		return ok, nil, nil
 	case "block-job-cancel":
 		id := str("device")
 		if !slices.Contains(f.Jobs, id) {
 			return nil, nil, fmt.Errorf("Block job '%s' not found", id)
 		}
 		f.Jobs = slices.DeleteFunc(f.Jobs, func(j string) bool { return j == id })
+		delete(f.JobTargets, id)
 		f.emitLocked("BLOCK_JOB_CANCELLED", map[string]any{"device": id, "type": "backup"})
 		return ok, nil, nil
 	}
@@ -801,6 +842,10 @@ func (f *Fake) transactionLocked(a map[string]any) (any, func(), error) {
 			n.Bitmaps = append(n.Bitmaps, Bitmap{Name: s("name"), Recording: true})
 		case "blockdev-backup":
 			f.Jobs = append(f.Jobs, s("job-id"))
+			if f.JobTargets == nil {
+				f.JobTargets = map[string]string{}
+			}
+			f.JobTargets[s("job-id")] = s("target")
 		}
 	}
 	return map[string]any{}, nil, nil
