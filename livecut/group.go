@@ -19,7 +19,10 @@ import (
 //
 //	PrepareGroupCut   overlays, capture socket, cut mark. Full: migrate
 //	                  with a downtime limit of 1 ms. Tracked:
-//	                  x-ignore-shared on, and nothing runs yet
+//	                  x-ignore-shared on, and nothing runs yet; where
+//	                  QEMU allows background snapshots (background.go),
+//	                  background-snapshot on, the fleecing nodes and the
+//	                  new bitmaps added
 //	WaitConverged     full: until the first full pass is within 3 MiB of
 //	                  its end; then drsync stops reading the stream, so
 //	                  QEMU's migration thread blocks in its write and
@@ -28,14 +31,18 @@ import (
 //	Stop              stop (QMP). Full: the stream read again at once,
 //	                  downtime limit restored: the migration sends the
 //	                  rest and completes. Tracked: the device state
-//	                  migrates, then the written pages are scanned and
-//	                  copied. Then the same freeze as a single cut
-//	                  (fleecing nodes, bitmap transaction). The guest stays
-//	                  stopped. Its device state records it paused (QEMU
-//	                  stores the run state at completion), so a takeover
-//	                  of this epoch resumes it with cont, as it does a
-//	                  final cut's.
-//	Resume            cont, exports: the snapshot, tagged with the group cut
+//	                  migrates (not in the background way), then the
+//	                  written pages are scanned and copied. Then the same
+//	                  freeze as a single cut (fleecing nodes, bitmap
+//	                  transaction; the background way: the backup jobs
+//	                  only). The guest stays stopped. Its device state
+//	                  records it paused (QEMU stores the run state when
+//	                  it saves it), so a takeover of this epoch resumes it
+//	                  with cont, as it does a final cut's.
+//	Resume            cont (the background way: the background snapshot
+//	                  saves the device state and resumes the guest, then
+//	                  the old bitmaps are disabled), exports: the
+//	                  snapshot, tagged with the group cut
 //	Abort             at any step: the migration cancelled or the guest
 //	                  resumed, everything torn down; the guest runs. The
 //	                  pages an aborted tracked cut scanned are carried to
@@ -70,11 +77,14 @@ type GroupCut struct {
 	sub       qmp.Events
 	sizes     []int64
 	t         cutTimes
-	stopped   bool // the migration completed: the guest waits for cont
+	stopped   bool // the migration completed (or, background, the cut froze): the guest waits for cont
 	weStopped bool // stop issued: until cont, an abort must resume the guest
-	done      bool
-	cancel    context.CancelFunc
-	ctx       context.Context
+	// bgMigrating: Resume's background snapshot was started and has not
+	// completed; an abort cancels it (the guest is resumed either way).
+	bgMigrating bool
+	done        bool
+	cancel      context.CancelFunc
+	ctx         context.Context
 }
 
 // PrepareGroupCut starts a cut whose stop the caller decides: on the full
@@ -117,11 +127,29 @@ func (s *Source) PrepareGroupCut(ctx context.Context) (g *GroupCut, err error) {
 		return g, fmt.Errorf("livecut: %w", err)
 	}
 	// A full cut migrates all of RAM, a tracked one leaves the shared
-	// backend out.
-	if _, err := s.setCaptureCaps(ctx, sess, c.tracked, false); err != nil {
+	// backend out, and takes its device state by a background snapshot
+	// where QEMU allows, as a single cut does: the fleecing nodes and the
+	// new bitmaps come now, while the guest runs.
+	if c.background, err = s.setCaptureCaps(ctx, sess, c.tracked, c.tracked); err != nil {
 		return g, fmt.Errorf("livecut: %w", err)
 	}
-	g.sub = sess.Subscribe("STOP", "MIGRATION", "SHUTDOWN")
+	if c.background {
+		if err := c.tryEarly(sess); err != nil {
+			return g, fmt.Errorf("livecut: %w", err)
+		}
+		if err := c.addFleeceNodes(ctx, sess); err != nil {
+			return g, fmt.Errorf("livecut: %w", err)
+		}
+		if c.early {
+			if err := c.armEarly(ctx, sess); err != nil {
+				return g, fmt.Errorf("livecut: %w", err)
+			}
+		}
+		if err := c.bitmapsBefore(ctx, sess); err != nil {
+			return g, fmt.Errorf("livecut: %w", err)
+		}
+	}
+	g.sub = sess.Subscribe("STOP", "MIGRATION", "SHUTDOWN", "RESUME")
 	if c.tracked || s.stoppedPass {
 		// The migration starts once Stop has stopped the guest. The
 		// downtime limit is the single cut's: with the guest stopped
@@ -210,12 +238,25 @@ func (g *GroupCut) Stop(ctx context.Context) error {
 	if err := g.s.markCutStopped(g.c.gen, true); err != nil {
 		return fmt.Errorf("livecut: %w", err)
 	}
+	if g.c.early {
+		// As close to the stop as can be (early.go).
+		if err := g.c.startEarlyJobs(ctx, sess); err != nil {
+			return fmt.Errorf("livecut: %w: %w", err, ErrCutFailed)
+		}
+	}
+	// The background way takes the STOP of its own stop from events that
+	// come after it is sent: one the group's subscription holds from
+	// earlier is someone else's pause.
+	own := sess.Subscribe("STOP", "SHUTDOWN")
+	defer own.Close()
 	err := sess.Execute(ctx, "stop", nil, nil)
 	if err != nil {
 		return fmt.Errorf("livecut: %w", err)
 	}
 	g.weStopped = true
 	switch {
+	case g.c.background:
+		return g.stopBackground(ctx, own)
 	case g.c.tracked:
 		// Device state only: it migrates within the step, and the
 		// written pages are copied as a single tracked cut copies them.
@@ -241,6 +282,27 @@ func (g *GroupCut) Stop(ctx context.Context) error {
 	return g.complete(ctx)
 }
 
+// stopBackground is Stop's background way: the stop's own STOP, then
+// the written pages scanned and copied and the backup jobs started, the
+// guest left stopped; Resume's background snapshot saves the device
+// state and resumes the guest. A guest someone else paused as the cut
+// began is left paused (ErrGuestPaused), as a single cut leaves it.
+func (g *GroupCut) stopBackground(ctx context.Context, own qmp.Events) error {
+	s := g.s
+	if err := s.awaitOwnStop(ctx, own, &g.t); err != nil {
+		if errors.Is(err, ErrGuestPaused) {
+			g.weStopped = false
+		}
+		return err
+	}
+	if s.o.AfterMigration != nil {
+		s.o.AfterMigration()
+	}
+	g.t.completed = time.Now()
+	g.stopped = true
+	return g.freeze(ctx)
+}
+
 // migrate runs the cut's migration of a stopped guest and completes the
 // cut.
 func (g *GroupCut) migrate(ctx context.Context) error {
@@ -252,15 +314,21 @@ func (g *GroupCut) migrate(ctx context.Context) error {
 }
 
 // complete waits for the cut's migration to complete, the guest stopped,
-// and does what a single cut does then: the RAM scan and the disks'
-// freeze. A failed scan fails a tracked cut at once (its abort resumes
-// the guest); a full cut goes on without tracking.
+// and freezes the cut.
 func (g *GroupCut) complete(ctx context.Context) (err error) {
-	s, c := g.s, g.c
+	s := g.s
 	if g.t.completed, err = s.awaitMigration(ctx, ctx, g.sess, g.sub, &g.t.stopAt); err != nil {
 		return err
 	}
 	g.stopped = true
+	return g.freeze(ctx)
+}
+
+// freeze does, the guest stopped, what a single cut does then: the RAM
+// scan and the disks' freeze. A failed scan fails a tracked cut at once
+// (its abort resumes the guest); a full cut goes on without tracking.
+func (g *GroupCut) freeze(ctx context.Context) error {
+	s, c := g.s, g.c
 	scanErr, frozenErr := c.whileStopped(ctx, g.sess)
 	if scanErr != nil && c.tracked {
 		s.dropTracking(scanErr)
@@ -291,14 +359,31 @@ func (g *GroupCut) Resume(ctx context.Context, tag *vmspec.GroupCut) (snap *send
 		return nil, errors.New("livecut: group cut resumed before it stopped")
 	}
 	g.t.cont = time.Now()
-	if err := sess.Execute(context.WithoutCancel(ctx), "cont", nil, nil); err != nil {
-		return nil, fmt.Errorf("livecut: resume the guest: %w", err)
+	if c.background {
+		// QEMU saves the device state and resumes the guest.
+		g.bgMigrating = true
+		if err := sess.Execute(g.ctx, "migrate", map[string]any{"uri": "unix:" + g.cap.path}, nil); err != nil {
+			return nil, fmt.Errorf("livecut: %w", err)
+		}
+		if err := s.awaitBackground(ctx, g.ctx, sess, g.sub, &g.t); err != nil {
+			return nil, err
+		}
+		g.bgMigrating = false
+	} else {
+		if err := sess.Execute(context.WithoutCancel(ctx), "cont", nil, nil); err != nil {
+			return nil, fmt.Errorf("livecut: resume the guest: %w", err)
+		}
+		g.t.resumed = time.Now()
 	}
-	g.t.resumed = time.Now()
 	g.stopped, g.weStopped = false, false
 	s.unmarkCut()
 	if err := c.afterResume(ctx, sess, c.scanErr); err != nil {
 		return nil, err
+	}
+	if c.background {
+		if err := c.freezeAfter(ctx, sess); err != nil {
+			return nil, fmt.Errorf("livecut: %w", err)
+		}
 	}
 	cap := g.cap
 	g.cap = nil
@@ -330,7 +415,7 @@ func (g *GroupCut) Abort() error {
 	if sess.Err() == nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		if !g.stopped {
+		if !g.stopped || g.bgMigrating {
 			s.cancelMigration(sess)
 		}
 		var st struct{ Status string }

@@ -180,13 +180,18 @@ func TestTrackedGroupCuts(t *testing.T) {
 			if st.RAMPath != r.want[i] {
 				t.Fatalf("group cut %d of %s: stats say %s, want %s", n, m.name, st.RAMPath, r.want[i])
 			}
+			// Tracking needs write-protected userfaultfd, as background
+			// snapshots do: every tracked member takes that way.
+			if (st.RAMPath == livecut.RAMTracked) != st.Background {
+				t.Errorf("group cut %d of %s: %s path, background %v; want tracked cuts and only they by background snapshot", n, m.name, st.RAMPath, st.Background)
+			}
 			how := "with the test's reads of RAM"
 			if !r.check {
 				how = "measured"
 				pauses[st.RAMPath] = append(pauses[st.RAMPath], snap.Pause)
 			}
-			t.Logf("group cut %d of %s: %s, pass %s, %d written pages (%d copied before the stop in %v), scan %v, pause %v (%s), stream %d bytes",
-				n, m.name, st.RAMPath, st.Pass, st.DirtyPages, st.PrecopyPages, st.Precopy.Round(100*time.Microsecond), st.Scan.Round(100*time.Microsecond), snap.Pause.Round(100*time.Microsecond), how, st.StreamBytes)
+			t.Logf("group cut %d of %s: %s, pass %s, disks' jobs %s, %d written pages (%d copied before the stop in %v), scan %v, pause %v (%s), stream %d bytes",
+				n, m.name, st.RAMPath, st.Pass, st.DiskFreeze, st.DirtyPages, st.PrecopyPages, st.Precopy.Round(100*time.Microsecond), st.Scan.Round(100*time.Microsecond), snap.Pause.Round(100*time.Microsecond), how, st.StreamBytes)
 			checkTrackedMember(t, n, m, snap, st, atCut[i])
 			tables := diskTables(t, snap)
 			if r.planned[i] {
