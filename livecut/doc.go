@@ -108,9 +108,11 @@
 // reaches the sender (it fails, or its group cut is aborted) gives its
 // scan back: the chain goes on from the cut before it, and the pages it
 // found written are carried to the next tracked cut (unscan). A group
-// cut takes the tracked path on the same terms as a single cut (group.go:
-// the guest stops first, then the device state migrates and the written
-// pages are copied), and a full group cut arms the tracking as a full
+// cut takes the tracked path on the same terms as a single cut (group.go),
+// by a background snapshot where QEMU allows it: prepare adds the
+// fleecing nodes and bitmaps, stop stops the guest, copies the written
+// pages and starts the backup jobs, resume's snapshot saves the device
+// state and resumes the guest. A full group cut arms the tracking as a full
 // single cut does; a group's members may take different paths.
 // x-ignore-shared (and background-snapshot) is turned off after each
 // tracked cut, failed or not, by a new session, and by an aborted group
