@@ -177,13 +177,19 @@ func (c *cut) freezeLate(ctx context.Context, sess Monitor) error {
 	return nil
 }
 
+// copyFile copies from to a new file to, with from's permissions (those
+// qemu-img gave it, which QEMU opens it with).
 func copyFile(from, to string) (err error) {
 	in, err := os.Open(from)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	fi, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	out, err := os.OpenFile(to, os.O_WRONLY|os.O_CREATE|os.O_EXCL, fi.Mode().Perm())
 	if err != nil {
 		return err
 	}
