@@ -180,7 +180,7 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 		// No migration inactivates the disks on this path, so the
 		// fleecing nodes and the new bitmaps are added while the guest
 		// runs (background.go).
-		if err := c.tryEarly(sess); err != nil {
+		if err := c.tryEarly(); err != nil {
 			return nil, fmt.Errorf("livecut: %w", err)
 		}
 		if err := c.addFleeceNodes(ctx, sess); err != nil {
@@ -656,7 +656,7 @@ func (s *Source) checkRunning(ctx context.Context, sess Monitor) error {
 func (c *cut) freeze(ctx context.Context, sess Monitor) error {
 	s := c.s
 	if c.early {
-		if c.late = c.overtaken(); !c.late {
+		if c.late = c.overtaken(ctx, sess); !c.late {
 			s.early.result(false)
 			return nil
 		}

@@ -35,11 +35,13 @@ import (
 // what the step returned. Lines starting with # are comments. Run with
 // -rewrite to regenerate the expected output (then read the diff).
 //
-//	vm [status=S] [migration=M] [downtime-limit=MS] [accel=tcg] [no-background="desc"]
+//	vm [status=S] [migration=M] [downtime-limit=MS] [accel=tcg] [no-background="desc"] [unordered-events]
 //	                                     a fake VM with disk0 (1 MiB) running
 //	                                     (under TCG: its cuts take a stopped pass;
 //	                                     no-background: QEMU refuses background
-//	                                     snapshots with desc)
+//	                                     snapshots with desc; unordered-events: its
+//	                                     monitor does not promise events before
+//	                                     later replies, as libvirt's)
 //	source [final] [tracked] [spool-full]
 //	                                     a livecut.Source for disk vda = node disk0;
 //	                                     tracked: RAM tracking (pc.ram, Fake.TrackRAM);
@@ -167,6 +169,7 @@ func (s *cutScript) run(line string) string {
 		s.fake.Migration = args["migration"]
 		s.fake.TCG = args["accel"] == "tcg"
 		s.fake.NoBackground = args["no-background"]
+		_, s.fake.UnorderedEvents = args["unordered-events"]
 		if v := args["downtime-limit"]; v != "" {
 			n, err := strconv.Atoi(v)
 			if err != nil {

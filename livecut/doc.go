@@ -75,11 +75,11 @@
 // and so no cont to activate them again. A QEMU that refuses the
 // capability gets the sequence above from then on. CutStats.Background
 // says which way a cut went. Such a cut starts its backup jobs before the
-// stop where the monitor delivers events in order with replies (early.go):
-// a write threshold of one byte on each fleecing node says whether the
-// guest wrote between the jobs' start and the stop; if it did, the cut
-// starts jobs into late nodes while stopped. CutStats.DiskFreeze says
-// which.
+// stop (early.go): a write threshold of one byte on each fleecing node
+// (or, where the monitor may deliver events after later replies, the
+// jobs' progress asked while stopped) says whether the guest wrote
+// between the jobs' start and the stop; if it did, the cut starts jobs
+// into late nodes while stopped. CutStats.DiskFreeze says which.
 //
 // Tracked RAM (Options.SharedRAM, Options.TrackRAM; ramtrack.go): with
 // guest RAM in a shared memory backend, the first cut migrates all of RAM

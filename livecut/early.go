@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/drsync/drsync/qmp"
@@ -24,21 +25,25 @@ import (
 //	block-set-write-threshold f<gen>-<i>, 1    guest running
 //	transaction: blockdev-backup → f<gen>-<i>  guest running: early jobs
 //	stop                                       STOP: the cut's instant
-//	  no BLOCK_WRITE_THRESHOLD before the reply: the early views are the
-//	  cut's (DiskFreeze "early")
+//	  no BLOCK_WRITE_THRESHOLD before the reply (or, with a monitor that
+//	  does not order events and replies, every early job's offset 0):
+//	  the early views are the cut's (DiskFreeze "early")
 //	  one came: the guest wrote after the jobs started; while it is
 //	  stopped the cut adds drsync-l<gen>-<i> and starts jobs into them,
 //	  stacked on the early ones, which go with the cut (DiskFreeze "late")
 //
 // QEMU sends an event before the reply of any command that follows it,
-// and the write a stop drains queues its event before the stop's reply;
-// a monitor that may deliver events after later replies (libvirt's
-// passthrough) cannot say "none came", so its cuts start the jobs while
-// stopped (DiskFreeze "stopped"), as do cuts while early jobs keep being
-// overtaken (earlyBackoff). The late nodes are added only when needed,
-// and only after the early jobs started: a node backed by the disk when
-// a job's filter goes in above it is moved onto the filter, which then
-// cannot take another job.
+// and the write a stop drains queues its event before the stop's reply.
+// A monitor that may deliver events after later replies (libvirt's
+// passthrough) cannot say "none came" that way; its cuts ask instead,
+// the guest stopped: a job's progress (query-block-jobs' offset) counts
+// the bytes its filter copied, none unless the guest wrote. That costs a
+// round trip in the pause, still less than the transaction. Cuts start
+// their jobs while stopped (DiskFreeze "stopped") while early jobs keep
+// being overtaken (earlyBackoff). The late nodes are added only when
+// needed, and only after the early jobs started: a node backed by the
+// disk when a job's filter goes in above it is moved onto the filter,
+// which then cannot take another job.
 
 // How a cut's backup jobs started (CutStats.DiskFreeze).
 const (
@@ -85,13 +90,19 @@ func (b *earlyBackoff) result(overtaken bool) {
 	b.skip = 1<<b.streak - 1
 }
 
+// ordered says whether sess delivers events before later replies.
+func ordered(sess Monitor) bool {
+	o, ok := sess.(eventOrder)
+	return ok && o.EventsBeforeReplies()
+}
+
 // tryEarly says whether the background cut c starts its backup jobs
 // before the stop, and if so prepares the late path's overlay files now:
 // copies of the early ones, which QEMU has not opened yet (cheaper than
 // another qemu-img, and ready before the pause that may need them).
-func (c *cut) tryEarly(sess Monitor) error {
+func (c *cut) tryEarly() error {
 	s := c.s
-	if o, ok := sess.(eventOrder); !ok || !o.EventsBeforeReplies() || s.earlyOff || !s.early.try() {
+	if s.earlyOff || !s.early.try() {
 		return nil
 	}
 	for i, f := range c.files {
@@ -107,8 +118,12 @@ func (c *cut) tryEarly(sess Monitor) error {
 
 // armEarly subscribes to the write thresholds and sets one of one byte on
 // each fleecing node, before any job can write there. A QEMU that refuses
-// the threshold gets stopped jobs from then on.
+// the threshold gets stopped jobs from then on. A monitor that does not
+// order events and replies needs none (overtaken asks the jobs).
 func (c *cut) armEarly(ctx context.Context, sess Monitor) error {
+	if !ordered(sess) {
+		return nil
+	}
 	c.thr = sess.Subscribe("BLOCK_WRITE_THRESHOLD")
 	for _, n := range c.nodes {
 		err := sess.Execute(ctx, "block-set-write-threshold", map[string]any{"node-name": n, "write-threshold": 1}, nil)
@@ -136,9 +151,26 @@ func (c *cut) startEarlyJobs(ctx context.Context, sess Monitor) error {
 }
 
 // overtaken says whether the guest wrote its disks after the early jobs
-// started: a BLOCK_WRITE_THRESHOLD of one of the cut's fleecing nodes
-// queued by now, the stop's reply in. It does not wait.
-func (c *cut) overtaken() bool {
+// started, the stop's reply in: a BLOCK_WRITE_THRESHOLD of one of the
+// cut's fleecing nodes queued by now (it does not wait), or, without
+// ordered events, an early job that copied something. A failed query
+// says overtaken: the late path is right either way.
+func (c *cut) overtaken(ctx context.Context, sess Monitor) bool {
+	if c.thr == nil {
+		var jobs []jobProgress
+		if err := sess.Execute(ctx, "query-block-jobs", nil, &jobs); err != nil {
+			c.s.log.Warn("could not ask the early backup jobs whether the guest wrote its disks; the cut starts late ones", "err", err)
+			return true
+		}
+		for i := range c.s.o.Disks {
+			id := backupJob(c.gen, i)
+			j := slices.IndexFunc(jobs, func(j jobProgress) bool { return j.Device == id })
+			if j < 0 || jobs[j].Offset > 0 {
+				return true
+			}
+		}
+		return false
+	}
 	done, cancel := context.WithCancel(context.Background())
 	cancel()
 	for {
@@ -152,6 +184,13 @@ func (c *cut) overtaken() bool {
 			}
 		}
 	}
+}
+
+// jobProgress is a block job as query-block-jobs tells it: a backup
+// job's offset counts what its filter copied.
+type jobProgress struct {
+	Device string `json:"device"`
+	Offset int64  `json:"offset"`
 }
 
 // freezeLate is the freeze of a cut whose early jobs a write overtook,

@@ -134,7 +134,7 @@ func (s *Source) PrepareGroupCut(ctx context.Context) (g *GroupCut, err error) {
 		return g, fmt.Errorf("livecut: %w", err)
 	}
 	if c.background {
-		if err := c.tryEarly(sess); err != nil {
+		if err := c.tryEarly(); err != nil {
 			return g, fmt.Errorf("livecut: %w", err)
 		}
 		if err := c.addFleeceNodes(ctx, sess); err != nil {

@@ -65,7 +65,10 @@ func guestRAMNow(pid int, size uint64) ([]byte, error) {
 // file read then), whenever its backup jobs started: the third cut's
 // early job is overtaken by a write through the guest's disk device just
 // before the stop, so it takes the late path, and the fourth starts its
-// jobs while stopped. The guest runs on throughout.
+// jobs while stopped. The guest runs on throughout. It runs twice: over
+// QMP, whose events come in order with replies (the early jobs' write
+// threshold), and over a monitor that does not say so, as libvirt's
+// (the jobs' progress asked while stopped).
 func TestTrackedCuts(t *testing.T) {
 	if testing.Short() {
 		t.Skip("boots a guest")
@@ -73,13 +76,29 @@ func TestTrackedCuts(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (ptrace, pidfd_getfd)")
 	}
+	t.Run("ordered", func(t *testing.T) { testTrackedCuts(t, livecut.DialQMP) })
+	t.Run("unordered", func(t *testing.T) {
+		testTrackedCuts(t, func(ctx context.Context, socket string, o qmp.Options) (livecut.Monitor, error) {
+			m, err := livecut.DialQMP(ctx, socket, o)
+			if err != nil {
+				return nil, err
+			}
+			return unordered{m}, nil
+		})
+	})
+}
+
+// unordered hides a monitor's promise of events before later replies.
+type unordered struct{ livecut.Monitor }
+
+func testTrackedCuts(t *testing.T, dial livecut.DialFunc) {
 	const mib = 256
 	vm, dir := guest.ProtectedWith(t, mib, map[string]string{"rate": "50", "dirty_mib": "64", "dirty_rate_kib": "512"}, sharedRAMArgs(mib)...)
 	var atCut, diskAtCut []byte
 	var readErr, writeErr error
 	n := 0
 	src, err := livecut.New(livecut.Options{
-		QMPSocket: vm.QMPSocket, WorkDir: filepath.Join(dir, "work"), Now: time.Now,
+		QMPSocket: vm.QMPSocket, WorkDir: filepath.Join(dir, "work"), Now: time.Now, Dial: dial,
 		Disks:     []livecut.Disk{{Name: "vda", Node: "disk0"}},
 		SharedRAM: "ram0",
 		TrackRAM: func() (livecut.RAMTracker, error) {

@@ -130,8 +130,13 @@ type Fake struct {
 	Nodes          []*Node
 	Exports        map[string]string // export id -> node
 	Jobs           []string
-	// JobTargets are the running backup jobs' targets (job -> node).
+	// JobTargets are the running backup jobs' targets (job -> node);
+	// JobCopied what each copied into it (query-block-jobs' offset).
 	JobTargets map[string]string
+	JobCopied  map[string]int64
+	// UnorderedEvents: the monitor does not promise to deliver an event
+	// before the replies that follow it (as libvirt's passthrough).
+	UnorderedEvents bool
 	// RAM is the guest's main RAM (pc.ram), written whole by a migration.
 	RAM []byte
 	// Replace rewrites strings in the trace (a temporary directory into
@@ -333,8 +338,12 @@ var _ livecut.Monitor = (*Conn)(nil)
 
 // EventsBeforeReplies: the fake emits an event to the subscriptions
 // before it answers the command that caused it, as QEMU's stream orders
-// them.
-func (c *Conn) EventsBeforeReplies() bool { return true }
+// them, and says so unless told not to (Fake.UnorderedEvents).
+func (c *Conn) EventsBeforeReplies() bool {
+	c.f.mu.Lock()
+	defer c.f.mu.Unlock()
+	return !c.f.UnorderedEvents
+}
 
 func (c *Conn) end(err error) {
 	if c.err != nil {
@@ -534,6 +543,10 @@ func (f *Fake) faultLocked(cmd string) *Fault {
 // which crosses the target's write threshold.
 func (f *Fake) diskWriteLocked() {
 	for _, j := range f.Jobs {
+		if f.JobCopied == nil {
+			f.JobCopied = map[string]int64{}
+		}
+		f.JobCopied[j] += 65536
 		n := f.Node(f.JobTargets[j])
 		if n == nil || n.Threshold <= 0 {
 			continue
@@ -601,7 +614,7 @@ func (f *Fake) handleLocked(c *Conn, cmd string, a map[string]any, fault *Fault)
 	case "query-block-jobs":
 		var out []map[string]any
 		for _, j := range f.Jobs {
-			out = append(out, map[string]any{"device": j, "type": "backup", "status": "running"})
+			out = append(out, map[string]any{"device": j, "type": "backup", "status": "running", "offset": f.JobCopied[j]})
 		}
 		return orEmpty(out), nil, nil
 	case "query-named-block-nodes":
