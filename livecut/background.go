@@ -139,16 +139,9 @@ func (c *cut) backgroundCut(ctx, cctx context.Context, sess Monitor, sub qmp.Eve
 			}
 		}
 	}()
-	if c.early {
-		// As close to the stop as can be: a write in between makes the
-		// pause longer (early.go).
-		if err := c.startEarlyJobs(cctx, sess); err != nil {
-			cap.abort()
-			return nil, fmt.Errorf("livecut: %w: %w", err, ErrCutFailed)
-		}
-	}
-	if s.o.BeforeStop != nil {
-		s.o.BeforeStop(cctx, sess)
+	if err := c.beforeStop(cctx, sess); err != nil {
+		cap.abort()
+		return nil, err
 	}
 	if err := sess.Execute(cctx, "stop", nil, nil); err != nil {
 		cap.abort()
@@ -240,6 +233,22 @@ func (s *Source) awaitBackground(ctx, cctx context.Context, sess Monitor, sub qm
 		}
 	}
 	return nil
+}
+
+// prepareBackground readies a background cut while its guest runs: the
+// fleecing nodes, the early jobs' spare overlays and write thresholds
+// (early.go), and the new bitmaps.
+func (c *cut) prepareBackground(ctx context.Context, sess Monitor) error {
+	if err := c.tryEarly(); err != nil {
+		return err
+	}
+	if err := c.addFleeceNodes(ctx, sess); err != nil {
+		return err
+	}
+	if err := c.armEarly(ctx, sess); err != nil {
+		return err
+	}
+	return c.bitmapsBefore(ctx, sess)
 }
 
 // bitmapsBefore adds this cut's bitmaps before its stop, and freezeAfter

@@ -180,18 +180,7 @@ func (s *Source) snapshot(ctx context.Context, sess Monitor) (snap *sender.Snaps
 		// No migration inactivates the disks on this path, so the
 		// fleecing nodes and the new bitmaps are added while the guest
 		// runs (background.go).
-		if err := c.tryEarly(); err != nil {
-			return nil, fmt.Errorf("livecut: %w", err)
-		}
-		if err := c.addFleeceNodes(ctx, sess); err != nil {
-			return nil, fmt.Errorf("livecut: %w", err)
-		}
-		if c.early {
-			if err := c.armEarly(ctx, sess); err != nil {
-				return nil, fmt.Errorf("livecut: %w", err)
-			}
-		}
-		if err := c.bitmapsBefore(ctx, sess); err != nil {
+		if err := c.prepareBackground(ctx, sess); err != nil {
 			return nil, fmt.Errorf("livecut: %w", err)
 		}
 	}

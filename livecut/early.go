@@ -121,7 +121,7 @@ func (c *cut) tryEarly() error {
 // the threshold gets stopped jobs from then on. A monitor that does not
 // order events and replies needs none (overtaken asks the jobs).
 func (c *cut) armEarly(ctx context.Context, sess Monitor) error {
-	if !ordered(sess) {
+	if !c.early || !ordered(sess) {
 		return nil
 	}
 	c.thr = sess.Subscribe("BLOCK_WRITE_THRESHOLD")
@@ -141,13 +141,23 @@ func (c *cut) armEarly(ctx context.Context, sess Monitor) error {
 	return nil
 }
 
-// startEarlyJobs starts the backup jobs into the fleecing nodes with the
-// guest running, just before its stop.
-func (c *cut) startEarlyJobs(ctx context.Context, sess Monitor) error {
-	tx := time.Now()
-	err := c.startJobs(ctx, sess, nil, false, c.nodes, backupJob)
-	c.txTime = time.Since(tx)
-	return err
+// beforeStop is a background cut's last step with the guest running:
+// an early cut starts its backup jobs into the fleecing nodes, as close
+// to the stop as can be (a write in between makes the pause longer), and
+// then Options.BeforeStop runs.
+func (c *cut) beforeStop(ctx context.Context, sess Monitor) error {
+	if c.early {
+		tx := time.Now()
+		err := c.startJobs(ctx, sess, nil, false, c.nodes, backupJob)
+		c.txTime = time.Since(tx)
+		if err != nil {
+			return fmt.Errorf("livecut: %w: %w", err, ErrCutFailed)
+		}
+	}
+	if c.s.o.BeforeStop != nil {
+		c.s.o.BeforeStop(ctx, sess)
+	}
+	return nil
 }
 
 // overtaken says whether the guest wrote its disks after the early jobs

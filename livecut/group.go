@@ -134,18 +134,7 @@ func (s *Source) PrepareGroupCut(ctx context.Context) (g *GroupCut, err error) {
 		return g, fmt.Errorf("livecut: %w", err)
 	}
 	if c.background {
-		if err := c.tryEarly(); err != nil {
-			return g, fmt.Errorf("livecut: %w", err)
-		}
-		if err := c.addFleeceNodes(ctx, sess); err != nil {
-			return g, fmt.Errorf("livecut: %w", err)
-		}
-		if c.early {
-			if err := c.armEarly(ctx, sess); err != nil {
-				return g, fmt.Errorf("livecut: %w", err)
-			}
-		}
-		if err := c.bitmapsBefore(ctx, sess); err != nil {
+		if err := c.prepareBackground(ctx, sess); err != nil {
 			return g, fmt.Errorf("livecut: %w", err)
 		}
 	}
@@ -238,11 +227,8 @@ func (g *GroupCut) Stop(ctx context.Context) error {
 	if err := g.s.markCutStopped(g.c.gen, true); err != nil {
 		return fmt.Errorf("livecut: %w", err)
 	}
-	if g.c.early {
-		// As close to the stop as can be (early.go).
-		if err := g.c.startEarlyJobs(ctx, sess); err != nil {
-			return fmt.Errorf("livecut: %w: %w", err, ErrCutFailed)
-		}
+	if err := g.c.beforeStop(ctx, sess); err != nil {
+		return err
 	}
 	// The background way takes the STOP of its own stop from events that
 	// come after it is sent: one the group's subscription holds from
