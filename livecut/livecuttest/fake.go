@@ -187,6 +187,7 @@ type Fake struct {
 // 64 KiB of RAM.
 func New(t testing.TB, disks map[string]int64) *Fake {
 	f := &Fake{T: t, Status: "running", Exports: map[string]string{}, RAM: make([]byte, 16*migstream.PageSize),
+		JobTargets: map[string]string{}, JobCopied: map[string]int64{},
 		Params: map[string]any{"downtime-limit": 300, "max-bandwidth": 134217728},
 		calls:  map[string]int{}, nbd: map[string]*exec.Cmd{}}
 	for i := range f.RAM {
@@ -543,9 +544,6 @@ func (f *Fake) faultLocked(cmd string) *Fault {
 // which crosses the target's write threshold.
 func (f *Fake) diskWriteLocked() {
 	for _, j := range f.Jobs {
-		if f.JobCopied == nil {
-			f.JobCopied = map[string]int64{}
-		}
 		f.JobCopied[j] += 65536
 		n := f.Node(f.JobTargets[j])
 		if n == nil || n.Threshold <= 0 {
@@ -778,6 +776,7 @@ func (f *Fake) handleLocked(c *Conn, cmd string, a map[string]any, fault *Fault)
 		}
 		f.Jobs = slices.DeleteFunc(f.Jobs, func(j string) bool { return j == id })
 		delete(f.JobTargets, id)
+		delete(f.JobCopied, id)
 		f.emitLocked("BLOCK_JOB_CANCELLED", map[string]any{"device": id, "type": "backup"})
 		return ok, nil, nil
 	}
@@ -855,9 +854,6 @@ func (f *Fake) transactionLocked(a map[string]any) (any, func(), error) {
 			n.Bitmaps = append(n.Bitmaps, Bitmap{Name: s("name"), Recording: true})
 		case "blockdev-backup":
 			f.Jobs = append(f.Jobs, s("job-id"))
-			if f.JobTargets == nil {
-				f.JobTargets = map[string]string{}
-			}
 			f.JobTargets[s("job-id")] = s("target")
 		}
 	}
