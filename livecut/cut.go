@@ -918,6 +918,11 @@ func (c *cut) close() error {
 		if s.ram.written != nil && len(s.ram.written.data) >= largeCopy {
 			free = true
 		}
+		// The sender keeps the epoch's plan, and through it this copy,
+		// until the epoch's result is out: dropped only here, a large
+		// copy was still live at the collection below and set the
+		// collector's goal for the steady state.
+		s.ram.written.release()
 		s.ram.written = nil
 	}
 	if free {

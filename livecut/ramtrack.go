@@ -251,6 +251,13 @@ func copyWritten(tr RAMTracker, dirty []dirtylog.Range, size int64, fresh []dirt
 	return w, nil
 }
 
+// release drops the copied pages; reads after it fail with errNotCopied.
+func (w *writtenPages) release() {
+	if w != nil {
+		w.ranges, w.at, w.data = nil, nil, nil
+	}
+}
+
 // ReadAt reads p from the copied ranges; a read reaching a page that was
 // not copied fails with errNotCopied.
 func (w *writtenPages) ReadAt(p []byte, off int64) (int, error) {

@@ -91,6 +91,16 @@ func TestWrittenPages(t *testing.T) {
 			t.Fatalf("read %d at %#x: %d bytes, not the guest's", tc.n, tc.off, n)
 		}
 	}
+	// Released (the cut closed while the sender still holds its plan),
+	// the copy is gone and a read says so rather than return stale pages.
+	w.release()
+	if w.data != nil {
+		t.Fatalf("a released copy still holds %d bytes", len(w.data))
+	}
+	if _, err := w.ReadAt(make([]byte, 4096), 4096); !errors.Is(err, errNotCopied) {
+		t.Fatalf("read of a released copy: %v, want errNotCopied", err)
+	}
+	(*writtenPages)(nil).release() // a cut without a copy
 	for _, bad := range [][]dirtylog.Range{
 		{{Start: 0, End: 17 * 4096}},
 		{{Start: 4096, End: 4096}},

@@ -187,6 +187,7 @@ func testTrackedCuts(t *testing.T, dial livecut.DialFunc) {
 			t.Fatalf("cut %d: no RAM target ram0", n)
 		}
 		var got []byte
+		written := int64(-1) // a written page's offset, on a tracked cut
 		if n == 1 {
 			got = readAll(t, *ram)
 			// The full path's figure, for the record: the first migration
@@ -207,6 +208,7 @@ func testTrackedCuts(t *testing.T, dial livecut.DialFunc) {
 			heldUnchanged := 0
 			for _, e := range ext {
 				if !e.Unchanged {
+					written = e.Off
 					if _, err := ram.Reader.ReadAt(got[e.Off:e.Off+e.Len], e.Off); err != nil {
 						t.Fatalf("cut %d: read written pages at %#x: %v", n, e.Off, err)
 					}
@@ -250,6 +252,14 @@ func testTrackedCuts(t *testing.T, dial livecut.DialFunc) {
 		snap.Planned(tables)
 		if err := snap.Close(); err != nil {
 			t.Fatal(err)
+		}
+		// The sender holds the epoch's plan, and this reader with it, until
+		// the epoch's result is out: the cut's close must let the copied
+		// pages go, or the collection it may run counts them live.
+		if written >= 0 {
+			if _, err := ram.Reader.ReadAt(make([]byte, vmspec.PageSize), written); err == nil {
+				t.Fatalf("cut %d: its copied pages are still held after its close", n)
+			}
 		}
 		prev = table
 		before := len(vm.Ticks())
