@@ -926,3 +926,56 @@ func TestEncodersShareBuffers(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// Every Encoder of the process compresses through one zstd encoder per
+// level, which keeps a history per CPU rather than per Encoder: a sender
+// holds an Encoder per VM between epochs. Many Encoders, compressing at
+// once, each produce what decodes to their own frame, and the heap they
+// keep together stays below what one history each would cost (about
+// 1.5 MiB: 48 MiB for 32).
+func TestEncodersShareACompressor(t *testing.T) {
+	const n = 32
+	data := bytes.Repeat([]byte("drsync shares one compressor per level "), 1<<20/39)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	encs := make([]*Encoder, n)
+	outs := make([]bytes.Buffer, n)
+	var wg sync.WaitGroup
+	errs := make([]error, n)
+	for i := range encs {
+		encs[i] = NewEncoder(&outs[i], EncoderOptions{Compression: CompressFast})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = encs[i].Encode(&DiskExtent{Target: uint16(i), Offset: 0, Data: data})
+		}()
+	}
+	wg.Wait()
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	for i := range encs {
+		if errs[i] != nil {
+			t.Fatal(errs[i])
+		}
+		if outs[i].Len() >= len(data)/2 {
+			t.Fatalf("encoder %d: %d bytes for %d of repeated text: not compressed", i, outs[i].Len(), len(data))
+		}
+		f, err := NewDecoder(&outs[i], DecoderOptions{}).Decode()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d, ok := f.(*DiskExtent); !ok || d.Target != uint16(i) || !bytes.Equal(d.Data, data) {
+			t.Fatalf("encoder %d: its frame does not decode to what it encoded", i)
+		}
+	}
+	kept := int64(after.HeapInuse) - int64(before.HeapInuse)
+	outBytes := 0
+	for i := range outs {
+		outBytes += outs[i].Cap()
+	}
+	if held := kept - int64(outBytes); held > 16<<20 {
+		t.Fatalf("%d Encoders keep %d MiB of heap besides their output: a compressor each", n, held>>20)
+	}
+	runtime.KeepAlive(encs)
+}
