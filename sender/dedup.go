@@ -6,6 +6,7 @@ import (
 	"io"
 
 	"github.com/drsync/drsync/blockhash"
+	"github.com/drsync/drsync/internal/bufpool"
 	"github.com/drsync/drsync/vmspec"
 
 	"github.com/drsync/drsync/pagecache"
@@ -117,6 +118,19 @@ func (d *Dedup) begin(snap *Snapshot, old []*blockhash.Table) {
 	d.curTgt, d.curOff = 0, 0
 }
 
+// end drops what planning the snapshot needed: the snapshot itself (and
+// through it what its source holds for the cut), the replica's tables and
+// the read-ahead window, whose buffer goes back to a pool every VM's
+// planner shares. A sender of many VMs otherwise kept all of it per VM
+// between epochs.
+func (d *Dedup) end() {
+	if d.window.buf != nil {
+		windowBufs.Put(d.window.buf)
+	}
+	d.window = window{}
+	d.snap, d.byName, d.old, d.refd = nil, nil, nil, nil
+}
+
 // planning says that target i is scanned next.
 func (d *Dedup) planning(i int) { d.curTgt, d.curOff = i, 0 }
 
@@ -194,6 +208,9 @@ func (d *Dedup) zero(name string, off, n int64)          { d.idx.Zero(d.id(name)
 // instead of one request each to a disk that may be an NBD export.
 const readAhead = 1 << 20
 
+// windowBufs holds read-ahead buffers between plans.
+var windowBufs = bufpool.New(readAhead, 1)
+
 // ReadPage implements pagecache.PageReader over the snapshot's disks,
 // through a read-ahead window (a snapshot does not change while planned).
 func (d *Dedup) ReadPage(loc pagecache.Loc, buf []byte) error {
@@ -211,7 +228,7 @@ func (d *Dedup) ReadPage(loc pagecache.Loc, buf []byte) error {
 			return err
 		}
 		if cap(w.buf) < readAhead {
-			w.buf = make([]byte, readAhead)
+			w.buf = windowBufs.Get(readAhead)
 		}
 		*w = window{snap: d.snap, target: i, off: off, buf: w.buf}
 		m, err := t.Reader.ReadAt(w.buf[:n], off)

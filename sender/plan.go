@@ -166,6 +166,7 @@ func (p *Plan) fill(ctx context.Context, snap *Snapshot, choice baseChoice, base
 	epoch, dd := p.Epoch, p.dd
 	if dd != nil {
 		dd.begin(snap, olds)
+		defer dd.end()
 	}
 	for i, t := range snap.Targets {
 		if dd != nil {

@@ -294,6 +294,12 @@ func TestDedupNeverTrustsAStaleIndex(t *testing.T) {
 	if r, ok := f.(*wire.PageRef); !ok || r.Page != 2 || r.Count != 1 || r.SrcOffset != 5*ps || r.Source != wire.RefDisk {
 		t.Fatalf("frame %+v", f)
 	}
+	// Planned, the Dedup keeps nothing of the snapshot (a sender keeps one
+	// per VM between epochs): not the snapshot, not the read-ahead window
+	// the reference was verified through.
+	if dd.snap != nil || dd.old != nil || dd.window.buf != nil {
+		t.Fatalf("after the plan the Dedup still holds the snapshot (%v), the replica's tables (%v) or %d bytes of read-ahead", dd.snap != nil, dd.old != nil, cap(dd.window.buf))
+	}
 }
 
 // TestPlanReadsPastEndAsZeros: a target whose reader ends before its size
