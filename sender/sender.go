@@ -173,6 +173,9 @@ type session struct {
 	proto *protocol.Session
 }
 
+// sessionBuffer is the size of a connection's write buffer.
+const sessionBuffer = 256 << 10
+
 // New returns a Sender.
 func New(o Options) (*Sender, error) {
 	if err := o.Validate(); err != nil {
@@ -232,7 +235,11 @@ func (s *Sender) connect(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}
-	bw := bufio.NewWriterSize(rw, 1<<20)
+	// The buffer gathers small frames (references, zero runs) into large
+	// writes; a frame larger than it goes to the stream without a copy.
+	// It lives as long as the connection, idle between epochs, so it is
+	// a quarter of the largest frame rather than all of it.
+	bw := bufio.NewWriterSize(rw, sessionBuffer)
 	ss := &session{rw: rw, bw: bw, enc: wire.NewEncoder(bw, wire.EncoderOptions{Compression: s.o.Compression, Clock: s.o.Now}), dec: wire.NewDecoder(bufio.NewReaderSize(rw, 64<<10), wire.DecoderOptions{}),
 		proto: protocol.New(s.o.VM)}
 	// A peer that never answers must not hang the sender.
