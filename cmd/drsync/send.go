@@ -95,6 +95,7 @@ SIGHUP reloads the configuration (see README); --once ignores it.`,
 		if !once {
 			retries = -1
 		}
+		agent.SetCollectorGoal(os.LookupEnv)
 		if final {
 			for _, v := range vms {
 				if !v.Live() {
