@@ -75,6 +75,10 @@ type memRow struct {
 	full, tracked  int // epochs committed by path
 	samples        int
 	first, elapsed time.Duration // until every first epoch committed; the run
+	// cpuPerEpoch is the sender's CPU time (user + system) in the steady
+	// window over the epochs committed in it: what the memory costs in
+	// the collector's work shows here.
+	cpuPerEpoch time.Duration
 }
 
 // BenchmarkSenderMemory measures the memory of one "drsync send" process
@@ -113,6 +117,7 @@ func BenchmarkSenderMemory(b *testing.B) {
 			b.ReportMetric(mebi(row.steady.rss), "MiB-steady")
 			b.ReportMetric(mebi(row.steady.anon), "MiB-steady-anon")
 			b.ReportMetric(mebi(row.hwm), "MiB-peak")
+			b.ReportMetric(float64(row.cpuPerEpoch)/1e6, "ms-cpu/epoch")
 			if n == 1 {
 				one = row
 				return
@@ -138,6 +143,7 @@ func BenchmarkSenderMemory(b *testing.B) {
 		}
 		fmt.Print(memTable(row, nil))
 		b.ReportMetric(mebi(row.steady.rss), "MiB-steady")
+		b.ReportMetric(float64(row.cpuPerEpoch)/1e6, "ms-cpu/epoch")
 		if one == nil || eight == nil {
 			return
 		}
@@ -270,7 +276,20 @@ func runSenderMemory(b *testing.B, n, mib int) *memRow {
 	row.hwmFirst = m.hwm
 	e = waitEpochs(add(e, memBenchSettle), 10*time.Minute)
 	from := time.Now()
-	waitEpochs(add(e, memBenchSteady), 10*time.Minute)
+	cpu0, err := procCPU(snd.Pid())
+	if err != nil {
+		b.Fatal(err)
+	}
+	end := waitEpochs(add(e, memBenchSteady), 10*time.Minute)
+	cpu1, err := procCPU(snd.Pid())
+	if err != nil {
+		b.Fatal(err)
+	}
+	epochs := 0
+	for i := range end {
+		epochs += end[i] - e[i]
+	}
+	row.cpuPerEpoch = (cpu1 - cpu0) / time.Duration(epochs)
 	m, err = readProcMem(snd.Pid())
 	if err != nil {
 		b.Fatal(err)
@@ -303,6 +322,36 @@ func runSenderMemory(b *testing.B, n, mib int) *memRow {
 	return row
 }
 
+// procCPU is the user and system time a process has used so far.
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command may hold spaces; the fields after it are fixed.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: %q", pid, b)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %q", pid, b)
+	}
+	var ticks int64
+	for _, s := range f[11:13] { // utime, stime (fields 14 and 15)
+		t, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
+		}
+		ticks += t
+	}
+	return time.Duration(ticks) * time.Second / clockTicks, nil
+}
+
+// clockTicks is the kernel's USER_HZ, the unit of /proc's CPU times: 100
+// on every Linux architecture drsync runs on.
+const clockTicks = 100
+
 // perVM is the slope between a run of 8 guests and one of 1: what each
 // further guest adds.
 func perVM(eight, one *memRow) procMem {
@@ -315,8 +364,8 @@ func perVM(eight, one *memRow) procMem {
 // against the target.
 func memTable(row, one *memRow) string {
 	var s strings.Builder
-	fmt.Fprintf(&s, "\nSender memory, %d guest(s) of %d MiB (%d MiB random data, 1 MiB/s rewritten), ram_capture tracked, min_interval 2s; first epochs in %v, run %v, %d full + %d tracked epochs, %d samples in the steady window:\n",
-		row.vms, row.guestMiB, row.guestMiB*3/4, row.first.Round(time.Second), row.elapsed.Round(time.Second), row.full, row.tracked, row.samples)
+	fmt.Fprintf(&s, "\nSender memory, %d guest(s) of %d MiB (%d MiB random data, 1 MiB/s rewritten), ram_capture tracked, min_interval 2s; first epochs in %v, run %v, %d full + %d tracked epochs, %d samples in the steady window, sender CPU %v per epoch in it:\n",
+		row.vms, row.guestMiB, row.guestMiB*3/4, row.first.Round(time.Second), row.elapsed.Round(time.Second), row.full, row.tracked, row.samples, row.cpuPerEpoch.Round(time.Millisecond))
 	fmt.Fprintf(&s, "| guests | steady RSS MiB | steady anon MiB | steady file MiB | VmHWM after first epochs MiB | VmHWM end MiB | steady RSS per guest, %% of its RAM | VmHWM per guest, %% of its RAM |\n|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	fmt.Fprintf(&s, "| %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.1f%% | %.1f%% |\n", row.vms, mebi(row.steady.rss), mebi(row.steady.anon), mebi(row.steady.file),
 		mebi(row.hwmFirst), mebi(row.hwm), pctOf(row.steady.rss/int64(row.vms), row.guestMiB), pctOf(row.hwm/int64(row.vms), row.guestMiB))
