@@ -96,7 +96,11 @@ func testTrackedCuts(t *testing.T, dial livecut.DialFunc) {
 	vm, dir := guest.ProtectedWith(t, mib, map[string]string{"rate": "50", "dirty_mib": "64", "dirty_rate_kib": "512"}, sharedRAMArgs(mib)...)
 	var atCut, diskAtCut []byte
 	var readErr, writeErr error
-	n := 0
+	// forced is the cut whose early jobs the test overtakes with a write:
+	// the first from cut 3 on that starts them. The guest writes its disk
+	// too, so any tracked cut may be overtaken by itself, and the backoff
+	// then starts the next cuts' jobs while stopped.
+	n, forced := 0, 0
 	src, err := livecut.New(livecut.Options{
 		QMPSocket: vm.QMPSocket, WorkDir: filepath.Join(dir, "work"), Now: time.Now, Dial: dial,
 		Disks:     []livecut.Disk{{Name: "vda", Node: "disk0"}},
@@ -111,9 +115,15 @@ func testTrackedCuts(t *testing.T, dial livecut.DialFunc) {
 			}
 		},
 		BeforeStop: func(ctx context.Context, m livecut.Monitor) {
-			if n == 3 {
-				writeErr = writeThroughDevice(ctx, m, "vda.raw", 64<<20-4096, 0x5a)
+			if n < 3 || forced != 0 {
+				return
 			}
+			var jobs []struct{}
+			if writeErr = m.Execute(ctx, "query-block-jobs", nil, &jobs); writeErr != nil || len(jobs) == 0 {
+				return // no early jobs to overtake in this cut
+			}
+			forced = n
+			writeErr = writeThroughDevice(ctx, m, "vda.raw", 64<<20-4096, 0x5a)
 		},
 	})
 	if err != nil {
@@ -123,7 +133,8 @@ func testTrackedCuts(t *testing.T, dial livecut.DialFunc) {
 	ctx := context.Background()
 	var prev *blockhash.Table
 	var prevTarget, prevMem []byte
-	for n = 1; n <= 5; n++ {
+	// Five cuts, and on until a forced cut and the one after it are seen.
+	for n = 1; n <= 5 || (forced == 0 || n <= forced+1) && n <= 12; n++ {
 		snap, err := src.Snapshot(ctx)
 		if err != nil {
 			t.Fatalf("cut %d: %v", n, err)
@@ -135,11 +146,12 @@ func testTrackedCuts(t *testing.T, dial livecut.DialFunc) {
 		t.Logf("cut %d: %s, background %v, disks' jobs %s, %d dirty pages, scan %v, pause %v (with the test's reads of all RAM and the disk), capture %v, stream %d bytes",
 			n, st.RAMPath, st.Background, st.DiskFreeze, st.DirtyPages, st.Scan, st.Pause, st.Capture, st.StreamBytes)
 		switch {
-		case n == 3 && st.DiskFreeze != livecut.FreezeLate:
+		case n == forced && st.DiskFreeze != livecut.FreezeLate:
 			t.Fatalf("cut %d: disks' jobs %s after a write overtook the early ones, want %s", n, st.DiskFreeze, livecut.FreezeLate)
-		case n == 4 && st.DiskFreeze != livecut.FreezeStopped:
+		case forced > 0 && n == forced+1 && st.DiskFreeze != livecut.FreezeStopped:
 			t.Fatalf("cut %d: disks' jobs %s right after an overtaken cut, want %s", n, st.DiskFreeze, livecut.FreezeStopped)
-		case (n == 2 || n == 5) && st.DiskFreeze == livecut.FreezeStopped:
+		case n == 2 && st.DiskFreeze == livecut.FreezeStopped:
+			// The first tracked cut follows a full one: no backoff yet.
 			t.Fatalf("cut %d: disks' jobs %s, want them started before the stop", n, st.DiskFreeze)
 		}
 		for _, tg := range snap.Targets {
@@ -149,7 +161,7 @@ func testTrackedCuts(t *testing.T, dial livecut.DialFunc) {
 				}
 			}
 		}
-		if n == 3 {
+		if n == forced {
 			if b := readAll(t, diskTarget(t, snap, "vda")); b[len(b)-1] != 0x5a {
 				t.Fatalf("cut %d: the write just before the stop is not in the cut's disk view", n)
 			}
@@ -266,6 +278,9 @@ func testTrackedCuts(t *testing.T, dial livecut.DialFunc) {
 		if _, err := vm.WaitTicks(before+3, time.Minute); err != nil {
 			t.Fatalf("after cut %d the guest does not tick: %v", n, err)
 		}
+	}
+	if forced == 0 || n < forced+2 {
+		t.Fatalf("in %d cuts, the late path was forced at cut %d (0: none started its disks' jobs early from cut 3 on) and the cut after it not seen", n-1, forced)
 	}
 }
 
