@@ -276,12 +276,12 @@ func runSenderMemory(b *testing.B, n, mib int) *memRow {
 	row.hwmFirst = m.hwm
 	e = waitEpochs(add(e, memBenchSettle), 10*time.Minute)
 	from := time.Now()
-	cpu0, err := procCPU(snd.Pid())
+	_, cpu0, err := hosttools.StatCPU(fmt.Sprintf("/proc/%d/stat", snd.Pid()))
 	if err != nil {
 		b.Fatal(err)
 	}
 	end := waitEpochs(add(e, memBenchSteady), 10*time.Minute)
-	cpu1, err := procCPU(snd.Pid())
+	_, cpu1, err := hosttools.StatCPU(fmt.Sprintf("/proc/%d/stat", snd.Pid()))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -321,36 +321,6 @@ func runSenderMemory(b *testing.B, n, mib int) *memRow {
 	}
 	return row
 }
-
-// procCPU is the user and system time a process has used so far.
-func procCPU(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// The command may hold spaces; the fields after it are fixed.
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: %q", pid, b)
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: %q", pid, b)
-	}
-	var ticks int64
-	for _, s := range f[11:13] { // utime, stime (fields 14 and 15)
-		t, err := strconv.ParseInt(s, 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("/proc/%d/stat: %w", pid, err)
-		}
-		ticks += t
-	}
-	return time.Duration(ticks) * time.Second / clockTicks, nil
-}
-
-// clockTicks is the kernel's USER_HZ, the unit of /proc's CPU times: 100
-// on every Linux architecture drsync runs on.
-const clockTicks = 100
 
 // perVM is the slope between a run of 8 guests and one of 1: what each
 // further guest adds.

@@ -61,32 +61,8 @@ type qemuCPU struct{ total, vcpu time.Duration }
 
 func (a qemuCPU) sub(b qemuCPU) qemuCPU { return qemuCPU{a.total - b.total, a.vcpu - b.vcpu} }
 
-// statCPU reads utime+stime from a /proc stat file.
-func statCPU(path string) (comm string, cpu time.Duration, err error) {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return "", 0, err
-	}
-	s := string(data)
-	open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
-	if open < 0 || end < open {
-		return "", 0, fmt.Errorf("%s: no command name", path)
-	}
-	f := strings.Fields(s[end+1:])
-	if len(f) < 13 { // state is field 3; utime, stime are 14 and 15
-		return "", 0, fmt.Errorf("%s: %d fields", path, len(f)+2)
-	}
-	u, err1 := strconv.ParseInt(f[11], 10, 64)
-	st, err2 := strconv.ParseInt(f[12], 10, 64)
-	if err1 != nil || err2 != nil {
-		return "", 0, fmt.Errorf("%s: utime %q stime %q", path, f[11], f[12])
-	}
-	const userHZ = 100 // USER_HZ, fixed on Linux/x86
-	return s[open+1 : end], time.Duration(u+st) * time.Second / userHZ, nil
-}
-
 func readQEMUCPU(pid int) (qemuCPU, error) {
-	_, total, err := statCPU(fmt.Sprintf("/proc/%d/stat", pid))
+	_, total, err := hosttools.StatCPU(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
 		return qemuCPU{}, err
 	}
@@ -96,7 +72,7 @@ func readQEMUCPU(pid int) (qemuCPU, error) {
 		return qemuCPU{}, err
 	}
 	for _, t := range tasks {
-		comm, cpu, err := statCPU(fmt.Sprintf("/proc/%d/task/%s/stat", pid, t.Name()))
+		comm, cpu, err := hosttools.StatCPU(fmt.Sprintf("/proc/%d/task/%s/stat", pid, t.Name()))
 		if err != nil {
 			continue // a thread that just exited
 		}

@@ -6,10 +6,12 @@ package hosttools
 
 import (
 	"bytes"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -124,4 +126,32 @@ func ServeQemuNBD(t testing.TB, image string, args ...string) string {
 	exited := StartProcess(t, cmd)
 	WaitSocket(t, sock, exited, 10*time.Second, stderr.String)
 	return sock
+}
+
+// StatCPU reads a /proc stat file (/proc/PID/stat or
+// /proc/PID/task/TID/stat): the command name and the user plus system
+// time used so far, at the clock tick's resolution.
+func StatCPU(path string) (comm string, cpu time.Duration, err error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", 0, err
+	}
+	s := string(data)
+	// The command may hold spaces and parentheses; the fields after its
+	// last ')' are fixed.
+	open, end := strings.IndexByte(s, '('), strings.LastIndexByte(s, ')')
+	if open < 0 || end < open {
+		return "", 0, fmt.Errorf("%s: no command name", path)
+	}
+	f := strings.Fields(s[end+1:])
+	if len(f) < 13 { // state is field 3; utime, stime are 14 and 15
+		return "", 0, fmt.Errorf("%s: %d fields", path, len(f)+2)
+	}
+	u, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return "", 0, fmt.Errorf("%s: utime %q stime %q", path, f[11], f[12])
+	}
+	const userHZ = 100 // USER_HZ, fixed on Linux/x86
+	return s[open+1 : end], time.Duration(u+st) * time.Second / userHZ, nil
 }
