@@ -297,7 +297,9 @@ func (e *Encoder) compress(raw []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	zb := getFrameBuf(HeaderSize + 4 + len(raw))[:HeaderSize+4]
+	// Room for zstd's worst case (incompressible input grows by about
+	// 1/256), so that EncodeAll never outgrows the pooled buffer.
+	zb := getFrameBuf(HeaderSize + 4 + len(raw) + len(raw)>>8 + 128)[:HeaderSize+4]
 	binary.BigEndian.PutUint32(zb[HeaderSize:], uint32(len(raw)))
 	if e.clock != nil {
 		t0 := e.clock()
@@ -343,10 +345,12 @@ func zstdEncoder(c Compression) (*zstd.Encoder, error) {
 }
 
 // frameBufs holds the buffers of large frames between uses, shared by
-// every Encoder of the process: only frames being encoded hold one, and
-// two stay idle at most (an encoder's raw and compressed payload; more
-// at once are allocated, and left to the collector). Its size fits any frame with the largest data,
-// compressed or not (zstd's worst case adds well under 64 KiB to 4 MiB).
+// every Encoder of the process: only frames being encoded hold one, of the
+// smallest class that fits the frame, and two per class stay idle at most
+// (an encoder's raw and compressed payload; more at once are allocated,
+// and left to the collector). Its largest fits any frame with the largest
+// data, compressed or not (zstd's worst case adds well under 64 KiB to
+// 4 MiB).
 var frameBufs = bufpool.New(HeaderSize+4+MaxData+64<<10, 2)
 
 // getFrameBuf returns an empty buffer of capacity at least n.

@@ -979,3 +979,21 @@ func TestEncodersShareACompressor(t *testing.T) {
 	}
 	runtime.KeepAlive(encs)
 }
+
+// A frame borrows a buffer of about its own size, not one that fits the
+// largest frame: eight VMs sending a few pages each at once held 4 MiB
+// apiece. The largest class still fits the largest frame compressed at
+// zstd's worst case, so compressing never outgrows what it borrowed.
+func TestFramesBorrowBuffersOfTheirSize(t *testing.T) {
+	for _, n := range []int{splitWrite + 1, 300 << 10, 1 << 20} {
+		b := getFrameBuf(n)
+		if cap(b) < n || cap(b) > 4*n {
+			t.Errorf("a %d-byte frame borrowed a buffer of capacity %d", n, cap(b))
+		}
+		putFrameBuf(b)
+	}
+	worst := HeaderSize + 4 + MaxData + MaxData>>8 + 128
+	if b := getFrameBuf(worst); cap(b) != frameBufs.Size() {
+		t.Errorf("the largest compressed frame (%d bytes) does not fit the pool's largest buffers (%d)", worst, frameBufs.Size())
+	}
+}
