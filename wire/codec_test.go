@@ -143,7 +143,7 @@ func TestRoundTrip(t *testing.T) {
 						t.Errorf("frame %d: got %+v, want %+v", i, out[i], in[i])
 					}
 				}
-				if es != ds {
+				if es.Counts != ds.Counts || es.ByKind != ds.ByKind {
 					t.Errorf("decoder stats %+v != encoder stats %+v", ds.Counts, es.Counts)
 				}
 				if es.WireBytes != uint64(len(b)) {
@@ -995,5 +995,49 @@ func TestFramesBorrowBuffersOfTheirSize(t *testing.T) {
 	worst := HeaderSize + 4 + MaxData + MaxData>>8 + 128
 	if b := getFrameBuf(worst); cap(b) != frameBufs.Size() {
 		t.Errorf("the largest compressed frame (%d bytes) does not fit the pool's largest buffers (%d)", worst, frameBufs.Size())
+	}
+}
+
+// Large frames are compressed only when samples of their data compress:
+// random data goes out raw without a whole-frame attempt, and data that
+// compresses anywhere the samples fall is still compressed whole.
+func TestSampledCompression(t *testing.T) {
+	half := func(n int) []byte { // random first half, compressible second
+		return append(random(n / 2)[:n/2:n/2], compressible(n-n/2)...)
+	}
+	for _, c := range []struct {
+		name       string
+		data       []byte
+		compressed bool
+		sampledRaw uint64
+		timed      time.Duration // clock ticks of 1 ms: one per sampling, one per whole attempt
+	}{
+		{"random below the sampling size", random(sampleFrom - 1), false, 0, time.Millisecond},
+		{"random", random(1 << 20), false, 1, time.Millisecond},
+		{"random, largest", random(MaxData), false, 1, time.Millisecond},
+		{"compressible", compressible(1 << 20), true, 0, 2 * time.Millisecond},
+		{"half random", half(sampleFrom), true, 0, 2 * time.Millisecond},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var now time.Time
+			clock := func() time.Time { now = now.Add(time.Millisecond); return now }
+			var out bytes.Buffer
+			e := NewEncoder(&out, EncoderOptions{Compression: CompressFast, Clock: clock})
+			in := &DiskExtent{Target: 1, Offset: 4096, Data: c.data}
+			if err := e.Encode(in); err != nil {
+				t.Fatal(err)
+			}
+			s := e.Stats()
+			if got := s.Compressed == 1; got != c.compressed || s.SampledRaw != c.sampledRaw {
+				t.Errorf("compressed %v, sampled raw %d; want %v, %d", got, s.SampledRaw, c.compressed, c.sampledRaw)
+			}
+			if s.CompressTime != c.timed {
+				t.Errorf("CompressTime %v, want %v", s.CompressTime, c.timed)
+			}
+			f, err := NewDecoder(&out, DecoderOptions{}).Decode()
+			if err != nil || !reflect.DeepEqual(f, Frame(in)) {
+				t.Fatalf("decoded %T (err %v), not the frame sent", f, err)
+			}
+		})
 	}
 }

@@ -68,7 +68,11 @@
 // and the zstd frame must expand to exactly rawLen bytes, which are the
 // payload described below. The Encoder compresses a data frame only when
 // that saves at least an eighth: compressed size + 4 < raw size * 7/8.
-// Otherwise, or with CompressNone, the frame is sent as is. Zero-filled
+// A frame carrying 256 KiB or more is first judged by four 16 KiB samples
+// spread over its data, and tried whole only if they save a sixteenth.
+// Otherwise, or with CompressNone, the frame is sent as is. Which frames
+// are compressed is the Encoder's choice alone: the decoder reads the
+// flag, so the policy can change without a protocol version. Zero-filled
 // ranges should not be sent as data at all but as ZeroRun.
 //
 // # Bounds
