@@ -34,11 +34,10 @@ const minCompress = 128
 // A frame carrying at least sampleFrom bytes of data is compressed only if
 // sampleSlices slices of sampleSlice bytes, spread over its data and
 // compressed each on its own, save at least a sixteenth: random data (an
-// encrypted disk, compressed files) costs a twentieth of a full attempt
-// and goes out without being copied into the frame, where trying the
-// whole frame first spent a sixth of a sender's CPU on a fast link. The
-// margin under the whole frame's eighth keeps data that compresses
-// somewhat from being sent raw on a sample's say-so.
+// encrypted disk, compressed files) costs at most a quarter of a
+// whole-frame attempt (a sixteenth at 1 MiB) and goes out without being
+// copied into the frame. The margin under the whole frame's eighth keeps
+// data that compresses somewhat from being sent raw on a sample's say-so.
 const (
 	sampleFrom   = 256 << 10
 	sampleSlices = 4
