@@ -255,10 +255,11 @@ func (e *Encoder) Encode(f Frame) error {
 		return &FrameError{Type: t, Detail: fmt.Sprintf("payload length %d exceeds %d", rawLen, MaxPayload), Err: ErrTooLarge}
 	}
 
-	dataLen := len(DataOf(f))
+	fdata := DataOf(f)
+	dataLen := len(fdata)
 	compress := e.comp != CompressNone && carriesData(t) && rawLen >= minCompress
 	if compress && dataLen >= sampleFrom {
-		ok, err := e.worthCompressing(DataOf(f))
+		ok, err := e.worthCompressing(fdata)
 		if err != nil {
 			return err
 		}
@@ -323,14 +324,9 @@ func (e *Encoder) compress(raw []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Room for zstd's worst case (incompressible input grows by about
-	// 1/256), so that EncodeAll never outgrows the pooled buffer.
-	zb := getFrameBuf(HeaderSize + 4 + len(raw) + len(raw)>>8 + 128)[:HeaderSize+4]
+	zb := getFrameBuf(HeaderSize + 4 + zstdBound(len(raw)))[:HeaderSize+4]
 	binary.BigEndian.PutUint32(zb[HeaderSize:], uint32(len(raw)))
-	if e.clock != nil {
-		t0 := e.clock()
-		defer func() { e.stats.CompressTime += e.clock().Sub(t0) }()
-	}
+	defer e.timeCompression()()
 	zb = z.EncodeAll(raw, zb)
 	if len(zb)-HeaderSize >= len(raw)*7/8 {
 		putFrameBuf(zb)
@@ -346,11 +342,8 @@ func (e *Encoder) worthCompressing(data []byte) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if e.clock != nil {
-		t0 := e.clock()
-		defer func() { e.stats.CompressTime += e.clock().Sub(t0) }()
-	}
-	zb := getFrameBuf(sampleSlice + sampleSlice>>8 + 128)
+	defer e.timeCompression()()
+	zb := getFrameBuf(zstdBound(sampleSlice))
 	defer putFrameBuf(zb)
 	in, out := 0, 0
 	step := (len(data) - sampleSlice) / (sampleSlices - 1)
@@ -360,6 +353,21 @@ func (e *Encoder) worthCompressing(data []byte) (bool, error) {
 		in, out = in+len(slice), out+len(zb)
 	}
 	return out < in-in/16, nil
+}
+
+// zstdBound is the most a zstd frame of n bytes of input can take
+// (incompressible input grows by about 1/256): a buffer of this capacity
+// is never outgrown by EncodeAll, so a pooled one goes back to its pool.
+func zstdBound(n int) int { return n + n>>8 + 128 }
+
+// timeCompression starts timing compression for Stats.CompressTime, if
+// the Encoder has a clock; calling the function it returns stops it.
+func (e *Encoder) timeCompression() func() {
+	if e.clock == nil {
+		return func() {}
+	}
+	t0 := e.clock()
+	return func() { e.stats.CompressTime += e.clock().Sub(t0) }
 }
 
 // zstdEncoders holds one zstd encoder per level for the whole process,

@@ -1001,7 +1001,7 @@ func TestFramesBorrowBuffersOfTheirSize(t *testing.T) {
 		}
 		putFrameBuf(b)
 	}
-	worst := HeaderSize + 4 + MaxData + MaxData>>8 + 128
+	worst := HeaderSize + 4 + zstdBound(MaxData)
 	if b := getFrameBuf(worst); cap(b) != frameBufs.Size() {
 		t.Errorf("the largest compressed frame (%d bytes) does not fit the pool's largest buffers (%d)", worst, frameBufs.Size())
 	}
