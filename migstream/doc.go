@@ -12,9 +12,11 @@
 // blob, bounded by Options.MaxDeviceState; vmstate fields are never
 // decoded. From these parts it builds a skeleton (a device-only stream)
 // and writes full streams from a skeleton plus RAM images. Flat is a
-// Handler that rebuilds each RAM block as a flat image in memory; Spool
-// rebuilds each in an unlinked file (through vfs), so that holding a
-// guest's RAM costs page cache and disk space, not the holder's memory.
+// Handler that holds each RAM block's non-zero pages in memory, packed in
+// arrival order (in huge pages where the kernel offers them) and read back
+// at their addresses; Spool rebuilds each in an unlinked file (through
+// vfs), so that holding a guest's RAM costs page cache and disk space, not
+// the holder's memory.
 //
 // # What it must not know
 //
