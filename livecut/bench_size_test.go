@@ -267,21 +267,30 @@ func runSizePath(b *testing.B, vm *guest.VM, dir string, mib int, path string) *
 	var cpus, captures, pauses, qCut, qCutV, qEpoch []time.Duration
 	var planned, wireB, dirty []int64
 	// DRSYNC_BENCH_PROFILE=<file> profiles the steady-state epochs of
-	// the tracked path (the first epoch would dominate a -cpuprofile).
-	if f := os.Getenv("DRSYNC_BENCH_PROFILE"); f != "" && path == livecut.RAMTracked {
+	// the tracked path from the second on: the first epoch, and the first
+	// after it (which still carries the full cut's aftermath), would
+	// dominate a -cpuprofile.
+	profile := func() {
+		f := os.Getenv("DRSYNC_BENCH_PROFILE")
+		if f == "" || path != livecut.RAMTracked {
+			return
+		}
 		out, err := os.Create(f)
 		if err != nil {
 			b.Fatal(err)
 		}
-		defer out.Close()
+		b.Cleanup(func() { out.Close() })
 		if err := pprof.StartCPUProfile(out); err != nil {
 			b.Fatal(err)
 		}
-		defer pprof.StopCPUProfile()
+		b.Cleanup(pprof.StopCPUProfile)
 	}
 	b.ResetTimer()
 	for range b.N {
-		for range epochs {
+		for e := range epochs {
+			if e == 1 {
+				profile()
+			}
 			time.Sleep(time.Second) // the guest writes ~1 MiB
 			q0, err := readQEMUCPU(vm.Pid)
 			if err != nil {
