@@ -39,8 +39,10 @@ type packed struct {
 	slot  []uint32
 	used  uint32
 	nz    *Bitmap
-	size  int64
 }
+
+// size is the block's length in bytes.
+func (img *packed) size() int64 { return int64(len(img.base)) }
 
 // hugePage is the boundary the arena starts at, so that its first 2 MiB
 // can be one huge page.
@@ -104,7 +106,7 @@ func newPacked(size int64) (*packed, error) {
 			_ = unix.Madvise(base[hugePage:], unix.MADV_HUGEPAGE)
 		}
 	}
-	return &packed{arena: m, base: base, slot: make([]uint32, size/PageSize), nz: NewBitmap(size / PageSize), size: size}, nil
+	return &packed{arena: m, base: base, slot: make([]uint32, size/PageSize), nz: NewBitmap(size / PageSize)}, nil
 }
 
 // at is page p's bytes in the arena, given a slot to it first if it has
@@ -163,7 +165,7 @@ func (f *Flat) Zero(i int, off int64, fill byte) error {
 }
 
 func (f *Flat) page(i int, off int64) (*packed, int64, error) {
-	if i < 0 || i >= len(f.imgs) || off < 0 || off%PageSize != 0 || off >= f.imgs[i].size {
+	if i < 0 || i >= len(f.imgs) || off < 0 || off%PageSize != 0 || off >= f.imgs[i].size() {
 		return nil, 0, fmt.Errorf("migstream: page at block %d offset 0x%x is outside the mapped blocks", i, off)
 	}
 	return f.imgs[i], off / PageSize, nil
@@ -176,7 +178,7 @@ func (f *Flat) BlockList() []Block { return f.blocks }
 // as the block, so meant for tests and small blocks.
 func (f *Flat) Block(i int) []byte {
 	img := f.imgs[i]
-	b := make([]byte, img.size)
+	b := make([]byte, img.size())
 	img.ReadAt(b, 0)
 	return b
 }
@@ -191,10 +193,11 @@ func (img *packed) ReadAt(b []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, errors.New("migstream: read at a negative offset")
 	}
-	if off >= img.size {
+	size := img.size()
+	if off >= size {
 		return 0, io.EOF
 	}
-	n := int(min(int64(len(b)), img.size-off))
+	n := int(min(int64(len(b)), size-off))
 	for done := 0; done < n; {
 		p, in := (off+int64(done))/PageSize, (off+int64(done))%PageSize
 		k := min(n-done, int(PageSize-in))

@@ -613,7 +613,7 @@ var keepChunks = true
 // little else, and that loop cost it tens of nanoseconds per page of RAM.
 // Disks fed to the content index take the loop.
 func (p *Plan) keepChunk(id uint16, t Target, old *blockhash.Table, ext []Extent, off, n int64, indexDisk bool, next *blockhash.Table) bool {
-	if !keepChunks || t.Prev == nil || old == nil || indexDisk || len(ext) == 0 || !coveredBy(ext, off, off+n, isUnchanged) {
+	if !keepChunks || t.Prev == nil || old == nil || indexDisk || !coveredBy(ext, off, off+n, isUnchanged) {
 		return false
 	}
 	bs := int64(t.BlockSize)
@@ -623,9 +623,10 @@ func (p *Plan) keepChunk(id uint16, t Target, old *blockhash.Table, ext []Extent
 	}
 	copy(next.Hashes[lo:hi], t.Prev.Hashes[lo:hi])
 	p.kept += n
-	if t.Kind == vmspec.KindRAM && p.dd != nil && t.BlockSize == vmspec.PageSize {
+	// newPlan holds RAM targets to whole pages at page-sized blocks.
+	if t.Kind == vmspec.KindRAM && p.dd != nil {
 		zh := blockhash.ZeroHash(vmspec.PageSize)
-		for i := lo; i < hi && (i+1)*bs <= t.Size; i++ {
+		for i := lo; i < hi; i++ {
 			p.dd.ramPage(int(id), i*bs, next.Hashes[i], next.Hashes[i] == zh, false)
 		}
 	}
