@@ -271,7 +271,13 @@ func (r *Replica) Reacquire(ctx context.Context, wait time.Duration) error {
 			return changed(fmt.Sprintf("now at epoch %d, was %d", m.Epoch, r.man.Epoch))
 		}
 	}
-	if r.st != nil {
+	if r.st == nil {
+		// Released between epochs: a journal now is another writer's
+		// staged or committed epoch, which Begin would overwrite.
+		if _, err := r.o.FS.Stat(r.p(journalName)); !errors.Is(err, fs.ErrNotExist) {
+			return changed("journal")
+		}
+	} else {
 		// Recovery by whoever opened the replica meanwhile keeps a staged
 		// journal as it is (it was synced whole), so it must be exactly
 		// what was left.

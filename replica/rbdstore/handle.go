@@ -896,7 +896,13 @@ func (h *handle) Reacquire(ctx context.Context, wait time.Duration) error {
 	case m.Epoch != h.man.Epoch || m.StateID != h.man.StateID:
 		return changed(fmt.Sprintf("now at epoch %d, was %d", m.Epoch, h.man.Epoch))
 	}
-	if h.st != nil {
+	if h.st == nil {
+		// Released between epochs: a journal now is another writer's
+		// staged or committed epoch, which Begin would overwrite.
+		if _, err := h.s.Pool.ReadObject(h.obj("journal")); !notExist(err) {
+			return changed("journal")
+		}
+	} else {
 		hb, err := h.s.Pool.ReadObject(h.obj("journal"))
 		if err != nil {
 			return changed("journal")

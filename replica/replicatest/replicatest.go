@@ -75,6 +75,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) Backend) {
 	})
 	t.Run("TakeoverMark", func(t *testing.T) { takeoverMark(t, newBackend(t)) })
 	t.Run("ReleaseReacquire", func(t *testing.T) { releaseReacquire(t, newBackend) })
+	t.Run("ReleasedBetweenEpochs", func(t *testing.T) { releasedBetweenEpochs(t, newBackend) })
 	t.Run("OpenEpochResumes", func(t *testing.T) { openEpochResumes(t, newBackend(t)) })
 	t.Run("ReplacedFirstEpochLeavesNothing", func(t *testing.T) { replacedFirstEpoch(t, newBackend(t)) })
 }
@@ -830,6 +831,101 @@ func takeoverMark(t *testing.T, b Backend) {
 	}
 }
 
+// releasedBetweenEpochs releases a handle after it committed an epoch, as
+// a receiver does until the sender's next epoch, and takes it back: it
+// goes on from what it knows only if nobody wrote the replica meanwhile.
+// A writer that committed, or left a staged (or committed but unapplied)
+// journal, makes it ErrBroken: going on would stage over that journal.
+func releasedBetweenEpochs(t *testing.T, newBackend func(t *testing.T) Backend) {
+	es := history(3)
+	for _, tc := range []struct {
+		name  string
+		other func(t *testing.T, s replica.Store)
+		want  error
+	}{
+		{"nobody came", func(*testing.T, replica.Store) {}, nil},
+		{"a drill read it", func(t *testing.T, s replica.Store) {
+			h := open(t, s, replica.OpenOptions{Holder: "a drill", AllowTakenOver: true})
+			if p := h.Position(); p.Committed != 2 {
+				t.Errorf("the other opener sees %+v, want epoch 2 committed", p)
+			}
+			h.Close()
+		}, nil},
+		{"another writer committed", func(t *testing.T, s replica.Store) { commit(t, s, es[2]) }, replica.ErrBroken},
+		{"another writer staged", func(t *testing.T, s replica.Store) {
+			h := open(t, s, replica.OpenOptions{Holder: "another receiver"})
+			if err := h.Begin(es[2].begin); err != nil {
+				t.Fatal(err)
+			}
+			if err := h.Append(es[2].items[0]); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := h.Sync(); err != nil {
+				t.Fatal(err)
+			}
+			h.Close()
+		}, replica.ErrBroken},
+		{"a failover took it over", func(t *testing.T, s replica.Store) { takeOver(t, s, 2) }, replica.ErrTakenOver},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s, h := receiverAt(t, newBackend, es[0])
+			if err := send(h, es[1]); err != nil {
+				t.Fatal(err)
+			}
+			if err := h.Release(); err != nil {
+				t.Fatal(err)
+			}
+			if err := h.Begin(es[2].begin); !errors.Is(err, replica.ErrBroken) {
+				t.Fatalf("begin while released: %v, want ErrBroken", err)
+			}
+			tc.other(t, s)
+			err := h.Reacquire(t.Context(), 50*time.Millisecond)
+			if !errors.Is(err, tc.want) || (err == nil) != (tc.want == nil) {
+				t.Fatalf("reacquire: %v, want %v", err, tc.want)
+			}
+			if err != nil {
+				if err := h.Begin(es[2].begin); err == nil {
+					t.Fatal("a replica that could not be taken back began an epoch")
+				}
+				return
+			}
+			if err := send(h, es[2]); err != nil {
+				t.Fatal(err)
+			}
+			if d := diffHandle(h, es[2].after); d != "" {
+				t.Fatal(d)
+			}
+			h.Close()
+			h = open(t, s, replica.OpenOptions{Holder: "the suite"})
+			defer h.Close()
+			if d := diffHandle(h, es[2].after); d != "" {
+				t.Fatalf("reopened: %s", d)
+			}
+		})
+	}
+}
+
+// receiverAt is a new store at e, and a handle open on it as a receiver's
+// (closed when the test ends).
+func receiverAt(t *testing.T, newBackend func(t *testing.T) Backend, e *epoch) (replica.Store, replica.Handle) {
+	t.Helper()
+	s := newBackend(t).Store(t, 0, nil)
+	commit(t, s, e)
+	h := open(t, s, replica.OpenOptions{Holder: "the receiver"})
+	t.Cleanup(func() { h.Close() })
+	return s, h
+}
+
+// takeOver marks the replica taken over at epoch, as a failover does.
+func takeOver(t *testing.T, s replica.Store, epoch uint64) {
+	t.Helper()
+	h := open(t, s, replica.OpenOptions{Holder: "a failover", AllowTakenOver: true})
+	defer h.Close()
+	if err := h.MarkTakenOver(replica.TakeoverMark{Epoch: epoch, Reason: "test"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func releaseReacquire(t *testing.T, newBackend func(t *testing.T) Backend) {
 	es := history(2)
 	e := es[1]
@@ -848,11 +944,7 @@ func releaseReacquire(t *testing.T, newBackend func(t *testing.T) Backend) {
 			return nil
 		}, nil},
 		{"a failover took it over", func(t *testing.T, s replica.Store) replica.Handle {
-			h := open(t, s, replica.OpenOptions{Holder: "a failover", AllowTakenOver: true})
-			if err := h.MarkTakenOver(replica.TakeoverMark{Epoch: 1, Reason: "test"}); err != nil {
-				t.Fatal(err)
-			}
-			h.Close()
+			takeOver(t, s, 1)
 			return nil
 		}, replica.ErrTakenOver},
 		{"someone still holds it", func(t *testing.T, s replica.Store) replica.Handle {
@@ -860,11 +952,7 @@ func releaseReacquire(t *testing.T, newBackend func(t *testing.T) Backend) {
 		}, replica.ErrLocked},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			b := newBackend(t)
-			s := b.Store(t, 0, nil)
-			commit(t, s, es[0])
-			h := open(t, s, replica.OpenOptions{Holder: "the receiver"})
-			defer h.Close()
+			s, h := receiverAt(t, newBackend, es[0])
 			if err := h.Begin(e.begin); err != nil {
 				t.Fatal(err)
 			}
