@@ -436,7 +436,7 @@ func (r *Replica) recover() error {
 		r.st = st
 		r.unlock.note(r.who(fmt.Sprintf("applying epoch %d (an apply a crash interrupted)", st.begin.Epoch)))
 		r.phases = newPhases()
-		return r.apply(nil)
+		return r.apply(nil, nil)
 	case recovery.Resume:
 		jw, err := journal.OpenAppend(r.o.FS, jpath, validLen)
 		if err != nil {
@@ -638,10 +638,11 @@ func (r *Replica) Commit(c *wire.EpochCommit) error {
 	if err != nil {
 		return r.fail(err)
 	}
+	digests := r.digests(tables)
 	r.phases.mark("check")
 	for _, sd := range c.States {
 		t := st.targets[sd.Target]
-		if got := tables[key(t.Kind, t.Name)].Digest(); got != sd.Digest {
+		if got := digests[key(t.Kind, t.Name)]; got != sd.Digest {
 			r.discardStaged()
 			return fmt.Errorf("epoch %d: %s %q would have digest %016x, sender expects %016x: %w", c.Epoch, kindName(t.Kind), t.Name, got, sd.Digest, ErrDigest)
 		}
@@ -663,7 +664,7 @@ func (r *Replica) Commit(c *wire.EpochCommit) error {
 	}
 	st.commit = c
 	r.phases.mark("reserve")
-	return r.fail(r.apply(tables))
+	return r.fail(r.apply(tables, digests))
 }
 
 func (r *Replica) discardStaged() {
@@ -675,6 +676,26 @@ func (r *Replica) discardStaged() {
 	if err := r.removeJournal(); err != nil {
 		r.broken = err
 	}
+}
+
+// digests is the content digest of each of tables (by kind/name). A table
+// the epoch left as it was (tablesAfter shares it) has the digest the
+// manifest gives it, checked when the replica was opened; only the others
+// are hashed, so an epoch costs the tables it changed.
+func (r *Replica) digests(tables map[string]*blockhash.Table) map[string]uint64 {
+	out := make(map[string]uint64, len(tables))
+	for _, t := range r.man.Targets {
+		k := key(kindOf(t.Kind), t.Name)
+		if tab := tables[k]; tab != nil && tab == r.tables[k] {
+			out[k] = t.Digest
+		}
+	}
+	for k, tab := range tables {
+		if _, ok := out[k]; !ok {
+			out[k] = tab.Digest()
+		}
+	}
+	return out
 }
 
 // newTables computes every target's block table as of the end of st.
@@ -883,22 +904,30 @@ func (r *Replica) writeDeviceState(st *stage) error {
 // anywhere inside it is repaired by running it again. tables are the
 // epoch's tables if Commit has just computed them (reading every staged
 // block again costs a first epoch its whole size), nil on recovery.
-func (r *Replica) apply(tables map[string]*blockhash.Table) error {
+func (r *Replica) apply(tables map[string]*blockhash.Table, digests map[string]uint64) error {
 	st := r.st
 	epoch := st.begin.Epoch
 	wrap := func(what string, err error) error {
 		return fmt.Errorf("apply epoch %d: %s: %w (%w)", epoch, what, err, ErrStorage)
 	}
 	if tables == nil {
+		// Recovery: the tables come from the journal again, and must
+		// give the state that was committed.
 		var err error
 		if tables, err = r.newTables(st); err != nil {
 			return err
 		}
-	}
-	for _, sd := range st.commit.States {
-		t := st.targets[sd.Target]
-		if tables[key(t.Kind, t.Name)].Digest() != sd.Digest {
-			return fmt.Errorf("apply epoch %d: journal yields another state for %s than was committed: %w", epoch, t.Name, ErrCorrupt)
+		// Every table is hashed here, not only the changed ones: what
+		// the crash left on disk is not trusted to match the manifest.
+		digests = map[string]uint64{}
+		for k, tab := range tables {
+			digests[k] = tab.Digest()
+		}
+		for _, sd := range st.commit.States {
+			t := st.targets[sd.Target]
+			if digests[key(t.Kind, t.Name)] != sd.Digest {
+				return fmt.Errorf("apply epoch %d: journal yields another state for %s than was committed: %w", epoch, t.Name, ErrCorrupt)
+			}
 		}
 	}
 	if _, err := r.o.FS.Stat(r.p(devStateName(epoch))); st.devSeen && err != nil {
@@ -1004,7 +1033,7 @@ func (r *Replica) apply(tables map[string]*blockhash.Table) error {
 		next.Targets = append(next.Targets, TargetEntry{
 			Kind: kindName(t.Kind), Name: t.Name, Size: int64(t.Size), BlockSize: int(t.BlockSize),
 			File: r.fileFor(st, uint16(id)), Table: r.tableFor(st, uint16(id)),
-			Digest: tables[key(t.Kind, t.Name)].Digest(),
+			Digest: digests[key(t.Kind, t.Name)],
 		})
 	}
 	if st.devSeen {
