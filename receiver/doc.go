@@ -9,10 +9,15 @@
 // loop joining them over any io.ReadWriteCloser, so tests join a sender and
 // a receiver with a pipe.
 //
-// A connection holds its VM's replica (and its lock) only while an epoch is
-// in flight, and lets go of it while its sender is silent mid-epoch, so a
+// A connection holds its VM's replica lock only while an epoch is in
+// flight, and lets go of it while its sender is silent mid-epoch, so a
 // failover can take a replica whose sender died without waiting for the
-// connection to time out.
+// connection to time out. Between epochs the replica stays open but
+// released (replica.Handle.Release): its block tables stay in memory, so
+// an epoch reads and hashes only the tables it changes, and the next
+// epoch takes it back unless someone wrote it meanwhile, when it is
+// opened again. A connection so keeps its VM's tables in memory while it
+// lasts, 8 bytes per block (2 MiB per GiB of guest RAM).
 //
 // It must not know about QUIC, TLS, certificates or configuration files:
 // the caller passes the verified Peer and an Authorize function.

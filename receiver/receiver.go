@@ -385,6 +385,17 @@ func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser)
 			}
 			log.Debug("sender back; replica taken back", "vm", vm)
 		}
+		if rep != nil && rep.Released() && st == protocol.StepBegin {
+			// Released since the last commit: taken back as an open would
+			// take it (no wait), or opened again if someone wrote it.
+			if err := rep.Reacquire(ctx, 0); errors.Is(err, replica.ErrBroken) {
+				log.Info("replica changed since the last epoch; opening it again", "vm", vm, "err", err)
+				rep.Close()
+				rep = nil
+			} else if err != nil {
+				return err
+			}
+		}
 		switch st {
 		case protocol.StepHello:
 			vm = f.(*wire.Hello).VM
@@ -399,16 +410,16 @@ func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser)
 				return &wire.Error{Code: wire.ErrBusy, Message: fmt.Sprintf("another sender is replicating VM %q", name)}
 			}
 			owned = true
-			// The replica is held open (and locked) only while an epoch is
-			// in flight, so verify and failover drills can read it between
-			// epochs.
+			// The replica is locked only while an epoch is in flight, so
+			// verify and failover drills can read it between epochs; it
+			// stays open, released, so that each epoch does not read every
+			// block table again.
 			rep, err = r.open(ctx, vm)
 			if err != nil {
 				return err
 			}
 			pos := rep.Position()
-			rep.Close()
-			rep = nil
+			r.letGo(&rep, vm, log)
 			log.Info("sender connected", "vm", vm, "committed", pos.Committed)
 			if err := send(&wire.Welcome{Version: sess.Version(), Position: pos}); err != nil {
 				return nil
@@ -418,8 +429,10 @@ func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser)
 				return err
 			}
 		case protocol.StepBegin:
-			if rep, err = r.open(ctx, vm); err != nil {
-				return err
+			if rep == nil {
+				if rep, err = r.open(ctx, vm); err != nil {
+					return err
+				}
 			}
 			if err := rep.Begin(f.(*wire.EpochBegin)); err != nil {
 				return err
@@ -453,12 +466,21 @@ func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser)
 				r.o.OnCommit(EpochStats{VM: vm, Peer: peer, Epoch: c.Epoch, Cut: m.Cut, WireBytes: st.WireBytes - epochWire0, RawBytes: st.RawBytes - epochRaw0,
 					RAM: writes.stats(rep)})
 			}
-			rep.Close()
-			rep = nil
+			r.letGo(&rep, vm, log)
 			if err := send(&wire.Ack{Epoch: c.Epoch, Durable: c.Items, Committed: true}); err != nil {
 				return nil
 			}
 		}
+	}
+}
+
+// letGo releases *rep between epochs, or closes it (and sets it nil) if
+// it cannot be released.
+func (r *Receiver) letGo(rep *replica.Handle, vm string, log *slog.Logger) {
+	if err := (*rep).Release(); err != nil {
+		log.Warn("could not let go of the replica between epochs; closing it", "vm", vm, "err", err)
+		(*rep).Close()
+		*rep = nil
 	}
 }
 

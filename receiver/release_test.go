@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/drsync/drsync/replica"
 	"github.com/drsync/drsync/sender"
 	"github.com/drsync/drsync/testkit"
+	"github.com/drsync/drsync/vfs/errorfs"
 	"github.com/drsync/drsync/vfs/memfs"
 	"github.com/drsync/drsync/wire"
 )
@@ -153,4 +155,89 @@ func TestSilentSenderLetsGoOfReplica(t *testing.T) {
 			checkReplica(t, rfs, want, 2)
 		})
 	}
+}
+
+// Between epochs the receiver lets go of the replica but keeps what it
+// knows of it, so a connection reads each block table once, not once per
+// epoch; a drill reads the replica between epochs meanwhile. When another
+// writer changed the replica between epochs, the next epoch opens it
+// again instead of staging over what that writer left.
+func TestReplicaKeptBetweenEpochs(t *testing.T) {
+	rng := rand.New(rand.NewPCG(8, 3))
+	var mu sync.Mutex
+	tableOpens := 0
+	rfs := errorfs.Wrap(memfs.New(), errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if op.Kind == errorfs.OpOpen && strings.HasSuffix(op.Path, ".bht") {
+			mu.Lock()
+			tableOpens++
+			mu.Unlock()
+		}
+		return nil
+	}))
+	opens := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		return tableOpens
+	}
+	rcv := newReceiver(t, rfs)
+	src := newSource(rng)
+	s := newSender(t, src, testkit.PipeDialer(rcv, alice), memfs.New())
+	defer s.Close()
+	if _, err := s.RunEpoch(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	o := replica.Options{FS: rfs, Dir: "/replicas/web-1", VM: "web-1", Now: now, Holder: "a drill"}
+	after1 := opens()
+	for e := 2; e <= 4; e++ {
+		mutate(rng, src, e)
+		if _, err := s.RunEpoch(context.Background()); err != nil {
+			t.Fatalf("epoch %d: %v", e, err)
+		}
+	}
+	if n := opens() - after1; n != 0 {
+		t.Errorf("three epochs on one connection opened block tables %d times, want 0", n)
+	}
+	checkReplica(t, rfs, src.SourceState(), 4)
+	// A drill reads it between epochs.
+	r, err := replica.Open(o)
+	if err != nil {
+		t.Fatalf("open between epochs: %v", err)
+	}
+	r.Close()
+	mutate(rng, src, 5)
+	if _, err := s.RunEpoch(context.Background()); err != nil {
+		t.Fatalf("epoch after a drill: %v", err)
+	}
+	checkReplica(t, rfs, src.SourceState(), 5)
+
+	// Another writer leaves a staged epoch of its own between epochs.
+	r, err = replica.Open(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := r.Manifest()
+	b := &wire.EpochBegin{Epoch: m.Epoch + 1, Cut: now()}
+	for i, te := range m.Targets {
+		b.Targets = append(b.Targets, wire.Target{ID: uint16(i), Kind: te.TargetKind(), Name: te.Name, Size: uint64(te.Size), BlockSize: uint32(te.BlockSize)})
+	}
+	b.Items = 1
+	if err := r.Begin(b); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Append(&wire.ZeroRun{Seq: 0, Target: 0, Offset: 0, Length: uint64(m.Targets[0].BlockSize)}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	before := opens()
+	mutate(rng, src, 6)
+	if _, err := s.RunEpoch(context.Background()); err != nil {
+		t.Fatalf("epoch after another writer staged one: %v", err)
+	}
+	if opens() == before {
+		t.Error("the receiver went on from what it knew after another writer staged an epoch")
+	}
+	checkReplica(t, rfs, src.SourceState(), 6)
 }
