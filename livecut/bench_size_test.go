@@ -17,12 +17,9 @@ import (
 
 	"github.com/drsync/drsync/dirtylog"
 	"github.com/drsync/drsync/livecut"
-	"github.com/drsync/drsync/receiver"
 	"github.com/drsync/drsync/sender"
-	"github.com/drsync/drsync/testkit"
 	"github.com/drsync/drsync/testkit/guest"
 	"github.com/drsync/drsync/testkit/hosttools"
-	"github.com/drsync/drsync/vfs"
 	"github.com/drsync/drsync/vfs/memfs"
 	"github.com/drsync/drsync/wire"
 )
@@ -128,6 +125,7 @@ func memAvailable() (int64, error) {
 type pathRow struct {
 	epochs                   int
 	capture, cpu, pause      time.Duration
+	rcvCPU                   time.Duration // the receiver process's
 	qemuCut, qemuCutVCPU     time.Duration
 	qemuEpoch                time.Duration
 	planned, wire, dirty     int64
@@ -148,8 +146,9 @@ type sizeCase struct {
 // of RAM (full), then with RAM tracking (tracked): a first full epoch, then
 // sizeBenchFullEpochs or sizeBenchTrackedEpochs epochs a second apart,
 // whose medians are the steady state. Per epoch: capture time, the sender
-// process's CPU (capture, plan, encode; the in-process receiver's apply
-// included), QEMU's CPU over the cut (migrate until the guest runs and the
+// process's CPU (capture, plan, encode), the receiver's (a process of its
+// own, as at a DR site: staging and applying into the replica), QEMU's
+// CPU over the cut (migrate until the guest runs and the
 // views are exported; all threads, and without the vCPU thread, which
 // under TCG is the guest running) and over the epoch, the guest's pause,
 // the data bytes the plan sends (changed pages after dedup, uncompressed)
@@ -244,12 +243,8 @@ func runSizePath(b *testing.B, vm *guest.VM, dir string, mib int, path string) *
 		b.Fatal(err)
 	}
 	defer os.RemoveAll(root)
-	rcv, err := receiver.New(receiver.Options{Root: root, FS: vfs.Default, AckBytes: 16 << 20, Now: time.Now,
-		Authorize: func(receiver.Peer, string) error { return nil }})
-	if err != nil {
-		b.Fatal(err)
-	}
-	snd, err := sender.New(sender.Options{VM: "bench", Source: ms, Dialer: testkit.PipeDialer(rcv, receiver.Peer{Fingerprint: "sha256:aa"}),
+	rcv := startReceiver(b, root)
+	snd, err := sender.New(sender.Options{VM: "bench", Source: ms, Dialer: rcv.dialer(),
 		Store: sender.Store{FS: memfs.New(), Dir: "/s"}, Compression: wire.CompressFast, Now: time.Now})
 	if err != nil {
 		b.Fatal(err)
@@ -264,7 +259,7 @@ func runSizePath(b *testing.B, vm *guest.VM, dir string, mib int, path string) *
 	}
 	row.firstEpoch, row.firstCapture = time.Since(t0), src.LastCut().Capture
 	row.firstRAMPages = first.RAMDataPages + first.RAMRefPages
-	var cpus, captures, pauses, qCut, qCutV, qEpoch []time.Duration
+	var cpus, rcpus, captures, pauses, qCut, qCutV, qEpoch []time.Duration
 	var planned, wireB, dirty []int64
 	// DRSYNC_BENCH_PROFILE=<file> profiles the steady-state epochs of
 	// the tracked path from the second on: the first epoch, and the first
@@ -296,12 +291,22 @@ func runSizePath(b *testing.B, vm *guest.VM, dir string, mib int, path string) *
 			if err != nil {
 				b.Fatal(err)
 			}
+			r0, err := rcv.cpu()
+			if err != nil {
+				b.Fatal(err)
+			}
 			c0 := cpuTime()
 			res, err := snd.RunEpoch(context.Background())
 			if err != nil {
 				b.Fatal(err)
 			}
 			cpus = append(cpus, cpuTime()-c0)
+			// The epoch returns once the receiver applied it.
+			r1, err := rcv.cpu()
+			if err != nil {
+				b.Fatal(err)
+			}
+			rcpus = append(rcpus, r1-r0)
 			q1, err := readQEMUCPU(vm.Pid)
 			if err != nil || ms.err != nil {
 				b.Fatal(cmpErr(err, ms.err))
@@ -321,22 +326,23 @@ func runSizePath(b *testing.B, vm *guest.VM, dir string, mib int, path string) *
 		}
 	}
 	b.StopTimer()
-	row.cpu, row.capture, row.pause = medianOf(cpus), medianOf(captures), medianOf(pauses)
+	row.cpu, row.rcvCPU, row.capture, row.pause = medianOf(cpus), medianOf(rcpus), medianOf(captures), medianOf(pauses)
 	row.qemuCut, row.qemuCutVCPU, row.qemuEpoch = medianOf(qCut), medianOf(qCutV), medianOf(qEpoch)
 	row.planned, row.wire, row.dirty = medianInt(planned), medianInt(wireB), medianInt(dirty)
 	msf := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	b.ReportMetric(msf(row.capture), "capture-ms")
 	b.ReportMetric(msf(row.cpu), "cpu-ms/epoch")
+	b.ReportMetric(msf(row.rcvCPU), "receiver-cpu-ms/epoch")
 	b.ReportMetric(msf(row.qemuCut), "qemu-cut-cpu-ms")
 	b.ReportMetric(msf(row.qemuEpoch), "qemu-epoch-cpu-ms")
 	b.ReportMetric(msf(row.pause), "pause-ms")
 	b.ReportMetric(float64(row.planned), "planned-B/epoch")
 	b.ReportMetric(float64(row.wire), "wire-B/epoch")
-	b.Logf("%s, %d MiB guest, %d epochs after a first of %v (capture %v, %.0f%% of RAM pages non-zero): sender CPU %v (max %v), capture %v (max %v), QEMU CPU over the cut %v (%v without the vCPU), over the epoch %v, pause %v (max %v), %d dirty pages, planned %d B, wire %d B per epoch (medians); sender CPU by epoch %v",
+	b.Logf("%s, %d MiB guest, %d epochs after a first of %v (capture %v, %.0f%% of RAM pages non-zero): sender CPU %v (max %v), capture %v (max %v), QEMU CPU over the cut %v (%v without the vCPU), over the epoch %v, pause %v (max %v), %d dirty pages, planned %d B, wire %d B per epoch, receiver CPU %v (medians); sender CPU by epoch %v",
 		path, mib, len(cpus), row.firstEpoch.Round(time.Millisecond), row.firstCapture.Round(time.Millisecond), 100*float64(row.firstRAMPages)/float64(row.ramPages),
 		row.cpu.Round(time.Millisecond), slices.Max(cpus).Round(time.Millisecond), row.capture.Round(time.Millisecond), slices.Max(captures).Round(time.Millisecond),
 		row.qemuCut, row.qemuCutVCPU, row.qemuEpoch, row.pause.Round(100*time.Microsecond), slices.Max(pauses).Round(100*time.Microsecond),
-		row.dirty, row.planned, row.wire, roundAll(cpus, time.Millisecond))
+		row.dirty, row.planned, row.wire, row.rcvCPU.Round(time.Millisecond), roundAll(cpus, time.Millisecond))
 	return row
 }
 
@@ -364,13 +370,13 @@ func sizeTable(cases []*sizeCase) string {
 	kb := func(n int64) string { return strconv.FormatFloat(float64(n)/1024, 'f', 0, 64) }
 	fmt.Fprintf(&sb, "O(dirty) capture, steady state (medians; tracked %d epochs, full %d; %d KiB/s of guest writes; QEMU CPU over the cut, in 10 ms ticks)\n",
 		sizeBenchTrackedEpochs, sizeBenchFullEpochs, sizeBenchDirtyKiB)
-	fmt.Fprintf(&sb, "| guest | non-zero | capture ms tracked / full | sender CPU ms tracked / full (ratio) | QEMU CPU ms tracked / full (no vCPU) | pause ms tracked / full | planned KiB tracked / full | wire KiB tracked / full |\n")
-	fmt.Fprintf(&sb, "|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&sb, "| guest | non-zero | capture ms tracked / full | sender CPU ms tracked / full (ratio) | receiver CPU ms tracked / full | QEMU CPU ms tracked / full (no vCPU) | pause ms tracked / full | planned KiB tracked / full | wire KiB tracked / full |\n")
+	fmt.Fprintf(&sb, "|---|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, c := range cases {
 		t, f := c.tracked, c.full
-		fmt.Fprintf(&sb, "| %d GiB, %d%% | %.0f%% | %s / %s | %s / %s (%.1f%%) | %s / %s (%s / %s) | %s / %s | %s / %s | %s / %s |\n",
+		fmt.Fprintf(&sb, "| %d GiB, %d%% | %.0f%% | %s / %s | %s / %s (%.1f%%) | %s / %s | %s / %s (%s / %s) | %s / %s | %s / %s | %s / %s |\n",
 			c.gib, c.fill, 100*float64(f.firstRAMPages)/float64(f.ramPages),
-			ms(t.capture), ms(f.capture), ms(t.cpu), ms(f.cpu), 100*float64(t.cpu)/float64(f.cpu),
+			ms(t.capture), ms(f.capture), ms(t.cpu), ms(f.cpu), 100*float64(t.cpu)/float64(f.cpu), ms(t.rcvCPU), ms(f.rcvCPU),
 			ms(t.qemuCut), ms(f.qemuCut), ms(t.qemuCutVCPU), ms(f.qemuCutVCPU),
 			ms(t.pause), ms(f.pause), kb(t.planned), kb(f.planned), kb(t.wire), kb(f.wire))
 	}
