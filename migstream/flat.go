@@ -32,7 +32,7 @@ type Flat struct {
 }
 
 // packed is one block's pages: slot[p] is 1 + the arena slot of page p, 0
-// for a page never non-zero.
+// for a page never non-zero (slot is nil until a page is).
 type packed struct {
 	arena []byte // the mapping, unmapped by Close
 	base  []byte // arena from its first huge-page boundary
@@ -106,12 +106,17 @@ func newPacked(size int64) (*packed, error) {
 			_ = unix.Madvise(base[hugePage:], unix.MADV_HUGEPAGE)
 		}
 	}
-	return &packed{arena: m, base: base, slot: make([]uint32, size/PageSize), nz: NewBitmap(size / PageSize)}, nil
+	return &packed{arena: m, base: base, nz: NewBitmap(size / PageSize)}, nil
 }
 
 // at is page p's bytes in the arena, given a slot to it first if it has
 // none.
 func (img *packed) at(p int64) []byte {
+	if img.slot == nil {
+		// Made at the first page: a block the stream never fills (a
+		// tracked cut's shared RAM, gigabytes of it) costs no index.
+		img.slot = make([]uint32, img.size()/PageSize)
+	}
 	s := img.slot[p]
 	if s == 0 {
 		img.used++
@@ -120,6 +125,14 @@ func (img *packed) at(p int64) []byte {
 	}
 	off := int64(s-1) * PageSize
 	return img.base[off : off+PageSize : off+PageSize]
+}
+
+// slotOf is page p's slot, 0 if it has none.
+func (img *packed) slotOf(p int64) uint32 {
+	if img.slot == nil {
+		return 0
+	}
+	return img.slot[p]
 }
 
 // zero makes page p read as zeros. Its slot keeps the old bytes, which
@@ -201,7 +214,7 @@ func (img *packed) ReadAt(b []byte, off int64) (int, error) {
 	for done := 0; done < n; {
 		p, in := (off+int64(done))/PageSize, (off+int64(done))%PageSize
 		k := min(n-done, int(PageSize-in))
-		if s := img.slot[p]; s != 0 && img.nz.Get(p) {
+		if s := img.slotOf(p); s != 0 && img.nz.Get(p) {
 			at := int64(s-1)*PageSize + in
 			copy(b[done:done+k], img.base[at:])
 		} else {

@@ -13,14 +13,15 @@ import (
 // read against a plain image laid out at its addresses: pages rewritten,
 // zeroed and written again, reads across page boundaries and past the end.
 func TestFlatAgainstModel(t *testing.T) {
-	blocks := []Block{{ID: "ram", Length: 4 * hugePage}, {ID: "rom", Length: 3 * PageSize}}
+	// "shared" is never written, as a tracked cut's shared RAM.
+	blocks := []Block{{ID: "ram", Length: 4 * hugePage}, {ID: "rom", Length: 3 * PageSize}, {ID: "shared", Length: 2 * hugePage}}
 	fl := NewFlat()
 	defer fl.Close()
 	if err := fl.Blocks(blocks); err != nil {
 		t.Fatal(err)
 	}
-	model := [][]byte{make([]byte, blocks[0].Length), make([]byte, blocks[1].Length)}
-	touched := []map[int64]bool{{}, {}} // pages ever non-zero: each holds one slot
+	model := [][]byte{make([]byte, blocks[0].Length), make([]byte, blocks[1].Length), make([]byte, blocks[2].Length)}
+	touched := []map[int64]bool{{}, {}, {}} // pages ever non-zero: each holds one slot
 	rng := rand.New(rand.NewPCG(3, 4))
 	for range 20000 {
 		i := rng.IntN(2)
@@ -79,6 +80,9 @@ func TestFlatAgainstModel(t *testing.T) {
 				t.Fatalf("block %d: ReadAt(%d bytes at %d) differs", i, len(b), off)
 			}
 		}
+	}
+	if fl.imgs[2].slot != nil {
+		t.Error("a block never written has a slot index")
 	}
 	if _, err := fl.ReaderAt(0).ReadAt(make([]byte, 1), -1); err == nil {
 		t.Error("ReadAt at a negative offset succeeded")
