@@ -43,6 +43,11 @@ type Dedup struct {
 	ram     *pagecache.Index
 	rams    targetIDs // RAM name ↔ RAM index target
 	ramByID []int     // RAM index target → target index in snap, -1 if absent
+	// ramFed is, per RAM index target, the table whose every page the
+	// index was last fed (a whole scan of the target), nil while a scan
+	// is under way or after one that did not finish. A chunk kept from
+	// that very table needs no feeding again.
+	ramFed map[uint16]*blockhash.Table
 
 	// The plan in progress: what the replica holds per snapshot target
 	// (nil: unknown), the pages written by reference so far, and where
@@ -133,6 +138,30 @@ func (d *Dedup) end() {
 
 // planning says that target i is scanned next.
 func (d *Dedup) planning(i int) { d.curTgt, d.curOff = i, 0 }
+
+// ramScan starts the scan of RAM target name, whose previous cut's table
+// is prev, and says whether the index already holds every page of prev
+// (the last scan of the target fed it prev whole). Until ramScanned, the
+// target counts as not fed.
+func (d *Dedup) ramScan(name string, prev *blockhash.Table) (fed bool) {
+	id := d.ramID(name)
+	fed = prev != nil && d.ramFed[id] == prev
+	delete(d.ramFed, id)
+	return fed
+}
+
+// ramScanned records that the scan of RAM target name fed the index
+// every page of next.
+func (d *Dedup) ramScanned(name string, next *blockhash.Table) {
+	if d.ramFed == nil {
+		d.ramFed = map[uint16]*blockhash.Table{}
+	}
+	d.ramFed[d.ramID(name)] = next
+}
+
+// ramKept records that the pages of target i up to end were planned
+// unchanged, as ramPage would have, for an index that holds them already.
+func (d *Dedup) ramKept(i int, end int64) { d.curTgt, d.curOff = i, end }
 
 // ramPage records the content of RAM page off of target i, now planned
 // (hash h, or zero), and whether it travels as a reference.

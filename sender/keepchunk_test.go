@@ -58,12 +58,15 @@ func TestKeptChunksPlanAsBlockByBlock(t *testing.T) {
 		return append(ext, Extent{Off: pos, Len: size - pos, Unchanged: true})
 	}
 	// Epoch 3 copies page 5 (chunk 0, kept in epoch 2) over page 7 of
-	// chunk 1.
+	// chunk 1, and the first page of chunk 2 (kept in epoch 3, right
+	// after a chunk planned block by block) over the first page of chunk 3.
 	v3 := bytes.Clone(v2)
 	copy(v3[(planChunk/ps+7)*ps:], v3[5*ps:6*ps])
-	if blockhash.IsZero(v3[5*ps : 6*ps]) {
-		t.Fatal("page 5 is zero: pick another seed")
+	copy(v3[3*planChunk:], v3[2*planChunk:2*planChunk+ps])
+	if blockhash.IsZero(v3[5*ps:6*ps]) || blockhash.IsZero(v3[2*planChunk:2*planChunk+ps]) {
+		t.Fatal("a copied page is zero: pick another seed")
 	}
+	changed3 := []int64{planChunk/ps + 7, 3 * planChunk / ps}
 	target := func(b []byte, prev *blockhash.Table, ext []Extent) *Snapshot {
 		tg := Target{Kind: vmspec.KindRAM, Name: "pc.ram", Size: size, BlockSize: ps, Reader: bytes.NewReader(b), Prev: prev}
 		if ext != nil {
@@ -98,7 +101,7 @@ func TestKeptChunksPlanAsBlockByBlock(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		p3, err := buildPlan(context.Background(), 3, target(v3, p2.Next.Tables[key], unchangedBut([]int64{planChunk/ps + 7})), choice, base(p2), dd)
+		p3, err := buildPlan(context.Background(), 3, target(v3, p2.Next.Tables[key], unchangedBut(changed3)), choice, base(p2), dd)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -109,7 +112,7 @@ func TestKeptChunksPlanAsBlockByBlock(t *testing.T) {
 		choice baseChoice
 		kept   []int64 // bytes kept in epochs 2 and 3
 	}{
-		{"committed", baseCommitted, []int64{2 * planChunk, 2*planChunk + 8*ps}},
+		{"committed", baseCommitted, []int64{2 * planChunk, 2 * planChunk}},
 		{"fresh", baseFresh, []int64{0, 0}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -135,9 +138,14 @@ func TestKeptChunksPlanAsBlockByBlock(t *testing.T) {
 				if i > 0 && a.kept != tc.kept[i-1] {
 					t.Errorf("epoch %d: %d bytes kept, want %d", i+1, a.kept, tc.kept[i-1])
 				}
+				// Epoch 2's Dedup starts empty: its kept chunks feed it. By
+				// epoch 3 it holds epoch 2's table whole, so they need not.
+				if want := map[int]int64{1: 0, 2: a.kept}[i]; a.keptIndexed != want {
+					t.Errorf("epoch %d: %d bytes kept without feeding the RAM index, want %d", i+1, a.keptIndexed, want)
+				}
 			}
-			if tc.choice == baseCommitted && with[2].RAMRefPages == 0 {
-				t.Error("epoch 3: the copied page did not become a reference")
+			if tc.choice == baseCommitted && with[2].RAMRefPages < 2 {
+				t.Errorf("epoch 3: %d references, want the 2 copied pages", with[2].RAMRefPages)
 			}
 		})
 	}

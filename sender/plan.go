@@ -60,7 +60,8 @@ type Plan struct {
 
 	dd *Dedup // nil: no references
 
-	kept int64 // bytes planned by keepChunk, for tests
+	kept        int64 // bytes planned by keepChunk, for tests
+	keptIndexed int64 // of which the RAM index held already, for tests
 
 	// A plan is sent while it is still being built (fill): mu guards
 	// Items, Sums, Bytes, ID, open and the outcome; the rest (Next's
@@ -440,6 +441,9 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 	if indexDisk && p.dd.needsFullRead(t.Name) {
 		t.Prev = nil
 	}
+	// A RAM index fed the previous cut's table whole needs no feeding
+	// from chunks kept from it.
+	ramFed := t.Kind == vmspec.KindRAM && p.dd != nil && p.dd.ramScan(t.Name, t.Prev)
 	chunk := planChunk - planChunk%bs
 	if chunk == 0 {
 		chunk = bs
@@ -457,7 +461,7 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 			ei++
 		}
 		allZero := ei < len(extents) && coveredBy(extents[ei:], off, off+n, isZero)
-		if !allZero && p.keepChunk(id, t, old, extents[ei:], off, n, indexDisk, next) {
+		if !allZero && p.keepChunk(id, t, old, extents[ei:], off, n, indexDisk, ramFed, next) {
 			rb.flush()
 			continue
 		}
@@ -599,6 +603,9 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 	if indexDisk {
 		p.dd.scanned(t.Name)
 	}
+	if t.Kind == vmspec.KindRAM && p.dd != nil {
+		p.dd.ramScanned(t.Name, next)
+	}
 	return next, nil
 }
 
@@ -609,10 +616,11 @@ var keepChunks = true
 // when nothing in it can change: the source says every byte is as at the
 // previous cut, whose table the replica holds for the chunk. Its entries
 // are copied and each memory page is fed to the RAM index as unchanged,
-// as the block-by-block loop would; a tracked epoch of a large guest has
-// little else, and that loop cost it tens of nanoseconds per page of RAM.
-// Disks fed to the content index take the loop.
-func (p *Plan) keepChunk(id uint16, t Target, old *blockhash.Table, ext []Extent, off, n int64, indexDisk bool, next *blockhash.Table) bool {
+// as the block-by-block loop would, unless ramFed says the index holds
+// them already (it was fed t.Prev whole); a tracked epoch of a large
+// guest has little else, and that loop cost it tens of nanoseconds per
+// page of RAM. Disks fed to the content index take the loop.
+func (p *Plan) keepChunk(id uint16, t Target, old *blockhash.Table, ext []Extent, off, n int64, indexDisk, ramFed bool, next *blockhash.Table) bool {
 	if !keepChunks || t.Prev == nil || old == nil || indexDisk || !coveredBy(ext, off, off+n, isUnchanged) {
 		return false
 	}
@@ -624,7 +632,10 @@ func (p *Plan) keepChunk(id uint16, t Target, old *blockhash.Table, ext []Extent
 	copy(next.Hashes[lo:hi], t.Prev.Hashes[lo:hi])
 	p.kept += n
 	// newPlan holds RAM targets to whole pages at page-sized blocks.
-	if t.Kind == vmspec.KindRAM && p.dd != nil {
+	if t.Kind == vmspec.KindRAM && p.dd != nil && ramFed {
+		p.dd.ramKept(int(id), off+n)
+		p.keptIndexed += n
+	} else if t.Kind == vmspec.KindRAM && p.dd != nil {
 		zh := blockhash.ZeroHash(vmspec.PageSize)
 		for i := lo; i < hi; i++ {
 			p.dd.ramPage(int(id), i*bs, next.Hashes[i], next.Hashes[i] == zh, false)
