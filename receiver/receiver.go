@@ -379,21 +379,24 @@ func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser)
 		if err != nil {
 			return err
 		}
-		if rep != nil && rep.Released() && (st == protocol.StepItem || st == protocol.StepCommit) {
-			if err := rep.Reacquire(ctx, reacquireWait); err != nil {
-				return fmt.Errorf("take back the replica of %s after its sender was silent: %w", vm, err)
-			}
-			log.Debug("sender back; replica taken back", "vm", vm)
-		}
-		if rep != nil && rep.Released() && st == protocol.StepBegin {
-			// Released since the last commit: taken back as an open would
-			// take it (no wait), or opened again if someone wrote it.
-			if err := rep.Reacquire(ctx, 0); errors.Is(err, replica.ErrBroken) {
-				log.Info("replica changed since the last epoch; opening it again", "vm", vm, "err", err)
-				rep.Close()
-				rep = nil
-			} else if err != nil {
-				return err
+		if rep != nil && rep.Released() {
+			switch st {
+			case protocol.StepItem, protocol.StepCommit:
+				if err := rep.Reacquire(ctx, reacquireWait); err != nil {
+					return fmt.Errorf("take back the replica of %s after its sender was silent: %w", vm, err)
+				}
+				log.Debug("sender back; replica taken back", "vm", vm)
+			case protocol.StepBegin:
+				// Released since the last commit: taken back as an open
+				// would take it (no wait), or opened again if someone
+				// wrote it.
+				if err := rep.Reacquire(ctx, 0); errors.Is(err, replica.ErrBroken) {
+					log.Info("replica changed since the last epoch; opening it again", "vm", vm, "err", err)
+					rep.Close()
+					rep = nil
+				} else if err != nil {
+					return err
+				}
 			}
 		}
 		switch st {
