@@ -441,9 +441,10 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 	if indexDisk && p.dd.needsFullRead(t.Name) {
 		t.Prev = nil
 	}
-	// A RAM index fed the previous cut's table whole needs no feeding
-	// from chunks kept from it.
-	ramFed := t.Kind == vmspec.KindRAM && p.dd != nil && p.dd.ramScan(t.Name, t.Prev)
+	// Memory pages feed the RAM index; one fed the previous cut's table
+	// whole needs no feeding from chunks kept from it.
+	ramIndexed := t.Kind == vmspec.KindRAM && p.dd != nil
+	ramFed := ramIndexed && p.dd.ramScan(t.Name, t.Prev)
 	chunk := planChunk - planChunk%bs
 	if chunk == 0 {
 		chunk = bs
@@ -531,7 +532,7 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 			}
 			// Memory pages feed the RAM index as they are planned; ref says
 			// the page is written by reference.
-			ramDedup := t.Kind == vmspec.KindRAM && p.dd != nil && len(blk) == vmspec.PageSize
+			ramDedup := ramIndexed && len(blk) == vmspec.PageSize
 			planned := func(ref bool) {
 				if ramDedup {
 					p.dd.ramPage(int(id), off+b, h, zero, ref)
@@ -603,7 +604,7 @@ func (p *Plan) scanTarget(ctx context.Context, id uint16, t Target, old *blockha
 	if indexDisk {
 		p.dd.scanned(t.Name)
 	}
-	if t.Kind == vmspec.KindRAM && p.dd != nil {
+	if ramIndexed {
 		p.dd.ramScanned(t.Name, next)
 	}
 	return next, nil
@@ -633,11 +634,12 @@ func (p *Plan) keepChunk(id uint16, t Target, old *blockhash.Table, ext []Extent
 	}
 	copy(next.Hashes[lo:hi], t.Prev.Hashes[lo:hi])
 	p.kept += n
-	// newPlan holds RAM targets to whole pages at page-sized blocks.
-	if t.Kind == vmspec.KindRAM && p.dd != nil && ramFed {
+	switch {
+	case ramFed:
 		p.dd.ramKept(int(id), off+n)
 		p.keptIndexed += n
-	} else if t.Kind == vmspec.KindRAM && p.dd != nil {
+	case t.Kind == vmspec.KindRAM && p.dd != nil:
+		// newPlan holds RAM targets to whole pages at page-sized blocks.
 		zh := blockhash.ZeroHash(vmspec.PageSize)
 		for i := lo; i < hi; i++ {
 			p.dd.ramPage(int(id), i*bs, next.Hashes[i], next.Hashes[i] == zh, false)
