@@ -638,14 +638,15 @@ func (r *Replica) Commit(c *wire.EpochCommit) error {
 	if err != nil {
 		return r.fail(err)
 	}
-	digests := r.digests(tables)
+	digests := r.digests(st, tables)
 	r.phases.mark("check")
-	for _, sd := range c.States {
-		t := st.targets[sd.Target]
-		if got := digests[key(t.Kind, t.Name)]; got != sd.Digest {
-			r.discardStaged()
-			return fmt.Errorf("epoch %d: %s %q would have digest %016x, sender expects %016x: %w", c.Epoch, kindName(t.Kind), t.Name, got, sd.Digest, ErrDigest)
-		}
+	digestOf := func(id uint16) uint64 {
+		t := st.targets[id]
+		return digests[key(t.Kind, t.Name)]
+	}
+	if err := st.checkStates(c, digestOf); err != nil {
+		r.discardStaged()
+		return err
 	}
 	if err := r.resetNewImages(st); err != nil {
 		return r.fail(err)
@@ -678,22 +679,14 @@ func (r *Replica) discardStaged() {
 	}
 }
 
-// digests is the content digest of each of tables (by kind/name). A table
-// the epoch left as it was (tablesAfter shares it) has the digest the
-// manifest gives it, checked when the replica was opened; only the others
-// are hashed, so an epoch costs the tables it changed.
-func (r *Replica) digests(tables map[string]*blockhash.Table) map[string]uint64 {
+// digests is the content digest of each of st's tables (by kind/name):
+// only the tables the epoch changed are hashed (stage.digestOf). r.tables
+// match the manifest, checked when the replica was opened.
+func (r *Replica) digests(st *stage, tables map[string]*blockhash.Table) map[string]uint64 {
 	out := make(map[string]uint64, len(tables))
-	for _, t := range r.man.Targets {
-		k := key(kindOf(t.Kind), t.Name)
-		if tab := tables[k]; tab != nil && tab == r.tables[k] {
-			out[k] = t.Digest
-		}
-	}
-	for k, tab := range tables {
-		if _, ok := out[k]; !ok {
-			out[k] = tab.Digest()
-		}
+	for id, t := range st.targets {
+		k := key(t.Kind, t.Name)
+		out[k] = st.digestOf(id, tables[k], r.tables)
 	}
 	return out
 }

@@ -66,6 +66,27 @@ func (st *stage) tablesAfter(old map[string]*blockhash.Table, view viewFunc) (ma
 	return out, nil
 }
 
+// digestOf is target id's content digest with table tab, which
+// tablesAfter computed from the committed tables old: a table it shared
+// has the committed entry's digest and is not hashed again.
+func (st *stage) digestOf(id uint16, tab *blockhash.Table, old map[string]*blockhash.Table) uint64 {
+	if t := st.targets[id]; t != nil && t.base != nil && tab == old[key(t.Kind, t.Name)] {
+		return t.base.Digest
+	}
+	return tab.Digest()
+}
+
+// checkStates compares each state c expects with the target's digest.
+func (st *stage) checkStates(c *wire.EpochCommit, digest func(id uint16) uint64) error {
+	for _, sd := range c.States {
+		t := st.targets[sd.Target]
+		if got := digest(sd.Target); got != sd.Digest {
+			return fmt.Errorf("epoch %d: %s %q would have digest %016x, sender expects %016x: %w", c.Epoch, kindName(t.Kind), t.Name, got, sd.Digest, ErrDigest)
+		}
+	}
+	return nil
+}
+
 // forRefs calls fn for each PageRef in order with its source bytes, but
 // for those skip (if not nil) says to leave out.
 func (st *stage) forRefs(skip func(stagedItem) bool, fn func(it stagedItem, src []byte) error, view viewFunc) error {
@@ -120,21 +141,30 @@ func (s *Stage) Resume(b *wire.EpochBegin) error { return s.s.resume(b) }
 func (s *Stage) Item(it wire.Item, loc int64) error { return s.s.item(it, loc) }
 
 // CheckCommit validates c against everything staged, and the states it
-// produces against tables (by target ID, as Tables returns them).
-func (s *Stage) CheckCommit(c *wire.EpochCommit, tables map[uint16]*blockhash.Table) error {
+// expects against digests (by target ID, as Digests returns them); nil
+// digests checks c alone.
+func (s *Stage) CheckCommit(c *wire.EpochCommit, digests map[uint16]uint64) error {
 	if err := s.s.checkCommit(c); err != nil {
 		return err
 	}
-	if tables == nil {
+	if digests == nil {
 		return nil
 	}
-	for _, sd := range c.States {
-		t := s.s.targets[sd.Target]
-		if got := tables[sd.Target].Digest(); got != sd.Digest {
-			return fmt.Errorf("epoch %d: %s %q would have digest %016x, sender expects %016x: %w", c.Epoch, kindName(t.Kind), t.Name, got, sd.Digest, ErrDigest)
-		}
+	return s.s.checkStates(c, func(id uint16) uint64 { return digests[id] })
+}
+
+// Digests is the content digest of each table Tables returned (by target
+// ID), given the committed tables old that Tables was given. A table
+// Tables shared with old (a target the epoch left as it was) takes its
+// committed entry's digest, so old must match the manifest the stage
+// began on, as every store checks when it opens a replica. Only the
+// others are hashed: an epoch costs the tables it changed.
+func (s *Stage) Digests(tables map[uint16]*blockhash.Table, old map[string]*blockhash.Table) map[uint16]uint64 {
+	out := make(map[uint16]uint64, len(tables))
+	for id, tab := range tables {
+		out[id] = s.s.digestOf(id, tab, old)
 	}
-	return nil
+	return out
 }
 
 // SetCommit records c, checked by CheckCommit, as the epoch's commit.

@@ -2,10 +2,12 @@ package replica
 
 import (
 	"bytes"
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/drsync/drsync/blockhash"
 	"github.com/drsync/drsync/vfs/errorfs"
 	"github.com/drsync/drsync/vfs/memfs"
 	"github.com/drsync/drsync/vmspec"
@@ -79,5 +81,58 @@ func TestUnwrittenTargetKeepsItsTable(t *testing.T) {
 	r.Close()
 	if rep, err := Verify(fsys, "/r", "web-1"); err != nil || !rep.OK() {
 		t.Fatalf("verify: %+v, %v", rep, err)
+	}
+}
+
+// TestStageHashesOnlyChangedTables: Stage.Digests gives a target the
+// epoch left alone (its table shared with the committed ones) the
+// committed entry's digest without hashing it, and hashes the rest; a
+// committed table that is merely equal, not the one given, is hashed.
+// CheckCommit compares the sender's states with those digests.
+func TestStageHashesOnlyChangedTables(t *testing.T) {
+	data := bytes.Repeat([]byte("abcd"), 2048)
+	targets := []wire.Target{
+		{ID: 0, Kind: vmspec.KindDisk, Name: "vda", Size: 65536, BlockSize: 8192},
+		{ID: 1, Kind: vmspec.KindRAM, Name: "pc.ram", Size: 32768, BlockSize: 4096},
+	}
+	disk, ram := blockhash.NewZero(65536, 8192), blockhash.NewZero(32768, 4096)
+	// Not the RAM table's digest: only a table that is not hashed gets it.
+	const committedRAM = 0xfeed
+	man := &Manifest{Format: manifestFormat, VM: "web-1", Epoch: 1, Targets: []TargetEntry{
+		{Kind: "disk", Name: "vda", Size: 65536, BlockSize: 8192, File: "disk-0.img", Table: "disk-0.bht", Digest: disk.Digest()},
+		{Kind: "ram", Name: "pc.ram", Size: 32768, BlockSize: 4096, File: "ram-0.img", Table: "ram-0.bht", Digest: committedRAM},
+	}}
+	st, err := NewStage(man, &wire.EpochBegin{Epoch: 2, Items: 1, Bytes: uint64(len(data)), Targets: targets}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Item(&wire.DiskExtent{Seq: 0, Target: 0, Offset: 8192, Data: data}, 0); err != nil {
+		t.Fatal(err)
+	}
+	view := func(uint16, int64, int) ([]byte, error) { t.Fatal("no page references to read"); return nil, nil }
+	old := map[string]*blockhash.Table{Key(vmspec.KindDisk, "vda"): disk, Key(vmspec.KindRAM, "pc.ram"): ram}
+	tables, err := st.Tables(old, view)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := st.Digests(tables, old)
+	if got[1] != committedRAM {
+		t.Errorf("unwritten RAM block: digest %x, want the committed entry's %x", got[1], committedRAM)
+	}
+	if got[0] != tables[0].Digest() || got[0] == disk.Digest() {
+		t.Errorf("written disk: digest %x, want its new table's %x", got[0], tables[0].Digest())
+	}
+	equal := map[string]*blockhash.Table{Key(vmspec.KindDisk, "vda"): disk, Key(vmspec.KindRAM, "pc.ram"): ram.Clone()}
+	if d := st.Digests(tables, equal)[1]; d != ram.Digest() {
+		t.Errorf("RAM table not the one given: digest %x, want it hashed (%x)", d, ram.Digest())
+	}
+
+	c := &wire.EpochCommit{Epoch: 2, Items: 1, Digest: st.s.digest.Sum(), States: []wire.TargetDigest{{Target: 0, Digest: got[0]}, {Target: 1, Digest: committedRAM}}}
+	if err := st.CheckCommit(c, got); err != nil {
+		t.Fatalf("commit with the stage's states: %v", err)
+	}
+	c.States[0].Digest++
+	if err := st.CheckCommit(c, got); !errors.Is(err, ErrDigest) || !strings.Contains(err.Error(), `disk "vda"`) {
+		t.Fatalf("commit expecting another disk state: %v, want ErrDigest naming the disk", err)
 	}
 }

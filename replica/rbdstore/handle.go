@@ -170,7 +170,9 @@ func (h *handle) recover() error {
 		if err != nil {
 			return err
 		}
-		return h.apply(tables)
+		// h.tables were checked against the manifest as they were read,
+		// so a table the epoch shares keeps its digest here too.
+		return h.apply(tables, st.Digests(tables, h.tables))
 	case recovery.Resume:
 		h.st, h.nonce, h.chunks, h.synced = st, nonce, chunks, st.Len()
 	}
@@ -423,8 +425,10 @@ func (h *handle) Commit(c *wire.EpochCommit) error {
 		return err
 	}
 	tables, err := h.newTables(st)
+	var digests map[uint16]uint64
 	if err == nil {
-		err = st.CheckCommit(c, tables)
+		digests = st.Digests(tables, h.tables)
+		err = st.CheckCommit(c, digests)
 	}
 	if err != nil {
 		if errors.Is(err, replica.ErrDigest) {
@@ -443,21 +447,22 @@ func (h *handle) Commit(c *wire.EpochCommit) error {
 		return h.fail(storageErr(fmt.Sprintf("epoch %d commit", c.Epoch), err))
 	}
 	st.SetCommit(c)
-	return h.fail(h.apply(tables))
+	return h.fail(h.apply(tables, digests))
 }
 
 // apply writes the committed staged epoch into the images, snapshots them
 // if points are kept, writes the tables and device state, replaces the
 // manifest and removes the journal. It is idempotent: a crash anywhere
-// inside it is repaired by running it again.
-func (h *handle) apply(tables map[uint16]*blockhash.Table) error {
+// inside it is repaired by running it again. digests are the tables'
+// (Stage.Digests).
+func (h *handle) apply(tables map[uint16]*blockhash.Table, digests map[uint16]uint64) error {
 	st := h.st
 	epoch := st.Begin().Epoch
 	wrap := func(what string, err error) error {
 		return fmt.Errorf("apply epoch %d: %s: %w (%w)", epoch, what, err, replica.ErrStorage)
 	}
 	for _, sd := range st.Commit().States {
-		if tables[sd.Target].Digest() != sd.Digest {
+		if digests[sd.Target] != sd.Digest {
 			return fmt.Errorf("apply epoch %d: journal yields another state for target %d than was committed: %w", epoch, sd.Target, replica.ErrCorrupt)
 		}
 	}
@@ -587,7 +592,7 @@ func (h *handle) apply(tables map[uint16]*blockhash.Table) error {
 		k := replica.Key(t.Kind, t.Name)
 		e := replica.TargetEntry{
 			Kind: kindName(t.Kind), Name: t.Name, Size: int64(t.Size), BlockSize: int(t.BlockSize),
-			File: files[uint16(id)], Table: files[uint16(id)] + ".bht", Digest: tab.Digest(),
+			File: files[uint16(id)], Table: files[uint16(id)] + ".bht", Digest: digests[uint16(id)],
 		}
 		var p *tableRef
 		if r, ok := prev[k]; ok {
