@@ -13,8 +13,9 @@
 // decoded. From these parts it builds a skeleton (a device-only stream)
 // and writes full streams from a skeleton plus RAM images. Flat is a
 // Handler that holds each RAM block's non-zero pages in memory, packed in
-// arrival order (in huge pages where the kernel offers them) and read back
-// at their addresses; Spool rebuilds each in an unlinked file (through
+// arrival order (in huge pages where the kernel offers them, mapped a
+// little ahead of the parser by another thread once a block is large) and
+// read back at their addresses; Spool rebuilds each in an unlinked file (through
 // vfs), so that holding a guest's RAM costs page cache and disk space, not
 // the holder's memory.
 //

@@ -39,6 +39,10 @@ type packed struct {
 	slot  []uint32
 	used  uint32
 	nz    *Bitmap
+	// The prefaulter (prefault.go), started once used reaches
+	// prefaultFrom, and the use at which to ask it for more.
+	pf      *prefaulter
+	nextAsk int64
 }
 
 // size is the block's length in bytes.
@@ -106,7 +110,7 @@ func newPacked(size int64) (*packed, error) {
 			_ = unix.Madvise(base[hugePage:], unix.MADV_HUGEPAGE)
 		}
 	}
-	return &packed{arena: m, base: base, nz: NewBitmap(size / PageSize)}, nil
+	return &packed{arena: m, base: base, nz: NewBitmap(size / PageSize), nextAsk: prefaultFrom}, nil
 }
 
 // at is page p's bytes in the arena, given a slot to it first if it has
@@ -122,6 +126,13 @@ func (img *packed) at(p int64) []byte {
 		img.used++
 		s = img.used
 		img.slot[p] = s
+		if used := int64(s) * PageSize; used >= img.nextAsk {
+			if img.pf == nil {
+				img.pf = startPrefault(img.base)
+			}
+			img.pf.ask(used)
+			img.nextAsk = used + hugePage
+		}
 	}
 	off := int64(s-1) * PageSize
 	return img.base[off : off+PageSize : off+PageSize]
@@ -245,6 +256,10 @@ func (f *Flat) Close() error {
 func unmapAll(imgs []*packed) error {
 	var errs []error
 	for _, img := range imgs {
+		if img != nil && img.pf != nil {
+			img.pf.close()
+			img.pf = nil
+		}
 		if img != nil && img.arena != nil {
 			if err := unix.Munmap(img.arena); err != nil {
 				errs = append(errs, fmt.Errorf("migstream: munmap: %w", err))
