@@ -180,6 +180,7 @@ func drsyncOverWAN(b *testing.B, em *wanemu.Emulator, link wanbench.Link, g wanb
 	if rate := float64(link.Settings.RateBitsPerSec) / 8; rate > 0 && first.SendTime > 0 {
 		row.Note += fmt.Sprintf("; %.0f%% of the link while sending", 100*float64(first.WireBytes)/first.SendTime.Seconds()/rate)
 	}
+	b.Logf("initial sync: %s", initialTimeline(snd.Log(), start, first))
 	if levels := linkLevels(snd.Log(), start, start.Add(row.InitialSync)); levels != "" {
 		row.Note += "; connections in the initial sync: " + levels
 	}
@@ -189,6 +190,25 @@ func drsyncOverWAN(b *testing.B, em *wanemu.Emulator, link wanbench.Link, g wanb
 	vm.Kill()
 	p.rcv.Kill()
 	return row, nil
+}
+
+// initialTimeline is where the first epoch's time went, from the sender's
+// JSON log: when the cut began, when its first item could go (the epoch
+// opened), how long it sent and when the commit was acknowledged, each
+// from the sender's start.
+func initialTimeline(log string, start time.Time, first committedEpoch) string {
+	var opened time.Time
+	jsonLog(log, func(rec logRecord, line []byte) {
+		var e struct {
+			Epoch uint64 `json:"epoch"`
+		}
+		if rec.Msg == "epoch" && opened.IsZero() && json.Unmarshal(line, &e) == nil && e.Epoch == first.Epoch {
+			opened = rec.Time
+		}
+	})
+	at := func(t time.Time) string { return fmt.Sprintf("+%.2fs", t.Sub(start).Seconds()) }
+	return fmt.Sprintf("cut at %s (guest paused %v), epoch open at %s, sent for %.2fs, committed at %s",
+		at(first.Cut), first.GuestPause.Round(time.Millisecond), at(opened), first.SendTime.Seconds(), at(first.Time))
 }
 
 // linkLevels is how the connections an auto stream used changed between
