@@ -127,9 +127,15 @@ func (o EncoderOptions) Validate() error {
 	return o.Compression.Validate()
 }
 
-// DecoderOptions configure a Decoder. There are none yet; the bounds are
-// protocol constants.
-type DecoderOptions struct{}
+// DecoderOptions configure a Decoder. The bounds are protocol constants.
+type DecoderOptions struct {
+	// Borrow makes a decoded frame's data (DataOf) share the Decoder's
+	// buffer, valid only until the next Decode, instead of a copy of its
+	// own: for a reader that is done with each frame before it reads the
+	// next, as the receiver is once an item is in its journal. It saves
+	// a copy and a fresh allocation of every item's bytes.
+	Borrow bool
+}
 
 // Validate reports whether the options are usable.
 func (o DecoderOptions) Validate() error { return nil }
@@ -451,6 +457,7 @@ func (e *Encoder) write(b, data []byte) error {
 // Decoder reads frames from a stream. It is not safe for concurrent use.
 type Decoder struct {
 	r      io.Reader
+	borrow bool
 	hdr    [HeaderSize]byte
 	buf    []byte // wire payload, reused
 	raw    []byte // decompressed payload, reused
@@ -463,7 +470,7 @@ type Decoder struct {
 // NewDecoder returns a Decoder reading from r. If opts is invalid, every
 // Decode returns the validation error.
 func NewDecoder(r io.Reader, opts DecoderOptions) *Decoder {
-	d := &Decoder{r: r}
+	d := &Decoder{r: r, borrow: opts.Borrow}
 	d.optErr = opts.Validate()
 	return d
 }
@@ -481,7 +488,8 @@ func (d *Decoder) Stats() DecoderStats { return d.stats }
 // before a frame, an error wrapping io.ErrUnexpectedEOF if it ends inside
 // one, and an error wrapping ErrMalformed (and, where it applies,
 // ErrChecksum or ErrTooLarge) for bytes that are not a valid frame. The
-// returned frame owns its memory. After an error the Decoder is finished:
+// returned frame owns its memory, but for its data with
+// DecoderOptions.Borrow. After an error the Decoder is finished:
 // later calls return the same error.
 func (d *Decoder) Decode() (Frame, error) {
 	if d.optErr != nil {
@@ -555,7 +563,7 @@ func (d *Decoder) decode() (Frame, error) {
 			return nil, err
 		}
 	}
-	f, err := parsePayload(t, raw)
+	f, err := parsePayload(t, raw, d.borrow)
 	if err != nil {
 		return nil, err
 	}

@@ -1050,3 +1050,33 @@ func TestSampledCompression(t *testing.T) {
 		})
 	}
 }
+
+// TestBorrowedData: with Borrow a frame's data is the decoder's buffer,
+// overwritten by the next Decode, for raw and compressed frames alike;
+// without it each frame keeps its own copy. Either way the frame decodes
+// to what was sent.
+func TestBorrowedData(t *testing.T) {
+	for _, c := range []Compression{CompressNone, CompressFast} {
+		first, second := compressible(2*vmspec.PageSize), bytes.Repeat([]byte("second page run "), vmspec.PageSize/8)
+		b, _ := encodeAll(t, EncoderOptions{Compression: c},
+			&MemRun{Seq: 0, Target: 1, Page: 2, Data: first},
+			&DiskExtent{Seq: 1, Target: 0, Offset: 4096, Data: second})
+		for _, borrow := range []bool{false, true} {
+			d := NewDecoder(bytes.NewReader(b), DecoderOptions{Borrow: borrow})
+			f1, err := d.Decode()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(DataOf(f1), first) {
+				t.Fatalf("%v, borrow %v: first frame's data differs from what was sent", c, borrow)
+			}
+			f2, err := d.Decode()
+			if err != nil || !bytes.Equal(DataOf(f2), second) {
+				t.Fatalf("%v, borrow %v: second frame: %v", c, borrow, err)
+			}
+			if kept := bytes.Equal(DataOf(f1), first); kept == borrow {
+				t.Errorf("%v, borrow %v: first frame's data kept after the next Decode: %v", c, borrow, kept)
+			}
+		}
+	}
+}

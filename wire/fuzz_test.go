@@ -62,7 +62,8 @@ type fuzzCodec struct {
 }
 
 func newFuzzCodec() *fuzzCodec {
-	fz := &fuzzCodec{in: NewDecoder(nil, DecoderOptions{}), out: NewDecoder(nil, DecoderOptions{})}
+	// out borrows: each frame it decodes is compared before the next.
+	fz := &fuzzCodec{in: NewDecoder(nil, DecoderOptions{}), out: NewDecoder(nil, DecoderOptions{Borrow: true})}
 	for i, c := range fuzzLevels {
 		fz.encs[i] = NewEncoder(nil, EncoderOptions{Compression: c})
 	}

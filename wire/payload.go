@@ -229,9 +229,10 @@ func timeEncodable(t time.Time) bool {
 // kept in err and later reads return zero values, so parsers check once at
 // the end.
 type payloadReader struct {
-	t   Type
-	p   []byte
-	err error
+	t      Type
+	p      []byte
+	err    error
+	borrow bool // bytes32 returns p's bytes, not a copy
 }
 
 func (r *payloadReader) take(n int, field string) []byte {
@@ -302,6 +303,9 @@ func (r *payloadReader) bytes32(field string) []byte {
 	if len(b) == 0 {
 		return nil
 	}
+	if r.borrow {
+		return b[:len(b):len(b)]
+	}
 	return append([]byte(nil), b...)
 }
 
@@ -318,8 +322,8 @@ func (r *payloadReader) finish() error {
 
 // parsePayload decodes and validates the raw payload p of a frame of type
 // t. Byte slices in the result are fresh copies; p may be reused.
-func parsePayload(t Type, p []byte) (Frame, error) {
-	r := &payloadReader{t: t, p: p}
+func parsePayload(t Type, p []byte, borrow bool) (Frame, error) {
+	r := &payloadReader{t: t, p: p, borrow: borrow}
 	var f Frame
 	switch t {
 	case TypeHello:
