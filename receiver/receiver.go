@@ -324,7 +324,9 @@ func (r *Receiver) Handle(ctx context.Context, peer Peer, rw io.ReadWriteCloser)
 		log.Debug("sender silent; replica let go until its next frame", "vm", vm, "staged", rep.Position().StagedDurable)
 	})
 	defer idle.stop()
-	dec := wire.NewDecoder(bufio.NewReaderSize(idle, 1<<20), wire.DecoderOptions{})
+	// Each frame is done with before the next is read (an item is in the
+	// journal once Append returns), so items borrow the decoder's buffer.
+	dec := wire.NewDecoder(bufio.NewReaderSize(idle, 1<<20), wire.DecoderOptions{Borrow: true})
 	send := func(f wire.Frame) error {
 		if err := enc.Encode(f); err != nil {
 			return err

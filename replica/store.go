@@ -70,7 +70,9 @@ type Handle interface {
 	Table(kind vmspec.TargetKind, name string) *blockhash.Table
 
 	// Begin, Append, Sync and Commit stage and commit an epoch (see
-	// Replica.Commit for what each guarantees).
+	// Replica.Commit for what each guarantees). Append must not keep the
+	// item's data once it returns: the receiver decodes every item into
+	// one buffer.
 	Begin(b *wire.EpochBegin) error
 	Append(it wire.Item) error
 	Sync() (uint64, error)

@@ -320,20 +320,52 @@ func openVM(t *testing.T, s replica.Store, vm string, o replica.OpenOptions) rep
 	return h
 }
 
-// send stages and commits e in h.
+// send stages and commits e in h. Each item's data is a buffer that is
+// overwritten once Append returns, as a receiver decoding into one buffer
+// does (wire.DecoderOptions.Borrow): a store must not keep it.
 func send(h replica.Handle, e *epoch) error {
 	if err := h.Begin(e.begin); err != nil {
 		return err
 	}
+	var scratch []byte
 	for _, it := range e.items {
-		if err := h.Append(it); err != nil {
+		lent, data := lend(it, &scratch)
+		if err := h.Append(lent); err != nil {
 			return err
+		}
+		for i := range data {
+			data[i] = 0xa5
 		}
 	}
 	if _, err := h.Sync(); err != nil {
 		return err
 	}
 	return h.Commit(e.commit)
+}
+
+// lend is it with its data copied into *scratch, and that data.
+func lend(it wire.Item, scratch *[]byte) (wire.Item, []byte) {
+	data := wire.DataOf(it)
+	if len(data) == 0 {
+		return it, nil
+	}
+	*scratch = append((*scratch)[:0], data...)
+	b := *scratch
+	switch f := it.(type) {
+	case *wire.DiskExtent:
+		c := *f
+		c.Data = b
+		return &c, b
+	case *wire.MemRun:
+		c := *f
+		c.Data = b
+		return &c, b
+	case *wire.DeviceState:
+		c := *f
+		c.Data = b
+		return &c, b
+	}
+	panic(fmt.Sprintf("replicatest: %T carries data", it))
 }
 
 // commit opens the replica, commits es in turn and closes it.
