@@ -19,6 +19,10 @@
 // opened again. A connection so keeps its VM's tables in memory while it
 // lasts, 8 bytes per block (2 MiB per GiB of guest RAM).
 //
+// Items are decoded into one buffer (wire.DecoderOptions.Borrow) and
+// handed to the replica, which must be done with an item's data when
+// Append returns (replica.Handle): no item is copied out of it first.
+//
 // It must not know about QUIC, TLS, certificates or configuration files:
 // the caller passes the verified Peer and an Authorize function.
 package receiver
