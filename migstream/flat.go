@@ -256,11 +256,14 @@ func (f *Flat) Close() error {
 func unmapAll(imgs []*packed) error {
 	var errs []error
 	for _, img := range imgs {
-		if img != nil && img.pf != nil {
+		if img == nil {
+			continue
+		}
+		if img.pf != nil {
 			img.pf.close()
 			img.pf = nil
 		}
-		if img != nil && img.arena != nil {
+		if img.arena != nil {
 			if err := unix.Munmap(img.arena); err != nil {
 				errs = append(errs, fmt.Errorf("migstream: munmap: %w", err))
 			}

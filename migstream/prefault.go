@@ -65,9 +65,6 @@ func (p *prefaulter) run() {
 			}
 			done += n
 		}
-		if p.stop.Load() {
-			return
-		}
 	}
 }
 

@@ -640,11 +640,11 @@ func (r *Replica) Commit(c *wire.EpochCommit) error {
 	}
 	digests := r.digests(st, tables)
 	r.phases.mark("check")
-	digestOf := func(id uint16) uint64 {
+	byID := func(id uint16) uint64 {
 		t := st.targets[id]
 		return digests[key(t.Kind, t.Name)]
 	}
-	if err := st.checkStates(c, digestOf); err != nil {
+	if err := st.checkStates(c, byID); err != nil {
 		r.discardStaged()
 		return err
 	}

@@ -321,7 +321,8 @@ func (r *payloadReader) finish() error {
 }
 
 // parsePayload decodes and validates the raw payload p of a frame of type
-// t. Byte slices in the result are fresh copies; p may be reused.
+// t. Byte slices in the result are fresh copies, so p may be reused, but
+// with borrow, where a frame's data is p's bytes.
 func parsePayload(t Type, p []byte, borrow bool) (Frame, error) {
 	r := &payloadReader{t: t, p: p, borrow: borrow}
 	var f Frame
