@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -116,6 +118,9 @@ func drsyncOverWAN(b *testing.B, em *wanemu.Emulator, link wanbench.Link, g wanb
 	snd := testkit.StartWrapped(b, p.path("sender.log"), func(c *exec.Cmd) error { return em.Wrap(wanemu.SideA, c) },
 		"send", "--config", p.sendCfg, "--log-json")
 	defer snd.Kill()
+	// Where the machine's CPU went during the initial sync.
+	procs := []cpuProc{{"sender", snd.Pid()}, {"receiver", p.rcv.Pid()}, {"QEMU", vm.Pid}, {"link emulator (this process)", os.Getpid()}}
+	cpu0 := readCPUSplit(b, procs)
 	wait := func(n int, d time.Duration) error {
 		deadline := time.Now().Add(d)
 		for p.senderEpochs("guest-1") < n {
@@ -133,6 +138,7 @@ func drsyncOverWAN(b *testing.B, em *wanemu.Emulator, link wanbench.Link, g wanb
 		return row, err
 	}
 	row.InitialSync, row.InitialBytes = time.Since(start), linkBytes(em)-bytes0
+	b.Logf("CPU in the initial sync: %s", readCPUSplit(b, procs).since(cpu0))
 	// Where the receiver's commit of the initial sync went (its phases).
 	for _, l := range strings.Split(p.rcv.Log(), "\n") {
 		if strings.Contains(l, `msg="epoch applied"`) && strings.Contains(l, " epoch=1 ") {
@@ -190,6 +196,61 @@ func drsyncOverWAN(b *testing.B, em *wanemu.Emulator, link wanbench.Link, g wanb
 	vm.Kill()
 	p.rcv.Kill()
 	return row, nil
+}
+
+// cpuProc is a process whose CPU time the benchmark reports.
+type cpuProc struct {
+	name string
+	pid  int
+}
+
+// cpuSplit is the CPU time each process had used and the machine's idle
+// time, at one instant; two of them bracket a phase.
+type cpuSplit struct {
+	at    time.Time
+	procs []cpuProc
+	cpu   []time.Duration
+	idle  time.Duration // all CPUs, idle or waiting for IO
+}
+
+func readCPUSplit(b *testing.B, procs []cpuProc) cpuSplit {
+	s := cpuSplit{at: time.Now(), procs: procs}
+	for _, p := range procs {
+		_, c, err := hosttools.StatCPU(fmt.Sprintf("/proc/%d/stat", p.pid))
+		if err != nil {
+			b.Fatalf("CPU time of the %s: %v", p.name, err)
+		}
+		s.cpu = append(s.cpu, c)
+	}
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		b.Fatal(err)
+	}
+	// "cpu  user nice system idle iowait ...", in USER_HZ ticks.
+	f := strings.Fields(strings.SplitN(string(data), "\n", 2)[0])
+	if len(f) < 6 || f[0] != "cpu" {
+		b.Fatalf("/proc/stat: unexpected first line %q", f)
+	}
+	for _, v := range f[4:6] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			b.Fatalf("/proc/stat: %v", err)
+		}
+		s.idle += time.Duration(n) * time.Second / 100
+	}
+	return s
+}
+
+// since reports each process's CPU seconds between from and s, the idle
+// time, and the CPU time the machine had (wall time × CPUs).
+func (s cpuSplit) since(from cpuSplit) string {
+	wall := s.at.Sub(from.at)
+	var parts []string
+	for i, p := range s.procs {
+		parts = append(parts, fmt.Sprintf("%s %.2fs", p.name, (s.cpu[i]-from.cpu[i]).Seconds()))
+	}
+	parts = append(parts, fmt.Sprintf("idle %.2fs", (s.idle-from.idle).Seconds()))
+	return fmt.Sprintf("%s, of %.2fs (%.2fs × %d CPUs)", strings.Join(parts, ", "), wall.Seconds()*float64(runtime.NumCPU()), wall.Seconds(), runtime.NumCPU())
 }
 
 // initialTimeline is where the first epoch's time went, from the sender's
