@@ -116,7 +116,7 @@ bench: deps
 	$(GO) test -run '^$$' -bench BenchmarkTrackedEpoch -benchtime 5x ./livecut
 	$(GO) test -run '^$$' -bench BenchmarkCaptureBySize -benchtime 1x -timeout 90m ./livecut
 	DRSYNC_BENCH_MEMORY_MIB=512 $(GO) test -run '^$$' -bench BenchmarkSenderMemory -benchtime 1x -timeout 90m ./e2e
-	$(GO) test -run '^$$' -bench BenchmarkLossyWAN -benchtime 1x ./transport
+	$(GO) test -run '^$$' -bench BenchmarkWANTransport -benchtime 1x ./transport
 	$(GO) test -tags ceph -run '^$$' -bench BenchmarkStoreApply -benchtime 3x ./replica/rbdstore
 
 # drsync against QEMU's own migration (precopy + xbzrle; multifd + zstd;
