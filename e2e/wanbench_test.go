@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -222,22 +221,11 @@ func readCPUSplit(b *testing.B, procs []cpuProc) cpuSplit {
 		}
 		s.cpu = append(s.cpu, c)
 	}
-	data, err := os.ReadFile("/proc/stat")
+	idle, err := hosttools.IdleCPU()
 	if err != nil {
 		b.Fatal(err)
 	}
-	// "cpu  user nice system idle iowait ...", in USER_HZ ticks.
-	f := strings.Fields(strings.SplitN(string(data), "\n", 2)[0])
-	if len(f) < 6 || f[0] != "cpu" {
-		b.Fatalf("/proc/stat: unexpected first line %q", f)
-	}
-	for _, v := range f[4:6] {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			b.Fatalf("/proc/stat: %v", err)
-		}
-		s.idle += time.Duration(n) * time.Second / 100
-	}
+	s.idle = idle
 	return s
 }
 

@@ -300,16 +300,16 @@ func runSizePath(b *testing.B, vm *guest.VM, dir string, mib int, path string) *
 			if err != nil {
 				b.Fatal(err)
 			}
-			c0 := cpuTime()
+			c0 := hosttools.SelfCPU()
 			res, err := snd.RunEpoch(context.Background())
 			if err != nil {
 				b.Fatal(err)
 			}
 			if e < sizeBenchWarmEpochs {
-				warm = append(warm, cpuTime()-c0)
+				warm = append(warm, hosttools.SelfCPU()-c0)
 				continue
 			}
-			cpus = append(cpus, cpuTime()-c0)
+			cpus = append(cpus, hosttools.SelfCPU()-c0)
 			// The epoch returns once the receiver applied it.
 			r1, err := rcv.cpu()
 			if err != nil {

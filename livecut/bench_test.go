@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
-	"syscall"
 	"testing"
 	"time"
 
@@ -19,12 +18,6 @@ import (
 	"github.com/drsync/drsync/vfs/memfs"
 	"github.com/drsync/drsync/wire"
 )
-
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 func medianOf(d []time.Duration) time.Duration {
 	s := slices.Clone(d)
@@ -119,12 +112,12 @@ func BenchmarkLiveEpoch(b *testing.B) {
 			var wire, stream int64
 			b.ResetTimer()
 			for range b.N {
-				c0 := cpuTime()
+				c0 := hosttools.SelfCPU()
 				res, err := snd.RunEpoch(context.Background())
 				if err != nil {
 					b.Fatal(err)
 				}
-				cpus = append(cpus, cpuTime()-c0)
+				cpus = append(cpus, hosttools.SelfCPU()-c0)
 				st := src.LastCut()
 				captures = append(captures, st.Capture)
 				freezes = append(freezes, st.Freeze)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/drsync/drsync/receiver"
 	"github.com/drsync/drsync/sender"
+	"github.com/drsync/drsync/testkit/hosttools"
 	"github.com/drsync/drsync/vfs"
 )
 
@@ -63,7 +64,7 @@ func serveReceiver(root string, in io.Reader, out io.Writer) error {
 	sc := bufio.NewScanner(in)
 	for sc.Scan() {
 		if sc.Text() == "cpu" {
-			fmt.Fprintln(out, int64(cpuTime()))
+			fmt.Fprintln(out, int64(hosttools.SelfCPU()))
 		}
 	}
 	return sc.Err()

@@ -4,11 +4,11 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/drsync/drsync/stripe"
+	"github.com/drsync/drsync/testkit/hosttools"
 	"github.com/drsync/drsync/tlsid"
 	"github.com/drsync/drsync/wanemu"
 )
@@ -145,7 +145,7 @@ func benchTransport(b *testing.B, s wanemu.Settings, size int) {
 				}
 				buf := make([]byte, 1<<20)
 				start = time.Now()
-				cpu0 := processCPU(b)
+				cpu0 := hosttools.SelfCPU()
 				for range size / len(buf) {
 					if _, err := w.Write(buf); err != nil {
 						b.Fatal(err)
@@ -153,7 +153,7 @@ func benchTransport(b *testing.B, s wanemu.Settings, size int) {
 				}
 				w.Close()
 				got := <-done
-				d, cpu := time.Since(start), processCPU(b)-cpu0
+				d, cpu := time.Since(start), hosttools.SelfCPU()-cpu0
 				if got != int64(size) {
 					b.Fatalf("received %d of %d bytes", got, size)
 				}
@@ -164,15 +164,6 @@ func benchTransport(b *testing.B, s wanemu.Settings, size int) {
 			}
 		})
 	}
-}
-
-// processCPU is the user and system time this process has used.
-func processCPU(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // closingStream closes its connection with the stream.

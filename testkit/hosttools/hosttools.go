@@ -152,6 +152,42 @@ func StatCPU(path string) (comm string, cpu time.Duration, err error) {
 	if err1 != nil || err2 != nil {
 		return "", 0, fmt.Errorf("%s: utime %q stime %q", path, f[11], f[12])
 	}
-	const userHZ = 100 // USER_HZ, fixed on Linux/x86
-	return s[open+1 : end], time.Duration(u+st) * time.Second / userHZ, nil
+	return s[open+1 : end], ticks(u + st), nil
+}
+
+// ticks converts a count of /proc clock ticks (USER_HZ, fixed at 100 on
+// Linux/x86) to a duration.
+func ticks(n int64) time.Duration { return time.Duration(n) * time.Second / 100 }
+
+// IdleCPU is the time all CPUs of the machine have spent idle or waiting
+// for IO since boot, from /proc/stat.
+func IdleCPU() (time.Duration, error) {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	// "cpu  user nice system idle iowait ...", in clock ticks.
+	line, _, _ := strings.Cut(string(data), "\n")
+	f := strings.Fields(line)
+	if len(f) < 6 || f[0] != "cpu" {
+		return 0, fmt.Errorf("/proc/stat: unexpected first line %q", line)
+	}
+	var idle time.Duration
+	for _, v := range f[4:6] {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/stat: %w", err)
+		}
+		idle += ticks(n)
+	}
+	return idle, nil
+}
+
+// SelfCPU is the user plus system time this process has used.
+func SelfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		panic(fmt.Sprintf("getrusage: %v", err)) // only for a bad argument
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
